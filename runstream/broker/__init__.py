@@ -1,0 +1,194 @@
+"""A real single-node Apache Kafka broker (KRaft) run from the official jars.
+
+The jars come from Maven Central through the pom.xml beside this file and are
+cached outside the repository (``RUNSTREAM_KAFKA_CACHE``, default
+``~/.cache/runstream``); only the first fetch is slow. ``runstream up``, the
+test fixtures and the benchmark all start brokers through :class:`KafkaBroker`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"  # keep in step with pom.xml
+POM = Path(__file__).with_name("pom.xml")
+
+LOG4J2 = """\
+status = error
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+"""
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched or started; the message says why and what to do."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RUNSTREAM_KAFKA_CACHE", Path.home() / ".cache" / "runstream")) / f"kafka-{KAFKA_VERSION}"
+
+
+def fetch_jars(*, quiet: bool = False) -> Path:
+    """Resolve the broker jars into the cache (once) and return the lib directory."""
+    lib = cache_dir() / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars. Install Maven and Java 17+.")
+    if not quiet:
+        print(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {lib} (first run only)...", file=sys.stderr)
+    tmp = lib.with_name("lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BrokerError(f"Fetching the Kafka jars failed (mvn exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp.rename(lib)
+    marker.touch()
+    return lib
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class KafkaBroker:
+    """One combined broker+controller node on loopback.
+
+    ``start()`` formats the storage on first use and waits until the broker
+    accepts connections; ``stop()`` and ``start()`` again keep the same ports
+    and data, so a test can take Kafka away and bring it back.
+    """
+
+    def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m") -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.heap = heap
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "message.max.bytes": str(16 * 1024 * 1024),
+            "log.retention.hours": "168",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        return path
+
+    def _java(self, lib: Path, main: str, *args: str, heap: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("java is not on PATH; Kafka needs Java 17 or newer.")
+        return [java, f"-Xmx{heap}", f"-Xms{heap}" if heap == self.heap else "-Xms64m", "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                "-cp", f"{lib}/*", main, *args]
+
+    def start(self, timeout: float = 90.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        lib = fetch_jars()
+        config = self._write_config()
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+                           "--standalone", heap="256m"),
+                capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise BrokerError(f"Formatting Kafka storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(config), heap=self.heap),
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"Kafka exited with code {self.proc.returncode} while starting. Log tail:\n{self.log_tail()}")
+            if _port_open(self.port) and b"Kafka Server started" in self.log_path.read_bytes()[-200_000:]:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise BrokerError(f"Kafka did not start within {timeout:.0f}s. Log tail:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker (idempotent): SIGTERM for a clean shutdown, SIGKILL after timeout."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "KafkaBroker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
