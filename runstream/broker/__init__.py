@@ -9,6 +9,7 @@ test fixtures and the benchmark all start brokers through :class:`KafkaBroker`.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import socket
@@ -88,8 +89,14 @@ class KafkaBroker:
 
     def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m") -> None:
         self.data_dir = Path(data_dir)
-        self.port = port or free_port()
-        self.controller_port = controller_port or free_port()
+        # The controller's address is written into the storage when it is
+        # formatted, so a data dir keeps the ports it was first given.
+        ports_file = self.data_dir / "ports.json"
+        saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        self.port = port or saved.get("port") or free_port()
+        self.controller_port = controller_port or saved.get("controller_port") or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None

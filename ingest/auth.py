@@ -1,0 +1,102 @@
+"""Bearer tokens from a YAML file (a stand-in until governance lands).
+
+File layout (``<data_dir>/tokens.yaml``)::
+
+    tokens:
+      - token: rs_...          # the secret the SDK sends as "authorization: Bearer <token>"
+        name: dev
+        projects: ["*"]        # or a list of project names
+        scopes: [ingest, read]
+
+The file is re-read when it changes (checked at most every ``reload_s``), so a
+removed token stops working on every replica within seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from runstream.errors import AuthError, PermissionDenied
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    projects: frozenset[str]
+    scopes: frozenset[str]
+
+    def allows(self, project: str, scope: str) -> bool:
+        return scope in self.scopes and ("*" in self.projects or project in self.projects)
+
+
+def new_token() -> str:
+    return "rs_" + secrets.token_urlsafe(24)
+
+
+def ensure_dev_token(path: Path) -> str:
+    """Return the first token in the file, creating the file with one all-projects token if missing."""
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+        for entry in data.get("tokens") or []:
+            return str(entry["token"])
+    token = new_token()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"tokens": [{"token": token, "name": "dev", "projects": ["*"], "scopes": ["ingest", "read"]}]}))
+    path.chmod(0o600)
+    return token
+
+
+class TokenStore:
+    def __init__(self, path: Path, *, reload_s: float = 2.0) -> None:
+        self.path = path
+        self.reload_s = reload_s
+        self._tokens: dict[str, Token] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._tokens, self._mtime = {}, None
+            return
+        if mtime == self._mtime:
+            return
+        data = yaml.safe_load(self.path.read_text()) or {}
+        tokens = {}
+        for entry in data.get("tokens") or []:
+            # Keyed by a digest so the secret itself is not kept around in a dict of strings.
+            tokens[_digest(str(entry["token"]))] = Token(
+                name=str(entry.get("name", "")),
+                projects=frozenset(entry.get("projects") or ["*"]),
+                scopes=frozenset(entry.get("scopes") or ["ingest"]))
+        self._tokens, self._mtime = tokens, mtime
+
+    def authenticate(self, authorization: str | None) -> Token:
+        """The token for an ``authorization`` metadata value; AuthError if missing or unknown."""
+        now = time.monotonic()
+        if now - self._checked > self.reload_s:
+            self._checked = now
+            self._reload()
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthError("missing bearer token: send metadata 'authorization: Bearer <token>' (set RUNSTREAM_TOKEN)")
+        token = self._tokens.get(_digest(authorization[7:].strip()))
+        if token is None:
+            raise AuthError("unknown or revoked token")
+        return token
+
+
+def authorize(token: Token, project: str, scope: str = "ingest") -> None:
+    if not token.allows(project, scope):
+        raise PermissionDenied(f"token {token.name!r} may not {scope} project {project!r}")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,198 @@
+"""gRPC ingest: authenticate, validate, publish to Kafka, answer only once Kafka acknowledged.
+
+An OK answer means every batch of the call is durable in Kafka (acks=all,
+idempotent producer). Errors map to gRPC status in one place
+(:func:`status_for`): bad input INVALID_ARGUMENT naming the field, tokens
+UNAUTHENTICATED / PERMISSION_DENIED, Kafka down UNAVAILABLE, too much in flight
+RESOURCE_EXHAUSTED. Nothing is buffered beyond ``max_inflight_batches``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import grpc
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest.auth import Token, TokenStore, authorize
+from ingest.validate import validate_batch
+from runstream import encoding, telemetry as tm
+from runstream.config import RunstreamConfig
+from runstream.errors import AuthError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
+from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger("runstream.ingest")
+
+ACCEPTED_KEY = "runstream-accepted"
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The one error translator of this boundary."""
+    if isinstance(exc, ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, AuthError):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+@asynccontextmanager
+async def map_kafka_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except KafkaError as exc:
+        raise Unavailable(f"Kafka is unavailable ({type(exc).__name__}: {exc}); retry with backoff") from exc
+    except asyncio.TimeoutError as exc:
+        raise Unavailable("Kafka did not acknowledge in time; retry with backoff") from exc
+
+
+class Publisher:
+    """Publishes batches and tracks how many are in flight."""
+
+    def __init__(self, config: RunstreamConfig) -> None:
+        self.config = config
+        self.producer: AIOKafkaProducer | None = None
+        self.inflight = 0
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.kafka.bootstrap, acks="all", enable_idempotence=True,
+            linger_ms=2, max_batch_size=1024 * 1024, max_request_size=self.config.kafka.max_record_bytes + 4096,
+            request_timeout_ms=int(self.config.ingest.publish_timeout_s * 1000), retry_backoff_ms=200)
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    async def publish(self, batch: ingest_pb2.Batch) -> asyncio.Future:
+        """Queue one batch; the returned future resolves when Kafka acknowledged it."""
+        if self.inflight >= self.config.ingest.max_inflight_batches:
+            raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
+        assert self.producer is not None
+        rec = encoding.encode(batch, max_record_bytes=self.config.kafka.max_record_bytes)
+        async with map_kafka_errors():
+            fut = await self.producer.send(self.config.kafka.events_topic, rec.value, key=rec.key, headers=rec.headers)
+        self.inflight += 1
+        tm.INGEST_INFLIGHT.inc()
+
+        def done(_: asyncio.Future) -> None:
+            self.inflight -= 1
+            tm.INGEST_INFLIGHT.dec()
+        fut.add_done_callback(done)
+        return fut
+
+    async def wait(self, futures: list[asyncio.Future]) -> None:
+        if not futures:
+            return
+        async with map_kafka_errors():
+            await asyncio.wait_for(asyncio.gather(*futures), self.config.ingest.publish_timeout_s)
+
+
+class IngestService(ingest_pb2_grpc.IngestServicer):
+    def __init__(self, config: RunstreamConfig, publisher: Publisher, tokens: TokenStore) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.tokens = tokens
+
+    async def _accept(self, batch: ingest_pb2.Batch, where: str, token: Token, seqs: dict[str, int]) -> tuple[asyncio.Future, int]:
+        points = validate_batch(batch, self.config.ingest, where)
+        authorize(token, batch.project, "ingest")
+        last = seqs.get(batch.run_id, 0)
+        if batch.seq <= last:
+            raise ValidationError(f"{where}.seq", f"{batch.seq} does not follow {last} for run {batch.run_id!r} in this call")
+        seqs[batch.run_id] = batch.seq
+        return await self.publisher.publish(batch), points
+
+    async def _handle(self, requests: AsyncIterator[ingest_pb2.SendRequest], context: grpc.aio.ServicerContext, method: str) -> ingest_pb2.SendResponse:
+        started = time.perf_counter()
+        auth = dict(context.invocation_metadata() or ()).get("authorization")
+        futures: list[asyncio.Future] = []
+        points = 0
+        seqs: dict[str, int] = {}
+        code = grpc.StatusCode.OK
+        try:
+            token = self.tokens.authenticate(auth)
+            async for request in requests:
+                for batch in request.batches:
+                    where = f"batches[{len(futures)}]"
+                    try:
+                        fut, n = await self._accept(batch, where, token, seqs)
+                    except ValidationError:
+                        tm.INGEST_REJECTED.labels("invalid").inc()
+                        raise
+                    futures.append(fut)
+                    points += n
+            await self.publisher.wait(futures)
+        except RunstreamError as exc:
+            code = status_for(exc)
+            # Batches published before the failure are durable once Kafka acks them;
+            # say how many, so a client resends only the rest.
+            accepted = 0
+            try:
+                await self.publisher.wait(futures)
+                accepted = len(futures)
+            except RunstreamError:
+                pass
+            context.set_trailing_metadata(((ACCEPTED_KEY, str(accepted)),))
+            if code != grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("%s refused: %s", method, exc)
+            tm.INGEST_REQUESTS.labels(method, code.name).inc()
+            await context.abort(code, str(exc))
+        tm.INGEST_REQUESTS.labels(method, code.name).inc()
+        tm.INGEST_BATCHES.inc(len(futures))
+        tm.INGEST_POINTS.inc(points)
+        tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        return ingest_pb2.SendResponse(accepted=len(futures))
+
+    async def Send(self, request: ingest_pb2.SendRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
+        async def one() -> AsyncIterator[ingest_pb2.SendRequest]:
+            yield request
+        return await self._handle(one(), context, "Send")
+
+    async def SendStream(self, request_iterator: AsyncIterator[ingest_pb2.SendRequest], context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
+        return await self._handle(request_iterator, context, "SendStream")
+
+
+class IngestServer:
+    """The ingest stage: ``start()`` binds the port and connects to Kafka; ``stop()`` drains (idempotent)."""
+
+    def __init__(self, config: RunstreamConfig) -> None:
+        self.config = config
+        self.publisher = Publisher(config)
+        self.tokens = TokenStore(config.tokens_path)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.publisher.start()
+        limit = self.config.ingest.max_request_bytes
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                               ("grpc.max_send_message_length", 4 * 1024 * 1024)])
+        ingest_pb2_grpc.add_IngestServicer_to_server(IngestService(self.config, self.publisher, self.tokens), self.server)
+        self.port = self.server.add_insecure_port(self.config.ingest.listen)
+        if self.port == 0:
+            raise Unavailable(f"ingest cannot listen on {self.config.ingest.listen}: the port is taken; set ingest.listen")
+        await self.server.start()
+        log.info("Ingest listening on port %d.", self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop(grace)
+        await self.publisher.stop()
+
+
+def build(config: RunstreamConfig) -> IngestServer:
+    return IngestServer(config)

@@ -1,0 +1,76 @@
+"""Validation of one Batch. Errors name the field, e.g. ``batches[2].metrics.values``."""
+
+from __future__ import annotations
+
+import re
+
+from runstream.config import IngestConfig
+from runstream.errors import ValidationError
+from runstream.v1.ingest_pb2 import Batch
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*\Z")
+BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
+MAX_KEY_VALUE = 64 * 1024
+
+
+def _name(field: str, value: str, limit: int) -> None:
+    if not value:
+        raise ValidationError(field, "is empty")
+    if len(value) > limit:
+        raise ValidationError(field, f"is {len(value)} characters; the limit is {limit}")
+    if not NAME_RE.match(value):
+        raise ValidationError(field, f"{value[:40]!r} may hold only letters, digits, '.', '_' and '-', starting with a letter or digit")
+
+
+def _mapping(field: str, values: object, cfg: IngestConfig) -> None:
+    for key, value in values.items():  # type: ignore[attr-defined]
+        if not key or len(key) > cfg.max_name_length:
+            raise ValidationError(f"{field}[{key[:40]!r}]", f"key must be 1..{cfg.max_name_length} characters")
+        if len(value) > MAX_KEY_VALUE:
+            raise ValidationError(f"{field}[{key[:40]!r}]", f"value is {len(value)} characters; the limit is {MAX_KEY_VALUE}")
+
+
+def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
+    """Raise ValidationError for the first problem; return the batch's point count."""
+    if not BATCH_ID_RE.match(b.batch_id):
+        raise ValidationError(f"{where}.batch_id", "must be 8..64 characters of [A-Za-z0-9_-] (a uuid4 hex works)")
+    _name(f"{where}.project", b.project, cfg.max_name_length)
+    _name(f"{where}.run_id", b.run_id, 128)
+    if b.seq < 1:
+        raise ValidationError(f"{where}.seq", "must be >= 1 (per-run sequence numbers start at 1)")
+    kind = b.WhichOneof("body")
+    if kind is None:
+        raise ValidationError(f"{where}.body", "is empty: set one of run_start, run_finish, params, tags, metrics")
+    if kind == "metrics":
+        m = b.metrics
+        n = len(m.values)
+        if n == 0:
+            raise ValidationError(f"{where}.metrics.values", "is empty")
+        if n > cfg.max_batch_points:
+            raise ValidationError(f"{where}.metrics.values", f"has {n} points; the limit is {cfg.max_batch_points} per batch")
+        for col in ("name_index", "steps", "timestamps_ms"):
+            got = len(getattr(m, col))
+            if got != n:
+                raise ValidationError(f"{where}.metrics.{col}", f"has {got} entries but values has {n}")
+        if not m.names:
+            raise ValidationError(f"{where}.metrics.names", "is empty")
+        for i, name in enumerate(m.names):
+            if not name or len(name) > cfg.max_name_length:
+                raise ValidationError(f"{where}.metrics.names[{i}]", f"must be 1..{cfg.max_name_length} characters")
+        if max(m.name_index) >= len(m.names):
+            raise ValidationError(f"{where}.metrics.name_index", f"refers to name {max(m.name_index)} but there are {len(m.names)} names")
+        if min(m.steps) < 0:
+            raise ValidationError(f"{where}.metrics.steps", "must not be negative")
+        return n
+    if kind == "run_start":
+        rs = b.run_start
+        if len(rs.name) > cfg.max_name_length:
+            raise ValidationError(f"{where}.run_start.name", f"is longer than {cfg.max_name_length} characters")
+        if len(rs.tags) > 1000 or any(len(t) > cfg.max_name_length for t in rs.tags):
+            raise ValidationError(f"{where}.run_start.tags", f"at most 1000 tags of at most {cfg.max_name_length} characters")
+        _mapping(f"{where}.run_start.config", rs.config, cfg)
+    elif kind == "params":
+        _mapping(f"{where}.params.values", b.params.values, cfg)
+    elif kind == "tags":
+        _mapping(f"{where}.tags.values", b.tags.values, cfg)
+    return 0

@@ -1,0 +1,26 @@
+"""The pipeline's own metrics (Prometheus). Labels are fixed and low-cardinality: never a run id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+INGEST_REQUESTS = Counter("runstream_ingest_requests_total", "Ingest RPCs by method and gRPC status code.", ["method", "code"])
+INGEST_BATCHES = Counter("runstream_ingest_batches_total", "Batches accepted (published and acknowledged by Kafka).")
+INGEST_POINTS = Counter("runstream_ingest_points_total", "Metric points accepted.")
+INGEST_REJECTED = Counter("runstream_ingest_batches_rejected_total", "Batches refused, by reason.", ["reason"])
+INGEST_INFLIGHT = Gauge("runstream_ingest_inflight_batches", "Batches published and not yet acknowledged by Kafka.")
+INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds", "Time from receiving a request to Kafka acknowledging all its batches.",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+SINK_BATCHES = Counter("runstream_sink_batches_total", "Batches read from Kafka, by outcome.", ["outcome"])
+SINK_ROWS = Counter("runstream_sink_rows_total", "Rows inserted into ClickHouse, by table.", ["table"])
+SINK_INSERT_SECONDS = Histogram("runstream_sink_insert_seconds", "Time of one ClickHouse insert round (all tables of one poll).",
+                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.", ["stage"])
+SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on ``port`` (0 disables)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")

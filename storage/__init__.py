@@ -1,0 +1,1 @@
+"""ClickHouse storage: schema and migrations, the sink (the only writer), queries, and the SQL endpoint."""

@@ -1,0 +1,126 @@
+"""Kafka records -> columnar Arrow tables, one per ClickHouse table.
+
+Metric points stay columnar all the way: packed protobuf fields become numpy
+arrays, strings become Arrow dictionaries (ClickHouse LowCardinality), and
+each poll of the sink is one insert per table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from runstream.v1.ingest_pb2 import Batch, RunStatus
+
+STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
+          RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
+
+
+def batch_key(batch_id: str) -> int:
+    """The 64-bit dedup key stored with every point of a batch."""
+    return int.from_bytes(hashlib.blake2b(batch_id.encode(), digest_size=8).digest(), "little")
+
+
+class _Dict:
+    """Builds an Arrow dictionary column incrementally."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def code(self, value: str) -> int:
+        c = self.codes.get(value)
+        if c is None:
+            c = self.codes[value] = len(self.codes)
+        return c
+
+    def array(self, indices: np.ndarray) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(list(self.codes), pa.string()))
+
+
+@dataclass
+class Tables:
+    """One poll's worth of rows, ready to insert."""
+    points: pa.Table | None = None
+    batches: list[list[Any]] = field(default_factory=list)
+    run_starts: list[list[Any]] = field(default_factory=list)
+    run_finishes: list[list[Any]] = field(default_factory=list)
+    params: list[list[Any]] = field(default_factory=list)
+    tags: list[list[Any]] = field(default_factory=list)
+    newest_created_ms: int = 0
+
+    @property
+    def point_count(self) -> int:
+        return 0 if self.points is None else self.points.num_rows
+
+
+BATCH_COLUMNS = ["project", "run_id", "batch_id", "seq", "kind", "points", "created", "partition", "offset"]
+RUN_START_COLUMNS = ["project", "run_id", "name", "started", "tags", "git_commit", "git_branch", "git_remote",
+                     "git_dirty", "hostname", "pid", "python_version", "parent_run_id"]
+RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked"]
+KV_COLUMNS = ["project", "run_id", "key", "value", "ts"]
+
+
+def build(items: list[tuple[Batch, int, int]]) -> Tables:
+    """``items`` are (batch, kafka partition, kafka offset), in consumption order."""
+    t = Tables()
+    projects, runs, metrics = _Dict(), _Dict(), _Dict()
+    proj_idx: list[np.ndarray] = []
+    run_idx: list[np.ndarray] = []
+    metric_idx: list[np.ndarray] = []
+    steps: list[np.ndarray] = []
+    ts: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
+    idxs: list[np.ndarray] = []
+    for b, partition, offset in items:
+        kind = b.WhichOneof("body")
+        n = 0
+        if kind == "metrics":
+            m = b.metrics
+            n = len(m.values)
+            lookup = np.array([metrics.code(name) for name in m.names], dtype=np.int32)
+            metric_idx.append(lookup[np.array(m.name_index, dtype=np.int64)])
+            proj_idx.append(np.full(n, projects.code(b.project), dtype=np.int32))
+            run_idx.append(np.full(n, runs.code(b.run_id), dtype=np.int32))
+            steps.append(np.array(m.steps, dtype=np.int64))
+            ts.append(np.array(m.timestamps_ms, dtype=np.int64))
+            values.append(np.array(m.values, dtype=np.float64))
+            keys.append(np.full(n, batch_key(b.batch_id), dtype=np.uint64))
+            idxs.append(np.arange(n, dtype=np.uint32))
+        elif kind == "run_start":
+            rs = b.run_start
+            t.run_starts.append([b.project, b.run_id, rs.name, rs.start_ms / 1000, list(rs.tags), rs.git.commit, rs.git.branch,
+                                 rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id])
+            t.params.extend([b.project, b.run_id, k, v, rs.start_ms / 1000] for k, v in rs.config.items())
+            t.tags.extend([b.project, b.run_id, tag, "", rs.start_ms / 1000] for tag in rs.tags)
+        elif kind == "run_finish":
+            rf = b.run_finish
+            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), rf.end_ms / 1000,
+                                   rf.points_acked, rf.batches_acked])
+        elif kind == "params":
+            t.params.extend([b.project, b.run_id, k, v, b.created_ms / 1000] for k, v in b.params.values.items())
+        elif kind == "tags":
+            t.tags.extend([b.project, b.run_id, k, v, b.created_ms / 1000] for k, v in b.tags.values.items())
+        t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, b.created_ms / 1000, partition, offset])
+        t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
+    if values:
+        t.points = pa.table({
+            "project": projects.array(np.concatenate(proj_idx)),
+            "run_id": runs.array(np.concatenate(run_idx)),
+            "metric": metrics.array(np.concatenate(metric_idx)),
+            "step": pa.array(np.concatenate(steps)),
+            "ts": pa.array(np.concatenate(ts)).cast(pa.timestamp("ms")),
+            "value": pa.array(np.concatenate(values)),
+            "batch": pa.array(np.concatenate(keys)),
+            "idx": pa.array(np.concatenate(idxs)),
+        })
+    return t
+
+
+def json_value(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)

@@ -1,0 +1,179 @@
+"""The storage sink: the only writer of ClickHouse.
+
+A Kafka consumer group reads the events topic, turns each poll into one insert
+per table (storage.columns) and commits offsets only after every insert
+succeeded: a crash replays at most the uncommitted polls, and the replayed
+rows collapse on their (batch, idx) key (see migrations/0001_init.sql), so
+nothing is lost and nothing is counted twice. An insert that fails is retried
+with backoff, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from clickhouse_connect.driver.client import Client
+
+from runstream import encoding, telemetry as tm
+from runstream.config import RunstreamConfig
+from runstream.errors import StorageError
+from storage import columns
+from storage.store import map_clickhouse_errors, migrate, open_store
+
+log = logging.getLogger("runstream.sink")
+
+
+class RecentIds:
+    """A bounded memory of batch ids already stored, to skip obvious resends cheaply.
+
+    Correctness does not depend on it: storage deduplicates anyway.
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, batch_id: str) -> bool:
+        return batch_id in self._ids
+
+    def add(self, batch_id: str) -> None:
+        self._ids[batch_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+
+class Sink:
+    """The sink stage. ``start()`` opens the store, migrates and joins the group; ``stop()`` drains (idempotent)."""
+
+    def __init__(self, config: RunstreamConfig, client: Client | None = None) -> None:
+        self.config = config
+        self.client = client
+        self._own_client = client is None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self.recent = RecentIds()
+        self.stored_points = 0
+        self.stored_batches = 0
+
+    @property
+    def db(self) -> str:
+        return self.config.clickhouse.database
+
+    async def start(self) -> None:
+        if self.client is None:
+            self.client = await asyncio.to_thread(open_store, self.config)
+        await asyncio.to_thread(migrate, self.client, self.db)
+        self.consumer = AIOKafkaConsumer(
+            self.config.kafka.events_topic, bootstrap_servers=self.config.kafka.bootstrap,
+            group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="sink")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, 30)
+            except asyncio.TimeoutError:
+                task.cancel()
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        if self._own_client and self.client is not None:
+            self.client.close()
+            self.client = None
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        max_rows = self.config.sink.max_rows_per_insert
+        while not self._stopping.is_set():
+            try:
+                polled = await self.consumer.getmany(timeout_ms=int(self.config.sink.flush_interval_s * 1000),
+                                                     max_records=max(1, max_rows // 1000))
+            except KafkaError as exc:
+                tm.SINK_ERRORS.labels("consume").inc()
+                log.warning("Reading from Kafka failed (%s); retrying.", exc)
+                await asyncio.sleep(1)
+                continue
+            if not polled:
+                continue
+            items = []
+            for tp, messages in polled.items():
+                for msg in messages:
+                    try:
+                        batch = encoding.decode(msg.value, msg.headers)
+                    except Exception as exc:  # a foreign or corrupt record must not stop the sink
+                        tm.SINK_BATCHES.labels("undecodable").inc()
+                        log.error("Skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, exc)
+                        continue
+                    if batch.batch_id in self.recent:
+                        tm.SINK_BATCHES.labels("duplicate").inc()
+                        continue
+                    items.append((batch, tp.partition, msg.offset))
+            tables = columns.build(items)
+            await self._insert_until_done(tables)
+            for batch, _, _ in items:
+                self.recent.add(batch.batch_id)
+            await self._commit()
+            tm.SINK_BATCHES.labels("stored").inc(len(items))
+            self.stored_batches += len(items)
+            self.stored_points += tables.point_count
+            if tables.newest_created_ms:
+                tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
+
+    async def _commit(self) -> None:
+        assert self.consumer is not None
+        while True:
+            try:
+                await self.consumer.commit()
+                return
+            except KafkaError as exc:
+                # Not committing is safe (the poll is replayed and deduplicated), but retry a few times first.
+                tm.SINK_ERRORS.labels("commit").inc()
+                log.warning("Committing offsets failed (%s); retrying.", exc)
+                if self._stopping.is_set():
+                    return
+                await asyncio.sleep(1)
+
+    async def _insert_until_done(self, tables: columns.Tables) -> None:
+        delay = 0.5
+        while True:
+            try:
+                started = time.perf_counter()
+                await asyncio.to_thread(self.insert, tables)
+                tm.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+                return
+            except StorageError as exc:
+                tm.SINK_ERRORS.labels("insert").inc()
+                log.error("Insert failed, will retry in %.1fs (offsets not committed): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    def insert(self, t: columns.Tables) -> None:
+        """Insert one poll's rows, points first, the batch ledger last."""
+        assert self.client is not None
+        db = self.db
+        with map_clickhouse_errors("insert"):
+            if t.points is not None:
+                self.client.insert_arrow(f"{db}.metric_points", t.points)
+                tm.SINK_ROWS.labels("metric_points").inc(t.points.num_rows)
+            for table, rows, cols in (("run_starts", t.run_starts, columns.RUN_START_COLUMNS),
+                                      ("run_finishes", t.run_finishes, columns.RUN_FINISH_COLUMNS),
+                                      ("params", t.params, columns.KV_COLUMNS),
+                                      ("tags", t.tags, columns.KV_COLUMNS),
+                                      ("batches", t.batches, columns.BATCH_COLUMNS)):
+                if rows:
+                    self.client.insert(f"{db}.{table}", rows, column_names=cols)
+                    tm.SINK_ROWS.labels(table).inc(len(rows))
+
+
+def build(config: RunstreamConfig, client: Client | None = None) -> Sink:
+    return Sink(config, client)

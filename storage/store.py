@@ -1,0 +1,93 @@
+"""Opening ClickHouse (embedded chDB or a server URL) and applying migrations.
+
+Migrations are the ``migrations/NNNN_*.sql`` files beside this module, applied
+in order and recorded in ``<db>.schema_migrations``; statements are separated
+by ``;`` at the end of a line.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from runstream.config import RunstreamConfig
+from runstream.errors import StorageError, StoreLocked
+
+log = logging.getLogger("runstream.storage")
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@contextmanager
+def map_clickhouse_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ClickHouseError as exc:
+        raise StorageError(f"{what} failed: {exc}") from exc
+
+
+def open_embedded(path: Path, **kwargs: Any) -> Client:
+    """The in-process engine at ``path``. One process may hold a path at a time."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(interface="chdb", path=str(path), **kwargs)
+    except Exception as exc:  # chdb reports the lock as BAD_ARGUMENTS; the real cause is on stderr
+        if "BAD_ARGUMENTS" in str(exc) or "lock" in str(exc).lower():
+            raise StoreLocked(
+                f"the embedded ClickHouse store at {path} is open in another process (Cannot lock file {path}/status). "
+                "Only one process may own it: query through that process's SQL endpoint "
+                "(runstream sql uses it when `runstream up` runs), or stop it first.") from exc
+        raise StorageError(f"opening the embedded ClickHouse store at {path} failed: {exc}") from exc
+
+
+def open_url(url: str, **kwargs: Any) -> Client:
+    u = urlparse(url)
+    try:
+        return clickhouse_connect.get_client(
+            host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
+            secure=u.scheme == "https", username=u.username or "default", password=u.password or "", **kwargs)
+    except Exception as exc:
+        raise StorageError(f"cannot reach ClickHouse at {u.scheme}://{u.hostname}:{u.port}: {exc}. "
+                           "Is the server (or `runstream up`) running?") from exc
+
+
+def open_store(config: RunstreamConfig) -> Client:
+    """The writable store the sink owns: the server at clickhouse.url, else the embedded engine."""
+    if config.clickhouse.url:
+        return open_url(config.clickhouse.url)
+    return open_embedded(config.clickhouse_path)
+
+
+def migrations() -> list[tuple[int, str, list[str]]]:
+    out = []
+    for f in sorted(MIGRATIONS.glob("*.sql")):
+        version = int(f.name.split("_", 1)[0])
+        text = "\n".join(line for line in f.read_text().splitlines() if not line.lstrip().startswith("--"))
+        statements = [s.strip() for s in text.split(";\n") if s.strip().rstrip(";")]
+        out.append((version, f.name, [s.rstrip(";") for s in statements]))
+    return out
+
+
+def migrate(client: Client, database: str) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    applied: list[str] = []
+    with map_clickhouse_errors("migration"):
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        client.command(f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+                       "(version UInt32, name String, applied DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version")
+        done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
+        for version, name, statements in migrations():
+            if version in done:
+                continue
+            for stmt in statements:
+                client.command(stmt.replace("{db}", database))
+            client.insert(f"{database}.schema_migrations", [[version, name]], column_names=["version", "name"])
+            applied.append(name)
+            log.info("Applied migration %s.", name)
+    return applied
