@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,10 @@ from runstream.v1.ingest_pb2 import Batch, RunStatus
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def batch_key(batch_id: str) -> int:
@@ -94,19 +99,19 @@ def build(items: list[tuple[Batch, int, int]]) -> Tables:
             idxs.append(np.arange(n, dtype=np.uint32))
         elif kind == "run_start":
             rs = b.run_start
-            t.run_starts.append([b.project, b.run_id, rs.name, rs.start_ms / 1000, list(rs.tags), rs.git.commit, rs.git.branch,
+            t.run_starts.append([b.project, b.run_id, rs.name, _dt(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
                                  rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id])
-            t.params.extend([b.project, b.run_id, k, v, rs.start_ms / 1000] for k, v in rs.config.items())
-            t.tags.extend([b.project, b.run_id, tag, "", rs.start_ms / 1000] for tag in rs.tags)
+            t.params.extend([b.project, b.run_id, k, v, _dt(rs.start_ms)] for k, v in rs.config.items())
+            t.tags.extend([b.project, b.run_id, tag, "", _dt(rs.start_ms)] for tag in rs.tags)
         elif kind == "run_finish":
             rf = b.run_finish
-            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), rf.end_ms / 1000,
+            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), _dt(rf.end_ms),
                                    rf.points_acked, rf.batches_acked])
         elif kind == "params":
-            t.params.extend([b.project, b.run_id, k, v, b.created_ms / 1000] for k, v in b.params.values.items())
+            t.params.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.params.values.items())
         elif kind == "tags":
-            t.tags.extend([b.project, b.run_id, k, v, b.created_ms / 1000] for k, v in b.tags.values.items())
-        t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, b.created_ms / 1000, partition, offset])
+            t.tags.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.tags.values.items())
+        t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, _dt(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:
         t.points = pa.table({

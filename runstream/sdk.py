@@ -1,0 +1,442 @@
+"""The SDK: ``init()`` a run, ``log()`` metrics, ``finish()``.
+
+``log()`` appends to a per-run deque and returns: it never touches the
+network. One background thread per process (the Sender) turns buffered
+records into columnar batches (by size and time), sends them over a
+client-streaming gRPC call, retries with backoff while ingest is unavailable
+and, past ``max_pending_points``, spools them to disk. Nothing is dropped
+silently: a batch ingest refuses as invalid is logged with the reason.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from runstream import spool
+from runstream.transport import GrpcTransport, SendError, Transport
+from runstream.v1.ingest_pb2 import Batch, GitInfo, HostInfo, Metrics, RunStatus
+
+log = logging.getLogger("runstream")
+
+_PARAMS, _TAGS, _FINISH = object(), object(), object()
+STATUS = {"finished": RunStatus.RUN_STATUS_FINISHED, "failed": RunStatus.RUN_STATUS_FAILED, "killed": RunStatus.RUN_STATUS_KILLED}
+
+
+@dataclass
+class SenderConfig:
+    """Limits of the background sender (keyword arguments of ``init``)."""
+    max_batch_points: int = 10_000        # points per batch
+    flush_interval_s: float = 0.2         # a partial batch leaves after this long
+    max_flight_batches: int = 64          # batches per streaming call
+    max_buffered_records: int = 50_000    # log() records per run before log() drains itself
+    max_pending_points: int = 2_000_000   # undelivered points in memory before spooling to disk
+    backoff_max_s: float = 5.0
+    spool_dir: str = ""
+
+
+def default_home() -> Path:
+    return Path(os.path.expanduser(os.environ.get("RUNSTREAM_DATA_DIR", "~/.runstream")))
+
+
+def stack_info() -> dict[str, Any]:
+    """What a running `runstream up` wrote about itself (addresses, dev token), or {}."""
+    try:
+        return json.loads((default_home() / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _git() -> GitInfo:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return GitInfo()
+    return GitInfo(commit=commit, branch=git("rev-parse", "--abbrev-ref", "HEAD"), remote=git("remote", "get-url", "origin"),
+                   dirty=bool(git("status", "--porcelain", "--untracked-files=no")))
+
+
+class _RunStats:
+    __slots__ = ("acked_points", "acked_batches", "done")
+
+    def __init__(self) -> None:
+        self.acked_points = 0
+        self.acked_batches = 0
+        self.done = threading.Event()
+
+
+class Run:
+    """One training run. Use ``log``, ``log_params``, ``set_tags``, ``finish``; or ``with runstream.init(...) as run``."""
+
+    def __init__(self, sender: "Sender", *, project: str, name: str, run_id: str) -> None:
+        self.project = project
+        self.name = name
+        self.id = run_id
+        self._sender = sender
+        self._records: deque = deque()
+        self._step = 0
+        self._seq = 0
+        self._finished = False
+        self.stats = _RunStats()
+
+    def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record metric values at ``step`` (default: one more than the last step). Never blocks on the network."""
+        if step is None:
+            step = self._step
+        self._step = step + 1
+        self._records.append((step, time.time(), dict(metrics)))
+        if len(self._records) > self._sender.config.max_buffered_records:
+            self._sender.drain(self)  # the sender is starved: do its work here rather than grow without bound
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._records.append((_PARAMS, time.time(), {k: json.dumps(v, default=str) for k, v in params.items()}))
+
+    def set_tags(self, tags: Mapping[str, str] | Iterable[str]) -> None:
+        values = dict(tags) if isinstance(tags, Mapping) else {t: "" for t in tags}
+        self._records.append((_TAGS, time.time(), {k: str(v) for k, v in values.items()}))
+
+    def finish(self, status: str = "finished", *, timeout: float = 30.0) -> bool:
+        """Flush and close the run. Returns True when everything was acknowledged by ingest within ``timeout``;
+        otherwise the rest is still sent in the background, or spooled to disk at exit."""
+        if self._finished:
+            return self.stats.done.is_set()
+        self._finished = True
+        self._records.append((_FINISH, time.time(), status))
+        self._sender.wake()
+        return self.stats.done.wait(timeout)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.finish("finished" if exc_type is None else ("killed" if exc_type is KeyboardInterrupt else "failed"))
+
+
+class Sender(threading.Thread):
+    """The process's one background sender."""
+
+    def __init__(self, transport: Transport, config: SenderConfig | None = None) -> None:
+        super().__init__(name="runstream-sender", daemon=True)
+        self.transport = transport
+        self.config = config or SenderConfig()
+        self.spool_dir = Path(self.config.spool_dir) if self.config.spool_dir else default_home() / "spool"
+        self.runs: list[Run] = []
+        self.pending: deque[Batch] = deque()
+        self.pending_points = 0
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._down_until = 0.0
+        self._backoff = 0.0
+        self.sent_batches = 0
+        self.spooled_batches = 0
+        self.dropped_batches = 0
+
+    # -- called from user threads ------------------------------------------------
+    def add(self, run: Run) -> None:
+        with self._lock:
+            self.runs.append(run)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish delivery within ``timeout``; spool whatever could not be delivered. Idempotent."""
+        self._closing = True
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout)
+        with self._lock:
+            for run in self.runs:
+                self.drain(run)
+            if self.pending:
+                self._spool_pending(all_=True)
+        self.transport.close()
+
+    # -- batching ----------------------------------------------------------------
+    def drain(self, run: Run, *, force: bool = True) -> None:
+        """Move a run's buffered records into pending batches."""
+        with self._lock:
+            records = run._records
+            n = len(records)
+            if not n:
+                return
+            names: dict[str, int] = {}
+            ni: list[int] = []
+            steps: list[int] = []
+            tss: list[int] = []
+            vals: list[float] = []
+            max_points = self.config.max_batch_points
+
+            def close_metrics() -> None:
+                nonlocal names, ni, steps, tss, vals
+                if vals:
+                    self._emit(run, metrics=_metrics(names, ni, steps, tss, vals))
+                    names, ni, steps, tss, vals = {}, [], [], [], []
+
+            for _ in range(n):
+                step, ts, payload = records.popleft()
+                if step is _PARAMS or step is _TAGS or step is _FINISH:
+                    close_metrics()
+                    if step is _PARAMS:
+                        self._emit(run, params=payload, ts=ts)
+                    elif step is _TAGS:
+                        self._emit(run, tags=payload, ts=ts)
+                    else:
+                        self._emit(run, finish=payload, ts=ts)
+                    continue
+                ts_ms = int(ts * 1000)
+                for k, v in payload.items():
+                    i = names.get(k)
+                    if i is None:
+                        i = names[k] = len(names)
+                    ni.append(i)
+                    steps.append(step)
+                    tss.append(ts_ms)
+                    vals.append(v)
+                if len(vals) >= max_points:
+                    close_metrics()
+            close_metrics()
+
+    def _emit(self, run: Run, *, metrics: Metrics | None = None, params: dict | None = None,
+              tags: dict | None = None, finish: str | None = None, ts: float | None = None,
+              start: Batch | None = None) -> None:
+        b = start or Batch(batch_id=uuid.uuid4().hex, project=run.project, run_id=run.id, seq=run._next_seq(),
+                           created_ms=int((ts or time.time()) * 1000))
+        if metrics is not None:
+            b.metrics.CopyFrom(metrics)
+            b.created_ms = metrics.timestamps_ms[0]
+            self.pending_points += len(metrics.values)
+        elif params is not None:
+            b.params.values.update(params)
+        elif tags is not None:
+            b.tags.values.update(tags)
+        elif finish is not None:
+            b.run_finish.status = STATUS.get(finish, RunStatus.RUN_STATUS_FINISHED)
+            b.run_finish.end_ms = b.created_ms
+        self.pending.append(b)
+
+    def start_run(self, run: Run, start: Batch) -> None:
+        with self._lock:
+            start.seq = run._next_seq()
+            self.pending.append(start)
+        self.wake()
+
+    # -- the thread --------------------------------------------------------------
+    def run(self) -> None:
+        last_spool_check = 0.0
+        while True:
+            self._wake.wait(self.config.flush_interval_s)
+            self._wake.clear()
+            stopping = self._closing
+            with self._lock:
+                for r in list(self.runs):
+                    self.drain(r)
+            try:
+                now = time.monotonic()
+                if now >= self._down_until:
+                    if now - last_spool_check > 1.0:
+                        last_spool_check = now
+                        self._resend_spool()
+                    while self.pending and time.monotonic() >= self._down_until:
+                        self._send_flight()
+                if self.pending_points > self.config.max_pending_points:
+                    self._spool_pending(all_=False)
+            except Exception:  # the sender must survive anything; the training loop never sees it
+                log.exception("runstream sender error")
+            if stopping:
+                return
+            if self.pending and time.monotonic() < self._down_until:
+                time.sleep(min(0.05, self._down_until - time.monotonic()))
+
+    def _send_flight(self) -> None:
+        with self._lock:
+            flight = [self.pending[i] for i in range(min(len(self.pending), self.config.max_flight_batches))]
+        self._fill_finish_counts(flight)
+        try:
+            self.transport.send(flight)
+            accepted, error = len(flight), None
+        except SendError as exc:
+            accepted, error = exc.accepted, exc
+        with self._lock:
+            for _ in range(accepted):
+                self._acked(self.pending.popleft())
+            if error is None:
+                self._backoff = 0.0
+                return
+            if error.retryable:
+                self._backoff = min(self.config.backoff_max_s, max(0.1, self._backoff * 2))
+                self._down_until = time.monotonic() + self._backoff * (0.5 + random.random() / 2)
+                log.debug("ingest unavailable (%s); retrying in %.2fs", error, self._backoff)
+            elif error.code == "INVALID_ARGUMENT" and self.pending:
+                bad = self.pending.popleft()
+                self.dropped_batches += 1
+                self._forget(bad)
+                log.error("runstream: ingest refused a batch of run %s and it was dropped: %s", bad.run_id, error)
+            else:  # UNAUTHENTICATED / PERMISSION_DENIED: keep the data, the user can fix the token and `runstream sync`
+                log.error("runstream: ingest refused the data (%s); spooling to %s. Fix the token, then run `runstream sync`.",
+                          error, self.spool_dir)
+                self._spool_pending(all_=True)
+                self._down_until = time.monotonic() + self.config.backoff_max_s
+
+    def _fill_finish_counts(self, flight: Sequence[Batch]) -> None:
+        """A finish reports the points of its run acknowledged before it (counted here, at send time)."""
+        running: dict[str, tuple[int, int]] = {}
+        runs = {r.id: r for r in self.runs}
+        for b in flight:
+            p, n = running.get(b.run_id, (0, 0))
+            if b.HasField("metrics"):
+                p += len(b.metrics.values)
+            running[b.run_id] = (p, n + 1)
+            if b.HasField("run_finish") and b.run_id in runs:
+                st = runs[b.run_id].stats
+                b.run_finish.points_acked = st.acked_points + p
+                b.run_finish.batches_acked = st.acked_batches + n
+
+    def _acked(self, b: Batch) -> None:
+        self.sent_batches += 1
+        if b.HasField("metrics"):
+            self.pending_points -= len(b.metrics.values)
+        run = next((r for r in self.runs if r.id == b.run_id), None)
+        if run is not None:
+            run.stats.acked_batches += 1
+            if b.HasField("metrics"):
+                run.stats.acked_points += len(b.metrics.values)
+            if b.HasField("run_finish"):
+                run.stats.done.set()
+                self.runs.remove(run)
+
+    def _forget(self, b: Batch) -> None:
+        if b.HasField("metrics"):
+            self.pending_points -= len(b.metrics.values)
+
+    def _spool_pending(self, *, all_: bool) -> None:
+        with self._lock:
+            keep = 0 if all_ else self.config.max_pending_points // 2
+            out: list[Batch] = []
+            while self.pending and (self.pending_points > keep or all_):
+                b = self.pending.popleft()
+                self._forget(b)
+                out.append(b)
+            if not out:
+                return
+            path = spool.write(self.spool_dir, out)
+            self.spooled_batches += len(out)
+            for b in out:
+                if b.HasField("run_finish"):
+                    for r in self.runs:
+                        if r.id == b.run_id:
+                            r.stats.done.set()
+            log.warning("runstream: ingest unreachable; spooled %d batches to %s (resent automatically, or `runstream sync`).",
+                        len(out), path)
+
+    def _resend_spool(self) -> None:
+        for path in spool.files(self.spool_dir, pid=os.getpid()):
+            send_spool_file(self.transport, path, self.config.max_flight_batches)
+
+
+def send_spool_file(transport: Transport, path: Path, flight: int = 64) -> int:
+    """Send one spool file and delete it; returns batches sent. Raises SendError (file kept) on failure."""
+    batches = list(spool.read(path))
+    for i in range(0, len(batches), flight):
+        transport.send(batches[i:i + flight])
+    path.unlink()
+    return len(batches)
+
+
+def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[int], vals: list[Any]) -> Metrics:
+    m = Metrics(names=list(names), name_index=ni, steps=steps, timestamps_ms=tss)
+    try:
+        m.values.extend(vals)
+    except TypeError:  # numpy float32, tensors, strings...: convert one by one, skip what is not a number
+        keep = []
+        for i, v in enumerate(vals):
+            try:
+                m.values.append(float(v))
+                keep.append(i)
+            except (TypeError, ValueError):
+                log.warning("runstream: dropped a non-numeric value %r", v)
+        if len(keep) != len(vals):
+            m = Metrics(names=list(names), name_index=[ni[i] for i in keep], steps=[steps[i] for i in keep],
+                        timestamps_ms=[tss[i] for i in keep], values=list(m.values))
+    return m
+
+
+_sender: Sender | None = None
+_sender_lock = threading.Lock()
+_active: list[Run] = []
+
+
+def _default_sender(url: str | None, token: str | None, options: Mapping[str, Any]) -> Sender:
+    global _sender
+    with _sender_lock:
+        if _sender is None or not _sender.is_alive():
+            info = stack_info()
+            target = url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051"
+            tok = token or os.environ.get("RUNSTREAM_TOKEN") or info.get("token")
+            _sender = Sender(GrpcTransport(target, tok), SenderConfig(**options))
+            _sender.start()
+            atexit.register(_at_exit)
+        return _sender
+
+
+def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | None = None,
+         tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
+         url: str | None = None, token: str | None = None, transport: Transport | None = None,
+         **options: Any) -> Run:
+    """Start a run. ``url``/``token`` default to RUNSTREAM_URL/RUNSTREAM_TOKEN, then the local `runstream up`.
+
+    Extra keyword arguments set the sender's limits (see SenderConfig) for the process.
+    """
+    if transport is not None:
+        sender = Sender(transport, SenderConfig(**options))
+        sender.start()
+    else:
+        sender = _default_sender(url, token, options)
+    run_id = run_id or uuid.uuid4().hex[:16]
+    name = name or run_id
+    run = Run(sender, project=project, name=name, run_id=run_id)
+    now = time.time()
+    start = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, created_ms=int(now * 1000))
+    rs = start.run_start
+    rs.name, rs.start_ms, rs.parent_run_id = name, int(now * 1000), parent_run_id
+    rs.config.update({k: json.dumps(v, default=str) for k, v in (config or {}).items()})
+    rs.tags.extend(tags or [])
+    rs.git.CopyFrom(_git())
+    rs.host.CopyFrom(HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
+                              platform=platform.platform()))
+    sender.add(run)
+    sender.start_run(run, start)
+    _active.append(run)
+    return run
+
+
+def _at_exit() -> None:
+    failed = getattr(sys, "last_type", None) is not None
+    for run in list(_active):
+        if not run._finished:
+            run.finish("failed" if failed else "finished", timeout=10)
+    if _sender is not None:
+        _sender.close(timeout=10)

@@ -1,0 +1,40 @@
+"""Topic names and their creation with explicit partition counts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from runstream.config import RunstreamConfig
+from runstream.errors import Unavailable
+
+
+def topics(config: RunstreamConfig) -> dict[str, int]:
+    """Every topic runstream owns, with its partition count."""
+    return {config.kafka.events_topic: config.kafka.partitions}
+
+
+async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:
+    """Create missing topics (idempotent); waits for the broker up to ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka.bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(name, n, 1) for name, n in topics(config).items() if name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(f"Kafka at {config.kafka.bootstrap} is not reachable ({exc}). Start it (runstream up) "
+                                  "or set kafka.bootstrap / RUNSTREAM_KAFKA_BOOTSTRAP.") from exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()

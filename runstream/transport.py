@@ -1,0 +1,74 @@
+"""How the SDK reaches ingest: a one-method Transport, and its gRPC implementation.
+
+Tests pass their own Transport (recording batches, or failing on purpose);
+everything else uses GrpcTransport.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import grpc
+
+from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+from runstream.v1.ingest_pb2 import Batch
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class SendError(Exception):
+    """A send failed. ``accepted`` leading batches are durable anyway; ``retryable`` says whether to try the rest again."""
+
+    def __init__(self, code: str, message: str, *, accepted: int, retryable: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.accepted = accepted
+        self.retryable = retryable
+
+
+class Transport(Protocol):
+    def send(self, batches: Sequence[Batch]) -> None:
+        """Deliver every batch durably, or raise SendError."""
+
+    def close(self) -> None: ...
+
+
+class GrpcTransport:
+    def __init__(self, target: str, token: str | None, *, timeout_s: float = 30.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0),
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
+                        else grpc.insecure_channel(target, options=options))
+        self.stub = ingest_pb2_grpc.IngestStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout_s = timeout_s
+
+    def send(self, batches: Sequence[Batch]) -> None:
+        try:
+            self.stub.SendStream(_requests(batches), timeout=self.timeout_s, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+            accepted = int(trailing.get("runstream-accepted", 0) or 0)
+            raise SendError(code.name if code else "UNKNOWN", exc.details() or "", accepted=accepted,  # type: ignore[attr-defined]
+                            retryable=code in RETRYABLE) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _requests(batches: Sequence[Batch]):
+    chunk: list[Batch] = []
+    size = 0
+    for b in batches:
+        n = b.ByteSize()
+        if chunk and size + n > MAX_REQUEST_BYTES:
+            yield ingest_pb2.SendRequest(batches=chunk)
+            chunk, size = [], 0
+        chunk.append(b)
+        size += n
+    if chunk:
+        yield ingest_pb2.SendRequest(batches=chunk)
