@@ -1,0 +1,177 @@
+"""The one CLI: a subcommand per role (`ingest`, `sink`), `up` for all of them on one machine, and tools
+(`sql`, `runs`, `sync`, `demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from runstream.config import RunstreamConfig
+from runstream.errors import RunstreamError
+
+
+def _config(args: argparse.Namespace) -> RunstreamConfig:
+    if getattr(args, "data_dir", None):
+        os.environ["RUNSTREAM_DATA_DIR"] = args.data_dir
+    config = RunstreamConfig.load(getattr(args, "config", None))
+    if getattr(args, "clickhouse_url", None):
+        config.clickhouse.url = args.clickhouse_url
+    if getattr(args, "kafka", None):
+        config.kafka.bootstrap = args.kafka
+    return config
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    from runstream.roles import run_role
+    config = _config(args)
+    if not config.kafka.bootstrap:
+        raise RunstreamError("kafka.bootstrap is not set: pass --kafka HOST:PORT or set RUNSTREAM_KAFKA_BOOTSTRAP "
+                             "(`runstream up` starts a broker for you).")
+    asyncio.run(run_role(args.command, config))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from runstream.supervisor import Supervisor
+    sup = Supervisor(_config(args), ingest_replicas=args.ingest_replicas)
+    return sup.run_forever()
+
+
+def sql_client(config: RunstreamConfig, *, readonly: bool = True) -> Any:
+    """A ClickHouse client for reading: the server at clickhouse.url, else the running stack's SQL endpoint."""
+    from runstream.sdk import stack_info
+    from storage.store import open_url
+    settings = {"readonly": 1} if readonly and config.clickhouse.url else {}
+    if config.clickhouse.url:
+        return open_url(config.clickhouse.url, database=config.clickhouse.database, settings=settings)
+    info = stack_info()
+    if not info.get("sql"):
+        raise RunstreamError("no running stack found (no stack.json in the data dir): start `runstream up`, "
+                             "or pass --clickhouse-url for a ClickHouse server.")
+    return open_url(info["sql"], database=info.get("database", config.clickhouse.database))
+
+
+def print_result(columns: list[str], rows: list[tuple], fmt: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), default=str))
+    elif fmt == "csv":
+        import csv
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(*columns, show_lines=False)
+        for row in rows:
+            table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+        Console().print(table)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    client = sql_client(_config(args))
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+    try:
+        res = client.query(args.query)
+    except ClickHouseError as exc:
+        raise RunstreamError(f"query failed: {exc}") from exc
+    print_result(list(res.column_names), res.result_rows, args.format)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from storage.queries import runs_summary
+    client = sql_client(_config(args))
+    cols, rows = runs_summary(client, project=args.project, limit=args.limit)
+    print_result(cols, rows, args.format)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from runstream import spool
+    from runstream.sdk import default_home, send_spool_file, stack_info
+    from runstream.transport import GrpcTransport, SendError
+    directory = Path(args.spool_dir) if args.spool_dir else default_home() / "spool"
+    info = stack_info()
+    transport = GrpcTransport(args.url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051",
+                              os.environ.get("RUNSTREAM_TOKEN") or info.get("token"))
+    files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
+    sent = 0
+    for path in files:
+        try:
+            sent += send_spool_file(transport, path)
+        except SendError as exc:
+            print(f"runstream sync: {path.name} not sent ({exc}); it stays in {directory}. Try again later.", file=sys.stderr)
+            return 1
+    print(f"Sent {sent} batches from {len(files)} spool files in {directory}.")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from runstream.demo import run_demo
+    return run_demo(_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runstream", description="Experiment tracking on Kafka and ClickHouse.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", help="YAML config file (default: $RUNSTREAM_CONFIG)")
+        sp.add_argument("--data-dir", help="data directory (default: $RUNSTREAM_DATA_DIR or ~/.runstream)")
+        sp.add_argument("--clickhouse-url", help="a ClickHouse server (http://user:pass@host:8123) instead of the embedded store")
+        sp.add_argument("--kafka", help="Kafka bootstrap host:port (default: the broker `up` starts)")
+        return sp
+
+    up = common(sub.add_parser("up", help="everything on this machine: Kafka, ingest, sink, storage"))
+    up.add_argument("--ingest-replicas", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+    for role, text in (("ingest", "run the gRPC ingest role"), ("sink", "run the storage sink role")):
+        common(sub.add_parser(role, help=text)).set_defaults(func=cmd_role)
+
+    sql = common(sub.add_parser("sql", help="read-only SQL over the stored data"))
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(func=cmd_sql)
+
+    runs = common(sub.add_parser("runs", help="recent runs with latest metrics, points acknowledged vs stored"))
+    runs.add_argument("--project")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    runs.set_defaults(func=cmd_runs)
+
+    sync = sub.add_parser("sync", help="resend batches the SDK spooled to disk")
+    sync.add_argument("--spool-dir")
+    sync.add_argument("--url", help="ingest address host:port")
+    sync.add_argument("--all", action="store_true", help="also files of processes still running")
+    sync.set_defaults(func=cmd_sync)
+
+    demo = common(sub.add_parser("demo", help="start the stack, run a fleet of training jobs, print query results"))
+    demo.add_argument("--jobs", type=int, default=50)
+    demo.add_argument("--seconds", type=float, default=15.0, help="how long the simulated jobs log")
+    demo.add_argument("--rate", type=float, default=100.0, help="log() calls per second per simulated job")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        sys.exit(args.func(args))
+    except RunstreamError as exc:
+        print(f"runstream {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,153 @@
+"""`runstream up`: Kafka plus every role as a child process on this machine, with a live status line.
+
+Roles run as separate processes so they use separate cores (and so the sink
+alone owns the embedded store). The supervisor writes ``<data_dir>/stack.json``
+(addresses and the dev token) so the SDK, `runstream sql` and `runstream runs`
+find the stack without configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ingest.auth import ensure_dev_token
+from runstream.broker import KafkaBroker
+from runstream.config import RunstreamConfig
+from runstream.errors import RunstreamError
+from runstream.sdk import stack_info
+from runstream.stack import RoleProcess, scrape, wait_http, write_stack_file
+from runstream.topics import ensure_topics
+
+
+def _port_free(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+class Supervisor:
+    def __init__(self, config: RunstreamConfig, *, ingest_replicas: int = 1) -> None:
+        self.config = config
+        self.ingest_replicas = max(1, ingest_replicas)
+        self.broker: KafkaBroker | None = None
+        self.procs: list[RoleProcess] = []
+        self.log_dir = config.data_path / "logs"
+        self._last: tuple[float, float] | None = None
+
+    def _check_free(self) -> None:
+        info = stack_info()
+        if info.get("pid") and info.get("pid") != os.getpid():
+            try:
+                os.kill(int(info["pid"]), 0)
+                raise RunstreamError(f"a stack is already running (pid {info['pid']}, data dir {self.config.data_path}); "
+                                     "stop it with Ctrl-C, or use another --data-dir.")
+            except ProcessLookupError:
+                pass
+        c = self.config
+        addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen)]
+        addrs += [(f"ingest.metrics_port+{i}", f"127.0.0.1:{c.ingest.metrics_port + i}") for i in range(self.ingest_replicas)]
+        addrs.append(("sink.metrics_port", f"127.0.0.1:{c.sink.metrics_port}"))
+        busy = [f"{name} ({addr})" for name, addr in addrs if addr and not addr.endswith(":0") and not _port_free(addr)]
+        if busy:
+            raise RunstreamError(f"ports already in use: {', '.join(busy)}. Stop what holds them or change them in the config.")
+
+    def start(self) -> dict[str, Any]:
+        c = self.config
+        self._check_free()
+        c.data_path.mkdir(parents=True, exist_ok=True)
+        if not c.kafka.bootstrap:
+            print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", flush=True)
+            self.broker = KafkaBroker(c.data_path / "kafka")
+            self.broker.start()
+            c.kafka.bootstrap = self.broker.bootstrap
+        asyncio.run(ensure_topics(c))
+        token = ensure_dev_token(c.tokens_path)
+        sink = RoleProcess("sink", c, self.log_dir)
+        sink.start()
+        self.procs.append(sink)
+        if c.clickhouse.url:
+            wait_http(f"http://127.0.0.1:{c.sink.metrics_port}/metrics", 60, sink)
+        else:
+            wait_http(f"http://{c.sink.sql_listen}/ping", 60, sink)
+        base_metrics = c.ingest.metrics_port
+        for i in range(self.ingest_replicas):
+            c.ingest.metrics_port = base_metrics + i
+            p = RoleProcess("ingest", c, self.log_dir)
+            p.log_path = self.log_dir / f"ingest-{i}.log"
+            p.start()
+            self.procs.append(p)
+        c.ingest.metrics_port = base_metrics
+        for i in range(self.ingest_replicas):
+            wait_http(f"http://127.0.0.1:{base_metrics + i}/metrics", 60, self.procs[1 + i])
+        info = {"pid": os.getpid(), "ingest": c.ingest.listen, "token": token, "kafka": c.kafka.bootstrap,
+                "sql": c.clickhouse.url or f"http://{c.sink.sql_listen}", "database": c.clickhouse.database,
+                "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)]},
+                "logs": str(self.log_dir)}
+        write_stack_file(c, info)
+        return info
+
+    def status(self) -> str:
+        c = self.config
+        ing = [scrape(c.ingest.metrics_port + i) for i in range(self.ingest_replicas)]
+        snk = scrape(c.sink.metrics_port)
+        points = sum(m.get("runstream_ingest_points_total", 0.0) for m in ing)
+        stored = snk.get("runstream_sink_rows_total{table=metric_points}", 0.0)
+        now = time.monotonic()
+        rate = 0.0
+        if self._last is not None and now > self._last[0]:
+            rate = (points - self._last[1]) / (now - self._last[0])
+        self._last = (now, points)
+        down = [p.role for p in self.procs if not p.alive()]
+        lag = snk.get("runstream_sink_event_lag_seconds", 0.0)
+        text = (f"ingest {rate:>10,.0f} points/s | accepted {points:>12,.0f} | stored {stored:>12,.0f} | "
+                f"sink lag {lag:5.2f}s | kafka {c.kafka.bootstrap}")
+        return text + (f" | DOWN: {', '.join(down)} (logs in {self.log_dir})" if down else "")
+
+    def stop(self) -> None:
+        """Ingest first (so nothing new arrives), then the sink drains, then Kafka. Idempotent."""
+        for p in [p for p in self.procs if p.role == "ingest"] + [p for p in self.procs if p.role != "ingest"]:
+            p.stop()
+        self.procs = []
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        try:
+            path = self.config.data_path / "stack.json"
+            if stack_info().get("pid") == os.getpid():
+                path.unlink()
+        except OSError:
+            pass
+
+    def run_forever(self) -> int:
+        from rich.console import Console
+        from rich.live import Live
+        console = Console()
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            info = self.start()
+            console.print(f"[bold green]runstream is up.[/] ingest grpc://{info['ingest']}  sql {info['sql']}  "
+                          f"data {self.config.data_path}\n  token in {self.config.tokens_path}; the SDK and CLI find this "
+                          f"stack through {self.config.data_path / 'stack.json'}. Ctrl-C stops everything.")
+            with Live(self.status(), console=console, refresh_per_second=2) as live:
+                while True:
+                    time.sleep(1)
+                    live.update(self.status())
+        except KeyboardInterrupt:
+            console.print("Stopping (ingest, then sink drains, then Kafka)...")
+        finally:
+            self.stop()
+        return 0
