@@ -15,6 +15,7 @@ removed token stops working on every replica within seconds.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from runstream.errors import AuthError, PermissionDenied
+
+log = logging.getLogger("runstream.ingest")
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,16 @@ class TokenStore:
             return
         if mtime == self._mtime:
             return
-        data = yaml.safe_load(self.path.read_text()) or {}
+        try:
+            data = yaml.safe_load(self.path.read_text()) or {}
+            entries = list(data.get("tokens") or [])
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            # Keep serving with the tokens we had rather than locking everyone out.
+            log.error("Token file %s is unreadable (%s); keeping the previous tokens.", self.path, exc)
+            self._mtime = mtime
+            return
         tokens = {}
-        for entry in data.get("tokens") or []:
+        for entry in entries:
             # Keyed by a digest so the secret itself is not kept around in a dict of strings.
             tokens[_digest(str(entry["token"]))] = Token(
                 name=str(entry.get("name", "")),

@@ -1,0 +1,106 @@
+"""Fixtures that start the real dependencies.
+
+Kafka: one real KRaft broker from the cached jars for the session (or the one
+named by RUNSTREAM_TEST_KAFKA). ClickHouse: the real engine in process (chDB),
+one path for the session since an engine path belongs to one process; each
+test gets its own database, topic and consumer group.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ingest.auth import ensure_dev_token
+from runstream.broker import KafkaBroker, free_port
+from runstream.config import RunstreamConfig
+from runstream.stack import InProcessRoles
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("RUNSTREAM_TEST_KAFKA"):
+        yield os.environ["RUNSTREAM_TEST_KAFKA"]
+        return
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()  # raises with the broker's log tail if it does not come up
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clickhouse")
+
+
+def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
+    tag = uuid.uuid4().hex[:10]
+    c = RunstreamConfig()
+    c.data_dir = str(tmp_path / "data")
+    c.kafka.bootstrap = kafka
+    c.kafka.events_topic = f"events-{tag}"
+    c.kafka.partitions = 4
+    c.ingest.listen = "127.0.0.1:0"
+    c.ingest.metrics_port = 0
+    c.sink.metrics_port = 0
+    c.sink.sql_listen = f"127.0.0.1:{free_port()}"
+    c.sink.group_id = f"sink-{tag}"
+    c.clickhouse.path = str(chdb_path)
+    c.clickhouse.database = f"t_{tag}"
+    return c
+
+
+@pytest.fixture
+def config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
+    return make_config(tmp_path, kafka, chdb_path)
+
+
+@pytest.fixture
+def token(config: RunstreamConfig) -> str:
+    return ensure_dev_token(config.tokens_path)
+
+
+class Stack:
+    """Ingest + sink in this process, with helpers to reach them."""
+
+    def __init__(self, config: RunstreamConfig, roles: InProcessRoles) -> None:
+        self.config = config
+        self.roles = roles
+
+    @property
+    def ingest_addr(self) -> str:
+        return f"127.0.0.1:{self.roles.stages['ingest'][0].port}"
+
+    @property
+    def sink(self):
+        return self.roles.stages["sink"][0]
+
+    def query(self, sql: str, **params):
+        return self.sink.client.query(sql.replace("{db}", self.config.clickhouse.database), parameters=params).result_rows
+
+    def count_points(self, where: str = "1") -> int:
+        return self.query(f"SELECT count() FROM {{db}}.metrics WHERE {where}")[0][0]
+
+    def wait_points(self, n: int, timeout: float = 60.0, where: str = "1") -> int:
+        import time
+        deadline = time.monotonic() + timeout
+        got = -1
+        while time.monotonic() < deadline:
+            got = self.count_points(where)
+            if got >= n:
+                return got
+            time.sleep(0.2)
+        return got
+
+
+@pytest.fixture
+def stack(config: RunstreamConfig, token: str) -> Iterator[Stack]:
+    roles = InProcessRoles(config, ["ingest", "sink"]).start()
+    try:
+        yield Stack(config, roles)
+    finally:
+        roles.stop()

@@ -1,0 +1,185 @@
+"""The SDK against an in-memory Transport: batching, ordering, backoff, spooling, finish accounting.
+
+The transport is the seam; the sender, spool and Run are the real code. Delivery
+to a real ingest is covered in test_spine.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytest
+
+import runstream
+from runstream import spool
+from runstream.sdk import send_spool_file
+from runstream.transport import SendError
+from runstream.v1.ingest_pb2 import Batch
+
+
+class MockTransport:
+    """Records delivered batches; ``handler`` may raise SendError to simulate ingest failures."""
+
+    def __init__(self, handler: Callable[[Sequence[Batch]], None] | None = None) -> None:
+        self.handler = handler
+        self.batches: list[Batch] = []
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def send(self, batches: Sequence[Batch]) -> None:
+        with self.lock:
+            self.calls += 1
+        if self.handler:
+            self.handler(batches)
+        with self.lock:
+            self.batches.extend(Batch.FromString(b.SerializeToString()) for b in batches)
+
+    def close(self) -> None:
+        pass
+
+    def points(self) -> list[tuple[str, int, float]]:
+        out = []
+        for b in self.batches:
+            if b.HasField("metrics"):
+                m = b.metrics
+                out += [(m.names[i], s, v) for i, s, v in zip(m.name_index, m.steps, m.values)]
+        return out
+
+
+def test_batches_are_columnar_ordered_and_complete(tmp_path: Path) -> None:
+    t = MockTransport()
+    run = runstream.init("p", "r", config={"lr": 0.1}, tags=["a"], transport=t, max_batch_points=1000,
+                         spool_dir=str(tmp_path))
+    for step in range(2500):
+        run.log({"loss": step * 0.5, "acc": -step}, step=step)
+    run.log_params({"bs": 32})
+    run.set_tags({"team": "vision"})
+    assert run.finish(timeout=10)
+    kinds = [b.WhichOneof("body") for b in t.batches]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_finish"
+    assert kinds.count("params") == 1 and kinds.count("tags") == 1
+    assert [b.seq for b in t.batches] == list(range(1, len(t.batches) + 1))
+    assert len({b.batch_id for b in t.batches}) == len(t.batches)
+    assert all(len(b.metrics.values) <= 1000 for b in t.batches if b.HasField("metrics"))
+    pts = t.points()
+    assert len(pts) == 5000
+    assert sorted(pts) == sorted([("loss", s, s * 0.5) for s in range(2500)] + [("acc", s, float(-s)) for s in range(2500)])
+    fin = t.batches[-1].run_finish
+    assert fin.points_acked == 5000 and fin.batches_acked == len(t.batches) - 1
+    assert t.batches[0].run_start.config["lr"] == "0.1"
+
+
+def test_auto_step_and_numpy_values(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    t = MockTransport()
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path))
+    run.log({"x": np.float32(1.5)})
+    run.log({"x": 2, "bad": "text"})
+    run.finish(timeout=10)
+    assert sorted(t.points()) == [("x", 0, 1.5), ("x", 1, 2.0)]
+
+
+def test_backs_off_while_unavailable_then_delivers(tmp_path: Path) -> None:
+    state = {"fail": 5}
+
+    def flaky(batches: Sequence[Batch]) -> None:
+        if state["fail"] > 0:
+            state["fail"] -= 1
+            raise SendError("UNAVAILABLE", "down", accepted=0, retryable=True)
+
+    t = MockTransport(flaky)
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path), backoff_max_s=0.2)
+    start = time.perf_counter()
+    for i in range(1000):
+        run.log({"v": i})
+    log_time = time.perf_counter() - start
+    assert run.finish(timeout=20)
+    assert len(t.points()) == 1000
+    assert t.calls >= 6
+    assert log_time < 1.0  # log() never waited for the failing transport
+
+
+def test_spools_when_pending_bound_is_hit_and_resends(tmp_path: Path) -> None:
+    down = threading.Event()
+    down.set()
+
+    def gate(batches: Sequence[Batch]) -> None:
+        if down.is_set():
+            raise SendError("UNAVAILABLE", "down", accepted=0, retryable=True)
+
+    t = MockTransport(gate)
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path), max_pending_points=2000, max_batch_points=500,
+                         backoff_max_s=0.1)
+    for i in range(10_000):
+        run.log({"v": float(i)}, step=i)
+    deadline = time.monotonic() + 10
+    while not spool.files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spool.files(tmp_path), "nothing was spooled although pending exceeded its bound"
+    assert run._sender.pending_points <= 2000 + 500
+    down.clear()  # ingest is back: the sender resends its own spool files
+    assert run.finish(timeout=20)
+    deadline = time.monotonic() + 10
+    while spool.files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spool.files(tmp_path)
+    assert sorted(s for _, s, _ in t.points()) == list(range(10_000))
+
+
+def test_close_spools_what_it_cannot_deliver_and_sync_resends(tmp_path: Path) -> None:
+    def dead(batches: Sequence[Batch]) -> None:
+        raise SendError("UNAVAILABLE", "down", accepted=0, retryable=True)
+
+    run = runstream.init("p", transport=MockTransport(dead), spool_dir=str(tmp_path), backoff_max_s=0.1)
+    for i in range(300):
+        run.log({"v": i})
+    assert not run.finish(timeout=0.5)
+    run._sender.close(timeout=2)
+    files = spool.files(tmp_path)
+    assert files
+    later = MockTransport()
+    assert sum(send_spool_file(later, f) for f in files) >= 3
+    assert not spool.files(tmp_path)
+    assert len(later.points()) == 300
+    assert later.batches[-1].HasField("run_finish")
+
+
+def test_invalid_batch_is_dropped_others_delivered(tmp_path: Path) -> None:
+    def picky(batches: Sequence[Batch]) -> None:
+        for i, b in enumerate(batches):
+            if b.HasField("metrics") and "bad name!" in b.metrics.names:
+                raise SendError("INVALID_ARGUMENT", "batches[%d].metrics.names" % i, accepted=i, retryable=False)
+
+    t = MockTransport(picky)
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path))
+    run.log({"ok": 1.0})
+    assert run.finish(timeout=0.01) in (True, False)
+    run2 = runstream.init("p", transport=t, spool_dir=str(tmp_path))
+    run2.log({"bad name!": 1.0})
+    time.sleep(0.5)
+    run2.log({"fine": 2.0})
+    assert run2.finish(timeout=10)
+    assert run2._sender.dropped_batches == 1
+    assert ("fine", 1, 2.0) in t.points()
+
+
+def test_log_is_bounded_when_sender_cannot_keep_up(tmp_path: Path) -> None:
+    t = MockTransport()
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path), max_buffered_records=100, flush_interval_s=60)
+    for i in range(1000):
+        run.log({"v": i})
+        assert len(run._records) <= 101
+    assert run.finish(timeout=10)
+    assert len(t.points()) == 1000
+
+
+def test_context_manager_marks_failure(tmp_path: Path) -> None:
+    t = MockTransport()
+    with pytest.raises(RuntimeError):
+        with runstream.init("p", transport=t, spool_dir=str(tmp_path)) as run:
+            run.log({"v": 1})
+            raise RuntimeError("boom")
+    assert t.batches[-1].run_finish.status == 2  # RUN_STATUS_FAILED

@@ -1,0 +1,49 @@
+"""Batch validation names the offending field."""
+
+import pytest
+
+from ingest.validate import validate_batch
+from runstream.config import IngestConfig
+from runstream.errors import ValidationError
+from runstream.v1.ingest_pb2 import Batch
+
+CFG = IngestConfig(max_batch_points=100)
+
+
+def good(n: int = 3) -> Batch:
+    b = Batch(batch_id="a" * 32, project="vision", run_id="run1", seq=1)
+    b.metrics.names.extend(["loss"])
+    b.metrics.name_index.extend([0] * n)
+    b.metrics.steps.extend(range(n))
+    b.metrics.timestamps_ms.extend([1] * n)
+    b.metrics.values.extend([0.5] * n)
+    return b
+
+
+def test_good_batch_counts_points() -> None:
+    assert validate_batch(good(), CFG) == 3
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda b: setattr(b, "batch_id", "x"), "batch.batch_id"),
+    (lambda b: setattr(b, "project", ""), "batch.project"),
+    (lambda b: setattr(b, "project", "has space"), "batch.project"),
+    (lambda b: setattr(b, "run_id", "r" * 200), "batch.run_id"),
+    (lambda b: setattr(b, "seq", 0), "batch.seq"),
+    (lambda b: b.metrics.steps.append(9), "batch.metrics.steps"),
+    (lambda b: b.metrics.name_index.__setitem__(0, 5), "batch.metrics.name_index"),
+    (lambda b: b.metrics.steps.__setitem__(0, -1), "batch.metrics.steps"),
+    (lambda b: b.metrics.names.__setitem__(0, ""), "batch.metrics.names[0]"),
+    (lambda b: b.ClearField("metrics"), "batch.body"),
+])
+def test_bad_fields_are_named(mutate, field) -> None:
+    b = good()
+    mutate(b)
+    with pytest.raises(ValidationError) as exc:
+        validate_batch(b, CFG)
+    assert exc.value.field == field
+
+
+def test_oversized_batch() -> None:
+    with pytest.raises(ValidationError, match="limit is 100"):
+        validate_batch(good(101), CFG)
