@@ -1,0 +1,106 @@
+"""The CLI as a user runs it: `runstream up` as a real process tree (Kafka, ingest, sink), an SDK client
+that finds it through stack.json, `runstream runs` / `runstream sql` reading through the SQL endpoint,
+read-only enforcement, a clean SIGTERM shutdown, and `runstream demo` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runstream.broker import free_port
+
+
+def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "RUNSTREAM_DATA_DIR": str(tmp_path / "home"),
+        "RUNSTREAM_INGEST_LISTEN": f"127.0.0.1:{free_port()}",
+        "RUNSTREAM_INGEST_METRICS_PORT": str(free_port()),
+        "RUNSTREAM_SINK_METRICS_PORT": str(free_port()),
+        "RUNSTREAM_SINK_SQL_LISTEN": f"127.0.0.1:{free_port()}",
+    })
+    for k in ("RUNSTREAM_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_CLICKHOUSE_URL"):
+        env.pop(k, None)
+    if kafka:
+        env["RUNSTREAM_KAFKA_BOOTSTRAP"] = kafka
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runstream", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+CLIENT = """
+import runstream
+run = runstream.init(project="vision", name="resnet-lr3e-4", config={"lr": 3e-4, "bs": 256}, tags=["baseline"])
+for step in range(5000):
+    run.log({"loss": 1.0 / (step + 1), "acc": step / 5000}, step=step)
+assert run.finish(timeout=60)
+print(run.id, run.stats.acked_points)
+"""
+
+
+def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: str) -> None:
+    env = env_for(tmp_path, kafka)
+    up = subprocess.Popen([sys.executable, "-m", "runstream", "up"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    stack_file = tmp_path / "home" / "stack.json"
+    try:
+        deadline = time.monotonic() + 90
+        while not stack_file.exists() and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stack_file.exists(), up.stdout.read() if up.poll() is not None else "stack.json never appeared"
+        client = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr
+        run_id, acked = client.stdout.split()
+        assert int(acked) == 10_000
+
+        deadline = time.monotonic() + 60
+        rows: list[dict] = []
+        while time.monotonic() < deadline:
+            res = cli(env, "runs", "--format", "json")
+            assert res.returncode == 0, res.stderr
+            rows = [json.loads(line) for line in res.stdout.splitlines()]
+            if rows and rows[0]["points_stored"] == 10_000 and rows[0]["status"] == "finished":
+                break
+            time.sleep(0.5)
+        assert rows[0]["run_id"] == run_id and rows[0]["points_acked"] == rows[0]["points_stored"] == 10_000
+        assert "loss=0.0002" in rows[0]["latest"]
+
+        res = cli(env, "sql", f"SELECT metric, max(step), argMax(value, step) FROM metrics WHERE run_id = '{run_id}' "
+                              "GROUP BY metric ORDER BY metric", "--format", "csv")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == ["metric,max(step),\"argMax(value, step)\"", "acc,4999,0.9998", "loss,4999,0.0002"]
+
+        res = cli(env, "sql", "DROP TABLE metric_points")
+        assert res.returncode == 2 and "readonly" in res.stderr.lower()
+        res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
+        assert res.stdout.splitlines()[1] == "10000"
+
+        # The store belongs to the sink process: a second opener gets the real cause, not BAD_ARGUMENTS.
+        probe = subprocess.run([sys.executable, "-c",
+                                "from pathlib import Path; from storage.store import open_embedded\n"
+                                f"open_embedded(Path({str(tmp_path / 'home' / 'clickhouse')!r}))"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode != 0 and "open in another process" in probe.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=90)
+    assert up.returncode == 0, out
+    assert not stack_file.exists()
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """The README's main job, small: starts its own Kafka and stack, runs jobs, prints real results."""
+    env = env_for(tmp_path)
+    res = cli(env, "demo", "--jobs", "4", "--seconds", "2", "--rate", "50", timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "nothing lost, nothing duplicated" in res.stdout
+    assert "digits-sgd-real" in res.stdout or "val_acc" in res.stdout
