@@ -1,0 +1,171 @@
+"""End-to-end ingest benchmark: the local stack (real Kafka, ingest, sink, embedded ClickHouse) and N
+concurrent simulated jobs logging 10 metrics per log() call through the SDK.
+
+    python bench/ingest.py --jobs 100 --seconds 30 --json
+
+Prints one JSON line: points_per_s (stored points counted in ClickHouse over the logging window),
+e2e_p50_ms / e2e_p99_ms (log() call to row stored and queryable), sdk_log_us (median cost of one
+log() of 10 metrics in the job's thread), lost and duplicated, peak RSS per process (MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
+
+
+def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: "mp.Queue") -> None:
+    """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second."""
+    os.environ.update(env)
+    import math
+    import random
+
+    import runstream
+    runs = [runstream.init(project="bench", name=f"w{idx}-job{j}", config={"job": j}) for j in range(jobs)]
+    rng = random.Random(idx)
+    samples: list[int] = []
+    pc = time.perf_counter_ns
+    t0 = time.monotonic()
+    tick = 0.01
+    calls = 0
+    step = 0
+    # Jobs log in lockstep at `rate` steps/s: each tick, every job logs the steps that are due.
+    while True:
+        elapsed = time.monotonic() - t0
+        if elapsed >= seconds:
+            break
+        due = int(elapsed * rate) + 1
+        while step < due:
+            for run in runs:
+                loss = 2.0 * math.exp(-step / 5000) + rng.random() * 0.01
+                values = {"loss": loss, "acc": 1 - loss / 2, "lr": 3e-4, "grad_norm": rng.random(), "throughput": 1200.0,
+                          "gpu_util": 0.93, "val_loss": loss * 1.1, "val_acc": 0.9, "epoch": step / 1000, "tokens": step * 4096.0}
+                if calls % 64 == 0:
+                    a = pc()
+                    run.log(values, step=step)
+                    samples.append(pc() - a)
+                else:
+                    run.log(values, step=step)
+                calls += 1
+            step += 1
+        time.sleep(max(0.0, tick - (time.monotonic() - t0 - elapsed)))
+    logged_until = time.time()
+    for run in runs:
+        run.finish(timeout=120)
+    out.put({"logged": calls * len(METRICS), "acked": sum(r.stats.acked_points for r in runs), "samples": samples,
+             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "logged_until": logged_until,
+             "spooled": runs[0]._sender.spooled_batches if runs else 0})
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--points-per-s", type=float, default=600_000, help="offered load, all jobs together")
+    p.add_argument("--workers", type=int, default=2, help="client processes the jobs are spread over")
+    p.add_argument("--ingest-replicas", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = p.parse_args()
+
+    from rich.console import Console
+    console = Console(stderr=True, quiet=args.json)
+
+    from runstream.broker import free_port
+    from runstream.config import RunstreamConfig
+    from runstream.supervisor import Supervisor
+    import clickhouse_connect
+
+    home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
+    cfg = RunstreamConfig()
+    cfg.data_dir = str(home)
+    cfg.ingest.listen = f"127.0.0.1:{free_port()}"
+    cfg.ingest.metrics_port = free_port()
+    cfg.sink.metrics_port = free_port()
+    cfg.sink.sql_listen = f"127.0.0.1:{free_port()}"
+    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
+    sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
+    console.print(f"Starting the stack in {home} ...")
+    info = sup.start()
+    env = {"RUNSTREAM_DATA_DIR": str(home)}
+    rate = args.points_per_s / args.jobs / len(METRICS)
+    try:
+        per = [args.jobs // args.workers + (1 if i < args.jobs % args.workers else 0) for i in range(args.workers)]
+        q: mp.Queue = mp.get_context("spawn").Queue()
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=worker, args=(i, n, rate, args.seconds, env, q)) for i, n in enumerate(per) if n]
+        console.print(f"{args.jobs} jobs in {len(procs)} processes, {rate:.0f} log()/s each of {len(METRICS)} metrics "
+                      f"(offered {args.points_per_s:,.0f} points/s) for {args.seconds:.0f}s ...")
+        t_start = time.time()
+        for pr in procs:
+            pr.start()
+        sink_pid = next(p.proc.pid for p in sup.procs if p.role == "sink")
+        ingest_pids = [p.proc.pid for p in sup.procs if p.role == "ingest"]
+        kafka_pid = sup.broker.proc.pid if sup.broker and sup.broker.proc else 0
+        with console.status("jobs logging...") as status:
+            while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
+                status.update(sup.status())
+                time.sleep(1)
+        results = [q.get(timeout=300) for _ in procs]
+        for pr in procs:
+            pr.join(60)
+        logged = sum(r["logged"] for r in results)
+        acked = sum(r["acked"] for r in results)
+        host, port = cfg.sink.sql_listen.rsplit(":", 1)
+        client = clickhouse_connect.get_client(host=host, port=int(port), database=cfg.clickhouse.database)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            stored = client.query("SELECT count() FROM metrics WHERE project = 'bench'").result_rows[0][0]
+            if stored >= acked:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        stored, distinct, first_ts, last_stored = client.query(
+            "SELECT count(), uniqExact(run_id, metric, step), min(ts), max(stored) FROM metric_points FINAL WHERE project = 'bench'"
+        ).result_rows[0]
+        p50, p99 = client.query("SELECT quantilesExact(0.5, 0.99)(dateDiff('millisecond', ts, stored)) "
+                                "FROM metric_points FINAL WHERE project = 'bench'").result_rows[0][0]
+        window = max(1e-3, (last_stored - first_ts).total_seconds())
+        samples = sorted(s for r in results for s in r["samples"])
+        out = {
+            "jobs": args.jobs, "seconds": args.seconds, "offered_points_per_s": round(args.points_per_s),
+            "points_per_s": round(distinct / window), "points_logged": logged, "points_acked": acked, "points_stored": stored,
+            "e2e_p50_ms": p50, "e2e_p99_ms": p99,
+            "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
+            "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
+            "lost": max(0, logged - distinct), "duplicated": stored - distinct,
+            "spooled_batches": sum(r["spooled"] for r in results),
+            "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
+                             "ingest": [round(peak_rss_mib(pid), 1) for pid in ingest_pids],
+                             "sink": round(peak_rss_mib(sink_pid), 1), "kafka": round(peak_rss_mib(kafka_pid), 1)},
+            "cpu_cores": os.cpu_count(),
+        }
+        print(json.dumps(out))
+        return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
+    finally:
+        sup.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
