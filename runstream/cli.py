@@ -33,7 +33,11 @@ def cmd_role(args: argparse.Namespace) -> int:
     if not config.kafka.bootstrap:
         raise RunstreamError("kafka.bootstrap is not set: pass --kafka HOST:PORT or set RUNSTREAM_KAFKA_BOOTSTRAP "
                              "(`runstream up` starts a broker for you).")
-    asyncio.run(run_role(args.command, config))
+    if args.command == "process":
+        from runstream.roles import run_process_role
+        run_process_role(config)
+    else:
+        asyncio.run(run_role(args.command, config))
     return 0
 
 
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = common(sub.add_parser("up", help="everything on this machine: Kafka, ingest, sink, storage"))
     up.add_argument("--ingest-replicas", type=int, default=1)
     up.set_defaults(func=cmd_up)
-    for role, text in (("ingest", "run the gRPC ingest role"), ("sink", "run the storage sink role")):
+    for role, text in (("ingest", "run the gRPC ingest role"), ("sink", "run the storage sink role"),
+                       ("process", "run the stream processors (rollups, fleet view, anomaly detection)")):
         common(sub.add_parser(role, help=text)).set_defaults(func=cmd_role)
 
     sql = common(sub.add_parser("sql", help="read-only SQL over the stored data"))

@@ -18,12 +18,18 @@ import yaml
 from runstream.errors import ConfigError
 
 EVENTS_TOPIC = "runstream.events"
+ROLLUPS_TOPIC = "runstream.rollups"
+ALERTS_TOPIC = "runstream.alerts"
+FLEET_TOPIC = "runstream.fleet"
 
 
 @dataclass
 class KafkaConfig:
     bootstrap: str = ""            # empty: the broker that `runstream up` starts
     events_topic: str = EVENTS_TOPIC
+    rollups_topic: str = ROLLUPS_TOPIC
+    alerts_topic: str = ALERTS_TOPIC
+    fleet_topic: str = FLEET_TOPIC
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
 
@@ -50,6 +56,16 @@ class SinkConfig:
 
 
 @dataclass
+class ProcessorsConfig:
+    app_id: str = "runstream-processors"  # faust app id: consumer group and state topic prefix
+    grace_s: float = 10.0          # late points inside this period still update their window
+    tick_s: float = 0.5            # wall-clock checks: stalls, windows of quiet runs
+    rules_file: str = ""           # anomaly thresholds per project / metric (YAML); empty: defaults
+    webhook_url: str = ""          # Slack-compatible webhook for new alerts; empty disables
+    metrics_port: int = 9103
+
+
+@dataclass
 class ClickHouseConfig:
     url: str = ""                  # empty: the embedded engine (chDB) at `path`
     path: str = ""                 # empty: <data_dir>/clickhouse
@@ -62,6 +78,7 @@ class RunstreamConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
 
     @property

@@ -44,7 +44,16 @@ ROLES: dict[str, Callable[[RunstreamConfig], list[Stage]]] = {
 METRICS_PORT: dict[str, Callable[[RunstreamConfig], int]] = {
     "ingest": lambda c: c.ingest.metrics_port,
     "sink": lambda c: c.sink.metrics_port,
+    "process": lambda c: c.processors.metrics_port,
 }
+
+
+def run_process_role(config: RunstreamConfig) -> None:
+    """The processors run as a faust worker, which owns its event loop and signal handling."""
+    from processors.app import run_worker
+    asyncio.run(ensure_topics(config))
+    telemetry.serve_metrics(config.processors.metrics_port)
+    run_worker(config)
 
 
 async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[Any]], None] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""`runstream up`: Kafka plus every role as a child process on this machine, with a live status line.
+"""`runstream up`: Kafka plus every role (ingest, process, sink) as a child process on this machine, with a live status line.
 
 Roles run as separate processes so they use separate cores (and so the sink
 alone owns the embedded store). The supervisor writes ``<data_dir>/stack.json``
@@ -61,6 +61,7 @@ class Supervisor:
         addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen)]
         addrs += [(f"ingest.metrics_port+{i}", f"127.0.0.1:{c.ingest.metrics_port + i}") for i in range(self.ingest_replicas)]
         addrs.append(("sink.metrics_port", f"127.0.0.1:{c.sink.metrics_port}"))
+        addrs.append(("processors.metrics_port", f"127.0.0.1:{c.processors.metrics_port}"))
         busy = [f"{name} ({addr})" for name, addr in addrs if addr and not addr.endswith(":0") and not _port_free(addr)]
         if busy:
             raise RunstreamError(f"ports already in use: {', '.join(busy)}. Stop what holds them or change them in the config.")
@@ -91,11 +92,16 @@ class Supervisor:
             p.start()
             self.procs.append(p)
         c.ingest.metrics_port = base_metrics
+        proc = RoleProcess("process", c, self.log_dir)
+        proc.start()
+        self.procs.append(proc)
         for i in range(self.ingest_replicas):
             wait_http(f"http://127.0.0.1:{base_metrics + i}/metrics", 60, self.procs[1 + i])
+        wait_http(f"http://127.0.0.1:{c.processors.metrics_port}/metrics", 60, proc)
         info = {"pid": os.getpid(), "ingest": c.ingest.listen, "token": token, "kafka": c.kafka.bootstrap,
                 "sql": c.clickhouse.url or f"http://{c.sink.sql_listen}", "database": c.clickhouse.database,
-                "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)]},
+                "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)],
+                            "process": c.processors.metrics_port},
                 "logs": str(self.log_dir)}
         write_stack_file(c, info)
         return info
@@ -113,8 +119,11 @@ class Supervisor:
         self._last = (now, points)
         down = [p.role for p in self.procs if not p.alive()]
         lag = snk.get("runstream_sink_event_lag_seconds", 0.0)
+        prc = scrape(c.processors.metrics_port)
+        alerts = sum(v for k, v in prc.items() if k.startswith("runstream_processor_alerts_total{") and "status=open" in k)
         text = (f"ingest {rate:>10,.0f} points/s | accepted {points:>12,.0f} | stored {stored:>12,.0f} | "
-                f"sink lag {lag:5.2f}s | kafka {c.kafka.bootstrap}")
+                f"processed {prc.get('runstream_processor_points_total', 0.0):>12,.0f} | alerts {alerts:,.0f} | "
+                f"sink lag {lag:5.2f}s")
         return text + (f" | DOWN: {', '.join(down)} (logs in {self.log_dir})" if down else "")
 
     def stop(self) -> None:

@@ -13,7 +13,9 @@ from runstream.errors import Unavailable
 
 def topics(config: RunstreamConfig) -> dict[str, int]:
     """Every topic runstream owns, with its partition count."""
-    return {config.kafka.events_topic: config.kafka.partitions}
+    k = config.kafka
+    return {k.events_topic: k.partitions, k.rollups_topic: k.partitions, k.alerts_topic: k.partitions,
+            k.fleet_topic: k.partitions}
 
 
 async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:

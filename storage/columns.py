@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from runstream.v1.ingest_pb2 import Batch, RunStatus
+from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups, RunStatus
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
@@ -56,6 +56,9 @@ class Tables:
     run_finishes: list[list[Any]] = field(default_factory=list)
     params: list[list[Any]] = field(default_factory=list)
     tags: list[list[Any]] = field(default_factory=list)
+    rollups: list[list[Any]] = field(default_factory=list)
+    fleet: list[list[Any]] = field(default_factory=list)
+    alerts: list[list[Any]] = field(default_factory=list)
     newest_created_ms: int = 0
 
     @property
@@ -68,11 +71,34 @@ RUN_START_COLUMNS = ["project", "run_id", "name", "started", "tags", "git_commit
                      "git_dirty", "hostname", "pid", "python_version", "parent_run_id"]
 RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked"]
 KV_COLUMNS = ["project", "run_id", "key", "value", "ts"]
+ROLLUP_COLUMNS = ["project", "run_id", "metric", "resolution_s", "window_start", "count", "nonfinite", "min", "max", "sum",
+                  "first", "first_step", "last", "last_step", "version"]
+FLEET_COLUMNS = ["project", "window_start", "partition", "active_runs", "points", "runs_started", "runs_finished",
+                 "runs_failed", "version"]
+ALERT_COLUMNS = ["project", "alert_id", "status", "run_id", "metric", "kind", "severity", "step", "value", "expected_low",
+                 "expected_high", "event_time", "detected_at", "message"]
 
 
-def build(items: list[tuple[Batch, int, int]]) -> Tables:
+def add_derived(t: Tables, kind: str, value: bytes) -> None:
+    """Rows from a processors' record (``kind`` is rollups, fleet or alerts)."""
+    if kind == "rollups":
+        for w in Rollups.FromString(value).windows:
+            t.rollups.append([w.project, w.run_id, w.metric, w.resolution_s, _dt(w.window_start_ms), w.count, w.nonfinite,
+                              w.min, w.max, w.sum, w.first, w.first_step, w.last, w.last_step, w.version])
+    elif kind == "fleet":
+        for f in FleetWindows.FromString(value).windows:
+            t.fleet.append([f.project, _dt(f.window_start_ms), f.partition, f.active_runs, f.points, f.runs_started,
+                            f.runs_finished, f.runs_failed, f.version])
+    elif kind == "alerts":
+        a = Alert.FromString(value)
+        t.alerts.append([a.project, a.alert_id, a.status, a.run_id, a.metric, a.kind, a.severity, a.step, a.value,
+                         a.expected_low, a.expected_high, _dt(a.event_ms),
+                         _dt(a.resolved_ms if a.status == "resolved" else a.detected_ms), a.message])
+
+
+def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Tables:
     """``items`` are (batch, kafka partition, kafka offset), in consumption order."""
-    t = Tables()
+    t = t or Tables()
     projects, runs, metrics = _Dict(), _Dict(), _Dict()
     proj_idx: list[np.ndarray] = []
     run_idx: list[np.ndarray] = []

@@ -69,8 +69,11 @@ class Sink:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
         await asyncio.to_thread(migrate, self.client, self.db)
+        k = self.config.kafka
+        self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
+                           k.fleet_topic: "fleet"}
         self.consumer = AIOKafkaConsumer(
-            self.config.kafka.events_topic, bootstrap_servers=self.config.kafka.bootstrap,
+            *self.topic_kind, bootstrap_servers=self.config.kafka.bootstrap,
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
@@ -106,8 +109,17 @@ class Sink:
             if not polled:
                 continue
             items = []
+            tables = columns.Tables()
             for tp, messages in polled.items():
+                kind = self.topic_kind.get(tp.topic, "events")
                 for msg in messages:
+                    if kind != "events":
+                        try:
+                            columns.add_derived(tables, kind, msg.value)
+                        except Exception as exc:
+                            tm.SINK_BATCHES.labels("undecodable").inc()
+                            log.error("Skipping undecodable %s record %s[%d]@%d: %s", kind, tp.topic, tp.partition, msg.offset, exc)
+                        continue
                     try:
                         batch = encoding.decode(msg.value, msg.headers)
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
@@ -118,7 +130,7 @@ class Sink:
                         tm.SINK_BATCHES.labels("duplicate").inc()
                         continue
                     items.append((batch, tp.partition, msg.offset))
-            tables = columns.build(items)
+            columns.build(items, tables)
             await self._insert_until_done(tables)
             for batch, _, _ in items:
                 self.recent.add(batch.batch_id)
@@ -169,6 +181,9 @@ class Sink:
                                       ("run_finishes", t.run_finishes, columns.RUN_FINISH_COLUMNS),
                                       ("params", t.params, columns.KV_COLUMNS),
                                       ("tags", t.tags, columns.KV_COLUMNS),
+                                      ("rollup_windows", t.rollups, columns.ROLLUP_COLUMNS),
+                                      ("fleet_windows", t.fleet, columns.FLEET_COLUMNS),
+                                      ("alert_events", t.alerts, columns.ALERT_COLUMNS),
                                       ("batches", t.batches, columns.BATCH_COLUMNS)):
                 if rows:
                     self.client.insert(f"{db}.{table}", rows, column_names=cols)

@@ -43,6 +43,11 @@ def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
     c.data_dir = str(tmp_path / "data")
     c.kafka.bootstrap = kafka
     c.kafka.events_topic = f"events-{tag}"
+    c.kafka.rollups_topic = f"rollups-{tag}"
+    c.kafka.alerts_topic = f"alerts-{tag}"
+    c.kafka.fleet_topic = f"fleet-{tag}"
+    c.processors.app_id = f"proc-{tag}"
+    c.processors.metrics_port = 0
     c.kafka.partitions = 4
     c.ingest.listen = "127.0.0.1:0"
     c.ingest.metrics_port = 0

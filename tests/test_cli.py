@@ -25,7 +25,12 @@ def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
         "RUNSTREAM_INGEST_METRICS_PORT": str(free_port()),
         "RUNSTREAM_SINK_METRICS_PORT": str(free_port()),
         "RUNSTREAM_SINK_SQL_LISTEN": f"127.0.0.1:{free_port()}",
+        "RUNSTREAM_PROCESSORS_METRICS_PORT": str(free_port()),
     })
+    tag = tmp_path.name[-12:].replace("_", "-")
+    for topic in ("EVENTS", "ROLLUPS", "ALERTS", "FLEET"):
+        env[f"RUNSTREAM_KAFKA_{topic}_TOPIC"] = f"{topic.lower()}-{tag}"
+    env["RUNSTREAM_PROCESSORS_APP_ID"] = f"proc-{tag}"
     for k in ("RUNSTREAM_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_CLICKHOUSE_URL"):
         env.pop(k, None)
     if kafka:

@@ -154,3 +154,105 @@ class SendResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class RollupWindow(_message.Message):
+    __slots__ = ("project", "run_id", "metric", "resolution_s", "window_start_ms", "count", "nonfinite", "min", "max", "sum", "first", "first_step", "last", "last_step", "version")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_S_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    NONFINITE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    run_id: str
+    metric: str
+    resolution_s: int
+    window_start_ms: int
+    count: int
+    nonfinite: int
+    min: float
+    max: float
+    sum: float
+    first: float
+    first_step: int
+    last: float
+    last_step: int
+    version: int
+    def __init__(self, project: _Optional[str] = ..., run_id: _Optional[str] = ..., metric: _Optional[str] = ..., resolution_s: _Optional[int] = ..., window_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., nonfinite: _Optional[int] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., sum: _Optional[float] = ..., first: _Optional[float] = ..., first_step: _Optional[int] = ..., last: _Optional[float] = ..., last_step: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class Rollups(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[RollupWindow]
+    def __init__(self, windows: _Optional[_Iterable[_Union[RollupWindow, _Mapping]]] = ...) -> None: ...
+
+class FleetWindow(_message.Message):
+    __slots__ = ("project", "window_start_ms", "partition", "active_runs", "points", "runs_started", "runs_finished", "runs_failed", "version")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    window_start_ms: int
+    partition: int
+    active_runs: int
+    points: int
+    runs_started: int
+    runs_finished: int
+    runs_failed: int
+    version: int
+    def __init__(self, project: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., partition: _Optional[int] = ..., active_runs: _Optional[int] = ..., points: _Optional[int] = ..., runs_started: _Optional[int] = ..., runs_finished: _Optional[int] = ..., runs_failed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class FleetWindows(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[FleetWindow]
+    def __init__(self, windows: _Optional[_Iterable[_Union[FleetWindow, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("alert_id", "project", "run_id", "metric", "kind", "severity", "step", "value", "expected_low", "expected_high", "event_ms", "detected_ms", "resolved_ms", "status", "message")
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_LOW_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_HIGH_FIELD_NUMBER: _ClassVar[int]
+    EVENT_MS_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_MS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    alert_id: str
+    project: str
+    run_id: str
+    metric: str
+    kind: str
+    severity: str
+    step: int
+    value: float
+    expected_low: float
+    expected_high: float
+    event_ms: int
+    detected_ms: int
+    resolved_ms: int
+    status: str
+    message: str
+    def __init__(self, alert_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., metric: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., expected_low: _Optional[float] = ..., expected_high: _Optional[float] = ..., event_ms: _Optional[int] = ..., detected_ms: _Optional[int] = ..., resolved_ms: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

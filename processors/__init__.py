@@ -1,0 +1,1 @@
+"""Stream processors (faust-streaming): rollups, fleet view and anomaly detection over the events topic."""

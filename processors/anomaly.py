@@ -1,0 +1,229 @@
+"""Online anomaly detection per (run, metric), in O(1) memory each.
+
+- nonfinite: NaN or +-Inf. Resolves when finite values resume.
+- spike: a robust score against the metric's own recent history: an
+  exponentially weighted mean and mean absolute deviation, not updated by the
+  outliers themselves. Fires when the point is ``spike_z`` deviations away AND
+  ``spike_ratio`` times the level away (so learning-rate drops and noise on
+  tiny values stay quiet), after ``warmup_points`` points and ``min_step``.
+- divergence: for loss-like metrics, a slow EWMA that climbed ``divergence_ratio``
+  above its best after the curve had trended down.
+- stall: a running run that sent nothing for ``stall_factor`` x its usual interval
+  (and at least ``stall_min_s``), or for ``stall_timeout_s`` whatever its interval.
+  Checked on wall-clock ticks, not only on events.
+
+Thresholds come from a rules file: defaults, then per project, then per metric.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runstream.errors import ConfigError
+from runstream.v1.ingest_pb2 import Alert
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    spike_z: float = 10.0
+    spike_ratio: float = 3.0
+    span: int = 30                       # EWMA span (points) of the spike baseline
+    warmup_points: int = 30
+    min_step: int = 0
+    divergence_metrics: tuple[str, ...] = ("*loss*",)
+    divergence_ratio: float = 0.5
+    divergence_span: int = 50
+    divergence_min_points: int = 100
+    stall_factor: float = 2.5
+    stall_min_s: float = 5.0
+    stall_timeout_s: float = 600.0
+    enabled: bool = True
+
+
+class RuleBook:
+    """Rules per project and metric: ``defaults``, then ``projects.<p>.defaults``, then ``projects.<p>.metrics.<glob>``."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        self.defaults = self._rules(Rules(), data.get("defaults") or {}, "defaults")
+        self.projects: dict[str, tuple[Rules, list[tuple[str, dict]]]] = {}
+        for project, pdata in (data.get("projects") or {}).items():
+            base = self._rules(self.defaults, pdata.get("defaults") or {}, f"projects.{project}.defaults")
+            metrics = list((pdata.get("metrics") or {}).items())
+            for glob, mdata in metrics:
+                self._rules(base, mdata, f"projects.{project}.metrics.{glob}")  # validate now
+            self.projects[project] = (base, metrics)
+        self._cache: dict[tuple[str, str], Rules] = {}
+
+    @staticmethod
+    def _rules(base: Rules, overrides: dict[str, Any], where: str) -> Rules:
+        known = {f.name: f.type for f in fields(Rules)}
+        bad = [k for k in overrides if k not in known]
+        if bad:
+            raise ConfigError(f"anomaly rules {where}: unknown setting(s) {bad}; known: {sorted(known)}")
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return replace(base, **clean)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "RuleBook":
+        if not path:
+            return cls()
+        try:
+            return cls(yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"anomaly rules file {path}: {exc}") from exc
+
+    def for_metric(self, project: str, metric: str) -> Rules:
+        key = (project, metric)
+        r = self._cache.get(key)
+        if r is None:
+            base, metrics = self.projects.get(project, (self.defaults, []))
+            r = base
+            for glob, mdata in metrics:
+                if fnmatch.fnmatchcase(metric, glob):
+                    r = self._rules(r, mdata, glob)
+            self._cache[key] = r
+        return r
+
+
+def alert_id(run_id: str, metric: str, kind: str, anchor: int) -> str:
+    return hashlib.blake2b(f"{run_id}|{metric}|{kind}|{anchor}".encode(), digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class MetricState:
+    n: int = 0
+    mean: float = 0.0
+    mad: float = 0.0
+    slow: float = 0.0
+    slow_first: float = 0.0
+    slow_best: float = math.inf
+    slow_n: int = 0
+    open: dict[str, tuple[str, int]] = field(default_factory=dict)  # kind -> (alert id, opening step)
+
+
+def _alert(project: str, run_id: str, metric: str, kind: str, severity: str, step: int, value: float,
+           lo: float, hi: float, event_ms: int, now_ms: int, message: str) -> Alert:
+    return Alert(alert_id=alert_id(run_id, metric, kind, step), project=project, run_id=run_id, metric=metric,
+                 kind=kind, severity=severity, step=step, value=value, expected_low=lo, expected_high=hi,
+                 event_ms=event_ms, detected_ms=now_ms, status="open", message=message)
+
+
+def _resolve(st: MetricState, project: str, run_id: str, metric: str, kind: str, step: int, value: float,
+             event_ms: int, now_ms: int, why: str) -> Alert | None:
+    opened = st.open.pop(kind, None)
+    if opened is None:
+        return None
+    aid, first_step = opened
+    return Alert(alert_id=aid, project=project, run_id=run_id, metric=metric, kind=kind, step=first_step, value=value,
+                 event_ms=event_ms, detected_ms=now_ms, resolved_ms=now_ms, status="resolved",
+                 severity="critical" if kind in ("nonfinite", "divergence") else "warning",
+                 message=f"{metric} {kind} resolved at step {step}: {why}")
+
+
+def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
+            steps: list[int], values: list[float], ts: list[int], now_ms: int) -> list[Alert]:
+    """Run the metric's detectors over its points of one batch (in step order); returns alerts opened or resolved."""
+    out: list[Alert] = []
+    if not rules.enabled:
+        return out
+    alpha = 2.0 / (rules.span + 1)
+    beta = 2.0 / (rules.divergence_span + 1)
+    diverge = any(fnmatch.fnmatchcase(metric, g) for g in rules.divergence_metrics)
+    for step, x, t in zip(steps, values, ts):
+        if not math.isfinite(x):
+            if "nonfinite" not in st.open:
+                st.open["nonfinite"] = (alert_id(run_id, metric, "nonfinite", step), step)
+                out.append(_alert(project, run_id, metric, "nonfinite", "critical", step, x, st.mean, st.mean, t, now_ms,
+                                  f"{metric} became {x} at step {step} (last level {st.mean:.4g})"))
+            continue
+        if "nonfinite" in st.open:
+            a = _resolve(st, project, run_id, metric, "nonfinite", step, x, t, now_ms, "finite values again")
+            if a:
+                out.append(a)
+        if st.n == 0:
+            st.n, st.mean, st.mad = 1, x, 0.0
+            st.slow = st.slow_first = x
+            continue
+        dev = abs(x - st.mean)
+        sigma = 1.2533 * st.mad  # E|x - mu| = 0.7979 sigma for a normal distribution
+        if (st.n >= rules.warmup_points and step >= rules.min_step
+                and dev > rules.spike_z * sigma and dev > rules.spike_ratio * max(abs(st.mean), sigma)):
+            if "spike" not in st.open:
+                st.open["spike"] = (alert_id(run_id, metric, "spike", step), step)
+                lo, hi = st.mean - rules.spike_z * sigma, st.mean + rules.spike_z * sigma
+                ratio = x / st.mean if st.mean else math.inf
+                out.append(_alert(project, run_id, metric, "spike", "warning", step, x, lo, hi, t, now_ms,
+                                  f"{metric} = {x:.4g} at step {step} is {ratio:.3g}x its recent level {st.mean:.4g} "
+                                  f"(expected {lo:.4g}..{hi:.4g})"))
+            continue  # outliers do not move the baseline
+        if "spike" in st.open:
+            a = _resolve(st, project, run_id, metric, "spike", step, x, t, now_ms, f"back to {x:.4g}")
+            if a:
+                out.append(a)
+        st.n += 1
+        st.mad += alpha * (dev - st.mad)
+        st.mean += alpha * (x - st.mean)
+        if diverge:
+            st.slow += beta * (x - st.slow)
+            st.slow_n += 1
+            if st.slow_n >= rules.divergence_min_points // 2:
+                st.slow_best = min(st.slow_best, st.slow)
+            trended_down = st.slow_best < st.slow_first * 0.9
+            limit = st.slow_best * (1 + rules.divergence_ratio)
+            if st.slow_n >= rules.divergence_min_points and trended_down and st.slow > limit and st.slow_best > 0:
+                if "divergence" not in st.open:
+                    st.open["divergence"] = (alert_id(run_id, metric, "divergence", step), step)
+                    out.append(_alert(project, run_id, metric, "divergence", "critical", step, x, 0.0, limit, t, now_ms,
+                                      f"{metric} is diverging: trend {st.slow:.4g} at step {step} is "
+                                      f"{st.slow / st.slow_best:.2f}x its best {st.slow_best:.4g}"))
+            elif "divergence" in st.open and st.slow < st.slow_best * (1 + rules.divergence_ratio / 2):
+                a = _resolve(st, project, run_id, metric, "divergence", step, x, t, now_ms, f"trend back to {st.slow:.4g}")
+                if a:
+                    out.append(a)
+    return out
+
+
+@dataclass(slots=True)
+class Cadence:
+    """A run's usual interval between batches (client time), for stall detection."""
+    last_ms: int = 0
+    interval_s: float = 0.0
+    intervals: int = 0
+
+    def update(self, created_ms: int) -> float:
+        """Record a batch; returns the gap since the previous one (s)."""
+        gap = (created_ms - self.last_ms) / 1000 if self.last_ms else 0.0
+        if self.last_ms and created_ms > self.last_ms:
+            # A stall must not teach the run that long gaps are usual.
+            if self.intervals < 5 or gap < 4 * self.interval_s:
+                self.interval_s = gap if self.intervals == 0 else self.interval_s + 0.2 * (gap - self.interval_s)
+                self.intervals += 1
+        self.last_ms = max(self.last_ms, created_ms)
+        return gap
+
+    def stall_after_s(self, rules: Rules) -> float | None:
+        if self.intervals < 5:
+            return rules.stall_timeout_s
+        return min(rules.stall_timeout_s, max(rules.stall_min_s, rules.stall_factor * self.interval_s))
+
+
+def stall_alert(project: str, run_id: str, cadence: Cadence, limit_s: float, now_ms: int) -> Alert:
+    silent = (now_ms - cadence.last_ms) / 1000
+    return Alert(alert_id=alert_id(run_id, "", "stall", cadence.last_ms), project=project, run_id=run_id, kind="stall",
+                 severity="warning", expected_high=limit_s, value=silent, event_ms=cadence.last_ms, detected_ms=now_ms,
+                 status="open", message=f"run {run_id} sent nothing for {silent:.1f}s (usual interval "
+                                        f"{cadence.interval_s:.2f}s, limit {limit_s:.1f}s)")
+
+
+def stall_resolved(project: str, run_id: str, last_ms: int, gap_s: float, now_ms: int) -> Alert:
+    return Alert(alert_id=alert_id(run_id, "", "stall", last_ms), project=project, run_id=run_id, kind="stall",
+                 severity="warning", value=gap_s, event_ms=last_ms, detected_ms=now_ms, resolved_ms=now_ms,
+                 status="resolved", message=f"run {run_id} sent data again after {gap_s:.1f}s")

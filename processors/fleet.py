@@ -1,0 +1,73 @@
+"""Fleet view: per project, per 10 s of event time, active runs, points, runs started/finished/failed.
+
+State is kept per (events partition, project): runs are keyed by run id, so
+partitions hold disjoint runs and storage sums the partitions' rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runstream.v1.ingest_pb2 import Batch, FleetWindow, RunStatus
+
+WINDOW_MS = 10_000
+
+
+@dataclass(slots=True)
+class Bucket:
+    runs: set[str] = field(default_factory=set)
+    points: int = 0
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    version: int = 0
+
+
+@dataclass(slots=True)
+class FleetState:
+    watermark_ms: int = 0
+    buckets: dict[int, Bucket] = field(default_factory=dict)
+
+
+def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool:
+    """Count one batch in its window; False if that window already closed (late)."""
+    t = batch.created_ms
+    start = t - t % WINDOW_MS
+    if start + WINDOW_MS + grace_ms <= state.watermark_ms:
+        return False
+    b = state.buckets.get(start)
+    if b is None:
+        b = state.buckets[start] = Bucket()
+    b.runs.add(batch.run_id)
+    kind = batch.WhichOneof("body")
+    if kind == "metrics":
+        b.points += len(batch.metrics.values)
+    elif kind == "run_start":
+        b.started += 1
+    elif kind == "run_finish":
+        if batch.run_finish.status in (RunStatus.RUN_STATUS_FAILED, RunStatus.RUN_STATUS_KILLED):
+            b.failed += 1
+        else:
+            b.finished += 1
+    b.version += 1
+    state.watermark_ms = max(state.watermark_ms, t)
+    return True
+
+
+def close(state: FleetState, *, grace_ms: int) -> list[tuple[int, Bucket]]:
+    """Remove and return the windows the watermark (event time) has passed, grace included."""
+    done = [(s, b) for s, b in state.buckets.items() if s + WINDOW_MS + grace_ms <= state.watermark_ms]
+    for s, _ in done:
+        del state.buckets[s]
+    return done
+
+
+def quiet(state: FleetState, *, now_ms: int, grace_ms: int) -> list[tuple[int, Bucket]]:
+    """Open windows whose end plus grace is behind the wall clock: emitted as they are, kept open."""
+    return [(s, b) for s, b in state.buckets.items() if s + WINDOW_MS + grace_ms <= now_ms]
+
+
+def to_proto(project: str, partition: int, start: int, b: Bucket) -> FleetWindow:
+    return FleetWindow(project=project, window_start_ms=start, partition=partition, active_runs=len(b.runs),
+                       points=b.points, runs_started=b.started, runs_finished=b.finished, runs_failed=b.failed,
+                       version=b.version)

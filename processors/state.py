@@ -1,0 +1,93 @@
+"""Per-run processor state and the pure step that applies one batch to it (no faust here).
+
+A run's state lives in a faust table keyed by run id (changelog in Kafka), so a
+restarted worker resumes where it stopped. Batches are applied at most once:
+each run's batches carry increasing sequence numbers, and a batch whose seq is
+not above the last applied one (a replay, a resend) is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from processors import anomaly, fleet, rollups
+from runstream.v1.ingest_pb2 import Alert, Batch, RollupWindow
+
+
+@dataclass(slots=True)
+class RunState:
+    project: str
+    max_seq: int = 0
+    watermark_ms: int = 0
+    finished: bool = False
+    windows: rollups.Windows = field(default_factory=dict)
+    metrics: dict[str, anomaly.MetricState] = field(default_factory=dict)
+    cadence: anomaly.Cadence = field(default_factory=anomaly.Cadence)
+
+
+@dataclass
+class Output:
+    rollups: list[RollupWindow] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    late_points: int = 0
+    points: int = 0
+    duplicate: bool = False
+
+
+def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int, now_ms: int) -> Output:
+    """Apply one batch to its run's state; returns what to emit."""
+    out = Output()
+    if batch.seq <= st.max_seq:
+        out.duplicate = True
+        return out
+    st.max_seq = batch.seq
+    kind = batch.WhichOneof("body")
+    limit = st.cadence.stall_after_s(rules.for_metric(st.project, ""))
+    previous = st.cadence.last_ms
+    gap = st.cadence.update(batch.created_ms)
+    if previous and limit is not None and gap > limit:
+        # The run was silent long enough for a stall alert: it is over now.
+        out.alerts.append(anomaly.stall_resolved(st.project, batch.run_id, previous, gap, now_ms))
+    if kind == "metrics":
+        m = batch.metrics
+        out.points = len(m.values)
+        st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms, grace_ms=grace_ms)
+        ni = np.array(m.name_index, dtype=np.int64)
+        steps = np.array(m.steps, dtype=np.int64)
+        order = np.lexsort((steps, ni))  # per metric, in step order
+        ni_s = ni[order]
+        bounds = np.flatnonzero(np.diff(ni_s)) + 1
+        vals = np.array(m.values, dtype=np.float64)[order]
+        ts = np.array(m.timestamps_ms, dtype=np.int64)[order]
+        steps = steps[order]
+        for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist()):
+            name = m.names[int(ni_s[b])]
+            ms = st.metrics.get(name)
+            if ms is None:
+                ms = st.metrics[name] = anomaly.MetricState()
+            out.alerts += anomaly.observe(ms, rules.for_metric(st.project, name), st.project, batch.run_id, name,
+                                          steps[b:e].tolist(), vals[b:e].tolist(), ts[b:e].tolist(), now_ms)
+        for key, w in rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms):
+            out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
+    elif kind == "run_finish":
+        st.finished = True
+        # Nothing more will come: every window is final, every open alert of the run resolves.
+        for key, w in sorted(st.windows.items()):
+            out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
+        st.windows.clear()
+        for name, ms in st.metrics.items():
+            for kind_ in list(ms.open):
+                a = anomaly._resolve(ms, st.project, batch.run_id, name, kind_, -1, 0.0, batch.created_ms, now_ms, "run finished")
+                if a:
+                    out.alerts.append(a)
+    return out
+
+
+def quiet_windows(st: RunState, *, now_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], rollups.Window]]:
+    """Open windows of a run whose end plus grace is behind the wall clock (emitted, kept open)."""
+    return [(k, w) for k, w in st.windows.items() if k[2] + k[1] * 1000 + grace_ms <= now_ms]
+
+
+__all__ = ["RunState", "Output", "apply", "quiet_windows", "fleet"]

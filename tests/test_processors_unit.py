@@ -1,0 +1,172 @@
+"""Processor logic without a broker: rollups equal brute-force aggregates, detectors find injected anomalies
+at the right step and stay quiet on 200 clean noisy runs, replays are not applied twice."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from processors import anomaly, fleet, rollups, state
+from runstream.v1.ingest_pb2 import Batch, RunStatus
+
+
+def metrics_batch(run_id: str, seq: int, names: list[str], ni, steps, ts, values) -> Batch:
+    b = Batch(batch_id=f"b{run_id}{seq:08d}", project="p", run_id=run_id, seq=seq, created_ms=int(min(ts)))
+    b.metrics.names.extend(names)
+    b.metrics.name_index.extend(ni)
+    b.metrics.steps.extend(steps)
+    b.metrics.timestamps_ms.extend(ts)
+    b.metrics.values.extend(values)
+    return b
+
+
+def test_rollups_equal_brute_force_per_window() -> None:
+    rng = np.random.default_rng(1)
+    n = 5000
+    names = ["loss", "acc", "lr"]
+    ni = rng.integers(0, 3, n)
+    ts = np.sort(rng.integers(1_700_000_000_000, 1_700_000_000_000 + 300_000, n))
+    steps = np.arange(n)
+    vals = rng.standard_normal(n)
+    vals[rng.integers(0, n, 20)] = np.nan
+    windows: rollups.Windows = {}
+    wm = 0
+    emitted = {}
+    for i in range(0, n, 137):  # uneven batches
+        sl = slice(i, i + 137)
+        b = metrics_batch("r", i + 1, names, ni[sl].tolist(), steps[sl].tolist(), ts[sl].tolist(), vals[sl].tolist())
+        wm, late = rollups.apply(windows, b, watermark_ms=wm, grace_ms=5000)
+        assert late == 0  # in order: nothing late
+        for k, w in rollups.close(windows, watermark_ms=wm, grace_ms=5000):
+            emitted[k] = w
+    for k, w in windows.items():
+        emitted[k] = w
+    for res in rollups.RESOLUTIONS_S:
+        starts = ts - ts % (res * 1000)
+        for (metric_i, start) in set(zip(ni.tolist(), starts.tolist())):
+            sel = (ni == metric_i) & (starts == start)
+            v, s = vals[sel], steps[sel]
+            fin = np.isfinite(v)
+            w = emitted[(names[metric_i], res, start)]
+            assert w.count == sel.sum() and w.nonfinite == (~fin).sum()
+            if fin.any():
+                assert w.min == v[fin].min() and w.max == v[fin].max()
+                assert w.sum == pytest.approx(v[fin].sum(), rel=1e-12, abs=1e-12)
+            assert (w.first_step, w.last_step) == (s.min(), s.max())
+            assert w.first == v[s.argmin()] or (math.isnan(w.first) and math.isnan(v[s.argmin()]))
+        assert len([k for k in emitted if k[1] == res]) == len(set(zip(ni.tolist(), starts.tolist())))
+
+
+def test_late_points_are_counted_not_applied() -> None:
+    windows: rollups.Windows = {}
+    b1 = metrics_batch("r", 1, ["x"], [0], [1], [100_000], [1.0])
+    wm, _ = rollups.apply(windows, b1, watermark_ms=0, grace_ms=1000)
+    rollups.close(windows, watermark_ms=wm, grace_ms=1000)
+    b2 = metrics_batch("r", 2, ["x"], [0, 0], [2, 3], [50_000, 100_500], [2.0, 3.0])
+    wm, late = rollups.apply(windows, b2, watermark_ms=wm, grace_ms=1000)
+    assert late == 1  # 50 s is far behind the 100 s watermark; 100.5 s is in an open window
+    assert windows[("x", 10, 100_000)].count == 2
+
+
+def clean_run(rng: random.Random, steps: int = 3000) -> dict[str, list[float]]:
+    """A realistic loss curve: warm-up, exponential decay, noise, two learning-rate drops; plus accuracy, lr and grad norm."""
+    floor, speed, lr0 = rng.uniform(0.05, 0.5), rng.uniform(2, 8), 10 ** rng.uniform(-4, -2)
+    out: dict[str, list[float]] = {"loss": [], "acc": [], "lr": [], "grad_norm": []}
+    for s in range(steps):
+        p = s / steps
+        drop = (0.6 if p > 0.5 else 1.0) * (0.7 if p > 0.8 else 1.0)
+        loss = (floor + (2.3 - floor) * math.exp(-speed * p)) * drop * (1 + rng.gauss(0, 0.04))
+        out["loss"].append(loss)
+        out["acc"].append(min(1.0, max(0.0, 1 - loss / 2.5 + rng.gauss(0, 0.01))))
+        out["lr"].append(lr0 * min(1.0, (s + 1) / 150) * (0.1 if p > 0.5 else 1) * (0.1 if p > 0.8 else 1))
+        out["grad_norm"].append(abs(rng.gauss(1.0, 0.25)) / (1 + 2 * p))
+    return out
+
+
+def run_detectors(series: dict[str, list[float]], rules=None) -> list:
+    book = rules or anomaly.RuleBook()
+    alerts = []
+    for name, values in series.items():
+        st = anomaly.MetricState()
+        for i in range(0, len(values), 100):
+            chunk = values[i:i + 100]
+            alerts += anomaly.observe(st, book.for_metric("p", name), "p", "r", name, list(range(i, i + len(chunk))),
+                                      chunk, [0] * len(chunk), 0)
+    return [a for a in alerts if a.status == "open"]
+
+
+def test_clean_noisy_runs_raise_no_alert() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        opened = run_detectors(clean_run(rng))
+        assert not opened, [a.message for a in opened]
+
+
+def test_injected_anomalies_are_found_with_kind_and_step() -> None:
+    rng = random.Random(3)
+    s = clean_run(rng)
+    s["loss"][500] = float("nan")
+    opened = run_detectors({"loss": s["loss"]})
+    assert [(a.kind, a.step) for a in opened] == [("nonfinite", 500)]
+
+    s = clean_run(rng)
+    s["loss"][800] *= 10
+    opened = run_detectors({"loss": s["loss"]})
+    assert [(a.kind, a.step) for a in opened] == [("spike", 800)]
+
+    s = clean_run(rng)
+    # From step 1500 on, the loss climbs back up: divergence, found within a few hundred steps.
+    base = s["loss"][1500]
+    s["loss"][1500:] = [base * math.exp((i / 300)) * (1 + rng.gauss(0, 0.04)) for i in range(1500)]
+    opened = run_detectors({"loss": s["loss"]})
+    assert len(opened) == 1 and opened[0].kind == "divergence" and 1500 < opened[0].step < 1800
+
+
+def test_rules_per_project_and_metric() -> None:
+    book = anomaly.RuleBook({"defaults": {"spike_z": 12}, "projects": {"vision": {"defaults": {"stall_min_s": 30},
+                                                                                  "metrics": {"val_*": {"enabled": False}}}}})
+    assert book.for_metric("other", "loss").spike_z == 12
+    assert book.for_metric("vision", "loss").stall_min_s == 30
+    assert book.for_metric("vision", "val_loss").enabled is False
+    with pytest.raises(Exception, match="unknown setting"):
+        anomaly.RuleBook({"defaults": {"spike_zz": 1}})
+
+
+def test_stall_threshold_follows_the_runs_own_cadence() -> None:
+    rules = anomaly.Rules(stall_min_s=1.0)
+    c = anomaly.Cadence()
+    for i in range(10):
+        c.update(1_000_000 + i * 2000)  # a batch every 2 s
+    assert c.stall_after_s(rules) == pytest.approx(5.0)
+    c.update(1_000_000 + 9 * 2000 + 60_000)  # a long stall does not become the usual interval
+    assert c.interval_s == pytest.approx(2.0)
+
+
+def test_state_skips_replayed_batches_and_finishes_windows() -> None:
+    st = state.RunState(project="p")
+    book = anomaly.RuleBook()
+    b = metrics_batch("r", 1, ["x"], [0, 0], [0, 1], [1000, 2000], [1.0, 2.0])
+    assert state.apply(st, b, book, grace_ms=1000, now_ms=0).points == 2
+    assert state.apply(st, b, book, grace_ms=1000, now_ms=0).duplicate
+    fin = Batch(batch_id="f" * 16, project="p", run_id="r", seq=2, created_ms=3000)
+    fin.run_finish.status = RunStatus.RUN_STATUS_FINISHED
+    out = state.apply(st, fin, book, grace_ms=1000, now_ms=0)
+    assert st.finished and {(w.resolution_s, w.count) for w in out.rollups} == {(10, 2), (60, 2)}
+
+
+def test_fleet_counts_runs_points_and_lifecycle() -> None:
+    fs = fleet.FleetState()
+    start = Batch(batch_id="s" * 16, project="p", run_id="a", seq=1, created_ms=1000)
+    start.run_start.name = "a"
+    fleet.apply(fs, start, grace_ms=0)
+    fleet.apply(fs, metrics_batch("a", 2, ["x"], [0] * 3, [0, 1, 2], [1500] * 3, [1.0] * 3), grace_ms=0)
+    fleet.apply(fs, metrics_batch("b", 1, ["x"], [0] * 2, [0, 1], [2000] * 2, [1.0] * 2), grace_ms=0)
+    failed = Batch(batch_id="f" * 16, project="p", run_id="b", seq=2, created_ms=12_000)
+    failed.run_finish.status = RunStatus.RUN_STATUS_FAILED
+    fleet.apply(fs, failed, grace_ms=0)
+    (s, bucket), = fleet.close(fs, grace_ms=0)
+    assert s == 0 and len(bucket.runs) == 2 and bucket.points == 5 and bucket.started == 1
+    assert fs.buckets[10_000].failed == 1
