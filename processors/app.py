@@ -11,12 +11,13 @@ topics (protobuf values, keyed by run id or project) for the storage sink.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import time
 from typing import Any
 
 import faust
-from faust.serializers.codecs import RestrictedUnpickler
+from faust.serializers.codecs import RestrictedUnpickler, restricted_pickle
 
 from processors import anomaly, fleet, rollups, state
 from processors.notify import Webhook
@@ -34,6 +35,7 @@ RestrictedUnpickler.ALLOWED_CLASSES = {
     "processors.anomaly": frozenset({"MetricState", "Cadence"}),
     "processors.fleet": frozenset({"FleetState", "Bucket"}),
 }
+STATE_CODEC = restricted_pickle()
 
 
 class Processors:
@@ -54,16 +56,19 @@ class Processors:
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
             topic_partitions=k.partitions, topic_replication_factor=1, web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
+            processing_guarantee="exactly_once",
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
+            # A crashed worker's partitions move to the others after this long, not faust's default minute.
+            broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
             producer_max_request_size=k.max_record_bytes + 4096)
         raw = dict(key_serializer="raw", value_serializer="raw")
         self.events = app.topic(k.events_topic, key_type=bytes, value_type=bytes, **raw)
         self.rollups_topic = app.topic(k.rollups_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
         self.alerts_topic = app.topic(k.alerts_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
         self.fleet_topic = app.topic(k.fleet_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
-        schema = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="pickle_restricted")
-        self.runs = app.Table("run-state", default=None, partitions=k.partitions, schema=schema)
-        self.fleet = app.Table("fleet-state", default=None, partitions=k.partitions, schema=schema)
+        # Values are bytes we encode ourselves (faust derives a table's codec from its value type).
+        self.runs = app.Table("run-state", default=None, partitions=k.partitions, key_type=bytes, value_type=bytes)
+        self.fleet = app.Table("fleet-state", default=None, partitions=k.partitions, key_type=bytes, value_type=bytes)
         app.agent(self.events, name="process")(self._agent)
         app.timer(interval=pc.tick_s)(self._tick)
         if self.webhook is not None:
@@ -80,51 +85,71 @@ class Processors:
             await self.handle(batch, event.message.partition)
 
     async def handle(self, batch: Batch, partition: int) -> None:
+        """Apply one batch. Outputs are acknowledged by Kafka before the new state is written, so a crash
+        in between replays the batch and emits the same outputs again (storage keeps one of each)."""
         now_ms = int(time.time() * 1000)
         key = batch.run_id.encode()
-        st = self.runs.get(key)
-        if st is None:
-            st = state.RunState(project=batch.project)
+        raw_state = self.runs.get(key)
+        st = STATE_CODEC.loads(raw_state) if raw_state else state.RunState(project=batch.project)
         out = state.apply(st, batch, self.rules, grace_ms=self.grace_ms, now_ms=now_ms)
-        if out.duplicate:
-            tm.PROC_BATCHES.labels("duplicate").inc()
-            return
-        if st.finished:
-            self.runs.pop(key, None)
-            self._stalled.pop(batch.run_id, None)
-        else:
-            self.runs[key] = st
         fkey = f"{partition}:{batch.project}".encode()
-        fs = self.fleet.get(fkey) or fleet.FleetState()
-        if not fleet.apply(fs, batch, grace_ms=self.grace_ms):
+        raw_fleet = self.fleet.get(fkey)
+        fs = STATE_CODEC.loads(raw_fleet) if raw_fleet else fleet.FleetState()
+        counted = fleet.apply(fs, batch, grace_ms=self.grace_ms)
+        if counted is False:
             tm.PROC_LATE.labels("fleet").inc()
         closed = fleet.close(fs, grace_ms=self.grace_ms)
-        self.fleet[fkey] = fs
-        tm.PROC_BATCHES.labels("applied").inc()
-        tm.PROC_POINTS.inc(out.points)
-        if out.late_points:
-            tm.PROC_LATE.labels("rollup").inc(out.late_points)
+        if out.duplicate and counted is None:
+            tm.PROC_BATCHES.labels("duplicate").inc()
+            return
+        acks = []
         if out.rollups:
-            await self.rollups_topic.send(key=key, value=Rollups(windows=out.rollups).SerializeToString())
+            acks.append(await self._send(self.rollups_topic, key, Rollups(windows=out.rollups).SerializeToString()))
             tm.PROC_EMITTED.labels("rollup").inc(len(out.rollups))
         if closed:
             fw = [fleet.to_proto(batch.project, partition, s, b) for s, b in closed]
-            await self.fleet_topic.send(key=batch.project.encode(), value=FleetWindows(windows=fw).SerializeToString())
+            acks.append(await self._send(self.fleet_topic, batch.project.encode(), FleetWindows(windows=fw).SerializeToString()))
             tm.PROC_EMITTED.labels("fleet").inc(len(fw))
         for a in out.alerts:
-            await self._alert(a)
+            acks.append(await self._alert(a))
+        if acks:
+            await asyncio.gather(*acks)
+        if not out.duplicate:
+            if st.finished:
+                self.runs.pop(key, None)
+                self._stalled.pop(batch.run_id, None)
+            else:
+                self.runs[key] = STATE_CODEC.dumps(st)
+            tm.PROC_BATCHES.labels("applied").inc()
+            tm.PROC_POINTS.inc(out.points)
+            if out.late_points:
+                tm.PROC_LATE.labels("rollup").inc(out.late_points)
+        if counted is not None:
+            self.fleet[fkey] = STATE_CODEC.dumps(fs)
 
-    async def _alert(self, a: Alert) -> None:
-        await self.alerts_topic.send(key=a.run_id.encode(), value=a.SerializeToString())
+    async def _send(self, topic: Any, key: bytes, value: bytes) -> Any:
+        """Hand a record to the producer; the returned future resolves when Kafka acknowledged it.
+
+        This goes straight to the Kafka producer rather than through faust's send buffer, so that
+        waiting for the acknowledgement cannot stall behind the buffer."""
+        return await self.app.producer.send(topic.get_topic_name(), key=key, value=value, partition=None,
+                                            timestamp=None, headers=None)
+
+    async def _alert(self, a: Alert) -> Any:
+        fut = await self._send(self.alerts_topic, a.run_id.encode(), a.SerializeToString())
         tm.PROC_ALERTS.labels(a.kind, a.status).inc()
         if self.webhook is not None and a.status == "open":
             self.webhook.submit(a)
+        return fut
 
     async def _tick(self) -> None:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
         now_ms = int(time.time() * 1000)
-        for key, st in list(self.runs.items()):
-            if st is None or st.finished:
+        for key, raw_state in list(self.runs.items()):
+            if not raw_state:
+                continue
+            st = STATE_CODEC.loads(raw_state)
+            if st.finished:
                 continue
             run_id = key.decode()
             cad = st.cadence
@@ -140,18 +165,19 @@ class Processors:
             if fresh:
                 for k, w in fresh:
                     self._emitted[(key, k)] = w.version
-                await self.rollups_topic.send(key=key, value=Rollups(
+                await self._send(self.rollups_topic, key, Rollups(
                     windows=[rollups.to_proto(st.project, run_id, k, w) for k, w in fresh]).SerializeToString())
-        for fkey, fs in list(self.fleet.items()):
-            if fs is None:
+        for fkey, raw_fleet in list(self.fleet.items()):
+            if not raw_fleet:
                 continue
+            fs = STATE_CODEC.loads(raw_fleet)
             partition, project = fkey.decode().split(":", 1)
             fresh_b = [(s, b) for s, b in fleet.quiet(fs, now_ms=now_ms, grace_ms=self.grace_ms)
                        if self._emitted.get((fkey, s)) != b.version]
             if fresh_b:
                 for s, b in fresh_b:
                     self._emitted[(fkey, s)] = b.version
-                await self.fleet_topic.send(key=project.encode(), value=FleetWindows(
+                await self._send(self.fleet_topic, project.encode(), FleetWindows(
                     windows=[fleet.to_proto(project, int(partition), s, b) for s, b in fresh_b]).SerializeToString())
         if len(self._emitted) > 200_000:  # only a cache of what was sent; forgetting costs a re-send
             self._emitted.clear()
@@ -164,7 +190,8 @@ def build(config: RunstreamConfig) -> Processors:
 def run_worker(config: RunstreamConfig) -> None:
     """Run the processors as a faust worker until SIGINT/SIGTERM (blocks)."""
     procs = build(config)
-    worker = faust.Worker(procs.app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(procs.app, loglevel=os.environ.get("RUNSTREAM_PROCESSORS_LOGLEVEL", "WARN"), quiet=True,
+                          redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

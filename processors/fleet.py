@@ -23,15 +23,27 @@ class Bucket:
     version: int = 0
 
 
+SEQ_MEMORY_MS = 15 * 60_000  # how long a run's last applied seq is remembered after its last batch
+
+
 @dataclass(slots=True)
 class FleetState:
     watermark_ms: int = 0
     buckets: dict[int, Bucket] = field(default_factory=dict)
+    # run id -> (last applied seq, its time): replays are skipped here independently of the run state.
+    seqs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool:
-    """Count one batch in its window; False if that window already closed (late)."""
+def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool | None:
+    """Count one batch in its window. None: already counted (a replay); False: its window closed (late)."""
+    last = state.seqs.get(batch.run_id)
+    if last is not None and batch.seq <= last[0]:
+        return None
     t = batch.created_ms
+    state.seqs[batch.run_id] = (batch.seq, t)
+    if len(state.seqs) > 64 and t % 64 == 0:  # prune now and then
+        for run_id in [r for r, (_, ms) in state.seqs.items() if ms < state.watermark_ms - SEQ_MEMORY_MS]:
+            del state.seqs[run_id]
     start = t - t % WINDOW_MS
     if start + WINDOW_MS + grace_ms <= state.watermark_ms:
         return False

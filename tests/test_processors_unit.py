@@ -170,3 +170,4 @@ def test_fleet_counts_runs_points_and_lifecycle() -> None:
     (s, bucket), = fleet.close(fs, grace_ms=0)
     assert s == 0 and len(bucket.runs) == 2 and bucket.points == 5 and bucket.started == 1
     assert fs.buckets[10_000].failed == 1
+    assert fleet.apply(fs, failed, grace_ms=0) is None  # a replayed batch is not counted twice

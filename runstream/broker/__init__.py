@@ -155,7 +155,7 @@ class KafkaBroker:
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
-                self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+                self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
                            "--standalone", heap="256m"),
                 capture_output=True, text=True)
             if fmt.returncode != 0:

@@ -77,20 +77,20 @@ ORDER BY (project, alert_id, status);
 -- One row per alert: as opened, with when (and whether) it resolved.
 CREATE VIEW IF NOT EXISTS {db}.alerts AS
 SELECT project, alert_id,
-       argMinIf(run_id, detected_at, status = 'open') AS run_id,
-       argMinIf(metric, detected_at, status = 'open') AS metric,
-       argMinIf(kind, detected_at, status = 'open') AS kind,
-       argMinIf(severity, detected_at, status = 'open') AS severity,
-       argMinIf(step, detected_at, status = 'open') AS step,
-       argMinIf(value, detected_at, status = 'open') AS value,
-       argMinIf(expected_low, detected_at, status = 'open') AS expected_low,
-       argMinIf(expected_high, detected_at, status = 'open') AS expected_high,
-       argMinIf(event_time, detected_at, status = 'open') AS event_time,
-       minIf(detected_at, status = 'open') AS detected_at,
-       minIf(stored, status = 'open') AS stored,
-       if(countIf(status = 'resolved') > 0, 'resolved', 'open') AS status,
-       maxIf(detected_at, status = 'resolved') AS resolved_at,
-       argMinIf(message, detected_at, status = 'open') AS message
-FROM {db}.alert_events FINAL
+       argMinIf(run_id, t, st = 'open') AS run_id,
+       argMinIf(metric, t, st = 'open') AS metric,
+       argMinIf(kind, t, st = 'open') AS kind,
+       argMinIf(severity, t, st = 'open') AS severity,
+       argMinIf(step, t, st = 'open') AS step,
+       argMinIf(value, t, st = 'open') AS value,
+       argMinIf(expected_low, t, st = 'open') AS expected_low,
+       argMinIf(expected_high, t, st = 'open') AS expected_high,
+       argMinIf(event_time, t, st = 'open') AS event_time,
+       minIf(t, st = 'open') AS detected_at,
+       minIf(s, st = 'open') AS stored,
+       if(countIf(st = 'resolved') > 0, 'resolved', 'open') AS status,
+       maxIf(t, st = 'resolved') AS resolved_at,
+       argMinIf(message, t, st = 'open') AS message
+FROM (SELECT *, detected_at AS t, status AS st, stored AS s FROM {db}.alert_events FINAL)
 GROUP BY project, alert_id
-HAVING countIf(status = 'open') > 0;
+HAVING countIf(st = 'open') > 0;

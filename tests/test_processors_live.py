@@ -1,0 +1,231 @@
+"""The processors as a real faust worker process between the real Kafka and the real ClickHouse engine.
+
+Proves: rollups of a known stream equal the same aggregates computed with SQL over the stored raw
+points, for every window, also after the worker is killed (SIGKILL) mid-stream and restarted; the
+fleet view counts runs and points; injected NaN, spike, divergence and stall are alerted with the
+right kind and step, stored once, and a stall resolves when data resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runstream.broker import free_port
+from runstream.stack import RoleProcess, scrape, wait_http
+from runstream.transport import GrpcTransport
+from runstream.v1.ingest_pb2 import Batch, RunStatus
+from tests.conftest import Stack
+
+
+def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProcess:
+    cfg = stack.config
+    cfg.processors.metrics_port = cfg.processors.metrics_port or free_port()
+    cfg.processors.tick_s = 0.2
+    cfg.processors.grace_s = 2.0
+    if rules:
+        (tmp_path / "rules.yaml").write_text(rules)
+        cfg.processors.rules_file = str(tmp_path / "rules.yaml")
+    proc = RoleProcess("process", cfg, tmp_path / "logs")
+    proc.start()
+    wait_http(f"http://127.0.0.1:{cfg.processors.metrics_port}/metrics", 60, proc)
+    return proc
+
+
+def wait_for(fn, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Sender:
+    """Builds metric batches for one run with explicit event times and sends them through ingest."""
+
+    def __init__(self, transport: GrpcTransport, project: str, run_id: str) -> None:
+        self.t, self.project, self.run_id, self.seq = transport, project, run_id, 0
+
+    def batch(self, **body) -> Batch:
+        self.seq += 1
+        return Batch(batch_id=uuid.uuid4().hex, project=self.project, run_id=self.run_id, seq=self.seq, **body)
+
+    def start(self, t_ms: int) -> None:
+        b = self.batch(created_ms=t_ms)
+        b.run_start.name = self.run_id
+        b.run_start.start_ms = t_ms
+        self.t.send([b])
+
+    def points(self, names: list[str], ni, steps, ts, values) -> None:
+        b = self.batch(created_ms=int(min(ts)))
+        b.metrics.names.extend(names)
+        b.metrics.name_index.extend(ni)
+        b.metrics.steps.extend(steps)
+        b.metrics.timestamps_ms.extend(ts)
+        b.metrics.values.extend(values)
+        self.t.send([b])
+
+    def finish(self, t_ms: int, status: int = RunStatus.RUN_STATUS_FINISHED) -> None:
+        b = self.batch(created_ms=t_ms)
+        b.run_finish.status = status
+        b.run_finish.end_ms = t_ms
+        self.t.send([b])
+
+
+ROLLUP_SQL = """
+SELECT run_id, metric, toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({res}))) * 1000 AS w,
+       count(), countIf(NOT isFinite(value)), minIf(value, isFinite(value)), maxIf(value, isFinite(value)),
+       sumIf(value, isFinite(value)), argMin(value, step), min(step), argMax(value, step), max(step)
+FROM {{db}}.metrics WHERE project = 'roll' GROUP BY run_id, metric, w ORDER BY run_id, metric, w
+"""
+ROLLUP_ROWS = """
+SELECT run_id, metric, toUnixTimestamp64Milli(window_start), count, nonfinite, min, max, sum, first, first_step, last, last_step
+FROM {{db}}.rollups WHERE project = 'roll' AND resolution_s = {res} ORDER BY run_id, metric, window_start
+"""
+
+
+def assert_rollups_match(stack: Stack) -> None:
+    for res in (10, 60):
+        want = stack.query(ROLLUP_SQL.format(res=res))
+        got = stack.query(ROLLUP_ROWS.format(res=res))
+        assert len(got) == len(want) > 0, (res, len(got), len(want))
+        for g, w in zip(got, want):
+            assert g[:5] == w[:5]
+            assert g[5] == w[5] and g[6] == w[6]
+            assert g[7] == pytest.approx(w[7], rel=1e-9, abs=1e-9)
+            assert (g[8], g[9], g[10], g[11]) == (w[8], w[9], w[10], w[11])
+
+
+def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: str, tmp_path: Path) -> None:
+    proc = start_processor(stack, tmp_path)
+    t = GrpcTransport(stack.ingest_addr, token)
+    rng = np.random.default_rng(5)
+    t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000  # half an hour ago, on a minute boundary
+    runs = [Sender(t, "roll", f"roll-{i}") for i in range(3)]
+    n_batches, per = 40, 150
+    total = 0
+    try:
+        for r in runs:
+            r.start(t0)
+        for k in range(n_batches):
+            for r in runs:
+                steps = list(range(k * per, (k + 1) * per))
+                ts = [t0 + s * 2000 // 10 for s in steps]  # 5 points/s of event time: 6000 points span 20 min
+                ni = rng.integers(0, 2, per).tolist()
+                vals = rng.standard_normal(per).tolist()
+                r.points(["loss", "acc"], ni, steps, ts, vals)
+                total += per
+            if k == n_batches // 2:
+                wait_for(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total", 0) > 0,
+                         what="the processor to start processing")
+                time.sleep(1.5)
+                proc.kill()  # mid-stream: state in the changelog, offsets partly committed
+                proc.start()
+        end = t0 + n_batches * per * 200 + 60_000
+        for r in runs:
+            r.finish(end)
+        assert stack.wait_points(total, where="project = 'roll'") == total
+        expected_windows = stack.query("SELECT count() FROM (SELECT DISTINCT run_id, metric, "
+                                       "toStartOfInterval(ts, toIntervalSecond(10)) FROM {db}.metrics WHERE project = 'roll')")[0][0]
+        try:
+            wait_for(lambda: stack.query("SELECT count() FROM {db}.rollups WHERE project = 'roll' AND resolution_s = 10")[0][0]
+                     >= expected_windows, 90, "all rollup windows")
+        except AssertionError:
+            print("expected", expected_windows, stack.query("SELECT resolution_s, count(), sum(count) FROM {db}.rollups GROUP BY resolution_s"))
+            print("diff", stack.query("SELECT r.run_id, r.metric, r.window_start, r.count, r.version, m.c FROM {db}.rollup_windows AS r FINAL "
+                                      "LEFT JOIN (SELECT run_id, metric, toStartOfInterval(ts, toIntervalSecond(10)) AS w, count() AS c "
+                                      "FROM {db}.metrics GROUP BY run_id, metric, w) AS m ON m.run_id = r.run_id AND m.metric = r.metric "
+                                      "AND m.w = r.window_start WHERE r.resolution_s = 10 AND r.count != m.c ORDER BY 1, 2, 3"))
+            print("batches", stack.query("SELECT run_id, seq, partition, offset, toUnixTimestamp64Milli(created) FROM {db}.batches WHERE project = 'roll' ORDER BY partition, offset"))
+            print(scrape(stack.config.processors.metrics_port))
+            raise
+        time.sleep(1.0)
+        assert_rollups_match(stack)
+        fleet = stack.query("SELECT sum(points), sum(runs_started), sum(runs_finished), max(active_runs) "
+                            "FROM {db}.fleet WHERE project = 'roll'")
+        assert fleet[0][0] == total and fleet[0][1] == 3 and fleet[0][3] == 3
+        wait_for(lambda: stack.query("SELECT sum(runs_finished) FROM {db}.fleet WHERE project = 'roll'")[0][0] == 3, 30,
+                 "the finish window")
+    finally:
+        proc.stop()
+        t.close()
+        print("processor log tail:\n" + proc.log_tail(60))
+
+
+RULES = """
+defaults:
+  stall_min_s: 1.0
+"""
+
+
+def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, token: str, tmp_path: Path) -> None:
+    proc = start_processor(stack, tmp_path, RULES)
+    t = GrpcTransport(stack.ingest_addr, token)
+    rng = np.random.default_rng(9)
+    now = int(time.time() * 1000)
+
+    def curve(n: int) -> np.ndarray:
+        s = np.arange(n)
+        return (0.3 + 2.0 * np.exp(-s / 300)) * (1 + rng.normal(0, 0.03, n))
+
+    def send_curve(r: Sender, values: np.ndarray, chunk: int = 250) -> None:
+        for i in range(0, len(values), chunk):
+            steps = list(range(i, min(len(values), i + chunk)))
+            r.points(["loss"], [0] * len(steps), steps, [now + s for s in steps], values[i:i + chunk].tolist())
+
+    try:
+        nan_run, spike_run, div_run, clean = (Sender(t, "anom", name) for name in ("nan", "spike", "div", "clean"))
+        for r in (nan_run, spike_run, div_run, clean):
+            r.start(now)
+        v = curve(1000)
+        v[500] = float("nan")
+        send_curve(nan_run, v)
+        v = curve(1000)
+        v[800] *= 10
+        send_curve(spike_run, v)
+        v = curve(2000)
+        v[1200:] = v[1200] * np.exp(np.arange(800) / 250)
+        send_curve(div_run, v)
+        send_curve(clean, curve(2000))
+        for r in (nan_run, spike_run, div_run, clean):
+            r.finish(now + 3000)  # finished runs are not stalled
+        # A run sending a batch every 0.4 s, then silent for 3x longer than the limit, then back.
+        stall = Sender(t, "anom", "stall")
+        stall.start(int(time.time() * 1000))
+        for i in range(12):
+            ms = int(time.time() * 1000)
+            stall.points(["loss"], [0], [i], [ms], [1.0])
+            time.sleep(0.4)
+        time.sleep(3.0)
+        ms = int(time.time() * 1000)
+        stall.points(["loss"], [0], [12], [ms], [1.0])
+        stall.finish(ms + 100)
+
+        def alerts():
+            return stack.query("SELECT run_id, kind, step, status FROM {db}.alerts WHERE project = 'anom' ORDER BY run_id, kind")
+        got = wait_for(lambda: (a := alerts()) and len(a) >= 4 and any(r[0] == "stall" and r[3] == "resolved" for r in a) and a,
+                       60, "alerts")
+        time.sleep(1.0)
+        got = alerts()
+        kinds = {(r[0], r[1]): r for r in got}
+        assert kinds[("nan", "nonfinite")][2] == 500
+        assert kinds[("spike", "spike")][2] == 800
+        assert 1200 < kinds[("div", "divergence")][2] < 1500
+        assert kinds[("stall", "stall")][3] == "resolved"
+        assert not [r for r in got if r[0] == "clean"]
+        assert len(got) == 4, got
+        once = stack.query("SELECT count(), uniqExact(alert_id, status) FROM {db}.alert_events FINAL WHERE project = 'anom'")
+        assert once[0][0] == once[0][1]
+        msg = stack.query("SELECT message FROM {db}.alerts WHERE run_id = 'spike'")[0][0]
+        assert "step 800" in msg and "x its recent level" in msg
+    finally:
+        proc.stop()
+        t.close()
+        print("processor log tail:\n" + proc.log_tail(60))
