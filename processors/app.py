@@ -51,12 +51,18 @@ class Processors:
         # and storage keeps one row per window version / alert id).
         self._emitted: dict[Any, int] = {}
         self._stalled: dict[str, str] = {}
+        # Decoded mirror of the tables for the partitions this worker owns; the tables (bytes, with
+        # changelogs) stay the source of truth and refill it after a restart or a rebalance.
+        self._run_cache: dict[bytes, state.RunState] = {}
+        self._lag_ms = 0.0          # how far behind the clients the agent is (EWMA of now - batch time)
+        self._last_event = 0.0      # monotonic time of the last batch handled
+        self._fleet_cache: dict[bytes, fleet.FleetState] = {}
         k = config.kafka
         self.app = app = faust.App(
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
             topic_partitions=k.partitions, topic_replication_factor=1, web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
-            processing_guarantee="exactly_once",
+            processing_guarantee=os.environ.get("RUNSTREAM_PROCESSORS_GUARANTEE", "exactly_once"),
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
@@ -73,59 +79,109 @@ class Processors:
         app.timer(interval=pc.tick_s)(self._tick)
         if self.webhook is not None:
             app.task(self.webhook.run)
+        app.on_partitions_revoked.connect(self._forget)
+        app.on_partitions_assigned.connect(self._forget)
+
+    async def _forget(self, *args: Any, **kwargs: Any) -> None:
+        self._run_cache.clear()
+        self._fleet_cache.clear()
+
+    def _run_state(self, key: bytes, project: str) -> state.RunState:
+        st = self._run_cache.get(key)
+        if st is None:
+            raw = self.runs.get(key)
+            st = self._run_cache[key] = STATE_CODEC.loads(raw) if raw else state.RunState(project=project)
+        return st
+
+    def _fleet_state(self, key: bytes) -> fleet.FleetState:
+        fs = self._fleet_cache.get(key)
+        if fs is None:
+            raw = self.fleet.get(key)
+            fs = self._fleet_cache[key] = STATE_CODEC.loads(raw) if raw else fleet.FleetState()
+        return fs
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                batch = Batch.FromString(event.value)
-            except Exception as exc:
-                tm.PROC_BATCHES.labels("undecodable").inc()
-                log.error("Skipping an undecodable events record: %s", exc)
-                continue
-            await self.handle(batch, event.message.partition)
+        # Events are handled in small groups: a run's state is written once per group, not once per batch.
+        async for events in stream.take_events(self.TAKE, within=0.05):
+            items = []
+            for event in events:
+                try:
+                    items.append((Batch.FromString(event.value), event.message.partition))
+                except Exception as exc:
+                    tm.PROC_BATCHES.labels("undecodable").inc()
+                    log.error("Skipping an undecodable events record: %s", exc)
+            await self.handle(items)
 
-    async def handle(self, batch: Batch, partition: int) -> None:
-        """Apply one batch. Outputs are acknowledged by Kafka before the new state is written, so a crash
-        in between replays the batch and emits the same outputs again (storage keeps one of each)."""
+    TAKE = 500
+
+    async def handle(self, items: list[tuple[Batch, int]]) -> None:
+        """Apply a group of batches. Outputs are acknowledged by Kafka before the new state is written, so a
+        crash in between replays the group and emits the same outputs again (storage keeps one of each)."""
+        try:
+            await self._handle(items)
+        except BaseException:
+            # The decoded states may be ahead of the tables now: drop them, the tables are the truth.
+            self._run_cache.clear()
+            self._fleet_cache.clear()
+            raise
+
+    async def _handle(self, items: list[tuple[Batch, int]]) -> None:
         now_ms = int(time.time() * 1000)
-        key = batch.run_id.encode()
-        raw_state = self.runs.get(key)
-        st = STATE_CODEC.loads(raw_state) if raw_state else state.RunState(project=batch.project)
-        out = state.apply(st, batch, self.rules, grace_ms=self.grace_ms, now_ms=now_ms)
-        fkey = f"{partition}:{batch.project}".encode()
-        raw_fleet = self.fleet.get(fkey)
-        fs = STATE_CODEC.loads(raw_fleet) if raw_fleet else fleet.FleetState()
-        counted = fleet.apply(fs, batch, grace_ms=self.grace_ms)
-        if counted is False:
-            tm.PROC_LATE.labels("fleet").inc()
-        closed = fleet.close(fs, grace_ms=self.grace_ms)
-        if out.duplicate and counted is None:
-            tm.PROC_BATCHES.labels("duplicate").inc()
-            return
+        runs_dirty: dict[bytes, int] = {}
+        fleets_dirty: dict[bytes, int] = {}
         acks = []
-        if out.rollups:
-            acks.append(await self._send(self.rollups_topic, key, Rollups(windows=out.rollups).SerializeToString()))
-            tm.PROC_EMITTED.labels("rollup").inc(len(out.rollups))
-        if closed:
-            fw = [fleet.to_proto(batch.project, partition, s, b) for s, b in closed]
-            acks.append(await self._send(self.fleet_topic, batch.project.encode(), FleetWindows(windows=fw).SerializeToString()))
-            tm.PROC_EMITTED.labels("fleet").inc(len(fw))
-        for a in out.alerts:
-            acks.append(await self._alert(a))
+        for batch, partition in items:
+            self._last_event = time.monotonic()
+            self._lag_ms += 0.05 * ((now_ms - batch.created_ms) - self._lag_ms)
+            key = batch.run_id.encode()
+            fkey = f"{partition}:{batch.project}".encode()
+            st = self._run_state(key, batch.project)
+            out = state.apply(st, batch, self.rules, grace_ms=self.grace_ms, now_ms=now_ms)
+            fs = self._fleet_state(fkey)
+            counted = fleet.apply(fs, batch, grace_ms=self.grace_ms)
+            if counted is False:
+                tm.PROC_LATE.labels("fleet").inc()
+            closed = fleet.close(fs, grace_ms=self.grace_ms)
+            if out.duplicate and counted is None:
+                tm.PROC_BATCHES.labels("duplicate").inc()
+                continue
+            if out.rollups:
+                acks.append(await self._send(self.rollups_topic, key, Rollups(windows=out.rollups).SerializeToString()))
+                tm.PROC_EMITTED.labels("rollup").inc(len(out.rollups))
+            if closed:
+                fw = [fleet.to_proto(batch.project, partition, s, b) for s, b in closed]
+                acks.append(await self._send(self.fleet_topic, batch.project.encode(), FleetWindows(windows=fw).SerializeToString()))
+                tm.PROC_EMITTED.labels("fleet").inc(len(fw))
+            for a in out.alerts:
+                if a.kind == "stall":
+                    self._stalled.pop(batch.run_id, None)
+                acks.append(await self._alert(a))
+            if not out.duplicate:
+                runs_dirty[key] = partition
+                tm.PROC_BATCHES.labels("applied").inc()
+                tm.PROC_POINTS.inc(out.points)
+                if out.late_points:
+                    tm.PROC_LATE.labels("rollup").inc(out.late_points)
+            if counted is not None:
+                fleets_dirty[fkey] = partition
         if acks:
             await asyncio.gather(*acks)
-        if not out.duplicate:
+        # Changelog records go to the partition of the events they come from (co-partitioned tables).
+        for key, partition in runs_dirty.items():
+            st = self._run_cache[key]
             if st.finished:
-                self.runs.pop(key, None)
-                self._stalled.pop(batch.run_id, None)
+                self._run_cache.pop(key, None)
+                self._stalled.pop(key.decode(), None)
+                self.runs.data.pop(key, None)
+                self.runs.send_changelog(partition, key, None, value_serializer="raw")
             else:
-                self.runs[key] = STATE_CODEC.dumps(st)
-            tm.PROC_BATCHES.labels("applied").inc()
-            tm.PROC_POINTS.inc(out.points)
-            if out.late_points:
-                tm.PROC_LATE.labels("rollup").inc(out.late_points)
-        if counted is not None:
-            self.fleet[fkey] = STATE_CODEC.dumps(fs)
+                raw = STATE_CODEC.dumps(st)
+                self.runs.data[key] = raw
+                self.runs.send_changelog(partition, key, raw)
+        for fkey, partition in fleets_dirty.items():
+            raw = STATE_CODEC.dumps(self._fleet_cache[fkey])
+            self.fleet.data[fkey] = raw
+            self.fleet.send_changelog(partition, fkey, raw)
 
     async def _send(self, topic: Any, key: bytes, value: bytes) -> Any:
         """Hand a record to the producer; the returned future resolves when Kafka acknowledged it.
@@ -145,21 +201,19 @@ class Processors:
     async def _tick(self) -> None:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
         now_ms = int(time.time() * 1000)
-        for key, raw_state in list(self.runs.items()):
-            if not raw_state:
-                continue
-            st = STATE_CODEC.loads(raw_state)
+        # Silence is only evidence when the agent is keeping up; behind, the data may just be unread.
+        behind = time.monotonic() - self._last_event < 1.0 and self._lag_ms > 2000
+        for key in list(self.runs.keys()):
+            st = self._run_state(key, "")
             if st.finished:
                 continue
             run_id = key.decode()
             cad = st.cadence
             limit = cad.stall_after_s(self.rules.for_metric(st.project, ""))
             silent_s = (now_ms - cad.last_ms) / 1000
-            if limit is not None and cad.last_ms and silent_s > limit:
-                aid = anomaly.alert_id(run_id, "", "stall", cad.last_ms)
-                if self._stalled.get(run_id) != aid:
-                    self._stalled[run_id] = aid
-                    await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms))
+            if not behind and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
+                self._stalled[run_id] = anomaly.alert_id(run_id, "", "stall", cad.last_ms)
+                await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms))
             quiet = state.quiet_windows(st, now_ms=now_ms, grace_ms=self.grace_ms)
             fresh = [(k, w) for k, w in quiet if self._emitted.get((key, k)) != w.version]
             if fresh:
@@ -167,10 +221,8 @@ class Processors:
                     self._emitted[(key, k)] = w.version
                 await self._send(self.rollups_topic, key, Rollups(
                     windows=[rollups.to_proto(st.project, run_id, k, w) for k, w in fresh]).SerializeToString())
-        for fkey, raw_fleet in list(self.fleet.items()):
-            if not raw_fleet:
-                continue
-            fs = STATE_CODEC.loads(raw_fleet)
+        for fkey in list(self.fleet.keys()):
+            fs = self._fleet_state(fkey)
             partition, project = fkey.decode().split(":", 1)
             fresh_b = [(s, b) for s, b in fleet.quiet(fs, now_ms=now_ms, grace_ms=self.grace_ms)
                        if self._emitted.get((fkey, s)) != b.version]

@@ -10,6 +10,7 @@ carry ``version`` = events applied, so storage keeps the most complete one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,14 @@ class Window:
 Windows = dict[tuple[str, int, int], Window]
 
 
+SMALL_BATCH = 256  # below this many points a plain loop beats numpy's per-call overhead
+
+
 def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
     """Merge a metrics batch into ``windows``; returns (new watermark, late points)."""
     m = batch.metrics
+    if len(m.values) <= SMALL_BATCH:
+        return _apply_small(windows, batch, watermark_ms=watermark_ms, grace_ms=grace_ms)
     ts = np.array(m.timestamps_ms, dtype=np.int64)
     steps = np.array(m.steps, dtype=np.int64)
     vals = np.array(m.values, dtype=np.float64)
@@ -91,6 +97,46 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
                 w.last_step, w.last = int(st[e - 1]), float(v[e - 1])
             w.version += 1
     return max(watermark_ms, int(ts.max())), late
+
+
+def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
+    m = batch.metrics
+    names = m.names
+    late = 0
+    touched: set[tuple[str, int, int]] = set()
+    newest = watermark_ms
+    for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
+        if t > newest:
+            newest = t
+        finite = math.isfinite(v)
+        for res in RESOLUTIONS_S:
+            res_ms = res * 1000
+            start = t - t % res_ms
+            if start + res_ms + grace_ms <= watermark_ms:
+                if res == RESOLUTIONS_S[0]:
+                    late += 1
+                continue
+            key = (names[idx], res, start)
+            w = windows.get(key)
+            if w is None:
+                w = windows[key] = Window()
+            touched.add(key)
+            w.count += 1
+            if finite:
+                w.sum += v
+                if v < w.min:
+                    w.min = v
+                if v > w.max:
+                    w.max = v
+            else:
+                w.nonfinite += 1
+            if step < w.first_step:
+                w.first_step, w.first = step, v
+            if step > w.last_step:
+                w.last_step, w.last = step, v
+    for key in touched:
+        windows[key].version += 1
+    return newest, late
 
 
 def close(windows: Windows, *, watermark_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], Window]]:

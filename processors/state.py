@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from processors import anomaly, fleet, rollups
-from runstream.v1.ingest_pb2 import Alert, Batch, RollupWindow
+from runstream.v1.ingest_pb2 import Alert, Batch, Metrics, RollupWindow
 
 
 @dataclass(slots=True)
@@ -54,21 +54,12 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
         m = batch.metrics
         out.points = len(m.values)
         st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms, grace_ms=grace_ms)
-        ni = np.array(m.name_index, dtype=np.int64)
-        steps = np.array(m.steps, dtype=np.int64)
-        order = np.lexsort((steps, ni))  # per metric, in step order
-        ni_s = ni[order]
-        bounds = np.flatnonzero(np.diff(ni_s)) + 1
-        vals = np.array(m.values, dtype=np.float64)[order]
-        ts = np.array(m.timestamps_ms, dtype=np.int64)[order]
-        steps = steps[order]
-        for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist()):
-            name = m.names[int(ni_s[b])]
+        for name, steps, vals, ts in _per_metric(m):
             ms = st.metrics.get(name)
             if ms is None:
                 ms = st.metrics[name] = anomaly.MetricState()
             out.alerts += anomaly.observe(ms, rules.for_metric(st.project, name), st.project, batch.run_id, name,
-                                          steps[b:e].tolist(), vals[b:e].tolist(), ts[b:e].tolist(), now_ms)
+                                          steps, vals, ts, now_ms)
         for key, w in rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms):
             out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
     elif kind == "run_finish":
@@ -83,6 +74,36 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
                 if a:
                     out.alerts.append(a)
     return out
+
+
+def _per_metric(m: Metrics) -> list[tuple[str, list[int], list[float], list[int]]]:
+    """A batch's points split by metric, each in step order."""
+    if len(m.values) <= rollups.SMALL_BATCH:
+        groups: dict[int, tuple[list[int], list[float], list[int]]] = {}
+        for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
+            g = groups.get(idx)
+            if g is None:
+                g = groups[idx] = ([], [], [])
+            g[0].append(step)
+            g[1].append(v)
+            g[2].append(t)
+        out = []
+        for idx, (steps, vals, ts) in sorted(groups.items()):
+            if any(a > b for a, b in zip(steps, steps[1:])):
+                order = sorted(range(len(steps)), key=steps.__getitem__)
+                steps, vals, ts = [steps[i] for i in order], [vals[i] for i in order], [ts[i] for i in order]
+            out.append((m.names[idx], steps, vals, ts))
+        return out
+    ni = np.array(m.name_index, dtype=np.int64)
+    steps_a = np.array(m.steps, dtype=np.int64)
+    order = np.lexsort((steps_a, ni))
+    ni_s = ni[order]
+    bounds = np.flatnonzero(np.diff(ni_s)) + 1
+    vals_a = np.array(m.values, dtype=np.float64)[order]
+    ts_a = np.array(m.timestamps_ms, dtype=np.int64)[order]
+    steps_a = steps_a[order]
+    return [(m.names[int(ni_s[b])], steps_a[b:e].tolist(), vals_a[b:e].tolist(), ts_a[b:e].tolist())
+            for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 
 
 def quiet_windows(st: RunState, *, now_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], rollups.Window]]:

@@ -41,7 +41,7 @@ STATUS = {"finished": RunStatus.RUN_STATUS_FINISHED, "failed": RunStatus.RUN_STA
 class SenderConfig:
     """Limits of the background sender (keyword arguments of ``init``)."""
     max_batch_points: int = 10_000        # points per batch
-    flush_interval_s: float = 0.2         # a partial batch leaves after this long
+    flush_interval_s: float = 0.5         # a partial batch leaves after this long
     max_flight_batches: int = 64          # batches per streaming call
     max_buffered_records: int = 50_000    # log() records per run before log() drains itself
     max_pending_points: int = 2_000_000   # undelivered points in memory before spooling to disk

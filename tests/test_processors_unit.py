@@ -171,3 +171,23 @@ def test_fleet_counts_runs_points_and_lifecycle() -> None:
     assert s == 0 and len(bucket.runs) == 2 and bucket.points == 5 and bucket.started == 1
     assert fs.buckets[10_000].failed == 1
     assert fleet.apply(fs, failed, grace_ms=0) is None  # a replayed batch is not counted twice
+
+
+def test_small_and_large_batch_paths_agree() -> None:
+    rng = np.random.default_rng(4)
+    n = 2000
+    ni = rng.integers(0, 4, n).tolist()
+    ts = np.sort(rng.integers(0, 120_000, n)).tolist()
+    vals = rng.standard_normal(n).tolist()
+    big: rollups.Windows = {}
+    small: rollups.Windows = {}
+    rollups.apply(big, metrics_batch("r", 1, ["a", "b", "c", "d"], ni, list(range(n)), ts, vals), watermark_ms=0, grace_ms=0)
+    for i in range(0, n, 100):
+        rollups.apply(small, metrics_batch("r", 2 + i, ["a", "b", "c", "d"], ni[i:i + 100], list(range(i, i + 100)),
+                                           ts[i:i + 100], vals[i:i + 100]), watermark_ms=0, grace_ms=0)
+    assert big.keys() == small.keys()
+    for k in big:
+        b, s = big[k], small[k]
+        assert (b.count, b.min, b.max, b.first_step, b.first, b.last_step, b.last) == \
+               (s.count, s.min, s.max, s.first_step, s.first, s.last_step, s.last)
+        assert b.sum == pytest.approx(s.sum, rel=1e-12, abs=1e-12)
