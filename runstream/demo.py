@@ -17,8 +17,10 @@ from runstream.config import RunstreamConfig
 from runstream.sdk import stack_info
 
 
-def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, stop: threading.Event) -> None:
-    """A realistic-looking loss/accuracy curve with noise, warm-up and learning-rate drops."""
+def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, stop: threading.Event,
+                  fault: str = "") -> None:
+    """A realistic-looking loss/accuracy curve with noise, warm-up and learning-rate drops;
+    ``fault`` injects one anomaly (``nan`` or ``spike``) at 60 % of the run."""
     rng = random.Random(seed)
     lr0 = 10 ** rng.uniform(-4, -2)
     floor = rng.uniform(0.05, 0.4)
@@ -32,6 +34,10 @@ def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, st
         p = step / max(1, steps)
         lr = lr0 * min(1.0, (step + 1) / (0.05 * steps + 1)) * (0.1 if p > 0.6 else 1.0) * (0.1 if p > 0.85 else 1.0)
         loss = floor + (2.3 - floor) * math.exp(-speed * 5 * p) + rng.gauss(0, 0.02)
+        if fault == "spike" and step == int(0.6 * steps):
+            loss *= 10
+        elif fault == "nan" and step >= int(0.6 * steps):
+            loss = float("nan")
         acc = max(0.0, min(1.0, 1 - loss / 2.5 + rng.gauss(0, 0.01)))
         run.log({"loss": loss, "acc": acc, "lr": lr, "grad_norm": abs(rng.gauss(1.0, 0.3)) / (1 + 3 * p),
                  "throughput": rng.gauss(1200, 50), "gpu_util": rng.uniform(0.85, 0.99),
@@ -86,7 +92,9 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         stop = threading.Event()
         runs = [runstream.init(project=project, name=f"sim-{i:03d}", config={"job": i, "kind": "simulated"},
                                tags=["simulated"]) for i in range(jobs)]
-        threads = [threading.Thread(target=simulated_job, args=(r, seconds, rate, i, stop), daemon=True) for i, r in enumerate(runs)]
+        faults = {1: "nan", 2: "spike"}  # two jobs go wrong, so the anomaly detector has something to find
+        threads = [threading.Thread(target=simulated_job, args=(r, seconds, rate, i, stop, faults.get(i, "")), daemon=True)
+                   for i, r in enumerate(runs)]
         for t in threads:
             t.start()
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
@@ -126,6 +134,27 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
             "LEFT JOIN (SELECT run_id, value FROM params FINAL WHERE key = 'lr') AS p ON p.run_id = m.run_id "
             "WHERE m.project = 'demo' AND m.metric = 'val_acc' AND has(r.tags, 'simulated') "
             "GROUP BY r.name ORDER BY final_val_acc DESC LIMIT 5")
+        print_result(list(res.column_names), res.result_rows, "table")
+        console.rule("Alerts raised by the stream processors")
+        deadline = time.monotonic() + 15
+        alerts: list = []
+        while time.monotonic() < deadline:
+            res = client.query("SELECT r.name, a.kind, a.severity, a.step, a.status, a.message FROM alerts AS a "
+                               "INNER JOIN runs AS r ON r.run_id = a.run_id WHERE a.project = 'demo' ORDER BY a.detected_at")
+            alerts = res.result_rows
+            if sum(1 for a in alerts if a[1] in ("nonfinite", "spike")) >= min(2, max(0, jobs - 1)):
+                break
+            time.sleep(0.5)
+        print_result(list(res.column_names), alerts, "table")
+        console.rule("Fleet view: the busiest 10 s windows")
+        with console.status("waiting for the fleet windows to close (10 s grace)..."):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                res = client.query("SELECT window_start, active_runs, points, runs_started, runs_finished, runs_failed "
+                                   "FROM fleet WHERE project = 'demo' ORDER BY points DESC LIMIT 3")
+                if res.result_rows:
+                    break
+                time.sleep(1)
         print_result(list(res.column_names), res.result_rows, "table")
         ok = stored == acked
         console.print(f"[bold {'green' if ok else 'red'}]points acknowledged {acked:,} | stored {stored:,} | "
