@@ -201,6 +201,7 @@ class Processors:
     async def _tick(self) -> None:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
         now_ms = int(time.time() * 1000)
+        tm.PROC_LAG_SECONDS.set(max(0.0, self._lag_ms / 1000))
         # Silence is only evidence when the agent is keeping up; behind, the data may just be unread.
         behind = time.monotonic() - self._last_event < 1.0 and self._lag_ms > 2000
         for key in list(self.runs.keys()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 INGEST_REQUESTS = Counter("runstream_ingest_requests_total", "Ingest RPCs by method and gRPC status code.", ["method", "code"])
@@ -18,12 +20,16 @@ SINK_INSERT_SECONDS = Histogram("runstream_sink_insert_seconds", "Time of one Cl
                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.", ["stage"])
 SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
+SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kafka not yet read by the sink, by topic.", ["topic"])
+
+
+PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
 
 
 def serve_metrics(port: int) -> None:
-    """Expose /metrics on ``port`` (0 disables)."""
+    """Expose /metrics on ``port`` (0 disables), on RUNSTREAM_METRICS_HOST (default loopback; 0.0.0.0 in containers)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=os.environ.get("RUNSTREAM_METRICS_HOST", "127.0.0.1"))
 
 PROC_BATCHES = Counter("runstream_processor_batches_total", "Event batches seen by the processors, by outcome.", ["outcome"])
 PROC_POINTS = Counter("runstream_processor_points_total", "Metric points processed.")

@@ -58,6 +58,7 @@ class Sink:
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.recent = RecentIds()
+        self._lag_at = 0.0
         self.stored_points = 0
         self.stored_batches = 0
 
@@ -106,6 +107,9 @@ class Sink:
                 log.warning("Reading from Kafka failed (%s); retrying.", exc)
                 await asyncio.sleep(1)
                 continue
+            if time.monotonic() - self._lag_at > 1.0:
+                self._lag_at = time.monotonic()
+                await self._report_lag()
             if not polled:
                 continue
             items = []
@@ -140,6 +144,18 @@ class Sink:
             self.stored_points += tables.point_count
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
+
+
+    async def _report_lag(self) -> None:
+        assert self.consumer is not None
+        lag: dict[str, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - await self.consumer.position(tp))
+        for topic, n in lag.items():
+            tm.SINK_CONSUMER_LAG.labels(topic).set(n)
 
     async def _commit(self) -> None:
         assert self.consumer is not None

@@ -1,0 +1,13 @@
+# One image for every runstream role (ingest, process, sink); compose.yaml runs it several times.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY runstream ./runstream
+COPY ingest ./ingest
+COPY processors ./processors
+COPY storage ./storage
+COPY dashboards ./dashboards
+RUN pip install --no-cache-dir . && useradd --system runstream
+USER runstream
+ENV RUNSTREAM_DATA_DIR=/data RUNSTREAM_METRICS_HOST=0.0.0.0
+ENTRYPOINT ["runstream"]
