@@ -125,20 +125,20 @@ def run_explorer() -> dash.Dashboard:
                  .description(f"Raw points while the panel's bucket is under {RAW_MAX_INTERVAL_S} s (short ranges); "
                               "1-minute rollups computed by the stream processors beyond that (long ranges).")
                  .datasource(CLICKHOUSE).with_target(CH(
-                     f"SELECT $__timeInterval(ts) AS time, run_id, avg(value) AS value FROM {DB}.metrics "
+                     f"SELECT time, run_id, value FROM (SELECT $__timeInterval(ts) AS time, run_id, avg(value) AS value FROM {DB}.metrics "
                      f"WHERE $__interval_s < {RAW_MAX_INTERVAL_S} AND $__timeFilter(ts) "
                      "AND run_id IN (${run:singlequote}) AND metric = '${metric}' GROUP BY time, run_id "
                      "UNION ALL "
                      f"SELECT $__timeInterval(window_start) AS time, run_id, sum(sum) / sum(count - nonfinite) AS value "
                      f"FROM {DB}.rollups WHERE $__interval_s >= {RAW_MAX_INTERVAL_S} AND resolution_s = 60 "
                      "AND $__timeFilter(window_start) AND run_id IN (${run:singlequote}) AND metric = '${metric}' "
-                     "GROUP BY time, run_id ORDER BY time")))
+                     "GROUP BY time, run_id) ORDER BY time")))
     d.with_panel(table.Panel().title("Params and tags, side by side").span(12).height(9).datasource(CLICKHOUSE)
                  .with_target(CH(
-                     f"SELECT 'param' AS kind, key, groupArray((run_id, value)) AS by_run FROM {DB}.params FINAL "
+                     f"SELECT * FROM (SELECT 'param' AS kind, key, groupArray((run_id, value)) AS by_run FROM {DB}.params FINAL "
                      "WHERE run_id IN (${run:singlequote}) GROUP BY key "
                      f"UNION ALL SELECT 'tag' AS kind, key, groupArray((run_id, value)) AS by_run FROM {DB}.tags FINAL "
-                     "WHERE run_id IN (${run:singlequote}) GROUP BY key ORDER BY kind, key", fmt=1)))
+                     "WHERE run_id IN (${run:singlequote}) GROUP BY key) ORDER BY kind, key", fmt=1)))
     d.with_panel(table.Panel().title("Runs").span(12).height(7).datasource(CLICKHOUSE).with_target(CH(
         f"SELECT run_id, name, status, started, ended, git_commit, git_branch, git_dirty, hostname FROM {DB}.runs "
         "WHERE run_id IN (${run:singlequote}) ORDER BY started DESC", fmt=1)))

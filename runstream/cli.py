@@ -118,6 +118,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        from dashboards.build import main as build_main
+        return build_main()
+    if not args.grafana_url or not args.token:
+        raise RunstreamError("push needs --grafana-url and --token (a Grafana service account token with Editor rights).")
+    from dashboards.push import push
+    try:
+        for url in push(args.grafana_url, args.token, folder=args.folder):
+            print(url)
+    except Exception as exc:
+        raise RunstreamError(f"pushing to {args.grafana_url} failed: {exc}") from exc
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runstream.demo import run_demo
     return run_demo(_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
@@ -158,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--url", help="ingest address host:port")
     sync.add_argument("--all", action="store_true", help="also files of processes still running")
     sync.set_defaults(func=cmd_sync)
+
+    dashboards = sub.add_parser("dashboards", help="write the dashboards' JSON (build) or upload them to Grafana (push)")
+    dashboards.add_argument("action", choices=["build", "push"])
+    dashboards.add_argument("--grafana-url", default=os.environ.get("GRAFANA_URL"))
+    dashboards.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"))
+    dashboards.add_argument("--folder", default="runstream")
+    dashboards.set_defaults(func=cmd_dashboards)
 
     demo = common(sub.add_parser("demo", help="start the stack, run a fleet of training jobs, print query results"))
     demo.add_argument("--jobs", type=int, default=50)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.request
 import signal
 import subprocess
 import sys
@@ -88,6 +90,19 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: str) -> No
         assert res.returncode == 2 and "readonly" in res.stderr.lower()
         res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
         assert res.stdout.splitlines()[1] == "10000"
+
+        # Every metric a dashboard's PromQL uses is exported by a running role.
+        from tests.test_dashboards import promql_metrics
+        info = json.loads(stack_file.read_text())
+        exported: set[str] = set()
+        for port in [info["metrics"]["sink"], info["metrics"]["process"], *info["metrics"]["ingest"]]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+                total = name if name.endswith("_total") else name + "_total"
+                exported |= {"counter": {total}, "histogram": {name + "_bucket", name + "_sum", name + "_count"}}.get(
+                    kind, {name})
+        used = promql_metrics()
+        assert used and used <= exported, f"dashboards use metrics no role exports: {sorted(used - exported)}"
 
         # The store belongs to the sink process: a second opener gets the real cause, not BAD_ARGUMENTS.
         probe = subprocess.run([sys.executable, "-c",
