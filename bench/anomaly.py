@@ -152,19 +152,11 @@ def main() -> int:
 
     import clickhouse_connect
 
-    from runstream.broker import free_port
-    from runstream.config import RunstreamConfig
-    from runstream.stack import RoleProcess, scrape
+    from runstream.stack import isolated_config, scrape
     from runstream.supervisor import Supervisor
 
     home = Path(tempfile.mkdtemp(prefix="runstream-anomaly-"))
-    cfg = RunstreamConfig()
-    cfg.data_dir = str(home)
-    cfg.ingest.listen = f"127.0.0.1:{free_port()}"
-    cfg.ingest.metrics_port = free_port()
-    cfg.sink.metrics_port = free_port()
-    cfg.sink.sql_listen = f"127.0.0.1:{free_port()}"
-    cfg.processors.metrics_port = free_port()
+    cfg = isolated_config(home)
     cfg.processors.tick_s = 0.25
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg)

@@ -92,18 +92,12 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
-    from runstream.broker import free_port
-    from runstream.config import RunstreamConfig
+    from runstream.stack import isolated_config
     from runstream.supervisor import Supervisor
     import clickhouse_connect
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
-    cfg = RunstreamConfig()
-    cfg.data_dir = str(home)
-    cfg.ingest.listen = f"127.0.0.1:{free_port()}"
-    cfg.ingest.metrics_port = free_port()
-    cfg.sink.metrics_port = free_port()
-    cfg.sink.sql_listen = f"127.0.0.1:{free_port()}"
+    cfg = isolated_config(home)
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
     console.print(f"Starting the stack in {home} ...")

@@ -63,6 +63,20 @@ class InProcessRoles:
         self.stop()
 
 
+def isolated_config(data_dir: Path | str) -> RunstreamConfig:
+    """A config whose data and every port are its own (free loopback ports): benchmarks and tests use it
+    so they never collide with a `runstream up` on the same machine."""
+    from runstream.broker import free_port
+    c = RunstreamConfig()
+    c.data_dir = str(data_dir)
+    c.ingest.listen = f"127.0.0.1:{free_port()}"
+    c.ingest.metrics_port = free_port()
+    c.sink.metrics_port = free_port()
+    c.sink.sql_listen = f"127.0.0.1:{free_port()}"
+    c.processors.metrics_port = free_port()
+    return c
+
+
 def role_env(config: RunstreamConfig) -> dict[str, str]:
     """Environment that hands a config to a child role process."""
     env = dict(os.environ)

@@ -18,7 +18,7 @@ import pytest
 from ingest.auth import ensure_dev_token
 from runstream.broker import KafkaBroker, free_port
 from runstream.config import RunstreamConfig
-from runstream.stack import InProcessRoles
+from runstream.stack import InProcessRoles, isolated_config
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +39,7 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
     tag = uuid.uuid4().hex[:10]
-    c = RunstreamConfig()
-    c.data_dir = str(tmp_path / "data")
+    c = isolated_config(tmp_path / "data")
     c.kafka.bootstrap = kafka
     c.kafka.events_topic = f"events-{tag}"
     c.kafka.rollups_topic = f"rollups-{tag}"
@@ -52,7 +51,6 @@ def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
     c.ingest.listen = "127.0.0.1:0"
     c.ingest.metrics_port = 0
     c.sink.metrics_port = 0
-    c.sink.sql_listen = f"127.0.0.1:{free_port()}"
     c.sink.group_id = f"sink-{tag}"
     c.clickhouse.path = str(chdb_path)
     c.clickhouse.database = f"t_{tag}"

@@ -32,7 +32,6 @@ from storage.store import migrate, open_embedded
 from tests.grafana_macros import Context, expand, interpolate
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 
 
@@ -190,7 +189,8 @@ def test_long_ranges_read_rollups_short_ranges_raw_points(seeded) -> None:
 
 def test_compose_is_valid_and_complete() -> None:
     doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    jsonschema.validate(doc, json.loads((SHARED / "schemas" / "compose-spec.json").read_text()))
+    # The Compose Specification's schema (compose-spec/compose-spec, Apache-2.0), kept in testdata.
+    jsonschema.validate(doc, json.loads((ROOT / "tests" / "testdata" / "compose-spec.json").read_text()))
     services = doc["services"]
     assert {"kafka", "clickhouse", "grafana", "prometheus", "ingest", "process", "sink"} <= set(services)
     for name, svc in services.items():
