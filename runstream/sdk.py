@@ -150,6 +150,7 @@ class Sender(threading.Thread):
         self._closing = False
         self._down_until = 0.0
         self._backoff = 0.0
+        self._has_spool = False  # this process wrote spool files not yet resent
         self.sent_batches = 0
         self.spooled_batches = 0
         self.dropped_batches = 0
@@ -246,7 +247,6 @@ class Sender(threading.Thread):
 
     # -- the thread --------------------------------------------------------------
     def run(self) -> None:
-        last_spool_check = 0.0
         while True:
             self._wake.wait(self.config.flush_interval_s)
             self._wake.clear()
@@ -257,10 +257,10 @@ class Sender(threading.Thread):
             try:
                 now = time.monotonic()
                 if now >= self._down_until:
-                    if now - last_spool_check > 1.0:
-                        last_spool_check = now
+                    if self._has_spool:
+                        # Older batches first: each run's batches must reach ingest in sequence order.
                         self._resend_spool()
-                    while self.pending and time.monotonic() >= self._down_until:
+                    while self.pending and not self._has_spool and time.monotonic() >= self._down_until:
                         self._send_flight()
                 if self.pending_points > self.config.max_pending_points:
                     self._spool_pending(all_=False)
@@ -343,6 +343,7 @@ class Sender(threading.Thread):
             if not out:
                 return
             path = spool.write(self.spool_dir, out)
+            self._has_spool = True
             self.spooled_batches += len(out)
             for b in out:
                 if b.HasField("run_finish"):
@@ -353,8 +354,18 @@ class Sender(threading.Thread):
                         len(out), path)
 
     def _resend_spool(self) -> None:
-        for path in spool.files(self.spool_dir, pid=os.getpid()):
-            send_spool_file(self.transport, path, self.config.max_flight_batches)
+        try:
+            for path in spool.files(self.spool_dir, pid=os.getpid()):
+                send_spool_file(self.transport, path, self.config.max_flight_batches)
+        except SendError as exc:
+            if exc.retryable:
+                self._backoff = min(self.config.backoff_max_s, max(0.1, self._backoff * 2))
+                self._down_until = time.monotonic() + self._backoff
+            else:
+                log.error("runstream: ingest refused spooled data (%s); it stays in %s for `runstream sync`.", exc, self.spool_dir)
+                self._down_until = time.monotonic() + self.config.backoff_max_s
+            return
+        self._has_spool = False
 
 
 def send_spool_file(transport: Transport, path: Path, flight: int = 64) -> int:

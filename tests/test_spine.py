@@ -68,12 +68,7 @@ def test_million_points_from_50_clients_exactly_once(stack: Stack, token: str, t
 
 def test_same_batch_twice_is_counted_once(stack: Stack, token: str) -> None:
     t = GrpcTransport(stack.ingest_addr, token)
-    b = Batch(batch_id=uuid.uuid4().hex, project="p", run_id="dup-run", seq=1, created_ms=int(time.time() * 1000))
-    b.metrics.names.append("loss")
-    b.metrics.name_index.extend([0] * 100)
-    b.metrics.steps.extend(range(100))
-    b.metrics.timestamps_ms.extend([b.created_ms] * 100)
-    b.metrics.values.extend(np.linspace(0, 1, 100).tolist())
+    b = _batch("dup-run", 100)
     t.send([b])
     assert stack.wait_points(100, where="run_id = 'dup-run'") == 100
     t.send([b])  # a client retry after a lost answer: ingest publishes it again
