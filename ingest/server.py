@@ -18,6 +18,7 @@ from typing import AsyncIterator
 import grpc
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from google.protobuf.message import DecodeError
 
 from ingest.auth import Token, TokenStore, authorize
 from ingest.validate import validate_batch
@@ -115,7 +116,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         seqs[batch.run_id] = batch.seq
         return await self.publisher.publish(batch), points
 
-    async def _handle(self, requests: AsyncIterator[ingest_pb2.SendRequest], context: grpc.aio.ServicerContext, method: str) -> ingest_pb2.SendResponse:
+    async def _handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, method: str) -> ingest_pb2.SendResponse:
         started = time.perf_counter()
         auth = dict(context.invocation_metadata() or ()).get("authorization")
         futures: list[asyncio.Future] = []
@@ -124,7 +125,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         code = grpc.StatusCode.OK
         try:
             token = self.tokens.authenticate(auth)
-            async for request in requests:
+            async for raw in requests:
+                request = parse_request(raw)
                 for batch in request.batches:
                     where = f"batches[{len(futures)}]"
                     try:
@@ -156,13 +158,29 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
-    async def Send(self, request: ingest_pb2.SendRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
-        async def one() -> AsyncIterator[ingest_pb2.SendRequest]:
+    async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
+        async def one() -> AsyncIterator[bytes]:
             yield request
         return await self._handle(one(), context, "Send")
 
-    async def SendStream(self, request_iterator: AsyncIterator[ingest_pb2.SendRequest], context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
+    async def SendStream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
         return await self._handle(request_iterator, context, "SendStream")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service with requests left as bytes: a body that does not parse is INVALID_ARGUMENT here,
+        where grpc's own deserializer would answer UNKNOWN."""
+        ser = ingest_pb2.SendResponse.SerializeToString
+        return grpc.method_handlers_generic_handler("runstream.v1.Ingest", {
+            "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ser),
+            "SendStream": grpc.stream_unary_rpc_method_handler(self.SendStream, response_serializer=ser),
+        })
+
+
+def parse_request(raw: bytes) -> ingest_pb2.SendRequest:
+    try:
+        return ingest_pb2.SendRequest.FromString(raw)
+    except DecodeError as exc:
+        raise ValidationError("request", f"is not a valid runstream.v1.SendRequest ({exc})") from exc
 
 
 class IngestServer:
@@ -180,7 +198,7 @@ class IngestServer:
         limit = self.config.ingest.max_request_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024)])
-        ingest_pb2_grpc.add_IngestServicer_to_server(IngestService(self.config, self.publisher, self.tokens), self.server)
+        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens).handler(),))
         self.port = self.server.add_insecure_port(self.config.ingest.listen)
         if self.port == 0:
             raise Unavailable(f"ingest cannot listen on {self.config.ingest.listen}: the port is taken; set ingest.listen")
