@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
@@ -24,7 +25,7 @@ from ingest.auth import Token, TokenStore, authorize
 from ingest.validate import validate_batch
 from runstream import encoding, telemetry as tm
 from runstream.config import RunstreamConfig
-from runstream.errors import AuthError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
+from runstream.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger("runstream.ingest")
@@ -199,11 +200,25 @@ class IngestServer:
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024)])
         self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens).handler(),))
-        self.port = self.server.add_insecure_port(self.config.ingest.listen)
+        self.port = self._bind()
         if self.port == 0:
             raise Unavailable(f"ingest cannot listen on {self.config.ingest.listen}: the port is taken; set ingest.listen")
         await self.server.start()
         log.info("Ingest listening on port %d.", self.port)
+
+    def _bind(self) -> int:
+        ic = self.config.ingest
+        assert self.server is not None
+        if not ic.tls_cert:
+            return self.server.add_insecure_port(ic.listen)
+        try:
+            key, cert = Path(ic.tls_key).read_bytes(), Path(ic.tls_cert).read_bytes()
+            client_ca = Path(ic.tls_client_ca).read_bytes() if ic.tls_client_ca else None
+        except OSError as exc:
+            raise ConfigError(f"ingest TLS: cannot read {exc.filename}: {exc.strerror}") from exc
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                            require_client_auth=client_ca is not None)
+        return self.server.add_secure_port(ic.listen, creds)
 
     async def stop(self, grace: float = 5.0) -> None:
         server, self.server = self.server, None

@@ -104,8 +104,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from runstream.transport import GrpcTransport, SendError
     directory = Path(args.spool_dir) if args.spool_dir else default_home() / "spool"
     info = stack_info()
+    creds = None
+    if os.environ.get("RUNSTREAM_TLS_CA"):
+        from runstream.transport import tls_credentials
+        creds = tls_credentials(os.environ["RUNSTREAM_TLS_CA"], os.environ.get("RUNSTREAM_TLS_CERT"),
+                                os.environ.get("RUNSTREAM_TLS_KEY"))
     transport = GrpcTransport(args.url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051",
-                              os.environ.get("RUNSTREAM_TOKEN") or info.get("token"))
+                              os.environ.get("RUNSTREAM_TOKEN") or info.get("token"), credentials=creds)
     files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
     sent = 0
     for path in files:

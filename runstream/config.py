@@ -44,6 +44,9 @@ class IngestConfig:
     max_name_length: int = 250
     max_inflight_batches: int = 4_000  # beyond this, RESOURCE_EXHAUSTED instead of buffering
     publish_timeout_s: float = 15.0
+    tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
+    tls_key: str = ""              # PEM private key for tls_cert
+    tls_client_ca: str = ""        # PEM CA bundle: when set, clients must present a certificate it signed
 
 
 @dataclass
@@ -101,6 +104,10 @@ class RunstreamConfig:
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen)):
             if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
                 problems.append(f"{name}: {addr!r} is not host:port (e.g. 127.0.0.1:50051)")
+        if bool(self.ingest.tls_cert) != bool(self.ingest.tls_key):
+            problems.append("ingest.tls_cert / ingest.tls_key: set both (PEM files) or neither")
+        if self.ingest.tls_client_ca and not self.ingest.tls_cert:
+            problems.append("ingest.tls_client_ca: client certificates need TLS; set ingest.tls_cert and ingest.tls_key")
         if self.ingest.max_batch_points < 1:
             problems.append("ingest.max_batch_points: must be at least 1")
         if self.clickhouse.url and not self.clickhouse.url.startswith(("http://", "https://")):

@@ -35,6 +35,14 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | None = None) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files: the CA that signed ingest's certificate, and optionally a client
+    certificate and key (when ingest requires them)."""
+    def read(path: str | None) -> bytes | None:
+        return open(path, "rb").read() if path else None
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+
+
 class GrpcTransport:
     def __init__(self, target: str, token: str | None, *, timeout_s: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None) -> None:

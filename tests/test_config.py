@@ -34,3 +34,10 @@ def test_unknown_key_and_bad_type(tmp_path: Path) -> None:
         RunstreamConfig.load(tmp_path / "c.yaml", env={})
     with pytest.raises(ConfigError, match="RUNSTREAM_KAFKA_PARTITIONS"):
         RunstreamConfig.load(None, env={"RUNSTREAM_KAFKA_PARTITIONS": "many"})
+
+
+def test_tls_settings_must_come_together() -> None:
+    with pytest.raises(ConfigError, match="ingest.tls_cert / ingest.tls_key"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_TLS_CERT": "/x.pem"})
+    with pytest.raises(ConfigError, match="ingest.tls_client_ca"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_TLS_CLIENT_CA": "/ca.pem"})

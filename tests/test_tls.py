@@ -1,0 +1,84 @@
+"""TLS on the ingest port: a client without the CA is refused; with it, logging works; with client
+certificates required, a client without one is refused and one with a certificate from the CA works.
+Certificates are made with openssl for the test."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import runstream
+from ingest.auth import ensure_dev_token
+from runstream.config import RunstreamConfig
+from runstream.stack import InProcessRoles
+from runstream.transport import GrpcTransport, SendError, tls_credentials
+from tests.conftest import Stack
+from tests.test_spine import _batch
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=runstream-test-ca", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-days", "2",
+            "-subj", "/CN=someone-else", cwd=d)
+    return d
+
+
+def tls_stack(config: RunstreamConfig, pki: Path, client_ca: bool) -> InProcessRoles:
+    config.ingest.tls_cert = str(pki / "server.pem")
+    config.ingest.tls_key = str(pki / "server.key")
+    config.ingest.tls_client_ca = str(pki / "ca.pem") if client_ca else ""
+    config.validate()
+    return InProcessRoles(config, ["ingest", "sink"]).start()
+
+
+def test_tls_needs_the_ca(config: RunstreamConfig, pki: Path, tmp_path: Path) -> None:
+    token = ensure_dev_token(config.tokens_path)
+    roles = tls_stack(config, pki, client_ca=False)
+    stack = Stack(config, roles)
+    try:
+        plain = GrpcTransport(stack.ingest_addr, token, timeout_s=5)
+        with pytest.raises(SendError) as exc:
+            plain.send([_batch("tls-plain")])
+        assert exc.value.code == "UNAVAILABLE"
+        wrong = GrpcTransport(stack.ingest_addr, token, timeout_s=5, credentials=tls_credentials(str(pki / "other.pem")))
+        with pytest.raises(SendError):
+            wrong.send([_batch("tls-wrong-ca")])
+        good = GrpcTransport(stack.ingest_addr, token, credentials=tls_credentials(str(pki / "ca.pem")))
+        run = runstream.init("tls", transport=good, spool_dir=str(tmp_path))
+        for i in range(500):
+            run.log({"x": float(i)}, step=i)
+        assert run.finish(timeout=30)
+        assert stack.wait_points(500, where="project = 'tls'") == 500
+    finally:
+        roles.stop()
+
+
+def test_client_certificates_when_required(config: RunstreamConfig, pki: Path) -> None:
+    token = ensure_dev_token(config.tokens_path)
+    roles = tls_stack(config, pki, client_ca=True)
+    stack = Stack(config, roles)
+    try:
+        no_cert = GrpcTransport(stack.ingest_addr, token, timeout_s=5, credentials=tls_credentials(str(pki / "ca.pem")))
+        with pytest.raises(SendError):
+            no_cert.send([_batch("mtls-none")])
+        with_cert = GrpcTransport(stack.ingest_addr, token, credentials=tls_credentials(
+            str(pki / "ca.pem"), str(pki / "client.pem"), str(pki / "client.key")))
+        with_cert.send([_batch("mtls-ok")])
+        assert stack.wait_points(10, where="run_id = 'mtls-ok'") == 10
+    finally:
+        roles.stop()
