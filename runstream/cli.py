@@ -104,13 +104,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from runstream.transport import GrpcTransport, SendError
     directory = Path(args.spool_dir) if args.spool_dir else default_home() / "spool"
     info = stack_info()
-    creds = None
-    if os.environ.get("RUNSTREAM_TLS_CA"):
-        from runstream.transport import tls_credentials
-        creds = tls_credentials(os.environ["RUNSTREAM_TLS_CA"], os.environ.get("RUNSTREAM_TLS_CERT"),
-                                os.environ.get("RUNSTREAM_TLS_KEY"))
+    from runstream.transport import tls_from_env
     transport = GrpcTransport(args.url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051",
-                              os.environ.get("RUNSTREAM_TOKEN") or info.get("token"), credentials=creds)
+                              os.environ.get("RUNSTREAM_TOKEN") or info.get("token"), credentials=tls_from_env())
     files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
     sent = 0
     for path in files:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from runstream import spool
-from runstream.transport import GrpcTransport, SendError, Transport, tls_credentials
+from runstream.transport import GrpcTransport, SendError, Transport, tls_from_env
 from runstream.v1.ingest_pb2 import Batch, GitInfo, HostInfo, Metrics, RunStatus
 
 log = logging.getLogger("runstream")
@@ -407,11 +407,7 @@ def _default_sender(url: str | None, token: str | None, options: Mapping[str, An
             info = stack_info()
             target = url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051"
             tok = token or os.environ.get("RUNSTREAM_TOKEN") or info.get("token")
-            creds = None
-            if os.environ.get("RUNSTREAM_TLS_CA"):  # TLS to ingest; client certificate too when ingest asks for one
-                creds = tls_credentials(os.environ["RUNSTREAM_TLS_CA"], os.environ.get("RUNSTREAM_TLS_CERT"),
-                                        os.environ.get("RUNSTREAM_TLS_KEY"))
-            _sender = Sender(GrpcTransport(target, tok, credentials=creds), SenderConfig(**options))
+            _sender = Sender(GrpcTransport(target, tok, credentials=tls_from_env()), SenderConfig(**options))
             _sender.start()
             atexit.register(_at_exit)
         return _sender

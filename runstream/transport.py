@@ -43,6 +43,14 @@ def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | N
     return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
+def tls_from_env() -> grpc.ChannelCredentials | None:
+    """TLS credentials from RUNSTREAM_TLS_CA (and RUNSTREAM_TLS_CERT / RUNSTREAM_TLS_KEY), or None for plaintext."""
+    import os
+    if not os.environ.get("RUNSTREAM_TLS_CA"):
+        return None
+    return tls_credentials(os.environ["RUNSTREAM_TLS_CA"], os.environ.get("RUNSTREAM_TLS_CERT"), os.environ.get("RUNSTREAM_TLS_KEY"))
+
+
 class GrpcTransport:
     def __init__(self, target: str, token: str | None, *, timeout_s: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
