@@ -1,4 +1,5 @@
-"""Bearer tokens from a YAML file (a stand-in until governance lands).
+"""Bearer tokens: governance tokens from the control topic (runstream.governance), and a YAML file for
+development and bootstrap (the dev token `runstream up` creates).
 
 File layout (``<data_dir>/tokens.yaml``)::
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from runstream.errors import AuthError, PermissionDenied
+from runstream.v1.ingest_pb2 import ControlEvent, TokenRecord
 
 log = logging.getLogger("runstream.ingest")
 
@@ -60,6 +62,7 @@ class TokenStore:
         self.path = path
         self.reload_s = reload_s
         self._tokens: dict[str, Token] = {}
+        self._control: dict[str, TokenRecord] = {}  # sha256 -> record, from the control topic
         self._mtime: float | None = None
         self._checked = 0.0
         self._reload()
@@ -97,10 +100,23 @@ class TokenStore:
             self._reload()
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError("missing bearer token: send metadata 'authorization: Bearer <token>' (set RUNSTREAM_TOKEN)")
-        token = self._tokens.get(_digest(authorization[7:].strip()))
-        if token is None:
-            raise AuthError("unknown or revoked token")
-        return token
+        digest = _digest(authorization[7:].strip())
+        token = self._tokens.get(digest)
+        if token is not None:
+            return token
+        rec = self._control.get(digest)
+        if rec is None:
+            raise AuthError("unknown token")
+        if rec.revoked:
+            raise AuthError(f"token {rec.token_id} was revoked")
+        if rec.expires_ms and rec.expires_ms <= time.time() * 1000:
+            raise AuthError(f"token {rec.token_id} has expired")
+        return Token(name=rec.token_id, projects=frozenset(rec.projects), scopes=frozenset(rec.scopes))
+
+    def apply_control(self, ev: ControlEvent) -> None:
+        """Follow governance: a token created, changed or revoked (see runstream.governance)."""
+        if ev.HasField("token"):
+            self._control[ev.token.sha256] = ev.token
 
 
 def authorize(token: Token, project: str, scope: str = "ingest") -> None:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from ingest.auth import Token, TokenStore, authorize
 from ingest.validate import validate_batch
 from runstream import encoding, telemetry as tm
+from runstream.governance import Follower
 from runstream.config import RunstreamConfig
 from runstream.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
@@ -192,9 +193,11 @@ class IngestServer:
         self.publisher = Publisher(config)
         self.tokens = TokenStore(config.tokens_path)
         self.server: grpc.aio.Server | None = None
+        self.follower = Follower(config, self.tokens.apply_control)
         self.port = 0
 
     async def start(self) -> None:
+        await self.follower.start()
         await self.publisher.start()
         limit = self.config.ingest.max_request_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
@@ -225,6 +228,7 @@ class IngestServer:
         if server is not None:
             await server.stop(grace)
         await self.publisher.stop()
+        await self.follower.stop()
 
 
 def build(config: RunstreamConfig) -> IngestServer:

@@ -119,6 +119,69 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_config(args: argparse.Namespace) -> RunstreamConfig:
+    from runstream.sdk import stack_info
+    config = _config(args)
+    if not config.kafka.bootstrap:
+        config.kafka.bootstrap = stack_info().get("kafka", "")
+    if not config.kafka.bootstrap:
+        raise RunstreamError("no Kafka to reach: start `runstream up`, or pass --kafka HOST:PORT.")
+    return config
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from runstream import governance as gov
+    from runstream.topics import ensure_topics
+    from runstream.v1.ingest_pb2 import ProjectRecord
+    from ingest.validate import NAME_RE
+    config = _kafka_config(args)
+    if not NAME_RE.match(args.name):
+        raise RunstreamError(f"project name {args.name!r}: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    asyncio.run(ensure_topics(config))
+    asyncio.run(gov.publish(config, gov.event("project.create", project=ProjectRecord(name=args.name,
+                                                                                       description=args.description))))
+    print(f"Project {args.name} created.")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from runstream import governance as gov
+    from runstream.topics import ensure_topics
+    config = _kafka_config(args)
+    asyncio.run(ensure_topics(config))
+    state = asyncio.run(gov.read_state(config))
+    if args.action == "create":
+        if not args.project or not args.scope:
+            raise RunstreamError("token create needs --project P (or '*') and --scope ingest|read|admin")
+        missing = [p for p in args.project if p != "*" and p not in state.projects]
+        if missing:
+            raise RunstreamError(f"no such project(s): {missing}; create them with `runstream project create NAME`.")
+        expires = gov.parse_duration(args.expires) if args.expires else 0
+        secret, rec = gov.new_token(args.name or ",".join(args.project), args.project, args.scope, expires)
+        asyncio.run(gov.publish(config, gov.event("token.create", token=rec)))
+        print(f"Token {rec.token_id} created for {', '.join(rec.projects)} ({', '.join(rec.scopes)}). "
+              "It is shown once; store it now:")
+        print(secret)
+    elif args.action == "revoke":
+        if not args.token_id:
+            raise RunstreamError("token revoke needs the token id (see `runstream token list`)")
+        rec = state.tokens.get(args.token_id)
+        if rec is None:
+            raise RunstreamError(f"no token {args.token_id!r}; `runstream token list` shows them.")
+        rec.revoked, rec.revoked_ms = True, gov.event("x").at_ms
+        asyncio.run(gov.publish(config, gov.event("token.revoke", token=rec)))
+        print(f"Token {args.token_id} revoked; every ingest replica refuses it within seconds.")
+    else:
+        import time as _t
+        now = _t.time() * 1000
+        rows = [(r.token_id, r.name, ",".join(r.projects), ",".join(r.scopes),
+                 "revoked" if r.revoked else ("expired" if r.expires_ms and r.expires_ms <= now else "active"),
+                 _t.strftime("%Y-%m-%d %H:%M", _t.gmtime(r.expires_ms / 1000)) if r.expires_ms else "never")
+                for r in sorted(state.tokens.values(), key=lambda r: r.created_ms)]
+        print_result(["token_id", "name", "projects", "scopes", "state", "expires (UTC)"], rows, args.format)
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     if args.action == "build":
         from dashboards.build import main as build_main
@@ -174,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--url", help="ingest address host:port")
     sync.add_argument("--all", action="store_true", help="also files of processes still running")
     sync.set_defaults(func=cmd_sync)
+
+    project = common(sub.add_parser("project", help="governance: create a project"))
+    project.add_argument("action", choices=["create"])
+    project.add_argument("name")
+    project.add_argument("--description", default="")
+    project.set_defaults(func=cmd_project)
+
+    token = common(sub.add_parser("token", help="governance: create, list and revoke scoped tokens"))
+    token.add_argument("action", choices=["create", "list", "revoke"])
+    token.add_argument("token_id", nargs="?", help="for revoke")
+    token.add_argument("--project", action="append", default=[], help="project the token may use ('*' for all); repeatable")
+    token.add_argument("--scope", action="append", default=[], choices=["ingest", "read", "admin"], help="repeatable")
+    token.add_argument("--expires", help="lifetime, e.g. 30d, 12h")
+    token.add_argument("--name")
+    token.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    token.set_defaults(func=cmd_token)
 
     dashboards = sub.add_parser("dashboards", help="write the dashboards' JSON (build) or upload them to Grafana (push)")
     dashboards.add_argument("action", choices=["build", "push"])

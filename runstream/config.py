@@ -21,6 +21,7 @@ EVENTS_TOPIC = "runstream.events"
 ROLLUPS_TOPIC = "runstream.rollups"
 ALERTS_TOPIC = "runstream.alerts"
 FLEET_TOPIC = "runstream.fleet"
+CONTROL_TOPIC = "runstream.control"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class KafkaConfig:
     rollups_topic: str = ROLLUPS_TOPIC
     alerts_topic: str = ALERTS_TOPIC
     fleet_topic: str = FLEET_TOPIC
+    control_topic: str = CONTROL_TOPIC  # governance events; one partition
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups, RunStatus
+from google.protobuf import json_format
+
+from runstream.v1.ingest_pb2 import Alert, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
@@ -59,6 +61,7 @@ class Tables:
     rollups: list[list[Any]] = field(default_factory=list)
     fleet: list[list[Any]] = field(default_factory=list)
     alerts: list[list[Any]] = field(default_factory=list)
+    governance: list[list[Any]] = field(default_factory=list)
     newest_created_ms: int = 0
 
     @property
@@ -79,9 +82,18 @@ ALERT_COLUMNS = ["project", "alert_id", "status", "run_id", "metric", "kind", "s
                  "expected_high", "event_time", "detected_at", "message"]
 
 
-def add_derived(t: Tables, kind: str, value: bytes) -> None:
-    """Rows from a processors' record (``kind`` is rollups, fleet or alerts)."""
-    if kind == "rollups":
+GOVERNANCE_COLUMNS = ["at", "actor", "action", "object", "record", "partition", "offset"]
+
+
+def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: int = 0) -> None:
+    """Rows from a record that is not a batch (``kind`` is rollups, fleet, alerts or control)."""
+    if kind == "control":
+        ev = ControlEvent.FromString(value)
+        body = ev.project if ev.HasField("project") else ev.token
+        obj = ev.project.name if ev.HasField("project") else ev.token.token_id
+        t.governance.append([_dt(ev.at_ms), ev.actor, ev.action, obj,
+                             json_format.MessageToJson(body, indent=None, preserving_proto_field_name=True), partition, offset])
+    elif kind == "rollups":
         for w in Rollups.FromString(value).windows:
             t.rollups.append([w.project, w.run_id, w.metric, w.resolution_s, _dt(w.window_start_ms), w.count, w.nonfinite,
                               w.min, w.max, w.sum, w.first, w.first_step, w.last, w.last_step, w.version])

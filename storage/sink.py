@@ -72,7 +72,7 @@ class Sink:
         await asyncio.to_thread(migrate, self.client, self.db)
         k = self.config.kafka
         self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
-                           k.fleet_topic: "fleet"}
+                           k.fleet_topic: "fleet", k.control_topic: "control"}
         self.consumer = AIOKafkaConsumer(
             *self.topic_kind, bootstrap_servers=self.config.kafka.bootstrap,
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -119,7 +119,7 @@ class Sink:
                 for msg in messages:
                     if kind != "events":
                         try:
-                            columns.add_derived(tables, kind, msg.value)
+                            columns.add_derived(tables, kind, msg.value, tp.partition, msg.offset)
                         except Exception as exc:
                             tm.SINK_BATCHES.labels("undecodable").inc()
                             log.error("Skipping undecodable %s record %s[%d]@%d: %s", kind, tp.topic, tp.partition, msg.offset, exc)
@@ -200,6 +200,7 @@ class Sink:
                                       ("rollup_windows", t.rollups, columns.ROLLUP_COLUMNS),
                                       ("fleet_windows", t.fleet, columns.FLEET_COLUMNS),
                                       ("alert_events", t.alerts, columns.ALERT_COLUMNS),
+                                      ("governance_events", t.governance, columns.GOVERNANCE_COLUMNS),
                                       ("batches", t.batches, columns.BATCH_COLUMNS)):
                 if rows:
                     self.client.insert(f"{db}.{table}", rows, column_names=cols)

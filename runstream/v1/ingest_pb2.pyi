@@ -256,3 +256,47 @@ class Alert(_message.Message):
     status: str
     message: str
     def __init__(self, alert_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., metric: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., expected_low: _Optional[float] = ..., expected_high: _Optional[float] = ..., event_ms: _Optional[int] = ..., detected_ms: _Optional[int] = ..., resolved_ms: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ProjectRecord(_message.Message):
+    __slots__ = ("name", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class TokenRecord(_message.Message):
+    __slots__ = ("token_id", "name", "projects", "scopes", "sha256", "created_ms", "expires_ms", "revoked", "revoked_ms")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECTS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_MS_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    name: str
+    projects: _containers.RepeatedScalarFieldContainer[str]
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    sha256: str
+    created_ms: int
+    expires_ms: int
+    revoked: bool
+    revoked_ms: int
+    def __init__(self, token_id: _Optional[str] = ..., name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., created_ms: _Optional[int] = ..., expires_ms: _Optional[int] = ..., revoked: _Optional[bool] = ..., revoked_ms: _Optional[int] = ...) -> None: ...
+
+class ControlEvent(_message.Message):
+    __slots__ = ("actor", "at_ms", "action", "project", "token")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    at_ms: int
+    action: str
+    project: ProjectRecord
+    token: TokenRecord
+    def __init__(self, actor: _Optional[str] = ..., at_ms: _Optional[int] = ..., action: _Optional[str] = ..., project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., token: _Optional[_Union[TokenRecord, _Mapping]] = ...) -> None: ...
