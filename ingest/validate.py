@@ -73,4 +73,8 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
         _mapping(f"{where}.params.values", b.params.values, cfg)
     elif kind == "tags":
         _mapping(f"{where}.tags.values", b.tags.values, cfg)
+    elif kind in ("dataset", "artifact"):
+        uri = b.dataset.uri if kind == "dataset" else b.artifact.uri
+        if not uri or len(uri) > 4096:
+            raise ValidationError(f"{where}.{kind}.uri", "must be 1..4096 characters")
     return 0

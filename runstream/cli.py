@@ -119,6 +119,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from storage import lineage
+    config = _config(args)
+    client = sql_client(config)
+    db = config.clickhouse.database
+    if args.dataset:
+        print_result(["project", "run_id", "uri", "digest"], lineage.runs_using(client, args.dataset, db), args.format)
+    elif args.artifact:
+        print_result(["project", "run_id", "uri", "sha256"], lineage.producers_of(client, args.artifact, db), args.format)
+    elif args.run:
+        g = lineage.upstream(client, args.run, db)
+        if args.run not in g.runs:
+            raise RunstreamError(f"no run {args.run!r} in storage")
+        if args.format == "json":
+            print(json.dumps({"run": args.run, "edges": g.edges, "runs": g.runs}, default=str))
+        else:
+            print("\n".join(lineage.render(g)))
+    else:
+        raise RunstreamError("give a RUN, or --dataset URI|DIGEST, or --artifact URI|SHA256")
+    return 0
+
+
 def _kafka_config(args: argparse.Namespace) -> RunstreamConfig:
     from runstream.sdk import stack_info
     config = _config(args)
@@ -237,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--url", help="ingest address host:port")
     sync.add_argument("--all", action="store_true", help="also files of processes still running")
     sync.set_defaults(func=cmd_sync)
+
+    lin = common(sub.add_parser("lineage", help="a run's upstream graph; runs that used a dataset; what made an artifact"))
+    lin.add_argument("run", nargs="?")
+    lin.add_argument("--dataset")
+    lin.add_argument("--artifact")
+    lin.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    lin.set_defaults(func=cmd_lineage)
 
     project = common(sub.add_parser("project", help="governance: create a project"))
     project.add_argument("action", choices=["create"])

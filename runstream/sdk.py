@@ -11,11 +11,13 @@ silently: a batch ingest refuses as invalid is logged with the reason.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
 import platform
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,11 +31,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from runstream import spool
 from runstream.transport import GrpcTransport, SendError, Transport, tls_from_env
-from runstream.v1.ingest_pb2 import Batch, GitInfo, HostInfo, Metrics, RunStatus
+from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 
 log = logging.getLogger("runstream")
 
-_PARAMS, _TAGS, _FINISH = object(), object(), object()
+_PARAMS, _TAGS, _FINISH, _LINEAGE = object(), object(), object(), object()
 STATUS = {"finished": RunStatus.RUN_STATUS_FINISHED, "failed": RunStatus.RUN_STATUS_FAILED, "killed": RunStatus.RUN_STATUS_KILLED}
 
 
@@ -70,8 +72,45 @@ def _git() -> GitInfo:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return GitInfo()
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    diff = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest() if dirty else ""
     return GitInfo(commit=commit, branch=git("rev-parse", "--abbrev-ref", "HEAD"), remote=git("remote", "get-url", "origin"),
-                   dirty=bool(git("status", "--porcelain", "--untracked-files=no")))
+                   dirty=dirty, diff_sha256=diff)
+
+
+_packages_fingerprint: str | None = None
+
+
+def packages_sha256() -> str:
+    """A fingerprint of the Python environment: sha256 of the sorted name==version of every distribution."""
+    global _packages_fingerprint
+    if _packages_fingerprint is None:
+        from importlib import metadata
+        names = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions() if d.metadata["Name"])
+        _packages_fingerprint = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return _packages_fingerprint
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, or of a directory's files (relative path and digest of each, sorted)."""
+    if path.is_dir():
+        h, total = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            d, n = file_digest(f)
+            h.update(f"{f.relative_to(path)}\0{d}\n".encode())
+            total += n
+        return h.hexdigest(), total
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest(), path.stat().st_size
+
+
+def _local(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri[7:])
+    return Path(uri) if "://" not in uri else None
 
 
 class _RunStats:
@@ -112,6 +151,34 @@ class Run:
     def set_tags(self, tags: Mapping[str, str] | Iterable[str]) -> None:
         values = dict(tags) if isinstance(tags, Mapping) else {t: "" for t in tags}
         self._records.append((_TAGS, time.time(), {k: str(v) for k, v in values.items()}))
+
+    def use_dataset(self, uri: str, *, digest: str | None = None) -> str:
+        """Record that the run reads ``uri``. For a local file or directory the digest (sha256) is computed
+        here unless given; returns the digest. Runs that used the same content are linked by it."""
+        size = 0
+        path = _local(uri)
+        if digest is None and path is not None and path.exists():
+            digest, size = file_digest(path)
+        self._records.append((_LINEAGE, time.time(), DatasetUse(uri=str(uri), digest=digest or "", size=size)))
+        return digest or ""
+
+    def log_artifact(self, path_or_uri: str | Path, *, artifact_dir: str | Path | None = None) -> Artifact:
+        """Record something the run made: size and sha256 for local files; the bytes are copied to the
+        artifact directory (``artifact_dir``, else RUNSTREAM_ARTIFACT_DIR) when one is set, else they stay."""
+        uri = str(path_or_uri)
+        art = Artifact(uri=uri)
+        path = _local(uri)
+        if path is not None and path.exists():
+            art.sha256, art.size = file_digest(path)
+            target_dir = artifact_dir or os.environ.get("RUNSTREAM_ARTIFACT_DIR")
+            if target_dir:
+                dest = Path(target_dir) / art.sha256[:2] / art.sha256 / path.name
+                if not dest.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    (shutil.copytree if path.is_dir() else shutil.copy2)(path, dest)
+                art.stored_uri = str(dest)
+        self._records.append((_LINEAGE, time.time(), art))
+        return art
 
     def finish(self, status: str = "finished", *, timeout: float = 30.0) -> bool:
         """Flush and close the run. Returns True when everything was acknowledged by ingest within ``timeout``;
@@ -199,9 +266,11 @@ class Sender(threading.Thread):
 
             for _ in range(n):
                 step, ts, payload = records.popleft()
-                if step is _PARAMS or step is _TAGS or step is _FINISH:
+                if step is _PARAMS or step is _TAGS or step is _FINISH or step is _LINEAGE:
                     close_metrics()
-                    if step is _PARAMS:
+                    if step is _LINEAGE:
+                        self._emit(run, lineage=payload, ts=ts)
+                    elif step is _PARAMS:
                         self._emit(run, params=payload, ts=ts)
                     elif step is _TAGS:
                         self._emit(run, tags=payload, ts=ts)
@@ -223,7 +292,7 @@ class Sender(threading.Thread):
 
     def _emit(self, run: Run, *, metrics: Metrics | None = None, params: dict | None = None,
               tags: dict | None = None, finish: str | None = None, ts: float | None = None,
-              start: Batch | None = None) -> None:
+              start: Batch | None = None, lineage: DatasetUse | Artifact | None = None) -> None:
         b = start or Batch(batch_id=uuid.uuid4().hex, project=run.project, run_id=run.id, seq=run._next_seq(),
                            created_ms=int((ts or time.time()) * 1000))
         if metrics is not None:
@@ -234,6 +303,8 @@ class Sender(threading.Thread):
             b.params.values.update(params)
         elif tags is not None:
             b.tags.values.update(tags)
+        elif lineage is not None:
+            (b.dataset if isinstance(lineage, DatasetUse) else b.artifact).CopyFrom(lineage)
         elif finish is not None:
             b.run_finish.status = STATUS.get(finish, RunStatus.RUN_STATUS_FINISHED)
             b.run_finish.end_ms = b.created_ms
@@ -437,7 +508,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     rs.tags.extend(tags or [])
     rs.git.CopyFrom(_git())
     rs.host.CopyFrom(HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
-                              platform=platform.platform()))
+                              platform=platform.platform(), packages_sha256=packages_sha256()))
     sender.add(run)
     sender.start_run(run, start)
     _active.append(run)

@@ -62,6 +62,8 @@ class Tables:
     fleet: list[list[Any]] = field(default_factory=list)
     alerts: list[list[Any]] = field(default_factory=list)
     governance: list[list[Any]] = field(default_factory=list)
+    datasets: list[list[Any]] = field(default_factory=list)
+    artifacts: list[list[Any]] = field(default_factory=list)
     newest_created_ms: int = 0
 
     @property
@@ -71,7 +73,9 @@ class Tables:
 
 BATCH_COLUMNS = ["project", "run_id", "batch_id", "seq", "kind", "points", "created", "partition", "offset"]
 RUN_START_COLUMNS = ["project", "run_id", "name", "started", "tags", "git_commit", "git_branch", "git_remote",
-                     "git_dirty", "hostname", "pid", "python_version", "parent_run_id"]
+                     "git_dirty", "hostname", "pid", "python_version", "parent_run_id", "git_diff_sha256", "packages_sha256"]
+DATASET_COLUMNS = ["project", "run_id", "uri", "digest", "size", "ts"]
+ARTIFACT_COLUMNS = ["project", "run_id", "uri", "stored_uri", "size", "sha256", "ts"]
 RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked"]
 KV_COLUMNS = ["project", "run_id", "key", "value", "ts"]
 ROLLUP_COLUMNS = ["project", "run_id", "metric", "resolution_s", "window_start", "count", "nonfinite", "min", "max", "sum",
@@ -138,7 +142,8 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
         elif kind == "run_start":
             rs = b.run_start
             t.run_starts.append([b.project, b.run_id, rs.name, _dt(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
-                                 rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id])
+                                 rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id,
+                                 rs.git.diff_sha256, rs.host.packages_sha256])
             t.params.extend([b.project, b.run_id, k, v, _dt(rs.start_ms)] for k, v in rs.config.items())
             t.tags.extend([b.project, b.run_id, tag, "", _dt(rs.start_ms)] for tag in rs.tags)
         elif kind == "run_finish":
@@ -149,6 +154,12 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             t.params.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.params.values.items())
         elif kind == "tags":
             t.tags.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.tags.values.items())
+        elif kind == "dataset":
+            d = b.dataset
+            t.datasets.append([b.project, b.run_id, d.uri, d.digest, d.size, _dt(b.created_ms)])
+        elif kind == "artifact":
+            a = b.artifact
+            t.artifacts.append([b.project, b.run_id, a.uri, a.stored_uri, a.size, a.sha256, _dt(b.created_ms)])
         t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, _dt(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:

@@ -201,6 +201,8 @@ class Sink:
                                       ("fleet_windows", t.fleet, columns.FLEET_COLUMNS),
                                       ("alert_events", t.alerts, columns.ALERT_COLUMNS),
                                       ("governance_events", t.governance, columns.GOVERNANCE_COLUMNS),
+                                      ("datasets_used", t.datasets, columns.DATASET_COLUMNS),
+                                      ("artifacts", t.artifacts, columns.ARTIFACT_COLUMNS),
                                       ("batches", t.batches, columns.BATCH_COLUMNS)):
                 if rows:
                     self.client.insert(f"{db}.{table}", rows, column_names=cols)

@@ -19,7 +19,7 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_KILLED: RunStatus
 
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "project", "run_id", "seq", "created_ms", "run_start", "run_finish", "params", "tags", "metrics")
+    __slots__ = ("batch_id", "project", "run_id", "seq", "created_ms", "run_start", "run_finish", "params", "tags", "metrics", "dataset", "artifact")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class Batch(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     project: str
     run_id: str
@@ -40,7 +42,31 @@ class Batch(_message.Message):
     params: Params
     tags: Tags
     metrics: Metrics
-    def __init__(self, batch_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., run_start: _Optional[_Union[RunStart, _Mapping]] = ..., run_finish: _Optional[_Union[RunFinish, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ..., tags: _Optional[_Union[Tags, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+    dataset: DatasetUse
+    artifact: Artifact
+    def __init__(self, batch_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., run_start: _Optional[_Union[RunStart, _Mapping]] = ..., run_finish: _Optional[_Union[RunFinish, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ..., tags: _Optional[_Union[Tags, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., dataset: _Optional[_Union[DatasetUse, _Mapping]] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
+
+class DatasetUse(_message.Message):
+    __slots__ = ("uri", "digest", "size")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    digest: str
+    size: int
+    def __init__(self, uri: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class Artifact(_message.Message):
+    __slots__ = ("uri", "stored_uri", "size", "sha256")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    STORED_URI_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    stored_uri: str
+    size: int
+    sha256: str
+    def __init__(self, uri: _Optional[str] = ..., stored_uri: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("names", "name_index", "steps", "timestamps_ms", "values")
@@ -57,28 +83,32 @@ class Metrics(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., name_index: _Optional[_Iterable[int]] = ..., steps: _Optional[_Iterable[int]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GitInfo(_message.Message):
-    __slots__ = ("commit", "branch", "remote", "dirty")
+    __slots__ = ("commit", "branch", "remote", "dirty", "diff_sha256")
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
     DIRTY_FIELD_NUMBER: _ClassVar[int]
+    DIFF_SHA256_FIELD_NUMBER: _ClassVar[int]
     commit: str
     branch: str
     remote: str
     dirty: bool
-    def __init__(self, commit: _Optional[str] = ..., branch: _Optional[str] = ..., remote: _Optional[str] = ..., dirty: _Optional[bool] = ...) -> None: ...
+    diff_sha256: str
+    def __init__(self, commit: _Optional[str] = ..., branch: _Optional[str] = ..., remote: _Optional[str] = ..., dirty: _Optional[bool] = ..., diff_sha256: _Optional[str] = ...) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("hostname", "pid", "python_version", "platform")
+    __slots__ = ("hostname", "pid", "python_version", "platform", "packages_sha256")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_SHA256_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     pid: int
     python_version: str
     platform: str
-    def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+    packages_sha256: str
+    def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ..., packages_sha256: _Optional[str] = ...) -> None: ...
 
 class RunStart(_message.Message):
     __slots__ = ("name", "start_ms", "config", "tags", "git", "host", "parent_run_id")

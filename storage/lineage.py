@@ -1,0 +1,87 @@
+"""Lineage queries: which runs used a dataset, what produced an artifact, and a run's upstream graph.
+
+A run's upstream is its parent runs (resume, sweeps) and, for every dataset it read, the runs that
+produced an artifact with the same content (dataset digest = artifact sha256), recursively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Graph:
+    root: str
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (child, relation, parent) node ids
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def runs_using(client: Any, dataset: str, database: str = "runstream") -> list[tuple]:
+    """Runs that read a dataset, by URI or digest."""
+    return client.query(f"SELECT DISTINCT project, run_id, uri, digest FROM {database}.datasets_used FINAL "
+                        "WHERE uri = %(d)s OR digest = %(d)s ORDER BY run_id", parameters={"d": dataset}).result_rows
+
+
+def producers_of(client: Any, artifact: str, database: str = "runstream") -> list[tuple]:
+    """Runs that made an artifact, by URI, stored URI or sha256."""
+    return client.query(f"SELECT DISTINCT project, run_id, uri, sha256 FROM {database}.artifacts FINAL "
+                        "WHERE uri = %(a)s OR stored_uri = %(a)s OR sha256 = %(a)s ORDER BY run_id",
+                        parameters={"a": artifact}).result_rows
+
+
+def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: int = 50) -> Graph:
+    g = Graph(root=run_id)
+    frontier, seen = [run_id], {run_id}
+    for _ in range(max_depth):
+        if not frontier:
+            break
+        info = client.query(
+            f"SELECT run_id, project, name, git_commit, git_dirty, git_diff_sha256, packages_sha256, parent_run_id "
+            f"FROM {database}.run_starts FINAL WHERE run_id IN %(ids)s", parameters={"ids": frontier}).result_rows
+        nxt: list[str] = []
+        for rid, project, name, commit, dirty, diff, pkgs, parent in info:
+            g.runs[rid] = {"project": project, "name": name, "git_commit": commit, "git_dirty": dirty,
+                           "git_diff_sha256": diff, "packages_sha256": pkgs}
+            if parent:
+                g.edges.append((f"run:{rid}", "child of", f"run:{parent}"))
+                nxt.append(parent)
+        used = client.query(
+            f"SELECT d.run_id, d.uri, d.digest, a.run_id FROM {database}.datasets_used AS d FINAL "
+            f"LEFT JOIN (SELECT DISTINCT run_id, sha256 FROM {database}.artifacts FINAL WHERE sha256 != '') AS a "
+            "ON a.sha256 = d.digest WHERE d.run_id IN %(ids)s", parameters={"ids": frontier}).result_rows
+        for rid, uri, digest, producer in used:
+            node = f"dataset:{uri}@{digest[:12]}" if digest else f"dataset:{uri}"
+            g.edges.append((f"run:{rid}", "used", node))
+            if producer:
+                g.edges.append((node, "produced by", f"run:{producer}"))
+                nxt.append(producer)
+        frontier = [r for r in dict.fromkeys(nxt) if r not in seen]
+        seen.update(frontier)
+    return g
+
+
+def render(g: Graph) -> list[str]:
+    """The graph as an indented tree from the run upwards."""
+    children: dict[str, list[tuple[str, str]]] = {}
+    for child, rel, parent in g.edges:
+        children.setdefault(child, []).append((rel, parent))
+
+    def label(node: str) -> str:
+        if node.startswith("run:"):
+            r = g.runs.get(node[4:], {})
+            commit = (r.get("git_commit") or "")[:10] + ("+dirty" if r.get("git_dirty") else "")
+            return f"{node} {r.get('name', '?')} [{r.get('project', '?')}] git {commit or '-'}"
+        return node
+
+    lines: list[str] = []
+
+    def walk(node: str, depth: int, path: set[str]) -> None:
+        for rel, parent in children.get(node, []):
+            lines.append("  " * depth + f"└─ {rel} {label(parent)}")
+            if parent not in path:
+                walk(parent, depth + 1, path | {parent})
+
+    lines.append(label(f"run:{g.root}"))
+    walk(f"run:{g.root}", 1, {f"run:{g.root}"})
+    return lines
