@@ -204,6 +204,39 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from runstream import governance as gov
+    from runstream.topics import ensure_topics
+    from runstream.v1.ingest_pb2 import RunDeletion
+    config = _kafka_config(args)
+    asyncio.run(ensure_topics(config))
+    asyncio.run(gov.publish(config, gov.event("run.delete", run_delete=RunDeletion(
+        project=args.project, run_id=args.run_id, reason=args.reason))))
+    print(f"Deletion of run {args.run_id} recorded; the sink removes it from every table.")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from runstream import governance as gov
+    from runstream.topics import ensure_topics
+    from runstream.v1.ingest_pb2 import RetentionPolicy
+
+    def days(text: str | None) -> int:
+        if not text:
+            return 0
+        ms = gov.parse_duration(text)
+        if ms % 86_400_000:
+            raise RunstreamError(f"retention {text!r}: give whole days, e.g. 30d")
+        return ms // 86_400_000
+    config = _kafka_config(args)
+    asyncio.run(ensure_topics(config))
+    policy = RetentionPolicy(project=args.project, raw_days=days(args.raw), rollup_days=days(args.rollups))
+    asyncio.run(gov.publish(config, gov.event("retention.set", retention=policy)))
+    print(f"Retention for {args.project}: raw points {policy.raw_days or 'kept'} days, "
+          f"rollups {policy.rollup_days or 'kept'} days.")
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     if args.action == "build":
         from dashboards.build import main as build_main
@@ -282,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name")
     token.add_argument("--format", choices=["table", "csv", "json"], default="table")
     token.set_defaults(func=cmd_token)
+
+    run = common(sub.add_parser("run", help="governance: delete a run's data everywhere it is stored"))
+    run.add_argument("action", choices=["delete"])
+    run.add_argument("run_id")
+    run.add_argument("--project", required=True)
+    run.add_argument("--reason", default="")
+    run.set_defaults(func=cmd_run)
+
+    ret = common(sub.add_parser("retention", help="governance: per-project retention of raw points and rollups"))
+    ret.add_argument("action", choices=["set"])
+    ret.add_argument("--project", required=True)
+    ret.add_argument("--raw", help="keep raw points this long, e.g. 30d (default: forever)")
+    ret.add_argument("--rollups", help="keep rollups this long, e.g. 365d (default: forever)")
+    ret.set_defaults(func=cmd_retention)
 
     dashboards = sub.add_parser("dashboards", help="write the dashboards' JSON (build) or upload them to Grafana (push)")
     dashboards.add_argument("action", choices=["build", "push"])

@@ -60,6 +60,12 @@ def event(action: str, **body: object) -> ControlEvent:
     return ControlEvent(actor=actor, at_ms=int(time.time() * 1000), action=action, **body)  # type: ignore[arg-type]
 
 
+def object_id(ev: ControlEvent) -> str:
+    kind = ev.WhichOneof("body")
+    return {"project": lambda: ev.project.name, "token": lambda: ev.token.token_id,
+            "run_delete": lambda: ev.run_delete.run_id, "retention": lambda: ev.retention.project}[kind]()  # type: ignore[index]
+
+
 @dataclass
 class State:
     projects: dict[str, ProjectRecord]
@@ -74,7 +80,7 @@ class State:
 
 
 async def publish(config: RunstreamConfig, ev: ControlEvent) -> None:
-    key = (ev.project.name if ev.HasField("project") else ev.token.token_id).encode()
+    key = object_id(ev).encode()
     producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:

@@ -62,6 +62,7 @@ class Tables:
     fleet: list[list[Any]] = field(default_factory=list)
     alerts: list[list[Any]] = field(default_factory=list)
     governance: list[list[Any]] = field(default_factory=list)
+    control: list[ControlEvent] = field(default_factory=list)  # run deletions and retention changes to apply
     datasets: list[list[Any]] = field(default_factory=list)
     artifacts: list[list[Any]] = field(default_factory=list)
     newest_created_ms: int = 0
@@ -92,11 +93,13 @@ GOVERNANCE_COLUMNS = ["at", "actor", "action", "object", "record", "partition", 
 def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: int = 0) -> None:
     """Rows from a record that is not a batch (``kind`` is rollups, fleet, alerts or control)."""
     if kind == "control":
+        from runstream.governance import object_id
         ev = ControlEvent.FromString(value)
-        body = ev.project if ev.HasField("project") else ev.token
-        obj = ev.project.name if ev.HasField("project") else ev.token.token_id
-        t.governance.append([_dt(ev.at_ms), ev.actor, ev.action, obj,
+        body = getattr(ev, ev.WhichOneof("body") or "project")
+        t.governance.append([_dt(ev.at_ms), ev.actor, ev.action, object_id(ev),
                              json_format.MessageToJson(body, indent=None, preserving_proto_field_name=True), partition, offset])
+        if ev.HasField("run_delete") or ev.HasField("retention"):
+            t.control.append(ev)
     elif kind == "rollups":
         for w in Rollups.FromString(value).windows:
             t.rollups.append([w.project, w.run_id, w.metric, w.resolution_s, _dt(w.window_start_ms), w.count, w.nonfinite,

@@ -11,9 +11,11 @@ with backoff, never skipped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -22,6 +24,7 @@ from clickhouse_connect.driver.client import Client
 from runstream import encoding, telemetry as tm
 from runstream.config import RunstreamConfig
 from runstream.errors import StorageError
+from ingest.validate import NAME_RE
 from storage import columns
 from storage.store import map_clickhouse_errors, migrate, open_store
 
@@ -59,6 +62,8 @@ class Sink:
         self._stopping = asyncio.Event()
         self.recent = RecentIds()
         self._lag_at = 0.0
+        self.deleted_runs: set[str] = set()
+        self.retention: dict[str, tuple[int, int]] = {}
         self.stored_points = 0
         self.stored_batches = 0
 
@@ -70,6 +75,7 @@ class Sink:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
         await asyncio.to_thread(migrate, self.client, self.db)
+        await asyncio.to_thread(self._load_governance)
         k = self.config.kafka
         self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
                            k.fleet_topic: "fleet", k.control_topic: "control"}
@@ -130,6 +136,9 @@ class Sink:
                         tm.SINK_BATCHES.labels("undecodable").inc()
                         log.error("Skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, exc)
                         continue
+                    if batch.run_id in self.deleted_runs:
+                        tm.SINK_BATCHES.labels("deleted_run").inc()
+                        continue
                     if batch.batch_id in self.recent:
                         tm.SINK_BATCHES.labels("duplicate").inc()
                         continue
@@ -185,6 +194,48 @@ class Sink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
 
+    def _load_governance(self) -> None:
+        """Deletions and retention already decided (a restart, or a replay of the topics into a new store)."""
+        assert self.client is not None
+        with map_clickhouse_errors("reading governance history"):
+            rows = self.client.query(f"SELECT action, object, record FROM {self.db}.governance_events FINAL "
+                                     "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset").result_rows
+        for action, obj, record in rows:
+            if action == "run.delete":
+                self.deleted_runs.add(obj)
+            else:
+                r = json.loads(record)
+                self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
+
+    RUN_TABLES = ("metric_points", "batches", "run_starts", "run_finishes", "params", "tags", "rollup_windows",
+                  "alert_events", "datasets_used", "artifacts")
+
+    def _apply_control(self, ev: Any) -> None:
+        assert self.client is not None
+        db = self.db
+        if ev.HasField("run_delete"):
+            run_id = ev.run_delete.run_id
+            self.deleted_runs.add(run_id)
+            for table in self.RUN_TABLES:
+                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE run_id = %(r)s",
+                                    parameters={"r": run_id}, settings={"mutations_sync": 2})
+            log.info("Deleted run %s from every table (%s).", run_id, ev.run_delete.reason or "no reason given")
+        elif ev.HasField("retention"):
+            r = ev.retention
+            if not NAME_RE.match(r.project):
+                log.error("Ignoring a retention policy for an invalid project name %r.", r.project[:80])
+                return
+            self.retention[r.project] = (r.raw_days, r.rollup_days)
+            for table, col, idx in (("metric_points", "ts", 0), ("rollup_windows", "window_start", 1)):
+                cases = [(p, days[idx]) for p, days in sorted(self.retention.items()) if days[idx]]
+                if not cases:
+                    self.client.command(f"ALTER TABLE {db}.{table} REMOVE TTL")
+                    continue
+                expr = "multiIf(" + ", ".join(f"project = '{p}', {d}" for p, d in cases) + ", 36500)"
+                self.client.command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
+            log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
+                     r.rollup_days or "keep")
+
     def insert(self, t: columns.Tables) -> None:
         """Insert one poll's rows, points first, the batch ledger last."""
         assert self.client is not None
@@ -207,6 +258,8 @@ class Sink:
                 if rows:
                     self.client.insert(f"{db}.{table}", rows, column_names=cols)
                     tm.SINK_ROWS.labels(table).inc(len(rows))
+            for ev in t.control:  # after this poll's rows, so a deletion also removes what came just before it
+                self._apply_control(ev)
 
 
 def build(config: RunstreamConfig, client: Client | None = None) -> Sink:

@@ -104,3 +104,48 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
         assert s not in caplog.text and s not in str(history)
         import hashlib
         assert hashlib.sha256(s.encode()).hexdigest() not in caplog.text
+
+
+def test_run_delete_and_retention(stack: Stack, token: str, tmp_path: Path) -> None:
+    t = GrpcTransport(stack.ingest_addr, token)
+    keep = runstream.init("gdpr", "keep", transport=t, spool_dir=str(tmp_path))
+    gone = runstream.init("gdpr", "gone", transport=GrpcTransport(stack.ingest_addr, token), spool_dir=str(tmp_path))
+    for run in (keep, gone):
+        run.log_params({"lr": 0.1})
+        for i in range(200):
+            run.log({"x": float(i)}, step=i)
+        run.use_dataset("s3://b/d.csv", digest="d1")
+        assert run.finish(timeout=30)
+    assert stack.wait_points(400, where="project = 'gdpr'") == 400
+    cli(stack, "run", "delete", gone.id, "--project", "gdpr", "--reason", "user request")
+    db = "{db}"
+    deadline = time.monotonic() + 30
+    while stack.query(f"SELECT count() FROM {db}.metric_points WHERE run_id = %(r)s", r=gone.id)[0][0]:
+        assert time.monotonic() < deadline, "the run was not deleted"
+        time.sleep(0.3)
+    for table in ("metric_points", "batches", "run_starts", "run_finishes", "params", "datasets_used"):
+        assert stack.query(f"SELECT count() FROM {db}.{table} WHERE run_id = %(r)s", r=gone.id)[0][0] == 0, table
+        assert stack.query(f"SELECT count() FROM {db}.{table} WHERE run_id = %(r)s", r=keep.id)[0][0] > 0, table
+    # A replay or late resend of the deleted run's batch is not stored again.
+    late = _batch(gone.id)
+    late.project = "gdpr"
+    t.send([late])
+    time.sleep(1.5)
+    assert stack.query(f"SELECT count() FROM {db}.metric_points WHERE run_id = %(r)s", r=gone.id)[0][0] == 0
+    audit = stack.query(f"SELECT action, object, record FROM {db}.governance_events WHERE action = 'run.delete'")
+    assert audit and audit[0][1] == gone.id and "user request" in audit[0][2]
+
+    # Retention: raw points older than a day go for this project only.
+    old = _batch("old-run", 5)
+    old.project = "gdpr"
+    old.metrics.timestamps_ms[:] = [int((time.time() - 3 * 86400) * 1000)] * 5
+    t.send([old])
+    assert stack.wait_points(5, where="run_id = 'old-run'") == 5
+    cli(stack, "retention", "set", "--project", "gdpr", "--raw", "1d", "--rollups", "30d")
+    deadline = time.monotonic() + 30
+    while "TTL" not in stack.query(f"SHOW CREATE TABLE {db}.metric_points")[0][0]:
+        assert time.monotonic() < deadline, "retention was not applied"
+        time.sleep(0.3)
+    stack.sink.client.command(f"OPTIMIZE TABLE {stack.config.clickhouse.database}.metric_points FINAL")
+    assert stack.count_points("run_id = 'old-run'") == 0
+    assert stack.count_points(f"run_id = '{keep.id}'") == 200

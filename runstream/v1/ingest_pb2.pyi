@@ -318,15 +318,39 @@ class TokenRecord(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., created_ms: _Optional[int] = ..., expires_ms: _Optional[int] = ..., revoked: _Optional[bool] = ..., revoked_ms: _Optional[int] = ...) -> None: ...
 
 class ControlEvent(_message.Message):
-    __slots__ = ("actor", "at_ms", "action", "project", "token")
+    __slots__ = ("actor", "at_ms", "action", "project", "token", "run_delete", "retention")
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RUN_DELETE_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     actor: str
     at_ms: int
     action: str
     project: ProjectRecord
     token: TokenRecord
-    def __init__(self, actor: _Optional[str] = ..., at_ms: _Optional[int] = ..., action: _Optional[str] = ..., project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., token: _Optional[_Union[TokenRecord, _Mapping]] = ...) -> None: ...
+    run_delete: RunDeletion
+    retention: RetentionPolicy
+    def __init__(self, actor: _Optional[str] = ..., at_ms: _Optional[int] = ..., action: _Optional[str] = ..., project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., token: _Optional[_Union[TokenRecord, _Mapping]] = ..., run_delete: _Optional[_Union[RunDeletion, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ...) -> None: ...
+
+class RunDeletion(_message.Message):
+    __slots__ = ("project", "run_id", "reason")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    run_id: str
+    reason: str
+    def __init__(self, project: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetentionPolicy(_message.Message):
+    __slots__ = ("project", "raw_days", "rollup_days")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    RAW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_DAYS_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    raw_days: int
+    rollup_days: int
+    def __init__(self, project: _Optional[str] = ..., raw_days: _Optional[int] = ..., rollup_days: _Optional[int] = ...) -> None: ...
