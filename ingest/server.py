@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from ingest.auth import Token, TokenStore, authorize
 from ingest.validate import validate_batch
-from runstream import encoding, telemetry as tm
+from runstream import audit, encoding, telemetry as tm
 from runstream.governance import Follower
 from runstream.config import RunstreamConfig
 from runstream.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
@@ -96,6 +96,12 @@ class Publisher:
         fut.add_done_callback(done)
         return fut
 
+    async def publish_audit(self, rec: ingest_pb2.AuditRecord) -> asyncio.Future:
+        """Queue one audit record (keyed by project: one partition keeps a project's trail in order)."""
+        assert self.producer is not None
+        async with map_kafka_errors():
+            return await self.producer.send(self.config.kafka.audit_topic, rec.SerializeToString(), key=rec.project.encode())
+
     async def wait(self, futures: list[asyncio.Future]) -> None:
         if not futures:
             return
@@ -122,6 +128,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         started = time.perf_counter()
         auth = dict(context.invocation_metadata() or ()).get("authorization")
         futures: list[asyncio.Future] = []
+        audit_futures: list[asyncio.Future] = []
         points = 0
         seqs: dict[str, int] = {}
         code = grpc.StatusCode.OK
@@ -138,7 +145,10 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                         raise
                     futures.append(fut)
                     points += n
-            await self.publisher.wait(futures)
+                    kind = batch.WhichOneof("body")
+                    if kind in ("run_start", "run_finish"):
+                        audit_futures.append(await self.publisher.publish_audit(self._audit(batch, kind, token, context)))
+            await self.publisher.wait(futures + audit_futures)
         except RunstreamError as exc:
             code = status_for(exc)
             # Batches published before the failure are durable once Kafka acks them;
@@ -159,6 +169,17 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         tm.INGEST_POINTS.inc(points)
         tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return ingest_pb2.SendResponse(accepted=len(futures))
+
+    @staticmethod
+    def _audit(batch: ingest_pb2.Batch, kind: str, token: Token, context: grpc.aio.ServicerContext) -> ingest_pb2.AuditRecord:
+        if kind == "run_start":
+            rs = batch.run_start
+            after = {"name": rs.name, "git_commit": rs.git.commit, "git_dirty": rs.git.dirty, "host": rs.host.hostname,
+                     "parent_run_id": rs.parent_run_id, "tags": list(rs.tags)}
+        else:
+            after = {"status": ingest_pb2.RunStatus.Name(batch.run_finish.status), "points_acked": batch.run_finish.points_acked}
+        return audit.record(batch.project, token.name, kind.replace("_", "."), batch.run_id, after=after,
+                            source=context.peer() or "", at_ms=batch.created_ms)
 
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
         async def one() -> AsyncIterator[bytes]:

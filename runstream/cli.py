@@ -204,6 +204,35 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from runstream import audit
+    config = _config(args)
+    client = sql_client(config)
+    db = config.clickhouse.database
+    if args.action == "verify":
+        rows = client.query(f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "
+                            f"prev_hash, hash, project FROM {db}.audit_log WHERE project = %(p)s ORDER BY seq",
+                            parameters={"p": args.project}).result_rows
+        problems = audit.verify(rows)
+        if problems:
+            for p in problems:
+                print(f"audit verify {args.project}: {p}", file=sys.stderr)
+            return 1
+        print(f"audit trail of {args.project}: {len(rows)} records, chain intact.")
+        return 0
+    where, params = ["project = %(p)s"], {"p": args.project, "n": args.limit}
+    if args.action_filter:
+        where.append("action = %(a)s")
+        params["a"] = args.action_filter
+    if args.target:
+        where.append("target = %(t)s")
+        params["t"] = args.target
+    res = client.query(f"SELECT seq, at, actor, action, target, source, after FROM {db}.audit_log "
+                       f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT %(n)s", parameters=params)
+    print_result(list(res.column_names), res.result_rows, args.format)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from runstream import governance as gov
     from runstream.topics import ensure_topics
@@ -315,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name")
     token.add_argument("--format", choices=["table", "csv", "json"], default="table")
     token.set_defaults(func=cmd_token)
+
+    aud = common(sub.add_parser("audit", help="governance: the hash-chained audit trail (log, verify)"))
+    aud.add_argument("action", choices=["log", "verify"])
+    aud.add_argument("--project", required=True)
+    aud.add_argument("--action", dest="action_filter", help="log: only this action (e.g. token.revoke)")
+    aud.add_argument("--target", help="log: only this run / token id")
+    aud.add_argument("--limit", type=int, default=100)
+    aud.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    aud.set_defaults(func=cmd_audit)
 
     run = common(sub.add_parser("run", help="governance: delete a run's data everywhere it is stored"))
     run.add_argument("action", choices=["delete"])

@@ -22,6 +22,7 @@ ROLLUPS_TOPIC = "runstream.rollups"
 ALERTS_TOPIC = "runstream.alerts"
 FLEET_TOPIC = "runstream.fleet"
 CONTROL_TOPIC = "runstream.control"
+AUDIT_TOPIC = "runstream.audit"
 
 
 @dataclass
@@ -32,6 +33,7 @@ class KafkaConfig:
     alerts_topic: str = ALERTS_TOPIC
     fleet_topic: str = FLEET_TOPIC
     control_topic: str = CONTROL_TOPIC  # governance events; one partition
+    audit_topic: str = AUDIT_TOPIC      # audit records, keyed by project
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
 

@@ -79,12 +79,31 @@ class State:
             self.tokens[ev.token.token_id] = ev.token
 
 
+def audit_projects(ev: ControlEvent) -> list[str]:
+    """Whose audit trail records this event ('*' for tokens that cover every project)."""
+    kind = ev.WhichOneof("body")
+    if kind == "token":
+        return list(ev.token.projects) or ["*"]
+    return [{"project": ev.project.name, "run_delete": ev.run_delete.project,
+             "retention": ev.retention.project}[kind]]  # type: ignore[index]
+
+
 async def publish(config: RunstreamConfig, ev: ControlEvent) -> None:
+    """The control event, and its audit record in every project it touches."""
+    from google.protobuf import json_format
+
+    from runstream import audit
     key = object_id(ev).encode()
+    body = getattr(ev, ev.WhichOneof("body") or "project")
+    after = json_format.MessageToDict(body, preserving_proto_field_name=True)
+    after.pop("sha256", None)  # the trail names tokens by id; their hashes stay in governance state only
     producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(config.kafka.control_topic, ev.SerializeToString(), key=key)
+        for project in audit_projects(ev):
+            rec = audit.record(project, ev.actor, ev.action, object_id(ev), after=after, at_ms=ev.at_ms)
+            await producer.send_and_wait(config.kafka.audit_topic, rec.SerializeToString(), key=project.encode())
     finally:
         await producer.stop()
 

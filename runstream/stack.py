@@ -89,6 +89,7 @@ def role_env(config: RunstreamConfig) -> dict[str, str]:
         "RUNSTREAM_KAFKA_ALERTS_TOPIC": config.kafka.alerts_topic,
         "RUNSTREAM_KAFKA_FLEET_TOPIC": config.kafka.fleet_topic,
         "RUNSTREAM_KAFKA_CONTROL_TOPIC": config.kafka.control_topic,
+        "RUNSTREAM_KAFKA_AUDIT_TOPIC": config.kafka.audit_topic,
         "RUNSTREAM_PROCESSORS_APP_ID": config.processors.app_id,
         "RUNSTREAM_PROCESSORS_GRACE_S": str(config.processors.grace_s),
         "RUNSTREAM_PROCESSORS_TICK_S": str(config.processors.tick_s),

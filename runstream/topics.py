@@ -15,7 +15,8 @@ def topics(config: RunstreamConfig) -> dict[str, int]:
     """Every topic runstream owns, with its partition count."""
     k = config.kafka
     return {k.events_topic: k.partitions, k.rollups_topic: k.partitions, k.alerts_topic: k.partitions,
-            k.fleet_topic: k.partitions, k.control_topic: 1}
+            k.fleet_topic: k.partitions, k.control_topic: 1,
+            k.audit_topic: k.partitions}
 
 
 async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from google.protobuf import json_format
 
-from runstream.v1.ingest_pb2 import Alert, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
+from runstream.v1.ingest_pb2 import Alert, AuditRecord, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
@@ -62,7 +62,9 @@ class Tables:
     fleet: list[list[Any]] = field(default_factory=list)
     alerts: list[list[Any]] = field(default_factory=list)
     governance: list[list[Any]] = field(default_factory=list)
-    control: list[ControlEvent] = field(default_factory=list)  # run deletions and retention changes to apply
+    control: list[ControlEvent] = field(default_factory=list)
+    audit: list[tuple[AuditRecord, int, int]] = field(default_factory=list)  # (record, partition, offset)
+    audit_rows: list[list[Any]] = field(default_factory=list)  # chained by the sink  # run deletions and retention changes to apply
     datasets: list[list[Any]] = field(default_factory=list)
     artifacts: list[list[Any]] = field(default_factory=list)
     newest_created_ms: int = 0
@@ -87,12 +89,16 @@ ALERT_COLUMNS = ["project", "alert_id", "status", "run_id", "metric", "kind", "s
                  "expected_high", "event_time", "detected_at", "message"]
 
 
+AUDIT_COLUMNS = ["project", "seq", "at", "actor", "action", "target", "source", "before", "after", "prev_hash", "hash",
+                 "partition", "offset"]
 GOVERNANCE_COLUMNS = ["at", "actor", "action", "object", "record", "partition", "offset"]
 
 
 def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: int = 0) -> None:
     """Rows from a record that is not a batch (``kind`` is rollups, fleet, alerts or control)."""
-    if kind == "control":
+    if kind == "audit":
+        t.audit.append((AuditRecord.FromString(value), partition, offset))
+    elif kind == "control":
         from runstream.governance import object_id
         ev = ControlEvent.FromString(value)
         body = getattr(ev, ev.WhichOneof("body") or "project")

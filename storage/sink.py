@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
 
-from runstream import encoding, telemetry as tm
+from runstream import audit, encoding, telemetry as tm
 from runstream.config import RunstreamConfig
 from runstream.errors import StorageError
 from ingest.validate import NAME_RE
@@ -64,6 +64,7 @@ class Sink:
         self._lag_at = 0.0
         self.deleted_runs: set[str] = set()
         self.retention: dict[str, tuple[int, int]] = {}
+        self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
         self.stored_points = 0
         self.stored_batches = 0
 
@@ -78,7 +79,8 @@ class Sink:
         await asyncio.to_thread(self._load_governance)
         k = self.config.kafka
         self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
-                           k.fleet_topic: "fleet", k.control_topic: "control"}
+                           k.fleet_topic: "fleet", k.control_topic: "control",
+                           k.audit_topic: "audit"}
         self.consumer = AIOKafkaConsumer(
             *self.topic_kind, bootstrap_servers=self.config.kafka.bootstrap,
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -200,6 +202,10 @@ class Sink:
         with map_clickhouse_errors("reading governance history"):
             rows = self.client.query(f"SELECT action, object, record FROM {self.db}.governance_events FINAL "
                                      "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset").result_rows
+        with map_clickhouse_errors("reading the audit trail heads"):
+            heads = self.client.query(f"SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) "
+                                      f"FROM {self.db}.audit_log GROUP BY project").result_rows
+        self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
         for action, obj, record in rows:
             if action == "run.delete":
                 self.deleted_runs.add(obj)
@@ -236,10 +242,28 @@ class Sink:
             log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
                      r.rollup_days or "keep")
 
+    def _audit_rows(self, t: columns.Tables) -> list[list[Any]]:
+        """Number and chain this poll's audit records per project (see runstream.audit); replays are skipped."""
+        rows = []
+        for rec, partition, offset in t.audit:
+            seq, prev, last_offset = self.audit_heads.get(rec.project, (0, "", -1))
+            if offset <= last_offset:
+                continue
+            seq += 1
+            h = audit.chain(prev, audit.canonical(rec.project, seq, rec.at_ms, rec.actor, rec.action, rec.target,
+                                                  rec.source, rec.before, rec.after))
+            rows.append([rec.project, seq, columns._dt(rec.at_ms), rec.actor, rec.action, rec.target, rec.source,
+                         rec.before, rec.after, prev, h, partition, offset])
+            self.audit_heads[rec.project] = (seq, h, offset)
+        return rows
+
     def insert(self, t: columns.Tables) -> None:
         """Insert one poll's rows, points first, the batch ledger last."""
         assert self.client is not None
         db = self.db
+        if t.audit:
+            t.audit_rows = self._audit_rows(t)
+            t.audit = []
         with map_clickhouse_errors("insert"):
             if t.points is not None:
                 self.client.insert_arrow(f"{db}.metric_points", t.points)
@@ -254,6 +278,7 @@ class Sink:
                                       ("governance_events", t.governance, columns.GOVERNANCE_COLUMNS),
                                       ("datasets_used", t.datasets, columns.DATASET_COLUMNS),
                                       ("artifacts", t.artifacts, columns.ARTIFACT_COLUMNS),
+                                      ("audit_log", t.audit_rows, columns.AUDIT_COLUMNS),
                                       ("batches", t.batches, columns.BATCH_COLUMNS)):
                 if rows:
                     self.client.insert(f"{db}.{table}", rows, column_names=cols)

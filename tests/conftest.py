@@ -46,6 +46,7 @@ def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
     c.kafka.alerts_topic = f"alerts-{tag}"
     c.kafka.fleet_topic = f"fleet-{tag}"
     c.kafka.control_topic = f"control-{tag}"
+    c.kafka.audit_topic = f"audit-{tag}"
     c.processors.app_id = f"proc-{tag}"
     c.processors.metrics_port = 0
     c.kafka.partitions = 4

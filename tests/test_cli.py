@@ -30,7 +30,7 @@ def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
         "RUNSTREAM_PROCESSORS_METRICS_PORT": str(free_port()),
     })
     tag = tmp_path.name[-12:].replace("_", "-")
-    for topic in ("EVENTS", "ROLLUPS", "ALERTS", "FLEET", "CONTROL"):
+    for topic in ("EVENTS", "ROLLUPS", "ALERTS", "FLEET", "CONTROL", "AUDIT"):
         env[f"RUNSTREAM_KAFKA_{topic}_TOPIC"] = f"{topic.lower()}-{tag}"
     env["RUNSTREAM_PROCESSORS_APP_ID"] = f"proc-{tag}"
     for k in ("RUNSTREAM_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_CLICKHOUSE_URL"):

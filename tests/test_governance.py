@@ -28,6 +28,7 @@ from tests.test_spine import _batch
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, RUNSTREAM_KAFKA_BOOTSTRAP=stack.config.kafka.bootstrap,
                RUNSTREAM_KAFKA_CONTROL_TOPIC=stack.config.kafka.control_topic,
+               RUNSTREAM_KAFKA_AUDIT_TOPIC=stack.config.kafka.audit_topic,
                RUNSTREAM_DATA_DIR=str(stack.config.data_path))
     res = subprocess.run([sys.executable, "-m", "runstream", *args], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

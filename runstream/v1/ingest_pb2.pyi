@@ -354,3 +354,23 @@ class RetentionPolicy(_message.Message):
     raw_days: int
     rollup_days: int
     def __init__(self, project: _Optional[str] = ..., raw_days: _Optional[int] = ..., rollup_days: _Optional[int] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("project", "at_ms", "actor", "action", "target", "source", "before", "after")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    source: str
+    before: str
+    after: str
+    def __init__(self, project: _Optional[str] = ..., at_ms: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., source: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
