@@ -109,3 +109,37 @@ def stack(config: RunstreamConfig, token: str) -> Iterator[Stack]:
         yield Stack(config, roles)
     finally:
         roles.stop()
+
+
+class BackgroundClient:
+    """A well-behaved SDK client that logs in a thread until stopped: the 'concurrent good client' of
+    the tests that abuse ingest. ``acked`` is what ingest acknowledged for it."""
+
+    def __init__(self, addr: str, token: str, project: str, spool_dir: Path) -> None:
+        from runstream.transport import GrpcTransport
+        import runstream
+        import threading
+        self.run = runstream.init(project, transport=GrpcTransport(addr, token), spool_dir=str(spool_dir))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._log, daemon=True)
+
+    def _log(self) -> None:
+        step = 0
+        while not self._stop.is_set():
+            self.run.log({"v": float(step)}, step=step)
+            step += 1
+            if step % 100 == 0:
+                self._stop.wait(0.01)
+        self.run.finish(timeout=60)
+
+    def __enter__(self) -> "BackgroundClient":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    @property
+    def acked(self) -> int:
+        return self.run.stats.acked_points

@@ -5,7 +5,6 @@ serving, and a concurrent good client loses nothing."""
 from __future__ import annotations
 
 import struct
-import threading
 import uuid
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import runstream
-from runstream.transport import GrpcTransport
 from runstream.v1.ingest_pb2 import Batch, SendRequest
-from tests.conftest import Stack
+from tests.conftest import BackgroundClient, Stack
 
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
@@ -87,43 +84,23 @@ def _metrics(value: float, step: int) -> bytes:
 
 
 def test_ingest_survives_fuzzing_and_good_clients_lose_nothing(stack: Stack, token: str, tmp_path: Path) -> None:
-    stop = threading.Event()
-    runs: list[runstream.Run] = []
-
-    def good() -> None:
-        run = runstream.init("fuzz-good", transport=GrpcTransport(stack.ingest_addr, token), spool_dir=str(tmp_path))
-        runs.append(run)
-        step = 0
-        while not stop.is_set():
-            run.log({"v": float(step)}, step=step)
-            step += 1
-            if step % 100 == 0:
-                stop.wait(0.01)
-        run.finish(timeout=60)
-
-    t = threading.Thread(target=good)
-    t.start()
-    channel = grpc.insecure_channel(stack.ingest_addr, options=[("grpc.max_send_message_length", 64 << 20)])
     seen: set[grpc.StatusCode] = set()
+    with BackgroundClient(stack.ingest_addr, token, "fuzz-good", tmp_path) as good, \
+            grpc.insecure_channel(stack.ingest_addr, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(payloads)
-    def fuzz(payload: bytes) -> None:
-        code = raw_call(channel, token, payload)
-        assert code in OK_CODES, code
-        seen.add(code)
+        @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(payloads)
+        def fuzz(payload: bytes) -> None:
+            code = raw_call(channel, token, payload)
+            assert code in OK_CODES, code
+            seen.add(code)
 
-    try:
         fuzz()
         # Oversized: above the server's receive limit.
         assert raw_call(channel, token, b"\x0a" + struct.pack("B", 0) * (40 << 20)) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        stop.set()
-        t.join(120)
-        channel.close()
     assert grpc.StatusCode.INVALID_ARGUMENT in seen
     # The server still serves, and the good client's every point landed exactly once.
-    acked = runs[0].stats.acked_points
+    acked = good.acked
     assert acked > 0
     assert stack.wait_points(acked, where="project = 'fuzz-good'") == acked
     assert stack.count_points("project = 'fuzz-good'") == acked

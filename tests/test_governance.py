@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 import runstream
 from runstream.transport import GrpcTransport, SendError
-from tests.conftest import Stack
+from tests.conftest import BackgroundClient, Stack
 from tests.test_spine import _batch
 
 
@@ -68,34 +67,17 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
     assert status(addr, short, "vision") == "UNAUTHENTICATED"        # expired
 
     # A valid client keeps logging while another token is revoked.
-    stop = threading.Event()
-    runs: list[runstream.Run] = []
-
-    def good() -> None:
-        run = runstream.init("nlp", transport=GrpcTransport(addr, other), spool_dir=str(tmp_path))
-        runs.append(run)
-        step = 0
-        while not stop.is_set():
-            run.log({"v": float(step)}, step=step)
-            step += 1
-            if step % 100 == 0:
-                time.sleep(0.01)
-        run.finish(timeout=60)
-
-    t = threading.Thread(target=good)
-    t.start()
-    token_id = secret.split("_")[1]
-    listed = cli(stack, "token", "list", "--format", "csv").stdout
-    assert token_id in listed and secret not in listed
-    t0 = time.monotonic()
-    cli(stack, "token", "revoke", token_id)
-    while status(addr, secret, "vision") == "OK":
-        assert time.monotonic() - t0 < 5.0, "revocation took longer than 5 s"
-        time.sleep(0.1)
-    assert status(addr, secret, "vision") == "UNAUTHENTICATED"
-    stop.set()
-    t.join(90)
-    acked = runs[0].stats.acked_points
+    with BackgroundClient(addr, other, "nlp", tmp_path) as good:
+        token_id = secret.split("_")[1]
+        listed = cli(stack, "token", "list", "--format", "csv").stdout
+        assert token_id in listed and secret not in listed
+        t0 = time.monotonic()
+        cli(stack, "token", "revoke", token_id)
+        while status(addr, secret, "vision") == "OK":
+            assert time.monotonic() - t0 < 5.0, "revocation took longer than 5 s"
+            time.sleep(0.1)
+        assert status(addr, secret, "vision") == "UNAUTHENTICATED"
+    acked = good.acked
     assert acked > 0 and stack.wait_points(acked, where="project = 'nlp'") == acked
 
     assert "revoked" in cli(stack, "token", "list", "--format", "csv").stdout
