@@ -104,7 +104,7 @@ def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: 
         body = getattr(ev, ev.WhichOneof("body") or "project")
         t.governance.append([_dt(ev.at_ms), ev.actor, ev.action, object_id(ev),
                              json_format.MessageToJson(body, indent=None, preserving_proto_field_name=True), partition, offset])
-        if ev.HasField("run_delete") or ev.HasField("retention"):
+        if ev.HasField("run_delete") or ev.HasField("retention") or ev.HasField("project"):
             t.control.append(ev)
     elif kind == "rollups":
         for w in Rollups.FromString(value).windows:

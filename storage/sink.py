@@ -26,7 +26,8 @@ from runstream.config import RunstreamConfig
 from runstream.errors import StorageError
 from ingest.validate import NAME_RE
 from storage import columns
-from storage.store import map_clickhouse_errors, migrate, open_store
+from storage import access
+from storage.store import is_embedded, map_clickhouse_errors, migrate, open_store
 
 log = logging.getLogger("runstream.sink")
 
@@ -219,7 +220,11 @@ class Sink:
     def _apply_control(self, ev: Any) -> None:
         assert self.client is not None
         db = self.db
-        if ev.HasField("run_delete"):
+        if ev.HasField("project"):
+            if not is_embedded(self.client):  # the embedded engine has no access control
+                for stmt in access.project_statements(db, ev.project.name):
+                    self.client.command(stmt)
+        elif ev.HasField("run_delete"):
             run_id = ev.run_delete.run_id
             self.deleted_runs.add(run_id)
             for table in self.RUN_TABLES:

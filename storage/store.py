@@ -64,14 +64,21 @@ def open_store(config: RunstreamConfig) -> Client:
     return open_embedded(config.clickhouse_path)
 
 
-def migrations() -> list[tuple[int, str, list[str]]]:
+def migrations(*, server: bool = True) -> list[tuple[int, str, list[str]]]:
+    """Migration files in order; ``*.server.sql`` ones (access control) only for a ClickHouse server."""
     out = []
     for f in sorted(MIGRATIONS.glob("*.sql")):
+        if f.name.endswith(".server.sql") and not server:
+            continue
         version = int(f.name.split("_", 1)[0])
         text = "\n".join(line for line in f.read_text().splitlines() if not line.lstrip().startswith("--"))
         statements = [s.strip() for s in text.split(";\n") if s.strip().rstrip(";")]
         out.append((version, f.name, [s.rstrip(";") for s in statements]))
     return out
+
+
+def is_embedded(client: Client) -> bool:
+    return type(client).__name__ == "ChdbClient"
 
 
 def migrate(client: Client, database: str) -> list[str]:
@@ -82,7 +89,7 @@ def migrate(client: Client, database: str) -> list[str]:
         client.command(f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
                        "(version UInt32, name String, applied DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version")
         done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
-        for version, name, statements in migrations():
+        for version, name, statements in migrations(server=not is_embedded(client)):
             if version in done:
                 continue
             for stmt in statements:
