@@ -169,6 +169,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from runstream import governance as gov
     from runstream.topics import ensure_topics
+    from runstream.v1.ingest_pb2 import TokenRecord
     config = _kafka_config(args)
     asyncio.run(ensure_topics(config))
     state = asyncio.run(gov.read_state(config))
@@ -190,8 +191,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         rec = state.tokens.get(args.token_id)
         if rec is None:
             raise RunstreamError(f"no token {args.token_id!r}; `runstream token list` shows them.")
+        previous = TokenRecord()
+        previous.CopyFrom(rec)
         rec.revoked, rec.revoked_ms = True, gov.event("x").at_ms
-        asyncio.run(gov.publish(config, gov.event("token.revoke", token=rec)))
+        asyncio.run(gov.publish(config, gov.event("token.revoke", token=rec), before=previous))
         print(f"Token {args.token_id} revoked; every ingest replica refuses it within seconds.")
     else:
         import time as _t

@@ -88,21 +88,25 @@ def audit_projects(ev: ControlEvent) -> list[str]:
              "retention": ev.retention.project}[kind]]  # type: ignore[index]
 
 
-async def publish(config: RunstreamConfig, ev: ControlEvent) -> None:
-    """The control event, and its audit record in every project it touches."""
+async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object = None) -> None:
+    """The control event, and its audit record in every project it touches (``before``: the state it changes)."""
     from google.protobuf import json_format
 
     from runstream import audit
     key = object_id(ev).encode()
     body = getattr(ev, ev.WhichOneof("body") or "project")
-    after = json_format.MessageToDict(body, preserving_proto_field_name=True)
-    after.pop("sha256", None)  # the trail names tokens by id; their hashes stay in governance state only
+    def plain(msg: object) -> dict:
+        d = json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
+        d.pop("sha256", None)  # the trail names tokens by id; their hashes stay in governance state only
+        return d
+    after = plain(body)
+    before_dict = plain(before) if before is not None else None
     producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(config.kafka.control_topic, ev.SerializeToString(), key=key)
         for project in audit_projects(ev):
-            rec = audit.record(project, ev.actor, ev.action, object_id(ev), after=after, at_ms=ev.at_ms)
+            rec = audit.record(project, ev.actor, ev.action, object_id(ev), after=after, before=before_dict, at_ms=ev.at_ms)
             await producer.send_and_wait(config.kafka.audit_topic, rec.SerializeToString(), key=project.encode())
     finally:
         await producer.stop()

@@ -53,6 +53,8 @@ def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str,
     assert ok.returncode == 0 and "7 records, chain intact" in ok.stdout, ok.stderr
     log = run_cli(stack, "audit", "log", "--project", "audited", "--action", "token.revoke", "--format", "json")
     assert [json.loads(line)["action"] for line in log.stdout.splitlines()] == ["token.revoke"]
+    before, after = stack.query("SELECT before, after FROM {db}.audit_log WHERE action = 'token.revoke'")[0]
+    assert "revoked" not in json.loads(before) and json.loads(after)["revoked"] is True
 
     db = stack.config.clickhouse.database
     stack.sink.client.command(f"ALTER TABLE {db}.audit_log UPDATE actor = 'mallory' WHERE project = 'audited' AND seq = 3 "
