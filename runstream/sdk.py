@@ -209,7 +209,7 @@ class Sender(threading.Thread):
         self.transport = transport
         self.config = config or SenderConfig()
         self.spool_dir = Path(self.config.spool_dir) if self.config.spool_dir else default_home() / "spool"
-        self.runs: list[Run] = []
+        self.runs: dict[str, Run] = {}  # by run id; a run leaves when its finish is acknowledged
         self.pending: deque[Batch] = deque()
         self.pending_points = 0
         self._lock = threading.RLock()
@@ -225,7 +225,7 @@ class Sender(threading.Thread):
     # -- called from user threads ------------------------------------------------
     def add(self, run: Run) -> None:
         with self._lock:
-            self.runs.append(run)
+            self.runs[run.id] = run
 
     def wake(self) -> None:
         self._wake.set()
@@ -237,7 +237,7 @@ class Sender(threading.Thread):
         if self.is_alive():
             self.join(timeout)
         with self._lock:
-            for run in self.runs:
+            for run in list(self.runs.values()):
                 self.drain(run)
             if self.pending:
                 self._spool_pending(all_=True)
@@ -323,7 +323,7 @@ class Sender(threading.Thread):
             self._wake.clear()
             stopping = self._closing
             with self._lock:
-                for r in list(self.runs):
+                for r in list(self.runs.values()):
                     self.drain(r)
             try:
                 now = time.monotonic()
@@ -375,29 +375,27 @@ class Sender(threading.Thread):
     def _fill_finish_counts(self, flight: Sequence[Batch]) -> None:
         """A finish reports the points of its run acknowledged before it (counted here, at send time)."""
         running: dict[str, tuple[int, int]] = {}
-        runs = {r.id: r for r in self.runs}
         for b in flight:
             p, n = running.get(b.run_id, (0, 0))
             if b.HasField("metrics"):
                 p += len(b.metrics.values)
             running[b.run_id] = (p, n + 1)
-            if b.HasField("run_finish") and b.run_id in runs:
-                st = runs[b.run_id].stats
+            if b.HasField("run_finish") and b.run_id in self.runs:
+                st = self.runs[b.run_id].stats
                 b.run_finish.points_acked = st.acked_points + p
                 b.run_finish.batches_acked = st.acked_batches + n
 
     def _acked(self, b: Batch) -> None:
         self.sent_batches += 1
-        if b.HasField("metrics"):
-            self.pending_points -= len(b.metrics.values)
-        run = next((r for r in self.runs if r.id == b.run_id), None)
+        self._forget(b)
+        run = self.runs.get(b.run_id)
         if run is not None:
             run.stats.acked_batches += 1
             if b.HasField("metrics"):
                 run.stats.acked_points += len(b.metrics.values)
             if b.HasField("run_finish"):
                 run.stats.done.set()
-                self.runs.remove(run)
+                del self.runs[run.id]
 
     def _forget(self, b: Batch) -> None:
         if b.HasField("metrics"):
@@ -417,10 +415,8 @@ class Sender(threading.Thread):
             self._has_spool = True
             self.spooled_batches += len(out)
             for b in out:
-                if b.HasField("run_finish"):
-                    for r in self.runs:
-                        if r.id == b.run_id:
-                            r.stats.done.set()
+                if b.HasField("run_finish") and b.run_id in self.runs:
+                    self.runs[b.run_id].stats.done.set()
             log.warning("runstream: ingest unreachable; spooled %d batches to %s (resent automatically, or `runstream sync`).",
                         len(out), path)
 
