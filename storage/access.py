@@ -1,8 +1,8 @@
 """Access control on a ClickHouse server (the embedded engine has none): a read-only role, and per
 project a role whose members see only that project's rows.
 
-ClickHouse rule: once a table has a row policy, users without one see nothing. So the server migration
-adds a permissive `USING 1 TO ALL` policy to every table that has a project column, and each project
+ClickHouse rule: once a table has a row policy, users without one see nothing. So the sink adds, on a
+server, a permissive `USING 1 TO ALL` policy to every table that has a project column, and each project
 gets a RESTRICTIVE policy for its role: members see the rows of their project only.
 """
 
@@ -14,6 +14,11 @@ PROJECT_TABLES = ("metric_points", "batches", "run_starts", "run_finishes", "par
 
 def project_role(project: str) -> str:
     return "runstream_project_" + "".join(c if c.isalnum() else "_" for c in project)
+
+
+def base_statements(db: str) -> list[str]:
+    """The permissive policy on every project table that keeps it readable once restrictive ones exist."""
+    return [f"CREATE ROW POLICY IF NOT EXISTS runstream_all ON {db}.{t} FOR SELECT USING 1 TO ALL" for t in PROJECT_TABLES]
 
 
 def project_statements(db: str, project: str) -> list[str]:

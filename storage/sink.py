@@ -77,6 +77,9 @@ class Sink:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
         await asyncio.to_thread(migrate, self.client, self.db)
+        if not is_embedded(self.client):  # the embedded engine has no access control
+            for stmt in access.base_statements(self.db):
+                await asyncio.to_thread(self.client.command, stmt)
         await asyncio.to_thread(self._load_governance)
         k = self.config.kafka
         self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
