@@ -101,7 +101,7 @@ def main() -> int:
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
     console.print(f"Starting the stack in {home} ...")
-    info = sup.start()
+    sup.start()
     env = {"RUNSTREAM_DATA_DIR": str(home)}
     rate = args.points_per_s / args.jobs / len(METRICS)
     try:
@@ -111,7 +111,6 @@ def main() -> int:
         procs = [ctx.Process(target=worker, args=(i, n, rate, args.seconds, env, q)) for i, n in enumerate(per) if n]
         console.print(f"{args.jobs} jobs in {len(procs)} processes, {rate:.0f} log()/s each of {len(METRICS)} metrics "
                       f"(offered {args.points_per_s:,.0f} points/s) for {args.seconds:.0f}s ...")
-        t_start = time.time()
         for pr in procs:
             pr.start()
         sink_pid = next(p.proc.pid for p in sup.procs if p.role == "sink")

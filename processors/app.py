@@ -247,5 +247,3 @@ def run_worker(config: RunstreamConfig) -> None:
                           redirect_stdouts=False)
     worker.execute_from_commandline()
 
-
-__all__ = ["Processors", "build", "run_worker", "asyncio"]

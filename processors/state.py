@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from processors import anomaly, fleet, rollups
+from processors import anomaly, rollups
 from runstream.v1.ingest_pb2 import Alert, Batch, Metrics, RollupWindow
 
 
@@ -110,5 +110,3 @@ def quiet_windows(st: RunState, *, now_ms: int, grace_ms: int) -> list[tuple[tup
     """Open windows of a run whose end plus grace is behind the wall clock (emitted, kept open)."""
     return [(k, w) for k, w in st.windows.items() if k[2] + k[1] * 1000 + grace_ms <= now_ms]
 
-
-__all__ = ["RunState", "Output", "apply", "quiet_windows", "fleet"]

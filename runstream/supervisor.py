@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 from ingest.auth import ensure_dev_token

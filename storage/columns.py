@@ -8,7 +8,6 @@ each poll of the sink is one insert per table.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +183,3 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
         })
     return t
 
-
-def json_value(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

@@ -29,8 +29,3 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
             for p, rid, name, status, started, acked in runs]
     return ["run_id", "name", "status", "started", "points_acked", "points_stored", "latest"], rows
 
-
-def totals(client: Any, database: str = "") -> dict[str, Any]:
-    db = f"{database}." if database else ""
-    row = client.query(f"SELECT count(), uniqExact(run_id), uniqExact(metric) FROM {db}metrics").result_rows[0]
-    return {"points": row[0], "runs": row[1], "metrics": row[2]}

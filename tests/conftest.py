@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from ingest.auth import ensure_dev_token
-from runstream.broker import KafkaBroker, free_port
+from runstream.broker import KafkaBroker
 from runstream.config import RunstreamConfig
 from runstream.stack import InProcessRoles, isolated_config
 

@@ -8,7 +8,6 @@ right kind and step, stored once, and a stall resolves when data resumes.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from pathlib import Path
