@@ -7,7 +7,7 @@ COPY ingest ./ingest
 COPY processors ./processors
 COPY storage ./storage
 COPY dashboards ./dashboards
-RUN pip install --no-cache-dir . && useradd --system runstream
+RUN pip install --no-cache-dir '.[server]' && useradd --system runstream
 USER runstream
 ENV RUNSTREAM_DATA_DIR=/data RUNSTREAM_METRICS_HOST=0.0.0.0
 ENTRYPOINT ["runstream"]

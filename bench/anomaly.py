@@ -107,7 +107,7 @@ async def produce_backlog(bootstrap: str, topic: str, points: int, per_batch: in
 
     import numpy as np
 
-    from runstream import encoding
+    from runstream.wire import encoding
     from runstream.v1.ingest_pb2 import Batch
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
     await prod.start()
@@ -152,8 +152,8 @@ def main() -> int:
 
     import clickhouse_connect
 
-    from runstream.stack import isolated_config, scrape
-    from runstream.supervisor import Supervisor
+    from runstream.ops.stack import isolated_config, scrape
+    from runstream.ops.supervisor import Supervisor
 
     home = Path(tempfile.mkdtemp(prefix="runstream-anomaly-"))
     cfg = isolated_config(home)

@@ -92,8 +92,8 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
-    from runstream.stack import isolated_config
-    from runstream.supervisor import Supervisor
+    from runstream.ops.stack import isolated_config
+    from runstream.ops.supervisor import Supervisor
     import clickhouse_connect
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))

@@ -1,6 +1,6 @@
 """The dashboards, built with grafana-foundation-sdk and written to dashboards/json/*.json.
 
-    python -m dashboards.build          # regenerate the committed JSON (tests fail when it is stale)
+    python -m runstream.dashboards.build          # regenerate the committed JSON (tests fail when it is stale)
 
 ClickHouse panels use the official plugin (grafana-clickhouse-datasource) and its macros
 ($__timeFilter, $__timeInterval, $__interval_s, ...); health panels use Prometheus and the metrics

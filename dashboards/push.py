@@ -6,7 +6,7 @@ from __future__ import annotations
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError
 
-from dashboards.build import generate
+from runstream.dashboards.build import generate
 
 FOLDER_UID = "runstream"
 

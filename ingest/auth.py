@@ -1,4 +1,4 @@
-"""Bearer tokens: governance tokens from the control topic (runstream.governance), and a YAML file for
+"""Bearer tokens: governance tokens from the control topic (runstream.server.governance), and a YAML file for
 development and bootstrap (the dev token `runstream up` creates).
 
 File layout (``<data_dir>/tokens.yaml``)::
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from runstream.errors import AuthError, PermissionDenied
+from runstream.wire.errors import AuthError, PermissionDenied
 from runstream.v1.ingest_pb2 import ControlEvent, TokenRecord
 
 log = logging.getLogger("runstream.ingest")
@@ -114,7 +114,7 @@ class TokenStore:
         return Token(name=rec.token_id, projects=frozenset(rec.projects), scopes=frozenset(rec.scopes))
 
     def apply_control(self, ev: ControlEvent) -> None:
-        """Follow governance: a token created, changed or revoked (see runstream.governance)."""
+        """Follow governance: a token created, changed or revoked (see runstream.server.governance)."""
         if ev.HasField("token"):
             self._control[ev.token.sha256] = ev.token
 

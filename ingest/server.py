@@ -21,12 +21,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
-from ingest.auth import Token, TokenStore, authorize
-from ingest.validate import validate_batch
-from runstream import audit, encoding, telemetry as tm
-from runstream.governance import Follower
-from runstream.config import RunstreamConfig
-from runstream.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
+from runstream.ingest.auth import Token, TokenStore, authorize
+from runstream.ingest.validate import validate_batch
+from runstream.server import telemetry as tm
+from runstream.wire import audit, encoding
+from runstream.server.governance import Follower
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger("runstream.ingest")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from runstream.config import IngestConfig
-from runstream.errors import ValidationError
+from runstream.wire.config import IngestConfig
+from runstream.wire.errors import ValidationError
+from runstream.wire.governance import NAME_RE
 from runstream.v1.ingest_pb2 import Batch
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*\Z")
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024
 

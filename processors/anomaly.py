@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from runstream.errors import ConfigError
+from runstream.wire.errors import ConfigError
 from runstream.v1.ingest_pb2 import Alert
 
 

@@ -11,7 +11,6 @@ topics (protobuf values, keyed by run id or project) for the storage sink.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
 import time
 from typing import Any
@@ -19,10 +18,10 @@ from typing import Any
 import faust
 from faust.serializers.codecs import RestrictedUnpickler, restricted_pickle
 
-from processors import anomaly, fleet, rollups, state
-from processors.notify import Webhook
-from runstream import telemetry as tm
-from runstream.config import RunstreamConfig
+from runstream.processors import anomaly, fleet, rollups, state
+from runstream.processors.notify import Webhook
+from runstream.server import telemetry as tm
+from runstream.wire.config import RunstreamConfig
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups
 
 log = logging.getLogger("runstream.processors")
@@ -30,10 +29,10 @@ log = logging.getLogger("runstream.processors")
 # Table state is pickled into Kafka changelogs; loading is restricted to these classes (and plain containers).
 RestrictedUnpickler.ALLOWED_CLASSES = {
     **RestrictedUnpickler.ALLOWED_CLASSES,
-    "processors.state": frozenset({"RunState"}),
-    "processors.rollups": frozenset({"Window"}),
-    "processors.anomaly": frozenset({"MetricState", "Cadence"}),
-    "processors.fleet": frozenset({"FleetState", "Bucket"}),
+    state.__name__: frozenset({"RunState"}),
+    rollups.__name__: frozenset({"Window"}),
+    anomaly.__name__: frozenset({"MetricState", "Cadence"}),
+    fleet.__name__: frozenset({"FleetState", "Bucket"}),
 }
 STATE_CODEC = restricted_pickle()
 
@@ -62,7 +61,7 @@ class Processors:
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
             topic_partitions=k.partitions, topic_replication_factor=1, web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
-            processing_guarantee=os.environ.get("RUNSTREAM_PROCESSORS_GUARANTEE", "exactly_once"),
+            processing_guarantee=pc.guarantee,
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
@@ -236,14 +235,23 @@ class Processors:
             self._emitted.clear()
 
 
-def build(config: RunstreamConfig) -> Processors:
-    return Processors(config)
+class ProcessorsStage:
+    """The processors as a stage like the others: the faust app started and stopped on the role's event loop."""
+
+    def __init__(self, config: RunstreamConfig) -> None:
+        logging.getLogger("faust").setLevel(config.processors.log_level.upper())
+        self.processors = Processors(config)
+        self._started = False
+
+    async def start(self) -> None:
+        await self.processors.app.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.processors.app.stop()
 
 
-def run_worker(config: RunstreamConfig) -> None:
-    """Run the processors as a faust worker until SIGINT/SIGTERM (blocks)."""
-    procs = build(config)
-    worker = faust.Worker(procs.app, loglevel=os.environ.get("RUNSTREAM_PROCESSORS_LOGLEVEL", "WARN"), quiet=True,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
-
+def build(config: RunstreamConfig) -> ProcessorsStage:
+    return ProcessorsStage(config)

@@ -7,7 +7,7 @@ import logging
 
 import aiohttp
 
-from runstream import telemetry as tm
+from runstream.server import telemetry as tm
 from runstream.v1.ingest_pb2 import Alert
 
 log = logging.getLogger("runstream.processors")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from processors import anomaly, rollups
+from runstream.processors import anomaly, rollups
 from runstream.v1.ingest_pb2 import Alert, Batch, Metrics, RollupWindow
 
 

@@ -4,10 +4,17 @@
     run = runstream.init(project="vision", name="resnet", config={"lr": 3e-4})
     run.log({"loss": 0.3, "acc": 0.9}, step=1)
     run.finish()
+
+Layers, each importing only those below it (tests/test_architecture.py holds it so):
+    runstream.cli                      the command line and the demo
+    runstream.ops                      broker, roles, supervisor (`runstream up`)
+    runstream.ingest | .processors | .storage | .dashboards    the stages, independent of each other
+    runstream.server                   what the stages share: Kafka plumbing, governance state, metrics
+    runstream.sdk                      what a training job imports (slim install)
+    runstream.wire | runstream.v1      protos, encoding, topics, config, errors, audit rule
 """
 
-from runstream.sdk import Run, SenderConfig, init
-from runstream.transport import GrpcTransport, SendError, Transport
+from runstream.sdk import GrpcTransport, Run, SendError, SenderConfig, Transport, init
 
 __all__ = ["GrpcTransport", "Run", "SendError", "SenderConfig", "Transport", "init"]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from runstream.cli import main
+from runstream.cli.main import main
 
 main()

@@ -8,8 +8,7 @@ gets a RESTRICTIVE policy for its role: members see the rows of their project on
 
 from __future__ import annotations
 
-PROJECT_TABLES = ("metric_points", "batches", "run_starts", "run_finishes", "params", "tags", "rollup_windows",
-                  "fleet_windows", "alert_events", "datasets_used", "artifacts", "audit_log")
+from runstream.storage.tables import PROJECT_TABLES
 
 
 def project_role(project: str) -> str:

@@ -17,13 +17,14 @@ import pyarrow as pa
 
 from google.protobuf import json_format
 
+from runstream.wire.governance import object_id
 from runstream.v1.ingest_pb2 import Alert, AuditRecord, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
 
 
-def _dt(ms: int) -> datetime:
+def to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
@@ -98,26 +99,25 @@ def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: 
     if kind == "audit":
         t.audit.append((AuditRecord.FromString(value), partition, offset))
     elif kind == "control":
-        from runstream.governance import object_id
         ev = ControlEvent.FromString(value)
         body = getattr(ev, ev.WhichOneof("body") or "project")
-        t.governance.append([_dt(ev.at_ms), ev.actor, ev.action, object_id(ev),
+        t.governance.append([to_datetime(ev.at_ms), ev.actor, ev.action, object_id(ev),
                              json_format.MessageToJson(body, indent=None, preserving_proto_field_name=True), partition, offset])
         if ev.HasField("run_delete") or ev.HasField("retention") or ev.HasField("project"):
             t.control.append(ev)
     elif kind == "rollups":
         for w in Rollups.FromString(value).windows:
-            t.rollups.append([w.project, w.run_id, w.metric, w.resolution_s, _dt(w.window_start_ms), w.count, w.nonfinite,
+            t.rollups.append([w.project, w.run_id, w.metric, w.resolution_s, to_datetime(w.window_start_ms), w.count, w.nonfinite,
                               w.min, w.max, w.sum, w.first, w.first_step, w.last, w.last_step, w.version])
     elif kind == "fleet":
         for f in FleetWindows.FromString(value).windows:
-            t.fleet.append([f.project, _dt(f.window_start_ms), f.partition, f.active_runs, f.points, f.runs_started,
+            t.fleet.append([f.project, to_datetime(f.window_start_ms), f.partition, f.active_runs, f.points, f.runs_started,
                             f.runs_finished, f.runs_failed, f.version])
     elif kind == "alerts":
         a = Alert.FromString(value)
         t.alerts.append([a.project, a.alert_id, a.status, a.run_id, a.metric, a.kind, a.severity, a.step, a.value,
-                         a.expected_low, a.expected_high, _dt(a.event_ms),
-                         _dt(a.resolved_ms if a.status == "resolved" else a.detected_ms), a.message])
+                         a.expected_low, a.expected_high, to_datetime(a.event_ms),
+                         to_datetime(a.resolved_ms if a.status == "resolved" else a.detected_ms), a.message])
 
 
 def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Tables:
@@ -149,26 +149,26 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             idxs.append(np.arange(n, dtype=np.uint32))
         elif kind == "run_start":
             rs = b.run_start
-            t.run_starts.append([b.project, b.run_id, rs.name, _dt(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
+            t.run_starts.append([b.project, b.run_id, rs.name, to_datetime(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
                                  rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id,
                                  rs.git.diff_sha256, rs.host.packages_sha256])
-            t.params.extend([b.project, b.run_id, k, v, _dt(rs.start_ms)] for k, v in rs.config.items())
-            t.tags.extend([b.project, b.run_id, tag, "", _dt(rs.start_ms)] for tag in rs.tags)
+            t.params.extend([b.project, b.run_id, k, v, to_datetime(rs.start_ms)] for k, v in rs.config.items())
+            t.tags.extend([b.project, b.run_id, tag, "", to_datetime(rs.start_ms)] for tag in rs.tags)
         elif kind == "run_finish":
             rf = b.run_finish
-            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), _dt(rf.end_ms),
+            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), to_datetime(rf.end_ms),
                                    rf.points_acked, rf.batches_acked])
         elif kind == "params":
-            t.params.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.params.values.items())
+            t.params.extend([b.project, b.run_id, k, v, to_datetime(b.created_ms)] for k, v in b.params.values.items())
         elif kind == "tags":
-            t.tags.extend([b.project, b.run_id, k, v, _dt(b.created_ms)] for k, v in b.tags.values.items())
+            t.tags.extend([b.project, b.run_id, k, v, to_datetime(b.created_ms)] for k, v in b.tags.values.items())
         elif kind == "dataset":
             d = b.dataset
-            t.datasets.append([b.project, b.run_id, d.uri, d.digest, d.size, _dt(b.created_ms)])
+            t.datasets.append([b.project, b.run_id, d.uri, d.digest, d.size, to_datetime(b.created_ms)])
         elif kind == "artifact":
             a = b.artifact
-            t.artifacts.append([b.project, b.run_id, a.uri, a.stored_uri, a.size, a.sha256, _dt(b.created_ms)])
-        t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, _dt(b.created_ms), partition, offset])
+            t.artifacts.append([b.project, b.run_id, a.uri, a.stored_uri, a.size, a.sha256, to_datetime(b.created_ms)])
+        t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, to_datetime(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:
         t.points = pa.table({

@@ -1,4 +1,4 @@
-"""Read queries shared by the CLI, the demo and the benchmark."""
+"""Every SQL read outside the stages' own hot paths: the CLI, the demo, the sink's start-up, the benches."""
 
 from __future__ import annotations
 
@@ -29,3 +29,78 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
             for p, rid, name, status, started, acked in runs]
     return ["run_id", "name", "status", "started", "points_acked", "points_stored", "latest"], rows
 
+
+
+def audit_chain(client: Any, db: str, project: str) -> list[tuple]:
+    """A project's audit records in chain order, in the column order runstream.wire.audit.verify reads."""
+    return client.query(f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "
+                        f"prev_hash, hash, project FROM {db}.audit_log WHERE project = %(p)s ORDER BY seq",
+                        parameters={"p": project}).result_rows
+
+
+def audit_log(client: Any, db: str, project: str, *, action: str | None = None, target: str | None = None,
+              limit: int = 100) -> tuple[list[str], list[tuple]]:
+    """The newest audit records of a project, optionally of one action or target."""
+    where, params = ["project = %(p)s"], {"p": project, "n": limit}
+    if action:
+        where.append("action = %(a)s")
+        params["a"] = action
+    if target:
+        where.append("target = %(t)s")
+        params["t"] = target
+    res = client.query(f"SELECT seq, at, actor, action, target, source, after FROM {db}.audit_log "
+                       f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT %(n)s", parameters=params)
+    return list(res.column_names), res.result_rows
+
+
+def governance_history(client: Any, db: str) -> list[tuple]:
+    """Deletions and retention policies already decided, oldest first: (action, object, record JSON)."""
+    return client.query(f"SELECT action, object, record FROM {db}.governance_events FINAL "
+                        "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset").result_rows
+
+
+def audit_heads(client: Any, db: str) -> list[tuple]:
+    """Per project, the newest chained audit record: (project, seq, hash, source offset)."""
+    return client.query(f"SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) "
+                        f"FROM {db}.audit_log GROUP BY project").result_rows
+
+
+def points_stored(client: Any, project: str, run_ids: list[str]) -> int:
+    """Points stored (each once) for these runs."""
+    return int(client.query("SELECT count() FROM metrics WHERE project = %(p)s AND run_id IN %(ids)s",
+                            parameters={"p": project, "ids": run_ids}).result_rows[0][0])
+
+
+def series(client: Any, run_id: str, metric: str) -> tuple[list[str], list[tuple]]:
+    """One run's metric by step."""
+    res = client.query("SELECT step, round(value, 4) AS value FROM metrics WHERE run_id = %(r)s AND metric = %(m)s "
+                       "ORDER BY step", parameters={"r": run_id, "m": metric})
+    return list(res.column_names), res.result_rows
+
+
+def best_runs(client: Any, project: str, metric: str, param: str, tag: str, limit: int = 5) -> tuple[list[str], list[tuple]]:
+    """Runs with ``tag`` ranked by the last value of ``metric``, with one param beside it."""
+    res = client.query(
+        "SELECT r.name, round(argMax(m.value, m.step), 4) AS final, any(p.value) AS param "
+        "FROM metrics AS m INNER JOIN runs AS r ON r.run_id = m.run_id "
+        "LEFT JOIN (SELECT run_id, value FROM params FINAL WHERE key = %(k)s) AS p ON p.run_id = m.run_id "
+        "WHERE m.project = %(p)s AND m.metric = %(m)s AND has(r.tags, %(t)s) "
+        "GROUP BY r.name ORDER BY final DESC LIMIT %(n)s",
+        parameters={"p": project, "m": metric, "k": param, "t": tag, "n": limit})
+    return ["name", f"final_{metric}", param], res.result_rows
+
+
+def alerts(client: Any, project: str) -> tuple[list[str], list[tuple]]:
+    """A project's alerts with their run names, oldest first."""
+    res = client.query("SELECT r.name, a.kind, a.severity, a.step, a.status, a.message FROM alerts AS a "
+                       "INNER JOIN runs AS r ON r.run_id = a.run_id WHERE a.project = %(p)s ORDER BY a.detected_at",
+                       parameters={"p": project})
+    return list(res.column_names), res.result_rows
+
+
+def busiest_fleet_windows(client: Any, project: str, limit: int = 3) -> tuple[list[str], list[tuple]]:
+    """The fleet view's windows with the most points."""
+    res = client.query("SELECT window_start, active_runs, points, runs_started, runs_finished, runs_failed "
+                       "FROM fleet WHERE project = %(p)s ORDER BY points DESC LIMIT %(n)s",
+                       parameters={"p": project, "n": limit})
+    return list(res.column_names), res.result_rows

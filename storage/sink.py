@@ -1,33 +1,32 @@
-"""The storage sink: the only writer of ClickHouse.
+"""The storage sink: the only writer of ClickHouse. This module is its consume loop.
 
-A Kafka consumer group reads the events topic, turns each poll into one insert
-per table (storage.columns) and commits offsets only after every insert
-succeeded: a crash replays at most the uncommitted polls, and the replayed
-rows collapse on their (batch, idx) key (see migrations/0001_init.sql), so
-nothing is lost and nothing is counted twice. An insert that fails is retried
-with backoff, never skipped.
+A Kafka consumer group reads every topic of the registry (runstream.wire.topics), turns each poll into rows
+(storage.columns), hands them to the writer (storage.writer: one insert per table) and commits offsets only
+after every insert succeeded: a crash replays at most the uncommitted polls, and the replayed rows collapse
+on their (batch, idx) key (see migrations/0001_init.sql), so nothing is lost and nothing is counted twice.
+An insert that fails is retried with backoff, never skipped, until the stage is stopped. Governance events
+are carried out by storage.governance.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
 
-from runstream import audit, encoding, telemetry as tm
-from runstream.config import RunstreamConfig
-from runstream.errors import StorageError
-from ingest.validate import NAME_RE
-from storage import columns
-from storage import access
-from storage.store import is_embedded, map_clickhouse_errors, migrate, open_store
+from runstream.server import telemetry as tm
+from runstream.storage import columns
+from runstream.storage.governance import GovernanceApplier
+from runstream.storage.store import migrate, open_store
+from runstream.storage.writer import Writer
+from runstream.wire import topics
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import StorageError
 
 log = logging.getLogger("runstream.sink")
 
@@ -59,13 +58,13 @@ class Sink:
         self.client = client
         self._own_client = client is None
         self.consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
+        self.governance: GovernanceApplier | None = None
+        self.writer: Writer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._write: asyncio.Future[None] | None = None  # the insert running on a worker thread, if any
         self._stopping = asyncio.Event()
         self.recent = RecentIds()
         self._lag_at = 0.0
-        self.deleted_runs: set[str] = set()
-        self.retention: dict[str, tuple[int, int]] = {}
-        self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
         self.stored_points = 0
         self.stored_batches = 0
 
@@ -73,20 +72,21 @@ class Sink:
     def db(self) -> str:
         return self.config.clickhouse.database
 
+    @property
+    def deleted_runs(self) -> set[str]:
+        return self.governance.deleted_runs if self.governance is not None else set()
+
     async def start(self) -> None:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
         await asyncio.to_thread(migrate, self.client, self.db)
-        if not is_embedded(self.client):  # the embedded engine has no access control
-            for stmt in access.base_statements(self.db):
-                await asyncio.to_thread(self.client.command, stmt)
-        await asyncio.to_thread(self._load_governance)
-        k = self.config.kafka
-        self.topic_kind = {k.events_topic: "events", k.rollups_topic: "rollups", k.alerts_topic: "alerts",
-                           k.fleet_topic: "fleet", k.control_topic: "control",
-                           k.audit_topic: "audit"}
+        self.governance = GovernanceApplier(self.client, self.db)
+        await asyncio.to_thread(self.governance.install_access)
+        await asyncio.to_thread(self.governance.load)
+        self.writer = Writer(self.client, self.db, self.governance)
+        self.topics = topics.by_name(self.config)
         self.consumer = AIOKafkaConsumer(
-            *self.topic_kind, bootstrap_servers=self.config.kafka.bootstrap,
+            *self.topics, bootstrap_servers=self.config.kafka.bootstrap,
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
@@ -100,6 +100,8 @@ class Sink:
                 await asyncio.wait_for(task, 30)
             except asyncio.TimeoutError:
                 task.cancel()
+        if self._write is not None:  # a cancelled loop leaves its insert running: the client stays open for it
+            await asyncio.wait([self._write])
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -127,17 +129,18 @@ class Sink:
             items = []
             tables = columns.Tables()
             for tp, messages in polled.items():
-                kind = self.topic_kind.get(tp.topic, "events")
+                topic = self.topics.get(tp.topic, topics.EVENTS)
                 for msg in messages:
-                    if kind != "events":
+                    if topic is not topics.EVENTS:
                         try:
-                            columns.add_derived(tables, kind, msg.value, tp.partition, msg.offset)
+                            columns.add_derived(tables, topic.kind, msg.value, tp.partition, msg.offset)
                         except Exception as exc:
                             tm.SINK_BATCHES.labels("undecodable").inc()
-                            log.error("Skipping undecodable %s record %s[%d]@%d: %s", kind, tp.topic, tp.partition, msg.offset, exc)
+                            log.error("Skipping undecodable %s record %s[%d]@%d: %s", topic.kind, tp.topic, tp.partition,
+                                      msg.offset, exc)
                         continue
                     try:
-                        batch = encoding.decode(msg.value, msg.headers)
+                        batch = topic.decode(msg.value, msg.headers)
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
                         tm.SINK_BATCHES.labels("undecodable").inc()
                         log.error("Skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, exc)
@@ -150,7 +153,8 @@ class Sink:
                         continue
                     items.append((batch, tp.partition, msg.offset))
             columns.build(items, tables)
-            await self._insert_until_done(tables)
+            if not await self._write_until_done(tables):
+                return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
                 self.recent.add(batch.batch_id)
             await self._commit()
@@ -159,7 +163,6 @@ class Sink:
             self.stored_points += tables.point_count
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
-
 
     async def _report_lag(self) -> None:
         assert self.consumer is not None
@@ -186,113 +189,28 @@ class Sink:
                     return
                 await asyncio.sleep(1)
 
-    async def _insert_until_done(self, tables: columns.Tables) -> None:
+    async def _write_until_done(self, tables: columns.Tables) -> bool:
+        """Insert with backoff until it succeeds (True) or the stage stops (False)."""
+        assert self.writer is not None
         delay = 0.5
         while True:
+            started = time.perf_counter()
+            self._write = asyncio.get_running_loop().run_in_executor(None, self.writer.write, tables)
             try:
-                started = time.perf_counter()
-                await asyncio.to_thread(self.insert, tables)
+                await asyncio.shield(self._write)  # a cancel must not orphan the insert: stop() waits for it
                 tm.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-                return
+                return True
             except StorageError as exc:
                 tm.SINK_ERRORS.labels("insert").inc()
                 log.error("Insert failed, will retry in %.1fs (offsets not committed): %s", delay, exc)
-                await asyncio.sleep(delay)
+            finally:
+                if self._write.done():
+                    self._write = None
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
                 delay = min(delay * 2, 30)
-
-    def _load_governance(self) -> None:
-        """Deletions and retention already decided (a restart, or a replay of the topics into a new store)."""
-        assert self.client is not None
-        with map_clickhouse_errors("reading governance history"):
-            rows = self.client.query(f"SELECT action, object, record FROM {self.db}.governance_events FINAL "
-                                     "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset").result_rows
-        with map_clickhouse_errors("reading the audit trail heads"):
-            heads = self.client.query(f"SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) "
-                                      f"FROM {self.db}.audit_log GROUP BY project").result_rows
-        self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
-        for action, obj, record in rows:
-            if action == "run.delete":
-                self.deleted_runs.add(obj)
-            else:
-                r = json.loads(record)
-                self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
-
-    RUN_TABLES = ("metric_points", "batches", "run_starts", "run_finishes", "params", "tags", "rollup_windows",
-                  "alert_events", "datasets_used", "artifacts")
-
-    def _apply_control(self, ev: Any) -> None:
-        assert self.client is not None
-        db = self.db
-        if ev.HasField("project"):
-            if not is_embedded(self.client):  # the embedded engine has no access control
-                for stmt in access.project_statements(db, ev.project.name):
-                    self.client.command(stmt)
-        elif ev.HasField("run_delete"):
-            run_id = ev.run_delete.run_id
-            self.deleted_runs.add(run_id)
-            for table in self.RUN_TABLES:
-                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE run_id = %(r)s",
-                                    parameters={"r": run_id}, settings={"mutations_sync": 2})
-            log.info("Deleted run %s from every table (%s).", run_id, ev.run_delete.reason or "no reason given")
-        elif ev.HasField("retention"):
-            r = ev.retention
-            if not NAME_RE.match(r.project):
-                log.error("Ignoring a retention policy for an invalid project name %r.", r.project[:80])
-                return
-            self.retention[r.project] = (r.raw_days, r.rollup_days)
-            for table, col, idx in (("metric_points", "ts", 0), ("rollup_windows", "window_start", 1)):
-                cases = [(p, days[idx]) for p, days in sorted(self.retention.items()) if days[idx]]
-                if not cases:
-                    self.client.command(f"ALTER TABLE {db}.{table} REMOVE TTL")
-                    continue
-                expr = "multiIf(" + ", ".join(f"project = '{p}', {d}" for p, d in cases) + ", 36500)"
-                self.client.command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
-            log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
-                     r.rollup_days or "keep")
-
-    def _audit_rows(self, t: columns.Tables) -> list[list[Any]]:
-        """Number and chain this poll's audit records per project (see runstream.audit); replays are skipped."""
-        rows = []
-        for rec, partition, offset in t.audit:
-            seq, prev, last_offset = self.audit_heads.get(rec.project, (0, "", -1))
-            if offset <= last_offset:
-                continue
-            seq += 1
-            h = audit.chain(prev, audit.canonical(rec.project, seq, rec.at_ms, rec.actor, rec.action, rec.target,
-                                                  rec.source, rec.before, rec.after))
-            rows.append([rec.project, seq, columns._dt(rec.at_ms), rec.actor, rec.action, rec.target, rec.source,
-                         rec.before, rec.after, prev, h, partition, offset])
-            self.audit_heads[rec.project] = (seq, h, offset)
-        return rows
-
-    def insert(self, t: columns.Tables) -> None:
-        """Insert one poll's rows, points first, the batch ledger last."""
-        assert self.client is not None
-        db = self.db
-        if t.audit:
-            t.audit_rows = self._audit_rows(t)
-            t.audit = []
-        with map_clickhouse_errors("insert"):
-            if t.points is not None:
-                self.client.insert_arrow(f"{db}.metric_points", t.points)
-                tm.SINK_ROWS.labels("metric_points").inc(t.points.num_rows)
-            for table, rows, cols in (("run_starts", t.run_starts, columns.RUN_START_COLUMNS),
-                                      ("run_finishes", t.run_finishes, columns.RUN_FINISH_COLUMNS),
-                                      ("params", t.params, columns.KV_COLUMNS),
-                                      ("tags", t.tags, columns.KV_COLUMNS),
-                                      ("rollup_windows", t.rollups, columns.ROLLUP_COLUMNS),
-                                      ("fleet_windows", t.fleet, columns.FLEET_COLUMNS),
-                                      ("alert_events", t.alerts, columns.ALERT_COLUMNS),
-                                      ("governance_events", t.governance, columns.GOVERNANCE_COLUMNS),
-                                      ("datasets_used", t.datasets, columns.DATASET_COLUMNS),
-                                      ("artifacts", t.artifacts, columns.ARTIFACT_COLUMNS),
-                                      ("audit_log", t.audit_rows, columns.AUDIT_COLUMNS),
-                                      ("batches", t.batches, columns.BATCH_COLUMNS)):
-                if rows:
-                    self.client.insert(f"{db}.{table}", rows, column_names=cols)
-                    tm.SINK_ROWS.labels(table).inc(len(rows))
-            for ev in t.control:  # after this poll's rows, so a deletion also removes what came just before it
-                self._apply_control(ev)
 
 
 def build(config: RunstreamConfig, client: Client | None = None) -> Sink:

@@ -17,8 +17,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from runstream.config import RunstreamConfig
-from runstream.errors import StorageError, StoreLocked
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import StorageError, StoreLocked
 
 log = logging.getLogger("runstream.storage")
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -15,10 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from ingest.auth import ensure_dev_token
-from runstream.broker import KafkaBroker
-from runstream.config import RunstreamConfig
-from runstream.stack import InProcessRoles, isolated_config
+from runstream.ingest.auth import ensure_dev_token
+from runstream.ops.broker import KafkaBroker
+from runstream.wire.config import RunstreamConfig
+from runstream.ops.stack import InProcessRoles, isolated_config
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +116,7 @@ class BackgroundClient:
     the tests that abuse ingest. ``acked`` is what ingest acknowledged for it."""
 
     def __init__(self, addr: str, token: str, project: str, spool_dir: Path) -> None:
-        from runstream.transport import GrpcTransport
+        from runstream.sdk.transport import GrpcTransport
         import runstream
         import threading
         self.run = runstream.init(project, transport=GrpcTransport(addr, token), spool_dir=str(spool_dir))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage import access
-from storage.store import migrations, migrate, open_embedded
+from runstream.storage import access
+from runstream.storage.store import migrations, migrate, open_embedded
 
 
 def test_server_statements_parse_and_embedded_skips_them(chdb_path: Path) -> None:

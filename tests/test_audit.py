@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import runstream
-from runstream.stack import write_stack_file
-from runstream.transport import GrpcTransport
+from runstream.ops.stack import write_stack_file
+from runstream.sdk.transport import GrpcTransport
 from tests.conftest import Stack
 from tests.test_governance import cli
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 
-from runstream.broker import free_port
+from runstream.ops.broker import free_port
 
 
 def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:

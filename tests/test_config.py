@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from runstream.config import RunstreamConfig
-from runstream.errors import ConfigError
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import ConfigError
 
 DATA = Path(__file__).with_name("testdata")
 

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import yaml
 
-from dashboards import build
-from processors import anomaly
+from runstream.dashboards import build
+from runstream.processors import anomaly
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindow, FleetWindows, RollupWindow, Rollups, RunStatus
-from storage import columns
-from storage.sink import Sink
-from storage.store import migrate, open_embedded
+from runstream.storage import columns
+from runstream.storage.governance import GovernanceApplier
+from runstream.storage.writer import Writer
+from runstream.storage.store import migrate, open_embedded
 from tests.grafana_macros import Context, expand, interpolate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,8 @@ PROVISIONING = ROOT / "dashboards" / "provisioning"
 def test_committed_json_matches_the_code() -> None:
     for name, d in build.generate().items():
         path = build.OUT / f"{name}.json"
-        assert path.exists(), f"{path} is missing: run `python -m dashboards.build` and commit"
-        assert path.read_text() == build.render(d), f"{path} is stale: run `python -m dashboards.build` and commit"
+        assert path.exists(), f"{path} is missing: run `python -m runstream.dashboards.build` and commit"
+        assert path.read_text() == build.render(d), f"{path} is stale: run `python -m runstream.dashboards.build` and commit"
     assert {p.stem for p in build.OUT.glob("*.json")} == set(build.DASHBOARDS)
 
 
@@ -73,9 +74,7 @@ def test_dashboard_structure(name: str) -> None:
 
 def seed(client, db: str, now_ms: int) -> dict[str, list[str]]:
     """A small fleet through the sink's own insert path: runs, params, tags, points, rollups, fleet, alerts."""
-    sink = Sink.__new__(Sink)
-    sink.client = client
-    sink.config = type("C", (), {"clickhouse": type("CH", (), {"database": db})()})()
+    writer = Writer(client, db, GovernanceApplier(client, db))
     rng = np.random.default_rng(1)
     runs = [f"seed-{i}" for i in range(4)]
     items = []
@@ -117,7 +116,7 @@ def seed(client, db: str, now_ms: int) -> dict[str, list[str]]:
                       runs_started=1 if w == 0 else 0, version=1) for p in ("vision", "nlp") for w in range(360)]
     columns.add_derived(tables, "fleet", FleetWindows(windows=fw).SerializeToString())
     columns.build(items, tables)
-    sink.insert(tables)
+    writer.write(tables)
     return {"project": ["vision", "nlp"], "run": runs, "metric": ["loss", "acc"]}
 
 

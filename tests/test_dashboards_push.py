@@ -7,8 +7,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from dashboards.build import DASHBOARDS
-from dashboards.push import FOLDER_UID, push
+from runstream.dashboards.build import DASHBOARDS
+from runstream.dashboards.push import FOLDER_UID, push
 
 
 class FakeGrafana(BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import runstream
-from runstream.transport import GrpcTransport, SendError
+from runstream.sdk.transport import GrpcTransport, SendError
 from tests.conftest import BackgroundClient, Stack
 from tests.test_spine import _batch
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import runstream
-from runstream.transport import GrpcTransport
-from storage import lineage
+from runstream.sdk.transport import GrpcTransport
+from runstream.storage import lineage
 from tests.conftest import Stack
 
 

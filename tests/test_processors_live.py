@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runstream.broker import free_port
-from runstream.stack import RoleProcess, scrape, wait_http
-from runstream.transport import GrpcTransport
+from runstream.ops.broker import free_port
+from runstream.ops.stack import RoleProcess, scrape, wait_http
+from runstream.sdk.transport import GrpcTransport
 from runstream.v1.ingest_pb2 import Batch, RunStatus
 from tests.conftest import Stack
 

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from processors import anomaly, fleet, rollups, state
+from runstream.processors import anomaly, fleet, rollups, state
 from runstream.v1.ingest_pb2 import Batch, RunStatus
 
 

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 import pytest
 
 import runstream
-from runstream import spool
+from runstream.sdk import spool
 from runstream.sdk import send_spool_file
-from runstream.transport import SendError
+from runstream.sdk.transport import SendError
 from runstream.v1.ingest_pb2 import Batch
 
 

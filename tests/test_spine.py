@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.broker import KafkaBroker, free_port
-from runstream.stack import InProcessRoles, RoleProcess, wait_http
-from runstream.transport import GrpcTransport, SendError
+from runstream.ops.broker import KafkaBroker, free_port
+from runstream.ops.stack import InProcessRoles, RoleProcess, wait_http
+from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import Batch
 from tests.conftest import Stack, make_config
@@ -154,7 +154,7 @@ def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chd
     broker.start()
     config = make_config(tmp_path / "c", broker.bootstrap, chdb_path)
     config.ingest.publish_timeout_s = 3.0
-    from ingest.auth import ensure_dev_token
+    from runstream.ingest.auth import ensure_dev_token
     tok = ensure_dev_token(config.tokens_path)
     roles = InProcessRoles(config, ["ingest", "sink"]).start()
     stack = Stack(config, roles)
@@ -189,7 +189,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
     """The sink runs as its own process on its own engine path; SIGKILL it while data flows, restart it."""
     config = make_config(tmp_path, kafka, tmp_path / "sink-ch")
     config.sink.metrics_port = free_port()
-    from ingest.auth import ensure_dev_token
+    from runstream.ingest.auth import ensure_dev_token
     tok = ensure_dev_token(config.tokens_path)
     ingest = InProcessRoles(config, ["ingest"]).start()
     addr = f"127.0.0.1:{ingest.stages['ingest'][0].port}"
@@ -255,7 +255,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
 
 
 def test_ingest_exports_prometheus_metrics(stack: Stack, token: str) -> None:
-    from runstream import telemetry
+    from runstream.server import telemetry
     port = free_port()
     telemetry.serve_metrics(port)
     t = GrpcTransport(stack.ingest_addr, token)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import runstream
-from ingest.auth import ensure_dev_token
-from runstream.config import RunstreamConfig
-from runstream.stack import InProcessRoles
-from runstream.transport import GrpcTransport, SendError, tls_credentials
+from runstream.ingest.auth import ensure_dev_token
+from runstream.wire.config import RunstreamConfig
+from runstream.ops.stack import InProcessRoles
+from runstream.sdk.transport import GrpcTransport, SendError, tls_credentials
 from tests.conftest import Stack
 from tests.test_spine import _batch
 

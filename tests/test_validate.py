@@ -2,9 +2,9 @@
 
 import pytest
 
-from ingest.validate import validate_batch
-from runstream.config import IngestConfig
-from runstream.errors import ValidationError
+from runstream.ingest.validate import validate_batch
+from runstream.wire.config import IngestConfig
+from runstream.wire.errors import ValidationError
 from runstream.v1.ingest_pb2 import Batch
 
 CFG = IngestConfig(max_batch_points=100)

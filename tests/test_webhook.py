@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from processors.notify import Webhook
+from runstream.processors.notify import Webhook
 from runstream.v1.ingest_pb2 import Alert
 
 

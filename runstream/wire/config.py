@@ -1,13 +1,21 @@
 """Typed configuration: one tree, defaults in code, a YAML file, then RUNSTREAM_* env vars.
 
 Env vars name a section and a key: ``RUNSTREAM_KAFKA_BOOTSTRAP=host:9092``,
-``RUNSTREAM_CLICKHOUSE_URL=http://ch:8123``; ``RUNSTREAM_DATA_DIR`` sets the
-top-level data directory. ``validate()`` reports every problem at once.
+``RUNSTREAM_CLICKHOUSE_URL=http://ch:8123``; top-level keys drop the section
+(``RUNSTREAM_DATA_DIR``). A few client variables keep short names (``ENV_ALIASES``:
+``RUNSTREAM_URL``, ``RUNSTREAM_TOKEN``, ``RUNSTREAM_TLS_CA`` ...). An unknown
+``RUNSTREAM_*`` variable is an error naming the nearest valid one, as an unknown
+YAML key is. ``validate()`` reports every problem at once.
+
+The resolved tree is data: ``dump()`` gives the mapping that ``write()`` stores and
+``load()`` reads back, which is how the supervisor hands its config to each role.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from runstream.errors import ConfigError
+from runstream.wire.errors import ConfigError
+from runstream.wire.files import write_private
 
 EVENTS_TOPIC = "runstream.events"
 ROLLUPS_TOPIC = "runstream.rollups"
@@ -36,6 +45,7 @@ class KafkaConfig:
     audit_topic: str = AUDIT_TOPIC      # audit records, keyed by project
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
+    jars_dir: str = "~/.cache/runstream"  # where the Apache Kafka jars are fetched to (`runstream up`, tests)
 
 
 @dataclass
@@ -70,6 +80,8 @@ class ProcessorsConfig:
     rules_file: str = ""           # anomaly thresholds per project / metric (YAML); empty: defaults
     webhook_url: str = ""          # Slack-compatible webhook for new alerts; empty disables
     metrics_port: int = 9103
+    guarantee: str = "exactly_once"  # faust processing guarantee: exactly_once or at_least_once
+    log_level: str = "WARN"        # faust's own log level
 
 
 @dataclass
@@ -80,13 +92,27 @@ class ClickHouseConfig:
 
 
 @dataclass
+class ClientConfig:
+    """How the SDK and `runstream sync` reach ingest (init() arguments win over these)."""
+    url: str = ""                  # ingest host:port; empty: the local `runstream up` (stack.json), else 127.0.0.1:50051
+    token: str = ""                # empty: the local stack's dev token
+    tls_ca: str = ""               # PEM CA that signed ingest's certificate; empty: plaintext
+    tls_cert: str = ""             # PEM client certificate, when ingest requires one
+    tls_key: str = ""
+    spool_dir: str = ""            # empty: <data_dir>/spool
+    artifact_dir: str = ""         # log_artifact copies files here; empty: files stay where they are
+
+
+@dataclass
 class RunstreamConfig:
     data_dir: str = "~/.runstream"
+    metrics_host: str = "127.0.0.1"  # where every role's /metrics binds (0.0.0.0 in containers)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
 
     @property
     def data_path(self) -> Path:
@@ -97,12 +123,25 @@ class RunstreamConfig:
         return Path(os.path.expanduser(self.ingest.tokens_file)) if self.ingest.tokens_file else self.data_path / "tokens.yaml"
 
     @property
+    def stack_file(self) -> Path:
+        """Where a running `runstream up` describes itself (addresses, dev token) for the SDK and the CLI."""
+        return self.data_path / "stack.json"
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(os.path.expanduser(self.client.spool_dir)) if self.client.spool_dir else self.data_path / "spool"
+
+    @property
     def clickhouse_path(self) -> Path:
         return Path(os.path.expanduser(self.clickhouse.path)) if self.clickhouse.path else self.data_path / "clickhouse"
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem, each prefixed with its section."""
         problems: list[str] = []
+        if self.processors.guarantee not in ("exactly_once", "at_least_once"):
+            problems.append(f"processors.guarantee: {self.processors.guarantee!r} is not exactly_once or at_least_once")
+        if bool(self.client.tls_cert) != bool(self.client.tls_key):
+            problems.append("client.tls_cert / client.tls_key: set both (PEM files) or neither")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen)):
@@ -121,9 +160,25 @@ class RunstreamConfig:
         if problems:
             raise ConfigError("CONFIG ERROR: " + "; ".join(problems))
 
+    def dump(self) -> dict[str, Any]:
+        """The whole resolved tree as plain data (what ``write`` stores and ``load`` reads back)."""
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> Path:
+        """Store the resolved tree as YAML, 0600 from its first byte (it may hold a token or a password)."""
+        return write_private(path, yaml.safe_dump(self.dump(), sort_keys=False))
+
+    def stack_info(self) -> dict[str, Any]:
+        """What a running `runstream up` wrote about itself (addresses, dev token), or {}."""
+        try:
+            info = json.loads(self.stack_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> "RunstreamConfig":
-        """Defaults, then the YAML file (if any), then RUNSTREAM_* env vars; validated."""
+        """Defaults, then the YAML file (if any, else $RUNSTREAM_CONFIG), then RUNSTREAM_* env vars; validated."""
         env = os.environ if env is None else env
         config = cls()
         path = path or env.get("RUNSTREAM_CONFIG")
@@ -133,11 +188,41 @@ class RunstreamConfig:
             except (OSError, yaml.YAMLError) as exc:
                 raise ConfigError(f"CONFIG ERROR: cannot read {path}: {exc}") from exc
             _apply(config, raw, str(path))
-        for key, value in env.items():
-            if key.startswith("RUNSTREAM_") and key not in ("RUNSTREAM_CONFIG",):
-                _apply_env(config, key[len("RUNSTREAM_"):].lower(), value)
+        known = env_names()
+        for key, value in sorted(env.items()):
+            if not key.startswith("RUNSTREAM_") or key in NOT_CONFIG or key.startswith(TEST_PREFIX):
+                continue
+            if key not in known:
+                near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]}?" if near else "see the README's Configuration section for the names"
+                raise ConfigError(f"CONFIG ERROR: unknown environment variable {key}; {hint}")
+            section, name = known[key]
+            target = getattr(config, section) if section else config
+            setattr(target, name, _coerce(getattr(target, name), value, key))
         config.validate()
         return config
+
+
+NOT_CONFIG = frozenset({"RUNSTREAM_CONFIG"})  # the file itself
+TEST_PREFIX = "RUNSTREAM_TEST_"  # the test fixtures' own variables (e.g. RUNSTREAM_TEST_KAFKA)
+# Short names the SDK has always read; each is also reachable as RUNSTREAM_CLIENT_<KEY>.
+ENV_ALIASES = {"RUNSTREAM_URL": ("client", "url"), "RUNSTREAM_TOKEN": ("client", "token"),
+               "RUNSTREAM_TLS_CA": ("client", "tls_ca"), "RUNSTREAM_TLS_CERT": ("client", "tls_cert"),
+               "RUNSTREAM_TLS_KEY": ("client", "tls_key"), "RUNSTREAM_ARTIFACT_DIR": ("client", "artifact_dir")}
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every RUNSTREAM_* variable that sets a config field: name -> (section, key); section "" is top level."""
+    out: dict[str, tuple[str, str]] = dict(ENV_ALIASES)
+    root = RunstreamConfig()
+    for f in dataclasses.fields(root):
+        value = getattr(root, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                out[f"RUNSTREAM_{f.name}_{sub.name}".upper()] = (f.name, sub.name)
+        else:
+            out[f"RUNSTREAM_{f.name}".upper()] = ("", f.name)
+    return out
 
 
 def _coerce(current: Any, value: Any, where: str) -> Any:
@@ -166,12 +251,3 @@ def _apply(obj: Any, raw: Mapping[str, Any], where: str) -> None:
         else:
             setattr(obj, key, _coerce(current, value, f"{key}"))
 
-
-def _apply_env(config: RunstreamConfig, name: str, value: str) -> None:
-    if name == "data_dir":
-        config.data_dir = value
-        return
-    section, _, key = name.partition("_")
-    target = getattr(config, section, None)
-    if dataclasses.is_dataclass(target) and key in {f.name for f in dataclasses.fields(target)}:
-        setattr(target, key, _coerce(getattr(target, key), value, f"RUNSTREAM_{name.upper()}"))

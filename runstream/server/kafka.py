@@ -1,4 +1,4 @@
-"""Topic names and their creation with explicit partition counts."""
+"""Kafka plumbing shared by the server roles: topic creation from the registry (runstream.wire.topics)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from runstream.config import RunstreamConfig
-from runstream.errors import Unavailable
-
-
-def topics(config: RunstreamConfig) -> dict[str, int]:
-    """Every topic runstream owns, with its partition count."""
-    k = config.kafka
-    return {k.events_topic: k.partitions, k.rollups_topic: k.partitions, k.alerts_topic: k.partitions,
-            k.fleet_topic: k.partitions, k.control_topic: 1,
-            k.audit_topic: k.partitions}
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import Unavailable
+from runstream.wire.topics import topics
 
 
 async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:

@@ -1,8 +1,8 @@
 """A real single-node Apache Kafka broker (KRaft) run from the official jars.
 
 The jars come from Maven Central through the pom.xml beside this file and are
-cached outside the repository (``RUNSTREAM_KAFKA_CACHE``, default
-``~/.cache/runstream``); only the first fetch is slow. ``runstream up``, the
+cached outside the repository (``kafka.jars_dir``, env ``RUNSTREAM_KAFKA_JARS_DIR``,
+default ``~/.cache/runstream``); only the first fetch is slow. ``runstream up``, the
 test fixtures and the benchmark all start brokers through :class:`KafkaBroker`.
 """
 
@@ -18,6 +18,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from runstream.wire.config import RunstreamConfig
 
 KAFKA_VERSION = "4.1.1"  # keep in step with pom.xml
 POM = Path(__file__).with_name("pom.xml")
@@ -40,7 +42,7 @@ class BrokerError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RUNSTREAM_KAFKA_CACHE", Path.home() / ".cache" / "runstream")) / f"kafka-{KAFKA_VERSION}"
+    return Path(os.path.expanduser(RunstreamConfig.load().kafka.jars_dir)) / f"kafka-{KAFKA_VERSION}"
 
 
 def fetch_jars(*, quiet: bool = False) -> Path:

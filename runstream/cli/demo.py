@@ -12,9 +12,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+import numpy as np
+
 import runstream
-from runstream.config import RunstreamConfig
-from runstream.sdk import stack_info
+from runstream.cli.output import print_result, sql_client
+from runstream.ops.supervisor import Supervisor, stack_running
+from runstream.storage import queries
+from runstream.wire.config import RunstreamConfig
 
 
 def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, stop: threading.Event,
@@ -50,7 +54,7 @@ def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, st
 
 def real_training(project: str) -> runstream.Run:
     """A small real model: logistic regression by SGD on scikit-learn's digits data set (ships with the package)."""
-    import numpy as np
+    # scikit-learn is the [demo] extra: imported here so the other commands work without it.
     from sklearn.datasets import load_digits
     from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import accuracy_score, log_loss
@@ -78,12 +82,9 @@ def real_training(project: str) -> runstream.Run:
 
 
 def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float) -> int:
-    from runstream.cli import print_result, sql_client
-    from storage.queries import runs_summary
     console = Console()
     sup = None
-    if not stack_info().get("pid") or not _alive(stack_info()["pid"]):
-        from runstream.supervisor import Supervisor
+    if not stack_running(config):
         sup = Supervisor(config)
         console.print("[bold]Starting the local stack[/] (Kafka, ingest, sink, embedded ClickHouse)...")
         sup.start()
@@ -115,47 +116,36 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         deadline = time.monotonic() + 60
         stored = 0
         while time.monotonic() < deadline:
-            stored = client.query("SELECT count() FROM metrics WHERE project = 'demo' AND run_id IN %(ids)s",
-                                  parameters={"ids": [r.id for r in runs] + [real.id]}).result_rows[0][0]
+            stored = queries.points_stored(client, project, [r.id for r in runs] + [real.id])
             if stored >= acked:
                 break
             time.sleep(0.5)
         console.rule("Runs (points acknowledged by ingest vs stored in ClickHouse)")
-        cols, rows = runs_summary(client, project=project, limit=8)
+        cols, rows = queries.runs_summary(client, project=project, limit=8)
         print_result(cols, rows, "table")
         console.rule("The real run: validation accuracy by epoch (every 5th)")
-        res = client.query("SELECT step, round(value, 4) AS val_acc FROM metrics WHERE run_id = %(r)s AND metric = 'val_acc' "
-                           "ORDER BY step", parameters={"r": real.id})
-        print_result(list(res.column_names), res.result_rows[::5] + res.result_rows[-1:], "table")
+        cols, rows = queries.series(client, real.id, "val_acc")
+        print_result(cols, rows[::5] + rows[-1:], "table")
         console.rule("Best simulated runs by final val_acc, with their learning rate")
-        res = client.query(
-            "SELECT r.name, round(argMax(m.value, m.step), 4) AS final_val_acc, any(p.value) AS lr "
-            "FROM metrics AS m INNER JOIN runs AS r ON r.run_id = m.run_id "
-            "LEFT JOIN (SELECT run_id, value FROM params FINAL WHERE key = 'lr') AS p ON p.run_id = m.run_id "
-            "WHERE m.project = 'demo' AND m.metric = 'val_acc' AND has(r.tags, 'simulated') "
-            "GROUP BY r.name ORDER BY final_val_acc DESC LIMIT 5")
-        print_result(list(res.column_names), res.result_rows, "table")
+        print_result(*queries.best_runs(client, project, "val_acc", "lr", "simulated"), "table")
         console.rule("Alerts raised by the stream processors")
         deadline = time.monotonic() + 15
-        alerts: list = []
-        while time.monotonic() < deadline:
-            res = client.query("SELECT r.name, a.kind, a.severity, a.step, a.status, a.message FROM alerts AS a "
-                               "INNER JOIN runs AS r ON r.run_id = a.run_id WHERE a.project = 'demo' ORDER BY a.detected_at")
-            alerts = res.result_rows
-            if sum(1 for a in alerts if a[1] in ("nonfinite", "spike")) >= min(2, max(0, jobs - 1)):
+        while True:
+            cols, alerts = queries.alerts(client, project)
+            if sum(1 for a in alerts if a[1] in ("nonfinite", "spike")) >= min(2, max(0, jobs - 1)) \
+                    or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        print_result(list(res.column_names), alerts, "table")
+        print_result(cols, alerts, "table")
         console.rule("Fleet view: the busiest 10 s windows")
         with console.status("waiting for the fleet windows to close (10 s grace)..."):
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                res = client.query("SELECT window_start, active_runs, points, runs_started, runs_finished, runs_failed "
-                                   "FROM fleet WHERE project = 'demo' ORDER BY points DESC LIMIT 3")
-                if res.result_rows:
+            while True:
+                cols, windows = queries.busiest_fleet_windows(client, project)
+                if windows or time.monotonic() > deadline:
                     break
                 time.sleep(1)
-        print_result(list(res.column_names), res.result_rows, "table")
+        print_result(cols, windows, "table")
         ok = stored == acked
         console.print(f"[bold {'green' if ok else 'red'}]points acknowledged {acked:,} | stored {stored:,} | "
                       f"{'nothing lost, nothing duplicated' if ok else 'MISMATCH'}[/]")
@@ -166,11 +156,3 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         if sup is not None:
             sup.stop()
 
-
-def _alive(pid: Any) -> bool:
-    import os
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from runstream import spool
-from runstream.transport import GrpcTransport, SendError, Transport, tls_from_env
+from runstream.sdk import spool
+from runstream.sdk.transport import SendError, Transport, connect
+from runstream.wire.config import RunstreamConfig
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 
 log = logging.getLogger("runstream")
@@ -51,16 +52,9 @@ class SenderConfig:
     spool_dir: str = ""
 
 
-def default_home() -> Path:
-    return Path(os.path.expanduser(os.environ.get("RUNSTREAM_DATA_DIR", "~/.runstream")))
-
-
-def stack_info() -> dict[str, Any]:
-    """What a running `runstream up` wrote about itself (addresses, dev token), or {}."""
-    try:
-        return json.loads((default_home() / "stack.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def client_config() -> RunstreamConfig:
+    """The config as the SDK sees it: $RUNSTREAM_CONFIG, then RUNSTREAM_* variables (read at each init)."""
+    return RunstreamConfig.load()
 
 
 def _git() -> GitInfo:
@@ -164,13 +158,14 @@ class Run:
 
     def log_artifact(self, path_or_uri: str | Path, *, artifact_dir: str | Path | None = None) -> Artifact:
         """Record something the run made: size and sha256 for local files; the bytes are copied to the
-        artifact directory (``artifact_dir``, else RUNSTREAM_ARTIFACT_DIR) when one is set, else they stay."""
+        artifact directory (``artifact_dir``, else ``client.artifact_dir`` / RUNSTREAM_ARTIFACT_DIR) when one is
+        set, else they stay."""
         uri = str(path_or_uri)
         art = Artifact(uri=uri)
         path = _local(uri)
         if path is not None and path.exists():
             art.sha256, art.size = file_digest(path)
-            target_dir = artifact_dir or os.environ.get("RUNSTREAM_ARTIFACT_DIR")
+            target_dir = artifact_dir or self._sender.artifact_dir
             if target_dir:
                 dest = Path(target_dir) / art.sha256[:2] / art.sha256 / path.name
                 if not dest.exists():
@@ -204,11 +199,14 @@ class Run:
 class Sender(threading.Thread):
     """The process's one background sender."""
 
-    def __init__(self, transport: Transport, config: SenderConfig | None = None) -> None:
+    def __init__(self, transport: Transport, config: SenderConfig | None = None, *,
+                 client: RunstreamConfig | None = None) -> None:
         super().__init__(name="runstream-sender", daemon=True)
         self.transport = transport
         self.config = config or SenderConfig()
-        self.spool_dir = Path(self.config.spool_dir) if self.config.spool_dir else default_home() / "spool"
+        client = client or client_config()
+        self.spool_dir = Path(self.config.spool_dir) if self.config.spool_dir else client.spool_path
+        self.artifact_dir = client.client.artifact_dir
         self.runs: dict[str, Run] = {}  # by run id; a run leaves when its finish is acknowledged
         self.pending: deque[Batch] = deque()
         self.pending_points = 0
@@ -471,10 +469,8 @@ def _default_sender(url: str | None, token: str | None, options: Mapping[str, An
     global _sender
     with _sender_lock:
         if _sender is None or not _sender.is_alive():
-            info = stack_info()
-            target = url or os.environ.get("RUNSTREAM_URL") or info.get("ingest") or "127.0.0.1:50051"
-            tok = token or os.environ.get("RUNSTREAM_TOKEN") or info.get("token")
-            _sender = Sender(GrpcTransport(target, tok, credentials=tls_from_env()), SenderConfig(**options))
+            client = client_config()
+            _sender = Sender(connect(client, url=url, token=token), SenderConfig(**options), client=client)
             _sender.start()
             atexit.register(_at_exit)
         return _sender
@@ -484,7 +480,8 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
          tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
          url: str | None = None, token: str | None = None, transport: Transport | None = None,
          **options: Any) -> Run:
-    """Start a run. ``url``/``token`` default to RUNSTREAM_URL/RUNSTREAM_TOKEN, then the local `runstream up`.
+    """Start a run. ``url``/``token`` default to ``client.url``/``client.token`` (RUNSTREAM_URL/RUNSTREAM_TOKEN),
+    then the local `runstream up`.
 
     Extra keyword arguments set the sender's limits (see SenderConfig) for the process.
     """

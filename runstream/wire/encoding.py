@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runstream.errors import ValidationError
+from runstream.wire.errors import ValidationError
 from runstream.v1.ingest_pb2 import Batch
 
 SCHEMA = b"runstream.v1"

@@ -15,13 +15,16 @@ import socket
 import time
 from typing import Any
 
-from ingest.auth import ensure_dev_token
-from runstream.broker import KafkaBroker
-from runstream.config import RunstreamConfig
-from runstream.errors import RunstreamError
-from runstream.sdk import stack_info
-from runstream.stack import RoleProcess, scrape, wait_http, write_stack_file
-from runstream.topics import ensure_topics
+from rich.console import Console
+from rich.live import Live
+
+from runstream.ingest.auth import ensure_dev_token
+from runstream.ops.broker import KafkaBroker
+from runstream.ops.stack import RoleProcess, scrape, wait_http, write_stack_file
+from runstream.server.kafka import ensure_topics
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import RunstreamError
+from runstream.wire.files import private_dir
 
 
 def _port_free(addr: str) -> bool:
@@ -32,6 +35,16 @@ def _port_free(addr: str) -> bool:
             return True
         except OSError:
             return False
+
+
+def stack_running(config: RunstreamConfig) -> bool:
+    """Whether the stack described by the data dir's stack.json is alive."""
+    pid = config.stack_info().get("pid")
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, PermissionError, TypeError, ValueError):
+        return False
 
 
 def _interrupt(*_: object) -> None:
@@ -48,14 +61,10 @@ class Supervisor:
         self._last: tuple[float, float] | None = None
 
     def _check_free(self) -> None:
-        info = stack_info()
-        if info.get("pid") and info.get("pid") != os.getpid():
-            try:
-                os.kill(int(info["pid"]), 0)
-                raise RunstreamError(f"a stack is already running (pid {info['pid']}, data dir {self.config.data_path}); "
-                                     "stop it with Ctrl-C, or use another --data-dir.")
-            except ProcessLookupError:
-                pass
+        pid = self.config.stack_info().get("pid")
+        if pid != os.getpid() and stack_running(self.config):
+            raise RunstreamError(f"a stack is already running (pid {pid}, data dir {self.config.data_path}); "
+                                 "stop it with Ctrl-C, or use another --data-dir.")
         c = self.config
         addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen)]
         addrs += [(f"ingest.metrics_port+{i}", f"127.0.0.1:{c.ingest.metrics_port + i}") for i in range(self.ingest_replicas)]
@@ -68,7 +77,7 @@ class Supervisor:
     def start(self) -> dict[str, Any]:
         c = self.config
         self._check_free()
-        c.data_path.mkdir(parents=True, exist_ok=True)
+        private_dir(c.data_path)
         if not c.kafka.bootstrap:
             print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", flush=True)
             self.broker = KafkaBroker(c.data_path / "kafka")
@@ -86,9 +95,8 @@ class Supervisor:
         base_metrics = c.ingest.metrics_port
         for i in range(self.ingest_replicas):
             c.ingest.metrics_port = base_metrics + i
-            p = RoleProcess("ingest", c, self.log_dir)
-            p.log_path = self.log_dir / f"ingest-{i}.log"
-            p.start()
+            p = RoleProcess("ingest", c, self.log_dir, name=f"ingest-{i}")
+            p.start()  # writes this replica's config (its own metrics port) before the next replica changes it
             self.procs.append(p)
         c.ingest.metrics_port = base_metrics
         proc = RoleProcess("process", c, self.log_dir)
@@ -134,15 +142,12 @@ class Supervisor:
             self.broker.stop()
             self.broker = None
         try:
-            path = self.config.data_path / "stack.json"
-            if stack_info().get("pid") == os.getpid():
-                path.unlink()
+            if self.config.stack_info().get("pid") == os.getpid():
+                self.config.stack_file.unlink()
         except OSError:
             pass
 
     def run_forever(self) -> int:
-        from rich.console import Console
-        from rich.live import Live
         console = Console()
         signal.signal(signal.SIGTERM, _interrupt)
         try:

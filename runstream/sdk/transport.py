@@ -10,6 +10,7 @@ from typing import Protocol, Sequence
 
 import grpc
 
+from runstream.wire.config import RunstreamConfig
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import Batch
 
@@ -43,12 +44,14 @@ def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | N
     return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
-def tls_from_env() -> grpc.ChannelCredentials | None:
-    """TLS credentials from RUNSTREAM_TLS_CA (and RUNSTREAM_TLS_CERT / RUNSTREAM_TLS_KEY), or None for plaintext."""
-    import os
-    if not os.environ.get("RUNSTREAM_TLS_CA"):
-        return None
-    return tls_credentials(os.environ["RUNSTREAM_TLS_CA"], os.environ.get("RUNSTREAM_TLS_CERT"), os.environ.get("RUNSTREAM_TLS_KEY"))
+def connect(config: RunstreamConfig, *, url: str | None = None, token: str | None = None) -> "GrpcTransport":
+    """A transport to ingest as the client config says: ``url``/``token`` arguments, else ``client.url`` /
+    ``client.token``, else the local stack's stack.json; TLS when ``client.tls_ca`` is set."""
+    c = config.client
+    info = config.stack_info()
+    target = url or c.url or info.get("ingest") or "127.0.0.1:50051"
+    credentials = tls_credentials(c.tls_ca, c.tls_cert or None, c.tls_key or None) if c.tls_ca else None
+    return GrpcTransport(target, token or c.token or info.get("token"), credentials=credentials)
 
 
 class GrpcTransport:

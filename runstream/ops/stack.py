@@ -14,9 +14,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from runstream.config import RunstreamConfig
-from runstream.roles import ROLES, Stage
-from runstream.topics import ensure_topics
+from prometheus_client.parser import text_string_to_metric_families
+
+from runstream.ops.broker import free_port
+from runstream.ops.roles import ROLES, STAGE_STOP_TIMEOUT_S, Stage, stop_stages
+from runstream.server.kafka import ensure_topics
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.files import private_dir, write_private
 
 
 class InProcessRoles:
@@ -40,15 +44,14 @@ class InProcessRoles:
         return self
 
     def start_role(self, role: str) -> list[Stage]:
-        stages = ROLES[role](self.config)
+        stages = self.call(_build(role, self.config))
         for s in stages:
             self.call(s.start())
         self.stages[role] = stages
         return stages
 
     def stop_role(self, role: str) -> None:
-        for s in reversed(self.stages.pop(role, [])):
-            self.call(s.stop())
+        self.call(stop_stages(self.stages.pop(role, [])))
 
     def stop(self) -> None:
         for role in list(reversed(list(self.stages))):
@@ -63,10 +66,14 @@ class InProcessRoles:
         self.stop()
 
 
+async def _build(role: str, config: RunstreamConfig) -> list[Stage]:
+    """Stages are built on the loop that runs them (faust binds its app to the running loop)."""
+    return ROLES[role].build(config)
+
+
 def isolated_config(data_dir: Path | str) -> RunstreamConfig:
     """A config whose data and every port are its own (free loopback ports): benchmarks and tests use it
     so they never collide with a `runstream up` on the same machine."""
-    from runstream.broker import free_port
     c = RunstreamConfig()
     c.data_dir = str(data_dir)
     c.ingest.listen = f"127.0.0.1:{free_port()}"
@@ -77,52 +84,37 @@ def isolated_config(data_dir: Path | str) -> RunstreamConfig:
     return c
 
 
-def role_env(config: RunstreamConfig) -> dict[str, str]:
-    """Environment that hands a config to a child role process."""
-    env = dict(os.environ)
-    env.update({
-        "RUNSTREAM_DATA_DIR": str(config.data_path),
-        "RUNSTREAM_KAFKA_BOOTSTRAP": config.kafka.bootstrap,
-        "RUNSTREAM_KAFKA_EVENTS_TOPIC": config.kafka.events_topic,
-        "RUNSTREAM_KAFKA_PARTITIONS": str(config.kafka.partitions),
-        "RUNSTREAM_KAFKA_ROLLUPS_TOPIC": config.kafka.rollups_topic,
-        "RUNSTREAM_KAFKA_ALERTS_TOPIC": config.kafka.alerts_topic,
-        "RUNSTREAM_KAFKA_FLEET_TOPIC": config.kafka.fleet_topic,
-        "RUNSTREAM_KAFKA_CONTROL_TOPIC": config.kafka.control_topic,
-        "RUNSTREAM_KAFKA_AUDIT_TOPIC": config.kafka.audit_topic,
-        "RUNSTREAM_PROCESSORS_APP_ID": config.processors.app_id,
-        "RUNSTREAM_PROCESSORS_GRACE_S": str(config.processors.grace_s),
-        "RUNSTREAM_PROCESSORS_TICK_S": str(config.processors.tick_s),
-        "RUNSTREAM_PROCESSORS_RULES_FILE": config.processors.rules_file,
-        "RUNSTREAM_PROCESSORS_WEBHOOK_URL": config.processors.webhook_url,
-        "RUNSTREAM_PROCESSORS_METRICS_PORT": str(config.processors.metrics_port),
-        "RUNSTREAM_INGEST_LISTEN": config.ingest.listen,
-        "RUNSTREAM_INGEST_METRICS_PORT": str(config.ingest.metrics_port),
-        "RUNSTREAM_INGEST_TOKENS_FILE": str(config.tokens_path),
-        "RUNSTREAM_SINK_METRICS_PORT": str(config.sink.metrics_port),
-        "RUNSTREAM_SINK_SQL_LISTEN": config.sink.sql_listen,
-        "RUNSTREAM_SINK_GROUP_ID": config.sink.group_id,
-        "RUNSTREAM_CLICKHOUSE_URL": config.clickhouse.url,
-        "RUNSTREAM_CLICKHOUSE_PATH": str(config.clickhouse_path),
-        "RUNSTREAM_CLICKHOUSE_DATABASE": config.clickhouse.database,
-    })
-    return env
+def child_env() -> dict[str, str]:
+    """The environment of a child role: this one without RUNSTREAM_* variables, which the config file carries
+    already resolved (so nothing is applied twice, and nothing is dropped)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
 
 
 class RoleProcess:
-    """One role as a child process (`python -m runstream <role>`)."""
+    """One role as a child process: ``python -m runstream <role> --config <data_dir>/run/<name>.yaml``, the
+    parent's resolved config written whole (0600) for the child to load."""
 
-    def __init__(self, role: str, config: RunstreamConfig, log_dir: Path) -> None:
+    def __init__(self, role: str, config: RunstreamConfig, log_dir: Path, *, name: str = "") -> None:
         self.role = role
         self.config = config
-        self.log_path = log_dir / f"{role}.log"
+        self.name = name or role
+        self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def config_path(self) -> Path:
+        return self.config.data_path / "run" / f"{self.name}.yaml"
+
+    def command(self, *args: str) -> list[str]:
+        """The child's argv; ``args`` replace the role (tests run `config show` exactly as a role would start)."""
+        return [sys.executable, "-m", "runstream", *(args or (self.role,)), "--config", str(self.config_path)]
+
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)
+        self.config.write(self.config_path)
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "runstream", self.role], env=role_env(self.config),
-                                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.command(), env=child_env(), stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -133,7 +125,7 @@ class RoleProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def stop(self, timeout: float = 40.0) -> None:
+    def stop(self, timeout: float = STAGE_STOP_TIMEOUT_S + 5) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -151,7 +143,6 @@ class RoleProcess:
 
 def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
     """Sum of each metric family's samples from a role's /metrics (names as exported)."""
-    from prometheus_client.parser import text_string_to_metric_families
     out: dict[str, float] = {}
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
@@ -179,8 +170,5 @@ def wait_http(url: str, timeout: float, proc: RoleProcess | None = None) -> None
 
 
 def write_stack_file(config: RunstreamConfig, info: dict[str, Any]) -> Path:
-    path = config.data_path / "stack.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2))
-    path.chmod(0o600)
-    return path
+    """stack.json holds the dev token: 0600 from its first byte."""
+    return write_private(config.stack_file, json.dumps(info, indent=2))

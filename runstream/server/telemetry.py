@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 INGEST_REQUESTS = Counter("runstream_ingest_requests_total", "Ingest RPCs by method and gRPC status code.", ["method", "code"])
@@ -26,10 +24,11 @@ SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kaf
 PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on ``port`` (0 disables), on RUNSTREAM_METRICS_HOST (default loopback; 0.0.0.0 in containers)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``port`` (0 disables) at ``host`` (config ``metrics_host``: loopback unless a container
+    says 0.0.0.0)."""
     if port:
-        start_http_server(port, addr=os.environ.get("RUNSTREAM_METRICS_HOST", "127.0.0.1"))
+        start_http_server(port, addr=host)
 
 PROC_BATCHES = Counter("runstream_processor_batches_total", "Event batches seen by the processors, by outcome.", ["outcome"])
 PROC_POINTS = Counter("runstream_processor_points_total", "Metric points processed.")

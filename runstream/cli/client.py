@@ -1,0 +1,37 @@
+"""The CLI's commands that need only the slim SDK install: `sync`, `config show`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from runstream.sdk import SendError, client_config, connect, send_spool_file, spool
+from runstream.wire.config import RunstreamConfig
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    config = client_config()
+    directory = Path(args.spool_dir) if args.spool_dir else config.spool_path
+    transport = connect(config, url=args.url)
+    files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
+    sent = 0
+    for path in files:
+        try:
+            sent += send_spool_file(transport, path)
+        except SendError as exc:
+            print(f"runstream sync: {path.name} not sent ({exc}); it stays in {directory}. Try again later.", file=sys.stderr)
+            return 1
+    print(f"Sent {sent} batches from {len(files)} spool files in {directory}.")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config (file, then env), as the roles receive it."""
+    config = RunstreamConfig.load(args.config)
+    data = config.dump()
+    print(json.dumps(data, indent=2) if args.format == "json" else yaml.safe_dump(data, sort_keys=False), end="")
+    return 0

@@ -1,0 +1,59 @@
+"""What the commands and the demo share: the resolved config, a ClickHouse client for reading, result tables."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from clickhouse_connect.driver.client import Client
+from rich.console import Console
+from rich.table import Table
+
+from runstream.storage.store import open_url
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import RunstreamError
+
+
+def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
+    """The file (--config or $RUNSTREAM_CONFIG), env vars, then the flags. The SDK used in this process (the
+    demo) sees the same file and data dir."""
+    if getattr(args, "config", None):
+        os.environ["RUNSTREAM_CONFIG"] = args.config
+    if getattr(args, "data_dir", None):
+        os.environ["RUNSTREAM_DATA_DIR"] = args.data_dir
+    config = RunstreamConfig.load()
+    if getattr(args, "clickhouse_url", None):
+        config.clickhouse.url = args.clickhouse_url
+    if getattr(args, "kafka", None):
+        config.kafka.bootstrap = args.kafka
+    return config
+
+
+def sql_client(config: RunstreamConfig) -> Client:
+    """A ClickHouse client for reading: the server at clickhouse.url (read-only), else the running stack's SQL endpoint."""
+    if config.clickhouse.url:
+        return open_url(config.clickhouse.url, database=config.clickhouse.database, settings={"readonly": 1})
+    info = config.stack_info()
+    if not info.get("sql"):
+        raise RunstreamError(f"no running stack found (no {config.stack_file}): start `runstream up`, "
+                             "or pass --clickhouse-url for a ClickHouse server.")
+    return open_url(info["sql"], database=info.get("database", config.clickhouse.database))
+
+
+def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), default=str))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        table = Table(*columns, show_lines=False)
+        for row in rows:
+            table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+        Console().print(table)

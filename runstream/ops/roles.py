@@ -1,0 +1,88 @@
+"""The role registry: named sets of stages. ``runstream ingest|process|sink`` run one role, ``runstream up``
+runs them all.
+
+Every stage has ``async start()`` and ``async stop()`` (idempotent, drains within STAGE_STOP_TIMEOUT_S); the
+table below is the one place that says which stages make a role and where its metrics are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from runstream.ingest import server as ingest_server
+from runstream.processors import app as processors_app
+from runstream.server import telemetry
+from runstream.server.kafka import ensure_topics
+from runstream.storage import sink
+from runstream.storage.sqlserver import SqlEndpoint
+from runstream.wire.config import RunstreamConfig
+
+log = logging.getLogger("runstream")
+
+STAGE_STOP_TIMEOUT_S = 35.0  # a stage drains within this; the supervisor waits a little longer for the process
+
+
+class Stage(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str  # the CLI subcommand, the metrics job and the compose service
+    help: str
+    build: Callable[[RunstreamConfig], list[Stage]]
+    metrics_port: Callable[[RunstreamConfig], int]
+
+
+def _sink(config: RunstreamConfig) -> list[Stage]:
+    stages: list[Stage] = [sink.build(config)]
+    if not config.clickhouse.url and config.sink.sql_listen:
+        stages.append(SqlEndpoint(config.clickhouse_path, config.sink.sql_listen, database=config.clickhouse.database))
+    return stages
+
+
+ROLES: dict[str, Role] = {r.name: r for r in (
+    Role("ingest", "run the gRPC ingest role", lambda c: [ingest_server.build(c)], lambda c: c.ingest.metrics_port),
+    Role("process", "run the stream processors (rollups, fleet view, anomaly detection)",
+         lambda c: [processors_app.build(c)], lambda c: c.processors.metrics_port),
+    Role("sink", "run the storage sink role (and the SQL endpoint of the embedded store)", _sink,
+         lambda c: c.sink.metrics_port),
+)}
+
+
+async def stop_stages(stages: list[Stage]) -> None:
+    """Stop in reverse order, each within STAGE_STOP_TIMEOUT_S; one that fails does not keep the others running."""
+    for stage in reversed(stages):
+        try:
+            await asyncio.wait_for(stage.stop(), STAGE_STOP_TIMEOUT_S)
+        except Exception:
+            log.exception("Stopping %s failed.", type(stage).__name__)
+
+
+async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[Any]], None] | None = None) -> None:
+    """Start a role's stages, wait for SIGINT/SIGTERM, stop them in reverse order."""
+    role = ROLES[name]
+    await ensure_topics(config)
+    telemetry.serve_metrics(role.metrics_port(config), config.metrics_host)
+    stages = role.build(config)
+    started: list[Stage] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for stage in stages:
+            await stage.start()
+            started.append(stage)
+        log.info("Role %s started.", name)
+        if ready:
+            ready(stages)
+        await stop.wait()
+    finally:
+        await stop_stages(started)
+        log.info("Role %s stopped.", name)

@@ -1,0 +1,1 @@
+"""What the server roles share and training jobs never import: Kafka plumbing, governance I/O, metrics."""

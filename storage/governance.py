@@ -1,0 +1,94 @@
+"""The sink's governance applier: run deletions, retention and project roles from the control topic, and the
+numbering and chaining of audit records. It holds the decisions already taken (loaded from storage at start)
+so that a replayed batch of a deleted run is dropped and the audit chain continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from runstream.storage import access, columns, queries
+from runstream.storage.store import is_embedded, map_clickhouse_errors
+from runstream.storage.tables import RUN_TABLES
+from runstream.v1.ingest_pb2 import AuditRecord, ControlEvent
+from runstream.wire import audit
+from runstream.wire.governance import NAME_RE
+
+log = logging.getLogger("runstream.sink")
+
+
+class GovernanceApplier:
+    def __init__(self, client: Client, db: str) -> None:
+        self.client = client
+        self.db = db
+        self.deleted_runs: set[str] = set()
+        self.retention: dict[str, tuple[int, int]] = {}
+        self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
+
+    def load(self) -> None:
+        """Deletions, retention and audit heads already decided (a restart, or a replay into a new store)."""
+        with map_clickhouse_errors("reading governance history"):
+            history = queries.governance_history(self.client, self.db)
+        with map_clickhouse_errors("reading the audit trail heads"):
+            heads = queries.audit_heads(self.client, self.db)
+        self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
+        for action, obj, record in history:
+            if action == "run.delete":
+                self.deleted_runs.add(obj)
+            else:
+                r = json.loads(record)
+                self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
+
+    def install_access(self) -> None:
+        """The permissive row policies a server needs before any restrictive one (none on the embedded engine)."""
+        if not is_embedded(self.client):
+            for stmt in access.base_statements(self.db):
+                self.client.command(stmt)
+
+    def apply(self, ev: ControlEvent) -> None:
+        """Carry out one control event in storage (called after the rows polled before it were inserted)."""
+        db = self.db
+        if ev.HasField("project"):
+            if not is_embedded(self.client):  # the embedded engine has no access control
+                for stmt in access.project_statements(db, ev.project.name):
+                    self.client.command(stmt)
+        elif ev.HasField("run_delete"):
+            run_id = ev.run_delete.run_id
+            self.deleted_runs.add(run_id)
+            for table in RUN_TABLES:
+                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE run_id = %(r)s",
+                                    parameters={"r": run_id}, settings={"mutations_sync": 2})
+            log.info("Deleted run %s from every table (%s).", run_id, ev.run_delete.reason or "no reason given")
+        elif ev.HasField("retention"):
+            r = ev.retention
+            if not NAME_RE.match(r.project):
+                log.error("Ignoring a retention policy for an invalid project name %r.", r.project[:80])
+                return
+            self.retention[r.project] = (r.raw_days, r.rollup_days)
+            for table, col, idx in (("metric_points", "ts", 0), ("rollup_windows", "window_start", 1)):
+                cases = [(p, days[idx]) for p, days in sorted(self.retention.items()) if days[idx]]
+                if not cases:
+                    self.client.command(f"ALTER TABLE {db}.{table} REMOVE TTL")
+                    continue
+                expr = "multiIf(" + ", ".join(f"project = '{p}', {d}" for p, d in cases) + ", 36500)"
+                self.client.command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
+            log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
+                     r.rollup_days or "keep")
+
+    def chain(self, records: list[tuple[AuditRecord, int, int]]) -> list[list[Any]]:
+        """Number and chain audit records per project (see runstream.wire.audit); replays are skipped."""
+        rows = []
+        for rec, partition, offset in records:
+            seq, prev, last_offset = self.audit_heads.get(rec.project, (0, "", -1))
+            if offset <= last_offset:
+                continue
+            seq += 1
+            h = audit.chain(prev, audit.canonical(rec.project, seq, rec.at_ms, rec.actor, rec.action, rec.target,
+                                                  rec.source, rec.before, rec.after))
+            rows.append([rec.project, seq, columns.to_datetime(rec.at_ms), rec.actor, rec.action, rec.target, rec.source,
+                         rec.before, rec.after, prev, h, partition, offset])
+            self.audit_heads[rec.project] = (seq, h, offset)
+        return rows
