@@ -105,7 +105,7 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: str) -> No
 
         # The store belongs to the sink process: a second opener gets the real cause, not BAD_ARGUMENTS.
         probe = subprocess.run([sys.executable, "-c",
-                                "from pathlib import Path; from storage.store import open_embedded\n"
+                                "from pathlib import Path; from runstream.storage.store import open_embedded\n"
                                 f"open_embedded(Path({str(tmp_path / 'home' / 'clickhouse')!r}))"],
                                capture_output=True, text=True, timeout=60)
         assert probe.returncode != 0 and "open in another process" in probe.stderr

@@ -1,9 +1,13 @@
 """Config: file, env overrides, and validation that reports every problem with its section."""
 
+import dataclasses
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from runstream.ops.stack import RoleProcess, child_env
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError
 
@@ -41,3 +45,60 @@ def test_tls_settings_must_come_together() -> None:
         RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_TLS_CERT": "/x.pem"})
     with pytest.raises(ConfigError, match="ingest.tls_client_ca"):
         RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_TLS_CLIENT_CA": "/ca.pem"})
+
+
+def _non_default(config: RunstreamConfig) -> RunstreamConfig:
+    """Every field of every section changed from its default, to values that still validate."""
+    valid = {"data_dir": "/tmp/rs-roundtrip", "metrics_host": "127.0.0.2", "ingest.listen": "127.0.0.1:6001",
+             "sink.sql_listen": "127.0.0.1:6002", "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db",
+             "processors.guarantee": "at_least_once", "processors.log_level": "INFO", "client.url": "ingest.example:443"}
+    for section in [None, *(f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name)))]:
+        target = getattr(config, section) if section else config
+        for f in dataclasses.fields(target):
+            key = f"{section}.{f.name}" if section else f.name
+            value = getattr(target, f.name)
+            if dataclasses.is_dataclass(value):
+                continue
+            if key in valid:
+                new = valid[key]
+            elif isinstance(value, bool):
+                new = not value
+            elif isinstance(value, int):
+                new = value + 7
+            elif isinstance(value, float):
+                new = value + 0.25
+            else:
+                new = f"/tmp/rt/{key}.pem" if "tls" in key else f"{key}-x"
+            setattr(target, f.name, new)
+    return config
+
+
+def test_every_field_reaches_a_child_role_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's hand-off: the child loads exactly the resolved tree, whatever RUNSTREAM_* the parent has."""
+    config = _non_default(RunstreamConfig())
+    config.data_dir = str(tmp_path / "data")
+    config.validate()
+    default = RunstreamConfig().dump()
+    flat = lambda d, p="": {k2: v2 for k, v in d.items()  # noqa: E731
+                            for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else {f"{p}{k}": v}.items())}
+    unchanged = [k for k, v in flat(config.dump()).items() if flat(default)[k] == v]
+    assert not unchanged, f"the round trip would not notice these fields: {unchanged}"
+    monkeypatch.setenv("RUNSTREAM_INGEST_METRICS_PORT", "1")  # the parent's env must not leak past the file
+    proc = RoleProcess("ingest", config, tmp_path / "logs")
+    config.write(proc.config_path)
+    assert proc.config_path.stat().st_mode & 0o777 == 0o600
+    res = subprocess.run(proc.command("config", "show", "--format", "json"), env=child_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == config.dump()
+
+
+def test_unknown_env_var_names_the_nearest_valid_one() -> None:
+    with pytest.raises(ConfigError, match="RUNSTREAM_KAFKA_BOOTSTRAPP; did you mean RUNSTREAM_KAFKA_BOOTSTRAP"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_KAFKA_BOOTSTRAPP": "x:1"})
+    with pytest.raises(ConfigError, match="RUNSTREAM_PROCESSORS_LOGLEVEL; did you mean RUNSTREAM_PROCESSORS_LOG_LEVEL"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_PROCESSORS_LOGLEVEL": "INFO"})
+    # The SDK's short names and the test fixtures' own variables are fine.
+    c = RunstreamConfig.load(None, env={"RUNSTREAM_URL": "h:1", "RUNSTREAM_TOKEN": "rs_x", "RUNSTREAM_TLS_CA": "/ca.pem",
+                                        "RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_TEST_KAFKA": "k:9"})
+    assert (c.client.url, c.client.token, c.client.tls_ca, c.metrics_host) == ("h:1", "rs_x", "/ca.pem", "0.0.0.0")

@@ -21,7 +21,7 @@ import pytest
 import runstream
 from runstream.sdk.transport import GrpcTransport, SendError
 from tests.conftest import BackgroundClient, Stack
-from tests.test_spine import _batch
+from tests.helpers import counter, metric_batch, wait_until
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
@@ -35,8 +35,7 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 
 
 def status(addr: str, token: str, project: str) -> str:
-    b = _batch(f"gov-{project}")
-    b.project = project
+    b = metric_batch(f"gov-{project}", project=project)
     try:
         GrpcTransport(addr, token, timeout_s=10).send([b])
         return "OK"
@@ -53,7 +52,8 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
     secret = created.strip().splitlines()[-1]
     assert secret.startswith("rs_")
     reader = cli(stack, "token", "create", "--project", "vision", "--scope", "read").stdout.strip().splitlines()[-1]
-    short = cli(stack, "token", "create", "--project", "vision", "--scope", "ingest", "--expires", "2s").stdout.strip().splitlines()[-1]
+    short = cli(stack, "token", "create", "--project", "vision", "--scope", "ingest", "--expires", "8s").stdout.strip().splitlines()[-1]
+    short_expires = time.monotonic() + 8
     other = cli(stack, "token", "create", "--project", "*", "--scope", "ingest").stdout.strip().splitlines()[-1]
 
     deadline = time.monotonic() + 10
@@ -63,7 +63,8 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
     assert status(addr, secret, "nlp") == "PERMISSION_DENIED"        # wrong project
     assert status(addr, reader, "vision") == "PERMISSION_DENIED"     # wrong scope
     assert status(addr, "rs_nope_nope", "vision") == "UNAUTHENTICATED"
-    time.sleep(2.5)
+    assert status(addr, short, "vision") == "OK"                     # valid until it expires
+    time.sleep(max(0.0, short_expires - time.monotonic()) + 0.5)
     assert status(addr, short, "vision") == "UNAUTHENTICATED"        # expired
 
     # A valid client keeps logging while another token is revoked.
@@ -110,17 +111,17 @@ def test_run_delete_and_retention(stack: Stack, token: str, tmp_path: Path) -> N
         assert stack.query(f"SELECT count() FROM {db}.{table} WHERE run_id = %(r)s", r=gone.id)[0][0] == 0, table
         assert stack.query(f"SELECT count() FROM {db}.{table} WHERE run_id = %(r)s", r=keep.id)[0][0] > 0, table
     # A replay or late resend of the deleted run's batch is not stored again.
-    late = _batch(gone.id)
-    late.project = "gdpr"
+    late = metric_batch(gone.id, project="gdpr")
+    dropped = counter("runstream_sink_batches_total", outcome="deleted_run")
     t.send([late])
-    time.sleep(1.5)
+    wait_until(lambda: counter("runstream_sink_batches_total", outcome="deleted_run") == dropped + 1, 30,
+               "the sink to read the late batch")
     assert stack.query(f"SELECT count() FROM {db}.metric_points WHERE run_id = %(r)s", r=gone.id)[0][0] == 0
     audit = stack.query(f"SELECT action, object, record FROM {db}.governance_events WHERE action = 'run.delete'")
     assert audit and audit[0][1] == gone.id and "user request" in audit[0][2]
 
     # Retention: raw points older than a day go for this project only.
-    old = _batch("old-run", 5)
-    old.project = "gdpr"
+    old = metric_batch("old-run", 5, project="gdpr")
     old.metrics.timestamps_ms[:] = [int((time.time() - 3 * 86400) * 1000)] * 5
     t.send([old])
     assert stack.wait_points(5, where="run_id = 'old-run'") == 5

@@ -11,16 +11,12 @@ import pytest
 
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.v1.ingest_pb2 import Batch, RunStatus
+from tests.helpers import metric_batch
 
 
 def metrics_batch(run_id: str, seq: int, names: list[str], ni, steps, ts, values) -> Batch:
-    b = Batch(batch_id=f"b{run_id}{seq:08d}", project="p", run_id=run_id, seq=seq, created_ms=int(min(ts)))
-    b.metrics.names.extend(names)
-    b.metrics.name_index.extend(ni)
-    b.metrics.steps.extend(steps)
-    b.metrics.timestamps_ms.extend(ts)
-    b.metrics.values.extend(values)
-    return b
+    return metric_batch(run_id, project="p", seq=seq, batch_id=f"b{run_id}{seq:08d}", created_ms=int(min(ts)), names=names,
+                        name_index=ni, steps=steps, timestamps_ms=ts, values=values)
 
 
 def test_rollups_equal_brute_force_per_window() -> None:

@@ -156,7 +156,7 @@ def test_invalid_batch_is_dropped_others_delivered(tmp_path: Path) -> None:
     t = MockTransport(picky)
     run = runstream.init("p", transport=t, spool_dir=str(tmp_path))
     run.log({"ok": 1.0})
-    assert run.finish(timeout=0.01) in (True, False)
+    assert run.finish(timeout=10)  # nothing of this run is refused
     run2 = runstream.init("p", transport=t, spool_dir=str(tmp_path))
     run2.log({"bad name!": 1.0})
     time.sleep(0.5)

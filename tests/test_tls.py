@@ -4,8 +4,14 @@ Certificates are made with openssl for the test."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 import pytest
 
@@ -15,7 +21,8 @@ from runstream.wire.config import RunstreamConfig
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError, tls_credentials
 from tests.conftest import Stack
-from tests.test_spine import _batch
+from tests.helpers import metric_batch as _batch, wait_until
+from tests.test_cli import env_for
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -82,3 +89,35 @@ def test_client_certificates_when_required(config: RunstreamConfig, pki: Path) -
         assert stack.wait_points(10, where="run_id = 'mtls-ok'") == 10
     finally:
         roles.stop()
+
+
+def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: str, pki: Path) -> None:
+    """`runstream up --config f.yaml`: the file's TLS settings reach the ingest child (they used to be dropped, and
+    ingest served plaintext). The SDK finds the CA through its own config (client.tls_ca) too."""
+    env = env_for(tmp_path, kafka)
+    conf = {"ingest": {"tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server.key")}}
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(conf))
+    up = subprocess.Popen([sys.executable, "-m", "runstream", "up", "--config", str(tmp_path / "f.yaml")], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stack_file = tmp_path / "home" / "stack.json"
+    try:
+        wait_until(lambda: stack_file.exists() or up.poll() is not None, 120, "stack.json")
+        assert up.poll() is None, up.stdout.read() if up.stdout else ""
+        info = json.loads(stack_file.read_text())
+        child = yaml.safe_load((tmp_path / "home" / "run" / "ingest-0.yaml").read_text())
+        assert child["ingest"]["tls_cert"] == str(pki / "server.pem")
+        assert os.stat(tmp_path / "home" / "run" / "ingest-0.yaml").st_mode & 0o077 == 0
+        with pytest.raises(SendError) as exc:
+            GrpcTransport(info["ingest"], info["token"], timeout_s=5).send([_batch("up-plain")])
+        assert exc.value.code == "UNAVAILABLE"  # a plaintext client gets no answer from a TLS port
+        script = ("import runstream\n"
+                  "run = runstream.init(project='tlsup')\n"
+                  "run.log({'x': 1.0}, step=0)\n"
+                  "assert run.finish(timeout=30)\n"
+                  "print(run.stats.acked_points)\n")
+        res = subprocess.run([sys.executable, "-c", script], env=dict(env, RUNSTREAM_TLS_CA=str(pki / "ca.pem")),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(90)

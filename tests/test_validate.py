@@ -6,18 +6,14 @@ from runstream.ingest.validate import validate_batch
 from runstream.wire.config import IngestConfig
 from runstream.wire.errors import ValidationError
 from runstream.v1.ingest_pb2 import Batch
+from tests.helpers import metric_batch
 
 CFG = IngestConfig(max_batch_points=100)
 
 
 def good(n: int = 3) -> Batch:
-    b = Batch(batch_id="a" * 32, project="vision", run_id="run1", seq=1)
-    b.metrics.names.extend(["loss"])
-    b.metrics.name_index.extend([0] * n)
-    b.metrics.steps.extend(range(n))
-    b.metrics.timestamps_ms.extend([1] * n)
-    b.metrics.values.extend([0.5] * n)
-    return b
+    return metric_batch("run1", n, project="vision", metric="loss", batch_id="a" * 32, created_ms=0,
+                        values=[0.5] * n)
 
 
 def test_good_batch_counts_points() -> None:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from importlib import metadata
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,6 @@ def packages_sha256() -> str:
     """A fingerprint of the Python environment: sha256 of the sorted name==version of every distribution."""
     global _packages_fingerprint
     if _packages_fingerprint is None:
-        from importlib import metadata
         names = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions() if d.metadata["Name"])
         _packages_fingerprint = hashlib.sha256("\n".join(names).encode()).hexdigest()
     return _packages_fingerprint

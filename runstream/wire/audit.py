@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from typing import Any, Iterable
 
 from runstream.v1.ingest_pb2 import AuditRecord
@@ -28,7 +29,6 @@ def chain(prev_hash: str, record: str) -> str:
 
 def record(project: str, actor: str, action: str, target: str, *, after: Any = None, before: Any = None,
            source: str | None = None, at_ms: int = 0) -> AuditRecord:
-    import time
     return AuditRecord(project=project, at_ms=at_ms or int(time.time() * 1000), actor=actor, action=action, target=target,
                        source=source if source is not None else socket.gethostname(),
                        before=json.dumps(before, sort_keys=True, default=str) if before is not None else "",

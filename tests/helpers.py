@@ -1,0 +1,82 @@
+"""What many tests share: one builder for hand-made batches, and positive signals to wait for (the sink's
+group has consumed everything in Kafka; a counter of this process moved) before anything is asserted absent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import REGISTRY
+
+from runstream.v1.ingest_pb2 import Batch
+from runstream.wire import topics
+from runstream.wire.config import RunstreamConfig
+
+
+def metric_batch(run_id: str, n: int = 10, *, project: str = "p", metric: str = "x", seq: int = 1,
+                 created_ms: int = 1, batch_id: str | None = None, names: Sequence[str] | None = None,
+                 name_index: Sequence[int] | None = None, steps: Sequence[int] | None = None,
+                 timestamps_ms: Sequence[int] | None = None, values: Sequence[float] | None = None) -> Batch:
+    """A metrics batch: by default ``n`` points of one metric at steps 0..n-1, value 1.0, time 1 ms."""
+    b = Batch(batch_id=batch_id or uuid.uuid4().hex, project=project, run_id=run_id, seq=seq, created_ms=created_ms)
+    b.metrics.names.extend(names or [metric])
+    b.metrics.name_index.extend(name_index if name_index is not None else [0] * n)
+    b.metrics.steps.extend(steps if steps is not None else range(n))
+    b.metrics.timestamps_ms.extend(timestamps_ms if timestamps_ms is not None else [1] * len(b.metrics.steps))
+    b.metrics.values.extend(values if values is not None else [1.0] * len(b.metrics.steps))
+    return b
+
+
+def counter(name: str, **labels: str) -> float:
+    """A counter of this process's registry (in-process roles), 0 before its first increment."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+async def _lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int:
+    names = [t.name(config) for t in topics.TOPICS if t.kind in kinds]
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = [TopicPartition(n, p) for n in names for p in (consumer.partitions_for_topic(n) or set())]
+        if not parts:
+            for n in names:
+                await consumer._client.force_metadata_update()  # a topic created a moment ago
+                parts += [TopicPartition(n, p) for p in (consumer.partitions_for_topic(n) or set())]
+        ends = await consumer.end_offsets(parts)
+        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0))
+                   for tp in parts)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_group_drained(config: RunstreamConfig, group: str, kinds: Sequence[str] = ("events",),
+                       timeout: float = 60.0) -> None:
+    """Wait until consumer group ``group`` has committed every record now in these topics."""
+    wait_until(lambda: asyncio.run(_lag(config, group, kinds)) == 0, timeout,
+               f"group {group} to consume everything in {', '.join(kinds)}")
+
+
+def wait_sink_drained(config: RunstreamConfig, timeout: float = 60.0, kinds: Sequence[str] = ("events",)) -> None:
+    """Wait until the sink's group has committed every record now in these topics. The sink commits only after
+    storing a poll, so afterwards anything a record would add (a replay, a duplicate) is in storage already."""
+    wait_group_drained(config, config.sink.group_id, kinds, timeout)
