@@ -55,7 +55,7 @@ def loss_at(r: dict, step: int, steps: int, rng: random.Random, state: dict) -> 
     return loss
 
 
-def worker(runs: list[dict], steps: int, rate: float, env: dict, out: "mp.Queue") -> None:
+def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) -> None:
     os.environ.update(env)
     import runstream
     handles = []
@@ -103,12 +103,11 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: "mp.Queue"
 
 
 async def produce_backlog(bootstrap: str, topic: str, points: int, per_batch: int = 1000) -> None:
+    import numpy as np
     from aiokafka import AIOKafkaProducer
 
-    import numpy as np
-
-    from runstream.wire import encoding
     from runstream.v1.ingest_pb2 import Batch
+    from runstream.wire import encoding
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
     await prod.start()
     rng = np.random.default_rng(0)
@@ -217,7 +216,7 @@ def main() -> int:
         positives = {k: sum(1 for r in runs if r["kind"] == k) for k in KINDS}
         total_tp = sum(tp.values())
         latencies.sort()
-        pct = lambda q_: latencies[min(len(latencies) - 1, int(q_ * len(latencies)))] if latencies else None  # noqa: E731
+        pct = lambda q_: latencies[min(len(latencies) - 1, int(q_ * len(latencies)))] if latencies else None
 
         # Throughput: stop the processor, put a backlog on the events topic, time the processor through it.
         proc = next(pr for pr in sup.procs if pr.role == "process")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
 
 
-def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: "mp.Queue") -> None:
+def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.Queue) -> None:
     """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second."""
     os.environ.update(env)
     import math
@@ -92,9 +92,10 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
+    import clickhouse_connect
+
     from runstream.ops.stack import isolated_config
     from runstream.ops.supervisor import Supervisor
-    import clickhouse_connect
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     cfg = isolated_config(home)

@@ -21,7 +21,7 @@ def push(url: str, token: str, *, folder: str = "runstream") -> list[str]:
             raise
         api.folder.create_folder(folder, uid=FOLDER_UID)
     urls = []
-    for name, d in generate().items():
+    for d in generate().values():
         res = api.dashboard.update_dashboard({"dashboard": {**d, "id": None}, "folderUid": FOLDER_UID, "overwrite": True,
                                               "message": "runstream dashboards push"})
         urls.append(url.rstrip("/") + res.get("url", f"/d/{d['uid']}"))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from runstream.wire.errors import AuthError, PermissionDenied
 from runstream.v1.ingest_pb2 import ControlEvent, TokenRecord
+from runstream.wire.errors import AuthError, PermissionDenied
 
 log = logging.getLogger("runstream.ingest")
 

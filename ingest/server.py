@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
 from aiokafka import AIOKafkaProducer
@@ -24,11 +24,19 @@ from google.protobuf.message import DecodeError
 from runstream.ingest.auth import Token, TokenStore, authorize
 from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
-from runstream.wire import audit, encoding
 from runstream.server.governance import Follower
-from runstream.wire.config import RunstreamConfig
-from runstream.wire.errors import AuthError, ConfigError, Overloaded, PermissionDenied, RunstreamError, Unavailable, ValidationError
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+from runstream.wire import audit, encoding
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import (
+    AuthError,
+    ConfigError,
+    Overloaded,
+    PermissionDenied,
+    RunstreamError,
+    Unavailable,
+    ValidationError,
+)
 
 log = logging.getLogger("runstream.ingest")
 
@@ -56,7 +64,7 @@ async def map_kafka_errors() -> AsyncIterator[None]:
         yield
     except KafkaError as exc:
         raise Unavailable(f"Kafka is unavailable ({type(exc).__name__}: {exc}); retry with backoff") from exc
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise Unavailable("Kafka did not acknowledge in time; retry with backoff") from exc
 
 

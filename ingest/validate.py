@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
+from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
 from runstream.wire.errors import ValidationError
 from runstream.wire.governance import NAME_RE
-from runstream.v1.ingest_pb2 import Batch
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from runstream.wire.errors import ConfigError
 from runstream.v1.ingest_pb2 import Alert
+from runstream.wire.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,11 @@ class RuleBook:
         bad = [k for k in overrides if k not in known]
         if bad:
             raise ConfigError(f"anomaly rules {where}: unknown setting(s) {bad}; known: {sorted(known)}")
-        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        clean: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         return replace(base, **clean)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> "RuleBook":
+    def load(cls, path: str | Path | None) -> RuleBook:
         if not path:
             return cls()
         try:

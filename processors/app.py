@@ -21,8 +21,8 @@ from faust.serializers.codecs import RestrictedUnpickler, restricted_pickle
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.processors.notify import Webhook
 from runstream.server import telemetry as tm
-from runstream.wire.config import RunstreamConfig
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups
+from runstream.wire.config import RunstreamConfig
 
 log = logging.getLogger("runstream.processors")
 
@@ -66,7 +66,7 @@ class Processors:
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
             producer_max_request_size=k.max_record_bytes + 4096)
-        raw = dict(key_serializer="raw", value_serializer="raw")
+        raw: dict[str, Any] = dict(key_serializer="raw", value_serializer="raw")
         self.events = app.topic(k.events_topic, key_type=bytes, value_type=bytes, **raw)
         self.rollups_topic = app.topic(k.rollups_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
         self.alerts_topic = app.topic(k.alerts_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
@@ -101,7 +101,7 @@ class Processors:
 
     async def _agent(self, stream: faust.StreamT) -> None:
         # Events are handled in small groups: a run's state is written once per group, not once per batch.
-        async for events in stream.take_events(self.TAKE, within=0.05):
+        async for events in stream.take_events(self.TAKE, within=0.05):  # type: ignore[attr-defined]
             items = []
             for event in events:
                 try:

@@ -48,7 +48,7 @@ class Webhook:
                                 tm.PROC_WEBHOOK.labels("rejected").inc()
                                 log.error("Webhook refused alert %s: HTTP %d.", alert.alert_id, resp.status)
                                 break
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, aiohttp.ClientError) as exc:
                         log.warning("Webhook post failed (%s), attempt %d.", exc, attempt + 1)
                     await asyncio.sleep(delay)
                     delay *= 2

@@ -96,12 +96,12 @@ def _per_metric(m: Metrics) -> list[tuple[str, list[int], list[float], list[int]
         return out
     ni = np.array(m.name_index, dtype=np.int64)
     steps_a = np.array(m.steps, dtype=np.int64)
-    order = np.lexsort((steps_a, ni))
-    ni_s = ni[order]
+    perm = np.lexsort((steps_a, ni))
+    ni_s = ni[perm]
     bounds = np.flatnonzero(np.diff(ni_s)) + 1
-    vals_a = np.array(m.values, dtype=np.float64)[order]
-    ts_a = np.array(m.timestamps_ms, dtype=np.int64)[order]
-    steps_a = steps_a[order]
+    vals_a = np.array(m.values, dtype=np.float64)[perm]
+    ts_a = np.array(m.timestamps_ms, dtype=np.int64)[perm]
+    steps_a = steps_a[perm]
     return [(m.names[int(ni_s[b])], steps_a[b:e].tolist(), vals_a[b:e].tolist(), ts_a[b:e].tolist())
             for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 

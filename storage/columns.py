@@ -8,24 +8,23 @@ each poll of the sink is one insert per table.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
 from google.protobuf import json_format
 
-from runstream.wire.governance import object_id
 from runstream.v1.ingest_pb2 import Alert, AuditRecord, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
+from runstream.wire.governance import object_id
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
           RunStatus.RUN_STATUS_KILLED: "killed", RunStatus.RUN_STATUS_UNSPECIFIED: "finished"}
 
 
 def to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def batch_key(batch_id: str) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runstream.storage.queries import Row, rows
+
 
 @dataclass
 class Graph:
@@ -17,17 +19,16 @@ class Graph:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def runs_using(client: Any, dataset: str, database: str = "runstream") -> list[tuple]:
+def runs_using(client: Any, dataset: str, database: str = "runstream") -> list[Row]:
     """Runs that read a dataset, by URI or digest."""
-    return client.query(f"SELECT DISTINCT project, run_id, uri, digest FROM {database}.datasets_used FINAL "
-                        "WHERE uri = %(d)s OR digest = %(d)s ORDER BY run_id", parameters={"d": dataset}).result_rows
+    return rows(client, f"SELECT DISTINCT project, run_id, uri, digest FROM {database}.datasets_used FINAL "
+                        "WHERE uri = %(d)s OR digest = %(d)s ORDER BY run_id", d=dataset)
 
 
-def producers_of(client: Any, artifact: str, database: str = "runstream") -> list[tuple]:
+def producers_of(client: Any, artifact: str, database: str = "runstream") -> list[Row]:
     """Runs that made an artifact, by URI, stored URI or sha256."""
-    return client.query(f"SELECT DISTINCT project, run_id, uri, sha256 FROM {database}.artifacts FINAL "
-                        "WHERE uri = %(a)s OR stored_uri = %(a)s OR sha256 = %(a)s ORDER BY run_id",
-                        parameters={"a": artifact}).result_rows
+    return rows(client, f"SELECT DISTINCT project, run_id, uri, sha256 FROM {database}.artifacts FINAL "
+                        "WHERE uri = %(a)s OR stored_uri = %(a)s OR sha256 = %(a)s ORDER BY run_id", a=artifact)
 
 
 def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: int = 50) -> Graph:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+Row = tuple[Any, ...]
 
-def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, database: str = "") -> tuple[list[str], list[tuple]]:
+
+def rows(client: Any, sql: str, **parameters: Any) -> list[Row]:
+    """A query's rows as tuples (``%(name)s`` placeholders, bound by the client)."""
+    return [tuple(r) for r in client.query(sql, parameters=parameters).result_rows]
+
+
+def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, database: str = "") -> tuple[list[str], list[Row]]:
     """Recent runs with their latest metrics, and points acknowledged (by the SDK's count) vs stored."""
     db = f"{database}." if database else ""
     where = "WHERE project = %(project)s" if project else ""
@@ -18,7 +25,7 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
         f"SELECT run_id, metric, argMax(value, step), count() FROM {db}metrics WHERE run_id IN %(ids)s "
         "GROUP BY run_id, metric ORDER BY run_id, metric", parameters={"ids": ids}).result_rows
     stored: dict[str, int] = {}
-    latest: dict[str, list[str]] = {}
+    latest: dict[str, list[tuple[int, str]]] = {}
     for run_id, metric, value, count in stats:
         stored[run_id] = stored.get(run_id, 0) + count
         # Loss- and accuracy-like metrics first: they are what people look for.
@@ -31,17 +38,17 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
 
 
 
-def audit_chain(client: Any, db: str, project: str) -> list[tuple]:
+def audit_chain(client: Any, db: str, project: str) -> list[Row]:
     """A project's audit records in chain order, in the column order runstream.wire.audit.verify reads."""
-    return client.query(f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "
-                        f"prev_hash, hash, project FROM {db}.audit_log WHERE project = %(p)s ORDER BY seq",
-                        parameters={"p": project}).result_rows
+    return rows(client, f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "
+                        f"prev_hash, hash, project FROM {db}.audit_log WHERE project = %(p)s ORDER BY seq", p=project)
 
 
 def audit_log(client: Any, db: str, project: str, *, action: str | None = None, target: str | None = None,
-              limit: int = 100) -> tuple[list[str], list[tuple]]:
+              limit: int = 100) -> tuple[list[str], list[Row]]:
     """The newest audit records of a project, optionally of one action or target."""
-    where, params = ["project = %(p)s"], {"p": project, "n": limit}
+    where = ["project = %(p)s"]
+    params: dict[str, Any] = {"p": project, "n": limit}
     if action:
         where.append("action = %(a)s")
         params["a"] = action
@@ -53,16 +60,16 @@ def audit_log(client: Any, db: str, project: str, *, action: str | None = None, 
     return list(res.column_names), res.result_rows
 
 
-def governance_history(client: Any, db: str) -> list[tuple]:
+def governance_history(client: Any, db: str) -> list[Row]:
     """Deletions and retention policies already decided, oldest first: (action, object, record JSON)."""
-    return client.query(f"SELECT action, object, record FROM {db}.governance_events FINAL "
-                        "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset").result_rows
+    return rows(client, f"SELECT action, object, record FROM {db}.governance_events FINAL "
+                        "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset")
 
 
-def audit_heads(client: Any, db: str) -> list[tuple]:
+def audit_heads(client: Any, db: str) -> list[Row]:
     """Per project, the newest chained audit record: (project, seq, hash, source offset)."""
-    return client.query(f"SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) "
-                        f"FROM {db}.audit_log GROUP BY project").result_rows
+    return rows(client, f"SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) "
+                        f"FROM {db}.audit_log GROUP BY project")
 
 
 def points_stored(client: Any, project: str, run_ids: list[str]) -> int:
@@ -71,14 +78,14 @@ def points_stored(client: Any, project: str, run_ids: list[str]) -> int:
                             parameters={"p": project, "ids": run_ids}).result_rows[0][0])
 
 
-def series(client: Any, run_id: str, metric: str) -> tuple[list[str], list[tuple]]:
+def series(client: Any, run_id: str, metric: str) -> tuple[list[str], list[Row]]:
     """One run's metric by step."""
     res = client.query("SELECT step, round(value, 4) AS value FROM metrics WHERE run_id = %(r)s AND metric = %(m)s "
                        "ORDER BY step", parameters={"r": run_id, "m": metric})
     return list(res.column_names), res.result_rows
 
 
-def best_runs(client: Any, project: str, metric: str, param: str, tag: str, limit: int = 5) -> tuple[list[str], list[tuple]]:
+def best_runs(client: Any, project: str, metric: str, param: str, tag: str, limit: int = 5) -> tuple[list[str], list[Row]]:
     """Runs with ``tag`` ranked by the last value of ``metric``, with one param beside it."""
     res = client.query(
         "SELECT r.name, round(argMax(m.value, m.step), 4) AS final, any(p.value) AS param "
@@ -90,7 +97,7 @@ def best_runs(client: Any, project: str, metric: str, param: str, tag: str, limi
     return ["name", f"final_{metric}", param], res.result_rows
 
 
-def alerts(client: Any, project: str) -> tuple[list[str], list[tuple]]:
+def alerts(client: Any, project: str) -> tuple[list[str], list[Row]]:
     """A project's alerts with their run names, oldest first."""
     res = client.query("SELECT r.name, a.kind, a.severity, a.step, a.status, a.message FROM alerts AS a "
                        "INNER JOIN runs AS r ON r.run_id = a.run_id WHERE a.project = %(p)s ORDER BY a.detected_at",
@@ -98,7 +105,7 @@ def alerts(client: Any, project: str) -> tuple[list[str], list[tuple]]:
     return list(res.column_names), res.result_rows
 
 
-def busiest_fleet_windows(client: Any, project: str, limit: int = 3) -> tuple[list[str], list[tuple]]:
+def busiest_fleet_windows(client: Any, project: str, limit: int = 3) -> tuple[list[str], list[Row]]:
     """The fleet view's windows with the most points."""
     res = client.query("SELECT window_start, active_runs, points, runs_started, runs_finished, runs_failed "
                        "FROM fleet WHERE project = %(p)s ORDER BY points DESC LIMIT %(n)s",

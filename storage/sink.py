@@ -98,7 +98,7 @@ class Sink:
         if task is not None:
             try:
                 await asyncio.wait_for(task, 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 task.cancel()
         if self._write is not None:  # a cancelled loop leaves its insert running: the client stays open for it
             await asyncio.wait([self._write])
@@ -209,7 +209,7 @@ class Sink:
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
                 return False
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 delay = min(delay * 2, 30)
 
 

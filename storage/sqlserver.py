@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import chdb
 from aiohttp import web
@@ -33,12 +34,12 @@ class SqlEndpoint:
         self.host, port = listen.rsplit(":", 1)
         self.port = int(port)
         self.database = database
-        self._conn = None
+        self._conn: Any = None
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self._conn = chdb.connect(str(self.path.resolve()))
+        self._conn = chdb.connect(str(self.path.resolve()))  # type: ignore[no-untyped-call]
         self._conn.query("SET readonly = 2")
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_get("/ping", self._ping)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from runstream.ingest.auth import ensure_dev_token
 from runstream.ops.broker import KafkaBroker
-from runstream.wire.config import RunstreamConfig
 from runstream.ops.stack import InProcessRoles, isolated_config
+from runstream.wire.config import RunstreamConfig
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +116,10 @@ class BackgroundClient:
     the tests that abuse ingest. ``acked`` is what ingest acknowledged for it."""
 
     def __init__(self, addr: str, token: str, project: str, spool_dir: Path) -> None:
-        from runstream.sdk.transport import GrpcTransport
-        import runstream
         import threading
+
+        import runstream
+        from runstream.sdk.transport import GrpcTransport
         self.run = runstream.init(project, transport=GrpcTransport(addr, token), spool_dir=str(spool_dir))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._log, daemon=True)
@@ -132,7 +133,7 @@ class BackgroundClient:
                 self._stop.wait(0.01)
         self.run.finish(timeout=60)
 
-    def __enter__(self) -> "BackgroundClient":
+    def __enter__(self) -> BackgroundClient:
         self._thread.start()
         return self
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runstream.storage import access
-from runstream.storage.store import migrations, migrate, open_embedded
+from runstream.storage.store import migrate, migrations, open_embedded
 
 
 def test_server_statements_parse_and_embedded_skips_them(chdb_path: Path) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.request
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
-
 
 from runstream.ops.broker import free_port
 

@@ -79,7 +79,7 @@ def test_every_field_reaches_a_child_role_intact(tmp_path: Path, monkeypatch: py
     config.data_dir = str(tmp_path / "data")
     config.validate()
     default = RunstreamConfig().dump()
-    flat = lambda d, p="": {k2: v2 for k, v in d.items()  # noqa: E731
+    flat = lambda d, p="": {k2: v2 for k, v in d.items()
                             for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else {f"{p}{k}": v}.items())}
     unchanged = [k for k, v in flat(config.dump()).items() if flat(default)[k] == v]
     assert not unchanged, f"the round trip would not notice these fields: {unchanged}"

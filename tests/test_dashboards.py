@@ -25,11 +25,11 @@ import yaml
 
 from runstream.dashboards import build
 from runstream.processors import anomaly
-from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindow, FleetWindows, RollupWindow, Rollups, RunStatus
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
-from runstream.storage.writer import Writer
 from runstream.storage.store import migrate, open_embedded
+from runstream.storage.writer import Writer
+from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindow, FleetWindows, Rollups, RollupWindow, RunStatus
 from tests.grafana_macros import Context, expand, interpolate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -116,7 +116,7 @@ def test_injected_anomalies_are_found_with_kind_and_step() -> None:
     s = clean_run(rng)
     # From step 1500 on, the loss climbs back up: divergence, found within a few hundred steps.
     base = s["loss"][1500]
-    s["loss"][1500:] = [base * math.exp((i / 300)) * (1 + rng.gauss(0, 0.04)) for i in range(1500)]
+    s["loss"][1500:] = [base * math.exp(i / 300) * (1 + rng.gauss(0, 0.04)) for i in range(1500)]
     opened = run_detectors({"loss": s["loss"]})
     assert len(opened) == 1 and opened[0].kind == "divergence" and 1500 < opened[0].step < 1800
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 
 import runstream
-from runstream.sdk import spool
-from runstream.sdk import send_spool_file
+from runstream.sdk import send_spool_file, spool
 from runstream.sdk.transport import SendError
 from runstream.v1.ingest_pb2 import Batch
 
@@ -151,7 +150,7 @@ def test_invalid_batch_is_dropped_others_delivered(tmp_path: Path) -> None:
     def picky(batches: Sequence[Batch]) -> None:
         for i, b in enumerate(batches):
             if b.HasField("metrics") and "bad name!" in b.metrics.names:
-                raise SendError("INVALID_ARGUMENT", "batches[%d].metrics.names" % i, accepted=i, retryable=False)
+                raise SendError("INVALID_ARGUMENT", f"batches[{i}].metrics.names", accepted=i, retryable=False)
 
     t = MockTransport(picky)
     run = runstream.init("p", transport=t, spool_dir=str(tmp_path))

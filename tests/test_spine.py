@@ -33,7 +33,8 @@ METRICS = [f"m{i}" for i in range(10)]
 
 def expected_values(client: int, steps: int) -> np.ndarray:
     """Deterministic values per client, shape (steps, 10); extreme but finite doubles included."""
-    v = np.random.default_rng(client).standard_normal((steps, len(METRICS))) * 10.0 ** np.random.default_rng(client + 1000).integers(-300, 300, (steps, len(METRICS)))
+    shape = (steps, len(METRICS))
+    v = np.random.default_rng(client).standard_normal(shape) * 10.0 ** np.random.default_rng(client + 1000).integers(-300, 300, shape)
     return v
 
 
@@ -69,7 +70,7 @@ def test_million_points_from_50_clients_exactly_once(stack: Stack, token: str, t
 
 def test_same_batch_twice_is_counted_once(stack: Stack, token: str) -> None:
     t = GrpcTransport(stack.ingest_addr, token)
-    b = metricmetric_batch("dup-run", 100)
+    b = metric_batch("dup-run", 100)
     db = stack.config.clickhouse.database
     t.send([b])
     assert stack.wait_points(100, where="run_id = 'dup-run'") == 100

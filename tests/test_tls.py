@@ -11,17 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 import runstream
 from runstream.ingest.auth import ensure_dev_token
-from runstream.wire.config import RunstreamConfig
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError, tls_credentials
+from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack
-from tests.helpers import metric_batch as _batch, wait_until
+from tests.helpers import metric_batch as _batch
+from tests.helpers import wait_until
 from tests.test_cli import env_for
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from runstream.ingest.validate import validate_batch
+from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
 from runstream.wire.errors import ValidationError
-from runstream.v1.ingest_pb2 import Batch
 from tests.helpers import metric_batch
 
 CFG = IngestConfig(max_batch_points=100)

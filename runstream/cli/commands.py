@@ -117,9 +117,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     elif args.action == "revoke":
         if not args.token_id:
             raise RunstreamError("token revoke needs the token id (see `runstream token list`)")
-        rec = state.tokens.get(args.token_id)
-        if rec is None:
+        found = state.tokens.get(args.token_id)
+        if found is None:
             raise RunstreamError(f"no token {args.token_id!r}; `runstream token list` shows them.")
+        rec = found
         previous = TokenRecord()
         previous.CopyFrom(rec)
         rec.revoked, rec.revoked_ms = True, gov.event("x").at_ms

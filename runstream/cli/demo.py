@@ -9,10 +9,9 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-import numpy as np
 
 import runstream
 from runstream.cli.output import print_result, sql_client
@@ -63,7 +62,7 @@ def real_training(project: str) -> runstream.Run:
     x, y = load_digits(return_X_y=True)
     x = x / 16.0
     xtr, xva, ytr, yva = train_test_split(x, y, test_size=0.25, random_state=0)
-    config = {"model": "SGDClassifier(log_loss)", "alpha": 1e-4, "epochs": 30, "batch_size": 64}
+    config: dict[str, Any] = {"model": "SGDClassifier(log_loss)", "alpha": 1e-4, "epochs": 30, "batch_size": 64}
     with runstream.init(project=project, name="digits-sgd-real", config=config, tags=["real", "sklearn"]) as run:
         clf = SGDClassifier(loss="log_loss", alpha=config["alpha"], random_state=0)
         classes = np.unique(y)

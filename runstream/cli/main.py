@@ -8,10 +8,9 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from runstream.wire.errors import RunstreamError
-
 
 # The role registry (runstream.ops.roles) needs the server extra; a test keeps these names equal to it.
 ROLE_HELP = {"ingest": "run the gRPC ingest role", "process": "run the stream processors (rollups, fleet view, anomaly detection)",

@@ -7,7 +7,8 @@ import csv
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from rich.console import Console

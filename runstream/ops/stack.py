@@ -36,7 +36,7 @@ class InProcessRoles:
     def call(self, coro: Any, timeout: float = 120) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start(self) -> "InProcessRoles":
+    def start(self) -> InProcessRoles:
         self.thread.start()
         self.call(ensure_topics(self.config))
         for role in self.roles:
@@ -59,7 +59,7 @@ class InProcessRoles:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def __enter__(self) -> "InProcessRoles":
+    def __enter__(self) -> InProcessRoles:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

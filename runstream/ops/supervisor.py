@@ -39,11 +39,10 @@ def _port_free(addr: str) -> bool:
 
 def stack_running(config: RunstreamConfig) -> bool:
     """Whether the stack described by the data dir's stack.json is alive."""
-    pid = config.stack_info().get("pid")
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(config.stack_info()["pid"]), 0)
         return True
-    except (ProcessLookupError, PermissionError, TypeError, ValueError):
+    except (KeyError, ProcessLookupError, PermissionError, TypeError, ValueError):
         return False
 
 

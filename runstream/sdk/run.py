@@ -24,16 +24,17 @@ import sys
 import threading
 import time
 import uuid
-from importlib import metadata
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from runstream.sdk import spool
 from runstream.sdk.transport import SendError, Transport, connect
-from runstream.wire.config import RunstreamConfig
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
+from runstream.wire.config import RunstreamConfig
 
 log = logging.getLogger("runstream")
 
@@ -119,12 +120,12 @@ class _RunStats:
 class Run:
     """One training run. Use ``log``, ``log_params``, ``set_tags``, ``finish``; or ``with runstream.init(...) as run``."""
 
-    def __init__(self, sender: "Sender", *, project: str, name: str, run_id: str) -> None:
+    def __init__(self, sender: Sender, *, project: str, name: str, run_id: str) -> None:
         self.project = project
         self.name = name
         self.id = run_id
         self._sender = sender
-        self._records: deque = deque()
+        self._records: deque[tuple[Any, ...]] = deque()
         self._step = 0
         self._seq = 0
         self._finished = False
@@ -189,7 +190,7 @@ class Run:
         self._seq += 1
         return self._seq
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -288,8 +289,8 @@ class Sender(threading.Thread):
                     close_metrics()
             close_metrics()
 
-    def _emit(self, run: Run, *, metrics: Metrics | None = None, params: dict | None = None,
-              tags: dict | None = None, finish: str | None = None, ts: float | None = None,
+    def _emit(self, run: Run, *, metrics: Metrics | None = None, params: dict[str, str] | None = None,
+              tags: dict[str, str] | None = None, finish: str | None = None, ts: float | None = None,
               start: Batch | None = None, lineage: DatasetUse | Artifact | None = None) -> None:
         b = start or Batch(batch_id=uuid.uuid4().hex, project=run.project, run_id=run.id, seq=run._next_seq(),
                            created_ms=int((ts or time.time()) * 1000))

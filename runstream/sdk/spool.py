@@ -11,8 +11,8 @@ import os
 import struct
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from runstream.v1.ingest_pb2 import Batch
 

@@ -6,13 +6,14 @@ everything else uses GrpcTransport.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import grpc
 
-from runstream.wire.config import RunstreamConfig
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import Batch
+from runstream.wire.config import RunstreamConfig
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -44,7 +45,7 @@ def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | N
     return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
-def connect(config: RunstreamConfig, *, url: str | None = None, token: str | None = None) -> "GrpcTransport":
+def connect(config: RunstreamConfig, *, url: str | None = None, token: str | None = None) -> GrpcTransport:
     """A transport to ingest as the client config says: ``url``/``token`` arguments, else ``client.url`` /
     ``client.token``, else the local stack's stack.json; TLS when ``client.tls_ca`` is set."""
     c = config.client
@@ -61,7 +62,7 @@ class GrpcTransport:
                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
         self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
                         else grpc.insecure_channel(target, options=options))
-        self.stub = ingest_pb2_grpc.IngestStub(self.channel)
+        self.stub = ingest_pb2_grpc.IngestStub(self.channel)  # type: ignore[no-untyped-call]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s = timeout_s
 
@@ -69,17 +70,17 @@ class GrpcTransport:
         try:
             self.stub.SendStream(_requests(batches), timeout=self.timeout_s, metadata=self.metadata)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+            code = exc.code()
+            trailing = dict(exc.trailing_metadata() or ())
             accepted = int(trailing.get("runstream-accepted", 0) or 0)
-            raise SendError(code.name if code else "UNKNOWN", exc.details() or "", accepted=accepted,  # type: ignore[attr-defined]
+            raise SendError(code.name if code else "UNKNOWN", exc.details() or "", accepted=accepted,
                             retryable=code in RETRYABLE) from None
 
     def close(self) -> None:
         self.channel.close()
 
 
-def _requests(batches: Sequence[Batch]):
+def _requests(batches: Sequence[Batch]) -> Iterator[ingest_pb2.SendRequest]:
     chunk: list[Batch] = []
     size = 0
     for b in batches:

@@ -9,7 +9,8 @@ INGEST_BATCHES = Counter("runstream_ingest_batches_total", "Batches accepted (pu
 INGEST_POINTS = Counter("runstream_ingest_points_total", "Metric points accepted.")
 INGEST_REJECTED = Counter("runstream_ingest_batches_rejected_total", "Batches refused, by reason.", ["reason"])
 INGEST_INFLIGHT = Gauge("runstream_ingest_inflight_batches", "Batches published and not yet acknowledged by Kafka.")
-INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds", "Time from receiving a request to Kafka acknowledging all its batches.",
+INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds",
+                                   "Time from receiving a request to Kafka acknowledging all its batches.",
                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 SINK_BATCHES = Counter("runstream_sink_batches_total", "Batches read from Kafka, by outcome.", ["outcome"])

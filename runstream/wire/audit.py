@@ -11,9 +11,12 @@ import hashlib
 import json
 import socket
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from runstream.v1.ingest_pb2 import AuditRecord
+
+Row = tuple[Any, ...]
 
 FIELDS = ("project", "seq", "at_ms", "actor", "action", "target", "source", "before", "after")
 
@@ -35,7 +38,7 @@ def record(project: str, actor: str, action: str, target: str, *, after: Any = N
                        after=json.dumps(after, sort_keys=True, default=str) if after is not None else "")
 
 
-def verify(rows: Iterable[tuple]) -> list[str]:
+def verify(rows: Iterable[Row]) -> list[str]:
     """Problems in one project's chain; rows are (seq, at_ms, actor, action, target, source, before, after,
     prev_hash, hash, project) ordered by seq. Empty list: intact."""
     problems: list[str] = []

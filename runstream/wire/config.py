@@ -17,9 +17,10 @@ import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -177,7 +178,7 @@ class RunstreamConfig:
         return info if isinstance(info, dict) else {}
 
     @classmethod
-    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> "RunstreamConfig":
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> RunstreamConfig:
         """Defaults, then the YAML file (if any, else $RUNSTREAM_CONFIG), then RUNSTREAM_* env vars; validated."""
         env = os.environ if env is None else env
         config = cls()

@@ -9,10 +9,11 @@ A record larger than ``max_record_bytes`` is refused before it reaches Kafka.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runstream.wire.errors import ValidationError
 from runstream.v1.ingest_pb2 import Batch
+from runstream.wire.errors import ValidationError
 
 SCHEMA = b"runstream.v1"
 
@@ -32,8 +33,9 @@ def encode(batch: Batch, *, max_record_bytes: int) -> Record:
                   headers=[("batch-id", batch.batch_id.encode()), ("schema", SCHEMA)])
 
 
-def decode(value: bytes, headers: list[tuple[str, bytes]] | tuple = ()) -> Batch:
+def decode(value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> Batch:
     for name, hval in headers or ():
         if name == "schema" and hval != SCHEMA:
             raise ValueError(f"record schema {hval!r} is not {SCHEMA!r}; this sink is too old for it")
-    return Batch.FromString(value)
+    batch: Batch = Batch.FromString(value)
+    return batch

@@ -15,8 +15,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from runstream.wire.errors import ValidationError
 from runstream.v1.ingest_pb2 import ControlEvent, ProjectRecord, TokenRecord
+from runstream.wire.errors import ValidationError
 
 SCOPES = ("ingest", "read", "admin")
 # Project, run and metric names: ingest refuses others, the sink and the CLI check the same rule.
@@ -59,7 +59,7 @@ def event(action: str, **body: object) -> ControlEvent:
 def object_id(ev: ControlEvent) -> str:
     kind = ev.WhichOneof("body")
     return {"project": lambda: ev.project.name, "token": lambda: ev.token.token_id,
-            "run_delete": lambda: ev.run_delete.run_id, "retention": lambda: ev.retention.project}[kind]()  # type: ignore[index]
+            "run_delete": lambda: ev.run_delete.run_id, "retention": lambda: ev.retention.project}[kind]()
 
 
 @dataclass
@@ -81,6 +81,6 @@ def audit_projects(ev: ControlEvent) -> list[str]:
     if kind == "token":
         return list(ev.token.projects) or ["*"]
     return [{"project": ev.project.name, "run_delete": ev.run_delete.project,
-             "retention": ev.retention.project}[kind]]  # type: ignore[index]
+             "retention": ev.retention.project}[kind]]
 
 

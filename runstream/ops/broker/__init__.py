@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 from runstream.wire.config import RunstreamConfig
 
@@ -101,7 +102,7 @@ class KafkaBroker:
         ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -195,7 +196,7 @@ class KafkaBroker:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         self.start()
         return self
 
