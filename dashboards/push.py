@@ -15,14 +15,17 @@ def push(url: str, token: str, *, folder: str = "runstream") -> list[str]:
     """Create the folder if needed, then create or update every dashboard; returns the dashboard URLs."""
     api = GrafanaApi.from_url(url=url, credential=token)
     try:
-        api.folder.get_folder(FOLDER_UID)
-    except GrafanaClientError as exc:
-        if getattr(exc, "status_code", None) != 404:
-            raise
-        api.folder.create_folder(folder, uid=FOLDER_UID)
-    urls = []
-    for d in generate().values():
-        res = api.dashboard.update_dashboard({"dashboard": {**d, "id": None}, "folderUid": FOLDER_UID, "overwrite": True,
-                                              "message": "runstream dashboards push"})
-        urls.append(url.rstrip("/") + res.get("url", f"/d/{d['uid']}"))
-    return urls
+        try:
+            api.folder.get_folder(FOLDER_UID)
+        except GrafanaClientError as exc:
+            if getattr(exc, "status_code", None) != 404:
+                raise
+            api.folder.create_folder(folder, uid=FOLDER_UID)
+        urls = []
+        for d in generate().values():
+            res = api.dashboard.update_dashboard({"dashboard": {**d, "id": None}, "folderUid": FOLDER_UID, "overwrite": True,
+                                                  "message": "runstream dashboards push"})
+            urls.append(url.rstrip("/") + res.get("url", f"/d/{d['uid']}"))
+        return urls
+    finally:
+        api.client.s.close()  # the HTTP session's pooled connections

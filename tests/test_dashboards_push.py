@@ -54,6 +54,7 @@ def test_push_creates_folder_once_and_upserts_every_dashboard() -> None:
         urls_again = push(url, "glsa_test")
     finally:
         server.shutdown()
+        server.server_close()
     assert len(urls) == len(DASHBOARDS) == len(urls_again)
     folder_posts = [c for c in FakeGrafana.calls if c[0] == "POST" and c[1] == "/api/folders"]
     assert len(folder_posts) == 1 and folder_posts[0][2]["uid"] == FOLDER_UID

@@ -120,4 +120,4 @@ def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: s
         assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
     finally:
         up.send_signal(signal.SIGTERM)
-        up.wait(90)
+        up.communicate(timeout=90)

@@ -58,6 +58,8 @@ class InProcessRoles:
             self.stop_role(role)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def __enter__(self) -> InProcessRoles:
         return self.start()

@@ -7,6 +7,7 @@ everything else uses GrpcTransport.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -41,7 +42,7 @@ def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | N
     """Channel credentials from PEM files: the CA that signed ingest's certificate, and optionally a client
     certificate and key (when ingest requires them)."""
     def read(path: str | None) -> bytes | None:
-        return open(path, "rb").read() if path else None
+        return Path(path).read_bytes() if path else None
     return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
