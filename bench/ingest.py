@@ -69,6 +69,15 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
              "spooled": runs[0]._sender.spooled_batches if runs else 0})
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -117,6 +126,8 @@ def main() -> int:
         sink_pid = next(p.proc.pid for p in sup.procs if p.role == "sink")
         ingest_pids = [p.proc.pid for p in sup.procs if p.role == "ingest"]
         kafka_pid = sup.broker.proc.pid if sup.broker and sup.broker.proc else 0
+        process_pid = next(p.proc.pid for p in sup.procs if p.role == "process")
+        cpu_before = {pid: cpu_seconds(pid) for pid in (sink_pid, kafka_pid, process_pid, *ingest_pids)}
         with console.status("jobs logging...") as status:
             while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
                 status.update(sup.status())
@@ -154,6 +165,11 @@ def main() -> int:
                              "ingest": [round(peak_rss_mib(pid), 1) for pid in ingest_pids],
                              "sink": round(peak_rss_mib(sink_pid), 1), "kafka": round(peak_rss_mib(kafka_pid), 1)},
             "cpu_cores": os.cpu_count(),
+            # CPU seconds each role used from the jobs' start to here (the run plus the drain).
+            "cpu_s": {"ingest": [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in ingest_pids],
+                      "process": round(cpu_seconds(process_pid) - cpu_before[process_pid], 1),
+                      "sink": round(cpu_seconds(sink_pid) - cpu_before[sink_pid], 1),
+                      "kafka": round(cpu_seconds(kafka_pid) - cpu_before[kafka_pid], 1)},
         }
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1

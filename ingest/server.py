@@ -263,3 +263,8 @@ class IngestServer:
 
 def build(config: RunstreamConfig) -> IngestServer:
     return IngestServer(config)
+
+
+def stages(config: RunstreamConfig) -> list[IngestServer]:
+    """The ingest role: one gRPC server."""
+    return [IngestServer(config)]

@@ -255,3 +255,8 @@ class ProcessorsStage:
 
 def build(config: RunstreamConfig) -> ProcessorsStage:
     return ProcessorsStage(config)
+
+
+def stages(config: RunstreamConfig) -> list[ProcessorsStage]:
+    """The process role: one faust app."""
+    return [ProcessorsStage(config)]

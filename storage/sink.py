@@ -22,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 from runstream.server import telemetry as tm
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
+from runstream.storage.sqlserver import SqlEndpoint
 from runstream.storage.store import migrate, open_store
 from runstream.storage.writer import Writer
 from runstream.wire import topics
@@ -215,3 +216,11 @@ class Sink:
 
 def build(config: RunstreamConfig, client: Client | None = None) -> Sink:
     return Sink(config, client)
+
+
+def stages(config: RunstreamConfig) -> list[Sink | SqlEndpoint]:
+    """The sink role: the sink, and the SQL endpoint when it owns the embedded store."""
+    out: list[Sink | SqlEndpoint] = [Sink(config)]
+    if not config.clickhouse.url and config.sink.sql_listen:
+        out.append(SqlEndpoint(config.clickhouse_path, config.sink.sql_listen, database=config.clickhouse.database))
+    return out

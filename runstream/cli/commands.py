@@ -1,4 +1,4 @@
-"""The CLI's commands that need the server extra: roles, `up`, reads, governance, dashboards, the demo."""
+"""The CLI's commands that need the server extra: reads, governance, dashboards, the demo."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from runstream.cli.demo import run_demo
 from runstream.cli.output import print_result, resolve_config, sql_client
 from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
-from runstream.ops.roles import run_role
-from runstream.ops.supervisor import Supervisor
 from runstream.server import governance as gov_io
 from runstream.server.kafka import ensure_topics
 from runstream.storage import lineage, queries
@@ -24,19 +22,6 @@ from runstream.wire import audit
 from runstream.wire import governance as gov
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
-
-
-def cmd_role(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
-    if not config.kafka.bootstrap:
-        raise RunstreamError("kafka.bootstrap is not set: pass --kafka HOST:PORT or set RUNSTREAM_KAFKA_BOOTSTRAP "
-                             "(`runstream up` starts a broker for you).")
-    asyncio.run(run_role(args.command, config))
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    return Supervisor(resolve_config(args), ingest_replicas=args.ingest_replicas).run_forever()
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CLIENT_COMMANDS = {"cmd_sync", "cmd_config"}  # these work with the slim SDK install
+ROLE_COMMANDS = {"cmd_role", "cmd_up"}        # these load only the roles' own modules
 
 
 def command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -128,7 +129,10 @@ def command(name: str) -> Callable[[argparse.Namespace], int]:
         from runstream.cli import client as module
     else:
         try:
-            from runstream.cli import commands as module  # type: ignore[no-redef]
+            if name in ROLE_COMMANDS:
+                from runstream.cli import roles as module  # type: ignore[no-redef]
+            else:
+                from runstream.cli import commands as module  # type: ignore[no-redef]
         except ModuleNotFoundError as exc:
             raise RunstreamError(f"this command needs the server roles ({exc.name} is not installed): "
                                  "pip install 'runstream[server]'") from exc

@@ -8,18 +8,15 @@ table below is the one place that says which stages make a role and where its me
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runstream.ingest import server as ingest_server
-from runstream.processors import app as processors_app
 from runstream.server import telemetry
 from runstream.server.kafka import ensure_topics
-from runstream.storage import sink
-from runstream.storage.sqlserver import SqlEndpoint
 from runstream.wire.config import RunstreamConfig
 
 log = logging.getLogger("runstream")
@@ -34,24 +31,24 @@ class Stage(Protocol):
 
 @dataclass(frozen=True)
 class Role:
-    name: str  # the CLI subcommand, the metrics job and the compose service
+    name: str      # the CLI subcommand, the metrics job and the compose service
     help: str
-    build: Callable[[RunstreamConfig], list[Stage]]
+    factory: str   # "module:function" taking the config and returning the role's stages
     metrics_port: Callable[[RunstreamConfig], int]
 
-
-def _sink(config: RunstreamConfig) -> list[Stage]:
-    stages: list[Stage] = [sink.build(config)]
-    if not config.clickhouse.url and config.sink.sql_listen:
-        stages.append(SqlEndpoint(config.clickhouse_path, config.sink.sql_listen, database=config.clickhouse.database))
-    return stages
+    def build(self, config: RunstreamConfig) -> list[Stage]:
+        # Imported when the role is built, so a role's process loads its own stages only (the ingest process
+        # does not map chDB's 0.5 GB library, the sink does not load faust).
+        module, _, function = self.factory.partition(":")
+        stages: list[Stage] = getattr(importlib.import_module(module), function)(config)
+        return stages
 
 
 ROLES: dict[str, Role] = {r.name: r for r in (
-    Role("ingest", "run the gRPC ingest role", lambda c: [ingest_server.build(c)], lambda c: c.ingest.metrics_port),
+    Role("ingest", "run the gRPC ingest role", "runstream.ingest.server:stages", lambda c: c.ingest.metrics_port),
     Role("process", "run the stream processors (rollups, fleet view, anomaly detection)",
-         lambda c: [processors_app.build(c)], lambda c: c.processors.metrics_port),
-    Role("sink", "run the storage sink role (and the SQL endpoint of the embedded store)", _sink,
+         "runstream.processors.app:stages", lambda c: c.processors.metrics_port),
+    Role("sink", "run the storage sink role (and the SQL endpoint of the embedded store)", "runstream.storage.sink:stages",
          lambda c: c.sink.metrics_port),
 )}
 
