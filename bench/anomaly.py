@@ -153,6 +153,7 @@ def main() -> int:
 
     from runstream.ops.stack import isolated_config, scrape
     from runstream.ops.supervisor import Supervisor
+    from runstream.storage import queries
 
     home = Path(tempfile.mkdtemp(prefix="runstream-anomaly-"))
     cfg = isolated_config(home)
@@ -184,12 +185,9 @@ def main() -> int:
         for pr in procs:
             pr.join(60)
         time.sleep(5)  # last windows, alerts and inserts
-        rows = ch.query("SELECT run_id, kind, step, toUnixTimestamp64Milli(event_time), toUnixTimestamp64Milli(stored) "
-                        "FROM alerts WHERE project = 'anomaly-bench'").result_rows
+        rows = queries.alert_times(ch, "anomaly-bench")
         # Where the time goes: log() -> processor fired, processor fired -> row stored.
-        split = ch.query("SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, detected_at)), "
-                         "quantiles(0.5, 0.99)(dateDiff('millisecond', detected_at, stored)) FROM alerts "
-                         "WHERE project = 'anomaly-bench' AND kind != 'stall'").result_rows[0]
+        split = queries.alert_latency_split_ms(ch, "anomaly-bench")
         by_run: dict[str, list[tuple]] = {}
         for run_id, kind, step, ev, stored in rows:
             by_run.setdefault(run_id, []).append((kind, step, ev, stored))

@@ -105,6 +105,7 @@ def main() -> int:
 
     from runstream.ops.stack import isolated_config
     from runstream.ops.supervisor import Supervisor
+    from runstream.storage import queries
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     cfg = isolated_config(home)
@@ -141,16 +142,13 @@ def main() -> int:
         client = clickhouse_connect.get_client(host=host, port=int(port), database=cfg.clickhouse.database)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            stored = client.query("SELECT count() FROM metrics WHERE project = 'bench'").result_rows[0][0]
+            stored = queries.points_in_project(client, "bench")
             if stored >= acked:
                 break
             time.sleep(0.5)
         time.sleep(1.0)
-        stored, distinct, first_ts, last_stored = client.query(
-            "SELECT count(), uniqExact(run_id, metric, step), min(ts), max(stored) FROM metric_points FINAL WHERE project = 'bench'"
-        ).result_rows[0]
-        p50, p99 = client.query("SELECT quantilesExact(0.5, 0.99)(dateDiff('millisecond', ts, stored)) "
-                                "FROM metric_points FINAL WHERE project = 'bench'").result_rows[0][0]
+        stored, distinct, first_ts, last_stored = queries.point_stats(client, "bench")
+        p50, p99 = queries.store_latency_ms(client, "bench")
         window = max(1e-3, (last_stored - first_ts).total_seconds())
         samples = sorted(s for r in results for s in r["samples"])
         out = {

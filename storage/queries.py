@@ -111,3 +111,33 @@ def busiest_fleet_windows(client: Any, project: str, limit: int = 3) -> tuple[li
                        "FROM fleet WHERE project = %(p)s ORDER BY points DESC LIMIT %(n)s",
                        parameters={"p": project, "n": limit})
     return list(res.column_names), res.result_rows
+
+
+def point_stats(client: Any, project: str) -> Row:
+    """Raw points of a project before the view's collapse: (rows, distinct (run, metric, step), first ts, last stored)."""
+    return rows(client, "SELECT count(), uniqExact(run_id, metric, step), min(ts), max(stored) FROM metric_points FINAL "
+                        "WHERE project = %(p)s", p=project)[0]
+
+
+def store_latency_ms(client: Any, project: str) -> list[int]:
+    """p50 and p99 of client time -> stored time over a project's points."""
+    return list(rows(client, "SELECT quantilesExact(0.5, 0.99)(dateDiff('millisecond', ts, stored)) FROM metric_points FINAL "
+                             "WHERE project = %(p)s", p=project)[0][0])
+
+
+def alert_times(client: Any, project: str) -> list[Row]:
+    """A project's alerts: (run_id, kind, step, event time ms, stored ms)."""
+    return rows(client, "SELECT run_id, kind, step, toUnixTimestamp64Milli(event_time), toUnixTimestamp64Milli(stored) "
+                        "FROM alerts WHERE project = %(p)s", p=project)
+
+
+def alert_latency_split_ms(client: Any, project: str) -> Row:
+    """Where detection time goes, p50 and p99 each: event -> processor fired, and fired -> row stored (stalls excluded)."""
+    return rows(client, "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, detected_at)), "
+                        "quantiles(0.5, 0.99)(dateDiff('millisecond', detected_at, stored)) FROM alerts "
+                        "WHERE project = %(p)s AND kind != 'stall'", p=project)[0]
+
+
+def points_in_project(client: Any, project: str) -> int:
+    """Points stored for a project (each once)."""
+    return int(rows(client, "SELECT count() FROM metrics WHERE project = %(p)s", p=project)[0][0])
