@@ -54,6 +54,8 @@ class RecentIds:
 class Sink:
     """The sink stage. ``start()`` opens the store, migrates and joins the group; ``stop()`` drains (idempotent)."""
 
+    DRAIN_TIMEOUT_S = 30.0  # stop() lets the loop finish its poll this long, then cancels it
+
     def __init__(self, config: RunstreamConfig, client: Client | None = None) -> None:
         self.config = config
         self.client = client
@@ -98,7 +100,7 @@ class Sink:
         task, self._task = self._task, None
         if task is not None:
             try:
-                await asyncio.wait_for(task, 30)
+                await asyncio.wait_for(task, self.DRAIN_TIMEOUT_S)
             except TimeoutError:
                 task.cancel()
         if self._write is not None:  # a cancelled loop leaves its insert running: the client stays open for it
