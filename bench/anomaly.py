@@ -149,11 +149,10 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
-    import clickhouse_connect
-
     from runstream.ops.stack import isolated_config, scrape
     from runstream.ops.supervisor import Supervisor
     from runstream.storage import queries
+    from runstream.storage.store import open_url
 
     home = Path(tempfile.mkdtemp(prefix="runstream-anomaly-"))
     cfg = isolated_config(home)
@@ -161,9 +160,8 @@ def main() -> int:
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg)
     console.print(f"Starting the stack in {home} ...")
-    sup.start()
-    host, port = cfg.sink.sql_listen.rsplit(":", 1)
-    ch = clickhouse_connect.get_client(host=host, port=int(port), database=cfg.clickhouse.database)
+    info = sup.start()
+    ch = open_url(f"http://{cfg.sink.sql_listen}", token=info["token"], database=cfg.clickhouse.database)
     try:
         runs = plan(args.runs, args.anomalous, args.steps, 1)
         ctx = mp.get_context("spawn")

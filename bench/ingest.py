@@ -101,18 +101,17 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
-    import clickhouse_connect
-
     from runstream.ops.stack import isolated_config
     from runstream.ops.supervisor import Supervisor
     from runstream.storage import queries
+    from runstream.storage.store import open_url
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     cfg = isolated_config(home)
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
     console.print(f"Starting the stack in {home} ...")
-    sup.start()
+    sup_token = sup.start()["token"]
     env = {"RUNSTREAM_DATA_DIR": str(home)}
     rate = args.points_per_s / args.jobs / len(METRICS)
     try:
@@ -138,8 +137,7 @@ def main() -> int:
             pr.join(60)
         logged = sum(r["logged"] for r in results)
         acked = sum(r["acked"] for r in results)
-        host, port = cfg.sink.sql_listen.rsplit(":", 1)
-        client = clickhouse_connect.get_client(host=host, port=int(port), database=cfg.clickhouse.database)
+        client = open_url(f"http://{cfg.sink.sql_listen}", token=sup_token, database=cfg.clickhouse.database)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             stored = queries.points_in_project(client, "bench")

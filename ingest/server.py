@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
-from runstream.ingest.auth import Token, TokenStore, authorize
 from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
+from runstream.server.auth import Token, TokenStore, authorize
 from runstream.server.governance import Follower
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.wire import audit, encoding

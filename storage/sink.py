@@ -224,5 +224,5 @@ def stages(config: RunstreamConfig) -> list[Sink | SqlEndpoint]:
     """The sink role: the sink, and the SQL endpoint when it owns the embedded store."""
     out: list[Sink | SqlEndpoint] = [Sink(config)]
     if not config.clickhouse.url and config.sink.sql_listen:
-        out.append(SqlEndpoint(config.clickhouse_path, config.sink.sql_listen, database=config.clickhouse.database))
+        out.append(SqlEndpoint(config))
     return out

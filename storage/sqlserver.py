@@ -1,92 +1,344 @@
-"""A read-only ClickHouse HTTP endpoint over the embedded store.
+"""The read endpoint: ClickHouse's HTTP interface over the embedded store, read-only, for every common client.
 
-A persistent chDB path can be opened by one process only. The process that
-owns it (the sink) serves this endpoint, so `runstream sql`, `runstream runs`,
-the benchmark and Grafana read through it with any ClickHouse HTTP client,
-exactly as they would read a server. Writes are refused by the engine:
-the endpoint's session runs with ``readonly = 2`` (settings may change,
-data and schema may not).
+A chDB path is opened by one process only; the sink owns it and serves this endpoint, so `runstream sql`,
+`runstream runs`, notebooks, BI tools and Grafana's ClickHouse plugin read through it as they read a server.
 
-Supported: ``GET``/``POST /`` with ``query`` in the URL and/or the body,
-``database`` and ``default_format`` parameters, ``/ping``. Other URL
-parameters (client settings) are accepted and ignored.
+What a client sees, as a read-only ClickHouse server answers it:
+- ``GET /`` and ``/ping``: ``Ok.``. ``GET``/``POST /`` with the query in ``query`` and/or the body; ``database``,
+  ``default_format``, ``query_id``, ``param_<name>`` for ``{name:Type}``, ``X-ClickHouse-Database`` and
+  ``X-ClickHouse-Format``; settings as URL parameters on an allow-list (storage/readonly.py).
+- Credentials as clients send them: basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, ``user``/``password``
+  parameters, or a bearer token. The password (key) is a runstream token with the ``read`` scope.
+- Responses carry ``X-ClickHouse-Format``, ``-Query-Id``, ``-Timezone``, ``-Server-Display-Name`` and
+  ``-Summary``; errors carry the code in ``X-ClickHouse-Exception-Code`` and the status ClickHouse uses for it.
+- Compression: request bodies by ``Content-Encoding`` (gzip, deflate, br, zstd, lz4); responses by
+  ``Accept-Encoding`` when ``enable_http_compression=1``, or in ClickHouse's own compressed blocks with
+  ``compress=1`` (what clickhouse-go's LZ4/ZSTD options ask for).
+- Native output at the revision the client announces (``client_protocol_version``; storage/native.py).
+- ``session_id`` is accepted; a read-only session holds no state, so each query stands alone.
+
+Limits: each query runs in its own read-only session (storage/readonly.py) with ``sql_max_execution_time_s``,
+memory and result caps; ``sql_max_concurrent`` run at once, others wait their turn; a query whose client goes
+away is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
-import re
-import threading
-from pathlib import Path
-from typing import Any
+import ssl
+import struct
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
-import chdb
-from aiohttp import web
+import brotli
+import lz4.block
+import lz4.frame
+import zstandard
+from aiohttp import BasicAuth, web
+from clickhouse_cityhash.cityhash import CityHash128
+
+from runstream.server.auth import TokenStore
+from runstream.server.governance import Follower
+from runstream.storage import native
+from runstream.storage.readonly import Limits, QueryError, ReadEngine, Statement
+from runstream.wire.config import RunstreamConfig, is_loopback
+from runstream.wire.errors import AuthError, ConfigError
 
 log = logging.getLogger("runstream.sql")
-CODE_RE = re.compile(r"Code: (\d+)\.")
+
+# ClickHouse's mapping of exception codes to HTTP statuses (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp).
+STATUS_BY_NAME = {
+    "REQUIRED_PASSWORD": 401,
+    **dict.fromkeys(("UNKNOWN_USER", "WRONG_PASSWORD", "AUTHENTICATION_FAILED", "SET_NON_GRANTED_ROLE", "ACCESS_DENIED"), 403),
+    **dict.fromkeys(("BAD_ARGUMENTS", "CANNOT_COMPILE_REGEXP", "CANNOT_PARSE_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE",
+                     "CANNOT_PARSE_QUOTED_STRING", "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER",
+                     "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING", "CANNOT_PARSE_IPV4", "CANNOT_PARSE_IPV6",
+                     "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "CANNOT_PARSE_UUID", "DUPLICATE_COLUMN", "ILLEGAL_COLUMN",
+                     "UNKNOWN_ELEMENT_IN_AST", "UNKNOWN_TYPE_OF_AST_NODE", "THERE_IS_NO_COLUMN", "TOO_DEEP_AST",
+                     "TOO_BIG_AST", "UNEXPECTED_AST_STRUCTURE", "SYNTAX_ERROR", "INCORRECT_DATA", "TYPE_MISMATCH",
+                     "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE"), 400),
+    **dict.fromkeys(("UNKNOWN_TABLE", "UNKNOWN_FUNCTION", "UNKNOWN_IDENTIFIER", "UNKNOWN_TYPE", "UNKNOWN_STORAGE",
+                     "UNKNOWN_DATABASE", "UNKNOWN_SETTING", "UNKNOWN_DIRECTION_OF_SORTING", "UNKNOWN_AGGREGATE_FUNCTION",
+                     "UNKNOWN_FORMAT", "UNKNOWN_DATABASE_ENGINE", "UNKNOWN_TYPE_OF_QUERY", "UNKNOWN_ROLE"), 404),
+    "QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "SOCKET_TIMEOUT": 503, "CANNOT_OPEN_FILE": 503,
+    "HTTP_LENGTH_REQUIRED": 411, "TIMEOUT_EXCEEDED": 408, "CANNOT_SCHEDULE_TASK": 503, "UNSUPPORTED_MEDIA_TYPE": 415,
+}
+# URL parameters that are part of the HTTP interface, not settings.
+TRANSPORT_PARAMS = frozenset({
+    "query", "database", "default_format", "query_id", "user", "password", "session_id", "session_timeout",
+    "session_check", "client_protocol_version", "compress", "decompress", "quota_key", "buffer_size", "wait_end_of_query",
+    "send_progress_in_http_headers", "http_headers_progress_interval_ms", "enable_http_compression",
+    "http_zlib_compression_level", "cancel_http_readonly_queries_on_client_close", "add_http_cors_header",
+    "network_compression_method", "network_zstd_compression_level", "readonly", "stacktrace",
+})
+CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "TSV": "text/tab-separated-values; charset=UTF-8",
+                 "CSV": "text/csv; charset=UTF-8; header=absent", "CSVWithNames": "text/csv; charset=UTF-8; header=present",
+                 "Native": "application/octet-stream", "RowBinary": "application/octet-stream",
+                 "RowBinaryWithNamesAndTypes": "application/octet-stream", "Parquet": "application/octet-stream",
+                 "Arrow": "application/octet-stream", "ArrowStream": "application/octet-stream"}
+ENCODINGS = ("zstd", "br", "gzip", "deflate", "lz4")
+COMPRESSED_BLOCK = 1 << 20  # uncompressed bytes per block with compress=1 (max_compress_block_size)
+
+
+def _content_type(fmt: str) -> str:
+    if fmt.startswith("JSON"):
+        return "application/json; charset=UTF-8"
+    return CONTENT_TYPES.get(fmt, "text/plain; charset=UTF-8")
+
+
+def _decode_body(body: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+        if encoding == "br":
+            return bytes(brotli.decompress(body))
+        if encoding == "zstd":
+            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        if encoding == "lz4":
+            return bytes(lz4.frame.decompress(body))
+    except Exception as exc:
+        raise QueryError(36, "BAD_ARGUMENTS", f"the request body is not valid {encoding}: {exc}") from None
+    raise QueryError(36, "BAD_ARGUMENTS", f"Content-Encoding {encoding!r} is not supported (gzip, deflate, br, zstd, lz4)")
+
+
+def _encode_body(data: bytes, encoding: str, level: int) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data, compresslevel=level)
+    if encoding == "deflate":
+        return zlib.compress(data, level)
+    if encoding == "br":
+        return bytes(brotli.compress(data, quality=min(level, 11)))
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(data)
+    return bytes(lz4.frame.compress(data))
+
+
+def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
+    """ClickHouse's compressed blocks: CityHash128 of the rest, method byte, sizes with the header, data."""
+    out = bytearray()
+    for i in range(0, max(1, len(data)), COMPRESSED_BLOCK):
+        chunk = data[i:i + COMPRESSED_BLOCK]
+        if method == "zstd":
+            body, code = zstandard.ZstdCompressor(level=1).compress(chunk), 0x90
+        else:
+            body, code = lz4.block.compress(chunk, store_size=False), 0x82
+        block = struct.pack("<BII", code, len(body) + 9, len(chunk)) + body
+        h = CityHash128(block)
+        out += struct.pack("<QQ", h >> 64, h & 0xFFFFFFFFFFFFFFFF) + block  # CityHash128 v1.0.2 as (first, second)
+    return bytes(out)
+
+
+def _native_rows(data: bytes) -> int | None:
+    """Rows in Native output (revision 0 layout), for the summary header; None when it cannot tell."""
+    try:
+        r = native._Reader(data)
+        total = 0
+        while r.pos < len(data):
+            cols, rows = r.varuint(), r.varuint()
+            total += rows
+            for _ in range(cols):
+                r.string()
+                t = native.parse_type(r.string().decode())
+                if rows:
+                    native._skip_prefix(t, r)
+                    native._skip_data(t, r, rows)
+        return total
+    except native.NativeError:
+        return None
 
 
 class SqlEndpoint:
-    def __init__(self, path: Path, listen: str, *, database: str = "runstream") -> None:
-        self.path = path
-        self.host, port = listen.rsplit(":", 1)
+    """The stage: an aiohttp server in the sink's process, reading the store the sink writes."""
+
+    def __init__(self, config: RunstreamConfig, *, tokens: TokenStore | None = None) -> None:
+        sink = config.sink
+        self.config = config
+        self.host, port = sink.sql_listen.rsplit(":", 1)
         self.port = int(port)
-        self.database = database
-        self._conn: Any = None
-        self._lock = threading.Lock()
+        self.database = config.clickhouse.database
+        self.limits = Limits.from_config(sink)
+        self.tokens = tokens or TokenStore(config.tokens_path)
+        self.follower: Follower | None = None
+        self.engine: ReadEngine | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, sink.sql_max_concurrent), thread_name_prefix="sql-read")
+        self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
+        self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
         self._runner: web.AppRunner | None = None
+        self.timezone = "UTC"
+        self.version = ""
+        self.ssl: ssl.SSLContext | None = None
+        if sink.sql_tls_cert:
+            self.ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ssl.load_cert_chain(sink.sql_tls_cert, sink.sql_tls_key)
+        if not is_loopback(self.host) and self.ssl is None:
+            raise ConfigError(f"sink.sql_listen: {sink.sql_listen} is not a loopback address and the endpoint has no TLS; "
+                              "set sink.sql_tls_cert and sink.sql_tls_key, or listen on 127.0.0.1")
 
     async def start(self) -> None:
-        self._conn = chdb.connect(str(self.path.resolve()))  # type: ignore[no-untyped-call]
-        self._conn.query("SET readonly = 2")
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.engine = ReadEngine(self.config.clickhouse_path, self.limits)
+        if self.config.kafka.bootstrap:  # governance tokens; without Kafka only the token file counts
+            self.follower = Follower(self.config, self.tokens.apply_control)
+            await self.follower.start()
+        head = await asyncio.get_running_loop().run_in_executor(self._pool, self._server_info)
+        self.version, self.timezone = head
+        app = web.Application(client_max_size=self.config.sink.sql_max_request_bytes)
         app.router.add_get("/ping", self._ping)
-        app.router.add_route("*", "/", self._query)
-        self._runner = web.AppRunner(app, access_log=None)
+        app.router.add_route("*", "/", self._root)
+        # Bodies are decoded here (zstd and lz4 too), so aiohttp must hand them over as sent.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
         await site.start()
         if self.port == 0:
-            self.port = self._runner.addresses[0][1]
-        log.info("SQL endpoint on http://%s:%d.", self.host, self.port)
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("SQL endpoint on %s://%s:%d (read-only, tokens with the read scope).",
+                 "https" if self.ssl else "http", self.host, self.port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self.follower is not None:
+            await self.follower.stop()
+            self.follower = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._killer.shutdown(wait=True)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def _server_info(self) -> tuple[str, str]:
+        assert self.engine is not None
+        stmt = Statement("SELECT version(), timezone()", "SelectWithUnionQuery")
+        res = self.engine.run(stmt, fmt="TabSeparated", database="system", settings={}, params={}, marker="info")
+        version, tz = res.data.decode().strip().split("\t")
+        return version, tz
 
     async def _ping(self, request: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
 
-    def _run(self, sql: str, fmt: str, database: str) -> bytes:
-        with self._lock:
-            assert self._conn is not None
-            self._conn.query(f"USE `{database}`")
-            res = self._conn.query(sql, fmt)
-            return res.bytes() if res is not None else b""
-
-    async def _query(self, request: web.Request) -> web.Response:
+    def _authenticate(self, request: web.Request) -> str:
+        """The token's name; QueryError (with ClickHouse's codes) when missing, unknown or not allowed to read."""
         params = request.rel_url.query
-        body = (await request.read()).decode("utf-8", errors="replace") if request.can_read_body else ""
-        sql = "\n".join(p for p in (params.get("query", ""), body) if p).strip()
-        if not sql:
-            return web.Response(status=400, text="Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)\n")
-        fmt = params.get("default_format", "TabSeparated")
-        database = params.get("database", self.database)
-        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC",
-                   "X-ClickHouse-Server-Display-Name": "runstream-embedded",
-                   "X-ClickHouse-Query-Id": params.get("query_id", "")}
+        secret = request.headers.get("X-ClickHouse-Key") or params.get("password") or ""
+        auth = request.headers.get("Authorization", "")
+        if not secret and auth.startswith("Basic "):
+            try:
+                secret = BasicAuth.decode(auth).password
+            except ValueError:
+                pass
+        if not secret and auth.startswith("Bearer "):
+            secret = auth[7:].strip()
+        if not secret:
+            raise QueryError(194, "REQUIRED_PASSWORD", "Authentication required: send a runstream token with the read "
+                                                       "scope as the password (basic auth, X-ClickHouse-Key or password=)")
         try:
-            data = await asyncio.to_thread(self._run, sql, fmt, database)
-        except Exception as exc:
-            text = str(exc)
-            m = CODE_RE.search(text)
-            code = m.group(1) if m else "1000"
-            status = 403 if code == "164" else 500 if code == "1000" else 400
-            return web.Response(status=status, text=text + "\n", headers={"X-ClickHouse-Exception-Code": code})
-        return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+            token = self.tokens.lookup(secret)
+        except AuthError as exc:
+            raise QueryError(516, "AUTHENTICATION_FAILED", f"Authentication failed: {exc}") from None
+        if "read" not in token.scopes:
+            raise QueryError(497, "ACCESS_DENIED", f"token {token.name!r} lacks the read scope")
+        if "*" not in token.projects:
+            raise QueryError(497, "ACCESS_DENIED",
+                             f"token {token.name!r} is limited to projects {sorted(token.projects)}: per-project isolation "
+                             "of SQL reads needs the ClickHouse server mode (clickhouse.url; see storage/access.py). Here, "
+                             "use a token for all projects ('*')")
+        return token.name
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        params = request.rel_url.query
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": self.timezone,
+                   "X-ClickHouse-Server-Display-Name": "runstream"}
+        try:
+            body = await request.read() if request.can_read_body else b""
+            sql = params.get("query", "")
+            if body:
+                if params.get("decompress") == "1":
+                    raise QueryError(48, "NOT_IMPLEMENTED", "decompress=1 is for INSERT bodies; this endpoint is read-only")
+                text = _decode_body(body, request.headers.get("Content-Encoding", "")).decode("utf-8", errors="replace")
+                sql = f"{sql}\n{text}" if sql else text
+            if not sql.strip():
+                if request.method in ("GET", "HEAD"):
+                    return web.Response(text="Ok.\n", headers=headers)
+                raise QueryError(62, "SYNTAX_ERROR", "Empty query")
+            self._authenticate(request)
+            return await self._query(request, sql.strip(), headers)
+        except QueryError as exc:
+            return self._error(exc, headers)
+
+    async def _query(self, request: web.Request, sql: str, headers: dict[str, str]) -> web.StreamResponse:
+        assert self.engine is not None
+        params = request.rel_url.query
+        fmt = params.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated"
+        database = params.get("database") or request.headers.get("X-ClickHouse-Database") or self.database
+        query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.limits.max_execution_time_s)
+        except TimeoutError:
+            raise QueryError(202, "TOO_MANY_SIMULTANEOUS_QUERIES",
+                             f"{self.config.sink.sql_max_concurrent} queries are running and none finished within "
+                             f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
+        marker = self.engine.marker()
+        try:
+            stmt = await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
+            job = loop.run_in_executor(self._pool, lambda: self.engine.run(  # type: ignore[union-attr]
+                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker))
+            try:
+                result = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                loop.run_in_executor(self._killer, self.engine.kill, marker)
+                log.info("Query %s cancelled: its client went away.", headers["X-ClickHouse-Query-Id"])
+                raise
+        finally:
+            self._slots.release()
+        out_fmt = stmt.output_format or fmt
+        data = result.data
+        summary = {"read_rows": str(result.rows_read), "read_bytes": str(result.bytes_read), "written_rows": "0",
+                   "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_bytes": str(len(data)),
+                   "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
+        if out_fmt == "Native":
+            rows = _native_rows(data)
+            if rows is not None:
+                summary["result_rows"] = str(rows)
+            revision = int(params.get("client_protocol_version", "0") or 0)
+            try:
+                data = native.transcode(data, revision)
+            except native.NativeError as exc:
+                raise QueryError(48, "NOT_IMPLEMENTED", str(exc)) from None
+        headers.update({"X-ClickHouse-Format": out_fmt, "Content-Type": _content_type(out_fmt),
+                        "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":"))})
+        if params.get("compress") == "1":
+            data = compress_blocks(data, params.get("network_compression_method", "lz4").lower())
+        elif params.get("enable_http_compression") == "1":
+            accepted = {e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")}
+            encoding = next((e for e in ENCODINGS if e in accepted), "")
+            if encoding:
+                level = int(params.get("http_zlib_compression_level", "3") or 3)
+                data = await loop.run_in_executor(self._pool, _encode_body, data, encoding, level)
+                headers["Content-Encoding"] = encoding
+        return web.Response(body=data, headers=headers)
+
+    def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
+        status = STATUS_BY_NAME.get(exc.name, 500)
+        headers = {**headers, "X-ClickHouse-Exception-Code": str(exc.code), "X-ClickHouse-Exception-Name": exc.name,
+                   "Content-Type": "text/plain; charset=UTF-8"}
+        return web.Response(status=status, text=f"{exc} (version {self.version or 'runstream'})\n", headers=headers)
+
+
+def build(config: RunstreamConfig, *, tokens: TokenStore | None = None) -> SqlEndpoint:
+    return SqlEndpoint(config, tokens=tokens)
+

@@ -47,15 +47,17 @@ def open_embedded(path: Path, **kwargs: Any) -> Client:
         raise StorageError(f"opening the embedded ClickHouse store at {path} failed: {exc}") from exc
 
 
-def open_url(url: str, **kwargs: Any) -> Client:
+def open_url(url: str, *, token: str = "", **kwargs: Any) -> Client:
+    """A client for a ClickHouse HTTP endpoint (a server, or the runstream read endpoint with ``token``)."""
     u = urlparse(url)
     try:
         return clickhouse_connect.get_client(
             host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
-            secure=u.scheme == "https", username=u.username or "default", password=u.password or "", **kwargs)
+            secure=u.scheme == "https", username=u.username or ("runstream" if token else "default"),
+            password=u.password or token, **kwargs)
     except Exception as exc:
         raise StorageError(f"cannot reach ClickHouse at {u.scheme}://{u.hostname}:{u.port}: {exc}. "
-                           "Is the server (or `runstream up`) running?") from exc
+                           "Is the server (or `runstream up`) running, and is the token right?") from exc
 
 
 def open_store(config: RunstreamConfig) -> Client:

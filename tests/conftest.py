@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from runstream.ingest.auth import ensure_dev_token
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles, isolated_config
+from runstream.server.auth import ensure_dev_token
 from runstream.wire.config import RunstreamConfig
 
 

@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import clickhouse_connect
 import grpc
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ import runstream
 from runstream.ops.broker import KafkaBroker, free_port
 from runstream.ops.stack import InProcessRoles, RoleProcess, wait_http
 from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.storage.store import open_url
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import Batch
 from tests.conftest import Stack, make_config
@@ -154,7 +154,7 @@ def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chd
     broker.start()
     config = make_config(tmp_path / "c", broker.bootstrap, chdb_path)
     config.ingest.publish_timeout_s = 3.0
-    from runstream.ingest.auth import ensure_dev_token
+    from runstream.server.auth import ensure_dev_token
     tok = ensure_dev_token(config.tokens_path)
     roles = InProcessRoles(config, ["ingest", "sink"]).start()
     stack = Stack(config, roles)
@@ -189,7 +189,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
     """The sink runs as its own process on its own engine path; SIGKILL it while data flows, restart it."""
     config = make_config(tmp_path, kafka, tmp_path / "sink-ch")
     config.sink.metrics_port = free_port()
-    from runstream.ingest.auth import ensure_dev_token
+    from runstream.server.auth import ensure_dev_token
     tok = ensure_dev_token(config.tokens_path)
     ingest = InProcessRoles(config, ["ingest"]).start()
     addr = f"127.0.0.1:{ingest.stages['ingest'][0].port}"
@@ -217,8 +217,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
             t.start()
 
         def stored() -> int:
-            client = clickhouse_connect.get_client(host="127.0.0.1", port=int(config.sink.sql_listen.rsplit(":", 1)[1]),
-                                                   database=config.clickhouse.database)
+            client = open_url(f"http://{config.sink.sql_listen}", token=tok, database=config.clickhouse.database)
             return client.query("SELECT count() FROM metrics").result_rows[0][0]
 
         deadline = time.monotonic() + 60
@@ -237,8 +236,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
         assert acked > 20_000
         wait_sink_drained(config, timeout=90)  # the restarted sink stored (and committed) everything in Kafka
         assert stored() == acked
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=int(config.sink.sql_listen.rsplit(":", 1)[1]),
-                                               database=config.clickhouse.database)
+        client = open_url(f"http://{config.sink.sql_listen}", token=tok, database=config.clickhouse.database)
         per_run = client.query("SELECT run_id, count(), uniqExact(metric, step), max(step) + 1 FROM metrics GROUP BY run_id").result_rows
         assert len(per_run) == 4
         for _, count, distinct, steps in per_run:

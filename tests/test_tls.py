@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 import runstream
-from runstream.ingest.auth import ensure_dev_token
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError, tls_credentials
+from runstream.server.auth import ensure_dev_token
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack
 from tests.helpers import metric_batch as _batch

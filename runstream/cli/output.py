@@ -42,7 +42,8 @@ def sql_client(config: RunstreamConfig) -> Client:
     if not info.get("sql"):
         raise RunstreamError(f"no running stack found (no {config.stack_file}): start `runstream up`, "
                              "or pass --clickhouse-url for a ClickHouse server.")
-    return open_url(info["sql"], database=info.get("database", config.clickhouse.database))
+    return open_url(info["sql"], database=info.get("database", config.clickhouse.database),
+                    token=config.client.token or info.get("token", ""))
 
 
 def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:

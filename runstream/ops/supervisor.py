@@ -18,9 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from runstream.ingest.auth import ensure_dev_token
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import RoleProcess, scrape, wait_http, write_stack_file
+from runstream.server.auth import ensure_dev_token
 from runstream.server.kafka import ensure_topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError

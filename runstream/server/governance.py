@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from google.protobuf import json_format
@@ -21,8 +23,8 @@ async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object =
     """The control event, and its audit record in every project it touches (``before``: the state it changes)."""
     key = object_id(ev).encode()
     body = getattr(ev, ev.WhichOneof("body") or "project")
-    def plain(msg: object) -> dict:
-        d = json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
+    def plain(msg: Any) -> dict[str, Any]:
+        d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
         d.pop("sha256", None)  # the trail names tokens by id; their hashes stay in governance state only
         return d
     after = plain(body)
@@ -60,10 +62,10 @@ async def read_state(config: RunstreamConfig) -> State:
 class Follower:
     """Follows the control topic in the background and calls ``on_event`` for every event, oldest first."""
 
-    def __init__(self, config: RunstreamConfig, on_event) -> None:
+    def __init__(self, config: RunstreamConfig, on_event: Callable[[ControlEvent], None]) -> None:
         self.config = config
         self.on_event = on_event
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:

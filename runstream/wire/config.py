@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -71,6 +72,15 @@ class SinkConfig:
     flush_interval_s: float = 0.25
     metrics_port: int = 9102
     sql_listen: str = "127.0.0.1:8124"  # ClickHouse HTTP endpoint over the embedded store; "" disables
+    sql_tls_cert: str = ""         # PEM certificate chain for the SQL endpoint; required beyond loopback
+    sql_tls_key: str = ""
+    sql_max_concurrent: int = 4    # queries running at once; more wait their turn
+    sql_max_execution_time_s: float = 60.0  # per query; a client may ask for less
+    sql_max_memory_bytes: int = 2_000_000_000  # per query (max_memory_usage)
+    sql_max_result_rows: int = 10_000_000
+    sql_max_result_bytes: int = 1 << 30
+    sql_max_threads: int = 2       # engine threads per query, so readers never starve the sink's inserts
+    sql_max_request_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass
@@ -152,6 +162,14 @@ class RunstreamConfig:
             problems.append("ingest.tls_cert / ingest.tls_key: set both (PEM files) or neither")
         if self.ingest.tls_client_ca and not self.ingest.tls_cert:
             problems.append("ingest.tls_client_ca: client certificates need TLS; set ingest.tls_cert and ingest.tls_key")
+        if bool(self.sink.sql_tls_cert) != bool(self.sink.sql_tls_key):
+            problems.append("sink.sql_tls_cert / sink.sql_tls_key: set both (PEM files) or neither")
+        if (self.sink.sql_listen and not self.clickhouse.url and not self.sink.sql_tls_cert
+                and not is_loopback(self.sink.sql_listen.rsplit(":", 1)[0])):
+            problems.append(f"sink.sql_listen: {self.sink.sql_listen} is beyond loopback without TLS; set sink.sql_tls_cert "
+                            "and sink.sql_tls_key, or listen on 127.0.0.1")
+        if self.sink.sql_max_concurrent < 1:
+            problems.append("sink.sql_max_concurrent: must be at least 1")
         if self.ingest.max_batch_points < 1:
             problems.append("ingest.max_batch_points: must be at least 1")
         if self.clickhouse.url and not self.clickhouse.url.startswith(("http://", "https://")):
@@ -224,6 +242,17 @@ def env_names() -> dict[str, tuple[str, str]]:
         else:
             out[f"RUNSTREAM_{f.name}".upper()] = ("", f.name)
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name) only ever means this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _coerce(current: Any, value: Any, where: str) -> Any:

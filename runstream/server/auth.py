@@ -1,5 +1,6 @@
-"""Bearer tokens: governance tokens from the control topic (runstream.server.governance), and a YAML file for
-development and bootstrap (the dev token `runstream up` creates).
+"""Tokens, for every surface that accepts requests (ingest's gRPC, the SQL endpoint): governance tokens from the
+control topic (runstream.server.governance), and a YAML file for development and bootstrap (the dev token
+`runstream up` creates). Only sha256 digests are kept in memory.
 
 File layout (``<data_dir>/tokens.yaml``)::
 
@@ -26,8 +27,9 @@ import yaml
 
 from runstream.v1.ingest_pb2 import ControlEvent, TokenRecord
 from runstream.wire.errors import AuthError, PermissionDenied
+from runstream.wire.files import write_private
 
-log = logging.getLogger("runstream.ingest")
+log = logging.getLogger("runstream.auth")
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,8 @@ def ensure_dev_token(path: Path) -> str:
         for entry in data.get("tokens") or []:
             return str(entry["token"])
     token = new_token()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"tokens": [{"token": token, "name": "dev", "projects": ["*"], "scopes": ["ingest", "read"]}]}))
-    path.chmod(0o600)
+    write_private(path, yaml.safe_dump({"tokens": [{"token": token, "name": "dev", "projects": ["*"],
+                                                     "scopes": ["ingest", "read"]}]}))
     return token
 
 
@@ -94,13 +95,17 @@ class TokenStore:
 
     def authenticate(self, authorization: str | None) -> Token:
         """The token for an ``authorization`` metadata value; AuthError if missing or unknown."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthError("missing bearer token: send metadata 'authorization: Bearer <token>' (set RUNSTREAM_TOKEN)")
+        return self.lookup(authorization[7:].strip())
+
+    def lookup(self, secret: str) -> Token:
+        """The token for a secret; AuthError if unknown, revoked or expired."""
         now = time.monotonic()
         if now - self._checked > self.reload_s:
             self._checked = now
             self._reload()
-        if not authorization or not authorization.startswith("Bearer "):
-            raise AuthError("missing bearer token: send metadata 'authorization: Bearer <token>' (set RUNSTREAM_TOKEN)")
-        digest = _digest(authorization[7:].strip())
+        digest = _digest(secret)
         token = self._tokens.get(digest)
         if token is not None:
             return token

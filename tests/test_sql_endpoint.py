@@ -1,0 +1,382 @@
+"""The read endpoint as real clients use it, on a sink role serving a seeded store.
+
+Proves: every ClickHouse panel query of dashboards/json answers through clickhouse-go v2 over HTTP (Grafana's
+plugin: database/sql, gzip, max_execution_time; also lz4 and zstd, which use ClickHouse's compressed blocks) with
+the same rows as clickhouse-connect; the official JS client and clickhouse-connect's DataFrame, Arrow, parameter
+and settings paths work; the HTTP conventions (ping, parameters, headers, compression, exceptions) hold; every
+probe that got through before is refused (files, URLs, INTO OUTFILE, SYSTEM, SET, multi-statements, writes,
+credentials), and refused work leaves no trace; a long query neither blocks another reader nor outlives its client.
+
+Leaves out: Grafana itself (it cannot run here); the library inside its plugin is what runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import math
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import brotli
+import clickhouse_connect
+import pytest
+import yaml
+import zstandard
+from clickhouse_connect import common
+from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError
+
+from runstream.dashboards import build
+from runstream.ops.stack import InProcessRoles
+from runstream.server.auth import ensure_dev_token
+from runstream.storage.sqlserver import SqlEndpoint
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import ConfigError
+from tests.conftest import make_config
+from tests.grafana_macros import Context, expand, interpolate
+from tests.helpers import wait_until
+from tests.test_dashboards import RANGES, all_targets, seed
+
+CLIENTS = Path(__file__).with_name("clients")
+
+
+class Endpoint:
+    def __init__(self, config: RunstreamConfig, token: str, values: dict[str, list[str]], now_ms: int) -> None:
+        self.config, self.token, self.values, self.now_ms = config, token, values, now_ms
+        self.url = f"http://{config.sink.sql_listen}"
+        self.db = config.clickhouse.database
+
+    def http(self, sql: str | None = None, *, params: dict[str, str] | None = None, body: bytes | None = None,
+             headers: dict[str, str] | None = None, auth: bool = True, timeout: float = 60,
+             method: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        q = dict(params or {})
+        if sql is not None:
+            q["query"] = sql
+        q.setdefault("database", self.db)
+        h = dict(headers or {})
+        if auth:
+            h.setdefault("X-ClickHouse-User", "tester")
+            h.setdefault("X-ClickHouse-Key", self.token)
+        req = urllib.request.Request(f"{self.url}/?{urllib.parse.urlencode(q)}", data=body, headers=h, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as res:
+                return res.status, dict(res.headers), res.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, dict(exc.headers), exc.read()
+
+    def client(self, **kwargs: Any) -> Any:
+        host, port = self.config.sink.sql_listen.rsplit(":", 1)
+        return clickhouse_connect.get_client(host=host, port=int(port), username="analyst", password=self.token,
+                                             database=self.db, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory, kafka: str, chdb_path: Path) -> Iterator[Endpoint]:
+    config = make_config(tmp_path_factory.mktemp("sql"), kafka, chdb_path)
+    config.clickhouse.database = "runstream"  # the dashboards name it in their queries
+    token = ensure_dev_token(config.tokens_path)
+    roles = InProcessRoles(config, ["sink"]).start()
+    roles.stages["sink"][0].client.command("DROP DATABASE IF EXISTS runstream SYNC")
+    roles.stop()
+    roles = InProcessRoles(config, ["sink"]).start()
+    try:
+        sink = roles.stages["sink"][0]
+        now_ms = int(time.time() * 1000)
+        values = seed(sink.client, config.clickhouse.database, now_ms)  # through the sink's own writer
+        yield Endpoint(config, token, values, now_ms)
+    finally:
+        roles.stages["sink"][0].client.command("DROP DATABASE IF EXISTS runstream SYNC")
+        roles.stop()
+
+
+def panel_queries(ep: Endpoint) -> list[tuple[str, str]]:
+    out = []
+    for range_name, (span_s, interval_s) in sorted(RANGES.items()):
+        ctx = Context(from_s=ep.now_ms // 1000 - span_s, to_s=ep.now_ms // 1000, interval_s=interval_s,
+                      variables={"project": ["$__all"], "run": ep.values["run"][:2], "metric": ["loss"]},
+                      all_values=ep.values)
+        for name, dash in sorted(build.generate().items()):
+            for panel, target in all_targets(dash):
+                if "rawSql" in target:
+                    out.append((f"{name} / {panel.get('title')} ({range_name})", expand(interpolate(target["rawSql"], ctx), ctx)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    out = tmp_path_factory.mktemp("go") / "chclient"
+    res = subprocess.run([go, "build", "-o", str(out), "."], cwd=CLIENTS / "go", capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"building the clickhouse-go client failed (needs Go and the Go module proxy):\n{res.stderr[-3000:]}"
+    return out
+
+
+def run_go(binary: Path, ep: Endpoint, queries: list[str], compression: str = "gzip") -> list[dict[str, Any]]:
+    res = subprocess.run([str(binary), "-addr", ep.config.sink.sql_listen, "-password", ep.token, "-database", ep.db,
+                          "-compression", compression], input=json.dumps(queries), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    answers: list[dict[str, Any]] = json.loads(res.stdout)
+    return answers
+
+
+def canonical(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=UTC)).astimezone(UTC).timestamp()
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return v
+    if isinstance(v, (list, tuple)):
+        return [canonical(x) for x in v]
+    if isinstance(v, float) and math.isfinite(v):
+        return round(v, 9)
+    return v
+
+
+def same_rows(a: list[list[Any]], b: list[list[Any]]) -> bool:
+    return len(a) == len(b) and all(canonical(list(x)) == canonical(list(y)) for x, y in zip(a, b))
+
+
+def test_every_panel_query_through_clickhouse_go_matches_clickhouse_connect(endpoint: Endpoint, go_client: Path) -> None:
+    queries = panel_queries(endpoint)
+    assert len(queries) >= 20
+    reference = endpoint.client()
+    answers = run_go(go_client, endpoint, [sql for _, sql in queries])
+    for (where, sql), got in zip(queries, answers):
+        assert not got.get("error"), f"{where}: clickhouse-go failed: {got['error']}\n{sql}"
+        want = reference.query(sql)
+        assert got["columns"] == list(want.column_names), where
+        assert got["rows"], f"{where}: no rows"
+        assert same_rows(got["rows"], [list(r) for r in want.result_rows]), f"{where}: rows differ\n{sql}"
+    # The other compressions clickhouse-go offers over HTTP: ClickHouse's compressed blocks (lz4, zstd), and br.
+    sample = [sql for _, sql in queries[:4]]
+    for method in ("lz4", "zstd", "br", "none"):
+        for got, sql in zip(run_go(go_client, endpoint, sample, method), sample):
+            assert not got.get("error"), f"{method}: {got.get('error')}"
+            assert same_rows(got["rows"], [list(r) for r in reference.query(sql).result_rows]), method
+
+
+def test_types_survive_native_at_the_clients_revision(endpoint: Endpoint, go_client: Path) -> None:
+    """Types whose Native data have variable length or state prefixes, in one block with several rows."""
+    sql = ("SELECT number AS n, toString(number) AS s, [number, number + 1] AS a, toNullable(if(number = 1, NULL, number)) AS nn, "
+           "toLowCardinality(toString(number % 2)) AS lc, map('k', number) AS m, (number, toString(number)) AS t, "
+           "toDateTime64(1700000000.5 + number, 3, 'UTC') AS ts, toDecimal64(number / 3, 4) AS d, "
+           "toUUID('00000000-0000-0000-0000-000000000001') AS u, "
+           "[toLowCardinality('x')] AS alc, toFixedString('ab', 2) AS fs FROM numbers(3)")
+    (got,) = run_go(go_client, endpoint, [sql])
+    assert not got.get("error"), got.get("error")
+    assert got["types"][:5] == ["UInt64", "String", "Array(UInt64)", "Nullable(UInt64)", "LowCardinality(String)"]
+    assert [r[0] for r in got["rows"]] == [0, 1, 2] and [r[1] for r in got["rows"]] == ["0", "1", "2"]
+    assert got["rows"][1][2] == [1, 2] and got["rows"][1][3] is None and got["rows"][2][4] == "0"
+    assert got["rows"][2][5] == {"k": 2} and got["rows"][2][11] == "ab"
+
+
+def test_clickhouse_connect_and_the_js_client(endpoint: Endpoint, tmp_path: Path) -> None:
+    c = endpoint.client()
+    df = c.query_df("SELECT run_id, count() AS n FROM metrics GROUP BY run_id ORDER BY run_id")
+    arrow = c.query_arrow("SELECT run_id, count() AS n FROM metrics GROUP BY run_id ORDER BY run_id")
+    assert list(df["run_id"]) == arrow.column("run_id").to_pylist() == sorted(endpoint.values["run"])
+    assert list(df["n"]) == arrow.column("n").to_pylist() and all(n == 14_400 for n in df["n"])
+    got = c.query("SELECT count() FROM metrics WHERE run_id = {r:String} AND step < {s:UInt32}",
+                  parameters={"r": endpoint.values["run"][0], "s": 100}).result_rows
+    assert got == [(200,)]
+    # The endpoint is a readonly=1 server to clickhouse-connect (system.settings says so), which then refuses to
+    # send settings unless told to; sent, the endpoint applies the ones on its allow-list.
+    with pytest.raises(ProgrammingError, match="readonly"):
+        c.query("SELECT 1", settings={"max_result_rows": 10})
+    common.set_setting("invalid_setting_action", "send")
+    try:
+        with pytest.raises(DatabaseError, match="TOO_MANY_ROWS_OR_BYTES|396"):
+            c.query("SELECT number FROM numbers(100)", settings={"max_result_rows": 10, "result_overflow_mode": "throw"})
+        assert len(c.query("SELECT number FROM numbers(100)", settings={"max_block_size": 10}).result_rows) == 100
+    finally:
+        common.set_setting("invalid_setting_action", "error")
+    with pytest.raises(DatabaseError, match="164|readonly|READONLY"):
+        c.insert("metric_points", [[1]], column_names=["step"])
+    assert c.query("SELECT count() FROM metric_points").result_rows[0][0] == 4 * 14_400
+
+    node_modules = CLIENTS / "js" / "node_modules"
+    if not (node_modules / "@clickhouse" / "client").exists():
+        res = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=CLIENTS / "js", capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, f"npm install failed: {res.stderr[-2000:]}"
+    job = {"url": endpoint.url, "username": "js", "password": endpoint.token, "database": endpoint.db, "queries": [
+        {"query": "SELECT run_id, count() AS n FROM metrics GROUP BY run_id ORDER BY run_id"},
+        {"query": "SELECT {x:UInt32} * 2 AS y", "query_params": {"x": 21}},
+        {"query": "SELECT * FROM file('/etc/passwd', 'LineAsString')"},
+    ]}
+    res = subprocess.run(["node", str(CLIENTS / "js" / "query.mjs")], input=json.dumps(job), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    answers = json.loads(res.stdout)
+    assert [r["run_id"] for r in answers[0]["rows"]] == sorted(endpoint.values["run"])
+    assert [int(r["n"]) for r in answers[0]["rows"]] == [14_400] * 4
+    assert answers[1]["rows"] == [{"y": 42}]
+    assert "readonly" in answers[2]["error"].lower() and str(answers[2]["code"]) == "164"
+
+
+def test_http_conventions(endpoint: Endpoint) -> None:
+    ep = endpoint
+    assert ep.http(auth=False, params={}, method="GET")[2] == b"Ok.\n"
+    assert urllib.request.urlopen(f"{ep.url}/ping").read() == b"Ok.\n"
+    status, headers, body = ep.http("SELECT 1 AS x FORMAT JSONCompact", params={"query_id": "q-123"})
+    assert status == 200 and headers["X-ClickHouse-Format"] == "JSONCompact" and json.loads(body)["data"] == [[1]]
+    assert headers["X-ClickHouse-Query-Id"] == "q-123" and headers["Content-Type"].startswith("application/json")
+    summary = json.loads(headers["X-ClickHouse-Summary"])
+    assert summary["written_rows"] == "0" and int(summary["read_rows"]) >= 1
+    # Query in the URL and the body together; a typed parameter; default format and database by header.
+    status, _, body = ep.http("SELECT {n:UInt8} +", params={"param_n": "40"}, body=b"2")
+    assert (status, body) == (200, b"42\n")
+    status, headers, body = ep.http("SELECT currentDatabase()", headers={"X-ClickHouse-Format": "CSV",
+                                                                         "X-ClickHouse-Database": "system"},
+                                    params={"database": ""})
+    assert headers["X-ClickHouse-Format"] == "CSV" and body == b'"system"\n'
+    # Credentials the ways clients send them.
+    basic = "Basic " + base64.b64encode(f"grafana:{ep.token}".encode()).decode()
+    assert ep.http("SELECT 1", auth=False, headers={"Authorization": basic})[0] == 200
+    assert ep.http("SELECT 1", auth=False, params={"user": "u", "password": ep.token})[0] == 200
+    # Compression both ways.
+    status, headers, body = ep.http("SELECT number FROM numbers(1000)", params={"enable_http_compression": "1"},
+                                    headers={"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip" and gzip.decompress(body).splitlines()[-1] == b"999"
+    for enc, decode in (("zstd", lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)),
+                        ("br", brotli.decompress)):
+        _, headers, body = ep.http("SELECT 7", params={"enable_http_compression": "1"}, headers={"Accept-Encoding": enc})
+        assert headers.get("Content-Encoding") == enc and decode(body) == b"7\n"
+    _, headers, body = ep.http("SELECT 7", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in headers and body == b"7\n"  # as a server: only with enable_http_compression=1
+    status, _, body = ep.http(None, body=gzip.compress(b"SELECT 8"), headers={"Content-Encoding": "gzip"})
+    assert (status, body) == (200, b"8\n")
+    # Errors as a server words and codes them.
+    status, headers, body = ep.http("SELEC 1")
+    assert status == 400 and headers["X-ClickHouse-Exception-Code"] == "62" and body.startswith(b"Code: 62. DB::Exception:")
+    status, headers, _ = ep.http("SELECT * FROM no_such_table")
+    assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "60"
+    # session_id is accepted (a read-only session holds nothing between queries).
+    assert ep.http("SELECT 1", params={"session_id": "s1"})[0] == 200
+
+
+PROBES = [
+    "INSERT INTO FUNCTION file('{tmp}/written.tsv', 'TSV', 'a String') SELECT 'x'",
+    "INSERT INTO FUNCTION file('{tokens}', 'TSV', 'a String') SELECT 'tokens: [{{token: rs_forged}}]'",
+    "SELECT 1 INTO OUTFILE '{tmp}/outfile.txt'",
+    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file('../../../../../../etc/passwd', 'LineAsString')",
+    "SELECT * FROM file('/proc/self/environ', 'LineAsString')",
+    "SELECT * FROM file('{tokens}', 'LineAsString')",
+    "SELECT * FROM file('{stack}', 'LineAsString')",
+    "SELECT * FROM url('{url}/ping', 'LineAsString')",
+    "SELECT * FROM s3('http://127.0.0.1:9/bucket-name/key.csv', 'CSV', 'a String')",
+    "SELECT * FROM remote('127.0.0.1:9000', system.one)",
+    "SELECT * FROM executable('cat /etc/passwd', 'TSV', 'a String')",
+    "SELECT * FROM mysql('127.0.0.1:9', 'd', 't', 'u', 'p')",
+    "SELECT * FROM postgresql('127.0.0.1:9', 'd', 't', 'u', 'p')",
+    "SELECT * FROM python(x)",
+    "SYSTEM STOP MERGES",
+    "KILL QUERY WHERE 1",
+    "SET max_result_rows = 1",
+    "SELECT 1 SETTINGS max_threads = 64",
+    "SELECT 1; SYSTEM STOP MERGES",
+    "CREATE TABLE probe (a Int8) ENGINE = Memory",
+    "CREATE DICTIONARY probe (a UInt64) PRIMARY KEY a SOURCE(FILE(path '/etc/passwd' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
+    "DROP TABLE metric_points",
+    "TRUNCATE TABLE metric_points",
+    "ALTER TABLE metric_points DELETE WHERE 1",
+    "OPTIMIZE TABLE metric_points FINAL",
+    "INSERT INTO metric_points (step) VALUES (1)",
+    "USE system",
+]
+
+
+def test_abuse_probes_are_refused_and_leave_no_trace(endpoint: Endpoint, tmp_path: Path) -> None:
+    ep = endpoint
+    tokens_before = ep.config.tokens_path.read_bytes()
+    stack_file = ep.config.data_path / "stack.json"
+    stack_file.write_text(json.dumps({"token": ep.token}))
+    for probe in PROBES:
+        sql = probe.format(tmp=tmp_path, tokens=ep.config.tokens_path, stack=stack_file, url=ep.url)
+        status, headers, body = ep.http(sql)
+        assert status != 200, f"got through: {sql}\n{body[:300]!r}"
+        assert b"Code: " in body and headers.get("X-ClickHouse-Exception-Code"), sql
+        assert b"root:" not in body and ep.token.encode() not in body, f"leaked data: {sql}"
+    assert not list(tmp_path.iterdir()), "a probe wrote a file"
+    assert ep.config.tokens_path.read_bytes() == tokens_before
+    assert ep.http("SELECT count() FROM metric_points")[2] == b"57600\n"
+    # Nothing a request sets reaches the next one, and limits cannot be raised.
+    assert ep.http("SELECT number FROM numbers(5)", params={"max_result_rows": "1", "result_overflow_mode": "throw"})[0] != 200
+    assert ep.http("SELECT count() FROM numbers(5)")[2] == b"5\n"
+    _, _, body = ep.http("SELECT getSetting('max_execution_time'), getSetting('readonly'), getSetting('max_threads')",
+                         params={"max_execution_time": "100000", "readonly": "0", "max_threads": "64"})
+    assert body == b"60\t1\t2\n"
+    status, _, body = ep.http("SELECT 1", params={"allow_ddl": "1"})
+    assert status == 500 and b"(READONLY)" in body
+
+
+def test_credentials_and_scopes(endpoint: Endpoint) -> None:
+    ep = endpoint
+    status, headers, _ = ep.http("SELECT 1", auth=False)
+    assert status == 401 and headers["X-ClickHouse-Exception-Code"] == "194"
+    status, headers, _ = ep.http("SELECT 1", headers={"X-ClickHouse-Key": "rs_not_a_token"})
+    assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "516"
+    data = yaml.safe_load(ep.config.tokens_path.read_text())
+    limited, ingest_only = "rs_" + uuid.uuid4().hex, "rs_" + uuid.uuid4().hex
+    data["tokens"] += [{"token": limited, "name": "team", "projects": ["vision"], "scopes": ["read"]},
+                       {"token": ingest_only, "name": "ci", "projects": ["*"], "scopes": ["ingest"]}]
+    ep.config.tokens_path.write_text(yaml.safe_dump(data))
+    time.sleep(0.01)
+
+    def refused(secret: str, needle: bytes) -> bool:
+        status, _, body = ep.http("SELECT 1", headers={"X-ClickHouse-Key": secret})
+        return status == 403 and needle in body
+    wait_until(lambda: refused(limited, b"ClickHouse server mode"), 10, "the project-limited token to be read and refused")
+    assert refused(ingest_only, b"lacks the read scope")
+
+
+def test_a_long_query_neither_blocks_readers_nor_outlives_its_client(endpoint: Endpoint) -> None:
+    ep = endpoint
+    marker = str(10**12 + int(time.time()) % 1000)
+    long_sql = f"SELECT count() FROM numbers(100000000000) WHERE number != {marker}"
+
+    def give_up_after_2s() -> None:
+        try:
+            ep.http(long_sql, timeout=2)
+        except OSError:
+            pass  # the client gives up: its connection closes
+    t = threading.Thread(target=give_up_after_2s)
+    t.start()
+    running = f"SELECT count() FROM system.processes WHERE query LIKE '%{marker}%' AND query NOT LIKE '%processes%'"
+    wait_until(lambda: ep.http(running)[2] == b"1\n", 10, "the long query to run")
+    t0 = time.monotonic()
+    assert ep.http("SELECT 1")[2] == b"1\n"
+    assert time.monotonic() - t0 < 1.0  # another reader is not held up by it
+    t.join()
+    wait_until(lambda: ep.http(running)[2] == b"0\n", 10, "the abandoned query to be cancelled")
+    # A query that runs past its own limit stops with the server's code.
+    t0 = time.monotonic()
+    status, headers, _ = ep.http(long_sql, params={"max_execution_time": "1"})
+    assert status == 408 and headers["X-ClickHouse-Exception-Code"] == "159" and time.monotonic() - t0 < 5
+
+
+def test_beyond_loopback_needs_tls(tmp_path: Path) -> None:
+    c = RunstreamConfig(data_dir=str(tmp_path))
+    c.sink.sql_listen = "0.0.0.0:8124"
+    with pytest.raises(ConfigError, match="sink.sql_listen: 0.0.0.0:8124 is beyond loopback without TLS"):
+        c.validate()
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        SqlEndpoint(c)
