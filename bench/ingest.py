@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +34,8 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
     import random
 
     import runstream
-    runs = [runstream.init(project="bench", name=f"w{idx}-job{j}", config={"job": j}) for j in range(jobs)]
+    project = os.environ.pop("BENCH_PROJECT", "bench")
+    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}) for j in range(jobs)]
     rng = random.Random(idx)
     samples: list[int] = []
     pc = time.perf_counter_ns
@@ -88,6 +90,60 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_per_s: float, workers: int,
+         project: str = "bench", status: Any = None) -> dict[str, Any]:
+    """Run the simulated jobs against a started Supervisor and measure what was stored for ``project``."""
+    from runstream.storage import queries
+    from runstream.storage.store import open_url
+
+    env = {"RUNSTREAM_DATA_DIR": str(cfg.data_path), "BENCH_PROJECT": project}
+    rate = points_per_s / jobs / len(METRICS)
+    per = [jobs // workers + (1 if i < jobs % workers else 0) for i in range(workers)]
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(i, n, rate, seconds, env, q)) for i, n in enumerate(per) if n]
+    for pr in procs:
+        pr.start()
+    pids = {"sink": [p.proc.pid for p in sup.procs if p.role == "sink"],
+            "ingest": [p.proc.pid for p in sup.procs if p.role == "ingest"],
+            "process": [p.proc.pid for p in sup.procs if p.role == "process"],
+            "kafka": [sup.broker.proc.pid] if sup.broker and sup.broker.proc else []}
+    cpu_before = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
+    while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
+        if status is not None:
+            status.update(sup.status())
+        time.sleep(1)
+    results = [q.get(timeout=300) for _ in procs]
+    for pr in procs:
+        pr.join(60)
+    logged = sum(r["logged"] for r in results)
+    acked = sum(r["acked"] for r in results)
+    client = open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and queries.points_in_project(client, project) < acked:
+        time.sleep(0.5)
+    stored, distinct, first_ts, last_stored = queries.point_stats(client, project)
+    p50, p99 = queries.store_latency_ms(client, project)
+    window = max(1e-3, (last_stored - first_ts).total_seconds())
+    samples = sorted(s for r in results for s in r["samples"])
+    return {
+        "jobs": jobs, "seconds": seconds, "offered_points_per_s": round(points_per_s),
+        "points_per_s": round(distinct / window), "points_logged": logged, "points_acked": acked, "points_stored": stored,
+        "e2e_p50_ms": p50, "e2e_p99_ms": p99,
+        "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
+        "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
+        "lost": max(0, logged - distinct), "duplicated": stored - distinct,
+        "spooled_batches": sum(r["spooled"] for r in results),
+        "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
+                         "ingest": [round(peak_rss_mib(pid), 1) for pid in pids["ingest"]],
+                         "sink": round(peak_rss_mib(pids["sink"][0]), 1),
+                         "kafka": round(peak_rss_mib(pids["kafka"][0]), 1) if pids["kafka"] else 0.0},
+        "cpu_cores": os.cpu_count(),
+        # CPU seconds each role used from the jobs' start to the end of the drain.
+        "cpu_s": {role: [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in group] for role, group in pids.items()},
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=100)
@@ -103,70 +159,19 @@ def main() -> int:
 
     from runstream.ops.stack import isolated_config
     from runstream.ops.supervisor import Supervisor
-    from runstream.storage import queries
-    from runstream.storage.store import open_url
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     cfg = isolated_config(home)
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
     console.print(f"Starting the stack in {home} ...")
-    sup_token = sup.start()["token"]
-    env = {"RUNSTREAM_DATA_DIR": str(home)}
-    rate = args.points_per_s / args.jobs / len(METRICS)
+    token = sup.start()["token"]
     try:
-        per = [args.jobs // args.workers + (1 if i < args.jobs % args.workers else 0) for i in range(args.workers)]
-        q: mp.Queue = mp.get_context("spawn").Queue()
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker, args=(i, n, rate, args.seconds, env, q)) for i, n in enumerate(per) if n]
-        console.print(f"{args.jobs} jobs in {len(procs)} processes, {rate:.0f} log()/s each of {len(METRICS)} metrics "
-                      f"(offered {args.points_per_s:,.0f} points/s) for {args.seconds:.0f}s ...")
-        for pr in procs:
-            pr.start()
-        sink_pid = next(p.proc.pid for p in sup.procs if p.role == "sink")
-        ingest_pids = [p.proc.pid for p in sup.procs if p.role == "ingest"]
-        kafka_pid = sup.broker.proc.pid if sup.broker and sup.broker.proc else 0
-        process_pid = next(p.proc.pid for p in sup.procs if p.role == "process")
-        cpu_before = {pid: cpu_seconds(pid) for pid in (sink_pid, kafka_pid, process_pid, *ingest_pids)}
+        console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
+                      f"for {args.seconds:.0f}s ...")
         with console.status("jobs logging...") as status:
-            while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
-                status.update(sup.status())
-                time.sleep(1)
-        results = [q.get(timeout=300) for _ in procs]
-        for pr in procs:
-            pr.join(60)
-        logged = sum(r["logged"] for r in results)
-        acked = sum(r["acked"] for r in results)
-        client = open_url(f"http://{cfg.sink.sql_listen}", token=sup_token, database=cfg.clickhouse.database)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            stored = queries.points_in_project(client, "bench")
-            if stored >= acked:
-                break
-            time.sleep(0.5)
-        time.sleep(1.0)
-        stored, distinct, first_ts, last_stored = queries.point_stats(client, "bench")
-        p50, p99 = queries.store_latency_ms(client, "bench")
-        window = max(1e-3, (last_stored - first_ts).total_seconds())
-        samples = sorted(s for r in results for s in r["samples"])
-        out = {
-            "jobs": args.jobs, "seconds": args.seconds, "offered_points_per_s": round(args.points_per_s),
-            "points_per_s": round(distinct / window), "points_logged": logged, "points_acked": acked, "points_stored": stored,
-            "e2e_p50_ms": p50, "e2e_p99_ms": p99,
-            "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
-            "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
-            "lost": max(0, logged - distinct), "duplicated": stored - distinct,
-            "spooled_batches": sum(r["spooled"] for r in results),
-            "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
-                             "ingest": [round(peak_rss_mib(pid), 1) for pid in ingest_pids],
-                             "sink": round(peak_rss_mib(sink_pid), 1), "kafka": round(peak_rss_mib(kafka_pid), 1)},
-            "cpu_cores": os.cpu_count(),
-            # CPU seconds each role used from the jobs' start to here (the run plus the drain).
-            "cpu_s": {"ingest": [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in ingest_pids],
-                      "process": round(cpu_seconds(process_pid) - cpu_before[process_pid], 1),
-                      "sink": round(cpu_seconds(sink_pid) - cpu_before[sink_pid], 1),
-                      "kafka": round(cpu_seconds(kafka_pid) - cpu_before[kafka_pid], 1)},
-        }
+            out = load(sup, cfg, token, jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s,
+                       workers=args.workers, status=status)
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
     finally:
