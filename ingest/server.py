@@ -144,6 +144,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         try:
             token = self.tokens.authenticate(auth)
             async for raw in requests:
+                # Every message is checked again: a token revoked while a stream is open stops that stream too.
+                token = self.tokens.authenticate(auth)
                 request = parse_request(raw)
                 for batch in request.batches:
                     where = f"batches[{len(futures)}]"

@@ -11,6 +11,14 @@ from runstream.wire.governance import NAME_RE
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024
+# Times in milliseconds since the epoch: 1970-01-01 to 2100-01-01 (storage keeps DateTime64(3); beyond its range a
+# time would be clamped, and a year past 9999 cannot even be represented by the sink).
+MAX_TIME_MS = 4_102_444_800_000
+
+
+def _time(field: str, ms: int) -> None:
+    if not 0 <= ms < MAX_TIME_MS:
+        raise ValidationError(field, f"{ms} is not a time in milliseconds since 1970 before 2100")
 
 
 def _name(field: str, value: str, limit: int) -> None:
@@ -38,6 +46,7 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
     _name(f"{where}.run_id", b.run_id, 128)
     if b.seq < 1:
         raise ValidationError(f"{where}.seq", "must be >= 1 (per-run sequence numbers start at 1)")
+    _time(f"{where}.created_ms", b.created_ms)
     kind = b.WhichOneof("body")
     if kind is None:
         raise ValidationError(f"{where}.body", "is empty: set one of run_start, run_finish, params, tags, metrics")
@@ -61,6 +70,8 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
             raise ValidationError(f"{where}.metrics.name_index", f"refers to name {max(m.name_index)} but there are {len(m.names)} names")
         if min(m.steps) < 0:
             raise ValidationError(f"{where}.metrics.steps", "must not be negative")
+        for ms in (min(m.timestamps_ms), max(m.timestamps_ms)):
+            _time(f"{where}.metrics.timestamps_ms", ms)
         return n
     if kind == "run_start":
         rs = b.run_start
@@ -69,6 +80,9 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
         if len(rs.tags) > 1000 or any(len(t) > cfg.max_name_length for t in rs.tags):
             raise ValidationError(f"{where}.run_start.tags", f"at most 1000 tags of at most {cfg.max_name_length} characters")
         _mapping(f"{where}.run_start.config", rs.config, cfg)
+        _time(f"{where}.run_start.start_ms", rs.start_ms)
+    elif kind == "run_finish":
+        _time(f"{where}.run_finish.end_ms", b.run_finish.end_ms)
     elif kind == "params":
         _mapping(f"{where}.params.values", b.params.values, cfg)
     elif kind == "tags":

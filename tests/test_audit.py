@@ -25,7 +25,7 @@ def run_cli(stack: Stack, *args: str):
 
 
 def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str, tmp_path: Path) -> None:
-    write_stack_file(stack.config, {"sql": f"http://{stack.config.sink.sql_listen}",
+    write_stack_file(stack.config, {"sql": f"http://{stack.config.sink.sql_listen}", "token": token,
                                     "database": stack.config.clickhouse.database})
     cli(stack, "project", "create", "audited")
     secret = cli(stack, "token", "create", "--project", "audited", "--scope", "ingest").stdout.strip().splitlines()[-1]

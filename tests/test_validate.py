@@ -31,6 +31,10 @@ def test_good_batch_counts_points() -> None:
     (lambda b: b.metrics.steps.__setitem__(0, -1), "batch.metrics.steps"),
     (lambda b: b.metrics.names.__setitem__(0, ""), "batch.metrics.names[0]"),
     (lambda b: b.ClearField("metrics"), "batch.body"),
+    (lambda b: setattr(b, "created_ms", 2**62), "batch.created_ms"),           # once clamped, then stopped the sink
+    (lambda b: setattr(b, "created_ms", -1), "batch.created_ms"),
+    (lambda b: b.metrics.timestamps_ms.__setitem__(1, 2**62), "batch.metrics.timestamps_ms"),
+    (lambda b: b.run_start.__setattr__("start_ms", 2**62), "batch.run_start.start_ms"),
 ])
 def test_bad_fields_are_named(mutate, field) -> None:
     b = good()
