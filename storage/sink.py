@@ -5,7 +5,9 @@ A Kafka consumer group reads every topic of the registry (runstream.wire.topics)
 after every insert succeeded: a crash replays at most the uncommitted polls, and the replayed rows collapse
 on their (batch, idx) key (see migrations/0001_init.sql), so nothing is lost and nothing is counted twice.
 An insert that fails is retried with backoff, never skipped, until the stage is stopped. Governance events
-are carried out by storage.governance.
+are carried out by storage.governance. A record the sink cannot turn into rows (undecodable, or values storage
+cannot represent) goes to the dead-letter topic as it came, with its source and the reason, and the rest of the
+poll is stored: one bad record never stops storage. If the loop dies anyway, ``failed`` says so and the role exits.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
 
@@ -61,6 +64,7 @@ class Sink:
         self.client = client
         self._own_client = client is None
         self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None  # the dead-letter topic
         self.governance: GovernanceApplier | None = None
         self.writer: Writer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +97,16 @@ class Sink:
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka.bootstrap, acks="all", enable_idempotence=True,
+                                         max_request_size=self.config.kafka.max_record_bytes + 4096)
+        await self.producer.start()
         self._task = asyncio.create_task(self._run(), name="sink")
+        tm.SINK_CONSUMING.set(1)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The consume loop; the role runner watches it and exits non-zero when it dies."""
+        return self._task
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -108,11 +121,22 @@ class Sink:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             await consumer.stop()
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.stop()
         if self._own_client and self.client is not None:
             self.client.close()
             self.client = None
 
     async def _run(self) -> None:
+        try:
+            await self._consume()
+        except Exception:
+            tm.SINK_CONSUMING.set(0)
+            log.exception("The sink's consume loop died; nothing more is stored until the role restarts.")
+            raise
+
+    async def _consume(self) -> None:
         assert self.consumer is not None
         max_rows = self.config.sink.max_rows_per_insert
         while not self._stopping.is_set():
@@ -130,23 +154,18 @@ class Sink:
             if not polled:
                 continue
             items = []
-            tables = columns.Tables()
+            derived = []
+            dead: list[tuple[Any, Any, str]] = []  # (topic partition, message, reason)
             for tp, messages in polled.items():
                 topic = self.topics.get(tp.topic, topics.EVENTS)
                 for msg in messages:
                     if topic is not topics.EVENTS:
-                        try:
-                            columns.add_derived(tables, topic.kind, msg.value, tp.partition, msg.offset)
-                        except Exception as exc:
-                            tm.SINK_BATCHES.labels("undecodable").inc()
-                            log.error("Skipping undecodable %s record %s[%d]@%d: %s", topic.kind, tp.topic, tp.partition,
-                                      msg.offset, exc)
+                        derived.append((topic, tp, msg))
                         continue
                     try:
                         batch = topic.decode(msg.value, msg.headers)
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
-                        tm.SINK_BATCHES.labels("undecodable").inc()
-                        log.error("Skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, exc)
+                        dead.append((tp, msg, f"undecodable: {exc}"))
                         continue
                     if batch.run_id in self.deleted_runs:
                         tm.SINK_BATCHES.labels("deleted_run").inc()
@@ -154,8 +173,16 @@ class Sink:
                     if batch.batch_id in self.recent:
                         tm.SINK_BATCHES.labels("duplicate").inc()
                         continue
-                    items.append((batch, tp.partition, msg.offset))
-            columns.build(items, tables)
+                    items.append((batch, tp, msg))
+            tables = self._build(items, dead)
+            for topic, tp, msg in derived:
+                try:
+                    columns.add_derived(tables, topic.kind, msg.value, tp.partition, msg.offset)
+                except Exception as exc:
+                    dead.append((tp, msg, f"cannot store {topic.kind} record: {exc}"))
+            if dead:
+                await self._dead_letter(dead)
+            items = [(b, tp, msg) for b, tp, msg in items if all(msg is not d[1] for d in dead)]
             if not await self._write_until_done(tables):
                 return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
@@ -166,6 +193,41 @@ class Sink:
             self.stored_points += tables.point_count
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
+
+    def _build(self, items: list[tuple[Any, Any, Any]], dead: list[tuple[Any, Any, str]]) -> columns.Tables:
+        """Rows for the poll's batches; a batch that cannot become rows joins ``dead`` and the others still do."""
+        rows = [(b, tp.partition, msg.offset) for b, tp, msg in items]
+        try:
+            return columns.build(rows)
+        except Exception:  # find the culprit(s): each batch on its own
+            good = []
+            for (b, tp, msg), row in zip(items, rows):
+                try:
+                    columns.build([row])
+                    good.append(row)
+                except Exception as exc:
+                    dead.append((tp, msg, f"cannot store batch {b.batch_id}: {type(exc).__name__}: {exc}"))
+            return columns.build(good)
+
+    async def _dead_letter(self, dead: list[tuple[Any, Any, str]]) -> None:
+        """Move records to the dead-letter topic, acknowledged by Kafka before the poll's offsets are committed."""
+        assert self.producer is not None
+        name = self.config.kafka.deadletter_topic
+        records = []
+        for tp, msg, reason in dead:
+            kind = self.topics.get(tp.topic, topics.EVENTS).kind
+            tm.SINK_DEAD_LETTERS.labels(kind).inc()
+            log.error("Record %s[%d]@%d moved to %s: %s", tp.topic, tp.partition, msg.offset, name, reason)
+            headers = [*(msg.headers or ()), ("source-topic", tp.topic.encode()), ("source-partition", str(tp.partition).encode()),
+                       ("source-offset", str(msg.offset).encode()), ("reason", reason[:1000].encode())]
+            records.append((msg.value, msg.key, headers))
+        while True:
+            try:
+                await asyncio.gather(*[await self.producer.send(name, v, key=k, headers=h) for v, k, h in records])
+                return
+            except KafkaError as exc:  # not acknowledged: send again (the consumer has not committed, nothing is lost)
+                log.warning("Dead-lettering failed (%s); retrying.", exc)
+                await asyncio.sleep(1)
 
     async def _report_lag(self) -> None:
         assert self.consumer is not None

@@ -18,6 +18,7 @@ import pytest
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles, isolated_config
 from runstream.server.auth import ensure_dev_token
+from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
 
 
@@ -41,12 +42,8 @@ def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
     tag = uuid.uuid4().hex[:10]
     c = isolated_config(tmp_path / "data")
     c.kafka.bootstrap = kafka
-    c.kafka.events_topic = f"events-{tag}"
-    c.kafka.rollups_topic = f"rollups-{tag}"
-    c.kafka.alerts_topic = f"alerts-{tag}"
-    c.kafka.fleet_topic = f"fleet-{tag}"
-    c.kafka.control_topic = f"control-{tag}"
-    c.kafka.audit_topic = f"audit-{tag}"
+    for topic in topics.TOPICS:
+        setattr(c.kafka, f"{topic.kind}_topic", f"{topic.kind}-{tag}")
     c.processors.app_id = f"proc-{tag}"
     c.processors.metrics_port = 0
     c.kafka.partitions = 4

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from runstream.ops.broker import free_port
+from runstream.wire import topics
 
 
 def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
@@ -28,8 +29,8 @@ def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
         "RUNSTREAM_PROCESSORS_METRICS_PORT": str(free_port()),
     })
     tag = tmp_path.name[-12:].replace("_", "-")
-    for topic in ("EVENTS", "ROLLUPS", "ALERTS", "FLEET", "CONTROL", "AUDIT"):
-        env[f"RUNSTREAM_KAFKA_{topic}_TOPIC"] = f"{topic.lower()}-{tag}"
+    for topic in topics.TOPICS:
+        env[f"RUNSTREAM_KAFKA_{topic.kind.upper()}_TOPIC"] = f"{topic.kind}-{tag}"
     env["RUNSTREAM_PROCESSORS_APP_ID"] = f"proc-{tag}"
     for k in ("RUNSTREAM_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_CLICKHOUSE_URL"):
         env.pop(k, None)

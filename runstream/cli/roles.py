@@ -28,8 +28,7 @@ def cmd_role(args: argparse.Namespace) -> int:
     if not config.kafka.bootstrap:
         raise RunstreamError("kafka.bootstrap is not set: pass --kafka HOST:PORT or set RUNSTREAM_KAFKA_BOOTSTRAP "
                              "(`runstream up` starts a broker for you).")
-    asyncio.run(run_role(args.command, config))
-    return 0
+    return asyncio.run(run_role(args.command, config))
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -62,8 +62,9 @@ async def stop_stages(stages: list[Stage]) -> None:
             log.exception("Stopping %s failed.", type(stage).__name__)
 
 
-async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[Any]], None] | None = None) -> None:
-    """Start a role's stages, wait for SIGINT/SIGTERM, stop them in reverse order."""
+async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[Any]], None] | None = None) -> int:
+    """Start a role's stages, wait for SIGINT/SIGTERM, stop them in reverse order. Returns the exit code: 1 when a
+    stage's own task (``task``, e.g. the sink's consume loop) died, so a supervisor restarts the role."""
     role = ROLES[name]
     await ensure_topics(config)
     telemetry.serve_metrics(role.metrics_port(config), config.metrics_host)
@@ -80,7 +81,15 @@ async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[
         log.info("Role %s started.", name)
         if ready:
             ready(stages)
-        await stop.wait()
+        watched: list[asyncio.Future[Any]] = [t for s in stages if (t := getattr(s, "task", None)) is not None]
+        waiter = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([waiter, *watched], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        died = [t for t in done if t is not waiter]
+        if died:
+            log.error("Role %s: a stage's task ended (%s); stopping with exit code 1.", name,
+                      died[0].exception() if not died[0].cancelled() else "cancelled")
+        return 1 if died else 0
     finally:
         await stop_stages(started)
         log.info("Role %s stopped.", name)

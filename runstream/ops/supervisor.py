@@ -132,6 +132,15 @@ class Supervisor:
                 f"sink lag {lag:5.2f}s")
         return text + (f" | DOWN: {', '.join(down)} (logs in {self.log_dir})" if down else "")
 
+    def restart_dead(self) -> list[str]:
+        """Start again every role process that exited on its own (a crash, or a role that stopped itself)."""
+        restarted = []
+        for p in self.procs:
+            if p.proc is not None and p.proc.poll() is not None:
+                p.start()
+                restarted.append(p.name)
+        return restarted
+
     def stop(self) -> None:
         """Ingest first (so nothing new arrives), then the sink drains, then Kafka. Idempotent."""
         for p in [p for p in self.procs if p.role == "ingest"] + [p for p in self.procs if p.role != "ingest"]:
@@ -157,6 +166,8 @@ class Supervisor:
             with Live(self.status(), console=console, refresh_per_second=2) as live:
                 while True:
                     time.sleep(1)
+                    for name in self.restart_dead():
+                        live.console.print(f"[yellow]{name} exited; restarted it[/] (log: {self.log_dir / name}.log)")
                     live.update(self.status())
         except KeyboardInterrupt:
             console.print("Stopping (ingest, then sink drains, then Kafka)...")

@@ -17,6 +17,9 @@ SINK_BATCHES = Counter("runstream_sink_batches_total", "Batches read from Kafka,
 SINK_ROWS = Counter("runstream_sink_rows_total", "Rows inserted into ClickHouse, by table.", ["table"])
 SINK_INSERT_SECONDS = Histogram("runstream_sink_insert_seconds", "Time of one ClickHouse insert round (all tables of one poll).",
                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SINK_DEAD_LETTERS = Counter("runstream_sink_dead_letters_total", "Records the sink could not store, moved to the dead-letter "
+                            "topic, by source topic kind.", ["kind"])
+SINK_CONSUMING = Gauge("runstream_sink_consuming", "1 while the sink's consume loop runs; 0 when it has died.")
 SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.", ["stage"])
 SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
 SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kafka not yet read by the sink, by topic.", ["topic"])

@@ -34,6 +34,7 @@ ALERTS_TOPIC = "runstream.alerts"
 FLEET_TOPIC = "runstream.fleet"
 CONTROL_TOPIC = "runstream.control"
 AUDIT_TOPIC = "runstream.audit"
+DEADLETTER_TOPIC = "runstream.deadletter"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class KafkaConfig:
     fleet_topic: str = FLEET_TOPIC
     control_topic: str = CONTROL_TOPIC  # governance events; one partition
     audit_topic: str = AUDIT_TOPIC      # audit records, keyed by project
+    deadletter_topic: str = DEADLETTER_TOPIC  # records the sink could not store, kept as they came
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
     jars_dir: str = "~/.cache/runstream"  # where the Apache Kafka jars are fetched to (`runstream up`, tests)

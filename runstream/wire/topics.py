@@ -19,9 +19,10 @@ from runstream.wire.config import RunstreamConfig
 @dataclass(frozen=True)
 class Topic:
     kind: str                 # "events", "rollups", ...: the config key is kafka.<kind>_topic
-    message: type[Message]    # the protobuf value of every record
+    message: type[Message] | None  # the protobuf value of every record; None: the bytes as they came
     key: str                  # what the record key is (per-key order holds)
     single_partition: bool = False  # one total order (governance), whatever kafka.partitions says
+    stored: bool = True       # the sink reads it into ClickHouse
 
     def name(self, config: RunstreamConfig) -> str:
         return str(getattr(config.kafka, f"{self.kind}_topic"))
@@ -31,6 +32,8 @@ class Topic:
 
     def decode(self, value: bytes, headers: Any = ()) -> Any:
         """The record's message; raises on a record this topic cannot hold."""
+        if self.message is None:
+            return value
         if self.message is Batch:
             return encoding.decode(value, headers)
         return self.message.FromString(value)
@@ -42,12 +45,14 @@ ALERTS = Topic("alerts", Alert, "run id")
 FLEET = Topic("fleet", FleetWindows, "project")
 CONTROL = Topic("control", ControlEvent, "object id", single_partition=True)
 AUDIT = Topic("audit", AuditRecord, "project")
-TOPICS: tuple[Topic, ...] = (EVENTS, ROLLUPS, ALERTS, FLEET, CONTROL, AUDIT)
+# Records the sink could not store, as they were, with headers naming where they came from and why.
+DEADLETTER = Topic("deadletter", None, "as the source record", stored=False)
+TOPICS: tuple[Topic, ...] = (EVENTS, ROLLUPS, ALERTS, FLEET, CONTROL, AUDIT, DEADLETTER)
 
 
 def by_name(config: RunstreamConfig) -> dict[str, Topic]:
-    """Topic name (as configured) -> its registry entry."""
-    return {t.name(config): t for t in TOPICS}
+    """Topic name (as configured) -> its registry entry, for the topics the sink stores."""
+    return {t.name(config): t for t in TOPICS if t.stored}
 
 
 def topics(config: RunstreamConfig) -> dict[str, int]:

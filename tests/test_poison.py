@@ -1,0 +1,100 @@
+"""One bad record never stops storage: ingest refuses out-of-range times naming the field; records that reach the
+events topic anyway (written past ingest, or by an older version) go to the dead-letter topic with their source,
+counted and logged, while every good point around them is stored. A stage whose own task dies makes its role exit
+non-zero, so a supervisor restarts it.
+
+Leaves out: the supervisor's restart loop itself (runstream up), exercised by hand and in the CLI tests' stacks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from runstream.ops import roles
+from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.wire import encoding
+from runstream.wire.config import RunstreamConfig
+from tests.conftest import BackgroundClient, Stack
+from tests.helpers import counter, metric_batch, wait_until
+
+
+async def _produce(config: RunstreamConfig, values: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in values:
+            await producer.send_and_wait(config.kafka.events_topic, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(config: RunstreamConfig, n: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(config.kafka.deadletter_topic, bootstrap_servers=config.kafka.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        got: list[Any] = []
+        async with asyncio.timeout(30):
+            while len(got) < n:
+                for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                    got.extend(msgs)
+        return got
+    finally:
+        await consumer.stop()
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_good_points_are_stored(stack: Stack, token: str,
+                                                                                tmp_path: Path) -> None:
+    t = GrpcTransport(stack.ingest_addr, token)
+    with pytest.raises(SendError) as exc:
+        t.send([metric_batch("poison-direct", created_ms=2**62)])
+    assert exc.value.code == "INVALID_ARGUMENT" and "created_ms" in str(exc.value)
+
+    poison = metric_batch("poison-run", 5, project="good", created_ms=2**62, timestamps_ms=[2**62] * 5)
+    after = metric_batch("after-run", 7, project="good")
+    dead_before = counter("runstream_sink_dead_letters_total", kind="events")
+    with BackgroundClient(stack.ingest_addr, token, "good", tmp_path) as good:
+        wait_until(lambda: good.acked > 1000, 30, "the good client to be logging")
+        records = [(b.run_id.encode(), encoding.encode(b, max_record_bytes=1 << 20).value,
+                    encoding.encode(b, max_record_bytes=1 << 20).headers) for b in (poison,)]
+        records.append((b"garbage", b"\xff\x00 not a batch", [("schema", encoding.SCHEMA)]))
+        records.append((b"after-run", after.SerializeToString(), [("schema", encoding.SCHEMA)]))
+        asyncio.run(_produce(stack.config, records))
+        wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 2, 30,
+                   "both bad records to be dead-lettered")
+    acked = good.acked
+    assert acked > 1000 and stack.wait_points(acked, where="project = 'good' AND run_id NOT IN ('after-run')") == acked
+    assert stack.wait_points(7, where="run_id = 'after-run'") == 7
+    assert stack.count_points("run_id = 'poison-run'") == 0
+    dead = asyncio.run(_dead_letters(stack.config, 2))
+    sources = sorted(dict(m.headers)["source-offset"] for m in dead)
+    assert len(dead) == 2 and all(dict(m.headers)["source-topic"] == stack.config.kafka.events_topic.encode() for m in dead)
+    assert len(set(sources)) == 2 and b"cannot store batch" in b" ".join(dict(m.headers)["reason"] for m in dead)
+    assert dead[0].value in (records[0][1], records[1][1])
+    assert counter("runstream_sink_consuming") == 1
+
+
+class _Dies:
+    """A stage whose background task fails after a moment."""
+
+    async def start(self) -> None:
+        async def run() -> None:
+            await asyncio.sleep(0.2)
+            raise RuntimeError("the loop died")
+        self.task = asyncio.create_task(run())
+
+    async def stop(self) -> None:
+        pass
+
+
+def dying_stages(config: RunstreamConfig) -> list[Any]:
+    return [_Dies()]
+
+
+def test_a_stage_whose_task_dies_makes_its_role_exit_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(roles.ROLES, "dying", roles.Role("dying", "test", f"{__name__}:dying_stages", lambda c: 0))
+    assert asyncio.run(asyncio.wait_for(roles.run_role("dying", config), 60)) == 1
