@@ -24,7 +24,7 @@ class GovernanceApplier:
     def __init__(self, client: Client, db: str) -> None:
         self.client = client
         self.db = db
-        self.deleted_runs: set[str] = set()
+        self.deleted_runs: set[tuple[str, str]] = set()  # (project, run id): a run id is unique per project only
         self.retention: dict[str, tuple[int, int]] = {}
         self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
 
@@ -37,7 +37,7 @@ class GovernanceApplier:
         self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
         for action, obj, record in history:
             if action == "run.delete":
-                self.deleted_runs.add(obj)
+                self.deleted_runs.add((str(json.loads(record).get("project", "")), obj))
             else:
                 r = json.loads(record)
                 self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
@@ -56,12 +56,13 @@ class GovernanceApplier:
                 for stmt in access.project_statements(db, ev.project.name):
                     self.client.command(stmt)
         elif ev.HasField("run_delete"):
-            run_id = ev.run_delete.run_id
-            self.deleted_runs.add(run_id)
-            for table in RUN_TABLES:
-                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE run_id = %(r)s",
-                                    parameters={"r": run_id}, settings={"mutations_sync": 2})
-            log.info("Deleted run %s from every table (%s).", run_id, ev.run_delete.reason or "no reason given")
+            project, run_id = ev.run_delete.project, ev.run_delete.run_id
+            self.deleted_runs.add((project, run_id))
+            for table in RUN_TABLES:  # only this project's run: another project may use the same run id
+                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE project = %(p)s AND run_id = %(r)s",
+                                    parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
+            log.info("Deleted run %s of project %s from every table (%s).", run_id, project,
+                     ev.run_delete.reason or "no reason given")
         elif ev.HasField("retention"):
             r = ev.retention
             if not NAME_RE.match(r.project):

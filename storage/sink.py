@@ -36,20 +36,25 @@ log = logging.getLogger("runstream.sink")
 
 
 class RecentIds:
-    """A bounded memory of batch ids already stored, to skip obvious resends cheaply.
+    """A bounded memory of batches already stored, to skip obvious resends cheaply. Keyed by project, run and
+    batch id, as storage deduplicates: a batch id another project happened to use first never hides a batch.
 
     Correctness does not depend on it: storage deduplicates anyway.
     """
 
     def __init__(self, size: int = 200_000) -> None:
         self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
-    def __contains__(self, batch_id: str) -> bool:
-        return batch_id in self._ids
+    @staticmethod
+    def key(batch: Any) -> tuple[str, str, str]:
+        return batch.project, batch.run_id, batch.batch_id
 
-    def add(self, batch_id: str) -> None:
-        self._ids[batch_id] = None
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
+        return key in self._ids
+
+    def add(self, key: tuple[str, str, str]) -> None:
+        self._ids[key] = None
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
 
@@ -80,7 +85,7 @@ class Sink:
         return self.config.clickhouse.database
 
     @property
-    def deleted_runs(self) -> set[str]:
+    def deleted_runs(self) -> set[tuple[str, str]]:
         return self.governance.deleted_runs if self.governance is not None else set()
 
     async def start(self) -> None:
@@ -167,10 +172,10 @@ class Sink:
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
                         dead.append((tp, msg, f"undecodable: {exc}"))
                         continue
-                    if batch.run_id in self.deleted_runs:
+                    if (batch.project, batch.run_id) in self.deleted_runs:
                         tm.SINK_BATCHES.labels("deleted_run").inc()
                         continue
-                    if batch.batch_id in self.recent:
+                    if RecentIds.key(batch) in self.recent:
                         tm.SINK_BATCHES.labels("duplicate").inc()
                         continue
                     items.append((batch, tp, msg))
@@ -186,7 +191,7 @@ class Sink:
             if not await self._write_until_done(tables):
                 return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
-                self.recent.add(batch.batch_id)
+                self.recent.add(RecentIds.key(batch))
             await self._commit()
             tm.SINK_BATCHES.labels("stored").inc(len(items))
             self.stored_batches += len(items)

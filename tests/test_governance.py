@@ -133,3 +133,19 @@ def test_run_delete_and_retention(stack: Stack, token: str, tmp_path: Path) -> N
     stack.sink.client.command(f"OPTIMIZE TABLE {stack.config.clickhouse.database}.metric_points FINAL")
     assert stack.count_points("run_id = 'old-run'") == 0
     assert stack.count_points(f"run_id = '{keep.id}'") == 200
+
+
+def test_projects_are_isolated_by_run_and_batch_id(stack: Stack, token: str) -> None:
+    """The same run id in two projects, and one batch id used by both: deleting one project's run leaves the other's,
+    whose later batches are still stored; the other project's batch with a repeated id is stored too."""
+    t = GrpcTransport(stack.ingest_addr, token)
+    shared = "shared-batch-id-0001"
+    t.send([metric_batch("same-run", 10, project="otherp", batch_id=shared)])
+    t.send([metric_batch("same-run", 10, project="authp", batch_id=shared)])  # same id, first used by otherp
+    assert stack.wait_points(10, where="project = 'authp' AND run_id = 'same-run'") == 10
+    assert stack.wait_points(10, where="project = 'otherp' AND run_id = 'same-run'") == 10
+    cli(stack, "run", "delete", "same-run", "--project", "otherp", "--reason", "isolation test")
+    wait_until(lambda: stack.count_points("project = 'otherp'") == 0, 30, "otherp's run to be deleted")
+    assert stack.count_points("project = 'authp' AND run_id = 'same-run'") == 10
+    t.send([metric_batch("same-run", 5, project="authp", seq=2)])  # authp's run goes on after the deletion
+    assert stack.wait_points(15, where="project = 'authp' AND run_id = 'same-run'") == 15
