@@ -358,7 +358,7 @@ class Sender(threading.Thread):
                 return
             if error.retryable:
                 self._backoff = min(self.config.backoff_max_s, max(0.1, self._backoff * 2))
-                self._down_until = time.monotonic() + self._backoff * (0.5 + random.random() / 2)
+                self._down_until = time.monotonic() + self._backoff * (0.5 + _jitter.random() / 2)
                 log.debug("ingest unavailable (%s); retrying in %.2fs", error, self._backoff)
             elif error.code == "INVALID_ARGUMENT" and self.pending:
                 bad = self.pending.popleft()
@@ -461,6 +461,8 @@ def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[i
     return m
 
 
+# The SDK's own generator: drawing from the global one would change a training script's seeded random sequence.
+_jitter = random.Random()
 _sender: Sender | None = None
 _sender_lock = threading.Lock()
 _active: list[Run] = []
