@@ -20,6 +20,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import StorageError, StoreLocked
+from runstream.wire.files import private_dir
 
 log = logging.getLogger("runstream.storage")
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -35,7 +36,7 @@ def map_clickhouse_errors(what: str) -> Iterator[None]:
 
 def open_embedded(path: Path, **kwargs: Any) -> Client:
     """The in-process engine at ``path``. One process may hold a path at a time."""
-    path.mkdir(parents=True, exist_ok=True)
+    private_dir(path)
     try:
         return clickhouse_connect.get_client(interface="chdb", path=str(path), **kwargs)
     except Exception as exc:  # chdb reports the lock as BAD_ARGUMENTS; the real cause is on stderr

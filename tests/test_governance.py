@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 import runstream
 from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.v1.ingest_pb2 import SendRequest
 from tests.conftest import BackgroundClient, Stack
 from tests.helpers import counter, metric_batch, wait_until
 
@@ -149,3 +151,31 @@ def test_projects_are_isolated_by_run_and_batch_id(stack: Stack, token: str) -> 
     assert stack.count_points("project = 'authp' AND run_id = 'same-run'") == 10
     t.send([metric_batch("same-run", 5, project="authp", seq=2)])  # authp's run goes on after the deletion
     assert stack.wait_points(15, where="project = 'authp' AND run_id = 'same-run'") == 15
+
+
+def test_revocation_reaches_a_stream_opened_before_it(stack: Stack, token: str) -> None:
+    """Every message on a stream is checked: a client that keeps one call open is cut off within seconds."""
+    cli(stack, "project", "create", "streamp")
+    secret = cli(stack, "token", "create", "--project", "streamp", "--scope", "ingest").stdout.strip().splitlines()[-1]
+    wait_until(lambda: status(stack.ingest_addr, secret, "streamp") == "OK", 10, "the new token to be known")
+    sent_at: list[float] = []
+    revoked_at: list[float] = []
+
+    def requests():
+        for i in range(40):
+            b = metric_batch("held-open", 10, project="streamp", seq=i + 1)
+            sent_at.append(time.monotonic())
+            yield SendRequest(batches=[b]).SerializeToString()
+            if i == 1:
+                cli(stack, "token", "revoke", secret.split("_")[1])
+                revoked_at.append(time.monotonic())
+            time.sleep(0.5)
+
+    with grpc.insecure_channel(stack.ingest_addr) as ch:
+        call = ch.stream_unary("/runstream.v1.Ingest/SendStream", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as exc:
+            call(requests(), metadata=(("authorization", f"Bearer {secret}"),), timeout=60)
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in exc.value.details()
+    after = [t for t in sent_at if t > revoked_at[0]]
+    assert after and after[-1] - revoked_at[0] < 5.0, "the stream kept going for 5 s after the revocation"

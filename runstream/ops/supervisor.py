@@ -76,7 +76,7 @@ class Supervisor:
     def start(self) -> dict[str, Any]:
         c = self.config
         self._check_free()
-        private_dir(c.data_path)
+        private_dir(c.data_path, tighten=True)
         if not c.kafka.bootstrap:
             print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", flush=True)
             self.broker = KafkaBroker(c.data_path / "kafka")

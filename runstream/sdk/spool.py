@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from runstream.v1.ingest_pb2 import Batch
+from runstream.wire.files import private_dir
 
 LEN = struct.Struct("<I")
 
 
 def write(directory: Path, batches: Iterable[Batch]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     name = f"{os.getpid()}-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.spool"
     tmp = directory / (name + ".tmp")
     with open(tmp, "wb") as f:

@@ -6,16 +6,21 @@ import os
 from pathlib import Path
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as 0700; an existing directory is tightened to 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
+def private_dir(path: Path, *, tighten: bool = False) -> Path:
+    """Create ``path`` (and parents) as 0700. An existing directory keeps its mode unless ``tighten`` (for
+    directories that are runstream's own, never one a user named, which may be shared)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+    elif tighten:
+        path.chmod(0o700)
     return path
 
 
 def write_private(path: Path, data: str | bytes) -> Path:
     """Replace ``path`` atomically with ``data``, readable by the owner only from the first byte."""
-    private_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

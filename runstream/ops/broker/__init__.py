@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from runstream.wire.config import RunstreamConfig
+from runstream.wire.files import private_dir
 
 KAFKA_VERSION = "4.1.1"  # keep in step with pom.xml
 POM = Path(__file__).with_name("pom.xml")
@@ -98,7 +99,7 @@ class KafkaBroker:
         saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
         self.port = port or saved.get("port") or free_port()
         self.controller_port = controller_port or saved.get("controller_port") or free_port()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # the log holds every acknowledged point and the governance records
         ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
@@ -113,7 +114,7 @@ class KafkaBroker:
         return self.data_dir / "broker.log"
 
     def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # the log holds every acknowledged point and the governance records
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
