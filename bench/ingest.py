@@ -12,136 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
-
-
-def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.Queue) -> None:
-    """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second."""
-    os.environ.update(env)
-    import math
-    import random
-
-    import runstream
-    project = os.environ.pop("BENCH_PROJECT", "bench")
-    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}) for j in range(jobs)]
-    rng = random.Random(idx)
-    samples: list[int] = []
-    pc = time.perf_counter_ns
-    t0 = time.monotonic()
-    tick = 0.01
-    calls = 0
-    step = 0
-    # Jobs log in lockstep at `rate` steps/s: each tick, every job logs the steps that are due.
-    while True:
-        elapsed = time.monotonic() - t0
-        if elapsed >= seconds:
-            break
-        due = int(elapsed * rate) + 1
-        while step < due:
-            for run in runs:
-                loss = 2.0 * math.exp(-step / 5000) + rng.random() * 0.01
-                values = {"loss": loss, "acc": 1 - loss / 2, "lr": 3e-4, "grad_norm": rng.random(), "throughput": 1200.0,
-                          "gpu_util": 0.93, "val_loss": loss * 1.1, "val_acc": 0.9, "epoch": step / 1000, "tokens": step * 4096.0}
-                if calls % 64 == 0:
-                    a = pc()
-                    run.log(values, step=step)
-                    samples.append(pc() - a)
-                else:
-                    run.log(values, step=step)
-                calls += 1
-            step += 1
-        time.sleep(max(0.0, tick - (time.monotonic() - t0 - elapsed)))
-    logged_until = time.time()
-    for run in runs:
-        run.finish(timeout=120)
-    out.put({"logged": calls * len(METRICS), "acked": sum(r.stats.acked_points for r in runs), "samples": samples,
-             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "logged_until": logged_until,
-             "spooled": runs[0]._sender.spooled_batches if runs else 0})
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_per_s: float, workers: int,
-         project: str = "bench", status: Any = None) -> dict[str, Any]:
-    """Run the simulated jobs against a started Supervisor and measure what was stored for ``project``."""
-    from runstream.storage import queries
-    from runstream.storage.store import open_url
-
-    env = {"RUNSTREAM_DATA_DIR": str(cfg.data_path), "BENCH_PROJECT": project}
-    rate = points_per_s / jobs / len(METRICS)
-    per = [jobs // workers + (1 if i < jobs % workers else 0) for i in range(workers)]
-    ctx = mp.get_context("spawn")
-    q: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(i, n, rate, seconds, env, q)) for i, n in enumerate(per) if n]
-    for pr in procs:
-        pr.start()
-    pids = {"sink": [p.proc.pid for p in sup.procs if p.role == "sink"],
-            "ingest": [p.proc.pid for p in sup.procs if p.role == "ingest"],
-            "process": [p.proc.pid for p in sup.procs if p.role == "process"],
-            "kafka": [sup.broker.proc.pid] if sup.broker and sup.broker.proc else []}
-    cpu_before = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
-    while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
-        if status is not None:
-            status.update(sup.status())
-        time.sleep(1)
-    results = [q.get(timeout=300) for _ in procs]
-    for pr in procs:
-        pr.join(60)
-    logged = sum(r["logged"] for r in results)
-    acked = sum(r["acked"] for r in results)
-    client = open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and queries.points_in_project(client, project) < acked:
-        time.sleep(0.5)
-    stored, distinct, first_ts, last_stored = queries.point_stats(client, project)
-    p50, p99 = queries.store_latency_ms(client, project)
-    window = max(1e-3, (last_stored - first_ts).total_seconds())
-    samples = sorted(s for r in results for s in r["samples"])
-    return {
-        "jobs": jobs, "seconds": seconds, "offered_points_per_s": round(points_per_s),
-        "points_per_s": round(distinct / window), "points_logged": logged, "points_acked": acked, "points_stored": stored,
-        "e2e_p50_ms": p50, "e2e_p99_ms": p99,
-        "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
-        "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
-        "lost": max(0, logged - distinct), "duplicated": stored - distinct,
-        "spooled_batches": sum(r["spooled"] for r in results),
-        "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
-                         "ingest": [round(peak_rss_mib(pid), 1) for pid in pids["ingest"]],
-                         "sink": round(peak_rss_mib(pids["sink"][0]), 1),
-                         "kafka": round(peak_rss_mib(pids["kafka"][0]), 1) if pids["kafka"] else 0.0},
-        "cpu_cores": os.cpu_count(),
-        # CPU seconds each role used from the jobs' start to the end of the drain.
-        "cpu_s": {role: [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in group] for role, group in pids.items()},
-    }
+from fleetload import load  # noqa: E402  (bench/ is the script's own directory)
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ Leaves out: Grafana's own rendering and network; the readers run on the same 2 c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -26,10 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("bench_ingest", Path(__file__).with_name("ingest.py"))
-assert _spec and _spec.loader
-ingest_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ingest_bench)
+from fleetload import load as fleet_load  # noqa: E402  (bench/ is the script's own directory)
 
 PANELS = {
     # What the fleet overview and run explorer ask for on every refresh (macros expanded for a 5 minute range).
@@ -84,7 +80,7 @@ def main() -> int:
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
         with console.status("phase 1: ingest alone ...") as status:
-            solo = ingest_bench.load(sup, cfg, token, project="solo", status=status, **load)
+            solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
         clients = [open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
                    for _ in range(args.readers)]
         run_id = clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' LIMIT 1").result_rows[0][0]
@@ -96,7 +92,7 @@ def main() -> int:
         for t in threads:
             t.start()
         with console.status(f"phase 2: ingest with {args.readers} readers ...") as status:
-            busy = ingest_bench.load(sup, cfg, token, project="busy", status=status, **load)
+            busy = fleet_load(sup, cfg, token, project="busy", status=status, **load)
         stop.set()
         for t in threads:
             t.join(120)
