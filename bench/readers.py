@@ -3,10 +3,12 @@ the readers cost ingest.
 
     python bench/readers.py --json                     # 8 readers, 500k points/s offered, 20 s per phase
 
-Phase 1 runs the ingest load alone; phase 2 runs the same load while ``--readers`` threads each loop over four
-panel queries of the dashboards (latest value per run, one run's series, a 5 s bucketed panel, the runs list)
-through clickhouse-connect, as Grafana would refresh them. Prints one JSON line: per-panel and overall query
-p50/p99 (ms) and queries/s, and ingest points/s solo and with readers (with their ratio).
+Phase 1 runs the ingest load alone; phase 2 runs the same load while ``--readers`` threads each refresh a
+dashboard through clickhouse-connect: every ClickHouse panel query of the fleet overview and the run explorer
+(dashboards/json, macros expanded as the plugin expands them for the last 5 minutes at a 5 s interval), plus
+the latest value per run that `runstream runs` shows. A reader refreshes every ``--refresh-s`` seconds
+(Grafana's shortest auto-refresh is 5 s); 0 refreshes back to back (a stress figure). Prints one JSON line:
+per-panel and overall query p50/p99 (ms), queries/s, and ingest points/s solo and with readers (and their ratio).
 
 Leaves out: Grafana's own rendering and network; the readers run on the same 2 cores as the whole stack.
 """
@@ -27,18 +29,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fleetload import load as fleet_load  # noqa: E402  (bench/ is the script's own directory)
 
-PANELS = {
-    # What the fleet overview and run explorer ask for on every refresh (macros expanded for a 5 minute range).
-    "latest value per run": "SELECT run_id, metric, argMax(value, step) AS value FROM metrics WHERE project = {p:String} "
-                            "AND metric IN ('loss', 'acc') GROUP BY run_id, metric ORDER BY run_id, metric",
-    "one run's series": "SELECT step, value FROM metrics WHERE project = {p:String} AND run_id = {r:String} "
-                        "AND metric = 'loss' ORDER BY step",
-    "5 s bucketed panel": "SELECT toStartOfInterval(ts, INTERVAL 5 second) AS time, avg(value) AS loss FROM metrics "
-                          "WHERE project = {p:String} AND metric = 'loss' AND ts >= now() - INTERVAL 5 MINUTE "
-                          "GROUP BY time ORDER BY time",
-    "runs list": "SELECT run_id, name, status, started, points_acked FROM runs WHERE project = {p:String} "
-                 "ORDER BY started DESC LIMIT 50",
-}
+DASHBOARDS = ("fleet-overview", "run-explorer")
+LATEST = ("SELECT run_id, metric, value FROM latest WHERE project = %(p)s AND metric IN ('loss', 'acc') "
+          "ORDER BY run_id, metric")
+
+
+def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
+    """The dashboards' ClickHouse panel queries as Grafana's plugin sends them for the last 5 minutes."""
+    from runstream.dashboards import build
+    from tests.grafana_macros import Context, expand, interpolate
+
+    ctx = Context(from_s=now_s - 300, to_s=now_s, interval_s=5,
+                  variables={"project": [project], "run": runs[:2], "metric": ["loss"]},
+                  all_values={"project": [project], "run": runs, "metric": ["loss", "acc"]})
+    out = {}
+    for name in DASHBOARDS:
+        for panel in build.generate()[name]["panels"]:
+            for target in panel.get("targets", []):
+                if "rawSql" in target:
+                    out[f"{name} / {panel['title']}"] = expand(interpolate(target["rawSql"], ctx), ctx)
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -46,17 +56,21 @@ def percentile(values: list[float], q: float) -> float:
     return round(s[min(len(s) - 1, int(q * len(s)))], 1) if s else 0.0
 
 
-def read_loop(client: Any, project: str, run_id: str, stop: threading.Event, out: dict[str, list[float]]) -> None:
+def read_loop(client: Any, queries: dict[str, str], project: str, refresh_s: float, stop: threading.Event,
+              out: dict[str, list[float]]) -> None:
     while not stop.is_set():
-        for name, sql in PANELS.items():
+        started = time.monotonic()
+        for name, sql in queries.items():
             t0 = time.perf_counter()
-            client.query(sql, parameters={"p": project, "r": run_id})
+            client.query(sql, parameters={"p": project})
             out[name].append((time.perf_counter() - t0) * 1000)
+        stop.wait(max(0.0, refresh_s - (time.monotonic() - started)))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--readers", type=int, default=8)
+    p.add_argument("--refresh-s", type=float, default=5.0, help="each reader's dashboard refresh period; 0: back to back")
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--points-per-s", type=float, default=500_000)
@@ -83,10 +97,11 @@ def main() -> int:
             solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
         clients = [open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
                    for _ in range(args.readers)]
-        run_id = clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' LIMIT 1").result_rows[0][0]
-        latencies: list[dict[str, list[float]]] = [{name: [] for name in PANELS} for _ in clients]
+        runs = [r[0] for r in clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
+        queries = {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
+        latencies: list[dict[str, list[float]]] = [{name: [] for name in queries} for _ in clients]
         stop = threading.Event()
-        threads = [threading.Thread(target=read_loop, args=(c, "solo", run_id, stop, lat), daemon=True)
+        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, stop, lat), daemon=True)
                    for c, lat in zip(clients, latencies)]
         t0 = time.monotonic()
         for t in threads:
@@ -97,10 +112,11 @@ def main() -> int:
         for t in threads:
             t.join(120)
         elapsed = time.monotonic() - t0
-        per_panel = {name: [v for lat in latencies for v in lat[name]] for name in PANELS}
+        per_panel = {name: [v for lat in latencies for v in lat[name]] for name in queries}
         every = [v for vs in per_panel.values() for v in vs]
         out = {
-            "readers": args.readers, "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
+            "readers": args.readers, "refresh_s": args.refresh_s, "panels": len(queries),
+            "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
             "queries": len(every), "queries_per_s": round(len(every) / elapsed, 1),
             "panel_p50_ms": percentile(every, 0.5), "panel_p99_ms": percentile(every, 0.99),
             "per_panel_ms": {name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": len(v)}

@@ -87,9 +87,9 @@ def fleet_overview() -> dash.Dashboard:
                      "GROUP BY time, project ORDER BY time")))
     d.with_panel(table.Panel().title("Noisiest runs (alerts in range)").span(12).height(8).datasource(CLICKHOUSE)
                  .with_target(CH(
-                     f"SELECT run_id, any(project) AS project, count() AS alerts, countIf(status = 'open') AS open, "
+                     f"SELECT run_id, project, count() AS alerts, countIf(status = 'open') AS open, "
                      f"groupUniqArray(kind) AS kinds FROM {DB}.alerts WHERE $__timeFilter(detected_at) AND {PROJECT_FILTER} "
-                     "GROUP BY run_id ORDER BY alerts DESC LIMIT 20", fmt=1)))
+                     "GROUP BY project, run_id ORDER BY alerts DESC LIMIT 20", fmt=1)))
     d.with_row(dash.Row("Pipeline"))
     d.with_panel(timeseries.Panel().title("Ingest errors by gRPC code").unit("reqps").span(8).height(8)
                  .datasource(PROMETHEUS).with_target(prom(

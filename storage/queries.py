@@ -22,8 +22,10 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
         return ["run_id", "name", "status", "started", "points_acked", "points_stored", "latest"], []
     ids = [r[1] for r in runs]
     stats = client.query(
-        f"SELECT run_id, metric, argMax(value, step), count() FROM {db}metrics WHERE run_id IN %(ids)s "
-        "GROUP BY run_id, metric ORDER BY run_id, metric", parameters={"ids": ids}).result_rows
+        f"SELECT c.run_id, c.metric, l.value, c.n FROM (SELECT run_id, metric, count() AS n FROM {db}metrics "
+        f"WHERE run_id IN %(ids)s GROUP BY run_id, metric) AS c LEFT JOIN (SELECT run_id, metric, value FROM {db}latest "
+        "WHERE run_id IN %(ids)s) AS l ON l.run_id = c.run_id AND l.metric = c.metric ORDER BY c.run_id, c.metric",
+        parameters={"ids": ids}).result_rows
     stored: dict[str, int] = {}
     latest: dict[str, list[tuple[int, str]]] = {}
     for run_id, metric, value, count in stats:

@@ -12,7 +12,7 @@ from runstream.storage import columns
 @dataclass(frozen=True)
 class Table:
     name: str
-    rows: str                     # the columns.Tables attribute with this poll's rows
+    rows: str                     # the columns.Tables attribute with this poll's rows; "": fed by a materialized view
     columns: tuple[str, ...]      # insert column order; () for an Arrow table
     scope: str                    # "run": has project and run_id; "project": has project; "global": neither
 
@@ -32,6 +32,7 @@ TABLES: tuple[Table, ...] = (
     Table("artifacts", "artifacts", tuple(columns.ARTIFACT_COLUMNS), "run"),
     Table("audit_log", "audit_rows", tuple(columns.AUDIT_COLUMNS), "project"),
     Table("batches", "batches", tuple(columns.BATCH_COLUMNS), "run"),
+    Table("metric_latest", "", (), "run"),  # from metric_points by metric_latest_mv (migrations/0007_reads.sql)
 )
 RUN_TABLES = tuple(t.name for t in TABLES if t.scope == "run")                  # a run deletion reaches these
 PROJECT_TABLES = tuple(t.name for t in TABLES if t.scope in ("run", "project"))  # row policies go on these

@@ -66,6 +66,11 @@ def test_million_points_from_50_clients_exactly_once(stack: Stack, token: str, t
         assert np.array_equal(got.view(np.uint64), expected_values(c, 2000)[:, order].view(np.uint64))
     finished = stack.query("SELECT count(), sum(points_acked) FROM {db}.runs WHERE status = 'finished'")
     assert finished == [(50, 1_000_000)]
+    # The latest value per run and metric, kept by a materialized view, equals the one computed from every point.
+    latest = stack.query("SELECT run_id, metric, step, value FROM {db}.latest ORDER BY run_id, metric")
+    computed = stack.query("SELECT run_id, metric, max(step), argMax(value, step) FROM {db}.metrics "
+                           "GROUP BY run_id, metric ORDER BY run_id, metric")
+    assert len(latest) == 500 and latest == computed
 
 
 def test_same_batch_twice_is_counted_once(stack: Stack, token: str) -> None:

@@ -103,9 +103,9 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, kafka: str, chdb_path: Pa
 
 def panel_queries(ep: Endpoint) -> list[tuple[str, str]]:
     out = []
-    for range_name, (span_s, interval_s) in sorted(RANGES.items()):
+    for (range_name, (span_s, interval_s)), project in zip(sorted(RANGES.items()), ("$__all", "vision")):
         ctx = Context(from_s=ep.now_ms // 1000 - span_s, to_s=ep.now_ms // 1000, interval_s=interval_s,
-                      variables={"project": ["$__all"], "run": ep.values["run"][:2], "metric": ["loss"]},
+                      variables={"project": [project], "run": ep.values["run"][:2], "metric": ["loss"]},
                       all_values=ep.values)
         for name, dash in sorted(build.generate().items()):
             for panel, target in all_targets(dash):
