@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ CLIENT_SETTINGS = frozenset({
     "aggregate_functions_null_for_empty", "prefer_column_name_to_alias", "joined_subquery_requires_alias",
     "low_cardinality_allow_in_native_format", "totals_mode", "use_query_cache",
 })
+CHECKED_CACHE = 1000  # statements remembered as checked
 SETTING_VALUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+/:")
 
 
@@ -127,12 +129,29 @@ class ReadEngine:
         self.limits = limits
         self._admin = chdb.connect(self.path)  # type: ignore[no-untyped-call]  # parsing and KILL only
         self._admin_lock = threading.Lock()
+        # Dashboards send the same statements on every refresh: a checked statement is remembered by its text
+        # (the verdict depends on the text alone; parameter values only fill {name:Type} slots at run time).
+        self._checked: OrderedDict[str, Statement] = OrderedDict()
+        self._checked_lock = threading.Lock()
 
     def close(self) -> None:
         self._admin.close()
 
     def check(self, sql: str, params: dict[str, str]) -> Statement:
         """The one statement in ``sql``, if it is a read; QueryError otherwise (raised by the engine's parser)."""
+        with self._checked_lock:
+            known = self._checked.get(sql)
+            if known is not None:
+                self._checked.move_to_end(sql)
+                return known
+        stmt = self._check(sql, params)
+        with self._checked_lock:
+            self._checked[sql] = stmt
+            if len(self._checked) > CHECKED_CACHE:
+                self._checked.popitem(last=False)
+        return stmt
+
+    def _check(self, sql: str, params: dict[str, str]) -> Statement:
         conn = self._connect({"readonly": "1"})
         try:
             formatted = self._run(conn, "SELECT formatQuerySingleLine({q:String})", "TabSeparatedRaw", {"q": _escaped(sql)})
