@@ -128,3 +128,18 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         # CPU seconds each role used from the jobs' start to the end of the drain.
         "cpu_s": {role: [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in group] for role, group in pids.items()},
     }
+
+
+def start_stack(prefix: str, console: Any, **supervisor: Any) -> tuple[Any, Any, str]:
+    """A `runstream up` stack of its own (data and ports) for a bench: (supervisor, config, dev token)."""
+    import tempfile
+
+    from runstream.ops.stack import isolated_config
+    from runstream.ops.supervisor import Supervisor
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    cfg = isolated_config(home)
+    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
+    sup = Supervisor(cfg, **supervisor)
+    console.print(f"Starting the stack in {home} ...")
+    return sup, cfg, str(sup.start()["token"])

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import load  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import load, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 
 def main() -> int:
@@ -34,16 +32,7 @@ def main() -> int:
 
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
-
-    from runstream.ops.stack import isolated_config
-    from runstream.ops.supervisor import Supervisor
-
-    home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
-    cfg = isolated_config(home)
-    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
-    sup = Supervisor(cfg, ingest_replicas=args.ingest_replicas)
-    console.print(f"Starting the stack in {home} ...")
-    token = sup.start()["token"]
+    sup, cfg, token = start_stack("runstream-bench-", console, ingest_replicas=args.ingest_replicas)
     try:
         console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
                       f"for {args.seconds:.0f}s ...")

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import load as fleet_load  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import load as fleet_load  # noqa: E402
+from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 DASHBOARDS = ("fleet-overview", "run-explorer")
 LATEST = ("SELECT run_id, metric, value FROM latest WHERE project = %(p)s AND metric IN ('loss', 'acc') "
@@ -80,17 +80,10 @@ def main() -> int:
 
     from rich.console import Console
 
-    from runstream.ops.stack import isolated_config
-    from runstream.ops.supervisor import Supervisor
     from runstream.storage.store import open_url
 
     console = Console(stderr=True, quiet=args.json)
-    home = Path(tempfile.mkdtemp(prefix="runstream-readers-"))
-    cfg = isolated_config(home)
-    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
-    sup = Supervisor(cfg)
-    console.print(f"Starting the stack in {home} ...")
-    token = sup.start()["token"]
+    sup, cfg, token = start_stack("runstream-readers-", console)
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
         with console.status("phase 1: ingest alone ...") as status:
