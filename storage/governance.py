@@ -27,20 +27,36 @@ class GovernanceApplier:
         self.deleted_runs: set[tuple[str, str]] = set()  # (project, run id): a run id is unique per project only
         self.retention: dict[str, tuple[int, int]] = {}
         self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
+        self.stored_offset = -1  # the newest control record already in storage (its effects applied)
+        self.deletions: list[tuple[str, str]] = []  # in the order applied: a poll built before one re-applies it
 
     def load(self) -> None:
         """Deletions, retention and audit heads already decided (a restart, or a replay into a new store)."""
         with map_clickhouse_errors("reading governance history"):
             history = queries.governance_history(self.client, self.db)
-        with map_clickhouse_errors("reading the audit trail heads"):
-            heads = queries.audit_heads(self.client, self.db)
-        self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
+        self.load_heads()
         for action, obj, record in history:
             if action == "run.delete":
                 self.deleted_runs.add((str(json.loads(record).get("project", "")), obj))
             else:
                 r = json.loads(record)
                 self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
+        with map_clickhouse_errors("reading the governance offset"):
+            self.stored_offset = queries.governance_offset(self.client, self.db)
+
+    def load_heads(self) -> None:
+        """The audit chains' heads as stored (at start, and when this sink is given audit partitions another
+        sink was chaining)."""
+        with map_clickhouse_errors("reading the audit trail heads"):
+            heads = queries.audit_heads(self.client, self.db)
+        self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
+
+    def remember(self, ev: ControlEvent) -> None:
+        """What this sink must know of an event whose storage effects are already applied (a restart's replay)."""
+        if ev.HasField("run_delete"):
+            self.deleted_runs.add((ev.run_delete.project, ev.run_delete.run_id))
+        elif ev.HasField("retention"):
+            self.retention[ev.retention.project] = (ev.retention.raw_days, ev.retention.rollup_days)
 
     def install_access(self) -> None:
         """The permissive row policies a server needs before any restrictive one (none on the embedded engine)."""
@@ -58,9 +74,8 @@ class GovernanceApplier:
         elif ev.HasField("run_delete"):
             project, run_id = ev.run_delete.project, ev.run_delete.run_id
             self.deleted_runs.add((project, run_id))
-            for table in RUN_TABLES:  # only this project's run: another project may use the same run id
-                self.client.command(f"ALTER TABLE {db}.{table} DELETE WHERE project = %(p)s AND run_id = %(r)s",
-                                    parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
+            self.deletions.append((project, run_id))
+            self.delete_run(project, run_id)
             log.info("Deleted run %s of project %s from every table (%s).", run_id, project,
                      ev.run_delete.reason or "no reason given")
         elif ev.HasField("retention"):
@@ -78,6 +93,11 @@ class GovernanceApplier:
                 self.client.command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
             log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
                      r.rollup_days or "keep")
+
+    def delete_run(self, project: str, run_id: str) -> None:
+        for table in RUN_TABLES:  # only this project's run: another project may use the same run id
+            self.client.command(f"ALTER TABLE {self.db}.{table} DELETE WHERE project = %(p)s AND run_id = %(r)s",
+                                parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
 
     def chain(self, records: list[tuple[AuditRecord, int, int]]) -> list[list[Any]]:
         """Number and chain audit records per project (see runstream.wire.audit); replays are skipped."""

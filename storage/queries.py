@@ -143,3 +143,8 @@ def alert_latency_split_ms(client: Any, project: str) -> Row:
 def points_in_project(client: Any, project: str) -> int:
     """Points stored for a project (each once)."""
     return int(rows(client, "SELECT count() FROM metrics WHERE project = %(p)s", p=project)[0][0])
+
+
+def governance_offset(client: Any, db: str) -> int:
+    """The newest control record stored (its offset on the one control partition), -1 for none."""
+    return int(rows(client, f"SELECT if(count() = 0, -1, toInt64(max(offset))) FROM {db}.governance_events")[0][0])

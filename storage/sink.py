@@ -18,11 +18,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
 
 from runstream.server import telemetry as tm
+from runstream.server.governance import Follower
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
 from runstream.storage.sqlserver import SqlEndpoint
@@ -70,6 +71,7 @@ class Sink:
         self._own_client = client is None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None  # the dead-letter topic
+        self.follower: Follower | None = None  # the control topic, read whole by every sink
         self.governance: GovernanceApplier | None = None
         self.writer: Writer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,12 +98,17 @@ class Sink:
         await asyncio.to_thread(self.governance.install_access)
         await asyncio.to_thread(self.governance.load)
         self.writer = Writer(self.client, self.db, self.governance)
-        self.topics = topics.by_name(self.config)
+        # The group shares the data topics; governance is followed whole by every sink (below), so that each
+        # one drops a deleted run's batches and applies retention, whichever partitions it holds.
+        self.topics = {name: t for name, t in topics.by_name(self.config).items() if t is not topics.CONTROL}
         self.consumer = AIOKafkaConsumer(
-            *self.topics, bootstrap_servers=self.config.kafka.bootstrap,
+            bootstrap_servers=self.config.kafka.bootstrap,
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
+        self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+        self.follower = Follower(self.config, on_record=self._control)
+        await self.follower.start()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka.bootstrap, acks="all", enable_idempotence=True,
                                          max_request_size=self.config.kafka.max_record_bytes + 4096)
         await self.producer.start()
@@ -123,6 +130,9 @@ class Sink:
                 task.cancel()
         if self._write is not None:  # a cancelled loop leaves its insert running: the client stays open for it
             await asyncio.wait([self._write])
+        if self.follower is not None:
+            await self.follower.stop()
+            self.follower = None
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -158,6 +168,7 @@ class Sink:
                 await self._report_lag()
             if not polled:
                 continue
+            deletions_seen = len(self.governance.deletions) if self.governance is not None else 0
             items = []
             derived = []
             dead: list[tuple[Any, Any, str]] = []  # (topic partition, message, reason)
@@ -188,7 +199,7 @@ class Sink:
             if dead:
                 await self._dead_letter(dead)
             items = [(b, tp, msg) for b, tp, msg in items if all(msg is not d[1] for d in dead)]
-            if not await self._write_until_done(tables):
+            if not await self._write_until_done(tables, deletions_seen):
                 return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
                 self.recent.add(RecentIds.key(batch))
@@ -259,13 +270,25 @@ class Sink:
                     return
                 await asyncio.sleep(1)
 
-    async def _write_until_done(self, tables: columns.Tables) -> bool:
+    async def _control(self, value: bytes, offset: int) -> None:
+        """One governance event, from this sink's own reading of the whole control topic."""
+        assert self.governance is not None
+        tables = columns.Tables()
+        columns.add_derived(tables, topics.CONTROL.kind, value, 0, offset)
+        if offset <= self.governance.stored_offset:  # stored and applied before (a restart's replay, or another sink)
+            for ev in tables.control:
+                self.governance.remember(ev)
+            return
+        await self._write_until_done(tables, None)
+        self.governance.stored_offset = offset
+
+    async def _write_until_done(self, tables: columns.Tables, deletions_seen: int | None) -> bool:
         """Insert with backoff until it succeeds (True) or the stage stops (False)."""
         assert self.writer is not None
         delay = 0.5
         while True:
             started = time.perf_counter()
-            self._write = asyncio.get_running_loop().run_in_executor(None, self.writer.write, tables)
+            self._write = asyncio.get_running_loop().run_in_executor(None, self.writer.write, tables, deletions_seen)
             try:
                 await asyncio.shield(self._write)  # a cancel must not orphan the insert: stop() waits for it
                 tm.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
@@ -281,6 +304,21 @@ class Sink:
                 return False
             except TimeoutError:
                 delay = min(delay * 2, 30)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Audit partitions another sink was chaining continue from the heads it stored."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        audit = self.sink.config.kafka.audit_topic
+        if self.sink.governance is not None and any(tp.topic == audit for tp in assigned):
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.governance.load_heads)
 
 
 def build(config: RunstreamConfig, client: Client | None = None) -> Sink:

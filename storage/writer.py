@@ -3,6 +3,8 @@ order, then the poll's governance events. Synchronous: the consume loop runs it 
 
 from __future__ import annotations
 
+import threading
+
 from clickhouse_connect.driver.client import Client
 
 from runstream.server import telemetry as tm
@@ -17,9 +19,20 @@ class Writer:
         self.client = client
         self.db = db
         self.governance = governance
+        self.lock = threading.Lock()  # inserts and governance effects, one at a time
 
-    def write(self, t: columns.Tables) -> None:
-        """Insert one poll's rows, points first, the batch ledger last; raises StorageError."""
+    def write(self, t: columns.Tables, deletions_seen: int | None = None) -> None:
+        """Insert one poll's rows, points first, the batch ledger last, then the poll's governance events; raises
+        StorageError. ``deletions_seen``: how many deletions the poll was filtered against; one that came since is
+        applied again after the insert, so rows of a run deleted meanwhile do not outlive the deletion."""
+        with self.lock:
+            self._write(t)
+            if deletions_seen is not None:
+                with map_clickhouse_errors("re-applying a deletion"):
+                    for project, run_id in self.governance.deletions[deletions_seen:]:
+                        self.governance.delete_run(project, run_id)
+
+    def _write(self, t: columns.Tables) -> None:
         if t.audit:
             t.audit_rows = self.governance.chain(t.audit)
             t.audit = []

@@ -9,6 +9,7 @@ governance history lands in ClickHouse.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -20,8 +21,11 @@ import grpc
 import pytest
 
 import runstream
+from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.storage import queries
 from runstream.v1.ingest_pb2 import SendRequest
+from runstream.wire import audit
 from tests.conftest import BackgroundClient, Stack
 from tests.helpers import counter, metric_batch, wait_until
 
@@ -179,3 +183,37 @@ def test_revocation_reaches_a_stream_opened_before_it(stack: Stack, token: str) 
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in exc.value.details()
     after = [t for t in sent_at if t > revoked_at[0]]
     assert after and after[-1] - revoked_at[0] < 5.0, "the stream kept going for 5 s after the revocation"
+
+
+def test_two_sinks_both_apply_governance_and_keep_one_audit_chain(stack: Stack, token: str, tmp_path: Path) -> None:
+    """Two sinks in one group: a deletion reaches both (each reads the whole control topic), so neither stores the
+    deleted run's late batches; the audit chain stays one gapless sequence when one sink leaves and the other
+    takes its partitions over."""
+    second = copy.deepcopy(stack.config)
+    second.sink.sql_listen = ""  # one SQL endpoint is enough
+    other = InProcessRoles(second, ["sink"]).start()
+    try:
+        sinks = [stack.sink, other.stages["sink"][0]]
+        wait_until(lambda: all(s.consumer.assignment() for s in sinks), 60, "both sinks to hold partitions")
+        cli(stack, "project", "create", "twosinks")
+        t = GrpcTransport(stack.ingest_addr, token)
+        for run_id in ("gone-2", "keep-2"):
+            t.send([metric_batch(run_id, 10, project="twosinks")])
+        assert stack.wait_points(20, where="project = 'twosinks'") == 20
+        cli(stack, "run", "delete", "gone-2", "--project", "twosinks")
+        wait_until(lambda: all(("twosinks", "gone-2") in s.deleted_runs for s in sinks), 30, "both sinks to know")
+        dropped = counter("runstream_sink_batches_total", outcome="deleted_run")
+        for seq in range(2, 6):
+            t.send([metric_batch("gone-2", 10, project="twosinks", seq=seq)])
+        wait_until(lambda: counter("runstream_sink_batches_total", outcome="deleted_run") >= dropped + 4, 30,
+                   "the late batches to be read")
+        assert stack.count_points("run_id = 'gone-2'") == 0 and stack.count_points("run_id = 'keep-2'") == 10
+        cli(stack, "token", "create", "--project", "twosinks", "--scope", "read")
+        other.stop()  # the first sink takes the audit partitions over from the heads the second stored
+        cli(stack, "token", "create", "--project", "twosinks", "--scope", "ingest")
+        db = stack.config.clickhouse.database
+        wait_until(lambda: len(queries.audit_chain(stack.sink.client, db, "twosinks")) >= 4, 60, "the audit records")
+        chain = queries.audit_chain(stack.sink.client, db, "twosinks")
+        assert [r[0] for r in chain] == list(range(1, len(chain) + 1)) and not audit.verify(chain)
+    finally:
+        other.stop()

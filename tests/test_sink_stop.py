@@ -28,7 +28,7 @@ class SlowWriter:
     def __init__(self, client: Client, seconds: float) -> None:
         self.client, self.seconds, self.done = client, seconds, False
 
-    def write(self, tables: columns.Tables) -> None:
+    def write(self, tables: columns.Tables, deletions_seen: int | None = None) -> None:
         self.client.writing.set()
         time.sleep(self.seconds)
         self.client.writing.clear()
@@ -38,7 +38,7 @@ class SlowWriter:
 class FailingWriter:
     calls = 0
 
-    def write(self, tables: columns.Tables) -> None:
+    def write(self, tables: columns.Tables, deletions_seen: int | None = None) -> None:
         FailingWriter.calls += 1
         raise StorageError("insert failed: the server is away")
 
@@ -57,7 +57,7 @@ def test_stop_waits_for_a_running_insert_before_closing_the_client(tmp_path: Pat
         writer = SlowWriter(client, 1.0)
         sink.writer = writer  # type: ignore[assignment]
         sink.DRAIN_TIMEOUT_S = 0.1  # the loop is cancelled while its insert still runs
-        sink._task = asyncio.create_task(sink._write_until_done(columns.Tables()))
+        sink._task = asyncio.create_task(sink._write_until_done(columns.Tables(), None))
         while not client.writing.is_set():
             await asyncio.sleep(0.01)
         await sink.stop()
@@ -69,7 +69,7 @@ def test_stop_waits_for_a_running_insert_before_closing_the_client(tmp_path: Pat
 def test_a_failing_insert_is_not_retried_past_stop(tmp_path: Path) -> None:
     async def scenario() -> tuple[bool, float, int]:
         sink, _ = _sink(tmp_path, FailingWriter())
-        task = asyncio.create_task(sink._write_until_done(columns.Tables()))
+        task = asyncio.create_task(sink._write_until_done(columns.Tables(), None))
         while FailingWriter.calls < 1:
             await asyncio.sleep(0.01)
         t0 = time.monotonic()

@@ -54,6 +54,9 @@ class InProcessRoles:
         self.call(stop_stages(self.stages.pop(role, [])))
 
     def stop(self) -> None:
+        """Stop every role and the loop (idempotent)."""
+        if self.loop.is_closed():
+            return
         for role in list(reversed(list(self.stages))):
             self.stop_role(role)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -60,11 +60,14 @@ async def read_state(config: RunstreamConfig) -> State:
 
 
 class Follower:
-    """Follows the control topic in the background and calls ``on_event`` for every event, oldest first."""
+    """Follows the control topic in the background, oldest first: ``on_event`` gets every event (ingest's token
+    state), or ``on_record`` every record's bytes and offset (the sinks, which each apply every event)."""
 
-    def __init__(self, config: RunstreamConfig, on_event: Callable[[ControlEvent], None]) -> None:
+    def __init__(self, config: RunstreamConfig, on_event: Callable[[ControlEvent], None] | None = None, *,
+                 on_record: Callable[[bytes, int], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.on_event = on_event
+        self.on_record = on_record
         self._task: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -84,8 +87,11 @@ class Follower:
             for msgs in batches.values():
                 for m in msgs:
                     try:
-                        self.on_event(ControlEvent.FromString(m.value))
-                    except Exception as exc:  # a bad control record must not stop authentication
+                        if self.on_record is not None:
+                            await self.on_record(m.value, m.offset)
+                        elif self.on_event is not None:
+                            self.on_event(ControlEvent.FromString(m.value))
+                    except Exception as exc:  # a bad control record must not stop authentication or storage
                         log.error("Skipping an unreadable control record at offset %d: %s", m.offset, exc)
 
     async def stop(self) -> None:
