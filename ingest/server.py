@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
+from runstream.ingest.admin import AdminService
 from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
@@ -234,7 +235,8 @@ class IngestServer:
         limit = self.config.ingest.max_request_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024)])
-        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens).handler(),))
+        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens).handler(),
+                                              AdminService(self.config, self.tokens).handler(status_for)))
         self.port = self._bind()
         if self.port == 0:
             raise Unavailable(f"ingest cannot listen on {self.config.ingest.listen}: the port is taken; set ingest.listen")

@@ -75,7 +75,7 @@ class Sink:
         self.governance: GovernanceApplier | None = None
         self.writer: Writer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._write: asyncio.Future[None] | None = None  # the insert running on a worker thread, if any
+        self._writes: set[asyncio.Future[None]] = set()  # inserts running on worker threads
         self._stopping = asyncio.Event()
         self.recent = RecentIds()
         self._lag_at = 0.0
@@ -122,17 +122,19 @@ class Sink:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.follower is not None:  # first, so it starts no write after the wait below
+            await self.follower.stop()
+            self.follower = None
         task, self._task = self._task, None
         if task is not None:
             try:
                 await asyncio.wait_for(task, self.DRAIN_TIMEOUT_S)
             except TimeoutError:
                 task.cancel()
-        if self._write is not None:  # a cancelled loop leaves its insert running: the client stays open for it
-            await asyncio.wait([self._write])
-        if self.follower is not None:
-            await self.follower.stop()
-            self.follower = None
+            except Exception:
+                pass  # the loop died; it said why when it did, and the rest must still be closed
+        if self._writes:  # a cancelled loop leaves its insert running: the client stays open for it
+            await asyncio.wait(list(self._writes))
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -288,17 +290,16 @@ class Sink:
         delay = 0.5
         while True:
             started = time.perf_counter()
-            self._write = asyncio.get_running_loop().run_in_executor(None, self.writer.write, tables, deletions_seen)
+            write = asyncio.get_running_loop().run_in_executor(None, self.writer.write, tables, deletions_seen)
+            self._writes.add(write)  # the consume loop and the control follower both write
+            write.add_done_callback(self._writes.discard)
             try:
-                await asyncio.shield(self._write)  # a cancel must not orphan the insert: stop() waits for it
+                await asyncio.shield(write)  # a cancel must not orphan the insert: stop() waits for it
                 tm.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
                 return True
             except StorageError as exc:
                 tm.SINK_ERRORS.labels("insert").inc()
                 log.error("Insert failed, will retry in %.1fs (offsets not committed): %s", delay, exc)
-            finally:
-                if self._write.done():
-                    self._write = None
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
                 return False

@@ -17,7 +17,7 @@ import pytest
 
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles, isolated_config
-from runstream.server.auth import ensure_dev_token
+from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
 
@@ -63,7 +63,10 @@ def config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
 
 @pytest.fixture
 def token(config: RunstreamConfig) -> str:
-    return ensure_dev_token(config.tokens_path)
+    """The dev token (ingest, read); the bootstrap admin token is made beside it, as `runstream up` does."""
+    dev = ensure_dev_token(config.tokens_path)
+    ensure_admin_token(config.tokens_path, config.admin_token_path)
+    return dev
 
 
 class Stack:

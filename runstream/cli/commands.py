@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 
+import grpc
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from runstream.cli.demo import run_demo
 from runstream.cli.output import print_result, resolve_config, sql_client
 from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
-from runstream.server import governance as gov_io
-from runstream.server.kafka import ensure_topics
+from runstream.sdk import connect
 from runstream.storage import lineage, queries
-from runstream.v1.ingest_pb2 import ControlEvent, ProjectRecord, RetentionPolicy, RunDeletion, TokenRecord
+from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
 from runstream.wire import audit
 from runstream.wire import governance as gov
-from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
 
 
@@ -61,62 +60,55 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_config(args: argparse.Namespace) -> RunstreamConfig:
+def _admin(args: argparse.Namespace, request: ingest_pb2.AdminRequest) -> ingest_pb2.AdminResponse:
+    """One call to ingest's Admin service with an admin token: --token, else client.token (RUNSTREAM_TOKEN), else
+    the bootstrap admin token `runstream up` wrote to the data dir."""
     config = resolve_config(args)
-    if not config.kafka.bootstrap:
-        config.kafka.bootstrap = config.stack_info().get("kafka", "")
-    if not config.kafka.bootstrap:
-        raise RunstreamError("no Kafka to reach: start `runstream up`, or pass --kafka HOST:PORT.")
-    asyncio.run(ensure_topics(config))
-    return config
-
-
-def _publish(config: RunstreamConfig, ev: ControlEvent, before: object = None) -> None:
-    asyncio.run(gov_io.publish(config, ev, before=before))
+    token = args.token or config.client.token
+    if not token and config.admin_token_path.exists():
+        token = config.admin_token_path.read_text().strip()
+    if not token:
+        raise RunstreamError(f"governance needs a token with the admin scope: pass --token, set RUNSTREAM_TOKEN, or run "
+                             f"where `runstream up` wrote {config.admin_token_path}")
+    transport = connect(config, token=token)
+    try:
+        stub = ingest_pb2_grpc.AdminStub(transport.channel)  # type: ignore[no-untyped-call]
+        response: ingest_pb2.AdminResponse = stub.Call(request, metadata=transport.metadata, timeout=30)
+        return response
+    except grpc.RpcError as exc:
+        raise RunstreamError(f"{exc.code().name}: {exc.details()}") from None
+    finally:
+        transport.close()
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    if not gov.NAME_RE.match(args.name):
-        raise RunstreamError(f"project name {args.name!r}: letters, digits, '.', '_' and '-', starting with a letter or digit")
-    config = _kafka_config(args)
-    _publish(config, gov.event("project.create", project=ProjectRecord(name=args.name, description=args.description)))
-    print(f"Project {args.name} created.")
+    res = _admin(args, ingest_pb2.AdminRequest(create_project=ProjectRecord(name=args.name, description=args.description)))
+    print(res.message)
     return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    config = _kafka_config(args)
-    state = asyncio.run(gov_io.read_state(config))
     if args.action == "create":
         if not args.project or not args.scope:
             raise RunstreamError("token create needs --project P (or '*') and --scope ingest|read|admin")
-        missing = [p for p in args.project if p != "*" and p not in state.projects]
-        if missing:
-            raise RunstreamError(f"no such project(s): {missing}; create them with `runstream project create NAME`.")
         expires = gov.parse_duration(args.expires) if args.expires else 0
-        secret, rec = gov.new_token(args.name or ",".join(args.project), args.project, args.scope, expires)
-        _publish(config, gov.event("token.create", token=rec))
+        res = _admin(args, ingest_pb2.AdminRequest(create_token=ingest_pb2.TokenRequest(
+            name=args.name or ",".join(args.project), projects=args.project, scopes=args.scope, expires_in_ms=expires)))
+        rec = res.tokens[0]
         print(f"Token {rec.token_id} created for {', '.join(rec.projects)} ({', '.join(rec.scopes)}). "
               "It is shown once; store it now:")
-        print(secret)
+        print(res.secret)
     elif args.action == "revoke":
         if not args.token_id:
             raise RunstreamError("token revoke needs the token id (see `runstream token list`)")
-        found = state.tokens.get(args.token_id)
-        if found is None:
-            raise RunstreamError(f"no token {args.token_id!r}; `runstream token list` shows them.")
-        rec = found
-        previous = TokenRecord()
-        previous.CopyFrom(rec)
-        rec.revoked, rec.revoked_ms = True, gov.event("x").at_ms
-        _publish(config, gov.event("token.revoke", token=rec), before=previous)
-        print(f"Token {args.token_id} revoked; every ingest replica refuses it within seconds.")
+        print(_admin(args, ingest_pb2.AdminRequest(revoke_token=args.token_id)).message)
     else:
         now = time.time() * 1000
+        tokens = _admin(args, ingest_pb2.AdminRequest(list_tokens=ingest_pb2.ListTokens())).tokens
         rows = [(r.token_id, r.name, ",".join(r.projects), ",".join(r.scopes),
                  "revoked" if r.revoked else ("expired" if r.expires_ms and r.expires_ms <= now else "active"),
                  time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.expires_ms / 1000)) if r.expires_ms else "never")
-                for r in sorted(state.tokens.values(), key=lambda r: r.created_ms)]
+                for r in tokens]
         print_result(["token_id", "name", "projects", "scopes", "state", "expires (UTC)"], rows, args.format)
     return 0
 
@@ -140,10 +132,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _kafka_config(args)
-    _publish(config, gov.event("run.delete", run_delete=RunDeletion(project=args.project, run_id=args.run_id,
-                                                                     reason=args.reason)))
-    print(f"Deletion of run {args.run_id} recorded; the sink removes it from every table.")
+    res = _admin(args, ingest_pb2.AdminRequest(delete_run=RunDeletion(project=args.project, run_id=args.run_id,
+                                                                      reason=args.reason)))
+    print(res.message)
     return 0
 
 
@@ -156,10 +147,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
             raise RunstreamError(f"retention {text!r}: give whole days, e.g. 30d")
         return ms // 86_400_000
     policy = RetentionPolicy(project=args.project, raw_days=days(args.raw), rollup_days=days(args.rollups))
-    config = _kafka_config(args)
-    _publish(config, gov.event("retention.set", retention=policy))
-    print(f"Retention for {args.project}: raw points {policy.raw_days or 'kept'} days, "
-          f"rollups {policy.rollup_days or 'kept'} days.")
+    print(_admin(args, ingest_pb2.AdminRequest(set_retention=policy)).message)
     return 0
 
 

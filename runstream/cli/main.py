@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("action", choices=["create"])
     project.add_argument("name")
     project.add_argument("--description", default="")
+    project.add_argument("--token", help="a token with the admin scope (default: $RUNSTREAM_TOKEN, then <data_dir>/admin.token)")
     project.set_defaults(func="cmd_project")
 
     token = common(sub.add_parser("token", help="governance: create, list and revoke scoped tokens"))
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--expires", help="lifetime, e.g. 30d, 12h")
     token.add_argument("--name")
     token.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    token.add_argument("--token", help="a token with the admin scope (default: $RUNSTREAM_TOKEN, then <data_dir>/admin.token)")
     token.set_defaults(func="cmd_token")
 
     aud = common(sub.add_parser("audit", help="governance: the hash-chained audit trail (log, verify)"))
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("run_id")
     run.add_argument("--project", required=True)
     run.add_argument("--reason", default="")
+    run.add_argument("--token", help="a token with the admin scope (default: $RUNSTREAM_TOKEN, then <data_dir>/admin.token)")
     run.set_defaults(func="cmd_run")
 
     ret = common(sub.add_parser("retention", help="governance: per-project retention of raw points and rollups"))
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--project", required=True)
     ret.add_argument("--raw", help="keep raw points this long, e.g. 30d (default: forever)")
     ret.add_argument("--rollups", help="keep rollups this long, e.g. 365d (default: forever)")
+    ret.add_argument("--token", help="a token with the admin scope (default: $RUNSTREAM_TOKEN, then <data_dir>/admin.token)")
     ret.set_defaults(func="cmd_retention")
 
     dashboards = sub.add_parser("dashboards", help="write the dashboards' JSON (build) or upload them to Grafana (push)")

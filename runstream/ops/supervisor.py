@@ -20,7 +20,7 @@ from rich.live import Live
 
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import RoleProcess, scrape, wait_http, write_stack_file
-from runstream.server.auth import ensure_dev_token
+from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.server.kafka import ensure_topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
@@ -84,6 +84,7 @@ class Supervisor:
             c.kafka.bootstrap = self.broker.bootstrap
         asyncio.run(ensure_topics(c))
         token = ensure_dev_token(c.tokens_path)
+        ensure_admin_token(c.tokens_path, c.admin_token_path)
         sink = RoleProcess("sink", c, self.log_dir)
         sink.start()
         self.procs.append(sink)
@@ -161,7 +162,8 @@ class Supervisor:
         try:
             info = self.start()
             console.print(f"[bold green]runstream is up.[/] ingest grpc://{info['ingest']}  sql {info['sql']}  "
-                          f"data {self.config.data_path}\n  token in {self.config.tokens_path}; the SDK and CLI find this "
+                          f"data {self.config.data_path}\n  dev token in {self.config.tokens_path}, admin token (governance) in "
+                          f"{self.config.admin_token_path}; the SDK and CLI find this "
                           f"stack through {self.config.data_path / 'stack.json'}. Ctrl-C stops everything.")
             with Live(self.status(), console=console, refresh_per_second=2) as live:
                 while True:

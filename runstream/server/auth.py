@@ -58,12 +58,28 @@ def ensure_dev_token(path: Path) -> str:
     return token
 
 
+def ensure_admin_token(tokens_path: Path, admin_path: Path) -> str:
+    """The bootstrap admin token (all projects, admin scope): kept in ``admin_path`` (0600) and listed in the token
+    file; created on first use. Governance actions through ingest's Admin service need it (or one it made)."""
+    if admin_path.exists():
+        return admin_path.read_text().strip()
+    secret = new_token()
+    data = (yaml.safe_load(tokens_path.read_text()) or {}) if tokens_path.exists() else {}
+    entries = list(data.get("tokens") or [])
+    entries.append({"token": secret, "name": "admin", "projects": ["*"], "scopes": ["admin"]})
+    write_private(admin_path, secret + "\n")
+    write_private(tokens_path, yaml.safe_dump({**data, "tokens": entries}))
+    return secret
+
+
 class TokenStore:
     def __init__(self, path: Path, *, reload_s: float = 2.0) -> None:
         self.path = path
         self.reload_s = reload_s
         self._tokens: dict[str, Token] = {}
         self._control: dict[str, TokenRecord] = {}  # sha256 -> record, from the control topic
+        self.by_id: dict[str, TokenRecord] = {}       # token id -> record (admin: list, revoke)
+        self.projects: set[str] = set()               # projects created through governance
         self._mtime: float | None = None
         self._checked = 0.0
         self._reload()
@@ -122,6 +138,9 @@ class TokenStore:
         """Follow governance: a token created, changed or revoked (see runstream.server.governance)."""
         if ev.HasField("token"):
             self._control[ev.token.sha256] = ev.token
+            self.by_id[ev.token.token_id] = ev.token
+        elif ev.HasField("project"):
+            self.projects.add(ev.project.name)
 
 
 def authorize(token: Token, project: str, scope: str = "ingest") -> None:

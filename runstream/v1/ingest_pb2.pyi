@@ -374,3 +374,45 @@ class AuditRecord(_message.Message):
     before: str
     after: str
     def __init__(self, project: _Optional[str] = ..., at_ms: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., source: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("create_project", "create_token", "list_tokens", "revoke_token", "delete_run", "set_retention")
+    CREATE_PROJECT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LIST_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RUN_FIELD_NUMBER: _ClassVar[int]
+    SET_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    create_project: ProjectRecord
+    create_token: TokenRequest
+    list_tokens: ListTokens
+    revoke_token: str
+    delete_run: RunDeletion
+    set_retention: RetentionPolicy
+    def __init__(self, create_project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., create_token: _Optional[_Union[TokenRequest, _Mapping]] = ..., list_tokens: _Optional[_Union[ListTokens, _Mapping]] = ..., revoke_token: _Optional[str] = ..., delete_run: _Optional[_Union[RunDeletion, _Mapping]] = ..., set_retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ...) -> None: ...
+
+class TokenRequest(_message.Message):
+    __slots__ = ("name", "projects", "scopes", "expires_in_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECTS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    projects: _containers.RepeatedScalarFieldContainer[str]
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    expires_in_ms: int
+    def __init__(self, name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
+
+class ListTokens(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdminResponse(_message.Message):
+    __slots__ = ("message", "secret", "tokens")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    secret: str
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenRecord]
+    def __init__(self, message: _Optional[str] = ..., secret: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[TokenRecord, _Mapping]]] = ...) -> None: ...

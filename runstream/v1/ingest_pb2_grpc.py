@@ -144,3 +144,90 @@ class Ingest:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """---- Administration: governance through ingest, authenticated with an admin-scoped token. ----
+
+    Every governance action goes through this service (the CLI's `project`, `token`, `run delete`, `retention`):
+    the token must carry the admin scope for the projects the action touches ("*" for creating projects and
+    all-project tokens). Ingest publishes the control event and its audit records; nothing else writes them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Call = channel.unary_unary(
+                '/runstream.v1.Admin/Call',
+                request_serializer=runstream_dot_v1_dot_ingest__pb2.AdminRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_ingest__pb2.AdminResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """---- Administration: governance through ingest, authenticated with an admin-scoped token. ----
+
+    Every governance action goes through this service (the CLI's `project`, `token`, `run delete`, `retention`):
+    the token must carry the admin scope for the projects the action touches ("*" for creating projects and
+    all-project tokens). Ingest publishes the control event and its audit records; nothing else writes them.
+    """
+
+    def Call(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=runstream_dot_v1_dot_ingest__pb2.AdminRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_ingest__pb2.AdminResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'runstream.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('runstream.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """---- Administration: governance through ingest, authenticated with an admin-scoped token. ----
+
+    Every governance action goes through this service (the CLI's `project`, `token`, `run delete`, `retention`):
+    the token must carry the admin scope for the projects the action touches ("*" for creating projects and
+    all-project tokens). Ingest publishes the control event and its audit records; nothing else writes them.
+    """
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.Admin/Call',
+            runstream_dot_v1_dot_ingest__pb2.AdminRequest.SerializeToString,
+            runstream_dot_v1_dot_ingest__pb2.AdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

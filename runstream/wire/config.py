@@ -136,6 +136,11 @@ class RunstreamConfig:
         return Path(os.path.expanduser(self.ingest.tokens_file)) if self.ingest.tokens_file else self.data_path / "tokens.yaml"
 
     @property
+    def admin_token_path(self) -> Path:
+        """The bootstrap admin token `runstream up` creates (0600); the CLI's governance commands use it."""
+        return self.data_path / "admin.token"
+
+    @property
     def stack_file(self) -> Path:
         """Where a running `runstream up` describes itself (addresses, dev token) for the SDK and the CLI."""
         return self.data_path / "stack.json"
