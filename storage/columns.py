@@ -89,7 +89,7 @@ ALERT_COLUMNS = ["project", "alert_id", "status", "run_id", "metric", "kind", "s
 
 
 AUDIT_COLUMNS = ["project", "seq", "at", "actor", "action", "target", "source", "before", "after", "prev_hash", "hash",
-                 "partition", "offset"]
+                 "partition", "offset", "sig"]
 GOVERNANCE_COLUMNS = ["at", "actor", "action", "object", "record", "partition", "offset"]
 
 

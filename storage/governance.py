@@ -21,9 +21,10 @@ log = logging.getLogger("runstream.sink")
 
 
 class GovernanceApplier:
-    def __init__(self, client: Client, db: str) -> None:
+    def __init__(self, client: Client, db: str, audit_key: bytes = b"") -> None:
         self.client = client
         self.db = db
+        self.audit_key = audit_key  # signs every chained audit record (sink.audit_key_file)
         self.deleted_runs: set[tuple[str, str]] = set()  # (project, run id): a run id is unique per project only
         self.retention: dict[str, tuple[int, int]] = {}
         self.audit_heads: dict[str, tuple[int, str, int]] = {}  # project -> (seq, hash, source offset)
@@ -110,6 +111,7 @@ class GovernanceApplier:
             h = audit.chain(prev, audit.canonical(rec.project, seq, rec.at_ms, rec.actor, rec.action, rec.target,
                                                   rec.source, rec.before, rec.after))
             rows.append([rec.project, seq, columns.to_datetime(rec.at_ms), rec.actor, rec.action, rec.target, rec.source,
-                         rec.before, rec.after, prev, h, partition, offset])
+                         rec.before, rec.after, prev, h, partition, offset,
+                         audit.sign(self.audit_key, h) if self.audit_key else ""])
             self.audit_heads[rec.project] = (seq, h, offset)
         return rows

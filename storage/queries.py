@@ -43,7 +43,8 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
 def audit_chain(client: Any, db: str, project: str) -> list[Row]:
     """A project's audit records in chain order, in the column order runstream.wire.audit.verify reads."""
     return rows(client, f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "
-                        f"prev_hash, hash, project FROM {db}.audit_log WHERE project = %(p)s ORDER BY seq", p=project)
+                        f"prev_hash, hash, project, partition, offset, sig FROM {db}.audit_log WHERE project = %(p)s "
+                        "ORDER BY seq", p=project)
 
 
 def audit_log(client: Any, db: str, project: str, *, action: str | None = None, target: str | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +33,7 @@ from runstream.storage.writer import Writer
 from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import StorageError
+from runstream.wire.files import write_private
 
 log = logging.getLogger("runstream.sink")
 
@@ -94,7 +96,7 @@ class Sink:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
         await asyncio.to_thread(migrate, self.client, self.db)
-        self.governance = GovernanceApplier(self.client, self.db)
+        self.governance = GovernanceApplier(self.client, self.db, audit_key(self.config))
         await asyncio.to_thread(self.governance.install_access)
         await asyncio.to_thread(self.governance.load)
         self.writer = Writer(self.client, self.db, self.governance)
@@ -305,6 +307,14 @@ class Sink:
                 return False
             except TimeoutError:
                 delay = min(delay * 2, 30)
+
+
+def audit_key(config: RunstreamConfig) -> bytes:
+    """The key that signs audit records, made (0600) on first use. Sinks that share a store share the key file."""
+    path = config.audit_key_path
+    if not path.exists():
+        write_private(path, secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

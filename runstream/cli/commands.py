@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ from runstream.cli.output import print_result, resolve_config, sql_client
 from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
 from runstream.sdk import connect
+from runstream.server import governance as gov_io
 from runstream.storage import lineage, queries
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
@@ -119,7 +121,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     db = config.clickhouse.database
     if args.action == "verify":
         rows = queries.audit_chain(client, db, args.project)
-        problems = audit.verify(rows)
+        key = bytes.fromhex(config.audit_key_path.read_text().strip()) if config.audit_key_path.exists() else None
+        if key is None:
+            print(f"audit verify: signatures not checked: the sink's key ({config.audit_key_path}) is not readable here",
+                  file=sys.stderr)
+        bootstrap = config.kafka.bootstrap or config.stack_info().get("kafka", "")
+        offsets = None
+        if bootstrap:
+            config.kafka.bootstrap = bootstrap
+            offsets = asyncio.run(gov_io.audit_offsets(config, args.project))
+        else:
+            print("audit verify: the trail's end is not checked against Kafka: no broker known (--kafka)", file=sys.stderr)
+        problems = audit.verify(rows, key=key, source_offsets=offsets)
         if problems:
             for p in problems:
                 print(f"audit verify {args.project}: {p}", file=sys.stderr)

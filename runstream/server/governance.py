@@ -101,3 +101,34 @@ class Follower:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
+
+
+async def audit_offsets(config: RunstreamConfig, project: str) -> list[tuple[int, int]]:
+    """Where the project's records sit in the audit topic, (partition, offset), read from the start to the end: the
+    anchor `runstream audit verify` holds the stored trail to."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        numbers = consumer.partitions_for_topic(config.kafka.audit_topic) or await _partitions(consumer, config.kafka.audit_topic)
+        parts = [TopicPartition(config.kafka.audit_topic, p) for p in sorted(numbers)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        key = project.encode()
+        out: list[tuple[int, int]] = []
+        async def unread() -> bool:
+            for tp in parts:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+        while await unread():
+            for tp, msgs in (await consumer.getmany(*parts, timeout_ms=1000)).items():
+                out.extend((tp.partition, m.offset) for m in msgs if m.key == key and m.offset < ends[tp])
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()

@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import Unavailable
-from runstream.wire.topics import topics
+from runstream.wire.topics import TOPICS
 
 
 async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:
@@ -20,7 +20,9 @@ async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0) -> None:
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(name, n, 1) for name, n in topics(config).items() if name not in existing]
+            missing = [NewTopic(t.name(config), t.partitions(config), 1,
+                                topic_configs={"retention.ms": "-1"} if t.keep_forever else None)
+                       for t in TOPICS if t.name(config) not in existing]
             if missing:
                 try:
                     await admin.create_topics(missing)

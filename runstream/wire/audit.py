@@ -8,6 +8,7 @@ Chain rule, the one place it is defined: ``hash = sha256(prev_hash + "\\n" + can
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import socket
 import time
@@ -38,12 +39,21 @@ def record(project: str, actor: str, action: str, target: str, *, after: Any = N
                        after=json.dumps(after, sort_keys=True, default=str) if after is not None else "")
 
 
-def verify(rows: Iterable[Row]) -> list[str]:
+def sign(key: bytes, record_hash: str) -> str:
+    """The sink's signature of a chained record: without the key, a re-chained trail cannot be signed again."""
+    return hmac.new(key, record_hash.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(rows: Iterable[Row], *, key: bytes | None = None, source_offsets: Iterable[tuple[int, int]] | None = None) -> list[str]:
     """Problems in one project's chain; rows are (seq, at_ms, actor, action, target, source, before, after,
-    prev_hash, hash, project) ordered by seq. Empty list: intact."""
+    prev_hash, hash, project, partition, offset, sig) ordered by seq. With ``key``, every signature is checked;
+    with ``source_offsets`` (the project's records in the audit topic, as (partition, offset)), every one must be
+    in the trail, which is what catches a trail cut short at its end. Empty list: intact."""
     problems: list[str] = []
     prev, expected_seq = "", 1
-    for seq, at_ms, actor, action, target, source, before, after, prev_hash, h, project in rows:
+    stored: set[tuple[int, int]] = set()
+    for seq, at_ms, actor, action, target, source, before, after, prev_hash, h, project, partition, offset, sig in rows:
+        stored.add((int(partition), int(offset)))
         if seq != expected_seq:
             problems.append(f"record {expected_seq} is missing (next is {seq}): deleted from the trail")
             expected_seq = seq
@@ -51,5 +61,9 @@ def verify(rows: Iterable[Row]) -> list[str]:
             problems.append(f"record {seq} ({action} {target}): prev_hash does not match record {seq - 1}")
         if chain(prev_hash, canonical(project, seq, at_ms, actor, action, target, source, before, after)) != h:
             problems.append(f"record {seq} ({action} {target}): content does not match its hash: altered")
+        if key is not None and not hmac.compare_digest(sign(key, h), sig or ""):
+            problems.append(f"record {seq} ({action} {target}): signature does not match: forged or re-chained")
         prev, expected_seq = h, seq + 1
+    for partition, offset in sorted(set(source_offsets or ()) - stored):
+        problems.append(f"the audit topic's record at partition {partition}, offset {offset} is missing from the trail")
     return problems

@@ -74,6 +74,7 @@ class SinkConfig:
     flush_interval_s: float = 0.25
     metrics_port: int = 9102
     sql_listen: str = "127.0.0.1:8124"  # ClickHouse HTTP endpoint over the embedded store; "" disables
+    audit_key_file: str = ""       # the key that signs audit records; empty: <data_dir>/audit.key (made 0600)
     sql_tls_cert: str = ""         # PEM certificate chain for the SQL endpoint; required beyond loopback
     sql_tls_key: str = ""
     sql_max_concurrent: int = 4    # queries running at once; more wait their turn
@@ -139,6 +140,10 @@ class RunstreamConfig:
     def admin_token_path(self) -> Path:
         """The bootstrap admin token `runstream up` creates (0600); the CLI's governance commands use it."""
         return self.data_path / "admin.token"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return Path(os.path.expanduser(self.sink.audit_key_file)) if self.sink.audit_key_file else self.data_path / "audit.key"
 
     @property
     def stack_file(self) -> Path:

@@ -23,6 +23,7 @@ class Topic:
     key: str                  # what the record key is (per-key order holds)
     single_partition: bool = False  # one total order (governance), whatever kafka.partitions says
     stored: bool = True       # the sink reads it into ClickHouse
+    keep_forever: bool = False  # no time-based deletion: the records anchor what storage must hold
 
     def name(self, config: RunstreamConfig) -> str:
         return str(getattr(config.kafka, f"{self.kind}_topic"))
@@ -43,8 +44,8 @@ EVENTS = Topic("events", Batch, "run id")
 ROLLUPS = Topic("rollups", Rollups, "run id")
 ALERTS = Topic("alerts", Alert, "run id")
 FLEET = Topic("fleet", FleetWindows, "project")
-CONTROL = Topic("control", ControlEvent, "object id", single_partition=True)
-AUDIT = Topic("audit", AuditRecord, "project")
+CONTROL = Topic("control", ControlEvent, "object id", single_partition=True, keep_forever=True)
+AUDIT = Topic("audit", AuditRecord, "project", keep_forever=True)
 # Records the sink could not store, as they were, with headers naming where they came from and why.
 DEADLETTER = Topic("deadletter", None, "as the source record", stored=False)
 TOPICS: tuple[Topic, ...] = (EVENTS, ROLLUPS, ALERTS, FLEET, CONTROL, AUDIT, DEADLETTER)
