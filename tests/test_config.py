@@ -102,3 +102,10 @@ def test_unknown_env_var_names_the_nearest_valid_one() -> None:
     c = RunstreamConfig.load(None, env={"RUNSTREAM_URL": "h:1", "RUNSTREAM_TOKEN": "rs_x", "RUNSTREAM_TLS_CA": "/ca.pem",
                                         "RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_TEST_KAFKA": "k:9"})
     assert (c.client.url, c.client.token, c.client.tls_ca, c.metrics_host) == ("h:1", "rs_x", "/ca.pem", "0.0.0.0")
+
+
+def test_ingest_beyond_loopback_needs_tls() -> None:
+    with pytest.raises(ConfigError, match="ingest.listen: 0.0.0.0:50051 is beyond loopback without TLS"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_LISTEN": "0.0.0.0:50051"})
+    c = RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_LISTEN": "[::1]:50051"})
+    assert c.ingest.listen == "[::1]:50051"

@@ -205,6 +205,9 @@ def test_compose_is_valid_and_complete() -> None:
             if src.startswith("./"):
                 assert (ROOT / src).exists(), f"{name}: mounts {src}, which is not in the repo"
     assert services["ingest"]["deploy"]["replicas"] >= 2
+    ingest_env = services["ingest"]["environment"]  # beyond loopback, TLS only (the config refuses otherwise)
+    assert ingest_env["RUNSTREAM_INGEST_TLS_CERT"] and ingest_env["RUNSTREAM_INGEST_TLS_KEY"]
+    assert services["ingest"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert {j["job_name"] for j in prom["scrape_configs"]} == {"ingest", "process", "sink"}

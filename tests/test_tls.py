@@ -121,3 +121,26 @@ def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: s
     finally:
         up.send_signal(signal.SIGTERM)
         up.communicate(timeout=90)
+
+
+def test_tls_init_makes_what_ingest_and_clients_need(config: RunstreamConfig, tmp_path: Path) -> None:
+    """`runstream tls init`: a CA and a server certificate; ingest serves with them and a client trusting the CA
+    logs through; keys are 0600 and a second run keeps the CA (clients keep trusting it)."""
+    res = subprocess.run([sys.executable, "-m", "runstream", "tls", "init", str(tmp_path / "certs"), "--host", "127.0.0.1"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    certs = tmp_path / "certs"
+    assert all(os.stat(certs / k).st_mode & 0o077 == 0 for k in ("ca.key", "server.key"))
+    ca_before = (certs / "ca.pem").read_bytes()
+    token = ensure_dev_token(config.tokens_path)
+    config.ingest.tls_cert, config.ingest.tls_key = str(certs / "server.pem"), str(certs / "server.key")
+    roles = InProcessRoles(config, ["ingest", "sink"]).start()
+    stack = Stack(config, roles)
+    try:
+        GrpcTransport(stack.ingest_addr, token, credentials=tls_credentials(str(certs / "ca.pem"))).send([_batch("tls-init")])
+        assert stack.wait_points(10, where="run_id = 'tls-init'") == 10
+    finally:
+        roles.stop()
+    subprocess.run([sys.executable, "-m", "runstream", "tls", "init", str(certs), "--host", "127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    assert (certs / "ca.pem").read_bytes() == ca_before

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import grpc
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -15,6 +16,7 @@ from runstream.cli.demo import run_demo
 from runstream.cli.output import print_result, resolve_config, sql_client
 from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
+from runstream.ops import tls
 from runstream.sdk import connect
 from runstream.server import governance as gov_io
 from runstream.storage import lineage, queries
@@ -179,3 +181,10 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(resolve_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    paths = tls.init(Path(args.directory), args.host or ["localhost", "127.0.0.1"])
+    print(f"CA {paths['ca']} (give it to clients: RUNSTREAM_TLS_CA), server certificate {paths['cert']} and key "
+          f"{paths['key']} (ingest.tls_cert / ingest.tls_key).")
+    return 0

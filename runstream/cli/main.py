@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards.add_argument("--folder", default="runstream")
     dashboards.set_defaults(func="cmd_dashboards")
 
+    tls_cmd = sub.add_parser("tls", help="make a private CA and a server certificate for ingest (and the SQL endpoint)")
+    tls_cmd.add_argument("action", choices=["init"])
+    tls_cmd.add_argument("directory")
+    tls_cmd.add_argument("--host", action="append", default=[], help="a name or IP the server is reached by; repeatable")
+    tls_cmd.set_defaults(func="cmd_tls")
+
     demo = common(sub.add_parser("demo", help="start the stack, run a fleet of training jobs, print query results"))
     demo.add_argument("--jobs", type=int, default=50)
     demo.add_argument("--seconds", type=float, default=15.0, help="how long the simulated jobs log")

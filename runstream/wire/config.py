@@ -174,6 +174,10 @@ class RunstreamConfig:
             problems.append("ingest.tls_cert / ingest.tls_key: set both (PEM files) or neither")
         if self.ingest.tls_client_ca and not self.ingest.tls_cert:
             problems.append("ingest.tls_client_ca: client certificates need TLS; set ingest.tls_cert and ingest.tls_key")
+        ingest_host = self.ingest.listen.rsplit(":", 1)[0] if ":" in self.ingest.listen else ""
+        if ingest_host and not is_loopback(ingest_host) and not self.ingest.tls_cert:
+            problems.append(f"ingest.listen: {self.ingest.listen} is beyond loopback without TLS; set ingest.tls_cert and "
+                            "ingest.tls_key (`runstream tls init DIR --host NAME` makes them), or listen on 127.0.0.1")
         if bool(self.sink.sql_tls_cert) != bool(self.sink.sql_tls_key):
             problems.append("sink.sql_tls_cert / sink.sql_tls_key: set both (PEM files) or neither")
         if (self.sink.sql_listen and not self.clickhouse.url and not self.sink.sql_tls_cert
