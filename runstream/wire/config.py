@@ -132,9 +132,13 @@ class RunstreamConfig:
     def data_path(self) -> Path:
         return Path(os.path.expanduser(self.data_dir))
 
+    def _under_data(self, setting: str, default_name: str) -> Path:
+        """A path setting, or ``default_name`` in the data dir when it is empty."""
+        return Path(os.path.expanduser(setting)) if setting else self.data_path / default_name
+
     @property
     def tokens_path(self) -> Path:
-        return Path(os.path.expanduser(self.ingest.tokens_file)) if self.ingest.tokens_file else self.data_path / "tokens.yaml"
+        return self._under_data(self.ingest.tokens_file, "tokens.yaml")
 
     @property
     def admin_token_path(self) -> Path:
@@ -143,7 +147,7 @@ class RunstreamConfig:
 
     @property
     def audit_key_path(self) -> Path:
-        return Path(os.path.expanduser(self.sink.audit_key_file)) if self.sink.audit_key_file else self.data_path / "audit.key"
+        return self._under_data(self.sink.audit_key_file, "audit.key")
 
     @property
     def stack_file(self) -> Path:
@@ -152,11 +156,11 @@ class RunstreamConfig:
 
     @property
     def spool_path(self) -> Path:
-        return Path(os.path.expanduser(self.client.spool_dir)) if self.client.spool_dir else self.data_path / "spool"
+        return self._under_data(self.client.spool_dir, "spool")
 
     @property
     def clickhouse_path(self) -> Path:
-        return Path(os.path.expanduser(self.clickhouse.path)) if self.clickhouse.path else self.data_path / "clickhouse"
+        return self._under_data(self.clickhouse.path, "clickhouse")
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem, each prefixed with its section."""
