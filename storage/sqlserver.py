@@ -138,25 +138,6 @@ def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
     return bytes(out)
 
 
-def _native_rows(data: bytes) -> int | None:
-    """Rows in Native output (revision 0 layout), for the summary header; None when it cannot tell."""
-    try:
-        r = native._Reader(data)
-        total = 0
-        while r.pos < len(data):
-            cols, rows = r.varuint(), r.varuint()
-            total += rows
-            for _ in range(cols):
-                r.string()
-                t = native.parse_type(r.string().decode())
-                if rows:
-                    native._skip_prefix(t, r)
-                    native._skip_data(t, r, rows)
-        return total
-    except native.NativeError:
-        return None
-
-
 class SqlEndpoint:
     """The stage: an aiohttp server in the sink's process, reading the store the sink writes."""
 
@@ -311,7 +292,7 @@ class SqlEndpoint:
                    "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_bytes": str(len(data)),
                    "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
         if out_fmt == "Native":
-            rows = _native_rows(data)
+            rows = native.count_rows(data)
             if rows is not None:
                 summary["result_rows"] = str(rows)
             revision = int(params.get("client_protocol_version", "0") or 0)
