@@ -85,6 +85,17 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: str) -> No
         assert res.returncode == 0, res.stderr
         assert res.stdout.splitlines() == ["metric,max(step),\"argMax(value, step)\"", "acc,4999,0.9998", "loss,4999,0.0002"]
 
+        # The CLI's edges: whole ids at 80 columns, valid JSON for NaN, quiet when piped into head, a typo'd run id.
+        narrow = cli({**env, "COLUMNS": "80"}, "runs")
+        assert run_id in narrow.stdout, narrow.stdout
+        res = cli(env, "sql", "SELECT nan AS x, inf AS y", "--format", "json")
+        assert json.loads(res.stdout) == {"x": "NaN", "y": "Infinity"}
+        piped = subprocess.run(f"{sys.executable} -m runstream sql 'SELECT number FROM numbers(200000)' --format csv | head -1",
+                               shell=True, env=env, capture_output=True, text=True, timeout=120)
+        assert piped.stdout.strip() == "number" and "Traceback" not in piped.stderr, piped.stderr
+        typo = cli(env, "run", "delete", "no-such-run", "--project", "vision")
+        assert typo.returncode == 2 and "no run 'no-such-run'" in typo.stderr
+
         res = cli(env, "sql", "DROP TABLE metric_points")
         assert res.returncode == 2 and "readonly" in res.stderr.lower()
         res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")

@@ -147,6 +147,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.force:
+        try:
+            client = sql_client(resolve_config(args))
+        except RunstreamError:
+            client = None
+            print("runstream run: storage is not reachable from here, so the run id is not checked", file=sys.stderr)
+        if client is not None and not queries.rows(client, "SELECT count() FROM batches WHERE project = %(p)s AND "
+                                                           "run_id = %(r)s", p=args.project, r=args.run_id)[0][0]:
+            raise RunstreamError(f"no run {args.run_id!r} in project {args.project!r} is stored; check the id "
+                                 "(`runstream runs --project ...`), or pass --force to record the deletion anyway")
     res = _admin(args, ingest_pb2.AdminRequest(delete_run=RunDeletion(project=args.project, run_id=args.run_id,
                                                                       reason=args.reason)))
     print(res.message)

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("run_id")
     run.add_argument("--project", required=True)
     run.add_argument("--reason", default="")
+    run.add_argument("--force", action="store_true", help="record the deletion even if no such run is stored (yet)")
     run.add_argument("--token", help="a token with the admin scope (default: $RUNSTREAM_TOKEN, then <data_dir>/admin.token)")
     run.set_defaults(func="cmd_run")
 
@@ -162,3 +163,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `runstream runs | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

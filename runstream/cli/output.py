@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -46,16 +47,28 @@ def sql_client(config: RunstreamConfig) -> Client:
                     token=config.client.token or info.get("token", ""))
 
 
+def _json_value(v: Any) -> Any:
+    """JSON has no NaN or infinity: they are written as the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    return v
+
+
 def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
         for row in rows:
-            print(json.dumps(dict(zip(columns, row)), default=str))
+            print(json.dumps({c: _json_value(v) for c, v in zip(columns, row)}, default=str, allow_nan=False))
     elif fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(columns)
         w.writerows(rows)
     else:
-        table = Table(*columns, show_lines=False)
-        for row in rows:
-            table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+        cells = [["" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row] for row in rows]
+        table = Table(show_lines=False)
+        for i, c in enumerate(columns):
+            # Never cut a value: ids and names (short) stay whole on one line, long text wraps.
+            width = max([len(c), *(len(r[i]) for r in cells)])
+            table.add_column(c, no_wrap=width <= 40, min_width=min(width, 40), overflow="fold")
+        for r in cells:
+            table.add_row(*r)
         Console().print(table)
