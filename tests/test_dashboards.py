@@ -30,6 +30,7 @@ from runstream.storage.governance import GovernanceApplier
 from runstream.storage.store import migrate, open_embedded
 from runstream.storage.writer import Writer
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindow, FleetWindows, Rollups, RollupWindow, RunStatus
+from runstream.wire.config import RunstreamConfig
 from tests.grafana_macros import Context, expand, interpolate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,8 +206,13 @@ def test_compose_is_valid_and_complete() -> None:
             if src.startswith("./"):
                 assert (ROOT / src).exists(), f"{name}: mounts {src}, which is not in the repo"
     assert services["ingest"]["deploy"]["replicas"] >= 2
-    ingest_env = services["ingest"]["environment"]  # beyond loopback, TLS only (the config refuses otherwise)
-    assert ingest_env["RUNSTREAM_INGEST_TLS_CERT"] and ingest_env["RUNSTREAM_INGEST_TLS_KEY"]
+    # Every runstream service's environment must load as a valid config (e.g. ingest beyond loopback needs TLS).
+    for svc in services.values():
+        if svc.get("image") == "runstream:local" and "tls" not in svc.get("command", []):
+            env = {k: str(v) for k, v in svc["environment"].items()}
+            RunstreamConfig.load(None, env={k: v for k, v in env.items() if k != "RUNSTREAM_INGEST_TOKENS_FILE"})
+    ingest_env = services["ingest"]["environment"]
+    assert ingest_env["RUNSTREAM_INGEST_LISTEN"].startswith("0.0.0.0") and ingest_env["RUNSTREAM_INGEST_TLS_CERT"]
     assert services["ingest"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
