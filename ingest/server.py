@@ -265,10 +265,6 @@ class IngestServer:
         await self.follower.stop()
 
 
-def build(config: RunstreamConfig) -> IngestServer:
-    return IngestServer(config)
-
-
 def stages(config: RunstreamConfig) -> list[IngestServer]:
     """The ingest role: one gRPC server."""
     return [IngestServer(config)]

@@ -253,10 +253,6 @@ class ProcessorsStage:
             await self.processors.app.stop()
 
 
-def build(config: RunstreamConfig) -> ProcessorsStage:
-    return ProcessorsStage(config)
-
-
 def stages(config: RunstreamConfig) -> list[ProcessorsStage]:
     """The process role: one faust app."""
     return [ProcessorsStage(config)]

@@ -7,7 +7,8 @@ on their (batch, idx) key (see migrations/0001_init.sql), so nothing is lost and
 An insert that fails is retried with backoff, never skipped, until the stage is stopped. Governance events
 are carried out by storage.governance. A record the sink cannot turn into rows (undecodable, or values storage
 cannot represent) goes to the dead-letter topic as it came, with its source and the reason, and the rest of the
-poll is stored: one bad record never stops storage. If the loop dies anyway, ``failed`` says so and the role exits.
+poll is stored: one bad record never stops storage. If the loop dies anyway, the ``runstream_sink_consuming`` gauge
+drops to 0 and the role, which watches ``task``, exits non-zero.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ class Sink:
                     dead.append((tp, msg, f"cannot store {topic.kind} record: {exc}"))
             if dead:
                 await self._dead_letter(dead)
-            items = [(b, tp, msg) for b, tp, msg in items if all(msg is not d[1] for d in dead)]
+            dead_ids = {id(msg) for _, msg, _ in dead}
+            items = [(b, tp, msg) for b, tp, msg in items if id(msg) not in dead_ids]
             if not await self._write_until_done(tables, deletions_seen):
                 return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
@@ -330,10 +332,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         audit = self.sink.config.kafka.audit_topic
         if self.sink.governance is not None and any(tp.topic == audit for tp in assigned):
             await asyncio.get_running_loop().run_in_executor(None, self.sink.governance.load_heads)
-
-
-def build(config: RunstreamConfig, client: Client | None = None) -> Sink:
-    return Sink(config, client)
 
 
 def stages(config: RunstreamConfig) -> list[Sink | SqlEndpoint]:

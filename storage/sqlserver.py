@@ -318,8 +318,3 @@ class SqlEndpoint:
         headers = {**headers, "X-ClickHouse-Exception-Code": str(exc.code), "X-ClickHouse-Exception-Name": exc.name,
                    "Content-Type": "text/plain; charset=UTF-8"}
         return web.Response(status=status, text=f"{exc} (version {self.version or 'runstream'})\n", headers=headers)
-
-
-def build(config: RunstreamConfig, *, tokens: TokenStore | None = None) -> SqlEndpoint:
-    return SqlEndpoint(config, tokens=tokens)
-

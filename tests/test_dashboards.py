@@ -158,7 +158,9 @@ def test_every_clickhouse_query_runs_with_the_columns_its_panel_needs(name: str,
             assert cols[0] == "time" and isinstance(rows[0][0], datetime), f"{where}: first column must be the time"
             numeric = [i for i, v in enumerate(rows[0]) if isinstance(v, (int, float)) and not isinstance(v, bool)]
             assert numeric, f"{where}: no numeric column"
+            # Seeded values and counts are never negative, and a panel of zeros would mean it read nothing.
             assert all(math.isfinite(r[i]) and r[i] >= 0 for r in rows for i in numeric), f"{where}: implausible values"
+            assert any(r[i] > 0 for r in rows for i in numeric), f"{where}: every value is zero"
             assert [r[0] for r in rows] == sorted(r[0] for r in rows), f"{where}: time must be ascending"
         elif kind == "stat":
             # The seeded fleet has a failed and running runs in all projects together, not in each one.
