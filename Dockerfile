@@ -7,9 +7,9 @@ COPY ingest ./ingest
 COPY processors ./processors
 COPY storage ./storage
 COPY dashboards ./dashboards
-RUN pip install --no-cache-dir '.[server]' && useradd --system runstream \
+RUN pip install --no-cache-dir '.[server]' && useradd --system --uid 1000 runstream \
     && mkdir -p /certs /data && chown runstream /certs /data
 # (named volumes mounted on /certs and /data start owned by runstream, so the tls init and the roles can write)
 USER runstream
-ENV RUNSTREAM_DATA_DIR=/data RUNSTREAM_METRICS_HOST=0.0.0.0
+ENV RUNSTREAM_DATA_DIR=/data
 ENTRYPOINT ["runstream"]

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,13 +103,15 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) 
     out.put({r["i"]: run.id for r, run, _ in handles})
 
 
-async def produce_backlog(bootstrap: str, topic: str, points: int, per_batch: int = 1000) -> None:
+async def produce_backlog(cfg: Any, points: int, per_batch: int = 1000) -> None:
     import numpy as np
     from aiokafka import AIOKafkaProducer
 
+    from runstream.server.kafka import client_args
     from runstream.v1.ingest_pb2 import Batch
     from runstream.wire import encoding
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
+    topic = cfg.kafka.events_topic
+    prod = AIOKafkaProducer(**client_args(cfg), acks="all", linger_ms=5, max_batch_size=1 << 20)
     await prod.start()
     rng = np.random.default_rng(0)
     runs = [f"tp-{uuid.uuid4().hex[:8]}" for _ in range(100)]
@@ -218,7 +221,7 @@ def main() -> int:
         proc = next(pr for pr in sup.procs if pr.role == "process")
         proc.stop()
         console.print(f"Producing a backlog of {args.throughput_points:,} points for the processor ...")
-        asyncio.run(produce_backlog(cfg.kafka.bootstrap, cfg.kafka.events_topic, args.throughput_points))
+        asyncio.run(produce_backlog(cfg, args.throughput_points))
         proc.start()
         t_first = t_last = None
         deadline = time.monotonic() + 600

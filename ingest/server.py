@@ -26,6 +26,7 @@ from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
 from runstream.server.governance import Follower
+from runstream.server.kafka import client_args
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.wire import audit, encoding
 from runstream.wire.config import RunstreamConfig
@@ -79,7 +80,7 @@ class Publisher:
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.config.kafka.bootstrap, acks="all", enable_idempotence=True,
+            **client_args(self.config), acks="all", enable_idempotence=True,
             linger_ms=2, max_batch_size=1024 * 1024, max_request_size=self.config.kafka.max_record_bytes + 4096,
             request_timeout_ms=int(self.config.ingest.publish_timeout_s * 1000), retry_backoff_ms=200)
         await self.producer.start()

@@ -21,6 +21,7 @@ from faust.serializers.codecs import RestrictedUnpickler, restricted_pickle
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.processors.notify import Webhook
 from runstream.server import telemetry as tm
+from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups
 from runstream.wire.config import RunstreamConfig
 
@@ -65,7 +66,7 @@ class Processors:
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
-            producer_max_request_size=k.max_record_bytes + 4096)
+            producer_max_request_size=k.max_record_bytes + 4096, broker_credentials=broker_credentials(config))
         raw: dict[str, Any] = dict(key_serializer="raw", value_serializer="raw")
         self.events = app.topic(k.events_topic, key_type=bytes, value_type=bytes, **raw)
         self.rollups_topic = app.topic(k.rollups_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
@@ -256,3 +257,14 @@ class ProcessorsStage:
 def stages(config: RunstreamConfig) -> list[ProcessorsStage]:
     """The process role: one faust app."""
     return [ProcessorsStage(config)]
+
+
+def broker_credentials(config: RunstreamConfig) -> faust.auth.Credentials | None:
+    """How faust signs in: the same kafka.* settings as every other client (runstream.server.kafka.client_args)."""
+    args = client_args(config)
+    if args["security_protocol"].startswith("SASL"):
+        return faust.SASLCredentials(username=args["sasl_plain_username"], password=args["sasl_plain_password"],
+                                     mechanism=args["sasl_mechanism"], ssl_context=args.get("ssl_context"))
+    if args["security_protocol"] == "SSL":
+        return faust.SSLCredentials(args["ssl_context"])
+    return None

@@ -26,6 +26,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.server import telemetry as tm
 from runstream.server.governance import Follower
+from runstream.server.kafka import client_args
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
 from runstream.storage.sqlserver import SqlEndpoint
@@ -105,14 +106,14 @@ class Sink:
         # one drops a deleted run's batches and applies retention, whichever partitions it holds.
         self.topics = {name: t for name, t in topics.by_name(self.config).items() if t is not topics.CONTROL}
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.kafka.bootstrap,
+            **client_args(self.config),
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         self.follower = Follower(self.config, on_record=self._control)
         await self.follower.start()
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka.bootstrap, acks="all", enable_idempotence=True,
+        self.producer = AIOKafkaProducer(**client_args(self.config), acks="all", enable_idempotence=True,
                                          max_request_size=self.config.kafka.max_record_bytes + 4096)
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name="sink")

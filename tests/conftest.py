@@ -23,14 +23,33 @@ from runstream.wire.config import RunstreamConfig
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker | str]:
+    """The session's broker, secured as `runstream up` makes it (SASL, ACLs); RUNSTREAM_TEST_KAFKA names a
+    plaintext one instead."""
     if os.environ.get("RUNSTREAM_TEST_KAFKA"):
         yield os.environ["RUNSTREAM_TEST_KAFKA"]
         return
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     broker.start()  # raises with the broker's log tail if it does not come up
-    yield broker.bootstrap
+    yield broker
     broker.stop()
+
+
+def kafka_env(kafka: KafkaBroker | str) -> dict[str, str]:
+    """RUNSTREAM_KAFKA_* for a child `runstream` pointed at the test broker, signed in as its admin."""
+    c = use_kafka(RunstreamConfig(), kafka).kafka
+    env = {"RUNSTREAM_KAFKA_BOOTSTRAP": c.bootstrap, "RUNSTREAM_KAFKA_SECURITY_PROTOCOL": c.security_protocol}
+    if c.username:
+        env.update(RUNSTREAM_KAFKA_USERNAME=c.username, RUNSTREAM_KAFKA_PASSWORD_FILE=c.password_file,
+                   RUNSTREAM_KAFKA_CREDENTIALS_DIR=c.credentials_dir)
+    return env
+
+
+def use_kafka(config: RunstreamConfig, kafka: KafkaBroker | str) -> RunstreamConfig:
+    if isinstance(kafka, str):
+        config.kafka.bootstrap = kafka
+        return config
+    return kafka.client_config(config)
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +57,9 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clickhouse")
 
 
-def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
+def make_config(tmp_path: Path, kafka: KafkaBroker | str, chdb_path: Path) -> RunstreamConfig:
     tag = uuid.uuid4().hex[:10]
-    c = isolated_config(tmp_path / "data")
-    c.kafka.bootstrap = kafka
+    c = use_kafka(isolated_config(tmp_path / "data"), kafka)
     for topic in topics.TOPICS:
         setattr(c.kafka, f"{topic.kind}_topic", f"{topic.kind}-{tag}")
     c.processors.app_id = f"proc-{tag}"
@@ -57,7 +75,7 @@ def make_config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
 
 
 @pytest.fixture
-def config(tmp_path: Path, kafka: str, chdb_path: Path) -> RunstreamConfig:
+def config(tmp_path: Path, kafka: KafkaBroker | str, chdb_path: Path) -> RunstreamConfig:
     return make_config(tmp_path, kafka, chdb_path)
 
 

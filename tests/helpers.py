@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
+from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import Batch
 from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
@@ -50,8 +51,8 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> object
 
 async def _lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int:
     names = [t.name(config) for t in topics.TOPICS if t.kind in kinds]
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka.bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(config))
+    consumer = AIOKafkaConsumer(**client_args(config))
     await admin.start()
     await consumer.start()
     try:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import runstream
-from runstream.ops.stack import write_stack_file
+from runstream.ops.stack import kafka_auth, write_stack_file
 from runstream.sdk.transport import GrpcTransport
 from runstream.storage import queries
 from runstream.wire import audit
@@ -30,7 +30,8 @@ def run_cli(stack: Stack, *args: str):
 
 def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str, tmp_path: Path) -> None:
     write_stack_file(stack.config, {"sql": f"http://{stack.config.sink.sql_listen}", "token": token,
-                                    "database": stack.config.clickhouse.database, "kafka": stack.config.kafka.bootstrap})
+                                    "database": stack.config.clickhouse.database, "kafka": stack.config.kafka.bootstrap,
+                                    "kafka_auth": kafka_auth(stack.config)})
     cli(stack, "project", "create", "audited")
     secret = cli(stack, "token", "create", "--project", "audited", "--scope", "ingest").stdout.strip().splitlines()[-1]
     for name in ("a", "b"):
@@ -84,7 +85,8 @@ def test_audit_trail_cut_short_or_rechained_is_found(stack: Stack, token: str) -
     """The attacks the public chaining rule alone misses: deleting the newest record (the chain before it is still
     consistent), and altering a record then recomputing every later hash with the public rule."""
     write_stack_file(stack.config, {"sql": f"http://{stack.config.sink.sql_listen}", "token": token,
-                                    "database": stack.config.clickhouse.database, "kafka": stack.config.kafka.bootstrap})
+                                    "database": stack.config.clickhouse.database, "kafka": stack.config.kafka.bootstrap,
+                                    "kafka_auth": kafka_auth(stack.config)})
     for name in ("p1", "p2", "p3"):
         cli(stack, "project", "create", f"cut-{name}")
         cli(stack, "token", "create", "--project", f"cut-{name}", "--scope", "read")

@@ -14,11 +14,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from runstream.ops.broker import free_port
+from runstream.ops.broker import KafkaBroker, free_port
 from runstream.wire import topics
+from tests.conftest import kafka_env
 
 
-def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
+def env_for(tmp_path: Path, kafka: KafkaBroker | str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "RUNSTREAM_DATA_DIR": str(tmp_path / "home"),
@@ -35,7 +36,7 @@ def env_for(tmp_path: Path, kafka: str | None = None) -> dict[str, str]:
     for k in ("RUNSTREAM_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_CLICKHOUSE_URL"):
         env.pop(k, None)
     if kafka:
-        env["RUNSTREAM_KAFKA_BOOTSTRAP"] = kafka
+        env.update(kafka_env(kafka))
     return env
 
 
@@ -53,7 +54,7 @@ print(run.id, run.stats.acked_points)
 """
 
 
-def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: str) -> None:
+def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroker | str) -> None:
     env = env_for(tmp_path, kafka)
     up = subprocess.Popen([sys.executable, "-m", "runstream", "up"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

@@ -51,7 +51,8 @@ def _non_default(config: RunstreamConfig) -> RunstreamConfig:
     """Every field of every section changed from its default, to values that still validate."""
     valid = {"data_dir": "/tmp/rs-roundtrip", "metrics_host": "127.0.0.2", "ingest.listen": "127.0.0.1:6001",
              "sink.sql_listen": "127.0.0.1:6002", "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db",
-             "processors.guarantee": "at_least_once", "processors.log_level": "INFO", "client.url": "ingest.example:443"}
+             "processors.guarantee": "at_least_once", "processors.log_level": "INFO", "client.url": "ingest.example:443",
+             "kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "SCRAM-SHA-512"}
     for section in [None, *(f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name)))]:
         target = getattr(config, section) if section else config
         for f in dataclasses.fields(target):
@@ -100,8 +101,17 @@ def test_unknown_env_var_names_the_nearest_valid_one() -> None:
         RunstreamConfig.load(None, env={"RUNSTREAM_PROCESSORS_LOGLEVEL": "INFO"})
     # The SDK's short names and the test fixtures' own variables are fine.
     c = RunstreamConfig.load(None, env={"RUNSTREAM_URL": "h:1", "RUNSTREAM_TOKEN": "rs_x", "RUNSTREAM_TLS_CA": "/ca.pem",
-                                        "RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_TEST_KAFKA": "k:9"})
-    assert (c.client.url, c.client.token, c.client.tls_ca, c.metrics_host) == ("h:1", "rs_x", "/ca.pem", "0.0.0.0")
+                                        "RUNSTREAM_METRICS_HOST": "127.0.0.2", "RUNSTREAM_TEST_KAFKA": "k:9"})
+    assert (c.client.url, c.client.token, c.client.tls_ca, c.metrics_host) == ("h:1", "rs_x", "/ca.pem", "127.0.0.2")
+
+
+def test_metrics_beyond_loopback_need_tls_and_client_certificates() -> None:
+    with pytest.raises(ConfigError, match="metrics_host: 0.0.0.0 is beyond loopback without TLS and client certificates"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_METRICS_TLS_CERT": "/c.pem",
+                                        "RUNSTREAM_METRICS_TLS_KEY": "/c.key"})
+    c = RunstreamConfig.load(None, env={"RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_METRICS_TLS_CERT": "/c.pem",
+                                        "RUNSTREAM_METRICS_TLS_KEY": "/c.key", "RUNSTREAM_METRICS_TLS_CLIENT_CA": "/ca.pem"})
+    assert c.metrics_tls_client_ca == "/ca.pem"
 
 
 def test_ingest_beyond_loopback_needs_tls() -> None:

@@ -25,6 +25,7 @@ import yaml
 
 from runstream.dashboards import build
 from runstream.processors import anomaly
+from runstream.server.kafka import ROLE_PRINCIPALS
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
 from runstream.storage.store import migrate, open_embedded
@@ -215,10 +216,30 @@ def test_compose_is_valid_and_complete() -> None:
             RunstreamConfig.load(None, env={k: v for k, v in env.items() if k != "RUNSTREAM_INGEST_TOKENS_FILE"})
     ingest_env = services["ingest"]["environment"]
     assert ingest_env["RUNSTREAM_INGEST_LISTEN"].startswith("0.0.0.0") and ingest_env["RUNSTREAM_INGEST_TLS_CERT"]
-    assert services["ingest"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert services["ingest"]["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
+    assert services["kafka"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    # Kafka is no open door: SASL on every listener, TLS beyond the container, the authorizer on, and each role
+    # signs in as its own principal (the names the ACLs are granted to) with its own secret.
+    kafka_env = services["kafka"]["environment"]
+    assert "PLAINTEXT:" not in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace("SASL_PLAINTEXT", "")
+    assert "BROKER:SASL_SSL" in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert kafka_env["KAFKA_LISTENERS"].split(",")[1].startswith("CONTROLLER://127.0.0.1:")
+    assert kafka_env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka_env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    for role in ROLE_PRINCIPALS:
+        env = services[role]["environment"]
+        assert env["RUNSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["RUNSTREAM_KAFKA_USERNAME"] == role
+        assert services[role]["secrets"] == [f"kafka_{role}"] and f"kafka_{role}" in doc["secrets"]
+        assert env["RUNSTREAM_KAFKA_PASSWORD_FILE"] == f"/run/secrets/kafka_{role}"
+    assert set(re.findall(r"for role in ([\w ]+);", (ROOT / "deploy" / "kafka-users.sh").read_text())[0].split()) == set(ROLE_PRINCIPALS)
     assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert {j["job_name"] for j in prom["scrape_configs"]} == {"ingest", "process", "sink"}
+    # /metrics listens beyond loopback in the containers: HTTPS with client certificates, and Prometheus has one.
+    common = services["sink"]["environment"]
+    assert common["RUNSTREAM_METRICS_HOST"] == "0.0.0.0" and common["RUNSTREAM_METRICS_TLS_CLIENT_CA"]
+    assert all(j["scheme"] == "https" and j["tls_config"]["cert_file"] for j in prom["scrape_configs"])
+    assert "prometheus" in services["certs"]["command"][services["certs"]["command"].index("--client") + 1]
     for copied in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.M):
         assert (ROOT / copied).exists(), f"Dockerfile copies {copied}, which is missing"
 

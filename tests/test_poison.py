@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from runstream.ops import roles
 from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.server.kafka import client_args
 from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import BackgroundClient, Stack
@@ -23,7 +24,7 @@ from tests.helpers import counter, metric_batch, wait_until
 
 
 async def _produce(config: RunstreamConfig, values: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(config), acks="all")
     await producer.start()
     try:
         for key, value, headers in values:
@@ -33,7 +34,7 @@ async def _produce(config: RunstreamConfig, values: list[tuple[bytes, bytes, lis
 
 
 async def _dead_letters(config: RunstreamConfig, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(config.kafka.deadletter_topic, bootstrap_servers=config.kafka.bootstrap,
+    consumer = AIOKafkaConsumer(config.kafka.deadletter_topic, **client_args(config),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:

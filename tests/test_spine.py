@@ -157,7 +157,7 @@ def test_bad_requests_get_right_status_and_good_clients_are_unaffected(stack: St
 def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chdb_path: Path, token: str) -> None:
     broker = KafkaBroker(tmp_path / "own-kafka")
     broker.start()
-    config = make_config(tmp_path / "c", broker.bootstrap, chdb_path)
+    config = make_config(tmp_path / "c", broker, chdb_path)
     config.ingest.publish_timeout_s = 3.0
     from runstream.server.auth import ensure_dev_token
     tok = ensure_dev_token(config.tokens_path)
@@ -190,7 +190,7 @@ def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chd
         broker.stop()
 
 
-def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kafka: str, token: str) -> None:
+def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kafka: KafkaBroker | str, token: str) -> None:
     """The sink runs as its own process on its own engine path; SIGKILL it while data flows, restart it."""
     config = make_config(tmp_path, kafka, tmp_path / "sink-ch")
     config.sink.metrics_port = free_port()

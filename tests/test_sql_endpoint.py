@@ -38,6 +38,7 @@ from clickhouse_connect import common
 from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError
 
 from runstream.dashboards import build
+from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles
 from runstream.server.auth import ensure_dev_token
 from runstream.storage.sqlserver import SqlEndpoint
@@ -83,7 +84,7 @@ class Endpoint:
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory, kafka: str, chdb_path: Path) -> Iterator[Endpoint]:
+def endpoint(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaBroker | str, chdb_path: Path) -> Iterator[Endpoint]:
     config = make_config(tmp_path_factory.mktemp("sql"), kafka, chdb_path)
     config.clickhouse.database = "runstream"  # the dashboards name it in their queries
     token = ensure_dev_token(config.tokens_path)

@@ -4,19 +4,26 @@ Certificates are made with openssl for the test."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 import runstream
+from runstream.ops import tls
+from runstream.ops.broker import KafkaBroker, free_port
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError, tls_credentials
+from runstream.server import telemetry
 from runstream.server.auth import ensure_dev_token
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack
@@ -91,7 +98,7 @@ def test_client_certificates_when_required(config: RunstreamConfig, pki: Path) -
         roles.stop()
 
 
-def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: str, pki: Path) -> None:
+def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: KafkaBroker | str, pki: Path) -> None:
     """`runstream up --config f.yaml`: the file's TLS settings reach the ingest child (they used to be dropped, and
     ingest served plaintext). The SDK finds the CA through its own config (client.tls_ca) too."""
     env = env_for(tmp_path, kafka)
@@ -144,3 +151,26 @@ def test_tls_init_makes_what_ingest_and_clients_need(config: RunstreamConfig, tm
     subprocess.run([sys.executable, "-m", "runstream", "tls", "init", str(certs), "--host", "127.0.0.1"], check=True,
                    capture_output=True, timeout=60)
     assert (certs / "ca.pem").read_bytes() == ca_before
+
+
+def test_metrics_beyond_loopback_serve_https_to_scrapers_with_a_client_certificate(tmp_path: Path) -> None:
+    """/metrics with metrics_tls_*: a scraper with the CA-signed client certificate reads it; plain HTTP, and
+    HTTPS without a client certificate, are refused."""
+    certs = tmp_path / "certs"
+    tls.init(certs, ["127.0.0.1"], clients=("prometheus",))
+    assert os.stat(certs / "prometheus.key").st_mode & 0o077 == 0
+    config = RunstreamConfig.load(None, env={
+        "RUNSTREAM_METRICS_HOST": "0.0.0.0", "RUNSTREAM_METRICS_TLS_CERT": str(certs / "server.pem"),
+        "RUNSTREAM_METRICS_TLS_KEY": str(certs / "server.key"), "RUNSTREAM_METRICS_TLS_CLIENT_CA": str(certs / "ca.pem")})
+    port = free_port()
+    telemetry.serve_metrics(port, config)
+    url = f"https://127.0.0.1:{port}/metrics"
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "prometheus.pem"), str(certs / "prometheus.key"))
+    body = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+    assert "runstream_ingest_requests_total" in body
+    bare = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(url, context=bare, timeout=10).read()
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()

@@ -19,6 +19,7 @@ from runstream.dashboards.push import push as dashboards_push
 from runstream.ops import tls
 from runstream.sdk import connect
 from runstream.server import governance as gov_io
+from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
 from runstream.storage import lineage, queries
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
@@ -127,10 +128,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if key is None:
             print(f"audit verify: signatures not checked: the sink's key ({config.audit_key_path}) is not readable here",
                   file=sys.stderr)
-        bootstrap = config.kafka.bootstrap or config.stack_info().get("kafka", "")
+        info = config.stack_info()
         offsets = None
-        if bootstrap:
-            config.kafka.bootstrap = bootstrap
+        if not config.kafka.bootstrap and info.get("kafka"):
+            config.kafka.bootstrap = info["kafka"]  # the running stack's broker, signed in as its admin
+            for field, value in info.get("kafka_auth", {}).items():
+                setattr(config.kafka, field, value)
+        if config.kafka.bootstrap:
             offsets = asyncio.run(gov_io.audit_offsets(config, args.project))
         else:
             print("audit verify: the trail's end is not checked against Kafka: no broker known (--kafka)", file=sys.stderr)
@@ -193,8 +197,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(resolve_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
 
 
+def cmd_kafka(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    if not config.kafka.bootstrap:
+        raise RunstreamError("kafka setup: kafka.bootstrap is not set (--kafka HOST:PORT); `runstream up` sets up its "
+                             "own broker")
+    asyncio.run(ensure_topics(config, acls=True))
+    who = config.kafka.username or "an unauthenticated client"
+    print(f"Topics ready on {config.kafka.bootstrap} and ACLs granted to principals {', '.join(ROLE_PRINCIPALS)} "
+          f"(signed in as {who}).")
+    return 0
+
+
 def cmd_tls(args: argparse.Namespace) -> int:
-    paths = tls.init(Path(args.directory), args.host or ["localhost", "127.0.0.1"])
+    paths = tls.init(Path(args.directory), args.host or ["localhost", "127.0.0.1"], clients=tuple(args.client))
     print(f"CA {paths['ca']} (give it to clients: RUNSTREAM_TLS_CA), server certificate {paths['cert']} and key "
-          f"{paths['key']} (ingest.tls_cert / ingest.tls_key).")
+          f"{paths['key']} (ingest.tls_cert / ingest.tls_key; metrics_tls_cert / metrics_tls_key), Kafka's PEM keystore "
+          f"{paths['bundle']}.")
+    for name in args.client:
+        print(f"Client certificate {paths['client:' + name]} and key {Path(args.directory) / (name + '.key')} "
+              "(signed by the CA: metrics_tls_client_ca accepts it).")
     return 0

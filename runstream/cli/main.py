@@ -116,10 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards.add_argument("--folder", default="runstream")
     dashboards.set_defaults(func="cmd_dashboards")
 
+    kafka_cmd = common(sub.add_parser("kafka", help="as a Kafka admin: create runstream's topics and grant each role's "
+                                                     "principal (ingest, process, sink) its ACLs"))
+    kafka_cmd.add_argument("action", choices=["setup"])
+    kafka_cmd.set_defaults(func="cmd_kafka")
+
     tls_cmd = sub.add_parser("tls", help="make a private CA and a server certificate for ingest (and the SQL endpoint)")
     tls_cmd.add_argument("action", choices=["init"])
     tls_cmd.add_argument("directory")
     tls_cmd.add_argument("--host", action="append", default=[], help="a name or IP the server is reached by; repeatable")
+    tls_cmd.add_argument("--client", action="append", default=[],
+                         help="also a client certificate NAME.pem / NAME.key (e.g. for Prometheus to scrape /metrics); repeatable")
     tls_cmd.set_defaults(func="cmd_tls")
 
     demo = common(sub.add_parser("demo", help="start the stack, run a fleet of training jobs, print query results"))

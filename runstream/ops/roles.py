@@ -67,7 +67,7 @@ async def run_role(name: str, config: RunstreamConfig, *, ready: Callable[[list[
     stage's own task (``task``, e.g. the sink's consume loop) died, so a supervisor restarts the role."""
     role = ROLES[name]
     await ensure_topics(config)
-    telemetry.serve_metrics(role.metrics_port(config), config.metrics_host)
+    telemetry.serve_metrics(role.metrics_port(config), config)
     stages = role.build(config)
     started: list[Stage] = []
     stop = asyncio.Event()

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runstream.ops.broker import free_port
 from runstream.ops.roles import ROLES, STAGE_STOP_TIMEOUT_S, Stage, stop_stages
-from runstream.server.kafka import ensure_topics
+from runstream.server.kafka import as_principal, ensure_topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.files import private_dir, write_private
 
@@ -38,13 +38,13 @@ class InProcessRoles:
 
     def start(self) -> InProcessRoles:
         self.thread.start()
-        self.call(ensure_topics(self.config))
+        self.call(ensure_topics(self.config, acls=bool(self.config.kafka.credentials_dir)))
         for role in self.roles:
             self.start_role(role)
         return self
 
     def start_role(self, role: str) -> list[Stage]:
-        stages = self.call(_build(role, self.config))
+        stages = self.call(_build(role, as_principal(self.config, role)))
         for s in stages:
             self.call(s.start())
         self.stages[role] = stages
@@ -101,7 +101,7 @@ class RoleProcess:
 
     def __init__(self, role: str, config: RunstreamConfig, log_dir: Path, *, name: str = "") -> None:
         self.role = role
-        self.config = config
+        self.config = as_principal(config, role)
         self.name = name or role
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -172,6 +172,13 @@ def wait_http(url: str, timeout: float, proc: RoleProcess | None = None) -> None
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s" + (f". Log tail:\n{proc.log_tail()}" if proc else ""))
+
+
+def kafka_auth(config: RunstreamConfig) -> dict[str, str]:
+    """How the CLI signs in to the stack's broker (as its admin: whoever reads the data dir holds its files)."""
+    k = config.kafka
+    return {"security_protocol": k.security_protocol, "sasl_mechanism": k.sasl_mechanism, "username": k.username,
+            "password_file": k.password_file}
 
 
 def write_stack_file(config: RunstreamConfig, info: dict[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from runstream.ops.broker import KafkaBroker
-from runstream.ops.stack import RoleProcess, scrape, wait_http, write_stack_file
+from runstream.ops.stack import RoleProcess, kafka_auth, scrape, wait_http, write_stack_file
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.server.kafka import ensure_topics
 from runstream.wire.config import RunstreamConfig
@@ -81,8 +81,8 @@ class Supervisor:
             print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", flush=True)
             self.broker = KafkaBroker(c.data_path / "kafka")
             self.broker.start()
-            c.kafka.bootstrap = self.broker.bootstrap
-        asyncio.run(ensure_topics(c))
+            self.broker.client_config(c)
+        asyncio.run(ensure_topics(c, acls=bool(c.kafka.credentials_dir)))
         token = ensure_dev_token(c.tokens_path)
         ensure_admin_token(c.tokens_path, c.admin_token_path)
         sink = RoleProcess("sink", c, self.log_dir)
@@ -106,6 +106,7 @@ class Supervisor:
             wait_http(f"http://127.0.0.1:{base_metrics + i}/metrics", 60, self.procs[1 + i])
         wait_http(f"http://127.0.0.1:{c.processors.metrics_port}/metrics", 60, proc)
         info = {"pid": os.getpid(), "ingest": c.ingest.listen, "token": token, "kafka": c.kafka.bootstrap,
+                "kafka_auth": kafka_auth(c),
                 "sql": c.clickhouse.url or f"http://{c.sink.sql_listen}", "database": c.clickhouse.database,
                 "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)],
                             "process": c.processors.metrics_port},

@@ -19,8 +19,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def init(directory: Path, hosts: list[str], *, days: int = 825) -> dict[str, Path]:
-    """Write ca.pem, ca.key, server.pem and server.key for ``hosts`` (names or IPs) into ``directory``; an
+def init(directory: Path, hosts: list[str], *, days: int = 825, clients: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Write ca.pem, ca.key, server.pem, server.key and server-bundle.pem (key + chain) for ``hosts`` (names or IPs) into ``directory``; an
     existing CA is reused, so clients that trust it keep working when the server certificate is renewed."""
     private_dir(directory)
     now = dt.datetime.now(dt.UTC)
@@ -51,7 +51,23 @@ def init(directory: Path, hosts: list[str], *, days: int = 825) -> dict[str, Pat
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    write_private(directory / "server.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_private(directory / "server.key", key_pem)
     (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return {"ca": ca_path, "cert": directory / "server.pem", "key": directory / "server.key"}
+    # Key and chain in one file: the PEM keystore Kafka reads (ssl.keystore.type=PEM) for its SASL_SSL listener.
+    write_private(directory / "server-bundle.pem", key_pem + cert.public_bytes(serialization.Encoding.PEM)
+                  + ca.public_bytes(serialization.Encoding.PEM))
+    out = {"ca": ca_path, "cert": directory / "server.pem", "key": directory / "server.key",
+           "bundle": directory / "server-bundle.pem"}
+    for name in clients:  # client certificates: how a scraper (e.g. Prometheus) authenticates to /metrics
+        ckey = ec.generate_private_key(ec.SECP256R1())
+        ccert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca.subject)
+                 .public_key(ckey.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                 .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+        write_private(directory / f"{name}.key", ckey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                    serialization.NoEncryption()))
+        (directory / f"{name}.pem").write_bytes(ccert.public_bytes(serialization.Encoding.PEM))
+        out[f"client:{name}"] = directory / f"{name}.pem"
+    return out

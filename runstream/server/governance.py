@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from google.protobuf import json_format
 
+from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import ControlEvent
 from runstream.wire import audit
 from runstream.wire.config import RunstreamConfig
@@ -29,7 +30,7 @@ async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object =
         return d
     after = plain(body)
     before_dict = plain(before) if before is not None else None
-    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_args(config), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(config.kafka.control_topic, ev.SerializeToString(), key=key)
@@ -44,7 +45,7 @@ async def read_state(config: RunstreamConfig) -> State:
     """The current state: the control topic read from the start to its end."""
     state = State({}, {})
     tp = TopicPartition(config.kafka.control_topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(config), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -73,7 +74,7 @@ class Follower:
 
     async def start(self) -> None:
         tp = TopicPartition(self.config.kafka.control_topic, 0)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(**client_args(self.config), enable_auto_commit=False,
                                          fetch_max_wait_ms=200)
         await self.consumer.start()
         self.consumer.assign([tp])
@@ -106,7 +107,7 @@ class Follower:
 async def audit_offsets(config: RunstreamConfig, project: str) -> list[tuple[int, int]]:
     """Where the project's records sit in the audit topic, (partition, offset), read from the start to the end: the
     anchor `runstream audit verify` holds the stored trail to."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(config), enable_auto_commit=False)
     await consumer.start()
     try:
         numbers = consumer.partitions_for_topic(config.kafka.audit_topic) or await _partitions(consumer, config.kafka.audit_topic)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from runstream.wire.config import RunstreamConfig
+
 INGEST_REQUESTS = Counter("runstream_ingest_requests_total", "Ingest RPCs by method and gRPC status code.", ["method", "code"])
 INGEST_BATCHES = Counter("runstream_ingest_batches_total", "Batches accepted (published and acknowledged by Kafka).")
 INGEST_POINTS = Counter("runstream_ingest_points_total", "Metric points accepted.")
@@ -28,11 +30,13 @@ SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kaf
 PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``port`` (0 disables) at ``host`` (config ``metrics_host``: loopback unless a container
-    says 0.0.0.0)."""
+def serve_metrics(port: int, config: RunstreamConfig) -> None:
+    """Expose /metrics on ``port`` (0 disables) at ``metrics_host``; HTTPS with required client certificates when
+    the config names them (the config refuses a host beyond loopback without them)."""
     if port:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=config.metrics_host, certfile=config.metrics_tls_cert or None,
+                          keyfile=config.metrics_tls_key or None, client_cafile=config.metrics_tls_client_ca or None,
+                          client_auth_required=bool(config.metrics_tls_client_ca))
 
 PROC_BATCHES = Counter("runstream_processor_batches_total", "Event batches seen by the processors, by outcome.", ["outcome"])
 PROC_POINTS = Counter("runstream_processor_points_total", "Metric points processed.")

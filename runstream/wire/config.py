@@ -50,6 +50,14 @@ class KafkaConfig:
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
     jars_dir: str = "~/.cache/runstream"  # where the Apache Kafka jars are fetched to (`runstream up`, tests)
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SASL_SSL | SSL
+    sasl_mechanism: str = "SCRAM-SHA-256"  # SCRAM-SHA-256 | SCRAM-SHA-512 | PLAIN
+    username: str = ""             # the principal this process signs in as (SASL)
+    password_file: str = ""        # a file holding that principal's password (keep it 0600)
+    ssl_ca: str = ""               # PEM CA bundle for SSL / SASL_SSL; empty: the system's
+    # The embedded broker's credentials: one <principal>.password per role. When set, each role signs in as
+    # its own principal (ingest, process, sink) and the process that creates the topics grants their ACLs.
+    credentials_dir: str = ""
 
 
 @dataclass
@@ -120,7 +128,10 @@ class ClientConfig:
 @dataclass
 class RunstreamConfig:
     data_dir: str = "~/.runstream"
-    metrics_host: str = "127.0.0.1"  # where every role's /metrics binds (0.0.0.0 in containers)
+    metrics_host: str = "127.0.0.1"  # where every role's /metrics binds; beyond loopback it needs the three below
+    metrics_tls_cert: str = ""     # PEM certificate for /metrics (HTTPS)
+    metrics_tls_key: str = ""      # PEM private key for metrics_tls_cert
+    metrics_tls_client_ca: str = ""  # scrapers must present a certificate this CA signed (their authentication)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
@@ -169,6 +180,13 @@ class RunstreamConfig:
             problems.append(f"processors.guarantee: {self.processors.guarantee!r} is not exactly_once or at_least_once")
         if bool(self.client.tls_cert) != bool(self.client.tls_key):
             problems.append("client.tls_cert / client.tls_key: set both (PEM files) or neither")
+        k = self.kafka
+        if k.security_protocol not in ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"):
+            problems.append(f"kafka.security_protocol: {k.security_protocol!r} is not PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL")
+        if k.sasl_mechanism not in ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"):
+            problems.append(f"kafka.sasl_mechanism: {k.sasl_mechanism!r} is not SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN")
+        if k.security_protocol.startswith("SASL") and not (k.username and k.password_file):
+            problems.append(f"kafka.username / kafka.password_file: {k.security_protocol} needs both")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen)):
@@ -188,6 +206,13 @@ class RunstreamConfig:
                 and not is_loopback(self.sink.sql_listen.rsplit(":", 1)[0])):
             problems.append(f"sink.sql_listen: {self.sink.sql_listen} is beyond loopback without TLS; set sink.sql_tls_cert "
                             "and sink.sql_tls_key, or listen on 127.0.0.1")
+        if self.metrics_host and not is_loopback(self.metrics_host) and not (
+                self.metrics_tls_cert and self.metrics_tls_key and self.metrics_tls_client_ca):
+            problems.append(f"metrics_host: {self.metrics_host} is beyond loopback without TLS and client certificates; "
+                            "set metrics_tls_cert, metrics_tls_key and metrics_tls_client_ca (`runstream tls init DIR "
+                            "--client prometheus` makes them), or bind 127.0.0.1")
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
+            problems.append("metrics_tls_cert / metrics_tls_key: set both (PEM files) or neither")
         if self.sink.sql_max_concurrent < 1:
             problems.append("sink.sql_max_concurrent: must be at least 1")
         if self.ingest.max_batch_points < 1:

@@ -19,8 +19,9 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 
 
 def write_private(path: Path, data: str | bytes) -> Path:
-    """Replace ``path`` atomically with ``data``, readable by the owner only from the first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace ``path`` atomically with ``data``, readable by the owner only from the first byte (a missing
+    directory is made 0700)."""
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from runstream.wire.config import RunstreamConfig
-from runstream.wire.files import private_dir
+from runstream.wire.files import private_dir, write_private
 
 KAFKA_VERSION = "4.1.1"  # keep in step with pom.xml
 POM = Path(__file__).with_name("pom.xml")
@@ -83,16 +84,36 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+# SCRAM principals made when the storage is formatted: the admin (super user, also the broker's own
+# inter-broker identity) and one per role. The controller listener has its own PLAIN user.
+ADMIN = "admin"
+PRINCIPALS = (ADMIN, "ingest", "process", "sink")
+MECHANISM = "SCRAM-SHA-256"
+
+
 class KafkaBroker:
     """One combined broker+controller node on loopback.
 
     ``start()`` formats the storage on first use and waits until the broker
     accepts connections; ``stop()`` and ``start()`` again keep the same ports
     and data, so a test can take Kafka away and bring it back.
+
+    Secured by default: SASL (SCRAM-SHA-256) on every listener and Kafka's
+    StandardAuthorizer, with credentials made at the first format and kept
+    0600 in ``<data_dir>/credentials``; nobody but the admin has any right
+    until ACLs are granted (``runstream.server.kafka.ensure_topics(acls=True)``).
     """
 
-    def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m") -> None:
+    def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m",
+                 secure: bool = True) -> None:
         self.data_dir = Path(data_dir)
+        formatted = (self.data_dir / "logs" / "meta.properties").exists()
+        if secure and formatted and not self.credentials_dir.exists():
+            # Made before the broker was secured: its metadata has no SCRAM users to sign in with.
+            print(f"WARNING: the Kafka data in {self.data_dir} predates SASL; this broker runs without authentication. "
+                  "Start with a new data dir to secure it.", file=sys.stderr)
+            secure = False
+        self.secure = secure
         # The controller's address is written into the storage when it is
         # formatted, so a data dir keeps the ports it was first given.
         ports_file = self.data_dir / "ports.json"
@@ -110,6 +131,28 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def credentials_dir(self) -> Path:
+        return self.data_dir / "credentials"
+
+    def password(self, principal: str) -> str:
+        path = self.credentials_dir / f"{principal}.password"
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(24))  # [A-Za-z0-9_-]: safe inside the JAAS quotes
+        return path.read_text().strip()
+
+    def client_config(self, config: RunstreamConfig) -> RunstreamConfig:
+        """``config`` pointed at this broker, signed in as its admin; ``credentials_dir`` lets the roles started
+        from it sign in as their own principals (runstream.server.kafka.as_principal)."""
+        config.kafka.bootstrap = self.bootstrap
+        if self.secure:
+            config.kafka.security_protocol = "SASL_PLAINTEXT"
+            config.kafka.sasl_mechanism = MECHANISM
+            config.kafka.username = ADMIN
+            config.kafka.password_file = str(self.credentials_dir / f"{ADMIN}.password")
+            config.kafka.credentials_dir = str(self.credentials_dir)
+        return config
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "broker.log"
 
@@ -119,11 +162,11 @@ class KafkaBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"BROKER://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"BROKER://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": "BROKER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,BROKER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "4",
             "offsets.topic.replication.factor": "1",
@@ -137,10 +180,30 @@ class KafkaBroker:
             "message.max.bytes": str(16 * 1024 * 1024),
             "log.retention.hours": "168",
         }
+        if self.secure:
+            props.update(self._security())
         path = self.data_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        write_private(path, "".join(f"{k}={v}\n" for k, v in props.items()))  # it holds passwords
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         return path
+
+    def _security(self) -> dict[str, str]:
+        admin, controller = self.password(ADMIN), self.password("controller")
+        return {
+            "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,BROKER:SASL_PLAINTEXT",
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.broker.sasl.enabled.mechanisms": MECHANISM,
+            f"listener.name.broker.{MECHANISM.lower()}.sasl.jaas.config":
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN}" password="{admin}";',
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                'org.apache.kafka.common.security.plain.PlainLoginModule required username="controller" '
+                f'password="{controller}" user_controller="{controller}";',
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN};User:controller",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _java(self, lib: Path, main: str, *args: str, heap: str) -> list[str]:
         java = shutil.which("java")
@@ -158,9 +221,11 @@ class KafkaBroker:
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            scram = [arg for p in PRINCIPALS
+                     for arg in ("--add-scram", f"{MECHANISM}=[name={p},password={self.password(p)}]")] if self.secure else []
             fmt = subprocess.run(
                 self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
-                           "--standalone", heap="256m"),
+                           "--standalone", *scram, heap="256m"),
                 capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"Formatting Kafka storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
