@@ -8,6 +8,7 @@ from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
 from runstream.wire.errors import ValidationError
 from runstream.wire.governance import NAME_RE
+from runstream.wire.names import metric_name_problem
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024
@@ -64,8 +65,9 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
         if not m.names:
             raise ValidationError(f"{where}.metrics.names", "is empty")
         for i, name in enumerate(m.names):
-            if not name or len(name) > cfg.max_name_length:
-                raise ValidationError(f"{where}.metrics.names[{i}]", f"must be 1..{cfg.max_name_length} characters")
+            problem = metric_name_problem(name, cfg.max_name_length)
+            if problem:
+                raise ValidationError(f"{where}.metrics.names[{i}]", problem)
         if max(m.name_index) >= len(m.names):
             raise ValidationError(f"{where}.metrics.name_index", f"refers to name {max(m.name_index)} but there are {len(m.names)} names")
         if min(m.steps) < 0:

@@ -35,6 +35,7 @@ from runstream.sdk import spool
 from runstream.sdk.transport import SendError, Transport, connect
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
+from runstream.wire.names import name_problem
 
 log = logging.getLogger("runstream")
 
@@ -109,21 +110,25 @@ def _local(uri: str) -> Path | None:
 
 
 class _RunStats:
-    __slots__ = ("acked_points", "acked_batches", "done")
+    __slots__ = ("acked_points", "acked_batches", "dropped_points", "dropped", "done")
 
     def __init__(self) -> None:
         self.acked_points = 0
         self.acked_batches = 0
+        self.dropped_points = 0             # points refused here (bad name, step or value), never sent
+        self.dropped: dict[str, int] = {}   # reason -> points
         self.done = threading.Event()
 
 
 class Run:
     """One training run. Use ``log``, ``log_params``, ``set_tags``, ``finish``; or ``with runstream.init(...) as run``."""
 
-    def __init__(self, sender: Sender, *, project: str, name: str, run_id: str) -> None:
+    def __init__(self, sender: Sender, *, project: str, name: str, run_id: str, strict: bool = False) -> None:
         self.project = project
         self.name = name
         self.id = run_id
+        self.strict = strict  # raise at log() on what ingest would refuse, instead of dropping it with a warning
+        self._warned: set[str] = set()
         self._sender = sender
         self._records: deque[tuple[Any, ...]] = deque()
         self._step = 0
@@ -135,6 +140,17 @@ class Run:
         """Record metric values at ``step`` (default: one more than the last step). Never blocks on the network."""
         if step is None:
             step = self._step
+        elif step < 0:
+            if self.strict:
+                raise ValueError(f"runstream: step {step} is negative")
+            self._drop(len(metrics), "negative step", f"step {step}")
+            return
+        if self.strict:
+            for k, v in metrics.items():
+                problem = name_problem(k)
+                if problem:
+                    raise ValueError(f"runstream: metric name {str(k)[:60]!r} {problem[1]}")
+                float(v)  # TypeError / ValueError for what is not a number
         self._step = step + 1
         self._records.append((step, time.time(), dict(metrics)))
         if len(self._records) > self._sender.config.max_buffered_records:
@@ -176,12 +192,31 @@ class Run:
         self._records.append((_LINEAGE, time.time(), art))
         return art
 
+    def summary(self) -> dict[str, Any]:
+        """What happened to this run's points so far: acknowledged by ingest, and dropped here (by reason)."""
+        st = self.stats
+        return {"run_id": self.id, "acked_points": st.acked_points, "acked_batches": st.acked_batches,
+                "dropped_points": st.dropped_points, "dropped": dict(st.dropped)}
+
+    def _drop(self, n: int, reason: str, what: str) -> None:
+        """Count ``n`` points that will not be sent; warn once per name (or kind of problem) and run."""
+        st = self.stats
+        st.dropped_points += n
+        st.dropped[reason] = st.dropped.get(reason, 0) + n
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("runstream: run %s drops points of %s (%s); the other points are kept. "
+                        "init(strict=True) raises instead.", self.id, what, reason)
+
     def finish(self, status: str = "finished", *, timeout: float = 30.0) -> bool:
         """Flush and close the run. Returns True when everything was acknowledged by ingest within ``timeout``;
         otherwise the rest is still sent in the background, or spooled to disk at exit."""
         if self._finished:
             return self.stats.done.is_set()
         self._finished = True
+        if self.stats.dropped_points:
+            log.warning("runstream: run %s dropped %d points before sending: %s", self.id, self.stats.dropped_points,
+                        ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.dropped.items())))
         self._records.append((_FINISH, time.time(), status))
         self._sender.wake()
         return self.stats.done.wait(timeout)
@@ -220,6 +255,8 @@ class Sender(threading.Thread):
         self.sent_batches = 0
         self.spooled_batches = 0
         self.dropped_batches = 0
+        self._good_names: set[Any] = set()  # metric names checked once (drain runs under _lock)
+        self._bad_names: set[Any] = set()
 
     # -- called from user threads ------------------------------------------------
     def add(self, run: Run) -> None:
@@ -257,10 +294,16 @@ class Sender(threading.Thread):
             vals: list[float] = []
             max_points = self.config.max_batch_points
 
+            good, bad = self._good_names, self._bad_names
+
             def close_metrics() -> None:
                 nonlocal names, ni, steps, tss, vals
                 if vals:
-                    self._emit(run, metrics=_metrics(names, ni, steps, tss, vals))
+                    m, non_numeric = _metrics(names, ni, steps, tss, vals)
+                    for name, count in non_numeric.items():
+                        run._drop(count, "not a number", f"metric {name[:60]!r}")
+                    if m.values:
+                        self._emit(run, metrics=m)
                     names, ni, steps, tss, vals = {}, [], [], [], []
 
             for _ in range(n):
@@ -280,6 +323,15 @@ class Sender(threading.Thread):
                 for k, v in payload.items():
                     i = names.get(k)
                     if i is None:
+                        if k not in good:
+                            problem = None if k in bad else name_problem(k)
+                            if k in bad or problem:
+                                bad.add(k)
+                                run._drop(1, problem[0] if problem else _bad_reason(k), f"metric {str(k)[:60]!r}")
+                                continue
+                            if len(good) > 100_000:  # a name per step: keep the cache bounded
+                                good.clear()
+                            good.add(k)
                         i = names[k] = len(names)
                     ni.append(i)
                     steps.append(step)
@@ -443,22 +495,33 @@ def send_spool_file(transport: Transport, path: Path, flight: int = 64) -> int:
     return len(batches)
 
 
-def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[int], vals: list[Any]) -> Metrics:
+def _bad_reason(name: object) -> str:
+    found = name_problem(name)
+    return found[0] if found else "bad name"
+
+
+def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[int],
+             vals: list[Any]) -> tuple[Metrics, dict[str, int]]:
+    """The batch body, and per metric name how many values were not numbers (left out)."""
     m = Metrics(names=list(names), name_index=ni, steps=steps, timestamps_ms=tss)
+    dropped: dict[str, int] = {}
     try:
         m.values.extend(vals)
-    except TypeError:  # numpy float32, tensors, strings...: convert one by one, skip what is not a number
+    except (TypeError, ValueError):  # numpy float32, tensors, strings...: convert one by one
+        del m.values[:]
         keep = []
+        by_index = list(names)
         for i, v in enumerate(vals):
             try:
                 m.values.append(float(v))
                 keep.append(i)
             except (TypeError, ValueError):
-                log.warning("runstream: dropped a non-numeric value %r", v)
+                name = by_index[ni[i]]
+                dropped[name] = dropped.get(name, 0) + 1
         if len(keep) != len(vals):
             m = Metrics(names=list(names), name_index=[ni[i] for i in keep], steps=[steps[i] for i in keep],
                         timestamps_ms=[tss[i] for i in keep], values=list(m.values))
-    return m
+    return m, dropped
 
 
 # The SDK's own generator: drawing from the global one would change a training script's seeded random sequence.
@@ -482,9 +545,12 @@ def _default_sender(url: str | None, token: str | None, options: Mapping[str, An
 def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | None = None,
          tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
          url: str | None = None, token: str | None = None, transport: Transport | None = None,
-         **options: Any) -> Run:
+         strict: bool = False, **options: Any) -> Run:
     """Start a run. ``url``/``token`` default to ``client.url``/``client.token`` (RUNSTREAM_URL/RUNSTREAM_TOKEN),
     then the local `runstream up`.
+
+    ``strict``: log() raises on a metric name, step or value that ingest would refuse; by default such points
+    are dropped with one warning per name and counted (``run.summary()``), and the points beside them are sent.
 
     Extra keyword arguments set the sender's limits (see SenderConfig) for the process.
     """
@@ -495,7 +561,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
         sender = _default_sender(url, token, options)
     run_id = run_id or uuid.uuid4().hex[:16]
     name = name or run_id
-    run = Run(sender, project=project, name=name, run_id=run_id)
+    run = Run(sender, project=project, name=name, run_id=run_id, strict=strict)
     now = time.time()
     start = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, created_ms=int(now * 1000))
     rs = start.run_start

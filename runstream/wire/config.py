@@ -27,6 +27,7 @@ import yaml
 
 from runstream.wire.errors import ConfigError
 from runstream.wire.files import write_private
+from runstream.wire.names import MAX_NAME_LENGTH
 
 EVENTS_TOPIC = "runstream.events"
 ROLLUPS_TOPIC = "runstream.rollups"
@@ -67,7 +68,7 @@ class IngestConfig:
     tokens_file: str = ""          # empty: <data_dir>/tokens.yaml
     max_batch_points: int = 100_000
     max_request_bytes: int = 32 * 1024 * 1024
-    max_name_length: int = 250
+    max_name_length: int = MAX_NAME_LENGTH
     max_inflight_batches: int = 4_000  # beyond this, RESOURCE_EXHAUSTED instead of buffering
     publish_timeout_s: float = 15.0
     tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
