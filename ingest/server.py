@@ -159,7 +159,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     futures.append(fut)
                     points += n
                     kind = batch.WhichOneof("body")
-                    if kind in ("run_start", "run_finish"):
+                    if kind in ("run_start", "run_finish", "run_resume"):
                         audit_futures.append(await self.publisher.publish_audit(self._audit(batch, kind, token, context)))
             await self.publisher.wait(futures + audit_futures)
         except RunstreamError as exc:
@@ -189,8 +189,15 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
             rs = batch.run_start
             after = {"name": rs.name, "git_commit": rs.git.commit, "git_dirty": rs.git.dirty, "host": rs.host.hostname,
                      "parent_run_id": rs.parent_run_id, "tags": list(rs.tags)}
+            if rs.HasField("fork_step"):
+                after["fork_step"] = rs.fork_step
+        elif kind == "run_resume":
+            after = {"session": batch.run_resume.session, "host": batch.run_resume.host.hostname}
         else:
-            after = {"status": ingest_pb2.RunStatus.Name(batch.run_finish.status), "points_acked": batch.run_finish.points_acked}
+            rf = batch.run_finish
+            after = {"status": ingest_pb2.RunStatus.Name(rf.status), "points_acked": rf.points_acked}
+            if rf.session:
+                after["session"] = rf.session
         return audit.record(batch.project, token.name, kind.replace("_", "."), batch.run_id, after=after,
                             source=context.peer() or "", at_ms=batch.created_ms)
 

@@ -31,6 +31,11 @@ def _name(field: str, value: str, limit: int) -> None:
         raise ValidationError(field, f"{value[:40]!r} may hold only letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
+def _session(field: str, value: str) -> None:
+    if not BATCH_ID_RE.match(value):
+        raise ValidationError(field, "must be 8..64 characters of [A-Za-z0-9_-]")
+
+
 def _mapping(field: str, values: object, cfg: IngestConfig) -> None:
     for key, value in values.items():  # type: ignore[attr-defined]
         if not key or len(key) > cfg.max_name_length:
@@ -83,8 +88,17 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
             raise ValidationError(f"{where}.run_start.tags", f"at most 1000 tags of at most {cfg.max_name_length} characters")
         _mapping(f"{where}.run_start.config", rs.config, cfg)
         _time(f"{where}.run_start.start_ms", rs.start_ms)
+        if rs.HasField("fork_step") and (rs.fork_step < 0 or not rs.parent_run_id):
+            raise ValidationError(f"{where}.run_start.fork_step", "needs parent_run_id and must not be negative")
     elif kind == "run_finish":
-        _time(f"{where}.run_finish.end_ms", b.run_finish.end_ms)
+        rf = b.run_finish
+        _time(f"{where}.run_finish.end_ms", rf.end_ms)
+        if rf.session:
+            _session(f"{where}.run_finish.session", rf.session)
+            _time(f"{where}.run_finish.session_start_ms", rf.session_start_ms)
+    elif kind == "run_resume":
+        _session(f"{where}.run_resume.session", b.run_resume.session)
+        _time(f"{where}.run_resume.resume_ms", b.run_resume.resume_ms)
     elif kind == "params":
         _mapping(f"{where}.params.values", b.params.values, cfg)
     elif kind == "tags":

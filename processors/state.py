@@ -62,6 +62,8 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
                                           steps, vals, ts, now_ms)
         for key, w in rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms):
             out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
+    elif kind == "run_resume":
+        st.finished = False
     elif kind == "run_finish":
         st.finished = True
         # Nothing more will come: every window is final, every open alert of the run resolves.

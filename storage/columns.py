@@ -55,6 +55,7 @@ class Tables:
     batches: list[list[Any]] = field(default_factory=list)
     run_starts: list[list[Any]] = field(default_factory=list)
     run_finishes: list[list[Any]] = field(default_factory=list)
+    run_sessions: list[list[Any]] = field(default_factory=list)
     params: list[list[Any]] = field(default_factory=list)
     tags: list[list[Any]] = field(default_factory=list)
     rollups: list[list[Any]] = field(default_factory=list)
@@ -75,10 +76,13 @@ class Tables:
 
 BATCH_COLUMNS = ["project", "run_id", "batch_id", "seq", "kind", "points", "created", "partition", "offset"]
 RUN_START_COLUMNS = ["project", "run_id", "name", "started", "tags", "git_commit", "git_branch", "git_remote",
-                     "git_dirty", "hostname", "pid", "python_version", "parent_run_id", "git_diff_sha256", "packages_sha256"]
+                     "git_dirty", "hostname", "pid", "python_version", "parent_run_id", "git_diff_sha256", "packages_sha256",
+                     "fork_step"]
 DATASET_COLUMNS = ["project", "run_id", "uri", "digest", "size", "ts"]
 ARTIFACT_COLUMNS = ["project", "run_id", "uri", "stored_uri", "size", "sha256", "ts"]
-RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked"]
+RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked", "points_dropped"]
+RUN_SESSION_COLUMNS = ["project", "run_id", "session", "resumed", "ended", "status", "points_acked", "batches_acked",
+                       "points_dropped", "version"]
 KV_COLUMNS = ["project", "run_id", "key", "value", "ts"]
 ROLLUP_COLUMNS = ["project", "run_id", "metric", "resolution_s", "window_start", "count", "nonfinite", "min", "max", "sum",
                   "first", "first_step", "last", "last_step", "version"]
@@ -150,13 +154,22 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             rs = b.run_start
             t.run_starts.append([b.project, b.run_id, rs.name, to_datetime(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
                                  rs.git.remote, rs.git.dirty, rs.host.hostname, rs.host.pid, rs.host.python_version, rs.parent_run_id,
-                                 rs.git.diff_sha256, rs.host.packages_sha256])
+                                 rs.git.diff_sha256, rs.host.packages_sha256,
+                                 rs.fork_step if rs.HasField("fork_step") else None])
             t.params.extend([b.project, b.run_id, k, v, to_datetime(rs.start_ms)] for k, v in rs.config.items())
             t.tags.extend([b.project, b.run_id, tag, "", to_datetime(rs.start_ms)] for tag in rs.tags)
         elif kind == "run_finish":
             rf = b.run_finish
-            t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), to_datetime(rf.end_ms),
-                                   rf.points_acked, rf.batches_acked])
+            if rf.session:  # a resumed session's finish replaces its resume row
+                t.run_sessions.append([b.project, b.run_id, rf.session, to_datetime(rf.session_start_ms),
+                                       to_datetime(rf.end_ms), STATUS.get(rf.status, "finished"), rf.points_acked,
+                                       rf.batches_acked, rf.points_dropped, 2])
+            else:
+                t.run_finishes.append([b.project, b.run_id, STATUS.get(rf.status, "finished"), to_datetime(rf.end_ms),
+                                       rf.points_acked, rf.batches_acked, rf.points_dropped])
+        elif kind == "run_resume":
+            rr = b.run_resume
+            t.run_sessions.append([b.project, b.run_id, rr.session, to_datetime(rr.resume_ms), None, "running", 0, 0, 0, 1])
         elif kind == "params":
             t.params.extend([b.project, b.run_id, k, v, to_datetime(b.created_ms)] for k, v in b.params.values.items())
         elif kind == "tags":

@@ -22,6 +22,7 @@ TABLES: tuple[Table, ...] = (
     Table("metric_points", "points", (), "run"),
     Table("run_starts", "run_starts", tuple(columns.RUN_START_COLUMNS), "run"),
     Table("run_finishes", "run_finishes", tuple(columns.RUN_FINISH_COLUMNS), "run"),
+    Table("run_sessions", "run_sessions", tuple(columns.RUN_SESSION_COLUMNS), "run"),
     Table("params", "params", tuple(columns.KV_COLUMNS), "run"),
     Table("tags", "tags", tuple(columns.KV_COLUMNS), "run"),
     Table("rollup_windows", "rollups", tuple(columns.ROLLUP_COLUMNS), "run"),

@@ -128,6 +128,8 @@ class Run:
         self.name = name
         self.id = run_id
         self.strict = strict  # raise at log() on what ingest would refuse, instead of dropping it with a warning
+        self.session = ""     # a resumed session's id; "" for the run's first
+        self.session_start_ms = 0
         self._warned: set[str] = set()
         self._sender = sender
         self._records: deque[tuple[Any, ...]] = deque()
@@ -357,8 +359,12 @@ class Sender(threading.Thread):
         elif lineage is not None:
             (b.dataset if isinstance(lineage, DatasetUse) else b.artifact).CopyFrom(lineage)
         elif finish is not None:
-            b.run_finish.status = STATUS.get(finish, RunStatus.RUN_STATUS_FINISHED)
-            b.run_finish.end_ms = b.created_ms
+            rf = b.run_finish
+            rf.status = STATUS.get(finish, RunStatus.RUN_STATUS_FINISHED)
+            rf.end_ms = b.created_ms
+            rf.points_dropped = run.stats.dropped_points
+            if run.session:
+                rf.session, rf.session_start_ms = run.session, run.session_start_ms
         self.pending.append(b)
 
     def start_run(self, run: Run, start: Batch) -> None:
@@ -545,15 +551,31 @@ def _default_sender(url: str | None, token: str | None, options: Mapping[str, An
 def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | None = None,
          tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
          url: str | None = None, token: str | None = None, transport: Transport | None = None,
-         strict: bool = False, **options: Any) -> Run:
+         strict: bool = False, resume: bool = False, fork_from: str = "", fork_step: int | None = None,
+         start_step: int = 0, **options: Any) -> Run:
     """Start a run. ``url``/``token`` default to ``client.url``/``client.token`` (RUNSTREAM_URL/RUNSTREAM_TOKEN),
     then the local `runstream up`.
+
+    ``resume=True`` with the ``run_id`` of an earlier run continues it: its start record (name, parent, tags, start
+    time) stays as it was, the new session's points and counts add to the earlier ones, and ``runstream runs``
+    shows it running until this session finishes. ``start_step`` is the first step ``log()`` numbers by itself
+    (e.g. the step the checkpoint was saved at, plus one).
+
+    ``fork_from=<run id>, fork_step=N`` starts a new run that continues that run from its step N: the new run
+    names it as parent, its history is the parent's points up to N (the read API joins them), and its own
+    steps start at N + 1.
 
     ``strict``: log() raises on a metric name, step or value that ingest would refuse; by default such points
     are dropped with one warning per name and counted (``run.summary()``), and the points beside them are sent.
 
     Extra keyword arguments set the sender's limits (see SenderConfig) for the process.
     """
+    if resume and not run_id:
+        raise ValueError("runstream.init(resume=True) needs the run_id of the run to continue")
+    if resume and fork_from:
+        raise ValueError("runstream.init: resume continues a run, fork_from starts a new one; pass one of them")
+    if fork_from and (fork_step is None or fork_step < 0):
+        raise ValueError("runstream.init(fork_from=...) needs fork_step, the parent's step to continue from (>= 0)")
     if transport is not None:
         sender = Sender(transport, SenderConfig(**options))
         sender.start()
@@ -563,14 +585,31 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     name = name or run_id
     run = Run(sender, project=project, name=name, run_id=run_id, strict=strict)
     now = time.time()
-    start = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, created_ms=int(now * 1000))
-    rs = start.run_start
-    rs.name, rs.start_ms, rs.parent_run_id = name, int(now * 1000), parent_run_id
-    rs.config.update({k: json.dumps(v, default=str) for k, v in (config or {}).items()})
-    rs.tags.extend(tags or [])
-    rs.git.CopyFrom(_git())
-    rs.host.CopyFrom(HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
-                              platform=platform.platform(), packages_sha256=packages_sha256()))
+    now_ms = int(now * 1000)
+    host = HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
+                    platform=platform.platform(), packages_sha256=packages_sha256())
+    start = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, created_ms=now_ms)
+    run._step = start_step
+    if resume:
+        # Above every earlier session's numbers: the processors skip a run's batches at or below the last seq seen.
+        run._seq = now_ms * 1000
+        run.session, run.session_start_ms = uuid.uuid4().hex[:16], now_ms
+        start.run_resume.session, start.run_resume.resume_ms = run.session, now_ms
+        start.run_resume.host.CopyFrom(host)
+        if config:
+            run.log_params(config)
+        if tags:
+            run.set_tags(tags)
+    else:
+        rs = start.run_start
+        rs.name, rs.start_ms, rs.parent_run_id = name, now_ms, fork_from or parent_run_id
+        if fork_from:
+            rs.fork_step = int(fork_step)  # type: ignore[arg-type]  # checked above
+            run._step = max(start_step, int(fork_step) + 1)  # type: ignore[arg-type]
+        rs.config.update({k: json.dumps(v, default=str) for k, v in (config or {}).items()})
+        rs.tags.extend(tags or [])
+        rs.git.CopyFrom(_git())
+        rs.host.CopyFrom(host)
     sender.add(run)
     sender.start_run(run, start)
     _active.append(run)

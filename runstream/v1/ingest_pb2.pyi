@@ -19,7 +19,7 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_KILLED: RunStatus
 
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "project", "run_id", "seq", "created_ms", "run_start", "run_finish", "params", "tags", "metrics", "dataset", "artifact")
+    __slots__ = ("batch_id", "project", "run_id", "seq", "created_ms", "run_start", "run_finish", "params", "tags", "metrics", "dataset", "artifact", "run_resume")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Batch(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    RUN_RESUME_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     project: str
     run_id: str
@@ -44,7 +45,8 @@ class Batch(_message.Message):
     metrics: Metrics
     dataset: DatasetUse
     artifact: Artifact
-    def __init__(self, batch_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., run_start: _Optional[_Union[RunStart, _Mapping]] = ..., run_finish: _Optional[_Union[RunFinish, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ..., tags: _Optional[_Union[Tags, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., dataset: _Optional[_Union[DatasetUse, _Mapping]] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
+    run_resume: RunResume
+    def __init__(self, batch_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., run_start: _Optional[_Union[RunStart, _Mapping]] = ..., run_finish: _Optional[_Union[RunFinish, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ..., tags: _Optional[_Union[Tags, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., dataset: _Optional[_Union[DatasetUse, _Mapping]] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., run_resume: _Optional[_Union[RunResume, _Mapping]] = ...) -> None: ...
 
 class DatasetUse(_message.Message):
     __slots__ = ("uri", "digest", "size")
@@ -111,7 +113,7 @@ class HostInfo(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ..., packages_sha256: _Optional[str] = ...) -> None: ...
 
 class RunStart(_message.Message):
-    __slots__ = ("name", "start_ms", "config", "tags", "git", "host", "parent_run_id")
+    __slots__ = ("name", "start_ms", "config", "tags", "git", "host", "parent_run_id", "fork_step")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class RunStart(_message.Message):
     GIT_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORK_STEP_FIELD_NUMBER: _ClassVar[int]
     name: str
     start_ms: int
     config: _containers.ScalarMap[str, str]
@@ -133,19 +136,36 @@ class RunStart(_message.Message):
     git: GitInfo
     host: HostInfo
     parent_run_id: str
-    def __init__(self, name: _Optional[str] = ..., start_ms: _Optional[int] = ..., config: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., git: _Optional[_Union[GitInfo, _Mapping]] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+    fork_step: int
+    def __init__(self, name: _Optional[str] = ..., start_ms: _Optional[int] = ..., config: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., git: _Optional[_Union[GitInfo, _Mapping]] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., parent_run_id: _Optional[str] = ..., fork_step: _Optional[int] = ...) -> None: ...
 
 class RunFinish(_message.Message):
-    __slots__ = ("status", "end_ms", "points_acked", "batches_acked")
+    __slots__ = ("status", "end_ms", "points_acked", "batches_acked", "points_dropped", "session", "session_start_ms")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     POINTS_ACKED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_ACKED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_START_MS_FIELD_NUMBER: _ClassVar[int]
     status: RunStatus
     end_ms: int
     points_acked: int
     batches_acked: int
-    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., end_ms: _Optional[int] = ..., points_acked: _Optional[int] = ..., batches_acked: _Optional[int] = ...) -> None: ...
+    points_dropped: int
+    session: str
+    session_start_ms: int
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., end_ms: _Optional[int] = ..., points_acked: _Optional[int] = ..., batches_acked: _Optional[int] = ..., points_dropped: _Optional[int] = ..., session: _Optional[str] = ..., session_start_ms: _Optional[int] = ...) -> None: ...
+
+class RunResume(_message.Message):
+    __slots__ = ("session", "resume_ms", "host")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_MS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    resume_ms: int
+    host: HostInfo
+    def __init__(self, session: _Optional[str] = ..., resume_ms: _Optional[int] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ...) -> None: ...
 
 class Params(_message.Message):
     __slots__ = ("values",)
