@@ -14,7 +14,7 @@ Layers, each importing only those below it (tests/test_architecture.py holds it 
     runstream.wire | runstream.v1      protos, encoding, topics, config, errors, audit rule
 """
 
-from runstream.sdk import GrpcTransport, Run, SenderConfig, SendError, Transport, init
+from runstream.sdk import Api, GrpcTransport, Run, SenderConfig, SendError, Transport, init
 
-__all__ = ["GrpcTransport", "Run", "SendError", "SenderConfig", "Transport", "init"]
+__all__ = ["Api", "GrpcTransport", "Run", "SendError", "SenderConfig", "Transport", "init"]
 __version__ = "0.1.0"

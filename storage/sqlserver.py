@@ -33,13 +33,14 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import brotli
 import lz4.block
 import lz4.frame
 import zstandard
-from aiohttp import BasicAuth, web
+from aiohttp import BasicAuth, BodyPartReader, web
 from clickhouse_cityhash.cityhash import CityHash128
 
 from runstream.server.auth import TokenStore
@@ -83,6 +84,17 @@ CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "TS
                  "Arrow": "application/octet-stream", "ArrowStream": "application/octet-stream"}
 ENCODINGS = ("zstd", "br", "gzip", "deflate", "lz4")
 COMPRESSED_BLOCK = 1 << 20  # uncompressed bytes per block with compress=1 (max_compress_block_size)
+
+
+async def _form_fields(request: web.Request) -> dict[str, str]:
+    """The text fields of a multipart/form-data request; a file part (external data) is refused."""
+    fields: dict[str, str] = {}
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or part.filename is not None or not part.name:
+            raise QueryError(48, "NOT_IMPLEMENTED", "external data (file parts of a form) is not supported here")
+        fields[part.name] = (await part.read(decode=True)).decode("utf-8", errors="replace")
+    return fields
 
 
 def _content_type(fmt: str) -> str:
@@ -208,9 +220,8 @@ class SqlEndpoint:
     async def _ping(self, request: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
 
-    def _authenticate(self, request: web.Request) -> str:
+    def _authenticate(self, request: web.Request, params: Mapping[str, str]) -> str:
         """The token's name; QueryError (with ClickHouse's codes) when missing, unknown or not allowed to read."""
-        params = request.rel_url.query
         secret = request.headers.get("X-ClickHouse-Key") or params.get("password") or ""
         auth = request.headers.get("Authorization", "")
         if not secret and auth.startswith("Basic "):
@@ -237,12 +248,18 @@ class SqlEndpoint:
         return token.name
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
-        params = request.rel_url.query
+        params: dict[str, str] = dict(request.rel_url.query)
         query_id = params.get("query_id") or str(uuid.uuid4())
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": self.timezone,
                    "X-ClickHouse-Server-Display-Name": "runstream"}
         try:
-            body = await request.read() if request.can_read_body else b""
+            body = b""
+            if request.content_type == "multipart/form-data":
+                # As a server reads a form (clients send one when the parameters are large): `query` and
+                # `param_*` fields join the URL's parameters.
+                params.update(await _form_fields(request))
+            elif request.can_read_body:
+                body = await request.read()
             sql = params.get("query", "")
             if body:
                 if params.get("decompress") == "1":
@@ -253,14 +270,14 @@ class SqlEndpoint:
                 if request.method in ("GET", "HEAD"):
                     return web.Response(text="Ok.\n", headers=headers)
                 raise QueryError(62, "SYNTAX_ERROR", "Empty query")
-            self._authenticate(request)
-            return await self._query(request, sql.strip(), headers)
+            self._authenticate(request, params)
+            return await self._query(request, params, sql.strip(), headers)
         except QueryError as exc:
             return self._error(exc, headers)
 
-    async def _query(self, request: web.Request, sql: str, headers: dict[str, str]) -> web.StreamResponse:
+    async def _query(self, request: web.Request, params: Mapping[str, str], sql: str,
+                     headers: dict[str, str]) -> web.StreamResponse:
         assert self.engine is not None
-        params = request.rel_url.query
         fmt = params.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated"
         database = params.get("database") or request.headers.get("X-ClickHouse-Database") or self.database
         query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}

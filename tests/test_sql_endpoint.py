@@ -197,6 +197,13 @@ def test_clickhouse_connect_and_the_js_client(endpoint: Endpoint, tmp_path: Path
     got = c.query("SELECT count() FROM metrics WHERE run_id = {r:String} AND step < {s:UInt32}",
                   parameters={"r": endpoint.values["run"][0], "s": 100}).result_rows
     assert got == [(200,)]
+    # Large parameters go as a multipart/form-data body (clickhouse-connect does so on its own past a size; this
+    # client always does): the form's query and param_* fields are read as a server reads them.
+    form = endpoint.client(form_encode_query_params=True)
+    many = endpoint.values["run"] + [f"no-such-run-{i:05d}" for i in range(5000)]
+    got = form.query("SELECT run_id, count() FROM metrics WHERE run_id IN {ids:Array(String)} GROUP BY run_id ORDER BY run_id",
+                     parameters={"ids": many}).result_rows
+    assert got == [(r, 14_400) for r in sorted(endpoint.values["run"])]
     # The endpoint is a readonly=1 server to clickhouse-connect (system.settings says so), which then refuses to
     # send settings unless told to; sent, the endpoint applies the ones on its allow-list.
     with pytest.raises(ProgrammingError, match="readonly"):

@@ -124,6 +124,7 @@ class ClientConfig:
     tls_key: str = ""
     spool_dir: str = ""            # empty: <data_dir>/spool
     artifact_dir: str = ""         # log_artifact copies files here; empty: files stay where they are
+    sql_url: str = ""              # the read API's SQL endpoint (or a ClickHouse server); empty: the local stack's
 
 
 @dataclass
@@ -273,7 +274,8 @@ TEST_PREFIX = "RUNSTREAM_TEST_"  # the test fixtures' own variables (e.g. RUNSTR
 # Short names the SDK has always read; each is also reachable as RUNSTREAM_CLIENT_<KEY>.
 ENV_ALIASES = {"RUNSTREAM_URL": ("client", "url"), "RUNSTREAM_TOKEN": ("client", "token"),
                "RUNSTREAM_TLS_CA": ("client", "tls_ca"), "RUNSTREAM_TLS_CERT": ("client", "tls_cert"),
-               "RUNSTREAM_TLS_KEY": ("client", "tls_key"), "RUNSTREAM_ARTIFACT_DIR": ("client", "artifact_dir")}
+               "RUNSTREAM_TLS_KEY": ("client", "tls_key"), "RUNSTREAM_ARTIFACT_DIR": ("client", "artifact_dir"),
+               "RUNSTREAM_SQL_URL": ("client", "sql_url")}
 
 
 def env_names() -> dict[str, tuple[str, str]]:
