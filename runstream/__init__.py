@@ -11,10 +11,12 @@ Layers, each importing only those below it (tests/test_architecture.py holds it 
     runstream.ingest | .processors | .storage | .dashboards    the stages, independent of each other
     runstream.server                   what the stages share: Kafka plumbing, governance state, metrics
     runstream.sdk                      what a training job imports (slim install)
+    runstream.read                     the read API (runstream.Api; the [read] extra)
     runstream.wire | runstream.v1      protos, encoding, topics, config, errors, audit rule
 """
 
-from runstream.sdk import Api, GrpcTransport, Run, SenderConfig, SendError, Transport, init
+from runstream.read import Api
+from runstream.sdk import GrpcTransport, Run, SenderConfig, SendError, Transport, init
 
 __all__ = ["Api", "GrpcTransport", "Run", "SendError", "SenderConfig", "Transport", "init"]
 __version__ = "0.1.0"

@@ -32,6 +32,8 @@ NESTED_IMPORTS_ALLOWED = {
     ("runstream/cli/demo.py", "sklearn.datasets"), ("runstream/cli/demo.py", "sklearn.linear_model"),
     ("runstream/cli/demo.py", "sklearn.metrics"), ("runstream/cli/demo.py", "sklearn.model_selection"),
     ("runstream/cli/main.py", "runstream.cli"),  # client commands, or the server extra's commands when installed
+    # The read API's [read] extra, imported when used: `import runstream` works on the slim install.
+    ("runstream/read/api.py", "clickhouse_connect"), ("runstream/read/api.py", "pandas"),
 }
 
 
@@ -133,12 +135,18 @@ def test_slim_sdk_install_logs_to_a_running_stack(wheel: Path, stack: Stack, tok
     assert "runstream" in ours and not ours & {"ingest", "storage", "processors", "dashboards"}, ours
     script = f"""
 import importlib.util, runstream
+import runstream.wire.errors as runstream_errors
 for mod in ("faust", "chdb", "aiokafka", "clickhouse_connect", "pyarrow"):
     assert importlib.util.find_spec(mod) is None, mod
 run = runstream.init(project="slim", url={stack.ingest_addr!r}, token={token!r})
 for step in range(100):
     run.log({{"loss": 1.0 / (step + 1)}}, step=step)
 assert run.finish(timeout=60)
+try:
+    runstream.Api(url="http://127.0.0.1:9")
+    raise SystemExit("the read API worked without its extra")
+except runstream_errors.RunstreamError as exc:
+    assert "pip install 'runstream[read]'" in str(exc), exc
 print(run.id, run.stats.acked_points)
 """
     res = subprocess.run([str(py), "-c", script], cwd=tmp_path, env={"RUNSTREAM_DATA_DIR": str(tmp_path / "home"),

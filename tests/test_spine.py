@@ -258,7 +258,7 @@ def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kaf
 def test_ingest_exports_prometheus_metrics(stack: Stack, token: str) -> None:
     from runstream.server import telemetry
     port = free_port()
-    telemetry.serve_metrics(port)
+    telemetry.serve_metrics(port, stack.config)
     t = GrpcTransport(stack.ingest_addr, token)
     t.send([metric_batch("prom-run")])
     with pytest.raises(SendError):
