@@ -64,7 +64,8 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) 
         rng = random.Random(r["seed"])
         st = {"floor": rng.uniform(0.05, 0.6), "speed": rng.uniform(2, 8), "noise": rng.uniform(0.02, 0.15),
               "eval_every": rng.choice([0, steps // 4, steps // 5]), "rng": rng}
-        run = runstream.init(project="anomaly-bench", name=f"run-{r['i']:04d}", config={"label": r["kind"]})
+        run = runstream.init(project="anomaly-bench", name=f"run-{r['i']:04d}", config={"label": r["kind"]},
+                             system_interval_s=0)
         handles.append((r, run, st))
     t0 = time.monotonic()
     paused_until: dict[int, float] = {}

@@ -21,7 +21,9 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
 
     import runstream
     project = os.environ.pop("BENCH_PROJECT", "bench")
-    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}) for j in range(jobs)]
+    # No sys/ metrics: stored points are compared with the points these jobs logged.
+    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}, system_interval_s=0)
+            for j in range(jobs)]
     rng = random.Random(idx)
     samples: list[int] = []
     pc = time.perf_counter_ns

@@ -41,16 +41,16 @@ def main() -> None:
     sup, cfg, token = start_stack("runstream-readapi-", console)
     try:
         console.print(f"Logging a {args.points:,}-point series and {args.runs:,} small runs ...")
-        long = runstream.init("bench", name="long", token=token, url=cfg.ingest.listen)
+        long = runstream.init("bench", name="long", token=token, url=cfg.ingest.listen, system_interval_s=0)
         for step in range(args.points):
             long.log({"loss": 1.0 / (step + 1)}, step=step)
         assert long.finish(timeout=120)
         for i in range(args.runs):
             r = runstream.init("bench", name=f"sweep-{i}", config={"lr": 10 ** -(1 + i % 4), "optimizer": ["sgd", "adam"][i % 2]},
-                               token=token, url=cfg.ingest.listen)
+                               token=token, url=cfg.ingest.listen, system_interval_s=0)
             r.log({"val_loss": (i % 100) / 100})
             r.finish(timeout=0)
-        assert runstream.init("bench", name="last", token=token, url=cfg.ingest.listen).finish(timeout=120)
+        assert runstream.init("bench", name="last", token=token, url=cfg.ingest.listen, system_interval_s=0).finish(timeout=120)
         api = runstream.Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database)
         deadline = time.monotonic() + 300
         while len(api.history(long.id, "loss")) < args.points or len(api.runs("bench", status="finished", limit=10**6)) < args.runs + 2:

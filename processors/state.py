@@ -14,6 +14,7 @@ import numpy as np
 
 from runstream.processors import anomaly, rollups
 from runstream.v1.ingest_pb2 import Alert, Batch, Metrics, RollupWindow
+from runstream.wire.names import SYSTEM_PREFIX
 
 
 @dataclass(slots=True)
@@ -55,6 +56,8 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
         out.points = len(m.values)
         st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms, grace_ms=grace_ms)
         for name, steps, vals, ts in _per_metric(m):
+            if name.startswith(SYSTEM_PREFIX):
+                continue  # a busy CPU or a GPU at 100% is no anomaly of the training
             ms = st.metrics.get(name)
             if ms is None:
                 ms = st.metrics[name] = anomaly.MetricState()

@@ -21,6 +21,9 @@ from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
 
+# Runs made by tests count their points exactly: system metrics (sys/...) only where a test asks for them.
+os.environ.setdefault("RUNSTREAM_CLIENT_SYSTEM_INTERVAL_S", "0")
+
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker | str]:

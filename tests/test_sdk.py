@@ -19,6 +19,7 @@ from runstream.sdk import send_spool_file, spool
 from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.v1.ingest_pb2 import Batch
 from tests.conftest import Stack
+from tests.helpers import wait_until
 
 
 class MockTransport:
@@ -217,3 +218,29 @@ def test_bad_names_steps_and_values_are_dropped_at_log_and_the_rest_is_stored(st
         strict.log({"loss": "high"})
     strict.log({"loss": 1.0})
     assert strict.finish(timeout=30) and strict.summary()["acked_points"] == 1
+
+
+def test_system_metrics_are_sampled_into_sys_and_the_off_switch_holds(stack: Stack, token: str, tmp_path: Path) -> None:
+    def init(**kw: object) -> runstream.Run:
+        return runstream.init("sysmetrics", transport=GrpcTransport(stack.ingest_addr, token), spool_dir=str(tmp_path), **kw)
+
+    on = init(system_interval_s=0.2)
+    off = init(system_interval_s=0)
+    for step in range(15):
+        on.log({"loss": 1.0}, step=step)
+        off.log({"loss": 1.0}, step=step)
+        time.sleep(0.1)
+    assert on.finish(timeout=30) and off.finish(timeout=30)
+    assert stack.wait_points(15, where=f"run_id = '{off.id}'") == 15
+    names = {"sys/cpu_percent", "sys/proc_cpu_percent", "sys/mem_percent", "sys/proc_rss_mb", "sys/proc_threads",
+             "sys/disk_read_mb_s", "sys/disk_write_mb_s", "sys/net_sent_mb_s", "sys/net_recv_mb_s"}
+    rows = wait_until(lambda: (r := stack.query(
+        "SELECT metric, count(), min(value), max(value), max(step) FROM {db}.metrics WHERE run_id = {r:String} "
+        "AND startsWith(metric, 'sys/') GROUP BY metric", r=on.id)) and {m for m, *_ in r} >= names and r, 30,
+        "the sampled system metrics")
+    by = {m: (n, lo, hi, top) for m, n, lo, hi, top in rows}  # type: ignore[union-attr]
+    assert by["sys/proc_rss_mb"][0] >= 3 and by["sys/proc_rss_mb"][1] > 10  # this process holds more than 10 MiB
+    assert 1 <= by["sys/proc_threads"][1] and 0 <= by["sys/cpu_percent"][1] <= by["sys/cpu_percent"][2] <= 100
+    assert by["sys/proc_rss_mb"][3] <= 14  # logged at the training step, which it never moves
+    assert stack.count_points(f"run_id = '{on.id}' AND metric = 'loss'") == 15
+    assert stack.count_points(f"run_id = '{off.id}' AND startsWith(metric, 'sys/')") == 0

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runstream.sdk import spool
+from runstream.sdk import spool, system
 from runstream.sdk.transport import SendError, Transport, connect
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
@@ -128,6 +128,7 @@ class Run:
         self.name = name
         self.id = run_id
         self.strict = strict  # raise at log() on what ingest would refuse, instead of dropping it with a warning
+        self.system: system.SystemSampler | None = None
         self.session = ""     # a resumed session's id; "" for the run's first
         self.session_start_ms = 0
         self._warned: set[str] = set()
@@ -194,6 +195,11 @@ class Run:
         self._records.append((_LINEAGE, time.time(), art))
         return art
 
+    def _log_system(self, values: dict[str, float]) -> None:
+        """System metrics at the run's current step, without moving it (called from the sampler thread)."""
+        if not self._finished:
+            self._records.append((max(0, self._step - 1), time.time(), values))
+
     def summary(self) -> dict[str, Any]:
         """What happened to this run's points so far: acknowledged by ingest, and dropped here (by reason)."""
         st = self.stats
@@ -216,6 +222,8 @@ class Run:
         if self._finished:
             return self.stats.done.is_set()
         self._finished = True
+        if self.system is not None:
+            self.system.stop()
         if self.stats.dropped_points:
             log.warning("runstream: run %s dropped %d points before sending: %s", self.id, self.stats.dropped_points,
                         ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.dropped.items())))
@@ -552,7 +560,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
          tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
          url: str | None = None, token: str | None = None, transport: Transport | None = None,
          strict: bool = False, resume: bool = False, fork_from: str = "", fork_step: int | None = None,
-         start_step: int = 0, **options: Any) -> Run:
+         start_step: int = 0, system_interval_s: float | None = None, **options: Any) -> Run:
     """Start a run. ``url``/``token`` default to ``client.url``/``client.token`` (RUNSTREAM_URL/RUNSTREAM_TOKEN),
     then the local `runstream up`.
 
@@ -564,6 +572,9 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     ``fork_from=<run id>, fork_step=N`` starts a new run that continues that run from its step N: the new run
     names it as parent, its history is the parent's points up to N (the read API joins them), and its own
     steps start at N + 1.
+
+    ``system_interval_s``: sample CPU, memory, disk and network I/O and GPUs every so many seconds into ``sys/``
+    metrics (default ``client.system_interval_s``, 5 s; 0 turns them off).
 
     ``strict``: log() raises on a metric name, step or value that ingest would refuse; by default such points
     are dropped with one warning per name and counted (``run.summary()``), and the points beside them are sent.
@@ -612,6 +623,8 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
         rs.host.CopyFrom(host)
     sender.add(run)
     sender.start_run(run, start)
+    interval = client_config().client.system_interval_s if system_interval_s is None else system_interval_s
+    run.system = system.start(run._log_system, interval)
     _active.append(run)
     return run
 

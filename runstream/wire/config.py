@@ -125,6 +125,7 @@ class ClientConfig:
     spool_dir: str = ""            # empty: <data_dir>/spool
     artifact_dir: str = ""         # log_artifact copies files here; empty: files stay where they are
     sql_url: str = ""              # the read API's SQL endpoint (or a ClickHouse server); empty: the local stack's
+    system_interval_s: float = 5.0  # system metrics (sys/...) every so many seconds; 0 turns them off
 
 
 @dataclass

@@ -4,6 +4,7 @@ good points beside them) and ingest (which refuses a batch that breaks it)."""
 from __future__ import annotations
 
 MAX_NAME_LENGTH = 250  # ingest.max_name_length's default
+SYSTEM_PREFIX = "sys/"  # the SDK's system metrics; rolled up like any metric, never judged by anomaly detection
 
 
 def metric_name_problem(name: object, limit: int = MAX_NAME_LENGTH) -> str | None:
