@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.sdk import spool, system
-from runstream.sdk.transport import SendError, Transport, connect
+from runstream.sdk.transport import SendError, Transport, connect, resolve
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.names import name_problem
@@ -540,20 +540,22 @@ def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[i
 
 # The SDK's own generator: drawing from the global one would change a training script's seeded random sequence.
 _jitter = random.Random()
-_sender: Sender | None = None
+_senders: dict[tuple[str, str | None, str], Sender] = {}  # one per ingest a process logs to
 _sender_lock = threading.Lock()
 _active: list[Run] = []
 
 
 def _default_sender(url: str | None, token: str | None, options: Mapping[str, Any]) -> Sender:
-    global _sender
+    client = client_config()
+    key = (*resolve(client, url=url, token=token), client.client.tls_ca)
     with _sender_lock:
-        if _sender is None or not _sender.is_alive():
-            client = client_config()
-            _sender = Sender(connect(client, url=url, token=token), SenderConfig(**options), client=client)
-            _sender.start()
-            atexit.register(_at_exit)
-        return _sender
+        sender = _senders.get(key)
+        if sender is None or not sender.is_alive():
+            if not _senders:
+                atexit.register(_at_exit)
+            sender = _senders[key] = Sender(connect(client, url=url, token=token), SenderConfig(**options), client=client)
+            sender.start()
+        return sender
 
 
 def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | None = None,
@@ -634,5 +636,5 @@ def _at_exit() -> None:
     for run in list(_active):
         if not run._finished:
             run.finish("failed" if failed else "finished", timeout=10)
-    if _sender is not None:
-        _sender.close(timeout=10)
+    for sender in list(_senders.values()):
+        sender.close(timeout=10)

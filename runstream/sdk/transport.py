@@ -50,10 +50,16 @@ def connect(config: RunstreamConfig, *, url: str | None = None, token: str | Non
     """A transport to ingest as the client config says: ``url``/``token`` arguments, else ``client.url`` /
     ``client.token``, else the local stack's stack.json; TLS when ``client.tls_ca`` is set."""
     c = config.client
-    info = config.stack_info()
-    target = url or c.url or info.get("ingest") or "127.0.0.1:50051"
+    target, secret = resolve(config, url=url, token=token)
     credentials = tls_credentials(c.tls_ca, c.tls_cert or None, c.tls_key or None) if c.tls_ca else None
-    return GrpcTransport(target, token or c.token or info.get("token"), credentials=credentials)
+    return GrpcTransport(target, secret, credentials=credentials)
+
+
+def resolve(config: RunstreamConfig, *, url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    """(ingest address, token) as ``connect`` picks them."""
+    c = config.client
+    info = config.stack_info()
+    return url or c.url or info.get("ingest") or "127.0.0.1:50051", token or c.token or info.get("token")
 
 
 class GrpcTransport:

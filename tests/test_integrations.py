@@ -1,0 +1,159 @@
+"""Framework integrations with the real libraries, logging into the real stack: XGBoost, LightGBM, scikit-learn
+autolog and Keras (JAX backend). PyTorch Lightning and Transformers run where torch is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runstream
+from runstream.sdk.transport import GrpcTransport
+from tests.conftest import Stack
+from tests.helpers import wait_until
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 on CPU without TensorFlow
+
+
+def data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype("float32")
+    return x, (x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(scale=0.1, size=n)).astype("float32")
+
+
+def series(stack: Stack, run_id: str, n_metrics: int, per_metric: int) -> dict[str, list[int]]:
+    def got() -> dict[str, list[int]] | None:
+        rows = stack.query("SELECT metric, groupArray(step) FROM (SELECT metric, step FROM {db}.metrics WHERE "
+                           "run_id = {r:String} ORDER BY step) GROUP BY metric", r=run_id)
+        out = {m: list(s) for m, s in rows}
+        return out if len(out) >= n_metrics and all(len(s) >= per_metric for s in out.values()) else None
+    result = wait_until(got, 60, f"{n_metrics} metrics of {per_metric} points for {run_id}")
+    assert isinstance(result, dict)
+    return result
+
+
+def params(stack: Stack, run_id: str) -> dict[str, str]:
+    return dict(stack.query("SELECT key, value FROM {db}.params FINAL WHERE run_id = {r:String}", r=run_id))
+
+
+@pytest.fixture
+def new_run(stack: Stack, token: str, tmp_path: Path):
+    def make(name: str) -> runstream.Run:
+        return runstream.init("frameworks", name=name, transport=GrpcTransport(stack.ingest_addr, token),
+                              spool_dir=str(tmp_path))
+    return make
+
+
+def test_xgboost(stack: Stack, new_run) -> None:
+    import xgboost
+
+    from runstream.integrations.xgboost import RunstreamCallback
+    x, y = data()
+    run = new_run("xgb")
+    dtrain, dvalid = xgboost.DMatrix(x[:300], y[:300]), xgboost.DMatrix(x[300:], y[300:])
+    xgboost.train({"max_depth": 3, "eta": 0.3, "objective": "reg:squarederror"}, dtrain, num_boost_round=12,
+                  evals=[(dtrain, "train"), (dvalid, "valid")], callbacks=[RunstreamCallback(run)])
+    assert run.finish(timeout=30)
+    got = series(stack, run.id, 2, 12)
+    assert got == {"train-rmse": list(range(12)), "valid-rmse": list(range(12))}
+    rmse = stack.query("SELECT argMax(value, step), argMin(value, step) FROM {db}.metrics WHERE run_id = {r:String} "
+                       "AND metric = 'train-rmse'", r=run.id)[0]
+    assert rmse[0] < rmse[1]  # it learned
+    assert params(stack, run.id)["xgboost.max_depth"] == '"3"'
+
+
+def test_lightgbm(stack: Stack, new_run) -> None:
+    import lightgbm
+
+    from runstream.integrations.lightgbm import log_evaluation
+    x, y = data()
+    run = new_run("lgbm")
+    train = lightgbm.Dataset(x[:300], y[:300])
+    valid = lightgbm.Dataset(x[300:], y[300:], reference=train)
+    lightgbm.train({"objective": "regression", "metric": ["l2", "l1"], "verbosity": -1, "num_leaves": 7}, train,
+                   num_boost_round=15, valid_sets=[valid], valid_names=["valid"], callbacks=[log_evaluation(run)])
+    assert run.finish(timeout=30)
+    assert series(stack, run.id, 2, 15) == {"valid-l2": list(range(15)), "valid-l1": list(range(15))}
+    assert params(stack, run.id)["lightgbm.num_leaves"] == "7"
+
+
+def test_sklearn_autolog(stack: Stack, token: str, tmp_path: Path) -> None:
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    from runstream.integrations import sklearn as rs_sklearn
+    x, y = data()
+    os.environ["RUNSTREAM_URL"], os.environ["RUNSTREAM_TOKEN"] = stack.ingest_addr, token
+    rs_sklearn.autolog("sk-autolog", spool_dir=str(tmp_path))
+    try:
+        Ridge(alpha=0.5).fit(x, y)
+        GridSearchCV(Ridge(), {"alpha": [0.1, 1.0]}, cv=2).fit(x, y)  # its inner fits belong to its run
+    finally:
+        rs_sklearn.autolog(disable=True)
+        del os.environ["RUNSTREAM_URL"], os.environ["RUNSTREAM_TOKEN"]
+    runs = wait_until(lambda: (r := stack.query(
+        "SELECT name, run_id FROM {db}.runs WHERE project = 'sk-autolog' AND status = 'finished' ORDER BY name")) and len(r) == 2 and r,
+        60, "two autologged runs")
+    assert [name for name, _ in runs] == ["GridSearchCV", "Ridge"]  # type: ignore[union-attr]
+    ridge = dict(runs)["Ridge"]  # type: ignore[arg-type]
+    assert params(stack, ridge)["alpha"] == "0.5"
+    score = series(stack, ridge, 2, 1)
+    assert set(score) == {"fit_time_s", "training_score"}
+    assert stack.query("SELECT value FROM {db}.metrics WHERE run_id = {r:String} AND metric = 'training_score'",
+                       r=ridge)[0][0] > 0.9
+
+
+# Raised inside JAX's array conversion, not by anything of ours.
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_keras_on_jax(stack: Stack, new_run) -> None:
+    import keras
+
+    from runstream.integrations.keras import RunstreamCallback
+    assert keras.backend.backend() == "jax"
+    x, y = data()
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", metrics=["mae"])
+    run = new_run("keras")
+    model.fit(x, y, epochs=4, batch_size=50, validation_split=0.25, verbose=0,
+              callbacks=[RunstreamCallback(run, batch_every=2)])
+    assert run.finish(timeout=30)
+    got = series(stack, run.id, 6, 3)
+    assert {"loss", "mae", "val_loss", "val_mae"} <= set(got) and got["loss"] == [0, 1, 2, 3]
+    assert got["batch/loss"] == list(range(2, 25, 2))  # 6 batches per epoch x 4, every second one
+    assert params(stack, run.id)["keras.optimizer.learning_rate"].startswith("0.05")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None,
+                    reason="torch and lightning are not installed")
+def test_lightning(stack: Stack, new_run) -> None:  # pragma: no cover - needs torch
+    import lightning.pytorch as pl
+    import torch
+
+    from runstream.integrations.lightning import RunstreamLogger
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": 0.05})
+            self.layer = torch.nn.Linear(5, 1)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x).squeeze(-1), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    x, y = data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)), batch_size=50)
+    run = new_run("lightning")
+    pl.Trainer(max_epochs=2, logger=RunstreamLogger(run), log_every_n_steps=1, enable_progress_bar=False,
+               enable_checkpointing=False).fit(Model(), loader)
+    assert run.finish(timeout=30)
+    assert len(series(stack, run.id, 1, 16)["train_loss"]) >= 16
+    assert params(stack, run.id)["lr"] == "0.05"
