@@ -34,6 +34,7 @@ NESTED_IMPORTS_ALLOWED = {
     ("runstream/cli/main.py", "runstream.cli"),  # client commands, or the server extra's commands when installed
     # The read API's [read] extra, imported when used: `import runstream` works on the slim install.
     ("runstream/read/api.py", "clickhouse_connect"), ("runstream/read/api.py", "pandas"),
+    ("runstream/sdk/system.py", "pynvml"),  # GPU metrics where NVML is installed
 }
 
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from runstream.wire.names import SYSTEM_PREFIX
 
 log = logging.getLogger("runstream")
@@ -56,8 +58,6 @@ class SystemSampler(threading.Thread):
 
     def __init__(self, emit: Callable[[dict[str, float]], None], interval_s: float) -> None:
         super().__init__(name="runstream-system", daemon=True)
-        import psutil
-
         self.psutil = psutil
         self.emit = emit
         self.interval_s = interval_s
@@ -107,13 +107,9 @@ class SystemSampler(threading.Thread):
 
 
 def start(emit: Callable[[dict[str, float]], None], interval_s: float) -> SystemSampler | None:
-    """A running sampler, or None when ``interval_s`` is 0 or psutil is missing (said once in the log)."""
+    """A running sampler, or None when ``interval_s`` is 0."""
     if interval_s <= 0:
         return None
-    try:
-        sampler = SystemSampler(emit, interval_s)
-    except ImportError:
-        log.warning("runstream: system metrics need psutil (pip install psutil); this run records none")
-        return None
+    sampler = SystemSampler(emit, interval_s)
     sampler.start()
     return sampler
