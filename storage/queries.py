@@ -40,6 +40,16 @@ def runs_summary(client: Any, *, project: str | None = None, limit: int = 20, da
 
 
 
+ARTIFACT_COLUMNS = ["uri", "stored_uri", "size", "sha256", "logged"]
+
+
+def artifacts(client: Any, db: str, run_id: str, project: str | None = None) -> list[Row]:
+    """A run's artifacts, oldest first: where each was made, where its bytes are kept, size and sha256."""
+    where = "run_id = %(run)s" + (" AND project = %(project)s" if project else "")
+    return rows(client, f"SELECT uri, stored_uri, size, sha256, ts FROM {db}.artifacts WHERE {where} "
+                        "ORDER BY ts, uri LIMIT 1 BY uri, sha256", run=run_id, project=project)
+
+
 def audit_chain(client: Any, db: str, project: str) -> list[Row]:
     """A project's audit records in chain order, in the column order runstream.wire.audit.verify reads."""
     return rows(client, f"SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, "

@@ -17,6 +17,7 @@ from pathlib import Path
 from runstream.ops.broker import KafkaBroker, free_port
 from runstream.wire import topics
 from tests.conftest import kafka_env
+from tests.helpers import wait_until
 
 
 def env_for(tmp_path: Path, kafka: KafkaBroker | str | None = None) -> dict[str, str]:
@@ -49,6 +50,8 @@ import runstream
 run = runstream.init(project="vision", name="resnet-lr3e-4", config={"lr": 3e-4, "bs": 256}, tags=["baseline"])
 for step in range(5000):
     run.log({"loss": 1.0 / (step + 1), "acc": step / 5000}, step=step)
+open("model.bin", "wb").write(b"weights" * 1000)
+run.log_artifact("model.bin")
 assert run.finish(timeout=60)
 print(run.id, run.stats.acked_points)
 """
@@ -64,7 +67,8 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         while not stack_file.exists() and up.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert stack_file.exists(), up.stdout.read() if up.poll() is not None else "stack.json never appeared"
-        client = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=120)
+        client = subprocess.run([sys.executable, "-c", CLIENT], env={**env, "RUNSTREAM_ARTIFACT_DIR": str(tmp_path / "art")},
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert client.returncode == 0, client.stderr
         run_id, acked = client.stdout.split()
         assert int(acked) == 10_000
@@ -97,6 +101,15 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         typo = cli(env, "run", "delete", "no-such-run", "--project", "vision")
         assert typo.returncode == 2 and "no run 'no-such-run'" in typo.stderr
 
+        # A run's artifacts: listed, and fetched from the artifact dir with their sha256 checked.
+        listed = wait_until(lambda: (r := cli(env, "artifacts", "list", run_id, "--format", "json")).stdout and r, 30,
+                            "the artifact row")
+        art = json.loads(listed.stdout.splitlines()[0])  # type: ignore[union-attr]
+        assert art["uri"] == "model.bin" and art["size"] == 7000 and len(art["sha256"]) == 64
+        fetched = cli(env, "artifacts", "fetch", run_id, "--to", str(tmp_path / "got"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "got" / "model.bin").read_bytes() == b"weights" * 1000
+
         res = cli(env, "sql", "DROP TABLE metric_points")
         assert res.returncode == 2 and "readonly" in res.stderr.lower()
         res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
@@ -126,6 +139,12 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         out, _ = up.communicate(timeout=90)
     assert up.returncode == 0, out
     assert not stack_file.exists()
+    # With the stack stopped, `runstream sql` reads the store itself, still read-only.
+    res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
+    assert res.returncode == 0 and res.stdout.splitlines()[1] == "10000", res.stderr
+    assert "no stack running" in res.stderr
+    res = cli(env, "sql", "DROP TABLE metric_points")
+    assert res.returncode == 2 and "readonly" in res.stderr.lower()
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:

@@ -19,9 +19,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     transport = connect(config, url=args.url)
     files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
     sent = 0
-    for path in files:
+    for i, path in enumerate(files, 1):
         try:
             sent += send_spool_file(transport, path)
+            print(f"[{i}/{len(files)}] {path.name}: sent ({sent} batches so far)", file=sys.stderr)
         except SendError as exc:
             print(f"runstream sync: {path.name} not sent ({exc}); it stays in {directory}. Try again later.", file=sys.stderr)
             return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
 from runstream.ops import tls
 from runstream.sdk import connect
+from runstream.sdk.run import file_digest
 from runstream.server import governance as gov_io
 from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
 from runstream.storage import lineage, queries
@@ -195,6 +197,33 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(resolve_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    found = queries.artifacts(sql_client(config), config.clickhouse.database, args.run_id, args.project)
+    if args.action == "list":
+        print_result(queries.ARTIFACT_COLUMNS, found, args.format)
+        return 0
+    chosen = [a for a in found if not args.name or Path(a[0]).name == args.name]
+    if not chosen:
+        raise RunstreamError(f"run {args.run_id} has no artifact{' named ' + args.name if args.name else ''} "
+                             "(`runstream artifacts list RUN` shows what it has)")
+    target = Path(args.to)
+    target.mkdir(parents=True, exist_ok=True)
+    for uri, stored, _size, sha, _ts in chosen:
+        source = Path(stored or uri)
+        if not source.exists():
+            raise RunstreamError(f"{uri}: its bytes are not here ({source} does not exist); artifacts are kept in "
+                                 "client.artifact_dir when the run set one, else where they were made")
+        digest, _ = file_digest(source)
+        if sha and digest != sha:
+            raise RunstreamError(f"{source}: sha256 {digest[:12]}... differs from the recorded {sha[:12]}...; "
+                                 "the file changed after the run logged it")
+        dest = target / Path(uri).name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest)
+        print(f"{dest} ({sha[:12] or 'no sha256'}...)")
+    return 0
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:

@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--format", choices=["table", "csv", "json"], default="table")
     aud.set_defaults(func="cmd_audit")
 
+    art = common(sub.add_parser("artifacts", help="a run's artifacts: list them, or fetch their bytes (sha256 checked)"))
+    art.add_argument("action", choices=["list", "fetch"])
+    art.add_argument("run_id")
+    art.add_argument("--project")
+    art.add_argument("--name", help="fetch: only artifacts whose file name is this")
+    art.add_argument("--to", default=".", help="fetch: the directory to copy them into (default: here)")
+    art.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    art.set_defaults(func="cmd_artifacts")
+
     run = common(sub.add_parser("run", help="governance: delete a run's data everywhere it is stored"))
     run.add_argument("action", choices=["delete"])
     run.add_argument("run_id")

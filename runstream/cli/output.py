@@ -15,7 +15,8 @@ from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.table import Table
 
-from runstream.storage.store import open_url
+from runstream.ops.supervisor import stack_running
+from runstream.storage.store import open_embedded, open_url
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
 
@@ -36,10 +37,14 @@ def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
 
 
 def sql_client(config: RunstreamConfig) -> Client:
-    """A ClickHouse client for reading: the server at clickhouse.url (read-only), else the running stack's SQL endpoint."""
+    """A ClickHouse client for reading: the server at clickhouse.url (read-only), else the running stack's SQL
+    endpoint, else (no stack running) the embedded store itself, opened read-only in this process."""
     if config.clickhouse.url:
         return open_url(config.clickhouse.url, database=config.clickhouse.database, settings={"readonly": 1})
     info = config.stack_info()
+    if not stack_running(config) and (config.clickhouse_path / "metadata").is_dir():
+        print(f"(no stack running: reading the store in {config.clickhouse_path} directly, read-only)", file=sys.stderr)
+        return open_embedded(config.clickhouse_path, database=config.clickhouse.database, settings={"readonly": 1})
     if not info.get("sql"):
         raise RunstreamError(f"no running stack found (no {config.stack_file}): start `runstream up`, "
                              "or pass --clickhouse-url for a ClickHouse server.")

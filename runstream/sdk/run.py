@@ -229,7 +229,16 @@ class Run:
                         ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.dropped.items())))
         self._records.append((_FINISH, time.time(), status))
         self._sender.wake()
-        return self.stats.done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.stats.done.wait(max(0.0, min(5.0, deadline - time.monotonic()))):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # A slow finish says what it waits for, every 5 s.
+            log.warning("runstream: run %s waits for ingest to acknowledge its last points (%d acknowledged, "
+                        "%d points pending in this process; %.0f s left, then they are spooled and resent later)",
+                        self.id, self.stats.acked_points, self._sender.pending_points, left)
+        return True
 
     def _next_seq(self) -> int:
         self._seq += 1
