@@ -128,6 +128,8 @@ def test_keras_on_jax(stack: Stack, new_run) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None,
                     reason="torch and lightning are not installed")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, inside Lightning
+@pytest.mark.filterwarnings("ignore::UserWarning")    # Lightning's advice on workers and GPUs
 def test_lightning(stack: Stack, new_run) -> None:  # pragma: no cover - needs torch
     import lightning.pytorch as pl
     import torch
@@ -157,3 +159,30 @@ def test_lightning(stack: Stack, new_run) -> None:  # pragma: no cover - needs t
     assert run.finish(timeout=30)
     assert len(series(stack, run.id, 1, 16)["train_loss"]) >= 16
     assert params(stack, run.id)["lr"] == "0.05"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
+                    reason="torch and transformers are not installed")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_transformers(stack: Stack, new_run, tmp_path: Path) -> None:  # pragma: no cover - needs torch
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    from runstream.integrations.transformers import RunstreamCallback
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=2))
+    rows = [{"input_ids": torch.randint(0, 50, (8,)), "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": torch.tensor(i % 2)} for i in range(32)]
+    run = new_run("transformers")
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=6, logging_steps=1, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[RunstreamCallback(run)]).train()
+    assert run.finish(timeout=30)
+    loss = wait_until(lambda: (r := stack.query("SELECT groupArray(step) FROM (SELECT step FROM {db}.metrics WHERE "
+                                                "run_id = {r:String} AND metric = 'loss' ORDER BY step)", r=run.id))
+                      and len(r[0][0]) == 6 and r[0][0], 60, "six loss points")
+    assert loss == [1, 2, 3, 4, 5, 6]
+    assert "train_runtime" in series(stack, run.id, 1, 1)  # the summary the Trainer logs at the end
+    assert params(stack, run.id)["hf.learning_rate"] == "0.001"
