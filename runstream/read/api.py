@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from runstream.wire.config import RunstreamConfig
+from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import RunstreamError
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
@@ -80,7 +80,9 @@ class Api:
         self.client = _client_lib().get_client(
             host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
             secure=u.scheme == "https", username=u.username or ("runstream" if token else "default"),
-            password=u.password or token or "", database=self.database, ca_cert=cfg.client.tls_ca or None)
+            password=u.password or token or "", database=self.database, ca_cert=cfg.client.tls_ca or None,
+            # On loopback compressing the result only costs both ends CPU.
+            compress=not is_loopback(u.hostname or "127.0.0.1"))
 
     def close(self) -> None:
         self.client.close()
