@@ -129,6 +129,35 @@ def test_spools_when_pending_bound_is_hit_and_resends(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not spool.files(tmp_path)
     assert sorted(s for _, s, _ in t.points()) == list(range(10_000))
+    # Resent points count as acknowledged, and the finish reports every one of them.
+    assert run.stats.acked_points == 10_000
+    finishes = [b for b in t.batches if b.HasField("run_finish")]
+    assert [f.run_finish.points_acked for f in finishes] == [10_000]
+
+
+def test_a_partly_sent_spool_file_keeps_only_the_rest(tmp_path: Path) -> None:
+    batches = [Batch(batch_id=f"b{i:07d}", project="p", run_id="r", seq=i + 1, created_ms=1) for i in range(10)]
+    for b in batches:
+        b.metrics.names.append("x")
+        b.metrics.name_index.append(0)
+        b.metrics.steps.append(b.seq)
+        b.metrics.timestamps_ms.append(1)
+        b.metrics.values.append(1.0)
+    path = spool.write(tmp_path, batches)
+    calls = []
+
+    def flaky(chunk: Sequence[Batch]) -> None:
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise SendError("UNAVAILABLE", "down", accepted=1, retryable=True)
+
+    acked: list[str] = []
+    with pytest.raises(SendError):
+        send_spool_file(MockTransport(flaky), path, flight=4, acked=lambda bs: acked.extend(b.batch_id for b in bs))
+    assert acked == [f"b{i:07d}" for i in range(5)]  # the first group, and the one accepted of the second
+    assert [b.batch_id for b in spool.read(path)] == [f"b{i:07d}" for i in range(5, 10)]
+    send_spool_file(MockTransport(), path, flight=4, acked=lambda bs: acked.extend(b.batch_id for b in bs))
+    assert acked == [f"b{i:07d}" for i in range(10)] and not path.exists()
 
 
 def test_close_spools_what_it_cannot_deliver_and_sync_resends(tmp_path: Path) -> None:

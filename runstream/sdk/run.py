@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -471,6 +471,18 @@ class Sender(threading.Thread):
                 run.stats.done.set()
                 del self.runs[run.id]
 
+    def _acked_from_spool(self, batches: Sequence[Batch]) -> None:
+        with self._lock:
+            for b in batches:
+                self.sent_batches += 1
+                run = self.runs.get(b.run_id)
+                if run is not None:
+                    run.stats.acked_batches += 1
+                    if b.HasField("metrics"):
+                        run.stats.acked_points += len(b.metrics.values)
+                    if b.HasField("run_finish"):
+                        del self.runs[run.id]
+
     def _forget(self, b: Batch) -> None:
         if b.HasField("metrics"):
             self.pending_points -= len(b.metrics.values)
@@ -497,7 +509,10 @@ class Sender(threading.Thread):
     def _resend_spool(self) -> None:
         try:
             for path in spool.files(self.spool_dir, pid=os.getpid()):
-                send_spool_file(self.transport, path, self.config.max_flight_batches)
+                # Resent batches count as acknowledged like any others, and a spooled finish reports the counts as
+                # they are when it is finally sent (everything of its run before it was resent first).
+                send_spool_file(self.transport, path, self.config.max_flight_batches,
+                                prepare=self._fill_finish_counts, acked=self._acked_from_spool)
         except SendError as exc:
             if exc.retryable:
                 self._backoff = min(self.config.backoff_max_s, max(0.1, self._backoff * 2))
@@ -509,11 +524,25 @@ class Sender(threading.Thread):
         self._has_spool = False
 
 
-def send_spool_file(transport: Transport, path: Path, flight: int = 64) -> int:
-    """Send one spool file and delete it; returns batches sent. Raises SendError (file kept) on failure."""
+def send_spool_file(transport: Transport, path: Path, flight: int = 64, *,
+                    prepare: Callable[[list[Batch]], None] | None = None,
+                    acked: Callable[[Sequence[Batch]], None] | None = None) -> int:
+    """Send one spool file and delete it; returns batches sent. ``prepare`` sees the batches before they leave,
+    ``acked`` each group ingest acknowledged. On SendError the file keeps only what was not acknowledged."""
     batches = list(spool.read(path))
+    if prepare is not None:
+        prepare(batches)
     for i in range(0, len(batches), flight):
-        transport.send(batches[i:i + flight])
+        chunk = batches[i:i + flight]
+        try:
+            transport.send(chunk)
+        except SendError as exc:
+            if acked is not None and exc.accepted:
+                acked(chunk[:exc.accepted])
+            spool.write(path.parent, batches[i + exc.accepted:], name=path.name)
+            raise
+        if acked is not None:
+            acked(chunk)
     path.unlink()
     return len(batches)
 

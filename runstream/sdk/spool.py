@@ -20,9 +20,10 @@ from runstream.wire.files import private_dir
 LEN = struct.Struct("<I")
 
 
-def write(directory: Path, batches: Iterable[Batch]) -> Path:
+def write(directory: Path, batches: Iterable[Batch], *, name: str = "") -> Path:
+    """A new spool file (or, with ``name``, that file replaced: what is left of it after a partial resend)."""
     private_dir(directory)
-    name = f"{os.getpid()}-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.spool"
+    name = name or f"{os.getpid()}-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.spool"
     tmp = directory / (name + ".tmp")
     with open(tmp, "wb") as f:
         for b in batches:
@@ -32,7 +33,7 @@ def write(directory: Path, batches: Iterable[Batch]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     path = directory / name
-    tmp.rename(path)  # a file is either whole or absent
+    tmp.replace(path)  # a file is either whole or absent
     return path
 
 
