@@ -215,8 +215,9 @@ class Cadence:
         return min(rules.stall_timeout_s, max(rules.stall_min_s, rules.stall_factor * self.interval_s))
 
 
-def stall_alert(project: str, run_id: str, cadence: Cadence, limit_s: float, now_ms: int) -> Alert:
-    silent = (now_ms - cadence.last_ms) / 1000
+def stall_alert(project: str, run_id: str, cadence: Cadence, limit_s: float, now_ms: int, *,
+                silent_s: float | None = None) -> Alert:
+    silent = (now_ms - cadence.last_ms) / 1000 if silent_s is None else silent_s
     return Alert(alert_id=alert_id(run_id, "", "stall", cadence.last_ms), project=project, run_id=run_id, kind="stall",
                  severity="warning", expected_high=limit_s, value=silent, event_ms=cadence.last_ms, detected_ms=now_ms,
                  status="open", message=f"run {run_id} sent nothing for {silent:.1f}s (usual interval "

@@ -56,6 +56,10 @@ class Processors:
         self._run_cache: dict[bytes, state.RunState] = {}
         self._lag_ms = 0.0          # how far behind the clients the agent is (EWMA of now - batch time)
         self._last_event = 0.0      # monotonic time of the last batch handled
+        # The stream's own clock for stalls: the newest client time read, and per events partition the last offset
+        # handled (to know when everything written has been read).
+        self._newest_ms = 0
+        self._offsets: dict[int, int] = {}
         self._fleet_cache: dict[bytes, fleet.FleetState] = {}
         k = config.kafka
         self.app = app = faust.App(
@@ -107,6 +111,7 @@ class Processors:
             for event in events:
                 try:
                     items.append((Batch.FromString(event.value), event.message.partition))
+                    self._offsets[event.message.partition] = event.message.offset
                 except Exception as exc:
                     tm.PROC_BATCHES.labels("undecodable").inc()
                     log.error("Skipping an undecodable events record: %s", exc)
@@ -132,6 +137,7 @@ class Processors:
         acks = []
         for batch, partition in items:
             self._last_event = time.monotonic()
+            self._newest_ms = max(self._newest_ms, batch.created_ms)
             self._lag_ms += 0.05 * ((now_ms - batch.created_ms) - self._lag_ms)
             key = batch.run_id.encode()
             fkey = f"{partition}:{batch.project}".encode()
@@ -183,6 +189,21 @@ class Processors:
             self.fleet.data[fkey] = raw
             self.fleet.send_changelog(partition, fkey, raw)
 
+    def _caught_up(self) -> bool:
+        """Whether every events partition this worker holds has been read to its end (as of the last fetch)."""
+        topic = self.config.kafka.events_topic
+        try:
+            held = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+            if not held:
+                return False
+            for tp in held:
+                end = self.app.consumer.highwater(tp)
+                if end is None or self._offsets.get(tp.partition, -1) + 1 < end:
+                    return False
+        except Exception:  # not known (yet): no wall-clock time is added to the stream's clock
+            return False
+        return True
+
     async def _send(self, topic: Any, key: bytes, value: bytes) -> Any:
         """Hand a record to the producer; the returned future resolves when Kafka acknowledged it.
 
@@ -202,8 +223,7 @@ class Processors:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
         now_ms = int(time.time() * 1000)
         tm.PROC_LAG_SECONDS.set(max(0.0, self._lag_ms / 1000))
-        # Silence is only evidence when the agent is keeping up; behind, the data may just be unread.
-        behind = time.monotonic() - self._last_event < 1.0 and self._lag_ms > 2000
+        clock = stream_clock(self._newest_ms, time.monotonic() - self._last_event, self._caught_up())
         for key in list(self.runs.keys()):
             st = self._run_state(key, "")
             if st.finished:
@@ -211,10 +231,10 @@ class Processors:
             run_id = key.decode()
             cad = st.cadence
             limit = cad.stall_after_s(self.rules.for_metric(st.project, ""))
-            silent_s = (now_ms - cad.last_ms) / 1000
-            if not behind and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
+            silent_s = (clock - cad.last_ms) / 1000
+            if clock and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
                 self._stalled[run_id] = anomaly.alert_id(run_id, "", "stall", cad.last_ms)
-                await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms))
+                await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms, silent_s=silent_s))
             quiet = state.quiet_windows(st, now_ms=now_ms, grace_ms=self.grace_ms)
             fresh = [(k, w) for k, w in quiet if self._emitted.get((key, k)) != w.version]
             if fresh:
@@ -268,3 +288,13 @@ def broker_credentials(config: RunstreamConfig) -> faust.auth.Credentials | None
     if args["security_protocol"] == "SSL":
         return faust.SSLCredentials(args["ssl_context"])
     return None
+
+
+def stream_clock(newest_ms: int, since_last_s: float, caught_up: bool) -> int:
+    """What "now" is for stall detection: the newest client time read from the stream, plus the wall time since the
+    last batch arrived only when everything written has been read. A pipeline that runs behind moves every run's
+    clock alike, so it shows as lag (runstream_processor_lag_seconds), never as every run stalling at once; a
+    fleet that truly went silent, with the stream read to its end, is judged by the wall clock."""
+    if not newest_ms:
+        return 0
+    return newest_ms + (int(since_last_s * 1000) if caught_up else 0)

@@ -187,3 +187,23 @@ def test_small_and_large_batch_paths_agree() -> None:
         assert (b.count, b.min, b.max, b.first_step, b.first, b.last_step, b.last) == \
                (s.count, s.min, s.max, s.first_step, s.first, s.last_step, s.last)
         assert b.sum == pytest.approx(s.sum, rel=1e-12, abs=1e-12)
+
+
+def test_stalls_are_judged_on_the_streams_clock_not_the_wall_clock() -> None:
+    from runstream.processors.app import stream_clock
+    rules = anomaly.Rules(stall_min_s=5.0)
+    cad = anomaly.Cadence()
+    for ms in range(0, 10_000, 500):  # a run sending every 0.5 s of its own time
+        cad.update(ms)
+    limit = cad.stall_after_s(rules)
+    assert limit == 5.0
+    wall_now = 9_500 + 6_000  # the pipeline runs 6 s behind: wall-clock silence would be 6 s, past the limit
+    newest = 9_500 + 200      # while other runs' newer batches (client time) keep arriving
+    clock = stream_clock(newest, since_last_s=0.01, caught_up=False)
+    assert (clock - cad.last_ms) / 1000 < limit < (wall_now - cad.last_ms) / 1000
+    # Everything written was read and nothing came for 6 s: that is silence, judged by the wall clock.
+    clock = stream_clock(9_500, since_last_s=6.0, caught_up=True)
+    assert (clock - cad.last_ms) / 1000 > limit
+    # Behind, with nothing new read: the stream's clock stands still (lag, not a stall).
+    assert stream_clock(9_500, since_last_s=30.0, caught_up=False) == 9_500
+    assert stream_clock(0, since_last_s=30.0, caught_up=True) == 0  # nothing read yet: no clock
