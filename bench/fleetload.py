@@ -22,7 +22,8 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
     import runstream
     project = os.environ.pop("BENCH_PROJECT", "bench")
     # No sys/ metrics: stored points are compared with the points these jobs logged.
-    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}, system_interval_s=0)
+    durable = bool(os.environ.pop("BENCH_DURABLE", ""))
+    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}, system_interval_s=0, durable=durable)
             for j in range(jobs)]
     rng = random.Random(idx)
     samples: list[int] = []
@@ -79,12 +80,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_per_s: float, workers: int,
-         project: str = "bench", status: Any = None) -> dict[str, Any]:
+         project: str = "bench", status: Any = None, durable: bool = False) -> dict[str, Any]:
     """Run the simulated jobs against a started Supervisor and measure what was stored for ``project``."""
     from runstream.storage import queries
     from runstream.storage.store import open_url
 
-    env = {"RUNSTREAM_DATA_DIR": str(cfg.data_path), "BENCH_PROJECT": project}
+    env = {"RUNSTREAM_DATA_DIR": str(cfg.data_path), "BENCH_PROJECT": project, "BENCH_DURABLE": "1" if durable else ""}
     rate = points_per_s / jobs / len(METRICS)
     per = [jobs // workers + (1 if i < jobs % workers else 0) for i in range(workers)]
     ctx = mp.get_context("spawn")

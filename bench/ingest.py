@@ -27,6 +27,7 @@ def main() -> int:
     p.add_argument("--points-per-s", type=float, default=600_000, help="offered load, all jobs together")
     p.add_argument("--workers", type=int, default=2, help="client processes the jobs are spread over")
     p.add_argument("--ingest-replicas", type=int, default=1)
+    p.add_argument("--durable", action="store_true", help="the SDK's durable logging (each batch on disk before it is sent)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -38,7 +39,8 @@ def main() -> int:
                       f"for {args.seconds:.0f}s ...")
         with console.status("jobs logging...") as status:
             out = load(sup, cfg, token, jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s,
-                       workers=args.workers, status=status)
+                       workers=args.workers, status=status, durable=args.durable)
+        out["durable"] = args.durable
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
     finally:

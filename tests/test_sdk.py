@@ -273,3 +273,55 @@ def test_system_metrics_are_sampled_into_sys_and_the_off_switch_holds(stack: Sta
     assert by["sys/proc_rss_mb"][3] <= 14  # logged at the training step, which it never moves
     assert stack.count_points(f"run_id = '{on.id}' AND metric = 'loss'") == 15
     assert stack.count_points(f"run_id = '{off.id}' AND startsWith(metric, 'sys/')") == 0
+
+
+def test_durable_logging_survives_kill_9_and_sync_delivers(stack: Stack, token: str, tmp_path: Path) -> None:
+    """durable=True: batches are on disk before they are sent. A process killed while ingest is unreachable
+    leaves them in the spool dir and `runstream sync` delivers every point; without it they are gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from runstream.ops.broker import free_port
+    script = """
+import os, signal, sys, time, runstream
+run = runstream.init("durable", name=sys.argv[2], url=f"127.0.0.1:{sys.argv[3]}", token="rs_x_y", spool_dir=sys.argv[1],
+                     durable=sys.argv[2] == "durable", backoff_max_s=30, system_interval_s=0)
+for i in range(1000):
+    run.log({"x": float(i)}, step=i)
+time.sleep(1.5)  # past the flush interval: the points are batches now, unacknowledged (ingest is unreachable)
+print(run.id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    dead_port = str(free_port())
+    ids = {}
+    for mode in ("durable", "plain"):
+        spool_dir = tmp_path / mode
+        res = subprocess.run([sys.executable, "-c", script, str(spool_dir), mode, dead_port], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "RUNSTREAM_DATA_DIR": str(tmp_path / "home")})
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        ids[mode] = res.stdout.strip()
+    assert spool.files(tmp_path / "plain", wal=True) == []  # nothing of the plain run reached the disk
+    assert spool.files(tmp_path / "durable", wal=True)
+    sync = subprocess.run([sys.executable, "-m", "runstream", "sync", "--spool-dir", str(tmp_path / "durable"),
+                           "--url", stack.ingest_addr], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RUNSTREAM_TOKEN": token, "RUNSTREAM_DATA_DIR": str(tmp_path / "home")})
+    assert sync.returncode == 0, sync.stderr
+    assert stack.wait_points(1000, where=f"run_id = '{ids['durable']}'") == 1000
+    assert spool.files(tmp_path / "durable", wal=True) == []
+
+
+def test_durable_write_ahead_files_go_once_acknowledged(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def watch(batches: Sequence[Batch]) -> None:  # when a batch is sent, its write-ahead copy is on disk
+        seen.append(len(spool.files(tmp_path, wal=True)))
+
+    t = MockTransport(watch)
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path), durable=True, system_interval_s=0)
+    for i in range(5000):
+        run.log({"v": float(i)}, step=i)
+    assert run.finish(timeout=20)
+    assert seen and min(seen) >= 1
+    assert spool.files(tmp_path, wal=True) == [] and len(t.points()) == 5000

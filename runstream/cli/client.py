@@ -17,7 +17,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config = client_config()
     directory = Path(args.spool_dir) if args.spool_dir else config.spool_path
     transport = connect(config, url=args.url)
-    files = [p for p in spool.files(directory) if args.all or not spool.owner_alive(p)]
+    # Durable logging's write-ahead files count only once their process is gone (a live one still sends them).
+    files = [p for p in spool.files(directory, wal=True)
+             if not spool.owner_alive(p) or (args.all and p.suffix == ".spool")]
     sent = 0
     for i, path in enumerate(files, 1):
         try:

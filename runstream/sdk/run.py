@@ -53,6 +53,9 @@ class SenderConfig:
     max_pending_points: int = 2_000_000   # undelivered points in memory before spooling to disk
     backoff_max_s: float = 5.0
     spool_dir: str = ""
+    # Durable logging: every batch is written (fsync) to the spool dir before it is sent and removed once ingest
+    # acknowledged it, so a killed process loses at most what it logged in the last flush interval.
+    durable: bool = False
 
 
 def client_config() -> RunstreamConfig:
@@ -274,6 +277,8 @@ class Sender(threading.Thread):
         self.sent_batches = 0
         self.spooled_batches = 0
         self.dropped_batches = 0
+        self._wal: dict[str, Path] = {}     # durable: batch id -> the file holding it until acknowledged
+        self._wal_left: dict[Path, int] = {}
         self._good_names: set[Any] = set()  # metric names checked once (drain runs under _lock)
         self._bad_names: set[Any] = set()
 
@@ -306,6 +311,7 @@ class Sender(threading.Thread):
             n = len(records)
             if not n:
                 return
+            first_new = len(self.pending)
             names: dict[str, int] = {}
             ni: list[int] = []
             steps: list[int] = []
@@ -359,6 +365,8 @@ class Sender(threading.Thread):
                 if len(vals) >= max_points:
                     close_metrics()
             close_metrics()
+            if self.config.durable:
+                self._write_ahead([self.pending[i] for i in range(first_new, len(self.pending))])
 
     def _emit(self, run: Run, *, metrics: Metrics | None = None, params: dict[str, str] | None = None,
               tags: dict[str, str] | None = None, finish: str | None = None, ts: float | None = None,
@@ -384,10 +392,28 @@ class Sender(threading.Thread):
                 rf.session, rf.session_start_ms = run.session, run.session_start_ms
         self.pending.append(b)
 
+    def _write_ahead(self, batches: list[Batch]) -> None:
+        if batches:
+            path = spool.write(self.spool_dir, batches, suffix=".wal")
+            self._wal_left[path] = len(batches)
+            for b in batches:
+                self._wal[b.batch_id] = path
+
+    def _wal_done(self, b: Batch) -> None:
+        """The batch is acknowledged (or safe in a spool file, or refused): its write-ahead copy can go."""
+        path = self._wal.pop(b.batch_id, None)
+        if path is not None:
+            self._wal_left[path] -= 1
+            if not self._wal_left[path]:
+                del self._wal_left[path]
+                path.unlink(missing_ok=True)
+
     def start_run(self, run: Run, start: Batch) -> None:
         with self._lock:
             start.seq = run._next_seq()
             self.pending.append(start)
+            if self.config.durable:
+                self._write_ahead([start])
         self.wake()
 
     # -- the thread --------------------------------------------------------------
@@ -439,6 +465,7 @@ class Sender(threading.Thread):
                 bad = self.pending.popleft()
                 self.dropped_batches += 1
                 self._forget(bad)
+                self._wal_done(bad)
                 log.error("runstream: ingest refused a batch of run %s and it was dropped: %s", bad.run_id, error)
             else:  # UNAUTHENTICATED / PERMISSION_DENIED: keep the data, the user can fix the token and `runstream sync`
                 log.error("runstream: ingest refused the data (%s); spooling to %s. Fix the token, then run `runstream sync`.",
@@ -462,6 +489,7 @@ class Sender(threading.Thread):
     def _acked(self, b: Batch) -> None:
         self.sent_batches += 1
         self._forget(b)
+        self._wal_done(b)
         run = self.runs.get(b.run_id)
         if run is not None:
             run.stats.acked_batches += 1
@@ -498,6 +526,8 @@ class Sender(threading.Thread):
             if not out:
                 return
             path = spool.write(self.spool_dir, out)
+            for b in out:
+                self._wal_done(b)  # the spool file holds it now
             self._has_spool = True
             self.spooled_batches += len(out)
             for b in out:

@@ -20,10 +20,11 @@ from runstream.wire.files import private_dir
 LEN = struct.Struct("<I")
 
 
-def write(directory: Path, batches: Iterable[Batch], *, name: str = "") -> Path:
-    """A new spool file (or, with ``name``, that file replaced: what is left of it after a partial resend)."""
+def write(directory: Path, batches: Iterable[Batch], *, name: str = "", suffix: str = ".spool") -> Path:
+    """A new spool file (or, with ``name``, that file replaced: what is left of it after a partial resend).
+    ``suffix`` ".wal": durable logging's copy of batches still on their way, removed once acknowledged."""
     private_dir(directory)
-    name = name or f"{os.getpid()}-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.spool"
+    name = name or f"{os.getpid()}-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}{suffix}"
     tmp = directory / (name + ".tmp")
     with open(tmp, "wb") as f:
         for b in batches:
@@ -47,11 +48,13 @@ def read(path: Path) -> Iterator[Batch]:
         pos += n
 
 
-def files(directory: Path, *, pid: int | None = None) -> list[Path]:
-    """Spool files oldest first; with ``pid``, only that process's."""
+def files(directory: Path, *, pid: int | None = None, wal: bool = False) -> list[Path]:
+    """Spool files oldest first; with ``pid``, only that process's; with ``wal``, durable logging's files too
+    (those of a process that ended hold what it sent and never saw acknowledged)."""
     if not directory.is_dir():
         return []
-    out = sorted(directory.glob("*.spool"), key=lambda p: p.name.split("-", 1)[1])
+    found = [*directory.glob("*.spool"), *(directory.glob("*.wal") if wal else ())]
+    out = sorted(found, key=lambda p: p.name.split("-", 1)[1])
     if pid is not None:
         out = [p for p in out if p.name.startswith(f"{pid}-")]
     return out
