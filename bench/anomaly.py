@@ -5,8 +5,15 @@
 A labelled synthetic fleet (default 1,000 runs: clean runs with realistic noisy loss curves, warm-up,
 learning-rate drops and evaluation pauses, plus runs with one injected anomaly each: NaN, x10 spike,
 divergence, stall) logs through the SDK. Prints one JSON line with precision, recall (per kind too),
-detection_p50_ms / detection_p99_ms (log() call of the anomalous point to the alert row in ClickHouse),
-and points_per_s: the processor's throughput on a backlog of the events topic, per worker.
+false positives by kind, detection_p50_ms / detection_p99_ms (the log() call of the injected point, in the
+client, to the alert row in ClickHouse; NaN, spike and divergence), stall_detection_p50_ms / _p99_ms (from the
+moment the run fell silent: it includes the stall limit, 5 s at least), and points_per_s: the processor's
+throughput on a backlog of the events topic (1,000-point batches, and the fleet's own ~20-point batches).
+
+Ground truth is what the clients did: a stall alert counts only if it fires for silence that began at or after
+the injected stall; a run whose generator paused past the stall limit when it was not meant to (a starved
+client) is a real, unplanned stall, counted apart (``unplanned_stalls``, ``unplanned_detected``), neither a hit
+nor a false positive.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KINDS = ("nonfinite", "spike", "divergence", "stall")
+STALL_LIMIT_MS = 5000  # the default stall_min_s: a silence longer than this is a stall, planned or not
 
 
 def plan(n_runs: int, anomalous_share: float, steps: int, seed: int) -> list[dict]:
@@ -69,6 +77,9 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) 
         handles.append((r, run, st))
     t0 = time.monotonic()
     paused_until: dict[int, float] = {}
+    injected: dict[int, float] = {}   # run -> client time (ms) of the injected point, or when its stall began
+    last_log: dict[int, float] = {}   # run -> client time (ms) of its last log()
+    unplanned: dict[int, list[tuple[float, float]]] = {}  # run -> silences past the limit nobody planned
     tick = 0
     active = list(handles)
     while active:
@@ -93,15 +104,26 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) 
                 continue
             if r["kind"] == "stall" and s == r["at"] and "stalled" not in st:
                 st["stalled"] = True
+                injected[r["i"]] = last_log.get(r["i"], time.time() * 1000)
                 paused_until[r["i"]] = now + 12.0
                 continue
             loss = loss_at(r, s, steps, st["rng"], st)
+            wall_ms = time.time() * 1000
+            if r["kind"] in ("nonfinite", "spike", "divergence") and s == r["at"]:
+                injected[r["i"]] = wall_ms
+            prev = last_log.get(r["i"])
+            planned = r["kind"] == "stall" and s == r["at"] + 0 and st.get("stalled") and not st.get("resumed")
+            if planned:
+                st["resumed"] = True
+            elif prev is not None and wall_ms - prev > STALL_LIMIT_MS:
+                unplanned.setdefault(r["i"], []).append((prev, wall_ms))
+            last_log[r["i"]] = wall_ms
             run.log({"loss": loss, "acc": max(0.0, min(1.0, 1 - (loss if loss == loss else 2.3) / 2.5))}, step=s)
             st["step"] = s + 1
         active = still
     for _, run, _ in handles:
         run.finish(timeout=60)
-    out.put({r["i"]: run.id for r, run, _ in handles})
+    out.put({"ids": {r["i"]: run.id for r, run, _ in handles}, "injected": injected, "unplanned": unplanned})
 
 
 async def produce_backlog(cfg: Any, points: int, per_batch: int = 1000) -> None:
@@ -176,14 +198,21 @@ def main() -> int:
         for pr in procs:
             pr.start()
         ids: dict[int, str] = {}
+        injected: dict[int, float] = {}
+        unplanned: dict[int, list[tuple[float, float]]] = {}
+
+        def take(msg: dict) -> None:
+            ids.update(msg["ids"])
+            injected.update(msg["injected"])
+            unplanned.update(msg["unplanned"])
         with console.status("fleet logging...") as status:
             while len(ids) < args.runs and any(pr.is_alive() for pr in procs):
                 while not q.empty():
-                    ids.update(q.get())
+                    take(q.get())
                 status.update(sup.status())
                 time.sleep(1)
         while not q.empty():
-            ids.update(q.get())
+            take(q.get())
         for pr in procs:
             pr.join(60)
         time.sleep(5)  # last windows, alerts and inserts
@@ -196,55 +225,71 @@ def main() -> int:
         tp = {k: 0 for k in KINDS}
         fp = 0
         fp_by: dict[str, int] = {}
-        latencies = []
+        latencies: list[float] = []
+        stall_latencies: list[float] = []
+        unplanned_detected = 0
+        slack = 1500  # a batch's client time may precede the silence by up to a flush interval and a tick
         for r in runs:
             found = by_run.get(ids.get(r["i"], ""), [])
+            at_ms = injected.get(r["i"])
             hit = False
             for kind, step, ev, stored in found:
-                ok = (kind == r["kind"] and not hit and (
+                ok = (kind == r["kind"] and not hit and at_ms is not None and (
                     (kind in ("nonfinite", "spike") and step == r["at"])
                     or (kind == "divergence" and r["at"] <= step <= r["at"] + args.steps // 3)
-                    or kind == "stall"))
+                    or (kind == "stall" and ev >= at_ms - slack)))
                 if ok:
                     hit = True
                     tp[kind] += 1
-                    if kind != "stall":
-                        latencies.append(stored - ev)
+                    (stall_latencies if kind == "stall" else latencies).append(stored - at_ms)  # type: ignore[operator]
+                elif kind == "stall" and any(a - slack <= ev <= b for a, b in unplanned.get(r["i"], [])):
+                    unplanned_detected += 1  # a silence the client really had: neither hit nor false positive
                 else:
                     fp += 1
                     fp_by[f"{kind} on {r['kind']}"] = fp_by.get(f"{kind} on {r['kind']}", 0) + 1
         positives = {k: sum(1 for r in runs if r["kind"] == k) for k in KINDS}
         total_tp = sum(tp.values())
-        latencies.sort()
-        pct = lambda q_: latencies[min(len(latencies) - 1, int(q_ * len(latencies)))] if latencies else None
+        def pct(xs: list[float], q_: float) -> int | None:
+            xs = sorted(xs)
+            return round(xs[min(len(xs) - 1, int(q_ * len(xs)))]) if xs else None
 
-        # Throughput: stop the processor, put a backlog on the events topic, time the processor through it.
+        # Throughput: stop the processor, put a backlog on the events topic, time the processor through it; with
+        # 1,000-point batches, then with the fleet's own shape (20 points: 2 metrics x 10 steps per flush).
         proc = next(pr for pr in sup.procs if pr.role == "process")
-        proc.stop()
-        console.print(f"Producing a backlog of {args.throughput_points:,} points for the processor ...")
-        asyncio.run(produce_backlog(cfg, args.throughput_points))
-        proc.start()
-        t_first = t_last = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            n = scrape(cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0)
-            now = time.monotonic()
-            if n > 0 and t_first is None:
-                t_first, n_first = now, n
-            if n >= args.throughput_points:
-                t_last = now
-                break
-            time.sleep(0.1)
-        pps = round((args.throughput_points - n_first) / (t_last - t_first)) if t_first and t_last and t_last > t_first else None
+        pps: dict[int, int | None] = {}
+        for per_batch in (1000, 20):
+            proc.stop()
+            console.print(f"Producing a backlog of {args.throughput_points:,} points in {per_batch}-point batches ...")
+            before = 0.0  # the counter restarts with the worker
+            asyncio.run(produce_backlog(cfg, args.throughput_points, per_batch=per_batch))
+            proc.start()
+            t_first = t_last = None
+            n_first = 0.0
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                n = scrape(cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0) - before
+                now = time.monotonic()
+                if n > 0 and t_first is None:
+                    t_first, n_first = now, n
+                if n >= args.throughput_points:
+                    t_last = now
+                    break
+                time.sleep(0.1)
+            pps[per_batch] = (round((args.throughput_points - n_first) / (t_last - t_first))
+                              if t_first and t_last and t_last > t_first else None)
         out = {
             "runs": args.runs, "anomalous_runs": sum(positives.values()), "alerts": len(rows),
             "precision": round(total_tp / (total_tp + fp), 4) if total_tp + fp else None,
             "recall": round(total_tp / sum(positives.values()), 4) if positives else None,
             "recall_by_kind": {k: round(tp[k] / positives[k], 4) if positives[k] else None for k in KINDS},
             "false_positives": fp, "false_positives_by_kind": fp_by,
-            "detection_p50_ms": pct(0.5), "detection_p99_ms": pct(0.99),
+            "detection_p50_ms": pct(latencies, 0.5), "detection_p99_ms": pct(latencies, 0.99),
+            "detection_from": "the client's log() of the injected point",
+            "stall_detection_p50_ms": pct(stall_latencies, 0.5), "stall_detection_p99_ms": pct(stall_latencies, 0.99),
+            "unplanned_stalls": sum(len(v) for v in unplanned.values()), "unplanned_detected": unplanned_detected,
             "log_to_processor_ms_p50_p99": [round(x) for x in split[0]], "processor_to_stored_ms_p50_p99": [round(x) for x in split[1]],
-            "points_per_s": pps, "points_per_s_note": "one processor worker on a backlog, while the sink stores it too",
+            "points_per_s": pps[1000], "points_per_s_fleet_batches": pps[20],
+            "points_per_s_note": "one processor worker on a backlog (1,000-point / 20-point batches), while the sink stores it too",
             "cpu_cores": os.cpu_count(),
         }
         print(json.dumps(out))

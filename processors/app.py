@@ -147,9 +147,14 @@ class Processors:
             out = state.apply(st, batch, self.rules, grace_ms=self.grace_ms, now_ms=now_ms)
             fs = self._fleet_state(fkey)
             counted = fleet.apply(fs, batch, grace_ms=self.grace_ms)
-            if counted is False:
-                tm.PROC_LATE.labels("fleet").inc()
+            if counted == fleet.DROPPED:
+                tm.PROC_LATE.labels("fleet").inc(len(batch.metrics.values))
             closed = fleet.close(fs, grace_ms=self.grace_ms)
+            if counted == fleet.LATE:  # its closed window, counted again: emitted again (a higher version)
+                start = batch.created_ms - batch.created_ms % fleet.WINDOW_MS
+                again = fleet.closed_windows(fs).get(start)
+                if again is not None:
+                    closed.append((start, again))
             if out.duplicate and counted is None:
                 tm.PROC_BATCHES.labels("duplicate").inc()
                 continue

@@ -2,6 +2,11 @@
 
 State is kept per (events partition, project): runs are keyed by run id, so
 partitions hold disjoint runs and storage sums the partitions' rows.
+
+A batch that arrives after its window closed (a client that spooled through a Kafka outage, say) is still
+counted: closed windows keep their counts (not their run sets) for LATE_MEMORY_MS of event time, and a late
+batch re-emits its window with a higher version, which replaces the stored row. Its run is added to the
+window's active runs only if the window was still open; points and run starts/finishes are exact.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ class Bucket:
     finished: int = 0
     failed: int = 0
     version: int = 0
+    active_closed: int = 0  # len(runs) when the window closed (the set itself is dropped then)
 
 
 SEQ_MEMORY_MS = 15 * 60_000  # how long a run's last applied seq is remembered after its last batch
+LATE_MEMORY_MS = 60 * 60_000  # how long a closed window still takes late batches (event time)
 
 
 @dataclass(slots=True)
@@ -32,10 +39,15 @@ class FleetState:
     buckets: dict[int, Bucket] = field(default_factory=dict)
     # run id -> (last applied seq, its time): replays are skipped here independently of the run state.
     seqs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    closed: dict[int, Bucket] = field(default_factory=dict)  # window start -> its counts, for late batches
 
 
-def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool | None:
-    """Count one batch in its window. None: already counted (a replay); False: its window closed (late)."""
+OPEN, LATE, DROPPED = "open", "late", "dropped"
+
+
+def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> str | None:
+    """Count one batch in its window. OPEN: counted in an open window; LATE: counted in a closed one, which must
+    be emitted again; DROPPED: its window is older than LATE_MEMORY_MS; None: already counted (a replay)."""
     last = state.seqs.get(batch.run_id)
     if last is not None and batch.seq <= last[0]:
         return None
@@ -45,12 +57,17 @@ def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool | None:
         for run_id in [r for r, (_, ms) in state.seqs.items() if ms < state.watermark_ms - SEQ_MEMORY_MS]:
             del state.seqs[run_id]
     start = t - t % WINDOW_MS
+    outcome = OPEN
     if start + WINDOW_MS + grace_ms <= state.watermark_ms:
-        return False
-    b = state.buckets.get(start)
-    if b is None:
-        b = state.buckets[start] = Bucket()
-    b.runs.add(batch.run_id)
+        late = closed_windows(state).get(start)
+        if late is None:
+            return DROPPED
+        b, outcome = late, LATE
+    else:
+        b = state.buckets.get(start)
+        if b is None:
+            b = state.buckets[start] = Bucket()
+        b.runs.add(batch.run_id)
     kind = batch.WhichOneof("body")
     if kind == "metrics":
         b.points += len(batch.metrics.values)
@@ -63,14 +80,27 @@ def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> bool | None:
             b.finished += 1
     b.version += 1
     state.watermark_ms = max(state.watermark_ms, t)
-    return True
+    return outcome
+
+
+def closed_windows(state: FleetState) -> dict[int, Bucket]:
+    if not hasattr(state, "closed"):  # a state written before closed windows were kept
+        state.closed = {}
+    return state.closed
 
 
 def close(state: FleetState, *, grace_ms: int) -> list[tuple[int, Bucket]]:
-    """Remove and return the windows the watermark (event time) has passed, grace included."""
+    """Remove and return the windows the watermark (event time) has passed, grace included; their counts stay
+    (without the run set) for late batches."""
     done = [(s, b) for s, b in state.buckets.items() if s + WINDOW_MS + grace_ms <= state.watermark_ms]
-    for s, _ in done:
+    kept = closed_windows(state)
+    for s, b in done:
         del state.buckets[s]
+        kept[s] = Bucket(points=b.points, started=b.started, finished=b.finished, failed=b.failed, version=b.version,
+                         active_closed=len(b.runs))
+    if done:
+        for s in [s for s in kept if s < state.watermark_ms - LATE_MEMORY_MS]:
+            del kept[s]
     return done
 
 
@@ -80,6 +110,7 @@ def quiet(state: FleetState, *, now_ms: int, grace_ms: int) -> list[tuple[int, B
 
 
 def to_proto(project: str, partition: int, start: int, b: Bucket) -> FleetWindow:
-    return FleetWindow(project=project, window_start_ms=start, partition=partition, active_runs=len(b.runs),
+    return FleetWindow(project=project, window_start_ms=start, partition=partition,
+                       active_runs=len(b.runs) or getattr(b, "active_closed", 0),
                        points=b.points, runs_started=b.started, runs_finished=b.finished, runs_failed=b.failed,
                        version=b.version)

@@ -221,3 +221,37 @@ def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, to
         proc.stop()
         t.close()
         print("processor log tail:\n" + proc.log_tail(60))
+
+
+def test_fleet_view_counts_batches_that_arrive_after_their_window_closed(stack: Stack, token: str, tmp_path: Path) -> None:
+    """A client that spooled through an outage delivers old batches after the fleet's windows closed: they are
+    counted in their own windows (re-emitted, the stored rows replaced), so the fleet's points equal the raw."""
+    proc = start_processor(stack, tmp_path)
+    t = GrpcTransport(stack.ingest_addr, token)
+    t0 = (int(time.time() * 1000) // 60_000 - 20) * 60_000
+    try:
+        live, spooled = Sender(t, "late", "live"), Sender(t, "late", "spooled")
+        live.start(t0)
+        spooled.start(t0)
+        spooled.points(["loss"], [0] * 50, list(range(50)), [t0 + 1000] * 50, [1.0] * 50)
+        for k in range(60):  # the live run moves event time 10 minutes on: every early window closes
+            live.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * 10_000 + 500] * 10, [1.0] * 10)
+        closed = "SELECT count() FROM {db}.fleet WHERE project = 'late' AND window_start < fromUnixTimestamp64Milli({s:Int64})"
+        wait_for(lambda: stack.query(closed, s=t0 + 120_000)[0][0] >= 10, 60, "the early windows closed and stored")
+        late_before = scrape(stack.config.processors.metrics_port).get("runstream_processor_late_points_total", 0.0)
+        # The spooled client's backlog: 400 points in windows that closed minutes ago (event time).
+        for k in range(8):
+            spooled.points(["loss"], [0] * 50, list(range(50 + k * 50, 100 + k * 50)),
+                           [t0 + 20_000 + k * 10_000 + 100] * 50, [2.0] * 50)
+        live.finish(t0 + 610_000)
+        spooled.finish(t0 + 610_000)
+        total = 50 + 600 + 400
+        assert stack.wait_points(total, where="project = 'late'") == total
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        wait_sink_drained(stack.config, kinds=("fleet",))
+        got = wait_for(lambda: (r := stack.query("SELECT sum(points) FROM {db}.fleet WHERE project = 'late'")[0][0]) == total
+                       and r, 30, "the fleet's points to equal the raw points")
+        assert got == total
+        assert scrape(stack.config.processors.metrics_port).get("runstream_processor_late_points_total", 0.0) == late_before
+    finally:
+        proc.stop()

@@ -167,6 +167,19 @@ def test_fleet_counts_runs_points_and_lifecycle() -> None:
     assert s == 0 and len(bucket.runs) == 2 and bucket.points == 5 and bucket.started == 1
     assert fs.buckets[10_000].failed == 1
     assert fleet.apply(fs, failed, grace_ms=0) is None  # a replayed batch is not counted twice
+    # A batch that arrives after its window closed (a spooled client after an outage) is counted there, and the
+    # window goes out again with a higher version: the stored row is replaced, not lost.
+    late = metrics_batch("c", 1, ["x"], [0] * 4, [0, 1, 2, 3], [2500] * 4, [1.0] * 4)
+    late.created_ms = 2500
+    assert fleet.apply(fs, late, grace_ms=0) == fleet.LATE
+    again = fs.closed[0]
+    assert (again.points, again.version, again.active_closed) == (9, bucket.version + 1, 2)
+    assert fleet.to_proto("p", 0, 0, again).points == 9
+    ancient = metrics_batch("d", 1, ["x"], [0], [0], [5], [1.0])
+    ancient.created_ms = 5
+    fleet.apply(fs, metrics_batch("e", 1, ["x"], [0], [0], [fleet.LATE_MEMORY_MS + 60_000], [1.0]), grace_ms=0)
+    fleet.close(fs, grace_ms=0)
+    assert 0 not in fs.closed and fleet.apply(fs, ancient, grace_ms=0) == fleet.DROPPED
 
 
 def test_small_and_large_batch_paths_agree() -> None:
