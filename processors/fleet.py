@@ -64,9 +64,10 @@ def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> str | None:
             return DROPPED
         b, outcome = late, LATE
     else:
-        b = state.buckets.get(start)
-        if b is None:
-            b = state.buckets[start] = Bucket()
+        opened = state.buckets.get(start)
+        if opened is None:
+            opened = state.buckets[start] = Bucket()
+        b = opened
         b.runs.add(batch.run_id)
     kind = batch.WhichOneof("body")
     if kind == "metrics":

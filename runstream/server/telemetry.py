@@ -40,7 +40,9 @@ def serve_metrics(port: int, config: RunstreamConfig) -> None:
 
 PROC_BATCHES = Counter("runstream_processor_batches_total", "Event batches seen by the processors, by outcome.", ["outcome"])
 PROC_POINTS = Counter("runstream_processor_points_total", "Metric points processed.")
-PROC_LATE = Counter("runstream_processor_late_points_total", "Points behind a closed window (rollups), or older than the hour of closed windows the fleet view keeps.", ["view"])
+PROC_LATE = Counter("runstream_processor_late_points_total",
+                    "Points behind a closed window (rollups), or older than the hour of closed windows the fleet keeps.",
+                    ["view"])
 PROC_EMITTED = Counter("runstream_processor_windows_emitted_total", "Rollup and fleet windows emitted.", ["view"])
 PROC_ALERTS = Counter("runstream_processor_alerts_total", "Alerts opened and resolved, by kind.", ["kind", "status"])
 PROC_WEBHOOK = Counter("runstream_processor_webhook_posts_total", "Webhook deliveries, by outcome.", ["outcome"])
