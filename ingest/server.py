@@ -12,13 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from google.protobuf.message import DecodeError
 
 from runstream.ingest.admin import AdminService
@@ -61,34 +68,67 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
 
 @asynccontextmanager
-async def map_kafka_errors() -> AsyncIterator[None]:
+async def map_kafka_errors(on_error: Callable[[BaseException], None] | None = None) -> AsyncIterator[None]:
     try:
         yield
     except KafkaError as exc:
+        if on_error is not None:
+            on_error(exc)
         raise Unavailable(f"Kafka is unavailable ({type(exc).__name__}: {exc}); retry with backoff") from exc
     except TimeoutError as exc:
         raise Unavailable("Kafka did not acknowledge in time; retry with backoff") from exc
 
 
+# Errors after which an idempotent producer cannot go on (its sequence numbers or id no longer match the broker's,
+# e.g. after a broker restart lost the tail of a partition): only a new producer, with a new id, can.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping,
+                         ProducerFenced)
+
+
 class Publisher:
-    """Publishes batches and tracks how many are in flight."""
+    """Publishes batches and tracks how many are in flight. A producer that hits a fatal error is replaced (the
+    calls that saw it answer UNAVAILABLE and their clients resend; storage dedups on the batch id)."""
 
     def __init__(self, config: RunstreamConfig) -> None:
         self.config = config
         self.producer: AIOKafkaProducer | None = None
         self.inflight = 0
+        self._rebuilding: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self.producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             **client_args(self.config), acks="all", enable_idempotence=True,
             linger_ms=2, max_batch_size=1024 * 1024, max_request_size=self.config.kafka.max_record_bytes + 4096,
             request_timeout_ms=int(self.config.ingest.publish_timeout_s * 1000), retry_backoff_ms=200)
+
+    async def start(self) -> None:
+        self.producer = self._new_producer()
         await self.producer.start()
 
     async def stop(self) -> None:
+        if self._rebuilding is not None:
+            await asyncio.gather(self._rebuilding, return_exceptions=True)
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Replace the producer once per failure, in the background (the failing call answers at once)."""
+        if not isinstance(exc, FATAL_PRODUCER_ERRORS) or (self._rebuilding is not None and not self._rebuilding.done()):
+            return
+        log.warning("Kafka producer hit %s (%s); replacing it.", type(exc).__name__, exc)
+        self._rebuilding = asyncio.create_task(self._rebuild(), name="producer-rebuild")
+
+    async def _rebuild(self) -> None:
+        old, fresh = self.producer, self._new_producer()
+        await fresh.start()
+        self.producer = fresh
+        tm.INGEST_PRODUCER_REBUILDS.inc()
+        if old is not None:
+            try:
+                await old.stop()
+            except Exception:  # its pending sends fail; their calls already answered or will answer UNAVAILABLE
+                log.exception("Stopping the replaced producer failed.")
 
     async def publish(self, batch: ingest_pb2.Batch) -> asyncio.Future:
         """Queue one batch; the returned future resolves when Kafka acknowledged it."""
@@ -96,7 +136,7 @@ class Publisher:
             raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
         assert self.producer is not None
         rec = encoding.encode(batch, max_record_bytes=self.config.kafka.max_record_bytes)
-        async with map_kafka_errors():
+        async with map_kafka_errors(self._fatal):
             fut = await self.producer.send(self.config.kafka.events_topic, rec.value, key=rec.key, headers=rec.headers)
         self.inflight += 1
         tm.INGEST_INFLIGHT.inc()
@@ -110,13 +150,13 @@ class Publisher:
     async def publish_audit(self, rec: ingest_pb2.AuditRecord) -> asyncio.Future:
         """Queue one audit record (keyed by project: one partition keeps a project's trail in order)."""
         assert self.producer is not None
-        async with map_kafka_errors():
+        async with map_kafka_errors(self._fatal):
             return await self.producer.send(self.config.kafka.audit_topic, rec.SerializeToString(), key=rec.project.encode())
 
     async def wait(self, futures: list[asyncio.Future]) -> None:
         if not futures:
             return
-        async with map_kafka_errors():
+        async with map_kafka_errors(self._fatal):
             await asyncio.wait_for(asyncio.gather(*futures), self.config.ingest.publish_timeout_s)
 
 

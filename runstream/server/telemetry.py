@@ -10,6 +10,8 @@ INGEST_REQUESTS = Counter("runstream_ingest_requests_total", "Ingest RPCs by met
 INGEST_BATCHES = Counter("runstream_ingest_batches_total", "Batches accepted (published and acknowledged by Kafka).")
 INGEST_POINTS = Counter("runstream_ingest_points_total", "Metric points accepted.")
 INGEST_REJECTED = Counter("runstream_ingest_batches_rejected_total", "Batches refused, by reason.", ["reason"])
+INGEST_PRODUCER_REBUILDS = Counter("runstream_ingest_producer_rebuilds_total",
+                                   "Kafka producers replaced after a fatal error (e.g. out-of-order sequence).")
 INGEST_INFLIGHT = Gauge("runstream_ingest_inflight_batches", "Batches published and not yet acknowledged by Kafka.")
 INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds",
                                    "Time from receiving a request to Kafka acknowledging all its batches.",
