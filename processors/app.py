@@ -65,7 +65,7 @@ class Processors:
         k = config.kafka
         self.app = app = faust.App(
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
-            topic_partitions=k.partitions, topic_replication_factor=1, web_enabled=False,
+            topic_partitions=k.partitions, topic_replication_factor=max(1, k.replication_factor), web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
             processing_guarantee=pc.guarantee,
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,

@@ -151,3 +151,28 @@ def test_credentials_are_private_and_roles_sign_in_as_themselves(broker: KafkaBr
         assert Path(c.kafka.password_file).read_text().strip() == broker.password(role)
         assert c.kafka.security_protocol == "SASL_PLAINTEXT"
     assert dataclasses.asdict(config.kafka)["username"] == "admin"  # the caller's own config is untouched
+
+
+def test_replication_follows_the_cluster_and_too_much_is_a_clear_error(config: RunstreamConfig) -> None:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from runstream.server.kafka import ensure_topics
+    from runstream.wire.errors import ConfigError
+    asyncio.run(ensure_topics(config))
+    assert config.kafka.replication_factor == 1  # min(3, brokers): one broker here
+
+    async def topic_config(name: str) -> dict[str, str]:
+        admin = AIOKafkaAdminClient(**client_args(config))
+        await admin.start()
+        try:
+            (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+            return {entry[0]: entry[1] for entry in resp.resources[0][4]}
+        finally:
+            await admin.close()
+    got = asyncio.run(topic_config(config.kafka.control_topic))
+    assert got["min.insync.replicas"] == "1" and got["retention.ms"] == "-1"
+
+    too_many = dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, replication_factor=3,
+                                                                     events_topic=config.kafka.events_topic + "-rf3"))
+    with pytest.raises(ConfigError, match="kafka.replication_factor: 3 is more than the brokers"):
+        asyncio.run(ensure_topics(too_many))

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
@@ -129,25 +130,38 @@ def needed_topics(config: RunstreamConfig) -> list[str]:
 
 async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0, *, acls: bool = False) -> None:
     """Create the missing topics this process needs (idempotent) and, with ``acls``, grant every role's ACLs;
-    waits for the broker up to ``timeout``. Refusals (credentials, permissions) are reported at once."""
+    waits for the broker up to ``timeout``. Refusals (credentials, permissions) are reported at once. A
+    replication factor of 0 in the config becomes min(3, brokers) here, for this process (faust reads it)."""
     deadline = asyncio.get_running_loop().time() + timeout
     wanted = set(needed_topics(config))
     while True:
         admin = AIOKafkaAdminClient(**client_args(config), request_timeout_ms=10_000)
         try:
             await admin.start()
+            k = config.kafka
+            if k.replication_factor <= 0:
+                k.replication_factor = min(3, len((await admin.describe_cluster())["brokers"]) or 1)
+            insync = k.min_insync_replicas if k.min_insync_replicas > 0 else min(2, k.replication_factor)
             existing = set(await admin.list_topics())
-            missing = [NewTopic(t.name(config), t.partitions(config), 1,
-                                topic_configs={"retention.ms": "-1"} if t.keep_forever else None)
+            missing = [NewTopic(t.name(config), t.partitions(config), k.replication_factor,
+                                topic_configs={"min.insync.replicas": str(insync),
+                                               **({"retention.ms": "-1"} if t.keep_forever else {})})
                        for t in TOPICS if t.name(config) in wanted and t.name(config) not in existing]
             if missing:
                 try:
-                    await admin.create_topics(missing)
+                    resp = await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
-                    pass
+                    resp = None
+                for topic_error in getattr(resp, "topic_errors", None) or ():  # the answer per topic, not raised
+                    name, code = topic_error[0], topic_error[1]
+                    if code and code != TopicAlreadyExistsError.errno:
+                        raise for_code(code)(f"creating topic {name}: {topic_error[2] if len(topic_error) > 2 else ''}")
             if acls:
                 await grant(admin, role_acls(config))
             return
+        except InvalidReplicationFactorError as exc:
+            raise ConfigError(f"CONFIG ERROR: kafka.replication_factor: {config.kafka.replication_factor} is more than "
+                              f"the brokers of {config.kafka.bootstrap} ({exc}); lower it, or 0 for min(3, brokers)") from exc
         except REFUSED as exc:
             who = f"principal {config.kafka.username!r}" if config.kafka.username else "this unauthenticated client"
             raise Unavailable(f"Kafka at {config.kafka.bootstrap} refused {who} ({exc}). Check kafka.username / "

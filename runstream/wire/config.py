@@ -51,6 +51,8 @@ class KafkaConfig:
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
     jars_dir: str = "~/.cache/runstream"  # where the Apache Kafka jars are fetched to (`runstream up`, tests)
+    replication_factor: int = 0    # of every topic runstream and faust create; 0: min(3, brokers in the cluster)
+    min_insync_replicas: int = 0   # of runstream's topics; 0: min(2, replication factor)
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SASL_SSL | SSL
     sasl_mechanism: str = "SCRAM-SHA-256"  # SCRAM-SHA-256 | SCRAM-SHA-512 | PLAIN
     username: str = ""             # the principal this process signs in as (SASL)
