@@ -105,8 +105,10 @@ class KafkaBroker:
     """
 
     def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m",
-                 secure: bool = True) -> None:
+                 secure: bool = True, node_id: int = 1, cluster: KafkaCluster | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.node_id = node_id
+        self.cluster = cluster  # a member of a multi-node cluster: voters, cluster id and credentials are shared
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         if secure and formatted and not self.credentials_dir.exists():
             # Made before the broker was secured: its metadata has no SCRAM users to sign in with.
@@ -125,6 +127,7 @@ class KafkaBroker:
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._started_from = 0
 
     @property
     def bootstrap(self) -> str:
@@ -132,7 +135,7 @@ class KafkaBroker:
 
     @property
     def credentials_dir(self) -> Path:
-        return self.data_dir / "credentials"
+        return self.cluster.credentials_dir if self.cluster is not None else self.data_dir / "credentials"
 
     def password(self, principal: str) -> str:
         path = self.credentials_dir / f"{principal}.password"
@@ -158,10 +161,14 @@ class KafkaBroker:
 
     def _write_config(self) -> Path:
         private_dir(self.data_dir)  # the log holds every acknowledged point and the governance records
+        replicas = str(min(3, len(self.cluster.nodes))) if self.cluster is not None else "1"
+        min_isr = str(min(2, int(replicas)))
+        quorum = ({"controller.quorum.voters": self.cluster.voters} if self.cluster is not None
+                  else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"})
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             "listeners": f"BROKER://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"BROKER://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -169,17 +176,22 @@ class KafkaBroker:
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,BROKER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "4",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "message.max.bytes": str(16 * 1024 * 1024),
             "log.retention.hours": "168",
         }
+        if self.cluster is not None:
+            # A dead node is fenced (and so dropped from every ISR) after 4 s instead of 9, and a stuck follower
+            # after 5 s instead of 30: acks=all writes wait that long, not half a minute.
+            props.update({"broker.session.timeout.ms": "4000", "broker.heartbeat.interval.ms": "1000",
+                          "replica.lag.time.max.ms": "5000"})
         if self.secure:
             props.update(self._security())
         path = self.data_dir / "server.properties"
@@ -215,28 +227,40 @@ class KafkaBroker:
                 "-cp", f"{lib}/*", main, *args]
 
     def start(self, timeout: float = 90.0) -> None:
+        self.launch()
+        self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Format the storage on first use and start the process (a cluster launches every node, then waits)."""
         if self.proc is not None and self.proc.poll() is None:
             return
         lib = fetch_jars()
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = (self.cluster.cluster_id if self.cluster is not None
+                          else base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
             scram = [arg for p in PRINCIPALS
                      for arg in ("--add-scram", f"{MECHANISM}=[name={p},password={self.password(p)}]")] if self.secure else []
+            # One node: a standalone dynamic quorum. A cluster: the static voters in the config.
+            standalone = ["--standalone"] if self.cluster is None else []
             fmt = subprocess.run(
                 self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
-                           "--standalone", *scram, heap="256m"),
+                           *standalone, *scram, heap="256m"),
                 capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"Formatting Kafka storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
         self._log = open(self.log_path, "ab")
+        self._started_from = self.log_path.stat().st_size  # "Kafka Server started" counts from here
         self.proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(config), heap=self.heap),
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_started(self, timeout: float = 90.0) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerError(f"Kafka exited with code {self.proc.returncode} while starting. Log tail:\n{self.log_tail()}")
-            if _port_open(self.port) and b"Kafka Server started" in self.log_path.read_bytes()[-200_000:]:
+            if _port_open(self.port) and b"Kafka Server started" in self.log_path.read_bytes()[self._started_from:]:
                 return
             time.sleep(0.2)
         self.stop()
@@ -247,6 +271,16 @@ class KafkaBroker:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no broker log)"
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for tests."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker (idempotent): SIGTERM for a clean shutdown, SIGKILL after timeout."""
@@ -263,6 +297,59 @@ class KafkaBroker:
             self._log = None
 
     def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class KafkaCluster:
+    """``n`` combined broker+controller nodes on loopback with a static quorum of all of them, secured like one
+    node (the credentials are shared). Tests and benches run 3: replication factor 3, min.insync.replicas 2."""
+
+    def __init__(self, data_dir: Path, n: int = 3, *, heap: str = "512m") -> None:
+        self.data_dir = Path(data_dir)
+        private_dir(self.data_dir)
+        id_file = self.data_dir / "cluster.id"
+        if not id_file.exists():
+            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        self.cluster_id = id_file.read_text().strip()
+        self.nodes: list[KafkaBroker] = []
+        for i in range(n):  # ports first: every node's config names every voter
+            self.nodes.append(KafkaBroker(self.data_dir / f"node{i + 1}", heap=heap, node_id=i + 1, cluster=self))
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.data_dir / "credentials"
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{b.node_id}@127.0.0.1:{b.controller_port}" for b in self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def client_config(self, config: RunstreamConfig) -> RunstreamConfig:
+        self.nodes[0].client_config(config)
+        config.kafka.bootstrap = self.bootstrap
+        return config
+
+    def start(self, timeout: float = 120.0) -> None:
+        for b in self.nodes:
+            b.launch()  # a node finishes starting only once a quorum of voters runs
+        for b in self.nodes:
+            b.wait_started(timeout)
+
+    def stop(self) -> None:
+        for b in self.nodes:
+            b.stop()
+
+    def __enter__(self) -> KafkaCluster:
         self.start()
         return self
 
