@@ -487,9 +487,17 @@ class Sender(threading.Thread):
                 b.run_finish.batches_acked = st.acked_batches + n
 
     def _acked(self, b: Batch) -> None:
-        self.sent_batches += 1
         self._forget(b)
         self._wal_done(b)
+        self._count_acked(b)
+
+    def _acked_from_spool(self, batches: Sequence[Batch]) -> None:
+        with self._lock:  # already forgotten (and out of the write-ahead files) when they were spooled
+            for b in batches:
+                self._count_acked(b)
+
+    def _count_acked(self, b: Batch) -> None:
+        self.sent_batches += 1
         run = self.runs.get(b.run_id)
         if run is not None:
             run.stats.acked_batches += 1
@@ -498,18 +506,6 @@ class Sender(threading.Thread):
             if b.HasField("run_finish"):
                 run.stats.done.set()
                 del self.runs[run.id]
-
-    def _acked_from_spool(self, batches: Sequence[Batch]) -> None:
-        with self._lock:
-            for b in batches:
-                self.sent_batches += 1
-                run = self.runs.get(b.run_id)
-                if run is not None:
-                    run.stats.acked_batches += 1
-                    if b.HasField("metrics"):
-                        run.stats.acked_points += len(b.metrics.values)
-                    if b.HasField("run_finish"):
-                        del self.runs[run.id]
 
     def _forget(self, b: Batch) -> None:
         if b.HasField("metrics"):
