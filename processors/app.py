@@ -110,9 +110,9 @@ class Processors:
         async for events in stream.take_events(self.TAKE, within=0.05):  # type: ignore[attr-defined]
             items = []
             for event in events:
+                self._offsets[event.message.partition] = event.message.offset  # read, decodable or not
                 try:
                     items.append((Batch.FromString(event.value), event.message.partition))
-                    self._offsets[event.message.partition] = event.message.offset
                 except Exception as exc:
                     tm.PROC_BATCHES.labels("undecodable").inc()
                     log.error("Skipping an undecodable events record: %s", exc)
