@@ -231,9 +231,9 @@ class Processors:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
         now_ms = int(time.time() * 1000)
         tm.PROC_LAG_SECONDS.set(max(0.0, self._lag_ms / 1000))
-        since_last, caught_up, lag_s = time.monotonic() - self._last_event, self._caught_up(), max(0.0, self._lag_ms / 1000)
+        since_last, caught_up = time.monotonic() - self._last_event, self._caught_up()
         # Runs are keyed by id, so a run's batches are read in order with the others of its partition: judged there.
-        clocks = {p: stream_clock(ms, since_last, caught_up, lag_s) for p, ms in self._newest_ms.items()}
+        clocks = {p: stream_clock(ms, since_last, caught_up) for p, ms in self._newest_ms.items()}
         fallback = min(clocks.values(), default=0)  # a run not seen since this worker started
         for key in list(self.runs.keys()):
             st = self._run_state(key, "")
@@ -242,7 +242,8 @@ class Processors:
             run_id = key.decode()
             cad = st.cadence
             limit = cad.stall_after_s(self.rules.for_metric(st.project, ""))
-            clock = clocks.get(self._partition_of.get(run_id, -1), fallback)
+            # Never longer than the wall clock says: other clients' times may run ahead of this run's (skew).
+            clock = min(clocks.get(self._partition_of.get(run_id, -1), fallback), now_ms)
             silent_s = (clock - cad.last_ms) / 1000
             if clock and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
                 self._stalled[run_id] = anomaly.alert_id(run_id, "", "stall", cad.last_ms)
@@ -302,12 +303,11 @@ def broker_credentials(config: RunstreamConfig) -> faust.auth.Credentials | None
     return None
 
 
-def stream_clock(newest_ms: int, since_last_s: float, caught_up: bool, lag_s: float = 0.0) -> int:
+def stream_clock(newest_ms: int, since_last_s: float, caught_up: bool) -> int:
     """What "now" is for stall detection: the newest client time read from the stream, plus the wall time since the
-    last batch arrived only when everything written has been read, less the pipeline's usual lag (client to here:
-    a batch that is usually ``lag_s`` on its way is not missing yet). A pipeline that runs behind moves every run's
+    last batch arrived only when everything written has been read. A pipeline that runs behind moves every run's
     clock alike, so it shows as lag (runstream_processor_lag_seconds), never as every run stalling at once; a
     fleet that truly went silent, with the stream read to its end, is judged by the wall clock."""
     if not newest_ms:
         return 0
-    return newest_ms + (int(max(0.0, since_last_s - lag_s) * 1000) if caught_up else 0)
+    return newest_ms + (int(since_last_s * 1000) if caught_up else 0)

@@ -199,8 +199,11 @@ def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, to
 
         def alerts():
             return stack.query("SELECT run_id, kind, step, status FROM {db}.alerts WHERE project = 'anom' ORDER BY run_id, kind")
-        got = wait_for(lambda: (a := alerts()) and len(a) >= 4 and any(r[0] == "stall" and r[3] == "resolved" for r in a) and a,
-                       60, "alerts")
+        try:
+            got = wait_for(lambda: (a := alerts()) and len(a) >= 4 and any(r[0] == "stall" and r[3] == "resolved" for r in a)
+                           and a, 60, "alerts")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stored: {alerts()}; processor: {scrape(stack.config.processors.metrics_port)}") from None
         wait_group_drained(stack.config, stack.config.processors.app_id)  # the clean run's every batch judged
         wait_sink_drained(stack.config, kinds=("alerts",))                 # and every alert raised stored
         got = alerts()

@@ -220,6 +220,3 @@ def test_stalls_are_judged_on_the_streams_clock_not_the_wall_clock() -> None:
     # Behind, with nothing new read: the stream's clock stands still (lag, not a stall).
     assert stream_clock(9_500, since_last_s=30.0, caught_up=False) == 9_500
     assert stream_clock(0, since_last_s=30.0, caught_up=True) == 0  # nothing read yet: no clock
-    # Read to the end, but batches usually take 12 s to get here: 6 s without one is not yet silence.
-    assert stream_clock(9_500, since_last_s=6.0, caught_up=True, lag_s=12.0) == 9_500
-    assert stream_clock(9_500, since_last_s=20.0, caught_up=True, lag_s=12.0) == 9_500 + 8_000
