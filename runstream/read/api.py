@@ -177,9 +177,7 @@ class Api:
         if buckets:
             # Bucket width from the run's newest step (metric_latest: no second pass over the series); a fork's
             # parent segment lies below its own steps.
-            scope = f"run_id = {p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')}"
-            if project is not None:
-                scope += f" AND project = {p.add(project, 'String')}"
+            scope = self._scope(run_id, metric, project, p)
             sql = (f"WITH (SELECT greatest(1, intDiv(ifNull(max(last_step), 0), {int(buckets)}) + 1) FROM metric_latest "
                    f"WHERE {scope}) AS w "
                    f"SELECT min(st) AS step, avg(v) AS value, min(v) AS min, max(v) AS max, count() AS count, "
@@ -211,10 +209,14 @@ class Api:
         return self._forks[key]
 
     @staticmethod
-    def _segment(run_id: str, metric: str, project: str | None, up_to: int | None, p: _Params) -> str:
+    def _scope(run_id: str, metric: str, project: str | None, p: _Params) -> str:
+        """One run's metric (in one project, when given)."""
         cond = f"run_id = {p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')}"
-        if project is not None:
-            cond += f" AND project = {p.add(project, 'String')}"
+        return cond + (f" AND project = {p.add(project, 'String')}" if project is not None else "")
+
+    @classmethod
+    def _segment(cls, run_id: str, metric: str, project: str | None, up_to: int | None, p: _Params) -> str:
+        cond = cls._scope(run_id, metric, project, p)
         if up_to is not None:
             cond += f" AND step <= {p.add(up_to, 'Int64')}"
         return f"SELECT step, value, ts FROM metrics WHERE {cond}"
