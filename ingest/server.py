@@ -200,7 +200,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     points += n
                     kind = batch.WhichOneof("body")
                     if kind in ("run_start", "run_finish", "run_resume"):
-                        audit_futures.append(await self.publisher.publish_audit(self._audit(batch, kind, token, context)))
+                        audit_futures.append(await self.publisher.publish_audit(
+                            run_audit(batch, kind, token.name, context.peer() or "")))
             await self.publisher.wait(futures + audit_futures)
         except RunstreamError as exc:
             code = status_for(exc)
@@ -223,24 +224,6 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
-    @staticmethod
-    def _audit(batch: ingest_pb2.Batch, kind: str, token: Token, context: grpc.aio.ServicerContext) -> ingest_pb2.AuditRecord:
-        if kind == "run_start":
-            rs = batch.run_start
-            after = {"name": rs.name, "git_commit": rs.git.commit, "git_dirty": rs.git.dirty, "host": rs.host.hostname,
-                     "parent_run_id": rs.parent_run_id, "tags": list(rs.tags)}
-            if rs.HasField("fork_step"):
-                after["fork_step"] = rs.fork_step
-        elif kind == "run_resume":
-            after = {"session": batch.run_resume.session, "host": batch.run_resume.host.hostname}
-        else:
-            rf = batch.run_finish
-            after = {"status": ingest_pb2.RunStatus.Name(rf.status), "points_acked": rf.points_acked}
-            if rf.session:
-                after["session"] = rf.session
-        return audit.record(batch.project, token.name, kind.replace("_", "."), batch.run_id, after=after,
-                            source=context.peer() or "", at_ms=batch.created_ms)
-
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
         async def one() -> AsyncIterator[bytes]:
             yield request
@@ -257,6 +240,25 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
             "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ser),
             "SendStream": grpc.stream_unary_rpc_method_handler(self.SendStream, response_serializer=ser),
         })
+
+
+def run_audit(batch: ingest_pb2.Batch, kind: str, actor: str, source: str) -> ingest_pb2.AuditRecord:
+    """The audit record of a run's start, finish or resume (``actor``: the token's name; ``source``: the peer)."""
+    if kind == "run_start":
+        rs = batch.run_start
+        after = {"name": rs.name, "git_commit": rs.git.commit, "git_dirty": rs.git.dirty, "host": rs.host.hostname,
+                 "parent_run_id": rs.parent_run_id, "tags": list(rs.tags)}
+        if rs.HasField("fork_step"):
+            after["fork_step"] = rs.fork_step
+    elif kind == "run_resume":
+        after = {"session": batch.run_resume.session, "host": batch.run_resume.host.hostname}
+    else:
+        rf = batch.run_finish
+        after = {"status": ingest_pb2.RunStatus.Name(rf.status), "points_acked": rf.points_acked}
+        if rf.session:
+            after["session"] = rf.session
+    return audit.record(batch.project, actor, kind.replace("_", "."), batch.run_id, after=after, source=source,
+                        at_ms=batch.created_ms)
 
 
 def parse_request(raw: bytes) -> ingest_pb2.SendRequest:

@@ -1,4 +1,4 @@
-"""The one CLI: a subcommand per role (`ingest`, `process`, `sink`), `up` for all of them on one machine, and
+"""The one CLI: a subcommand per role (`ingest`, `process`, `sink`, `mlflow`), `up` for all of them on one machine, and
 tools (`sql`, `runs`, `sync`, `demo`, governance). This module only parses: the commands live in
 runstream.cli.commands (server extra) and runstream.cli.client (slim SDK)."""
 
@@ -14,7 +14,8 @@ from runstream.wire.errors import RunstreamError
 
 # The role registry (runstream.ops.roles) needs the server extra; a test keeps these names equal to it.
 ROLE_HELP = {"ingest": "run the gRPC ingest role", "process": "run the stream processors (rollups, fleet view, anomaly detection)",
-             "sink": "run the storage sink role (and the SQL endpoint of the embedded store)"}
+             "sink": "run the storage sink role (and the SQL endpoint of the embedded store)",
+             "mlflow": "serve the MLflow tracking REST API (MLflow clients log into the pipeline through it)"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The role registry: named sets of stages. ``runstream ingest|process|sink`` run one role, ``runstream up``
+"""The role registry: named sets of stages. ``runstream ingest|process|sink|mlflow`` run one role, ``runstream up``
 runs them all.
 
 Every stage has ``async start()`` and ``async stop()`` (idempotent, drains within STAGE_STOP_TIMEOUT_S); the
@@ -35,6 +35,11 @@ class Role:
     help: str
     factory: str   # "module:function" taking the config and returning the role's stages
     metrics_port: Callable[[RunstreamConfig], int]
+    principal: str = ""  # the Kafka principal it signs in as; empty: its name
+
+    @property
+    def kafka_principal(self) -> str:
+        return self.principal or self.name
 
     def build(self, config: RunstreamConfig) -> list[Stage]:
         # Imported when the role is built, so a role's process loads its own stages only (the ingest process
@@ -50,6 +55,9 @@ ROLES: dict[str, Role] = {r.name: r for r in (
          "runstream.processors.app:stages", lambda c: c.processors.metrics_port),
     Role("sink", "run the storage sink role (and the SQL endpoint of the embedded store)", "runstream.storage.sink:stages",
          lambda c: c.sink.metrics_port),
+    # An edge of ingest (it validates and publishes the same batches), so it signs in to Kafka as ingest.
+    Role("mlflow", "serve the MLflow tracking REST API (MLflow clients log into the pipeline through it)",
+         "runstream.ingest.mlflow_api:stages", lambda c: c.mlflow.metrics_port, principal="ingest"),
 )}
 
 

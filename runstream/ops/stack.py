@@ -44,7 +44,7 @@ class InProcessRoles:
         return self
 
     def start_role(self, role: str) -> list[Stage]:
-        stages = self.call(_build(role, as_principal(self.config, role)))
+        stages = self.call(_build(role, as_principal(self.config, ROLES[role].kafka_principal)))
         for s in stages:
             self.call(s.start())
         self.stages[role] = stages
@@ -86,6 +86,8 @@ def isolated_config(data_dir: Path | str) -> RunstreamConfig:
     c.sink.metrics_port = free_port()
     c.sink.sql_listen = f"127.0.0.1:{free_port()}"
     c.processors.metrics_port = free_port()
+    c.mlflow.listen = f"127.0.0.1:{free_port()}"
+    c.mlflow.metrics_port = free_port()
     return c
 
 
@@ -101,7 +103,7 @@ class RoleProcess:
 
     def __init__(self, role: str, config: RunstreamConfig, log_dir: Path, *, name: str = "") -> None:
         self.role = role
-        self.config = as_principal(config, role)
+        self.config = as_principal(config, ROLES[role].kafka_principal)
         self.name = name or role
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -61,13 +61,18 @@ def ensure_dev_token(path: Path) -> str:
 def ensure_admin_token(tokens_path: Path, admin_path: Path) -> str:
     """The bootstrap admin token (all projects, admin scope): kept in ``admin_path`` (0600) and listed in the token
     file; created on first use. Governance actions through ingest's Admin service need it (or one it made)."""
-    if admin_path.exists():
-        return admin_path.read_text().strip()
+    return ensure_file_token(tokens_path, admin_path, "admin", ["admin"])
+
+
+def ensure_file_token(tokens_path: Path, secret_path: Path, name: str, scopes: list[str]) -> str:
+    """An all-projects token kept in ``secret_path`` (0600) and listed in the token file; created on first use."""
+    if secret_path.exists():
+        return secret_path.read_text().strip()
     secret = new_token()
     data = (yaml.safe_load(tokens_path.read_text()) or {}) if tokens_path.exists() else {}
     entries = list(data.get("tokens") or [])
-    entries.append({"token": secret, "name": "admin", "projects": ["*"], "scopes": ["admin"]})
-    write_private(admin_path, secret + "\n")
+    entries.append({"token": secret, "name": name, "projects": ["*"], "scopes": scopes})
+    write_private(secret_path, secret + "\n")
     write_private(tokens_path, yaml.safe_dump({**data, "tokens": entries}))
     return secret
 

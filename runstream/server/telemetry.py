@@ -28,6 +28,15 @@ SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.",
 SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
 SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kafka not yet read by the sink, by topic.", ["topic"])
 
+MLFLOW_REQUESTS = Counter("runstream_mlflow_requests_total", "MLflow API requests by endpoint and HTTP status.",
+                          ["endpoint", "status"])
+MLFLOW_SECONDS = Histogram("runstream_mlflow_request_seconds", "MLflow API request time by endpoint.", ["endpoint"],
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+MLFLOW_BATCHES = Counter("runstream_mlflow_batches_total", "Batches the MLflow API published and Kafka acknowledged.")
+MLFLOW_POINTS = Counter("runstream_mlflow_points_total", "Metric points the MLflow API published and Kafka acknowledged.")
+MLFLOW_READ_WAIT = Histogram("runstream_mlflow_read_wait_seconds", "Time a read waited for the same role's acknowledged "
+                             "writes to be stored.", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
 
 PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
 

@@ -110,6 +110,20 @@ class ProcessorsConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """The MLflow tracking REST API (`runstream mlflow`): MLflow clients log through it into the pipeline."""
+    listen: str = "127.0.0.1:5050"  # "" disables it in `runstream up`
+    metrics_port: int = 9104
+    tls_cert: str = ""             # PEM certificate chain (HTTPS); required beyond loopback
+    tls_key: str = ""
+    artifact_dir: str = ""         # artifacts uploaded through the API; empty: <data_dir>/artifacts
+    max_artifact_bytes: int = 5 * 1024**3
+    sql_url: str = ""              # where it reads: empty: clickhouse.url, else the sink's SQL endpoint
+    sql_token_file: str = ""       # a read token for sql_url; empty: <data_dir>/mlflow.token (`runstream up` makes it)
+    read_wait_s: float = 10.0      # a read waits this long for the same role's acknowledged writes to be stored
+
+
+@dataclass
 class ClickHouseConfig:
     url: str = ""                  # empty: the embedded engine (chDB) at `path`
     path: str = ""                 # empty: <data_dir>/clickhouse
@@ -142,6 +156,7 @@ class RunstreamConfig:
     sink: SinkConfig = field(default_factory=SinkConfig)
     processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
 
     @property
@@ -171,6 +186,14 @@ class RunstreamConfig:
         return self.data_path / "stack.json"
 
     @property
+    def mlflow_token_path(self) -> Path:
+        return self._under_data(self.mlflow.sql_token_file, "mlflow.token")
+
+    @property
+    def mlflow_artifact_path(self) -> Path:
+        return self._under_data(self.mlflow.artifact_dir, "artifacts")
+
+    @property
     def spool_path(self) -> Path:
         return self._under_data(self.client.spool_dir, "spool")
 
@@ -194,7 +217,8 @@ class RunstreamConfig:
             problems.append(f"kafka.username / kafka.password_file: {k.security_protocol} needs both")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
-        for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen)):
+        for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
+                           ("mlflow.listen", self.mlflow.listen)):
             if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
                 problems.append(f"{name}: {addr!r} is not host:port (e.g. 127.0.0.1:50051)")
         if bool(self.ingest.tls_cert) != bool(self.ingest.tls_key):
@@ -216,6 +240,12 @@ class RunstreamConfig:
             problems.append(f"metrics_host: {self.metrics_host} is beyond loopback without TLS and client certificates; "
                             "set metrics_tls_cert, metrics_tls_key and metrics_tls_client_ca (`runstream tls init DIR "
                             "--client prometheus` makes them), or bind 127.0.0.1")
+        if bool(self.mlflow.tls_cert) != bool(self.mlflow.tls_key):
+            problems.append("mlflow.tls_cert / mlflow.tls_key: set both (PEM files) or neither")
+        mlflow_host = self.mlflow.listen.rsplit(":", 1)[0] if ":" in self.mlflow.listen else ""
+        if mlflow_host and not is_loopback(mlflow_host) and not self.mlflow.tls_cert:
+            problems.append(f"mlflow.listen: {self.mlflow.listen} is beyond loopback without TLS; set mlflow.tls_cert and "
+                            "mlflow.tls_key, or listen on 127.0.0.1")
         if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
             problems.append("metrics_tls_cert / metrics_tls_key: set both (PEM files) or neither")
         if self.sink.sql_max_concurrent < 1:

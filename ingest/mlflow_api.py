@@ -1,0 +1,944 @@
+"""The MLflow tracking REST API on runstream: `MLFLOW_TRACKING_URI` pointed here, the `mlflow` client (its fluent API,
+MlflowClient, autologging) logs into the pipeline unchanged.
+
+Writes become the same batches the SDK sends, validated and published like ingest's, and are answered only once
+Kafka acknowledged them. Reads are SQL over the stored tables through a ClickHouse HTTP endpoint; a read first waits
+(up to ``mlflow.read_wait_s``) until this role's acknowledged writes to the runs it reads are stored, so a client
+reads what it just wrote. Mapping: an experiment is a project (its id and name are the project's name; MLflow's
+experiment "0", "Default", is the project ``default``); a run keeps its MLflow run id, name, user, status, times,
+parent (``mlflow.parentRunId``) and tags; params are stored JSON-encoded as every param is. Errors are MLflow's
+JSON (``error_code``, ``message``) with its HTTP status, from one translator (:func:`error_response`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from runstream.ingest.mlflow_reads import DEFAULT_PROJECT, Reads, RunRow, experiment_id
+from runstream.ingest.mlflow_search import (
+    DELETED_TAG,
+    EXPERIMENT_ATTRS,
+    LIFECYCLE_TAG,
+    Cond,
+    matches,
+    parse_filter,
+    parse_order_by,
+)
+from runstream.ingest.server import Publisher, run_audit
+from runstream.ingest.validate import validate_batch
+from runstream.server import governance as gov_io
+from runstream.server import telemetry as tm
+from runstream.server.auth import Token, TokenStore, authorize
+from runstream.server.governance import Follower
+from runstream.v1 import ingest_pb2
+from runstream.wire import governance as gov
+from runstream.wire.config import RunstreamConfig, is_loopback
+from runstream.wire.errors import (
+    AuthError,
+    ConfigError,
+    Overloaded,
+    PermissionDenied,
+    RunstreamError,
+    Unavailable,
+    ValidationError,
+)
+from runstream.wire.names import metric_name_problem
+
+log = logging.getLogger("runstream.mlflow")
+
+API_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+STATUSES = {"RUNNING": None, "SCHEDULED": None, "FINISHED": ingest_pb2.RUN_STATUS_FINISHED,
+            "FAILED": ingest_pb2.RUN_STATUS_FAILED, "KILLED": ingest_pb2.RUN_STATUS_KILLED}
+# MLflow's own limits on one log-batch call.
+MAX_BATCH_METRICS, MAX_BATCH_PARAMS, MAX_BATCH_TAGS, MAX_BATCH_TOTAL = 1000, 100, 100, 1000
+MAX_RESULTS = 50_000
+SAFE_SEGMENT = re.compile(r"[^/\\\x00]+\Z")
+
+
+class MlflowError(Exception):
+    """An error MLflow's client knows by its code."""
+
+    STATUS = {"INVALID_PARAMETER_VALUE": 400, "BAD_REQUEST": 400, "RESOURCE_ALREADY_EXISTS": 400,
+              "RESOURCE_DOES_NOT_EXIST": 404, "ENDPOINT_NOT_FOUND": 404, "UNAUTHENTICATED": 401,
+              "PERMISSION_DENIED": 403, "REQUEST_LIMIT_EXCEEDED": 429, "INTERNAL_ERROR": 500,
+              "TEMPORARILY_UNAVAILABLE": 503}
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = self.STATUS[code]
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """The one error translator of this boundary: runstream's errors to MLflow's codes and statuses."""
+    if isinstance(exc, MlflowError):
+        err = exc
+    elif isinstance(exc, ValidationError):
+        err = MlflowError("INVALID_PARAMETER_VALUE", str(exc))
+    elif isinstance(exc, PermissionDenied):
+        err = MlflowError("PERMISSION_DENIED", str(exc))
+    elif isinstance(exc, AuthError):
+        err = MlflowError("UNAUTHENTICATED", f"{exc}: send a runstream token as MLFLOW_TRACKING_TOKEN (bearer) or as "
+                                             "the basic-auth password (MLFLOW_TRACKING_PASSWORD)")
+    elif isinstance(exc, Overloaded):
+        err = MlflowError("REQUEST_LIMIT_EXCEEDED", str(exc))
+    elif isinstance(exc, Unavailable):
+        err = MlflowError("TEMPORARILY_UNAVAILABLE", str(exc))
+    else:
+        log.exception("MLflow API request failed", exc_info=exc)
+        err = MlflowError("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the mlflow role's log has the details")
+    headers = {"WWW-Authenticate": 'Basic realm="runstream"'} if err.status == 401 else None
+    return web.json_response({"error_code": err.code, "message": str(err)}, status=err.status, headers=headers)
+
+
+def project_of(exp_id: str, where: str = "experiment_id") -> str:
+    if not exp_id:
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{where}'.")
+    return DEFAULT_PROJECT if exp_id == "0" else exp_id
+
+
+def project_of_name(name: str) -> str:
+    if name == "Default":
+        return DEFAULT_PROJECT
+    if not gov.NAME_RE.match(name or "") or len(name) > 250:
+        raise MlflowError("INVALID_PARAMETER_VALUE",
+                          f"experiment name {name[:60]!r}: runstream keeps experiments as projects, whose names hold only "
+                          "letters, digits, '.', '_' and '-', starting with a letter or digit (at most 250 characters)")
+    return name
+
+
+def experiment_name(project: str) -> str:
+    return "Default" if project == DEFAULT_PROJECT else project
+
+
+def _num(value: Any) -> Any:
+    """A double as proto3 JSON writes it: NaN and infinities as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {value!r} is not a number") from None
+
+
+def _int(value: Any, where: str, default: int | None = None) -> int:
+    if value is None or value == "":
+        if default is None:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{where}'.")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {value!r} is not an integer") from None
+
+
+def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> str:
+    for k in (key, *alts):
+        if body.get(k) not in (None, ""):
+            return str(body[k])
+    if required:
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'.")
+    return ""
+
+
+def param_json(value: str) -> str:
+    """A param as stored (JSON): a number or bool whose text is its canonical JSON stays typed (runstream's read API
+    compares it as a number); anything else is a JSON string. Either way MLflow reads back the exact text."""
+    try:
+        parsed = json.loads(value)
+        if not isinstance(parsed, str) and json.dumps(parsed) == value and not isinstance(parsed, list | dict):
+            return value
+    except ValueError:
+        pass
+    return json.dumps(value)
+
+
+def param_text(stored: str) -> str:
+    if stored.startswith('"'):
+        try:
+            return str(json.loads(stored))
+        except ValueError:
+            pass
+    return stored
+
+
+def _page(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return int(json.loads(base64.b64decode(token))["offset"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"page_token {token[:40]!r} is not one this server gave") from None
+
+
+def _next_page(offset: int) -> str:
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+@dataclass
+class Experiment:
+    project: str
+    created_ms: int = 0
+    updated_ms: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+
+    def json(self) -> dict[str, Any]:
+        exp_id = experiment_id(self.project)
+        return {"experiment_id": exp_id, "name": experiment_name(self.project),
+                "artifact_location": f"mlflow-artifacts:/{exp_id}",
+                "lifecycle_stage": "deleted" if self.deleted else "active",
+                "creation_time": self.created_ms, "last_update_time": self.updated_ms,
+                "tags": [{"key": k, "value": v} for k, v in sorted(self.tags.items())]}
+
+
+@dataclass
+class RunMemory:
+    """What this role knows of a run it wrote to: for RunFinish's counts, seq numbers and the read barrier."""
+    seq: int = 0
+    points: int = 0
+    batches: int = 0
+    session: str = ""
+    session_start_ms: int = 0
+    pending: set[str] = field(default_factory=set)  # acknowledged batch ids not yet seen stored
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def run_json(r: RunRow) -> dict[str, Any]:
+    exp_id = experiment_id(r.project)
+    tags = {label: "" for label in r.labels}
+    tags.update(r.tags)
+    if r.parent_run_id:
+        tags.setdefault("mlflow.parentRunId", r.parent_run_id)
+    tags.setdefault("mlflow.runName", r.run_name)
+    info: dict[str, Any] = {"run_id": r.run_id, "run_uuid": r.run_id, "run_name": r.run_name, "experiment_id": exp_id,
+                            "user_id": r.user_id, "status": r.status, "start_time": r.start_time,
+                            "artifact_uri": f"mlflow-artifacts:/{exp_id}/{r.run_id}/artifacts",
+                            "lifecycle_stage": r.lifecycle_stage}
+    if r.end_time is not None:
+        info["end_time"] = r.end_time
+    inputs = [{"tags": [], "dataset": {"name": uri.rstrip("/").rsplit("/", 1)[-1] or uri, "digest": digest,
+                                       "source_type": "runstream", "source": json.dumps({"uri": uri})}}
+              for uri, digest in r.datasets]
+    return {"info": info,
+            "data": {"metrics": [{"key": k, "value": _num(v), "timestamp": ts, "step": s} for k, v, ts, s in r.metrics],
+                     "params": [{"key": k, "value": param_text(v)} for k, v in sorted(r.params.items())],
+                     "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())]},
+            "inputs": {"dataset_inputs": inputs}}
+
+
+class MlflowApi:
+    """The handlers. Each takes the request's fields (JSON body, or the query string of a GET) and the caller's token."""
+
+    def __init__(self, config: RunstreamConfig, publisher: Publisher, tokens: TokenStore, reads: Reads) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.tokens = tokens
+        self.reads = reads
+        self.experiments: dict[str, Experiment] = {}  # from governance (project records), applied in order
+        self.runs: dict[tuple[str, str], RunMemory] = {}
+        self.run_projects: dict[str, str] = {}  # run id -> project, for runs this role has seen
+        self._stored: tuple[float, dict[str, int]] = (0.0, {})
+        self.artifact_root = config.mlflow_artifact_path
+
+    # ---- governance: experiments are projects ----
+
+    def apply_control(self, ev: ingest_pb2.ControlEvent) -> None:
+        self.tokens.apply_control(ev)
+        if ev.HasField("project"):
+            rec = ev.project
+            exp = self.experiments.get(rec.name)
+            if exp is None:
+                exp = self.experiments[rec.name] = Experiment(rec.name, created_ms=ev.at_ms)
+            exp.updated_ms, exp.tags, exp.deleted = ev.at_ms, dict(rec.tags), rec.deleted
+
+    async def _all_experiments(self) -> dict[str, Experiment]:
+        now = time.monotonic()
+        if now - self._stored[0] > 2.0:
+            self._stored = (now, await asyncio.to_thread(self.reads.stored_projects))
+        out = {p: Experiment(p, created_ms=ms, updated_ms=ms) for p, ms in self._stored[1].items()}
+        out.setdefault(DEFAULT_PROJECT, Experiment(DEFAULT_PROJECT))
+        out.update(self.experiments)
+        return out
+
+    async def _experiment(self, project: str, token: Token, *, deleted_ok: bool = True) -> Experiment:
+        exp = (await self._all_experiments()).get(project)
+        if exp is None:
+            # Not yet known here (made through another replica a moment ago): look once more, fresh.
+            self._stored = (0.0, {})
+            exp = (await self._all_experiments()).get(project)
+        if exp is None or not token.allows(project, "read") and not token.allows(project, "ingest"):
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"No Experiment with id={experiment_id(project)} exists")
+        if exp.deleted and not deleted_ok:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"The experiment {experiment_id(project)} must be in the "
+                                                         "'active' state; it is deleted (restore it first)")
+        return exp
+
+    async def _publish_project(self, token: Token, action: str, exp: Experiment) -> None:
+        ev = gov.event(action, project=ingest_pb2.ProjectRecord(name=exp.project, tags=exp.tags, deleted=exp.deleted))
+        ev.actor = f"token:{token.name}"
+        try:
+            await gov_io.publish(self.config, ev)
+        except Exception as exc:  # aiokafka's errors: Kafka is down or refused
+            raise Unavailable(f"Kafka did not take the experiment change ({type(exc).__name__}); retry") from exc
+        self.apply_control(ev)  # this replica answers from it at once; the follower applies it again, the same
+
+    async def create_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        project = project_of_name(_str(body, "name"))
+        authorize(token, project, "ingest")
+        if project in await self._all_experiments():
+            raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={experiment_name(project)}) already exists.")
+        exp = Experiment(project, tags={t["key"]: str(t.get("value", "")) for t in body.get("tags") or []})
+        await self._publish_project(token, "project.create", exp)
+        return {"experiment_id": experiment_id(project)}
+
+    async def get_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        project = project_of(_str(body, "experiment_id"))
+        return {"experiment": (await self._experiment(project, token)).json()}
+
+    async def get_experiment_by_name(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        name = _str(body, "experiment_name")
+        try:
+            project = project_of_name(name)
+            return {"experiment": (await self._experiment(project, token)).json()}
+        except MlflowError:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name '{name}'") from None
+
+    async def search_experiments(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        conds = parse_filter(body.get("filter"), attrs=EXPERIMENT_ATTRS)
+        orders = parse_order_by(_list(body.get("order_by")), attrs=EXPERIMENT_ATTRS)
+        view = str(body.get("view_type") or "ACTIVE_ONLY")
+        limit = min(_int(body.get("max_results"), "max_results", 1000), MAX_RESULTS)
+        found = []
+        for exp in (await self._all_experiments()).values():
+            if not (token.allows(exp.project, "read") or token.allows(exp.project, "ingest")):
+                continue
+            if (view == "ACTIVE_ONLY" and exp.deleted) or (view == "DELETED_ONLY" and not exp.deleted):
+                continue
+            d = exp.json()
+            if matches(conds, d, exp.tags):
+                found.append(d)
+        found.sort(key=lambda d: (-d["creation_time"], d["experiment_id"]))
+        for o in reversed(orders):
+            if o.kind != "attr":
+                raise MlflowError("INVALID_PARAMETER_VALUE", "experiments are ordered by attributes only")
+            found.sort(key=lambda d: d[o.key], reverse=not o.ascending)
+        offset = _page(body.get("page_token"))
+        out: dict[str, Any] = {"experiments": found[offset:offset + limit]}
+        if offset + limit < len(found):
+            out["next_page_token"] = _next_page(offset + limit)
+        return out
+
+    async def update_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        project = project_of(_str(body, "experiment_id"))
+        await self._experiment(project, token)
+        if body.get("new_name") and project_of_name(str(body["new_name"])) != project:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "experiments cannot be renamed here: an experiment's name is its "
+                                                         "runstream project's name, which its runs and tokens refer to")
+        return {}
+
+    async def _set_experiment(self, body: dict[str, Any], token: Token, change: Callable[[Experiment], None]) -> dict[str, Any]:
+        project = project_of(_str(body, "experiment_id"))
+        authorize(token, project, "ingest")
+        exp = await self._experiment(project, token)
+        changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted)
+        change(changed)
+        await self._publish_project(token, "project.update", changed)
+        return {}
+
+    async def delete_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        if _str(body, "experiment_id") == "0":
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Cannot delete the default experiment '0'.")
+        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", True))
+
+    async def restore_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", False))
+
+    async def set_experiment_tag(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        key, value = _str(body, "key"), str(body.get("value", ""))
+        return await self._set_experiment(body, token, lambda e: e.tags.__setitem__(key, value))
+
+    async def delete_experiment_tag(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        key = _str(body, "key")
+        def drop(e: Experiment) -> None:
+            e.tags.pop(key, None)
+        return await self._set_experiment(body, token, drop)
+
+    # ---- writes: batches through Kafka ----
+
+    def _memory(self, project: str, run_id: str) -> RunMemory:
+        mem = self.runs.get((project, run_id))
+        if mem is None:
+            mem = self.runs[(project, run_id)] = RunMemory()
+        self.run_projects[run_id] = project
+        return mem
+
+    async def _send(self, token: Token, source: str, project: str, run_id: str, bodies: list[dict[str, Any]]) -> None:
+        """Publish one batch per body (a Batch oneof field -> message), in order, and wait for Kafka's acks."""
+        authorize(token, project, "ingest")
+        mem = self._memory(project, run_id)
+        futures: list[asyncio.Future[Any]] = []
+        points = 0
+        ids = []
+        now = int(time.time() * 1000)
+        async with mem.lock:  # seq numbers follow the order records enter the producer, as the processors require
+            batches = []
+            for body in bodies:
+                mem.seq = max(mem.seq + 1, time.time_ns() // 1000)  # above any earlier session's (SDK resume: ms*1000)
+                b = ingest_pb2.Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, seq=mem.seq,
+                                     created_ms=now, **body)
+                points += validate_batch(b, self.config.ingest, "request")
+                batches.append(b)
+            for b in batches:
+                futures.append(await self.publisher.publish(b))
+                ids.append(b.batch_id)
+                kind = b.WhichOneof("body") or ""
+                if kind in ("run_start", "run_finish", "run_resume"):
+                    futures.append(await self.publisher.publish_audit(run_audit(b, kind, token.name, source)))
+        await self.publisher.wait(futures)
+        mem.points += points
+        mem.batches += len(ids)
+        mem.pending.update(ids)
+        tm.MLFLOW_BATCHES.inc(len(ids))
+        tm.MLFLOW_POINTS.inc(points)
+
+    async def _run(self, body: dict[str, Any], token: Token, scope: str) -> tuple[str, str]:
+        """(project, run id) of the request's run, which must exist where the token may ``scope``."""
+        run_id = _str(body, "run_id", "run_uuid")
+        project = self.run_projects.get(run_id)
+        if project is None:
+            allowed = None if "*" in token.projects else sorted(token.projects)
+            project = await asyncio.to_thread(self.reads.run_project, run_id, allowed)
+        if project is None or not token.allows(project, scope):
+            if project is not None and token.allows(project, "read"):
+                authorize(token, project, scope)
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+        self.run_projects[run_id] = project
+        return project, run_id
+
+    async def create_run(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project = project_of(str(body.get("experiment_id") or "0"))
+        authorize(token, project, "ingest")
+        await self._experiment(project, token, deleted_ok=False)
+        tags = {str(t["key"]): str(t.get("value", "")) for t in body.get("tags") or []}
+        run_id = uuid.uuid4().hex
+        name = str(body.get("run_name") or tags.get("mlflow.runName") or f"run-{run_id[:8]}")
+        tags["mlflow.runName"] = name
+        if body.get("user_id"):
+            tags.setdefault("mlflow.user", str(body["user_id"]))
+        start_ms = _int(body.get("start_time"), "start_time", int(time.time() * 1000))
+        start = ingest_pb2.RunStart(name=name, start_ms=start_ms, parent_run_id=tags.get("mlflow.parentRunId", ""),
+                                    host=ingest_pb2.HostInfo(hostname=tags.get("mlflow.source.name", "")[:250]))
+        await self._send(token, source, project, run_id, [{"run_start": start}, {"tags": ingest_pb2.Tags(values=tags)}])
+        row = RunRow(project, run_id, name, "RUNNING", tags.get("mlflow.user", ""), "active", start_ms, None, [],
+                     start.parent_run_id, tags=tags)
+        return {"run": run_json(row)}
+
+    async def update_run(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        status = str(body.get("status") or "")
+        if status and status not in STATUSES:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"status {status!r} is not one of {', '.join(STATUSES)}")
+        out: list[dict[str, Any]] = []
+        if body.get("run_name"):
+            out.append({"tags": ingest_pb2.Tags(values={"mlflow.runName": str(body["run_name"])})})
+        mem = self._memory(project, run_id)
+        now = int(time.time() * 1000)
+        if status in ("RUNNING", "SCHEDULED"):
+            await self._settle([(project, run_id)])
+            if (await asyncio.to_thread(self.reads.run_status, project, run_id) or "running") != "running":
+                mem.session, mem.session_start_ms = uuid.uuid4().hex, now
+                mem.points = mem.batches = 0
+                out.append({"run_resume": ingest_pb2.RunResume(session=mem.session, resume_ms=now)})
+        elif status:
+            end_ms = _int(body.get("end_time"), "end_time", now)
+            # The counts of what this role acknowledged for the run (or its resumed session); a finish is a batch too.
+            out.append({"run_finish": ingest_pb2.RunFinish(
+                status=STATUSES[status], end_ms=end_ms, points_acked=mem.points, batches_acked=mem.batches + 1,
+                session=mem.session, session_start_ms=mem.session_start_ms if mem.session else 0)})
+        if out:
+            await self._send(token, source, project, run_id, out)
+        rows = await self._rows(project, [run_id])
+        return {"run_info": run_json(rows[0])["info"]} if rows else {}
+
+    async def _set_lifecycle(self, body: dict[str, Any], token: Token, source: str, stage: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        await self._send(token, source, project, run_id, [{"tags": ingest_pb2.Tags(values={LIFECYCLE_TAG: stage})}])
+        return {}
+
+    async def delete_run(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        return await self._set_lifecycle(body, token, source, "deleted")
+
+    async def restore_run(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        return await self._set_lifecycle(body, token, source, "active")
+
+    @staticmethod
+    def _metrics(items: list[dict[str, Any]], where: str) -> ingest_pb2.Metrics:
+        names: dict[str, int] = {}
+        m = ingest_pb2.Metrics()
+        for i, item in enumerate(items):
+            key = str(item.get("key") or "")
+            problem = metric_name_problem(key)
+            if problem:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].key: {problem}")
+            step = _int(item.get("step"), f"{where}[{i}].step", 0)
+            if step < 0:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].step: {step} is negative; runstream keeps "
+                                                             "steps from 0")
+            m.name_index.append(names.setdefault(key, len(names)))
+            m.steps.append(step)
+            m.timestamps_ms.append(_int(item.get("timestamp"), f"{where}[{i}].timestamp", int(time.time() * 1000)))
+            m.values.append(_float(item.get("value"), f"{where}[{i}].value"))
+        m.names.extend(names)
+        return m
+
+    @staticmethod
+    def _pairs(items: list[dict[str, Any]], where: str) -> dict[str, str]:
+        out = {}
+        for i, item in enumerate(items):
+            key = str(item.get("key") or "")
+            if not key:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].key: Missing value for required parameter 'key'.")
+            out[key] = str(item.get("value", ""))
+        return out
+
+    async def log_metric(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        _str(body, "key")
+        await self._send(token, source, project, run_id, [{"metrics": self._metrics([body], "metric")}])
+        return {}
+
+    async def log_param(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        key = _str(body, "key")
+        values = {key: param_json(str(body.get("value", "")))}
+        await self._send(token, source, project, run_id, [{"params": ingest_pb2.Params(values=values)}])
+        return {}
+
+    async def set_tag(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        values = {_str(body, "key"): str(body.get("value", ""))}
+        await self._send(token, source, project, run_id, [{"tags": ingest_pb2.Tags(values=values)}])
+        return {}
+
+    async def delete_tag(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        key = _str(body, "key")
+        rows = await self._rows(project, [run_id])
+        if not rows or key not in rows[0].tags:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in run with id {run_id}")
+        await self._send(token, source, project, run_id, [{"tags": ingest_pb2.Tags(values={key: DELETED_TAG})}])
+        return {}
+
+    async def log_batch(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        metrics, params, tags = (list(body.get(k) or []) for k in ("metrics", "params", "tags"))
+        for name, items, limit in (("metrics", metrics, MAX_BATCH_METRICS), ("params", params, MAX_BATCH_PARAMS),
+                                   ("tags", tags, MAX_BATCH_TAGS)):
+            if len(items) > limit:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"A batch logging request can contain at most {limit} "
+                                                             f"{name}. Got {len(items)} {name}.")
+        if len(metrics) + len(params) + len(tags) > MAX_BATCH_TOTAL:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"A batch logging request can contain at most {MAX_BATCH_TOTAL} "
+                                                         "metrics, params and tags in total.")
+        out: list[dict[str, Any]] = []
+        if params:
+            out.append({"params": ingest_pb2.Params(values={k: param_json(v) for k, v in self._pairs(params, "params").items()})})
+        if tags:
+            out.append({"tags": ingest_pb2.Tags(values=self._pairs(tags, "tags"))})
+        if metrics:
+            out.append({"metrics": self._metrics(metrics, "metrics")})
+        if out:
+            await self._send(token, source, project, run_id, out)
+        return {}
+
+    async def log_inputs(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "ingest")
+        out = []
+        for i, item in enumerate(body.get("datasets") or []):
+            ds = item.get("dataset") or {}
+            try:
+                src = json.loads(ds.get("source") or "{}")
+            except ValueError:
+                src = {}
+            uri = next((str(src[k]) for k in ("uri", "url", "path") if isinstance(src, dict) and src.get(k)), "")
+            uri = uri or str(ds.get("name") or "")
+            if not uri:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
+            out.append({"dataset": ingest_pb2.DatasetUse(uri=uri, digest=str(ds.get("digest") or ""))})
+        if out:
+            await self._send(token, source, project, run_id, out)
+        return {}
+
+    async def log_model(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        """MLflow 2's model history: a tag the run keeps, as MLflow stores it."""
+        project, run_id = await self._run(body, token, "ingest")
+        await self._send(token, source, project, run_id,
+                         [{"tags": ingest_pb2.Tags(values={"mlflow.log-model.history": _str(body, "model_json")})}])
+        return {}
+
+    # ---- reads ----
+
+    async def _barrier(self, projects: list[str], pending: set[str]) -> set[str]:
+        """Wait until these acknowledged batches are stored (or read_wait_s passed: then read what is there); returns
+        the ones still not stored."""
+        if not pending:
+            return pending
+        started = time.monotonic()
+        deadline = started + self.config.mlflow.read_wait_s
+        while pending:
+            ids = sorted(pending)
+            stored = await asyncio.to_thread(self.reads.stored_batches, projects, ids)
+            pending.difference_update(stored)
+            if not pending or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        tm.MLFLOW_READ_WAIT.observe(time.monotonic() - started)
+        if pending:
+            log.warning("%d acknowledged batches were not stored within %.0f s; the read may miss them (is the sink "
+                        "running?)", len(pending), self.config.mlflow.read_wait_s)
+        return pending
+
+    async def _settle(self, keys: list[tuple[str, str]]) -> None:
+        """The read barrier for these runs: wait for this role's acknowledged batches of them to be stored."""
+        mems = [m for k in keys if (m := self.runs.get(k)) is not None and m.pending]
+        if not mems:
+            return
+        pending = set().union(*(m.pending for m in mems))
+        stored = pending - await self._barrier(sorted({p for p, _ in keys}), set(pending))
+        for m in mems:
+            m.pending -= stored
+
+    async def _rows(self, project: str, run_ids: list[str]) -> list[RunRow]:
+        await self._settle([(project, r) for r in run_ids])
+        rows = await asyncio.to_thread(self.reads.search, [project], [Cond("attr", "run_id", "IN", tuple(run_ids))], [],
+                                       view="ALL", offset=0, limit=len(run_ids))
+        await asyncio.to_thread(self.reads.details, rows)
+        return rows
+
+    async def get_run(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "read")
+        rows = await self._rows(project, [run_id])
+        if not rows:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+        return {"run": run_json(rows[0])}
+
+    async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        projects = []
+        for exp_id in _list(body.get("experiment_ids")):
+            project = project_of(str(exp_id))
+            authorize(token, project, "read")
+            projects.append(project)
+        if not projects:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "experiment_ids: name at least one experiment")
+        conds = parse_filter(body.get("filter"))
+        orders = parse_order_by(_list(body.get("order_by")))
+        view = str(body.get("run_view_type") or "ACTIVE_ONLY")
+        if view not in ("ACTIVE_ONLY", "DELETED_ONLY", "ALL"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"run_view_type {view!r} is not ACTIVE_ONLY, DELETED_ONLY or ALL")
+        limit = _int(body.get("max_results"), "max_results", 1000)
+        if not 0 < limit <= MAX_RESULTS:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"max_results: {limit} is not between 1 and {MAX_RESULTS}")
+        offset = _page(body.get("page_token"))
+        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
+        rows = await asyncio.to_thread(self.reads.search, projects, conds, orders, view=view, offset=offset,
+                                       limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        await asyncio.to_thread(self.reads.details, rows)
+        out: dict[str, Any] = {"runs": [run_json(r) for r in rows]}
+        if more:
+            out["next_page_token"] = _next_page(offset + limit)
+        return out
+
+    async def metric_history(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        project, run_id = await self._run(body, token, "read")
+        key = _str(body, "metric_key")
+        limit = min(_int(body.get("max_results"), "max_results", 25_000_000), 25_000_000)
+        offset = _page(body.get("page_token"))
+        await self._settle([(project, run_id)])
+        points = await asyncio.to_thread(self.reads.history, project, run_id, key, offset=offset, limit=limit + 1)
+        out: dict[str, Any] = {"metrics": [{"key": key, "value": _num(v), "timestamp": ts, "step": s}
+                                           for v, ts, s in points[:limit]]}
+        if len(points) > limit:
+            out["next_page_token"] = _next_page(offset + limit)
+        return out
+
+    async def metric_history_bulk_interval(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        run_ids = [str(r) for r in _list(body.get("run_ids"))]
+        if not run_ids or len(run_ids) > 100:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "run_ids: name 1 to 100 runs")
+        key = _str(body, "metric_key")
+        limit = min(_int(body.get("max_results"), "max_results", 320), 2500)
+        pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
+        start = _int(body.get("start_step"), "start_step", -1)
+        end = _int(body.get("end_step"), "end_step", -1)
+        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None if start < 0 else start,
+                                         None if end < 0 else end)
+        out = []
+        by_run: dict[str, list[tuple[str, float, int, int]]] = {}
+        for p in points:
+            by_run.setdefault(p[0], []).append(p)
+        for run_id in run_ids:
+            pts = by_run.get(run_id, [])
+            if len(pts) > limit:  # evenly spaced, first and last kept
+                pts = [pts[round(i * (len(pts) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else pts[:1]
+            out += [{"key": key, "value": _num(v), "timestamp": ts, "step": s, "run_id": r} for r, v, ts, s in pts]
+        return {"metrics": out}
+
+    # ---- artifacts (the mlflow-artifacts proxy) ----
+
+    def _artifact_target(self, path: str, token: Token, scope: str) -> tuple[str, str, Path]:
+        """(project, run id, file path) for '<experiment id>/<run id>/artifacts/<path>'; nothing outside the root."""
+        parts = [p for p in path.strip("/").split("/") if p != ""]
+        if any(p in (".", "..") or not SAFE_SEGMENT.match(p) for p in parts) or len(parts) < 2:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
+        project = project_of(parts[0])
+        if not gov.NAME_RE.match(project) or not gov.NAME_RE.match(parts[1]):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
+        authorize(token, project, scope)
+        target = self.artifact_root.joinpath(project, *parts[1:])
+        root = self.artifact_root.resolve()
+        if not target.resolve().is_relative_to(root):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
+        return project, parts[1], target
+
+    async def upload(self, request: web.Request, path: str, token: Token) -> dict[str, Any]:
+        project, run_id, target = self._artifact_target(path, token, "ingest")
+        await self._run({"run_id": run_id}, token, "ingest")
+        if self.run_projects.get(run_id) != project:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found in experiment {experiment_id(project)}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        digest, size = hashlib.sha256(), 0
+        limit = self.config.mlflow.max_artifact_bytes
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact {path[:200]!r} is larger than "
+                                                                     f"mlflow.max_artifact_bytes ({limit})")
+                    digest.update(chunk)
+                    f.write(chunk)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        art = ingest_pb2.Artifact(uri=f"mlflow-artifacts:/{path.strip('/')}", stored_uri=str(target), size=size,
+                                  sha256=digest.hexdigest())
+        await self._send(token, request.remote or "", project, run_id, [{"artifact": art}])
+        return {}
+
+    def list_artifacts(self, path: str, token: Token) -> dict[str, Any]:
+        if not path.strip("/"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", "path: name '<experiment id>/<run id>/artifacts[/...]'")
+        _, _, target = self._artifact_target(path, token, "read")
+        if not target.is_dir():
+            return {}
+        files = []
+        for entry in sorted(target.iterdir(), key=lambda e: e.name):
+            if entry.name.startswith(".") and entry.name.endswith(".part"):
+                continue
+            if entry.is_dir():
+                files.append({"path": entry.name, "is_dir": True})
+            else:
+                files.append({"path": entry.name, "is_dir": False, "file_size": entry.stat().st_size})
+        return {"files": files}
+
+
+def _list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _token(tokens: TokenStore, request: web.Request) -> Token:
+    """The caller's token: MLflow's bearer token (MLFLOW_TRACKING_TOKEN) or basic auth whose password is one."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Basic "):
+        try:
+            user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+        except (ValueError, binascii.Error):
+            raise AuthError("malformed basic authorization header") from None
+        return tokens.lookup(password or user)
+    return tokens.authenticate(auth)
+
+
+Handler = Callable[..., Awaitable[dict[str, Any]]]
+
+
+class MlflowServer:
+    """The stage: the governance follower (tokens, experiments), a Kafka producer, an aiohttp server."""
+
+    def __init__(self, config: RunstreamConfig) -> None:
+        self.config = config
+        self.publisher = Publisher(config)
+        self.tokens = TokenStore(config.tokens_path)
+        self.api = MlflowApi(config, self.publisher, self.tokens, Reads(config))
+        self.follower = Follower(config, self.api.apply_control)
+        self.host, port = config.mlflow.listen.rsplit(":", 1)
+        self.port = int(port)
+        self._runner: web.AppRunner | None = None
+        self.ssl: ssl.SSLContext | None = None
+        if config.mlflow.tls_cert:
+            self.ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ssl.load_cert_chain(config.mlflow.tls_cert, config.mlflow.tls_key)
+        if not is_loopback(self.host) and self.ssl is None:
+            raise ConfigError(f"mlflow.listen: {config.mlflow.listen} is not a loopback address and has no TLS; set "
+                              "mlflow.tls_cert and mlflow.tls_key, or listen on 127.0.0.1")
+
+    def routes(self) -> dict[str, tuple[str, Handler, bool]]:
+        """endpoint -> (HTTP method, handler, whether it takes the request's source)."""
+        a = self.api
+        return {
+            "experiments/create": ("POST", a.create_experiment, False),
+            "experiments/get": ("GET", a.get_experiment, False),
+            "experiments/get-by-name": ("GET", a.get_experiment_by_name, False),
+            "experiments/search": ("POST", a.search_experiments, False),
+            "experiments/update": ("POST", a.update_experiment, False),
+            "experiments/delete": ("POST", a.delete_experiment, False),
+            "experiments/restore": ("POST", a.restore_experiment, False),
+            "experiments/set-experiment-tag": ("POST", a.set_experiment_tag, False),
+            "experiments/delete-experiment-tag": ("POST", a.delete_experiment_tag, False),
+            "runs/create": ("POST", a.create_run, True),
+            "runs/get": ("GET", a.get_run, False),
+            "runs/update": ("POST", a.update_run, True),
+            "runs/delete": ("POST", a.delete_run, True),
+            "runs/restore": ("POST", a.restore_run, True),
+            "runs/search": ("POST", a.search_runs, False),
+            "runs/log-metric": ("POST", a.log_metric, True),
+            "runs/log-parameter": ("POST", a.log_param, True),
+            "runs/set-tag": ("POST", a.set_tag, True),
+            "runs/delete-tag": ("POST", a.delete_tag, True),
+            "runs/log-batch": ("POST", a.log_batch, True),
+            "runs/log-inputs": ("POST", a.log_inputs, True),
+            "runs/log-model": ("POST", a.log_model, True),
+            "metrics/get-history": ("GET", a.metric_history, False),
+            "metrics/get-history-bulk-interval": ("GET", a.metric_history_bulk_interval, False),
+        }
+
+    def _endpoint(self, name: str, method: str, handler: Handler, with_source: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def serve(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            try:
+                token = _token(self.tokens, request)
+                body = await _fields(request)
+                args = (body, token, request.remote or "") if with_source else (body, token)
+                response = web.json_response(await handler(*args), dumps=_dumps)
+            except (RunstreamError, MlflowError) as exc:
+                response = error_response(exc)
+            except Exception as exc:
+                response = error_response(exc)
+            tm.MLFLOW_REQUESTS.labels(name, str(response.status)).inc()
+            tm.MLFLOW_SECONDS.labels(name).observe(time.perf_counter() - started)
+            return response
+        return serve
+
+    async def _artifact(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info.get("path", "")
+        try:
+            token = _token(self.tokens, request)
+            if request.method == "PUT":
+                return web.json_response(await self.api.upload(request, path, token))
+            if not path:  # a listing: GET .../artifacts?path=...
+                return web.json_response(self.api.list_artifacts(request.query.get("path", ""), token))
+            _, _, target = self.api._artifact_target(path, token, "read")
+            if not target.is_file():
+                raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"artifact {path[:200]!r} does not exist")
+            return web.FileResponse(target, headers={"Content-Type": "application/octet-stream"})
+        except Exception as exc:
+            return error_response(exc)
+
+    async def start(self) -> None:
+        await self.follower.start()
+        await self.publisher.start()
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        for prefix in API_PREFIXES:
+            for name, (method, handler, with_source) in self.routes().items():
+                serve = self._endpoint(name, method, handler, with_source)
+                # Clients send GET endpoints' fields as a query string, and some send POST bodies to GET endpoints.
+                app.router.add_route("GET", f"{prefix}/{name}", serve)
+                app.router.add_route("POST", f"{prefix}/{name}", serve)
+        app.router.add_route("GET", ARTIFACTS, self._artifact)
+        app.router.add_route("GET", ARTIFACTS + "/{path:.+}", self._artifact)
+        app.router.add_route("PUT", ARTIFACTS + "/{path:.+}", self._artifact)
+        app.router.add_get("/health", _health)
+        app.router.add_get("/version", _version)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("MLflow tracking API on %s://%s:%d.", "https" if self.ssl else "http", self.host, self.port)
+
+    @staticmethod
+    async def _unknown(request: web.Request) -> web.Response:
+        return error_response(MlflowError("ENDPOINT_NOT_FOUND", f"{request.method} {request.path}: no such endpoint here "
+                                                                "(runstream serves MLflow's tracking and artifact APIs)"))
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self.publisher.stop()
+        await self.follower.stop()
+
+
+async def _health(_: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def _version(_: web.Request) -> web.Response:
+    return web.Response(text="runstream")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, allow_nan=False)
+
+
+async def _fields(request: web.Request) -> dict[str, Any]:
+    """The request's fields: the JSON body, else the query string (repeated keys become lists)."""
+    if request.can_read_body:
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise MlflowError("BAD_REQUEST", f"the body is not JSON ({exc})") from None
+            if not isinstance(body, dict):
+                raise MlflowError("BAD_REQUEST", "the body must be a JSON object")
+            return body
+    out: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        out[key] = values if len(values) > 1 or key.endswith("_ids") else values[0]
+    return out
+
+
+def stages(config: RunstreamConfig) -> list[MlflowServer]:
+    """The mlflow role: one HTTP server."""
+    return [MlflowServer(config)]
