@@ -36,7 +36,11 @@ from runstream.ingest.mlflow_search import (
     DELETED_TAG,
     EXPERIMENT_ATTRS,
     LIFECYCLE_TAG,
+    MODEL_AS_RUN,
+    MODEL_ATTRS,
+    MODEL_LABEL,
     Cond,
+    Order,
     matches,
     parse_filter,
     parse_order_by,
@@ -224,6 +228,19 @@ class RunMemory:
     session_start_ms: int = 0
     pending: set[str] = field(default_factory=set)  # acknowledged batch ids not yet seen stored
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def model_json(r: RunRow) -> dict[str, Any]:
+    exp_id = experiment_id(r.project)
+    tags = {k: v for k, v in r.tags.items() if not k.startswith("mlflow.model.")}
+    info: dict[str, Any] = {
+        "model_id": r.run_id, "experiment_id": exp_id, "name": r.run_name,
+        "artifact_uri": f"mlflow-artifacts:/{exp_id}/{r.run_id}/artifacts", "creation_timestamp_ms": r.start_time,
+        "last_updated_timestamp_ms": r.end_time or r.start_time, "model_type": r.tags.get("mlflow.model.type", ""),
+        "source_run_id": r.parent_run_id, "status": r.tags.get("mlflow.model.status", "LOGGED_MODEL_PENDING"),
+        "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())]}
+    return {"info": info, "data": {"params": [{"key": k, "value": param_text(v)} for k, v in sorted(r.params.items())],
+                                   "metrics": []}}
 
 
 def run_json(r: RunRow) -> dict[str, Any]:
@@ -599,6 +616,120 @@ class MlflowApi:
                          [{"tags": ingest_pb2.Tags(values={"mlflow.log-model.history": _str(body, "model_json")})}])
         return {}
 
+    # ---- logged models (MLflow 3): each is a run labelled MODEL_LABEL, its source run as the parent ----
+
+    async def _model(self, body: dict[str, Any], token: Token, scope: str) -> RunRow:
+        model_id = _str(body, "model_id")
+        try:
+            project, _ = await self._run({"run_id": model_id}, token, scope)
+        except MlflowError:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Logged model with ID '{model_id}' not found.") from None
+        rows = await self._rows(project, [model_id], models=True)
+        if not rows:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Logged model with ID '{model_id}' not found.")
+        if rows[0].lifecycle_stage == "deleted" and str(body.get("allow_deleted", "")).lower() != "true":
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Logged model with ID '{model_id}' not found.")
+        return rows[0]
+
+    async def create_logged_model(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        project = project_of(str(body.get("experiment_id") or "0"))
+        authorize(token, project, "ingest")
+        await self._experiment(project, token, deleted_ok=False)
+        model_id = "m-" + uuid.uuid4().hex
+        name = str(body.get("name") or f"model-{model_id[2:10]}")
+        source_run = str(body.get("source_run_id") or "")
+        tags = self._pairs(list(body.get("tags") or []), "tags")
+        tags["mlflow.model.status"] = "LOGGED_MODEL_PENDING"
+        if body.get("model_type"):
+            tags["mlflow.model.type"] = str(body["model_type"])
+        start = ingest_pb2.RunStart(name=name, start_ms=int(time.time() * 1000), parent_run_id=source_run,
+                                    tags=[MODEL_LABEL])
+        out: list[dict[str, Any]] = [{"run_start": start}, {"tags": ingest_pb2.Tags(values=tags)}]
+        params = self._pairs(list(body.get("params") or []), "params")
+        if params:
+            out.append({"params": ingest_pb2.Params(values={k: param_json(v) for k, v in params.items()})})
+        await self._send(token, source, project, model_id, out)
+        row = RunRow(project, model_id, name, "RUNNING", "", "active", start.start_ms, None, [MODEL_LABEL], source_run,
+                     tags=tags, params={k: param_json(v) for k, v in params.items()})
+        return {"model": model_json(row)}
+
+    async def get_logged_model(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        return {"model": model_json(await self._model(body, token, "read"))}
+
+    async def finalize_logged_model(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        row = await self._model(body, token, "ingest")
+        status = str(body.get("status") or "")
+        if status not in ("LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED", "LOGGED_MODEL_PENDING"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"status {status!r} is not LOGGED_MODEL_READY or "
+                                                         "LOGGED_MODEL_UPLOAD_FAILED")
+        await self._send(token, source, row.project, row.run_id,
+                         [{"tags": ingest_pb2.Tags(values={"mlflow.model.status": status})}])
+        return {"model": model_json((await self._rows(row.project, [row.run_id], models=True))[0])}
+
+    async def delete_logged_model(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        row = await self._model(body, token, "ingest")
+        await self._send(token, source, row.project, row.run_id, [{"tags": ingest_pb2.Tags(values={LIFECYCLE_TAG: "deleted"})}])
+        return {}
+
+    async def set_logged_model_tags(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        row = await self._model(body, token, "ingest")
+        tags = self._pairs(list(body.get("tags") or []), "tags")
+        if tags:
+            await self._send(token, source, row.project, row.run_id, [{"tags": ingest_pb2.Tags(values=tags)}])
+        return {}
+
+    async def delete_logged_model_tag(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        row = await self._model(body, token, "ingest")
+        key = _str(body, "tag_key")
+        await self._send(token, source, row.project, row.run_id, [{"tags": ingest_pb2.Tags(values={key: DELETED_TAG})}])
+        return {}
+
+    async def log_logged_model_params(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        row = await self._model(body, token, "ingest")
+        params = self._pairs(list(body.get("params") or []), "params")
+        if params:
+            await self._send(token, source, row.project, row.run_id,
+                             [{"params": ingest_pb2.Params(values={k: param_json(v) for k, v in params.items()})}])
+        return {}
+
+    async def search_logged_models(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        projects = []
+        for exp_id in _list(body.get("experiment_ids")):
+            project = project_of(str(exp_id))
+            authorize(token, project, "read")
+            projects.append(project)
+        if not projects:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "experiment_ids: name at least one experiment")
+        conds = [Cond(c.kind, MODEL_AS_RUN.get(c.key, c.key) if c.kind == "attr" else c.key, c.op, c.value)
+                 for c in parse_filter(body.get("filter"), attrs=MODEL_ATTRS)]
+        orders = []
+        for o in body.get("order_by") or []:
+            field_name = str(o.get("field_name") or "")
+            kind, key = ("attr", field_name) if "." not in field_name else field_name.split(".", 1)
+            kind = {"metrics": "metric", "params": "param", "tags": "tag", "attributes": "attr"}.get(kind, kind)
+            if kind == "attr":
+                if key not in MODEL_ATTRS:
+                    raise MlflowError("INVALID_PARAMETER_VALUE", f"order_by: {field_name!r} is not a logged model field")
+                key = MODEL_AS_RUN.get(key, key)
+            orders.append(Order(kind, key, bool(o.get("ascending", True))))
+        limit = min(_int(body.get("max_results"), "max_results", 100), MAX_RESULTS)
+        offset = _page(body.get("page_token"))
+        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
+        rows = await asyncio.to_thread(self.reads.search, projects, conds, orders, view="ACTIVE_ONLY", offset=offset,
+                                       limit=limit + 1, models=True)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        await asyncio.to_thread(self.reads.details, rows)
+        out: dict[str, Any] = {"models": [model_json(r) for r in rows]}
+        if more:
+            out["next_page_token"] = _next_page(offset + limit)
+        return out
+
+    async def log_outputs(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
+        """The models a run produced: each model already names its source run; nothing more to keep."""
+        await self._run(body, token, "ingest")
+        return {}
+
     # ---- reads ----
 
     async def _barrier(self, projects: list[str], pending: set[str]) -> set[str]:
@@ -631,10 +762,10 @@ class MlflowApi:
         for m in mems:
             m.pending -= stored
 
-    async def _rows(self, project: str, run_ids: list[str]) -> list[RunRow]:
+    async def _rows(self, project: str, run_ids: list[str], *, models: bool | None = None) -> list[RunRow]:
         await self._settle([(project, r) for r in run_ids])
         rows = await asyncio.to_thread(self.reads.search, [project], [Cond("attr", "run_id", "IN", tuple(run_ids))], [],
-                                       view="ALL", offset=0, limit=len(run_ids))
+                                       view="ALL", offset=0, limit=len(run_ids), models=models)
         await asyncio.to_thread(self.reads.details, rows)
         return rows
 
@@ -687,24 +818,44 @@ class MlflowApi:
         return out
 
     async def metric_history_bulk_interval(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """Several runs' history of one metric at a sample of steps, as MLflow samples them (the UI's charts): about
+        ``max_results`` steps spread over the union of the runs' steps in the range, plus each run's first and last."""
         run_ids = [str(r) for r in _list(body.get("run_ids"))]
         if not run_ids or len(run_ids) > 100:
             raise MlflowError("INVALID_PARAMETER_VALUE", "run_ids: name 1 to 100 runs")
         key = _str(body, "metric_key")
-        limit = min(_int(body.get("max_results"), "max_results", 320), 2500)
+        limit = _int(body.get("max_results"), "max_results", 320)
+        if not 1 <= limit <= 2500:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "max_results must be between 1 and 2500.")
+        start, end = body.get("start_step"), body.get("end_step")
+        if (start is None) != (end is None):
+            raise MlflowError("INVALID_PARAMETER_VALUE", "If either start step or end step are specified, both must be "
+                                                         "specified.")
         pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
-        start = _int(body.get("start_step"), "start_step", -1)
-        end = _int(body.get("end_step"), "end_step", -1)
-        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None if start < 0 else start,
-                                         None if end < 0 else end)
-        out = []
+        await self._settle(pairs)
+        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None, None)
         by_run: dict[str, list[tuple[str, float, int, int]]] = {}
         for p in points:
             by_run.setdefault(p[0], []).append(p)
+        steps = sorted({p[3] for p in points})
+        lo = _int(start, "start_step") if start is not None else 0
+        hi = _int(end, "end_step") if end is not None else (steps[-1] if steps else 0)
+        if lo > hi:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"end_step must be greater than start_step. Found "
+                                                         f"start_step={lo} and end_step={hi}.")
+        edges = {s for pts in by_run.values() for s in (pts[0][3], pts[-1][3]) if lo <= s <= hi}
+        inside = [s for s in steps if lo <= s <= hi]
+        if len(inside) <= limit:
+            sampled = set(inside)
+        else:
+            sampled = {inside[int(i * len(inside) / limit)] for i in range(limit)} | {inside[-1]}
+        sampled |= edges
+        out = []
         for run_id in run_ids:
-            pts = by_run.get(run_id, [])
-            if len(pts) > limit:  # evenly spaced, first and last kept
-                pts = [pts[round(i * (len(pts) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else pts[:1]
+            pts = [p for p in by_run.get(run_id, []) if p[3] in sampled]
+            cap = max(limit, len(sampled))
+            if len(pts) > cap:  # many values at one step: evenly spaced over the run's history
+                pts = [pts[round(i * (len(pts) - 1) / (cap - 1))] for i in range(cap)] if cap > 1 else pts[-1:]
             out += [{"key": key, "value": _num(v), "timestamp": ts, "step": s, "run_id": r} for r, v, ts, s in pts]
         return {"metrics": out}
 
@@ -837,6 +988,15 @@ class MlflowServer:
             "runs/log-model": ("POST", a.log_model, True),
             "metrics/get-history": ("GET", a.metric_history, False),
             "metrics/get-history-bulk-interval": ("GET", a.metric_history_bulk_interval, False),
+            "runs/outputs": ("POST", a.log_outputs, True),
+            "logged-models": ("POST", a.create_logged_model, True),
+            "logged-models/search": ("POST", a.search_logged_models, False),
+            "logged-models/{model_id}": ("GET", a.get_logged_model, False),
+            "logged-models/{model_id} PATCH": ("PATCH", a.finalize_logged_model, True),
+            "logged-models/{model_id} DELETE": ("DELETE", a.delete_logged_model, True),
+            "logged-models/{model_id}/tags": ("PATCH", a.set_logged_model_tags, True),
+            "logged-models/{model_id}/tags/{tag_key}": ("DELETE", a.delete_logged_model_tag, True),
+            "logged-models/{model_id}/params": ("POST", a.log_logged_model_params, True),
         }
 
     def _endpoint(self, name: str, method: str, handler: Handler, with_source: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -845,6 +1005,7 @@ class MlflowServer:
             try:
                 token = _token(self.tokens, request)
                 body = await _fields(request)
+                body.update(request.match_info)
                 args = (body, token, request.remote or "") if with_source else (body, token)
                 response = web.json_response(await handler(*args), dumps=_dumps)
             except (RunstreamError, MlflowError) as exc:
@@ -877,10 +1038,14 @@ class MlflowServer:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         for prefix in API_PREFIXES:
             for name, (method, handler, with_source) in self.routes().items():
-                serve = self._endpoint(name, method, handler, with_source)
-                # Clients send GET endpoints' fields as a query string, and some send POST bodies to GET endpoints.
-                app.router.add_route("GET", f"{prefix}/{name}", serve)
-                app.router.add_route("POST", f"{prefix}/{name}", serve)
+                path = name.split(" ")[0]
+                serve = self._endpoint(path, method, handler, with_source)
+                if method in ("GET", "POST"):
+                    # Clients send GET endpoints' fields as a query string, and some send POST bodies to GET endpoints.
+                    app.router.add_route("GET", f"{prefix}/{path}", serve)
+                    app.router.add_route("POST", f"{prefix}/{path}", serve)
+                else:
+                    app.router.add_route(method, f"{prefix}/{path}", serve)
         app.router.add_route("GET", ARTIFACTS, self._artifact)
         app.router.add_route("GET", ARTIFACTS + "/{path:.+}", self._artifact)
         app.router.add_route("PUT", ARTIFACTS + "/{path:.+}", self._artifact)

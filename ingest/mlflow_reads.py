@@ -14,6 +14,7 @@ from runstream.ingest.mlflow_search import (
     DELETED_TAG,
     LATEST,
     LIFECYCLE_TAG,
+    MODEL_LABEL,
     Cond,
     Order,
     Params,
@@ -114,18 +115,21 @@ class Reads:
         return str(rows[0][0]) if rows else None
 
     def search(self, projects: list[str], conds: list[Cond], orders: list[Order], *, view: str, offset: int,
-               limit: int) -> list[RunRow]:
-        """One page of runs (``limit`` rows from ``offset``), without their details (see ``details``)."""
+               limit: int, models: bool | None = False) -> list[RunRow]:
+        """One page of runs (``limit`` rows from ``offset``), without their details (see ``details``). ``models``:
+        only logged models (True), only runs (False), or both (None)."""
         p = Params()
         scope_value = p.add(projects, "Array(String)")
         scope = f"project IN {scope_value}"
         conditions = sql_conditions(conds, "{db}", scope, p)
+        if models is not None:
+            conditions.append(f"{'' if models else 'NOT '}has(labels, {p.add(MODEL_LABEL, 'String')})")
         if view == "ACTIVE_ONLY":
             conditions.append("lifecycle_stage = 'active'")
         elif view == "DELETED_ONLY":
             conditions.append("lifecycle_stage = 'deleted'")
         joins, terms = sql_order(orders, "{db}", scope, p)
-        keys = p.add(["mlflow.runName", "mlflow.user", LIFECYCLE_TAG], "Array(String)")
+        keys = p.add(["mlflow.runName", "mlflow.user", LIFECYCLE_TAG, "mlflow.model.status"], "Array(String)")
         deleted = p.add(DELETED_TAG, "String")
         run = f"""
             SELECT r.project AS project, r.run_id AS run_id,
@@ -136,11 +140,12 @@ class Reads:
                    if(isNull(r.ended), NULL, toUnixTimestamp64Milli(assumeNotNull(r.ended))) AS end_time,
                    concat('mlflow-artifacts:/', if(r.project = '{DEFAULT_PROJECT}', '0', r.project), '/', r.run_id,
                           '/artifacts') AS artifact_uri,
-                   r.tags AS labels, r.parent_run_id AS parent_run_id
+                   r.tags AS labels, r.parent_run_id AS parent_run_id, t.model_status AS model_status
             FROM {{db}}.runs AS r
             LEFT JOIN (
                 SELECT project, run_id, argMaxIf(value, ts, key = 'mlflow.runName') AS name_tag,
-                       argMaxIf(value, ts, key = 'mlflow.user') AS user, argMaxIf(value, ts, key = '{LIFECYCLE_TAG}') AS life
+                       argMaxIf(value, ts, key = 'mlflow.user') AS user, argMaxIf(value, ts, key = '{LIFECYCLE_TAG}') AS life,
+                       argMaxIf(value, ts, key = 'mlflow.model.status') AS model_status
                 FROM {{db}}.tags WHERE {scope} AND key IN {keys} GROUP BY project, run_id
             ) AS t ON t.project = r.project AND t.run_id = r.run_id
             WHERE r.project IN {scope_value}"""
@@ -191,8 +196,8 @@ class Reads:
             f"LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
         return [(float(v), int(ms), int(s)) for v, ms, s in rows]
 
-    def history_range(self, pairs: list[tuple[str, str]], metric: str, start_step: int | None, end_step: int | None
-                      ) -> list[tuple[str, float, int, int]]:
+    def history_range(self, pairs: list[tuple[str, str]], metric: str, start_step: int | None = None,
+                      end_step: int | None = None) -> list[tuple[str, float, int, int]]:
         """(run id, value, timestamp, step) of one metric of several runs, within a step range."""
         p = Params()
         where = (f"project IN {p.add(sorted({a for a, _ in pairs}), 'Array(String)')} "

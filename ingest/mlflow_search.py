@@ -21,6 +21,10 @@ _PREFIXES = {"metric": "metric", "metrics": "metric", "param": "param", "params"
 RUN_ATTRS = {"run_id": "string", "run_name": "string", "status": "string", "user_id": "string",
              "artifact_uri": "string", "lifecycle_stage": "string", "start_time": "number", "created": "number",
              "end_time": "number"}
+# A logged model (MLflow 3) is kept as a run labelled MODEL_LABEL: these name its run's columns.
+MODEL_ATTRS = {"name": "string", "model_id": "string", "source_run_id": "string", "status": "string",
+               "creation_timestamp": "number", "creation_time": "number"}
+MODEL_LABEL = "mlflow.logged_model"
 EXPERIMENT_ATTRS = {"name": "string", "experiment_id": "string", "creation_time": "number", "last_update_time": "number"}
 
 _TOKEN = re.compile(r"""\s*(?:
@@ -195,7 +199,10 @@ LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the large
 # The columns of the `run` subquery a filter's attribute conditions refer to.
 ATTR_COLUMNS = {"run_id": "run_id", "run_name": "run_name", "status": "status", "user_id": "user_id",
                 "lifecycle_stage": "lifecycle_stage", "start_time": "start_time", "created": "start_time",
-                "end_time": "end_time", "artifact_uri": "artifact_uri"}
+                "end_time": "end_time", "artifact_uri": "artifact_uri", "parent_run_id": "parent_run_id",
+                "model_status": "model_status"}
+MODEL_AS_RUN = {"name": "run_name", "model_id": "run_id", "source_run_id": "parent_run_id", "status": "model_status",
+                "creation_timestamp": "start_time", "creation_time": "start_time"}
 
 
 def _compare(column: str, c: Cond, p: Params) -> str:

@@ -4,6 +4,7 @@ pipeline: the mlflow role publishes to Kafka, the sink stores, reads go through 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,199 @@ def test_fluent_run_round_trips_through_the_pipeline(ml: MlflowStack) -> None:
     assert rows == [(50, 0, 49)]
     status = ml.query("SELECT status, name FROM {db}.runs WHERE run_id = {r:String}", r=run.info.run_id)
     assert status == [("finished", "resnet")]
+
+
+def test_client_endpoints_experiments_runs_tags_batches(ml: MlflowStack) -> None:
+    c = MlflowClient()
+    exp_id = c.create_experiment("nlp", tags={"owner": "ana"})
+    assert exp_id == "nlp"
+    with pytest.raises(MlflowException) as dup:
+        c.create_experiment("nlp")
+    assert dup.value.error_code == "RESOURCE_ALREADY_EXISTS"
+    exp = c.get_experiment_by_name("nlp")
+    assert exp.experiment_id == "nlp" and exp.tags == {"owner": "ana"} and exp.lifecycle_stage == "active"
+    c.set_experiment_tag(exp_id, "stage", "dev")
+    assert c.get_experiment(exp_id).tags == {"owner": "ana", "stage": "dev"}
+    assert "nlp" in [e.name for e in c.search_experiments(filter_string="name LIKE 'nl%'")]
+
+    run = c.create_run(exp_id, run_name="bert", tags={"mlflow.user": "ana"})
+    rid = run.info.run_id
+    assert run.info.status == "RUNNING" and run.info.artifact_uri == f"mlflow-artifacts:/nlp/{rid}/artifacts"
+    now = int(time.time() * 1000)
+    c.log_batch(rid, metrics=[Metric("f1", 0.5 + i / 100, now + i, i) for i in range(20)],
+                params=[Param("batch_size", "32"), Param("model", "bert-base")], tags=[RunTag("note", "first")])
+    c.set_tag(rid, "temp", "x")
+    c.delete_tag(rid, "temp")
+    c.update_run(rid, name="bert-2")
+    got = c.get_run(rid)
+    assert got.info.run_name == "bert-2" and got.info.user_id == "ana"
+    assert got.data.params == {"batch_size": "32", "model": "bert-base"}
+    assert "temp" not in got.data.tags and got.data.tags["note"] == "first"
+    assert got.data.metrics["f1"] == pytest.approx(0.69)
+    with pytest.raises(MlflowException) as missing_tag:
+        c.delete_tag(rid, "never-set")
+    assert missing_tag.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+    c.set_terminated(rid, "FAILED")
+    assert c.get_run(rid).info.status == "FAILED"
+    c.delete_run(rid)
+    assert c.get_run(rid).info.lifecycle_stage == "deleted"
+    assert rid not in [r.info.run_id for r in c.search_runs([exp_id])]
+    assert rid in [r.info.run_id for r in c.search_runs([exp_id], run_view_type=mlflow.entities.ViewType.DELETED_ONLY)]
+    c.restore_run(rid)
+    assert [r.info.run_id for r in c.search_runs([exp_id])] == [rid]
+
+    c.delete_experiment(exp_id)
+    assert c.get_experiment(exp_id).lifecycle_stage == "deleted"
+    assert "nlp" not in [e.name for e in c.search_experiments()]
+    with pytest.raises(MlflowException) as deleted:
+        c.create_run(exp_id)
+    assert deleted.value.error_code == "INVALID_PARAMETER_VALUE"
+    c.restore_experiment(exp_id)
+    assert c.get_experiment(exp_id).lifecycle_stage == "active"
+    # The governance trail records the experiment changes, as any project change.
+    actions = ml.query("SELECT action FROM {db}.audit_log WHERE project = 'nlp' AND action LIKE 'project.%' ORDER BY seq")
+    assert [a for (a,) in actions][:2] == ["project.create", "project.update"]
+
+
+def test_search_runs_filters_ordering_and_pages(ml: MlflowStack) -> None:
+    c = MlflowClient()
+    exp = c.create_experiment("sweep")
+    ids = {}
+    for i, (lr, opt) in enumerate([(0.1, "sgd"), (0.01, "adam"), (0.001, "adam"), (0.0001, "sgd")]):
+        r = c.create_run(exp, run_name=f"trial-{i}", tags={"family": "cnn" if i % 2 else "mlp"})
+        c.log_batch(r.info.run_id, metrics=[Metric("acc", 0.5 + i / 10, 0, s) for s in range(3)]
+                    + [Metric("acc", 0.6 + i / 10, 0, 3)], params=[Param("lr", str(lr)), Param("opt", opt)])
+        ids[i] = r.info.run_id
+        if i < 3:
+            c.set_terminated(r.info.run_id)
+
+    def names(**kw) -> list[str]:
+        return [r.info.run_name for r in c.search_runs([exp], **kw)]
+
+    assert names(filter_string="metrics.acc > 0.75", order_by=["metrics.acc DESC"]) == ["trial-3", "trial-2"]
+    assert names(filter_string="params.opt = 'adam'", order_by=["params.lr ASC"]) == ["trial-2", "trial-1"]
+    assert sorted(names(filter_string="tags.family = 'cnn' and metrics.acc >= 0.7")) == ["trial-1", "trial-3"]
+    assert names(filter_string="attributes.status = 'RUNNING'") == ["trial-3"]
+    assert names(filter_string="attributes.run_name LIKE 'trial-%' and params.lr = '0.1'") == ["trial-0"]
+    assert names(filter_string="params.missing IS NULL", order_by=["attributes.run_name"]) == [f"trial-{i}" for i in range(4)]
+    assert names(filter_string=f"attributes.run_id IN ('{ids[0]}', '{ids[2]}')", order_by=["run_name DESC"]) == [
+        "trial-2", "trial-0"]
+    # Pages: two runs at a time, in order, and nothing twice.
+    first = c.search_runs([exp], order_by=["metrics.acc ASC"], max_results=2)
+    second = c.search_runs([exp], order_by=["metrics.acc ASC"], max_results=2, page_token=first.token)
+    assert [r.info.run_name for r in first] + [r.info.run_name for r in second] == [f"trial-{i}" for i in range(4)]
+    assert not second.token
+    # The fluent search returns a DataFrame, with params and metrics columns.
+    df = mlflow.search_runs([exp], filter_string="metrics.acc < 0.75", order_by=["metrics.acc"])
+    assert list(df["params.opt"]) == ["sgd", "adam"]
+    for bad, word in [("metrics.acc > 'x'", "number"), ("params.lr > '1'", "string"), ("metrics.acc > 1 or params.a = 'b'", "OR"),
+                      ("nonsense.x = 1", "prefix"), ("metrics.acc ~ 1", "")]:
+        with pytest.raises(MlflowException) as err:
+            c.search_runs([exp], filter_string=bad)
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE" and word in str(err.value), bad
+
+
+def test_nested_runs_history_and_bulk_interval(ml: MlflowStack) -> None:
+    mlflow.set_experiment("nested")
+    with mlflow.start_run(run_name="parent") as parent:
+        for step in range(0, 1000, 10):
+            mlflow.log_metric("loss", 1000 - step, step=step)
+        with mlflow.start_run(run_name="child", nested=True) as child:
+            mlflow.log_metric("loss", 1.0, step=0)
+    c = MlflowClient()
+    got = c.get_run(child.info.run_id)
+    assert got.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    children = c.search_runs([got.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert [r.info.run_id for r in children] == [child.info.run_id]
+    # runstream's runs view knows the parent too (lineage, the run explorer).
+    assert ml.query("SELECT parent_run_id FROM {db}.runs WHERE run_id = {r:String}", r=child.info.run_id) == [(parent.info.run_id,)]
+    history = c.get_metric_history(parent.info.run_id, "loss")
+    assert len(history) == 100 and history[-1].step == 990 and history[-1].value == 10
+    # The UI's sampled history, served here, equals what MLflow's own store code computes from the full histories.
+    import requests
+    from mlflow.tracking._tracking_service.utils import _get_store
+    run_ids = [parent.info.run_id, child.info.run_id]
+    for window in [{}, {"start_step": 0, "end_step": 500}]:
+        reference = _get_store().get_metric_history_bulk_interval(run_ids, "loss", max_results=10,
+                                                                  start_step=window.get("start_step"),
+                                                                  end_step=window.get("end_step"))
+        r = requests.get(f"{ml.url}/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval",
+                         params={"run_ids": run_ids, "metric_key": "loss", "max_results": 10, **window},
+                         headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        served = [(m["run_id"], m["step"], m["value"]) for m in r.json()["metrics"]]
+        assert served == [(m.run_id, m.step, m.value) for m in reference]
+        assert len(served) >= 11
+
+
+def test_artifacts_up_list_down_with_lineage(ml: MlflowStack, tmp_path: Path) -> None:
+    mlflow.set_experiment("arts")
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"\x00weights" * 1000)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.txt").write_text("1,0.5\n")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(model))
+        mlflow.log_artifacts(str(tmp_path / "plots"), artifact_path="plots")
+        mlflow.log_text("hello", "notes/readme.txt")
+    c = MlflowClient()
+    top = {f.path: f for f in c.list_artifacts(run.info.run_id)}
+    assert set(top) == {"model.bin", "plots", "notes"} and top["plots"].is_dir and top["model.bin"].file_size == 8000
+    assert [f.path for f in c.list_artifacts(run.info.run_id, "plots")] == ["plots/loss.txt"]
+    out = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "down")))
+    assert (out / "model.bin").read_bytes() == model.read_bytes()
+    assert (out / "notes" / "readme.txt").read_text() == "hello"
+    # Lineage: every upload is an artifact record with its sha256.
+    import hashlib
+    rows = ml.query("SELECT uri, size, sha256 FROM {db}.artifacts WHERE run_id = {r:String} ORDER BY uri", r=run.info.run_id)
+    assert (f"mlflow-artifacts:/arts/{run.info.run_id}/artifacts/model.bin", 8000,
+            hashlib.sha256(model.read_bytes()).hexdigest()) in rows
+    assert len(rows) == 3
+
+
+def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+    c = MlflowClient()
+    with pytest.raises(MlflowException) as missing:
+        c.get_run("0123456789abcdef0123456789abcdef")
+    assert missing.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as no_exp:
+        c.get_experiment("nope")
+    assert no_exp.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as bad_name:
+        c.create_experiment("has spaces/and slashes")
+    assert bad_name.value.error_code == "INVALID_PARAMETER_VALUE" and "letters, digits" in str(bad_name.value)
+    run = c.create_run("0")
+    with pytest.raises(MlflowException) as bad_value:
+        c.log_metric(run.info.run_id, "loss", 1.0, step=-1)
+    assert bad_value.value.error_code == "INVALID_PARAMETER_VALUE" and "step" in str(bad_value.value)
+
+    api = f"{ml.url}/api/2.0/mlflow"
+    r = requests.get(f"{api}/experiments/get", params={"experiment_id": "0"}, timeout=10)
+    assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED"
+    r = requests.get(f"{api}/experiments/get", params={"experiment_id": "0"}, auth=("anyone", "rs_wrong"), timeout=10)
+    assert r.status_code == 401
+    dev = config.tokens_path.read_text().split("token: ")[1].split()[0]
+    r = requests.get(f"{api}/experiments/get", params={"experiment_id": "0"}, auth=("anyone", dev), timeout=10)
+    assert r.status_code == 200 and r.json()["experiment"]["name"] == "Default"
+    r = requests.post(f"{api}/runs/no-such-endpoint", json={}, headers={"Authorization": f"Bearer {dev}"}, timeout=10)
+    assert r.status_code == 404 and r.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    r = requests.post(f"{api}/runs/log-batch", data=b"{not json", headers={"Authorization": f"Bearer {dev}"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error_code"] == "BAD_REQUEST"
+    # A path that climbs out of the artifact root is refused before any file is touched.
+    r = requests.get(f"{ml.url}/api/2.0/mlflow-artifacts/artifacts/0/{run.info.run_id}/artifacts/..%2F..%2F..%2Ftokens.yaml",
+                     headers={"Authorization": f"Bearer {dev}"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+    # Scopes: a read-only token reads but cannot write; a token for another project sees nothing of this one.
+    from runstream.server.auth import ensure_file_token
+    reader = ensure_file_token(config.tokens_path, config.data_path / "reader.token", "reader", ["read"])
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", reader)
+    time.sleep(2.1)  # the token file is re-read at most every 2 s
+    assert MlflowClient().get_run(run.info.run_id).info.run_id == run.info.run_id
+    with pytest.raises(MlflowException) as denied:
+        MlflowClient().log_param(run.info.run_id, "a", "b")
+    assert denied.value.error_code == "PERMISSION_DENIED"
+    with pytest.raises(RestException):
+        MlflowClient().create_experiment("readers-cannot")
