@@ -601,9 +601,10 @@ class MlflowApi:
             except ValueError:
                 src = {}
             uri = next((str(src[k]) for k in ("uri", "url", "path") if isinstance(src, dict) and src.get(k)), "")
-            uri = uri or str(ds.get("name") or "")
-            if not uri:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
+            if not uri:  # a source without a location (e.g. MLflow's "code" source): named by its kind and name
+                if not ds.get("name"):
+                    raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
+                uri = f"mlflow:{ds.get('source_type') or 'dataset'}/{ds['name']}"
             out.append({"dataset": ingest_pb2.DatasetUse(uri=uri, digest=str(ds.get("digest") or ""))})
         if out:
             await self._send(token, source, project, run_id, out)
