@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
 from runstream.ingest.mlflow_search import (
     DELETED_TAG,
     LATEST,
@@ -63,7 +66,6 @@ class Reads:
         self._lock = threading.Lock()
 
     def _connect(self) -> Any:
-        import clickhouse_connect
         m = self.config.mlflow
         url = m.sql_url or self.config.clickhouse.url or f"http://{self.config.sink.sql_listen}"
         u = urlparse(url)
@@ -81,7 +83,6 @@ class Reads:
             autogenerate_session_id=False, connect_timeout=5, send_receive_timeout=60)
 
     def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        from clickhouse_connect.driver.exceptions import ClickHouseError
         try:
             with self._lock:
                 if self._client is None:

@@ -29,6 +29,8 @@ def env_for(tmp_path: Path, kafka: KafkaBroker | str | None = None) -> dict[str,
         "RUNSTREAM_SINK_METRICS_PORT": str(free_port()),
         "RUNSTREAM_SINK_SQL_LISTEN": f"127.0.0.1:{free_port()}",
         "RUNSTREAM_PROCESSORS_METRICS_PORT": str(free_port()),
+        "RUNSTREAM_MLFLOW_LISTEN": f"127.0.0.1:{free_port()}",
+        "RUNSTREAM_MLFLOW_METRICS_PORT": str(free_port()),
     })
     tag = tmp_path.name[-12:].replace("_", "-")
     for topic in topics.TOPICS:
@@ -54,6 +56,17 @@ open("model.bin", "wb").write(b"weights" * 1000)
 run.log_artifact("model.bin")
 assert run.finish(timeout=60)
 print(run.id, run.stats.acked_points)
+"""
+
+
+MLFLOW_CLIENT = """
+import mlflow
+mlflow.set_experiment("from-mlflow")
+with mlflow.start_run(run_name="mlflow-run") as run:
+    mlflow.log_param("lr", 0.1)
+    for step in range(100):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+print(run.info.run_id)
 """
 
 
@@ -115,6 +128,16 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
         assert res.stdout.splitlines()[1] == "10000"
 
+        # An MLflow client pointed at the stack's MLflow API: its run is in `runstream runs` like any other.
+        info = json.loads(stack_file.read_text())
+        ml = subprocess.run([sys.executable, "-c", MLFLOW_CLIENT], capture_output=True, text=True, timeout=120,
+                            env={**env, "MLFLOW_TRACKING_URI": info["mlflow"], "MLFLOW_TRACKING_TOKEN": info["token"]})
+        assert ml.returncode == 0, ml.stderr
+        ml_run = ml.stdout.split()[-1]
+        res = cli(env, "runs", "--project", "from-mlflow", "--format", "json")
+        ml_rows = [json.loads(line) for line in res.stdout.splitlines()]
+        assert [(r["run_id"], r["status"], r["points_stored"]) for r in ml_rows] == [(ml_run, "finished", 100)], res.stdout
+
         # Every metric a dashboard's PromQL uses is exported by a running role.
         from tests.test_dashboards import promql_metrics
         info = json.loads(stack_file.read_text())
@@ -139,9 +162,9 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         out, _ = up.communicate(timeout=90)
     assert up.returncode == 0, out
     assert not stack_file.exists()
-    # With the stack stopped, `runstream sql` reads the store itself, still read-only.
+    # With the stack stopped, `runstream sql` reads the store itself, still read-only (the SDK run's points and the MLflow run's).
     res = cli(env, "sql", "SELECT count() FROM metric_points", "--format", "csv")
-    assert res.returncode == 0 and res.stdout.splitlines()[1] == "10000", res.stderr
+    assert res.returncode == 0 and res.stdout.splitlines()[1] == "10100", res.stderr
     assert "no stack running" in res.stderr
     res = cli(env, "sql", "DROP TABLE metric_points")
     assert res.returncode == 2 and "readonly" in res.stderr.lower()

@@ -1,4 +1,4 @@
-"""`runstream up`: Kafka plus every role (ingest, process, sink) as a child process on this machine, with a live status line.
+"""`runstream up`: Kafka plus every role (ingest, process, sink, mlflow) as a child process on this machine, with a live status line.
 
 Roles run as separate processes so they use separate cores (and so the sink
 alone owns the embedded store). The supervisor writes ``<data_dir>/stack.json``
@@ -20,7 +20,7 @@ from rich.live import Live
 
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import RoleProcess, kafka_auth, scrape, wait_http, write_stack_file
-from runstream.server.auth import ensure_admin_token, ensure_dev_token
+from runstream.server.auth import ensure_admin_token, ensure_dev_token, ensure_file_token
 from runstream.server.kafka import ensure_topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
@@ -65,10 +65,12 @@ class Supervisor:
             raise RunstreamError(f"a stack is already running (pid {pid}, data dir {self.config.data_path}); "
                                  "stop it with Ctrl-C, or use another --data-dir.")
         c = self.config
-        addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen)]
+        addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen), ("mlflow.listen", c.mlflow.listen)]
         addrs += [(f"ingest.metrics_port+{i}", f"127.0.0.1:{c.ingest.metrics_port + i}") for i in range(self.ingest_replicas)]
         addrs.append(("sink.metrics_port", f"127.0.0.1:{c.sink.metrics_port}"))
         addrs.append(("processors.metrics_port", f"127.0.0.1:{c.processors.metrics_port}"))
+        if c.mlflow.listen:
+            addrs.append(("mlflow.metrics_port", f"127.0.0.1:{c.mlflow.metrics_port}"))
         busy = [f"{name} ({addr})" for name, addr in addrs if addr and not addr.endswith(":0") and not _port_free(addr)]
         if busy:
             raise RunstreamError(f"ports already in use: {', '.join(busy)}. Stop what holds them or change them in the config.")
@@ -85,6 +87,8 @@ class Supervisor:
         asyncio.run(ensure_topics(c, acls=bool(c.kafka.credentials_dir)))
         token = ensure_dev_token(c.tokens_path)
         ensure_admin_token(c.tokens_path, c.admin_token_path)
+        if c.mlflow.listen and not c.clickhouse.url:  # the MLflow API reads through the sink's endpoint with it
+            ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
         sink = RoleProcess("sink", c, self.log_dir)
         sink.start()
         self.procs.append(sink)
@@ -102,15 +106,25 @@ class Supervisor:
         proc = RoleProcess("process", c, self.log_dir)
         proc.start()
         self.procs.append(proc)
+        mlflow = None
+        if c.mlflow.listen:
+            mlflow = RoleProcess("mlflow", c, self.log_dir)
+            mlflow.start()
+            self.procs.append(mlflow)
         for i in range(self.ingest_replicas):
             wait_http(f"http://127.0.0.1:{base_metrics + i}/metrics", 60, self.procs[1 + i])
         wait_http(f"http://127.0.0.1:{c.processors.metrics_port}/metrics", 60, proc)
+        scheme = "https" if c.mlflow.tls_cert else "http"
+        if mlflow is not None and scheme == "http":
+            wait_http(f"http://{c.mlflow.listen}/health", 60, mlflow)
         info = {"pid": os.getpid(), "ingest": c.ingest.listen, "token": token, "kafka": c.kafka.bootstrap,
                 "kafka_auth": kafka_auth(c),
                 "sql": c.clickhouse.url or f"http://{c.sink.sql_listen}", "database": c.clickhouse.database,
                 "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)],
-                            "process": c.processors.metrics_port},
+                            "process": c.processors.metrics_port, "mlflow": c.mlflow.metrics_port},
                 "logs": str(self.log_dir)}
+        if mlflow is not None:
+            info["mlflow"] = f"{scheme}://{c.mlflow.listen}"
         write_stack_file(c, info)
         return info
 
@@ -145,7 +159,8 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ingest first (so nothing new arrives), then the sink drains, then Kafka. Idempotent."""
-        for p in [p for p in self.procs if p.role == "ingest"] + [p for p in self.procs if p.role != "ingest"]:
+        writers = ("ingest", "mlflow")
+        for p in [p for p in self.procs if p.role in writers] + [p for p in self.procs if p.role not in writers]:
             p.stop()
         self.procs = []
         if self.broker is not None:
@@ -163,6 +178,7 @@ class Supervisor:
         try:
             info = self.start()
             console.print(f"[bold green]runstream is up.[/] ingest grpc://{info['ingest']}  sql {info['sql']}  "
+                          + (f"mlflow {info['mlflow']}  " if info.get("mlflow") else "") +
                           f"data {self.config.data_path}\n  dev token in {self.config.tokens_path}, admin token (governance) in "
                           f"{self.config.admin_token_path}; the SDK and CLI find this "
                           f"stack through {self.config.data_path / 'stack.json'}. Ctrl-C stops everything.")
