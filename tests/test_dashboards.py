@@ -234,7 +234,12 @@ def test_compose_is_valid_and_complete() -> None:
     assert set(re.findall(r"for role in ([\w ]+);", (ROOT / "deploy" / "kafka-users.sh").read_text())[0].split()) == set(ROLE_PRINCIPALS)
     assert services["sink"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    assert {j["job_name"] for j in prom["scrape_configs"]} == {"ingest", "process", "sink"}
+    assert {j["job_name"] for j in prom["scrape_configs"]} == {"ingest", "process", "sink", "mlflow"}
+    # The MLflow API: its own service, TLS beyond loopback, signed in to Kafka as ingest (it publishes the same batches).
+    mlflow_env = services["mlflow"]["environment"]
+    assert services["mlflow"]["command"] == ["mlflow"] and mlflow_env["RUNSTREAM_MLFLOW_TLS_CERT"]
+    assert mlflow_env["RUNSTREAM_KAFKA_USERNAME"] == "ingest" and services["mlflow"]["secrets"] == ["kafka_ingest"]
+    assert "runstream_reader:" in mlflow_env["RUNSTREAM_MLFLOW_SQL_URL"]
     # /metrics listens beyond loopback in the containers: HTTPS with client certificates, and Prometheus has one.
     common = services["sink"]["environment"]
     assert common["RUNSTREAM_METRICS_HOST"] == "0.0.0.0" and common["RUNSTREAM_METRICS_TLS_CLIENT_CA"]
