@@ -31,11 +31,10 @@ from typing import Any
 
 from aiohttp import web
 
-from runstream.ingest.mlflow_reads import DEFAULT_PROJECT, Reads, RunRow, experiment_id
+from runstream.ingest.mlflow_reads import Reads, RunRow
 from runstream.ingest.mlflow_search import (
     DELETED_TAG,
     EXPERIMENT_ATTRS,
-    LIFECYCLE_TAG,
     MODEL_AS_RUN,
     MODEL_ATTRS,
     MODEL_LABEL,
@@ -63,6 +62,7 @@ from runstream.wire.errors import (
     Unavailable,
     ValidationError,
 )
+from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG, dataset_uri, experiment_id, param_json, param_text
 from runstream.wire.names import metric_name_problem
 
 log = logging.getLogger("runstream.mlflow")
@@ -165,27 +165,6 @@ def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> s
     if required:
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'.")
     return ""
-
-
-def param_json(value: str) -> str:
-    """A param as stored (JSON): a number or bool whose text is its canonical JSON stays typed (runstream's read API
-    compares it as a number); anything else is a JSON string. Either way MLflow reads back the exact text."""
-    try:
-        parsed = json.loads(value)
-        if not isinstance(parsed, str) and json.dumps(parsed) == value and not isinstance(parsed, list | dict):
-            return value
-    except ValueError:
-        pass
-    return json.dumps(value)
-
-
-def param_text(stored: str) -> str:
-    if stored.startswith('"'):
-        try:
-            return str(json.loads(stored))
-        except ValueError:
-            pass
-    return stored
 
 
 def _page(token: str | None) -> int:
@@ -596,15 +575,9 @@ class MlflowApi:
         out = []
         for i, item in enumerate(body.get("datasets") or []):
             ds = item.get("dataset") or {}
-            try:
-                src = json.loads(ds.get("source") or "{}")
-            except ValueError:
-                src = {}
-            uri = next((str(src[k]) for k in ("uri", "url", "path") if isinstance(src, dict) and src.get(k)), "")
-            if not uri:  # a source without a location (e.g. MLflow's "code" source): named by its kind and name
-                if not ds.get("name"):
-                    raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
-                uri = f"mlflow:{ds.get('source_type') or 'dataset'}/{ds['name']}"
+            uri = dataset_uri(str(ds.get("name") or ""), str(ds.get("source_type") or ""), str(ds.get("source") or ""))
+            if not uri:
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
             out.append({"dataset": ingest_pb2.DatasetUse(uri=uri, digest=str(ds.get("digest") or ""))})
         if out:
             await self._send(token, source, project, run_id, out)

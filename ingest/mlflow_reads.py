@@ -16,7 +16,6 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from runstream.ingest.mlflow_search import (
     DELETED_TAG,
     LATEST,
-    LIFECYCLE_TAG,
     MODEL_LABEL,
     Cond,
     Order,
@@ -26,15 +25,9 @@ from runstream.ingest.mlflow_search import (
 )
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import Unavailable
+from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG
 
 log = logging.getLogger("runstream.mlflow")
-
-DEFAULT_PROJECT = "default"  # MLflow's experiment "0", named "Default"
-
-
-def experiment_id(project: str) -> str:
-    return "0" if project == DEFAULT_PROJECT else project
-
 
 @dataclass
 class RunRow:

@@ -13,7 +13,6 @@ from runstream.wire.errors import ValidationError
 
 # Tag values written by delete-tag: the tags table keeps the latest value per key, so a deletion is a value.
 DELETED_TAG = "\x00deleted"
-LIFECYCLE_TAG = "runstream.lifecycle"  # MLflow's delete/restore of a run (its data stays)
 
 _PREFIXES = {"metric": "metric", "metrics": "metric", "param": "param", "params": "param", "parameter": "param",
              "parameters": "param", "tag": "tag", "tags": "tag", "attribute": "attr", "attributes": "attr",

@@ -1,4 +1,4 @@
-"""The CLI's commands that need only the slim SDK install: `sync`, `config show`."""
+"""The CLI's commands that need only the slim SDK install: `sync`, `config show`, `import`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 
 from runstream.sdk import SendError, client_config, connect, send_spool_file, spool
 from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import RunstreamError
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -38,3 +39,26 @@ def cmd_config(args: argparse.Namespace) -> int:
     data = config.dump()
     print(json.dumps(data, indent=2) if args.format == "json" else yaml.safe_dump(data, sort_keys=False), end="")
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """MLflow or TensorBoard runs into runstream through ingest; a second import of the same source adds nothing."""
+    from runstream.integrations import importers
+    transport = connect(client_config(), url=args.url, token=args.token)
+    try:
+        if args.source == "mlflow":
+            if not args.tracking_uri:
+                raise RunstreamError("import mlflow needs --tracking-uri (a server URL, an mlruns directory or a database URI)")
+            report = importers.import_mlflow(args.tracking_uri, transport, experiments=args.experiment or None)
+        else:
+            if not args.logdir:
+                raise RunstreamError("import tensorboard needs the log directory: runstream import tensorboard DIR")
+            project = args.project or Path(args.logdir).resolve().name
+            report = importers.import_tensorboard(args.logdir, transport, project=project)
+    except SendError as exc:
+        raise RunstreamError(f"ingest refused the import ({exc}); what was acknowledged is stored, and importing "
+                             "again resends the rest without duplicating anything") from exc
+    finally:
+        transport.close()
+    print(report.summary())
+    return 0 if report.points_acked + report.points_skipped == report.points_source else 1

@@ -139,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also a client certificate NAME.pem / NAME.key (e.g. for Prometheus to scrape /metrics); repeatable")
     tls_cmd.set_defaults(func="cmd_tls")
 
+    imp = sub.add_parser("import", help="import runs from an MLflow store or TensorBoard logs through ingest (idempotent)")
+    imp.add_argument("source", choices=["mlflow", "tensorboard"])
+    imp.add_argument("logdir", nargs="?", help="tensorboard: the log directory (each directory of event files is a run)")
+    imp.add_argument("--tracking-uri", help="mlflow: a server URL, an mlruns directory, or a database URI")
+    imp.add_argument("--experiment", action="append", default=[], help="mlflow: only this experiment (name or id); repeatable")
+    imp.add_argument("--project", help="tensorboard: the project (default: the log directory's name)")
+    imp.add_argument("--url", help="ingest address host:port (default: the local stack)")
+    imp.add_argument("--token", help="a token with the ingest scope (default: $RUNSTREAM_TOKEN, then the local stack's)")
+    imp.set_defaults(func="cmd_import")
+
     demo = common(sub.add_parser("demo", help="start the stack, run a fleet of training jobs, print query results"))
     demo.add_argument("--jobs", type=int, default=50)
     demo.add_argument("--seconds", type=float, default=15.0, help="how long the simulated jobs log")
@@ -147,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-CLIENT_COMMANDS = {"cmd_sync", "cmd_config"}  # these work with the slim SDK install
+CLIENT_COMMANDS = {"cmd_sync", "cmd_config", "cmd_import"}  # these work with the slim SDK install
 ROLE_COMMANDS = {"cmd_role", "cmd_up"}        # these load only the roles' own modules
 
 

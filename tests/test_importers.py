@@ -1,0 +1,118 @@
+"""Importers: an MLflow store written by the real `mlflow` client, and TensorBoard event files written by
+TensorBoard's own writer, into the real pipeline through ingest; every point round-trips, and a second import adds
+nothing."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from runstream.integrations.importers import import_mlflow, import_tensorboard
+from runstream.sdk.transport import GrpcTransport
+from tests.conftest import Stack
+from tests.helpers import wait_until
+
+
+def duplicates_seen() -> float:
+    return REGISTRY.get_sample_value("runstream_sink_batches_total", {"outcome": "duplicate"}) or 0.0
+
+
+def assert_second_import_adds_nothing(stack: Stack, again, first_batches: int, where: str) -> None:
+    """Import again: the sink sees every batch once more (a positive signal), and storage holds what it held."""
+    before_points = stack.count_points(where)
+    before_batches = stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE {where}")[0][0]
+    seen = duplicates_seen()
+    report = again()
+    assert report.batches == first_batches
+    wait_until(lambda: duplicates_seen() - seen >= first_batches, 60, f"the sink to see the {first_batches} re-sent batches")
+    assert stack.count_points(where) == before_points
+    assert stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE {where}")[0][0] == before_batches
+
+
+def test_import_mlflow_store_round_trips_every_point(stack: Stack, token: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 keeps its file store for reading old data
+    store = tmp_path / "mlruns"
+    c = MlflowClient(tracking_uri=store.as_uri())
+    exp = c.create_experiment("Image Models")  # not a project name: imported as "Image-Models"
+    parent = c.create_run(exp, run_name="sweep")
+    child = c.create_run(exp, run_name="trial", tags={"mlflow.parentRunId": parent.info.run_id, "team": "vision"})
+    t0 = int(time.time() * 1000)
+    for start in range(0, 12_000, 1000):
+        c.log_batch(child.info.run_id, metrics=[Metric("loss", 1 / (s + 1), t0 + s, s) for s in range(start, start + 1000)])
+    c.log_batch(child.info.run_id, metrics=[Metric("acc", float("nan") if s == 3 else s / 10, t0, s) for s in range(10)])
+    c.log_param(child.info.run_id, "lr", "0.01")
+    c.log_param(child.info.run_id, "arch", "resnet50")
+    c.set_terminated(child.info.run_id, "FAILED")
+    c.set_terminated(parent.info.run_id)
+    gone = c.create_run(exp, run_name="abandoned")
+    c.log_metric(gone.info.run_id, "loss", 5.0, step=0)
+    c.delete_run(gone.info.run_id)
+
+    lines: list[str] = []
+    transport = GrpcTransport(stack.ingest_addr, token)
+    report = import_mlflow(str(store), transport, experiments=["Image Models"], progress=lines.append)
+    assert report.runs == 3 and report.points_source == report.points_acked == 12_011
+    assert report.projects == {"Image Models": "Image-Models"} and len(lines) == 3
+    where = "project = 'Image-Models'"
+    assert stack.wait_points(12_011, where=where) == 12_011
+    for run_id, key in [(child.info.run_id, "loss"), (child.info.run_id, "acc"), (gone.info.run_id, "loss")]:
+        stored = stack.query("SELECT step, toUnixTimestamp64Milli(ts), value FROM {db}.metrics WHERE run_id = {r:String} "
+                             "AND metric = {k:String} ORDER BY step", r=run_id, k=key)
+        source = sorted((m.step, m.timestamp, m.value) for m in c.get_metric_history(run_id, key))
+        assert len(stored) == len(source)
+        for a, b in zip(stored, source):
+            assert a[:2] == b[:2] and (a[2] == b[2] or (math.isnan(a[2]) and math.isnan(b[2])))
+    rows = stack.query("SELECT run_id, name, status, parent_run_id FROM {db}.runs WHERE " + where + " ORDER BY name")
+    assert rows == [(gone.info.run_id, "abandoned", "running", ""), (parent.info.run_id, "sweep", "finished", ""),
+                    (child.info.run_id, "trial", "failed", parent.info.run_id)]
+    params = dict(stack.query("SELECT key, value FROM {db}.params FINAL WHERE run_id = {r:String}", r=child.info.run_id))
+    assert params == {"lr": "0.01", "arch": '"resnet50"'}  # typed JSON, as the SDK stores params
+    tags = dict(stack.query("SELECT key, value FROM {db}.tags FINAL WHERE run_id = {r:String}", r=gone.info.run_id))
+    assert tags["runstream.lifecycle"] == "deleted"
+
+    assert_second_import_adds_nothing(
+        stack, lambda: import_mlflow(store.as_uri(), transport, progress=lines.append), report.batches, where)
+
+
+def test_import_tensorboard_logs(stack: Stack, token: str, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
+
+    logdir = tmp_path / "tb"
+    expected = {}
+    for run, n in (("train", 500), ("eval", 50)):
+        writer = EventFileWriter(str(logdir / run))
+        for step in range(n):
+            old = summary_pb2.Summary.Value(tag="loss", simple_value=1.0 / (step + 1))  # TF1-style scalar
+            new = summary_pb2.Summary.Value(  # TF2-style: a tensor with the scalars plugin
+                tag="metrics/acc", tensor=tensor_util.make_tensor_proto(step / n),
+                metadata=summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")))
+            writer.add_event(event_pb2.Event(wall_time=1_700_000_000 + step, step=step,
+                                             summary=summary_pb2.Summary(value=[old, new])))
+        writer.close()
+        expected[run] = n
+    transport = GrpcTransport(stack.ingest_addr, token)
+    report = import_tensorboard(str(logdir), transport, project="tb-import", progress=lambda _: None)
+    assert report.runs == 2 and report.points_source == report.points_acked == 2 * (500 + 50)
+    where = "project = 'tb-import'"
+    assert stack.wait_points(1100, where=where) == 1100
+    rows = stack.query("SELECT r.name, m.metric, count(), max(m.step), argMax(m.value, m.step) FROM {db}.metrics AS m "
+                       "JOIN {db}.runs AS r ON r.run_id = m.run_id AND r.project = m.project WHERE m." + where +
+                       " GROUP BY r.name, m.metric ORDER BY r.name, m.metric")
+    assert [r[:4] for r in rows] == [("eval", "loss", 50, 49), ("eval", "metrics/acc", 50, 49),
+                                     ("train", "loss", 500, 499), ("train", "metrics/acc", 500, 499)]
+    assert rows[2][4] == pytest.approx(1 / 500) and rows[3][4] == pytest.approx(499 / 500)
+    assert stack.query("SELECT DISTINCT status FROM {db}.runs WHERE " + where) == [("finished",)]
+    assert_second_import_adds_nothing(
+        stack, lambda: import_tensorboard(str(logdir), transport, project="tb-import", progress=lambda _: None),
+        report.batches, where)
