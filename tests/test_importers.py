@@ -23,19 +23,21 @@ def duplicates_seen() -> float:
 
 def assert_second_import_adds_nothing(stack: Stack, again, first_batches: int, where: str) -> None:
     """Import again: the sink sees every batch once more (a positive signal), and storage holds what it held."""
+    def ledger() -> int:
+        return int(stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE {where}")[0][0])
+    wait_until(lambda: ledger() == first_batches, 60, f"the first import's {first_batches} batches in the ledger")
     before_points = stack.count_points(where)
-    before_batches = stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE {where}")[0][0]
     seen = duplicates_seen()
     report = again()
     assert report.batches == first_batches
     wait_until(lambda: duplicates_seen() - seen >= first_batches, 60, f"the sink to see the {first_batches} re-sent batches")
     assert stack.count_points(where) == before_points
-    assert stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE {where}")[0][0] == before_batches
+    assert ledger() == first_batches
 
 
 def test_import_mlflow_store_round_trips_every_point(stack: Stack, token: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow")
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 keeps its file store for reading old data
@@ -116,3 +118,28 @@ def test_import_tensorboard_logs(stack: Stack, token: str, tmp_path: Path) -> No
     assert_second_import_adds_nothing(
         stack, lambda: import_tensorboard(str(logdir), transport, project="tb-import", progress=lambda _: None),
         report.batches, where)
+
+
+def test_import_from_a_running_mlflow_server(stack: Stack, token: str, mlflow_server: str) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(tracking_uri=mlflow_server)
+    exp = c.create_experiment("served")
+    ids = []
+    for i in range(3):
+        r = c.create_run(exp, run_name=f"s{i}")
+        c.log_batch(r.info.run_id, metrics=[Metric("loss", 1.0 / (s + 1), 1000 + s, s) for s in range(700)],
+                    params=[Param("seed", str(i))])
+        c.set_terminated(r.info.run_id)
+        ids.append(r.info.run_id)
+    transport = GrpcTransport(stack.ingest_addr, token)
+    report = import_mlflow(mlflow_server, transport, experiments=["served"], progress=lambda _: None)
+    assert report.runs == 3 and report.points_source == report.points_acked == 2100
+    assert stack.wait_points(2100, where="project = 'served'") == 2100
+    rows = stack.query("SELECT run_id, count(), sum(value) FROM {db}.metrics WHERE project = 'served' GROUP BY run_id ORDER BY run_id")
+    assert [(r[0], r[1]) for r in rows] == [(rid, 700) for rid in sorted(ids)]
+    assert rows[0][2] == pytest.approx(sum(1.0 / (s + 1) for s in range(700)))
+    assert_second_import_adds_nothing(
+        stack, lambda: import_mlflow(mlflow_server + "/", transport, experiments=["served"], progress=lambda _: None),
+        report.batches, "project = 'served'")

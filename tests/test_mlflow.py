@@ -311,3 +311,87 @@ def test_sklearn_autolog_and_datasets(ml: MlflowStack) -> None:
     assert uris == {"s3://bucket/train.parquet", "mlflow:code/dataset"}  # ours, and the one autolog logged
     # runstream's own view of the run: params as typed JSON, so the read API's numeric filters work on them.
     assert ml.query("SELECT value FROM {db}.params FINAL WHERE run_id = {r:String} AND key = 'C'", r=run.info.run_id) == [("0.5",)]
+
+
+def _scenario(uri: str, tmp_path: Path) -> dict:
+    """The same calls against a tracking server; what they return, without what differs by nature (ids, times)."""
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("diff", tags={"k": "v"})
+    c.set_experiment_tag(exp, "stage", "dev")
+    names: dict[str, str] = {}
+    for i, (lr, status) in enumerate([("0.1", "FINISHED"), ("0.01", "FAILED"), ("0.001", None)]):
+        r = c.create_run(exp, run_name=f"r{i}", tags={"family": "cnn" if i else "mlp"})
+        rid = r.info.run_id
+        names[rid] = f"r{i}"
+        c.log_batch(rid, metrics=[Metric("acc", 0.5 + i / 10 + s / 100, 1000 + s, s) for s in range(5)]
+                    + [Metric("odd", float("nan"), 1000, 0)], params=[Param("lr", lr), Param("opt", "sgd")],
+                    tags=[RunTag("note", f"n{i}")])
+        c.log_metric(rid, "acc", 0.99 if i == 2 else 0.1, timestamp=2000, step=2)  # two values at step 2
+        c.set_tag(rid, "temp", "x")
+        c.delete_tag(rid, "temp")
+        if status:
+            c.set_terminated(rid, status, end_time=5000)
+    child = c.create_run(exp, run_name="child", tags={"mlflow.parentRunId": next(iter(names))})
+    names[child.info.run_id] = "child"
+
+    def run_view(rid: str) -> dict:
+        run = c.get_run(rid)
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.parentRunId"}
+        if "mlflow.parentRunId" in tags:
+            tags["mlflow.parentRunId"] = names[tags["mlflow.parentRunId"]]
+        metrics = {k: ("nan" if math.isnan(v) else v) for k, v in run.data.metrics.items()}
+        return {"name": run.info.run_name, "status": run.info.status, "lifecycle": run.info.lifecycle_stage,
+                "params": run.data.params, "tags": tags, "metrics": metrics, "ended": run.info.end_time}
+
+    def search(**kw) -> list[str]:
+        return [names[r.info.run_id] for r in c.search_runs([exp], **kw)]
+
+    def error(call) -> str:
+        try:
+            call()
+        except MlflowException as exc:
+            return exc.error_code
+        return "no error"
+
+    out = {
+        "experiment": (lambda e: (e.name, e.lifecycle_stage, e.tags))(c.get_experiment_by_name("diff")),
+        "runs": {names[rid]: run_view(rid) for rid in names},
+        "history": [(m.step, m.value, m.timestamp) for m in sorted(
+            c.get_metric_history(next(r for r, n in names.items() if n == "r2"), "acc"), key=lambda m: (m.step, m.timestamp))],
+        "searches": {
+            "acc desc": search(order_by=["metrics.acc DESC"]),
+            "acc > 0.2": search(filter_string="metrics.acc > 0.2", order_by=["attributes.run_name"]),
+            "lr asc": search(order_by=["params.lr ASC"]),
+            "opt like": search(filter_string="params.opt LIKE 's%'", order_by=["run_name DESC"]),
+            "tag ilike": search(filter_string="tags.family ILIKE 'CNN'", order_by=["run_name"]),
+            "status": search(filter_string="attributes.status = 'FAILED'"),
+            "null param": search(filter_string="params.lr IS NULL"),
+            "child": search(filter_string="tags.mlflow.parentRunId != ''"),
+            "page 1": search(order_by=["run_name"], max_results=2),
+        },
+        "errors": {
+            "missing run": error(lambda: c.get_run("f" * 32)),
+            "duplicate experiment": error(lambda: c.create_experiment("diff")),
+            "missing tag": error(lambda: c.delete_tag(child.info.run_id, "never")),
+            "bad filter": error(lambda: c.search_runs([exp], filter_string="metrics.acc > 'x'")),
+            "or filter": error(lambda: c.search_runs([exp], filter_string="metrics.acc > 1 or params.lr = '1'")),
+            "missing experiment": error(lambda: c.get_experiment_by_name("nope")),
+        },
+    }
+    c.delete_run(child.info.run_id)
+    out["after delete"] = (search(), c.get_run(child.info.run_id).info.lifecycle_stage)
+    art = tmp_path / uri.rsplit(":", 1)[1] / "a.txt"
+    art.parent.mkdir(parents=True)
+    art.write_text("artifact")
+    first = next(iter(names))
+    c.log_artifact(first, str(art), artifact_path="dir")
+    out["artifacts"] = [(f.path, f.is_dir, f.file_size) for f in c.list_artifacts(first, "dir")]
+    return out
+
+
+def test_same_answers_as_a_real_mlflow_server(ml: MlflowStack, mlflow_server: str, tmp_path: Path) -> None:
+    """Differential: the scenario against MLflow's own server and against runstream gives the same results."""
+    reference = _scenario(mlflow_server, tmp_path)
+    ours = _scenario(ml.url, tmp_path)
+    for key in reference:
+        assert ours[key] == reference[key], key
