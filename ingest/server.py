@@ -224,6 +224,66 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
+    def flush_hint_ms(self) -> int:
+        """Flow control: how often clients should flush at most, from how full the Kafka pipeline is (0: as they
+        like). Past a quarter of max_inflight_batches it grows to 5 s at the limit, so a busy ingest receives fewer,
+        larger requests instead of refusing them."""
+        fill = self.publisher.inflight / max(1, self.config.ingest.max_inflight_batches)
+        return 0 if fill < 0.25 else int(500 + 4500 * min(1.0, (fill - 0.25) / 0.75))
+
+    async def Session(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """One long-lived stream per client: each request is acknowledged by its own SessionAck once Kafka holds all
+        of its batches. A failing request ends the session (status as for SendStream; trailing "runstream-accepted":
+        how many of that request's batches are durable)."""
+        auth = dict(context.invocation_metadata() or ()).get("authorization")
+        tm.INGEST_SESSIONS.inc()
+        try:
+            async for raw in request_iterator:
+                started = time.perf_counter()
+                seqs: dict[str, int] = {}  # order is checked per request, as per call: a resend is a new request
+                futures: list[asyncio.Future] = []
+                audit_futures: list[asyncio.Future] = []
+                points = 0
+                try:
+                    # Every message is authenticated: a token revoked while the session is open stops it too.
+                    token = self.tokens.authenticate(auth)
+                    request = parse_session_request(raw)
+                    for batch in request.batches:
+                        where = f"batches[{len(futures)}]"
+                        try:
+                            fut, n = await self._accept(batch, where, token, seqs)
+                        except ValidationError:
+                            tm.INGEST_REJECTED.labels("invalid").inc()
+                            raise
+                        futures.append(fut)
+                        points += n
+                        kind = batch.WhichOneof("body")
+                        if kind in ("run_start", "run_finish", "run_resume"):
+                            audit_futures.append(await self.publisher.publish_audit(
+                                run_audit(batch, kind, token.name, context.peer() or "")))
+                    await self.publisher.wait(futures + audit_futures)
+                except RunstreamError as exc:
+                    code = status_for(exc)
+                    accepted = 0
+                    try:
+                        await self.publisher.wait(futures)
+                        accepted = len(futures)
+                    except RunstreamError:
+                        pass
+                    context.set_trailing_metadata(((ACCEPTED_KEY, str(accepted)),))
+                    if code != grpc.StatusCode.INVALID_ARGUMENT:
+                        log.warning("Session refused a request: %s", exc)
+                    tm.INGEST_REQUESTS.labels("Session", code.name).inc()
+                    await context.abort(code, str(exc))
+                tm.INGEST_REQUESTS.labels("Session", "OK").inc()
+                tm.INGEST_BATCHES.inc(len(futures))
+                tm.INGEST_POINTS.inc(points)
+                tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+                yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
+                                            min_flush_interval_ms=self.flush_hint_ms()).SerializeToString()
+        finally:
+            tm.INGEST_SESSIONS.dec()
+
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> ingest_pb2.SendResponse:
         async def one() -> AsyncIterator[bytes]:
             yield request
@@ -239,6 +299,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         return grpc.method_handlers_generic_handler("runstream.v1.Ingest", {
             "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ser),
             "SendStream": grpc.stream_unary_rpc_method_handler(self.SendStream, response_serializer=ser),
+            "Session": grpc.stream_stream_rpc_method_handler(self.Session),
         })
 
 
@@ -259,6 +320,13 @@ def run_audit(batch: ingest_pb2.Batch, kind: str, actor: str, source: str) -> in
             after["session"] = rf.session
     return audit.record(batch.project, actor, kind.replace("_", "."), batch.run_id, after=after, source=source,
                         at_ms=batch.created_ms)
+
+
+def parse_session_request(raw: bytes) -> ingest_pb2.SessionRequest:
+    try:
+        return ingest_pb2.SessionRequest.FromString(raw)
+    except DecodeError as exc:
+        raise ValidationError("request", f"is not a valid runstream.v1.SessionRequest ({exc})") from exc
 
 
 def parse_request(raw: bytes) -> ingest_pb2.SendRequest:

@@ -264,6 +264,6 @@ def test_ingest_exports_prometheus_metrics(stack: Stack, token: str) -> None:
     with pytest.raises(SendError):
         t.send([metric_batch("")])
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    assert 'runstream_ingest_requests_total{code="OK",method="SendStream"}' in text
-    assert 'runstream_ingest_requests_total{code="INVALID_ARGUMENT",method="SendStream"}' in text
+    assert 'runstream_ingest_requests_total{code="OK",method="Session"}' in text  # the SDK's path
+    assert 'runstream_ingest_requests_total{code="INVALID_ARGUMENT",method="Session"}' in text
     assert "runstream_ingest_points_total" in text

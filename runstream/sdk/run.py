@@ -419,7 +419,8 @@ class Sender(threading.Thread):
     # -- the thread --------------------------------------------------------------
     def run(self) -> None:
         while True:
-            self._wake.wait(self.config.flush_interval_s)
+            # Ingest may ask for fewer, larger requests when it is busy (the Session's flow-control hint).
+            self._wake.wait(max(self.config.flush_interval_s, getattr(self.transport, "min_flush_interval_s", 0.0)))
             self._wake.clear()
             stopping = self._closing
             with self._lock:

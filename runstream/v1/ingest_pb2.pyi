@@ -205,6 +205,24 @@ class SendResponse(_message.Message):
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("id", "batches")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    batches: _containers.RepeatedCompositeFieldContainer[Batch]
+    def __init__(self, id: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ...) -> None: ...
+
+class SessionAck(_message.Message):
+    __slots__ = ("id", "accepted", "min_flush_interval_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    MIN_FLUSH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    accepted: int
+    min_flush_interval_ms: int
+    def __init__(self, id: _Optional[int] = ..., accepted: _Optional[int] = ..., min_flush_interval_ms: _Optional[int] = ...) -> None: ...
+
 class RollupWindow(_message.Message):
     __slots__ = ("project", "run_id", "metric", "resolution_s", "window_start_ms", "count", "nonfinite", "min", "max", "sum", "first", "first_step", "last", "last_step", "version")
     PROJECT_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class IngestStub:
                 request_serializer=runstream_dot_v1_dot_ingest__pb2.SendRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_ingest__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/runstream.v1.Ingest/Session',
+                request_serializer=runstream_dot_v1_dot_ingest__pb2.SessionRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_ingest__pb2.SessionAck.FromString,
+                _registered_method=True)
 
 
 class IngestServicer:
@@ -67,6 +72,14 @@ class IngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """The fleet's path: one long-lived stream per client process, one SessionRequest per flush, one SessionAck
+        each. A fleet of thousands of processes costs ingest one message per flush, not one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_IngestServicer_to_server(servicer, server):
                     servicer.SendStream,
                     request_deserializer=runstream_dot_v1_dot_ingest__pb2.SendRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_ingest__pb2.SendResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=runstream_dot_v1_dot_ingest__pb2.SessionRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_ingest__pb2.SessionAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class Ingest:
             '/runstream.v1.Ingest/SendStream',
             runstream_dot_v1_dot_ingest__pb2.SendRequest.SerializeToString,
             runstream_dot_v1_dot_ingest__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runstream.v1.Ingest/Session',
+            runstream_dot_v1_dot_ingest__pb2.SessionRequest.SerializeToString,
+            runstream_dot_v1_dot_ingest__pb2.SessionAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,204 @@
+"""A fleet of independent training jobs against one `runstream up` stack on this machine.
+
+    python bench/fleet.py --json                       # 2,000 jobs, 200k points/s offered, Session streams
+    python bench/fleet.py --jobs 2000,3000,4000 --json # the largest fleet that still meets the goals
+    python bench/fleet.py --protocol call --json       # the same fleet, one SendStream call per flush
+
+Each job is what one training process is to ingest: its own gRPC channel (its own connection), its own run, and
+every ``--flush-s`` (0.5 s, with jitter) one batch of ``--steps`` steps x ``--metrics`` metrics (5 x 10), sent as
+one Session message (``session``) or one call (``call``); a failed send is retried after a backoff, as the SDK
+does. Jobs are spread over ``--procs`` client processes (asyncio). Reported per fleet size: points offered,
+acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code, log -> queryable
+p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes the job's
+flush wait), and CPU seconds per second of each role (/proc). Goals (issue #11): all acknowledged, ack p99 <= 1 s,
+log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
+the way bench/fleetload.py does), the processors' lag, a network between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
+
+GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _job(addr: str, token: str, project: str, protocol: str, args: Any, stop_at: float, out: dict[str, Any]) -> None:
+    import grpc
+
+    from runstream.v1 import ingest_pb2
+    from runstream.v1.ingest_pb2 import Batch, Metrics
+    channel = grpc.aio.insecure_channel(addr)
+    meta = (("authorization", f"Bearer {token}"),)
+    send_stream = channel.stream_unary("/runstream.v1.Ingest/SendStream", request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=ingest_pb2.SendResponse.FromString)
+    session_call = channel.stream_stream("/runstream.v1.Ingest/Session", request_serializer=lambda m: m.SerializeToString(),
+                                         response_deserializer=ingest_pb2.SessionAck.FromString)
+    run_id = uuid.uuid4().hex
+    names = [f"m{i}" for i in range(args.metrics)]
+    session: Any = None
+    seq, step, rid = 0, 0, 0
+    await asyncio.sleep(random.random() * args.flush_s)  # jobs do not start in lockstep
+    try:
+        while time.monotonic() < stop_at:
+            t_first = time.time()
+            await asyncio.sleep(args.flush_s * (0.8 + 0.4 * random.random()))
+            seq += 1
+            n = args.steps * args.metrics
+            now_ms = int(time.time() * 1000)
+            batch = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, seq=seq, created_ms=int(t_first * 1000),
+                          metrics=Metrics(names=names, name_index=[i % args.metrics for i in range(n)],
+                                          steps=[step + i // args.metrics for i in range(n)], timestamps_ms=[now_ms] * n,
+                                          values=[random.random() for _ in range(n)]))
+            step += args.steps
+            out["offered"] += n
+            backoff = 0.1
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    if protocol == "call":
+                        await send_stream(iter([ingest_pb2.SendRequest(batches=[batch])]), metadata=meta, timeout=30)
+                    else:
+                        if session is None:
+                            queue: asyncio.Queue[Any] = asyncio.Queue()
+
+                            async def requests(q: asyncio.Queue[Any] = queue) -> Any:
+                                while (item := await q.get()) is not None:
+                                    yield item
+                            session = (queue, session_call(requests(), metadata=meta))
+                        rid += 1
+                        session[0].put_nowait(ingest_pb2.SessionRequest(id=rid, batches=[batch]))
+                        ack = await asyncio.wait_for(session[1].read(), 30)
+                        if ack is grpc.aio.EOF or ack.id != rid:
+                            raise RuntimeError("session ended")
+                    out["latency"].append((time.perf_counter() - t0) * 1000)
+                    out["acked"] += n
+                    break
+                except (TimeoutError, grpc.aio.AioRpcError, RuntimeError) as exc:
+                    code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                    out["errors"][code] = out["errors"].get(code, 0) + 1
+                    if session is not None:
+                        session[1].cancel()
+                        session = None
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(5.0, backoff * 2)
+    finally:
+        if session is not None:
+            session[0].put_nowait(None)
+            session[1].cancel()
+        await channel.close()
+
+
+def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: Any, stop_at_wall: float, q: Any) -> None:
+    async def main() -> dict[str, Any]:
+        stop_at = time.monotonic() + (stop_at_wall - time.time())
+        out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "errors": {}}
+        await asyncio.gather(*(_job(addr, token, project, protocol, args, stop_at, out) for _ in range(jobs)))
+        return out
+    q.put(asyncio.run(main()))
+
+
+def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any) -> dict[str, Any]:
+    from runstream.read import Api
+    project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
+    roles = {p.name: p.proc.pid for p in sup.procs if p.proc is not None}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in roles.items()}
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = time.time() + 3.0  # the processes start their jobs together
+    stop_at = start + args.seconds
+    per = [jobs // args.procs + (1 if i < jobs % args.procs else 0) for i in range(args.procs)]
+    procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, stop_at, q)) for n in per]
+    for p in procs:
+        p.start()
+    offered = jobs * args.steps * args.metrics / args.flush_s
+    console.print(f"{jobs:,} jobs ({args.protocol}), about {offered:,.0f} points/s offered for {args.seconds:.0f} s ...")
+    results = [q.get(timeout=args.seconds + 300) for _ in procs]
+    t_end = time.time()
+    for p in procs:
+        p.join()
+    wall = t_end - (start - 3.0)
+    cpu = {name: round((cpu_seconds(pid) - cpu0[name]) / wall, 2) for name, pid in roles.items()}
+    acked = sum(r["acked"] for r in results)
+    sql = Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database).client
+    db = cfg.clickhouse.database
+    deadline = time.monotonic() + 120
+    stored = 0
+    while time.monotonic() < deadline:
+        stored = int(sql.query(f"SELECT count() FROM {db}.metric_points WHERE project = '{project}'").result_rows[0][0])
+        if stored >= acked:
+            break
+        time.sleep(0.5)
+    e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
+                    f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]
+    lat = [x for r in results for x in r["latency"]]
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    out = {"jobs": jobs, "protocol": args.protocol, "points_offered": sum(r["offered"] for r in results),
+           "points_acked": acked, "points_stored": stored, "offered_per_s": round(offered),
+           "acked_per_s": round(acked / args.seconds), "sends": len(lat),
+           "ack_p50_ms": pct(lat, 0.5), "ack_p99_ms": pct(lat, 0.99), "ack_max_ms": pct(lat, 1.0),
+           "errors": errors, "e2e_p50_ms": float(e2e[0]), "e2e_p99_ms": float(e2e[1]), "cpu_per_s": cpu}
+    out["meets_goals"] = bool(acked == out["points_offered"] and stored == acked and not errors
+                              and out["ack_p99_ms"] <= GOALS["ack_p99_ms"] and out["e2e_p99_ms"] <= GOALS["e2e_p99_ms"])
+    console.print(f"  acked {acked:,}/{out['points_offered']:,}, stored {stored:,}; ack p50/p99/max {out['ack_p50_ms']}/"
+                  f"{out['ack_p99_ms']}/{out['ack_max_ms']} ms; e2e p50/p99 {out['e2e_p50_ms']:.0f}/{out['e2e_p99_ms']:.0f} ms; "
+                  f"errors {errors or 'none'}; CPU/s {cpu}; goals {'met' if out['meets_goals'] else 'NOT met'}")
+    return out
+
+
+def main() -> None:
+    from rich.console import Console
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", default="2000", help="fleet sizes, comma-separated")
+    ap.add_argument("--protocol", choices=["session", "call"], default="session")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--flush-s", type=float, default=0.5)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--metrics", type=int, default=10)
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    console = Console(stderr=True)
+    sup, cfg, token = start_stack("runstream-fleet-", console)
+    result: dict[str, Any] = {"goals": GOALS, "seconds": args.seconds, "flush_s": args.flush_s, "steps": args.steps,
+                              "metrics": args.metrics, "client_procs": args.procs, "cores": os.cpu_count(), "fleets": []}
+    try:
+        for jobs in [int(j) for j in args.jobs.split(",")]:
+            result["fleets"].append(run_fleet(sup, cfg, token, jobs, args, console))
+        met = [f["jobs"] for f in result["fleets"] if f["meets_goals"]]
+        result["largest_meeting_goals"] = max(met) if met else None
+        if args.json:
+            print(json.dumps(result))
+    finally:
+        sup.stop()
+
+
+if __name__ == "__main__":
+    main()
