@@ -114,6 +114,8 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
 
 
 def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: Any, stop_at_wall: float, q: Any) -> None:
+    if args.client_nice:
+        os.nice(args.client_nice)  # the simulated fleet yields the cores to the stack, as jobs on other machines would
     async def main() -> dict[str, Any]:
         stop_at = time.monotonic() + (stop_at_wall - time.time())
         out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "errors": {}}
@@ -183,12 +185,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--metrics", type=int, default=10)
     ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--client-nice", type=int, default=0, help="run the client processes at this nice level")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=True)
     sup, cfg, token = start_stack("runstream-fleet-", console)
     result: dict[str, Any] = {"goals": GOALS, "seconds": args.seconds, "flush_s": args.flush_s, "steps": args.steps,
-                              "metrics": args.metrics, "client_procs": args.procs, "cores": os.cpu_count(), "fleets": []}
+                              "metrics": args.metrics, "client_procs": args.procs, "client_nice": args.client_nice, "cores": os.cpu_count(), "fleets": []}
     try:
         for jobs in [int(j) for j in args.jobs.split(",")]:
             result["fleets"].append(run_fleet(sup, cfg, token, jobs, args, console))

@@ -85,6 +85,7 @@ class Sink:
         self._lag_at = 0.0
         self.stored_points = 0
         self.stored_batches = 0
+        self._points_per_record = 1000.0  # EWMA over polls: sizes the next poll
 
     @property
     def db(self) -> str:
@@ -162,8 +163,10 @@ class Sink:
         max_rows = self.config.sink.max_rows_per_insert
         while not self._stopping.is_set():
             try:
+                # Records per poll from the points records have carried lately, so that a poll holds about
+                # max_rows_per_insert points whether batches are large (a backfill) or small (a fleet's flushes).
                 polled = await self.consumer.getmany(timeout_ms=int(self.config.sink.flush_interval_s * 1000),
-                                                     max_records=max(1, max_rows // 1000))
+                                                     max_records=max(100, min(50_000, int(max_rows / self._points_per_record))))
             except KafkaError as exc:
                 tm.SINK_ERRORS.labels("consume").inc()
                 log.warning("Reading from Kafka failed (%s); retrying.", exc)
@@ -214,6 +217,9 @@ class Sink:
             tm.SINK_BATCHES.labels("stored").inc(len(items))
             self.stored_batches += len(items)
             self.stored_points += tables.point_count
+            if items:
+                seen = max(1.0, tables.point_count / len(items))
+                self._points_per_record = 0.7 * self._points_per_record + 0.3 * seen
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
 
