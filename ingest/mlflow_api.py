@@ -207,6 +207,7 @@ class RunMemory:
     session_start_ms: int = 0
     pending: set[str] = field(default_factory=set)  # acknowledged batch ids not yet seen stored
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    used: float = 0.0  # monotonic time of its last write
 
 
 def model_json(r: RunRow) -> dict[str, Any]:
@@ -384,12 +385,27 @@ class MlflowApi:
 
     # ---- writes: batches through Kafka ----
 
+    MEMORY_RUNS = 10_000  # runs remembered before idle ones are forgotten
+    MEMORY_IDLE_S = 600.0
+
     def _memory(self, project: str, run_id: str) -> RunMemory:
         mem = self.runs.get((project, run_id))
         if mem is None:
+            if len(self.runs) >= self.MEMORY_RUNS:
+                self._forget_idle()
             mem = self.runs[(project, run_id)] = RunMemory()
+        mem.used = time.monotonic()
         self.run_projects[run_id] = project
         return mem
+
+    def _forget_idle(self) -> None:
+        """Bound the memory: drop runs idle for a while with nothing pending. A run written again later starts a new
+        memory; its seq numbers still grow (they follow the clock), its finish counts only what came since."""
+        cutoff = time.monotonic() - self.MEMORY_IDLE_S
+        for key in [k for k, m in self.runs.items() if m.used < cutoff and not m.pending and not m.lock.locked()]:
+            del self.runs[key]
+        if len(self.run_projects) > 10 * self.MEMORY_RUNS:
+            self.run_projects = {r: p for (p, r) in self.runs}
 
     async def _send(self, token: Token, source: str, project: str, run_id: str, bodies: list[dict[str, Any]]) -> None:
         """Publish one batch per body (a Batch oneof field -> message), in order, and wait for Kafka's acks."""
@@ -429,7 +445,8 @@ class MlflowApi:
             project = await asyncio.to_thread(self.reads.run_project, run_id, allowed)
         if project is None or not token.allows(project, scope):
             if project is not None and token.allows(project, "read"):
-                authorize(token, project, scope)
+                authorize(token, project, scope)  # it may see the run, not change it: PERMISSION_DENIED
+            # A run of a project the token cannot read is, to it, no run at all.
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
         self.run_projects[run_id] = project
         return project, run_id

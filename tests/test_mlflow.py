@@ -395,3 +395,15 @@ def test_same_answers_as_a_real_mlflow_server(ml: MlflowStack, mlflow_server: st
     ours = _scenario(ml.url, tmp_path)
     for key in reference:
         assert ours[key] == reference[key], key
+
+
+def test_the_api_forgets_idle_runs_but_not_pending_ones(tmp_path: Path) -> None:
+    from runstream.ingest.mlflow_api import MlflowApi
+    from runstream.server.auth import TokenStore
+    api = MlflowApi(RunstreamConfig(), None, TokenStore(tmp_path / "t.yaml"), None)  # type: ignore[arg-type]
+    api.MEMORY_RUNS = 3
+    for i in range(3):
+        api._memory("p", f"r{i}").used -= 3600  # idle for an hour
+    api.runs[("p", "r1")].pending.add("not-yet-stored")
+    api._memory("p", "r3")  # the fourth run: idle ones without pending batches go
+    assert set(api.runs) == {("p", "r1"), ("p", "r3")}
