@@ -191,7 +191,8 @@ def main() -> None:
     console = Console(stderr=True)
     sup, cfg, token = start_stack("runstream-fleet-", console)
     result: dict[str, Any] = {"goals": GOALS, "seconds": args.seconds, "flush_s": args.flush_s, "steps": args.steps,
-                              "metrics": args.metrics, "client_procs": args.procs, "client_nice": args.client_nice, "cores": os.cpu_count(), "fleets": []}
+                              "metrics": args.metrics, "client_procs": args.procs, "client_nice": args.client_nice,
+                              "cores": os.cpu_count(), "fleets": []}
     try:
         for jobs in [int(j) for j in args.jobs.split(",")]:
             result["fleets"].append(run_fleet(sup, cfg, token, jobs, args, console))
