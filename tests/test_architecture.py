@@ -35,6 +35,10 @@ NESTED_IMPORTS_ALLOWED = {
     # The read API's [read] extra, imported when used: `import runstream` works on the slim install.
     ("runstream/read/api.py", "clickhouse_connect"), ("runstream/read/api.py", "pandas"),
     ("runstream/sdk/system.py", "pynvml"),  # GPU metrics where NVML is installed
+    # The importers' readers ([importers] extra), imported by the import that needs them.
+    ("runstream/integrations/importers.py", "mlflow.entities"), ("runstream/integrations/importers.py", "mlflow.tracking"),
+    ("runstream/integrations/importers.py", "tensorboard.backend.event_processing"),
+    ("runstream/integrations/importers.py", "tensorboard.util"),
 }
 
 

@@ -143,3 +143,30 @@ def test_import_from_a_running_mlflow_server(stack: Stack, token: str, mlflow_se
     assert_second_import_adds_nothing(
         stack, lambda: import_mlflow(mlflow_server + "/", transport, experiments=["served"], progress=lambda _: None),
         report.batches, "project = 'served'")
+
+
+def test_cli_imports_an_mlflow_sql_database(stack: Stack, token: str, mlflow_server: str, tmp_path: Path) -> None:
+    """`runstream import mlflow --tracking-uri sqlite:///...`: MLflow's SQL store needs full mlflow, so the CLI runs
+    with the MLflow server's own venv (runstream's slim SDK on its path)."""
+    import os
+    import subprocess
+
+    pytest.importorskip("mlflow")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import MLFLOW_SERVER
+    c = MlflowClient(tracking_uri=mlflow_server)
+    exp = c.create_experiment("from-db")
+    run = c.create_run(exp, run_name="db-run")
+    c.log_batch(run.info.run_id, metrics=[Metric("loss", 1.0 / (s + 1), 1000 + s, s) for s in range(1234)])
+    c.set_terminated(run.info.run_id)
+    db = tmp_path / "mlflow.db"  # the server fixture's store (it shares the test's tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), RUNSTREAM_URL=stack.ingest_addr, RUNSTREAM_TOKEN=token)
+    python = MLFLOW_SERVER.parent / "python"
+    res = subprocess.run([str(python), "-m", "runstream", "import", "mlflow", "--tracking-uri", f"sqlite:///{db}",
+                          "--experiment", "from-db"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1,234 of 1,234 points acknowledged" in res.stdout and "db-run" in res.stderr  # the count, and progress
+    assert stack.wait_points(1234, where="project = 'from-db'") == 1234

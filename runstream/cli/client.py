@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from runstream.integrations import importers
 from runstream.sdk import SendError, client_config, connect, send_spool_file, spool
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
@@ -43,7 +44,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """MLflow or TensorBoard runs into runstream through ingest; a second import of the same source adds nothing."""
-    from runstream.integrations import importers
     transport = connect(client_config(), url=args.url, token=args.token)
     try:
         if args.source == "mlflow":
