@@ -407,3 +407,34 @@ def test_the_api_forgets_idle_runs_but_not_pending_ones(tmp_path: Path) -> None:
     api.runs[("p", "r1")].pending.add("not-yet-stored")
     api._memory("p", "r3")  # the fourth run: idle ones without pending batches go
     assert set(api.runs) == {("p", "r1"), ("p", "r3")}
+
+
+def test_an_mlflow_run_is_in_the_grafana_run_explorer(ml: MlflowStack) -> None:
+    """The run explorer's own queries (variables expanded as Grafana and the ClickHouse plugin do) find a run that
+    the mlflow client logged: in its run list, its params and tags table, and its metric chart."""
+    from runstream.dashboards import build
+    from tests.grafana_macros import Context, expand, interpolate
+    from tests.test_dashboards import all_targets
+    mlflow.set_experiment("explorer")
+    with mlflow.start_run(run_name="seen-in-grafana") as run:
+        mlflow.log_param("lr", 0.01)
+        for step in range(30):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+    MlflowClient().get_run(run.info.run_id)  # the read barrier: everything acknowledged is stored
+    now = int(time.time())
+    ctx = Context(from_s=now - 900, to_s=now + 60, interval_s=5,
+                  variables={"project": ["explorer"], "run": [run.info.run_id], "metric": ["loss"]},
+                  all_values={"project": ["explorer"], "run": [run.info.run_id], "metric": ["loss"]})
+    db = ml.config.clickhouse.database
+    dash = build.generate()["run-explorer"]
+    runs_var = next(v for v in dash["templating"]["list"] if v["name"] == "run")
+    sql = expand(interpolate(runs_var["query"] if isinstance(runs_var["query"], str) else runs_var["definition"], ctx), ctx)
+    assert (run.info.run_id,) in ml.query(sql.replace("runstream.", f"{db}."))
+    results = {}
+    for panel, target in all_targets(dash):
+        if "rawSql" in target:
+            sql = expand(interpolate(target["rawSql"], ctx), ctx).replace("runstream.", f"{db}.")
+            results[panel["title"]] = ml.query(sql)
+    assert any("seen-in-grafana" in map(str, row) for row in results["Runs"]), results["Runs"]
+    assert any("lr" in map(str, row) for row in results["Params and tags, side by side"])
+    assert len(results["${metric} by step"]) == 30
