@@ -684,13 +684,7 @@ class MlflowApi:
         return {}
 
     async def search_logged_models(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        projects = []
-        for exp_id in _list(body.get("experiment_ids")):
-            project = project_of(str(exp_id))
-            authorize(token, project, "read")
-            projects.append(project)
-        if not projects:
-            raise MlflowError("INVALID_PARAMETER_VALUE", "experiment_ids: name at least one experiment")
+        projects = self._readable_projects(body, token)
         conds = [Cond(c.kind, MODEL_AS_RUN.get(c.key, c.key) if c.kind == "attr" else c.key, c.op, c.value)
                  for c in parse_filter(body.get("filter"), attrs=MODEL_ATTRS)]
         orders = []
@@ -705,16 +699,8 @@ class MlflowApi:
             orders.append(Order(kind, key, bool(o.get("ascending", True))))
         limit = min(_int(body.get("max_results"), "max_results", 100), MAX_RESULTS)
         offset = _page(body.get("page_token"))
-        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
-        rows = await asyncio.to_thread(self.reads.search, projects, conds, orders, view="ACTIVE_ONLY", offset=offset,
-                                       limit=limit + 1, models=True)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        await asyncio.to_thread(self.reads.details, rows)
-        out: dict[str, Any] = {"models": [model_json(r) for r in rows]}
-        if more:
-            out["next_page_token"] = _next_page(offset + limit)
-        return out
+        rows, token_out = await self._page(projects, conds, orders, view="ACTIVE_ONLY", offset=offset, limit=limit, models=True)
+        return {"models": [model_json(r) for r in rows], **token_out}
 
     async def log_outputs(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         """The models a run produced: each model already names its source run; nothing more to keep."""
@@ -767,7 +753,8 @@ class MlflowApi:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
         return {"run": run_json(rows[0])}
 
-    async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+    def _readable_projects(self, body: dict[str, Any], token: Token) -> list[str]:
+        """The projects of the request's experiment_ids, each readable by the token."""
         projects = []
         for exp_id in _list(body.get("experiment_ids")):
             project = project_of(str(exp_id))
@@ -775,6 +762,22 @@ class MlflowApi:
             projects.append(project)
         if not projects:
             raise MlflowError("INVALID_PARAMETER_VALUE", "experiment_ids: name at least one experiment")
+        return projects
+
+    async def _page(self, projects: list[str], conds: list[Cond], orders: list[Order], *, view: str, offset: int, limit: int,
+                    models: bool) -> tuple[list[RunRow], dict[str, str]]:
+        """One page of a search, with details, after this role's pending writes to those projects are stored; and
+        the next page's token when there is more."""
+        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
+        rows = await asyncio.to_thread(self.reads.search, projects, conds, orders, view=view, offset=offset,
+                                       limit=limit + 1, models=models)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        await asyncio.to_thread(self.reads.details, rows)
+        return rows, ({"next_page_token": _next_page(offset + limit)} if more else {})
+
+    async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        projects = self._readable_projects(body, token)
         conds = parse_filter(body.get("filter"))
         orders = parse_order_by(_list(body.get("order_by")))
         view = str(body.get("run_view_type") or "ACTIVE_ONLY")
@@ -784,16 +787,8 @@ class MlflowApi:
         if not 0 < limit <= MAX_RESULTS:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"max_results: {limit} is not between 1 and {MAX_RESULTS}")
         offset = _page(body.get("page_token"))
-        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
-        rows = await asyncio.to_thread(self.reads.search, projects, conds, orders, view=view, offset=offset,
-                                       limit=limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        await asyncio.to_thread(self.reads.details, rows)
-        out: dict[str, Any] = {"runs": [run_json(r) for r in rows]}
-        if more:
-            out["next_page_token"] = _next_page(offset + limit)
-        return out
+        rows, token_out = await self._page(projects, conds, orders, view=view, offset=offset, limit=limit, models=False)
+        return {"runs": [run_json(r) for r in rows], **token_out}
 
     async def metric_history(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "read")

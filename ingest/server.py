@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -175,6 +175,49 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         seqs[batch.run_id] = batch.seq
         return await self.publisher.publish(batch), points
 
+    async def _publish_batches(self, batches: Iterable[ingest_pb2.Batch], token: Token, context: grpc.aio.ServicerContext,
+                               seqs: dict[str, int], futures: list[asyncio.Future], audit_futures: list[asyncio.Future]) -> int:
+        """Validate and publish each batch (and the audit record of a run's start, finish or resume), appending their
+        Kafka futures; returns the points. Raises at the first batch refused, the earlier ones published."""
+        points = 0
+        for batch in batches:
+            where = f"batches[{len(futures)}]"
+            try:
+                fut, n = await self._accept(batch, where, token, seqs)
+            except ValidationError:
+                tm.INGEST_REJECTED.labels("invalid").inc()
+                raise
+            futures.append(fut)
+            points += n
+            kind = batch.WhichOneof("body")
+            if kind in ("run_start", "run_finish", "run_resume"):
+                audit_futures.append(await self.publisher.publish_audit(run_audit(batch, kind, token.name, context.peer() or "")))
+        return points
+
+    async def _refuse(self, exc: RunstreamError, futures: list[asyncio.Future], context: grpc.aio.ServicerContext,
+                      method: str) -> None:
+        """End the call with the error's status. Batches published before the failure are durable once Kafka acks
+        them: the trailer says how many, so a client resends only the rest."""
+        code = status_for(exc)
+        accepted = 0
+        try:
+            await self.publisher.wait(futures)
+            accepted = len(futures)
+        except RunstreamError:
+            pass
+        context.set_trailing_metadata(((ACCEPTED_KEY, str(accepted)),))
+        if code != grpc.StatusCode.INVALID_ARGUMENT:
+            log.warning("%s refused: %s", method, exc)
+        tm.INGEST_REQUESTS.labels(method, code.name).inc()
+        await context.abort(code, str(exc))
+
+    @staticmethod
+    def _count(method: str, batches: int, points: int, started: float) -> None:
+        tm.INGEST_REQUESTS.labels(method, "OK").inc()
+        tm.INGEST_BATCHES.inc(batches)
+        tm.INGEST_POINTS.inc(points)
+        tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
     async def _handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, method: str) -> ingest_pb2.SendResponse:
         started = time.perf_counter()
         auth = dict(context.invocation_metadata() or ()).get("authorization")
@@ -182,46 +225,16 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         audit_futures: list[asyncio.Future] = []
         points = 0
         seqs: dict[str, int] = {}
-        code = grpc.StatusCode.OK
         try:
             token = self.tokens.authenticate(auth)
             async for raw in requests:
                 # Every message is checked again: a token revoked while a stream is open stops that stream too.
                 token = self.tokens.authenticate(auth)
-                request = parse_request(raw)
-                for batch in request.batches:
-                    where = f"batches[{len(futures)}]"
-                    try:
-                        fut, n = await self._accept(batch, where, token, seqs)
-                    except ValidationError:
-                        tm.INGEST_REJECTED.labels("invalid").inc()
-                        raise
-                    futures.append(fut)
-                    points += n
-                    kind = batch.WhichOneof("body")
-                    if kind in ("run_start", "run_finish", "run_resume"):
-                        audit_futures.append(await self.publisher.publish_audit(
-                            run_audit(batch, kind, token.name, context.peer() or "")))
+                points += await self._publish_batches(parse_request(raw).batches, token, context, seqs, futures, audit_futures)
             await self.publisher.wait(futures + audit_futures)
         except RunstreamError as exc:
-            code = status_for(exc)
-            # Batches published before the failure are durable once Kafka acks them;
-            # say how many, so a client resends only the rest.
-            accepted = 0
-            try:
-                await self.publisher.wait(futures)
-                accepted = len(futures)
-            except RunstreamError:
-                pass
-            context.set_trailing_metadata(((ACCEPTED_KEY, str(accepted)),))
-            if code != grpc.StatusCode.INVALID_ARGUMENT:
-                log.warning("%s refused: %s", method, exc)
-            tm.INGEST_REQUESTS.labels(method, code.name).inc()
-            await context.abort(code, str(exc))
-        tm.INGEST_REQUESTS.labels(method, code.name).inc()
-        tm.INGEST_BATCHES.inc(len(futures))
-        tm.INGEST_POINTS.inc(points)
-        tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+            await self._refuse(exc, futures, context, method)
+        self._count(method, len(futures), points, started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
     def flush_hint_ms(self) -> int:
@@ -243,42 +256,15 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                 seqs: dict[str, int] = {}  # order is checked per request, as per call: a resend is a new request
                 futures: list[asyncio.Future] = []
                 audit_futures: list[asyncio.Future] = []
-                points = 0
                 try:
                     # Every message is authenticated: a token revoked while the session is open stops it too.
                     token = self.tokens.authenticate(auth)
                     request = parse_session_request(raw)
-                    for batch in request.batches:
-                        where = f"batches[{len(futures)}]"
-                        try:
-                            fut, n = await self._accept(batch, where, token, seqs)
-                        except ValidationError:
-                            tm.INGEST_REJECTED.labels("invalid").inc()
-                            raise
-                        futures.append(fut)
-                        points += n
-                        kind = batch.WhichOneof("body")
-                        if kind in ("run_start", "run_finish", "run_resume"):
-                            audit_futures.append(await self.publisher.publish_audit(
-                                run_audit(batch, kind, token.name, context.peer() or "")))
+                    points = await self._publish_batches(request.batches, token, context, seqs, futures, audit_futures)
                     await self.publisher.wait(futures + audit_futures)
                 except RunstreamError as exc:
-                    code = status_for(exc)
-                    accepted = 0
-                    try:
-                        await self.publisher.wait(futures)
-                        accepted = len(futures)
-                    except RunstreamError:
-                        pass
-                    context.set_trailing_metadata(((ACCEPTED_KEY, str(accepted)),))
-                    if code != grpc.StatusCode.INVALID_ARGUMENT:
-                        log.warning("Session refused a request: %s", exc)
-                    tm.INGEST_REQUESTS.labels("Session", code.name).inc()
-                    await context.abort(code, str(exc))
-                tm.INGEST_REQUESTS.labels("Session", "OK").inc()
-                tm.INGEST_BATCHES.inc(len(futures))
-                tm.INGEST_POINTS.inc(points)
-                tm.INGEST_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+                    await self._refuse(exc, futures, context, "Session")
+                self._count("Session", len(futures), points, started)
                 yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
                                             min_flush_interval_ms=self.flush_hint_ms()).SerializeToString()
         finally:
