@@ -19,13 +19,13 @@ from runstream.ingest.mlflow_search import (
     MODEL_LABEL,
     Cond,
     Order,
-    Params,
     sql_conditions,
     sql_order,
 )
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import Unavailable
 from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG
+from runstream.wire.sql import QueryParams
 
 log = logging.getLogger("runstream.mlflow")
 
@@ -95,7 +95,7 @@ class Reads:
         return {str(p): int(ms) for p, ms in rows}
 
     def run_project(self, run_id: str, projects: list[str] | None) -> str | None:
-        p = Params()
+        p = QueryParams()
         where = f"run_id = {p.add(run_id, 'String')}"
         if projects is not None:
             where += f" AND project IN {p.add(projects, 'Array(String)')}"
@@ -103,7 +103,7 @@ class Reads:
         return str(rows[0][0]) if rows else None
 
     def run_status(self, project: str, run_id: str) -> str | None:
-        p = Params()
+        p = QueryParams()
         rows = self.query(f"SELECT status FROM {{db}}.runs WHERE project = {p.add(project, 'String')} "
                           f"AND run_id = {p.add(run_id, 'String')}", p.values)
         return str(rows[0][0]) if rows else None
@@ -112,7 +112,7 @@ class Reads:
                limit: int, models: bool | None = False) -> list[RunRow]:
         """One page of runs (``limit`` rows from ``offset``), without their details (see ``details``). ``models``:
         only logged models (True), only runs (False), or both (None)."""
-        p = Params()
+        p = QueryParams()
         scope_value = p.add(projects, "Array(String)")
         scope = f"project IN {scope_value}"
         conditions = sql_conditions(conds, "{db}", scope, p)
@@ -156,7 +156,7 @@ class Reads:
         if not runs:
             return
         by_key = {(r.project, r.run_id): r for r in runs}
-        p = Params()
+        p = QueryParams()
         where = (f"project IN {p.add(sorted({r.project for r in runs}), 'Array(String)')} "
                  f"AND run_id IN {p.add(sorted({r.run_id for r in runs}), 'Array(String)')}")
         for project, run_id, key, value in self.query(
@@ -183,7 +183,7 @@ class Reads:
 
     def history(self, project: str, run_id: str, metric: str, *, offset: int, limit: int) -> list[tuple[float, int, int]]:
         """(value, timestamp ms, step) of one metric, by step then time."""
-        p = Params()
+        p = QueryParams()
         rows = self.query(
             f"SELECT value, toUnixTimestamp64Milli(ts), step FROM {{db}}.metrics WHERE project = {p.add(project, 'String')} "
             f"AND run_id = {p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')} ORDER BY step, ts "
@@ -193,7 +193,7 @@ class Reads:
     def history_range(self, pairs: list[tuple[str, str]], metric: str, start_step: int | None = None,
                       end_step: int | None = None) -> list[tuple[str, float, int, int]]:
         """(run id, value, timestamp, step) of one metric of several runs, within a step range."""
-        p = Params()
+        p = QueryParams()
         where = (f"project IN {p.add(sorted({a for a, _ in pairs}), 'Array(String)')} "
                  f"AND run_id IN {p.add(sorted({b for _, b in pairs}), 'Array(String)')} AND metric = {p.add(metric, 'String')}")
         if start_step is not None:
@@ -207,7 +207,7 @@ class Reads:
 
     def stored_batches(self, projects: list[str], batch_ids: list[str]) -> set[str]:
         """Which of these batches storage holds (the batch ledger is written after a poll's rows)."""
-        p = Params()
+        p = QueryParams()
         rows = self.query(f"SELECT batch_id FROM {{db}}.batches WHERE project IN {p.add(projects, 'Array(String)')} "
                           f"AND batch_id IN {p.add(batch_ids, 'Array(String)')}", p.values)
         return {str(r[0]) for r in rows}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.wire.errors import ValidationError
+from runstream.wire.sql import QueryParams
 
 # Tag values written by delete-tag: the tags table keeps the latest value per key, so a deletion is a value.
 DELETED_TAG = "\x00deleted"
@@ -180,18 +181,6 @@ def parse_order_by(clauses: list[str], *, attrs: dict[str, str] = RUN_ATTRS, whe
     return out
 
 
-class Params:
-    """Server-side query parameters ({name:Type}), named in order."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def add(self, value: Any, ch_type: str) -> str:
-        name = f"p{len(self.values)}"
-        self.values[name] = value
-        return f"{{{name}:{ch_type}}}"
-
-
 # The value MLflow sees of a stored param: params are stored JSON-encoded; a JSON string shows as its text.
 PARAM_TEXT = "if(startsWith(value, '\"'), JSONExtractString(value), value)"
 LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the largest step, then time, then value
@@ -204,7 +193,7 @@ MODEL_AS_RUN = {"name": "run_name", "model_id": "run_id", "source_run_id": "pare
                 "creation_timestamp": "start_time", "creation_time": "start_time"}
 
 
-def _compare(column: str, c: Cond, p: Params) -> str:
+def _compare(column: str, c: Cond, p: QueryParams) -> str:
     if c.op in ("IN", "NOT IN"):
         return f"{column} {c.op} {p.add(list(c.value), 'Array(String)')}"
     if isinstance(c.value, float):
@@ -214,7 +203,7 @@ def _compare(column: str, c: Cond, p: Params) -> str:
     return f"{column} {c.op} {p.add(c.value, 'String')}"
 
 
-def sql_conditions(conds: list[Cond], db: str, scope: str, p: Params) -> list[str]:
+def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
     """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
     subqueries to the searched projects."""
     out = []
@@ -253,7 +242,7 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: Params) -> list[st
     return out
 
 
-def sql_order(orders: list[Order], db: str, scope: str, p: Params) -> tuple[list[str], list[str]]:
+def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams) -> tuple[list[str], list[str]]:
     """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
     come last, in either direction, as MLflow orders them."""
     joins, terms = [], []

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import RunstreamError
+from runstream.wire.sql import QueryParams
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
 Filter = Any  # a value (equality) or (op, value) with op in OPS
@@ -37,19 +38,7 @@ def _split(flt: Filter) -> tuple[str, Any]:
     return "=", flt
 
 
-class _Params:
-    """Server-side query parameters ({name:Type}), named in order."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def add(self, value: Any, ch_type: str) -> str:
-        name = f"p{len(self.values)}"
-        self.values[name] = value
-        return f"{{{name}:{ch_type}}}"
-
-
-def _typed(column: str, op: str, value: Any, p: _Params) -> str:
+def _typed(column: str, op: str, value: Any, p: QueryParams) -> str:
     """A comparison of a JSON-encoded ``column`` with a Python value, by the value's type."""
     if value is None:
         return f"{column} {'!=' if op == '!=' else '='} 'null'"
@@ -102,7 +91,7 @@ class Api:
         name (list) or name -> value; status; run ids. A pandas DataFrame."""
         import pandas as pd
 
-        p = _Params()
+        p = QueryParams()
         where = ["1"]
         if project is not None:
             where.append(f"project = {p.add(project, 'String')}")
@@ -164,7 +153,7 @@ class Api:
         arrays)."""
         if format not in ("pandas", "arrow", "numpy"):
             raise ValueError("format must be pandas, arrow or numpy")
-        p = _Params()
+        p = QueryParams()
         parts = [self._segment(run_id, metric, project, None, p)]
         child = run_id
         for _ in range(16 if include_parent else 0):  # forks of forks, bounded
@@ -209,13 +198,13 @@ class Api:
         return self._forks[key]
 
     @staticmethod
-    def _scope(run_id: str, metric: str, project: str | None, p: _Params) -> str:
+    def _scope(run_id: str, metric: str, project: str | None, p: QueryParams) -> str:
         """One run's metric (in one project, when given)."""
         cond = f"run_id = {p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')}"
         return cond + (f" AND project = {p.add(project, 'String')}" if project is not None else "")
 
     @classmethod
-    def _segment(cls, run_id: str, metric: str, project: str | None, up_to: int | None, p: _Params) -> str:
+    def _segment(cls, run_id: str, metric: str, project: str | None, up_to: int | None, p: QueryParams) -> str:
         cond = cls._scope(run_id, metric, project, p)
         if up_to is not None:
             cond += f" AND step <= {p.add(up_to, 'Int64')}"
