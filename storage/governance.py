@@ -11,6 +11,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from runstream.storage import access, columns, queries
+from runstream.storage.cluster import Layout
 from runstream.storage.store import is_embedded, map_clickhouse_errors
 from runstream.storage.tables import RUN_TABLES
 from runstream.v1.ingest_pb2 import AuditRecord, ControlEvent
@@ -21,9 +22,10 @@ log = logging.getLogger("runstream.sink")
 
 
 class GovernanceApplier:
-    def __init__(self, client: Client, db: str, audit_key: bytes = b"") -> None:
+    def __init__(self, client: Client, db: str, audit_key: bytes = b"", cluster: str = "") -> None:
         self.client = client
         self.db = db
+        self.layout = Layout(db, cluster)
         self.audit_key = audit_key  # signs every chained audit record (sink.audit_key_file)
         self.deleted_runs: set[tuple[str, str]] = set()  # (project, run id): a run id is unique per project only
         self.retention: dict[str, tuple[int, int]] = {}
@@ -63,7 +65,8 @@ class GovernanceApplier:
         """The permissive row policies a server needs before any restrictive one (none on the embedded engine)."""
         if not is_embedded(self.client):
             for stmt in access.base_statements(self.db):
-                self.client.command(stmt)
+                for part in self.layout.statements(stmt):
+                    self.client.command(part)
 
     def apply(self, ev: ControlEvent) -> None:
         """Carry out one control event in storage (called after the rows polled before it were inserted)."""
@@ -71,7 +74,8 @@ class GovernanceApplier:
         if ev.HasField("project"):
             if not is_embedded(self.client):  # the embedded engine has no access control
                 for stmt in access.project_statements(db, ev.project.name):
-                    self.client.command(stmt)
+                    for part in self.layout.statements(stmt):
+                        self.client.command(part)
         elif ev.HasField("run_delete"):
             project, run_id = ev.run_delete.project, ev.run_delete.run_id
             self.deleted_runs.add((project, run_id))
@@ -88,16 +92,18 @@ class GovernanceApplier:
             for table, col, idx in (("metric_points", "ts", 0), ("rollup_windows", "window_start", 1)):
                 cases = [(p, days[idx]) for p, days in sorted(self.retention.items()) if days[idx]]
                 if not cases:
-                    self.client.command(f"ALTER TABLE {db}.{table} REMOVE TTL")
+                    self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} REMOVE TTL")
                     continue
                 expr = "multiIf(" + ", ".join(f"project = '{p}', {d}" for p, d in cases) + ", 36500)"
-                self.client.command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
+                self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} "
+                                    f"MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
             log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
                      r.rollup_days or "keep")
 
     def delete_run(self, project: str, run_id: str) -> None:
         for table in RUN_TABLES:  # only this project's run: another project may use the same run id
-            self.client.command(f"ALTER TABLE {self.db}.{table} DELETE WHERE project = %(p)s AND run_id = %(r)s",
+            self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} "
+                                "DELETE WHERE project = %(p)s AND run_id = %(r)s",
                                 parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
 
     def chain(self, records: list[tuple[AuditRecord, int, int]]) -> list[list[Any]]:

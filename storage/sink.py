@@ -98,8 +98,8 @@ class Sink:
     async def start(self) -> None:
         if self.client is None:
             self.client = await asyncio.to_thread(open_store, self.config)
-        await asyncio.to_thread(migrate, self.client, self.db)
-        self.governance = GovernanceApplier(self.client, self.db, audit_key(self.config))
+        await asyncio.to_thread(migrate, self.client, self.db, self.config.clickhouse.cluster)
+        self.governance = GovernanceApplier(self.client, self.db, audit_key(self.config), self.config.clickhouse.cluster)
         await asyncio.to_thread(self.governance.install_access)
         await asyncio.to_thread(self.governance.load)
         self.writer = Writer(self.client, self.db, self.governance)

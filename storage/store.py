@@ -18,6 +18,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from runstream.storage.cluster import Layout
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import StorageError, StoreLocked
 from runstream.wire.files import private_dir
@@ -85,19 +86,20 @@ def is_embedded(client: Client) -> bool:
     return type(client).__name__ == "ChdbClient"
 
 
-def migrate(client: Client, database: str) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
+def migrate(client: Client, database: str, cluster: str = "") -> list[str]:
+    """Apply pending migrations (on every node of ``cluster`` when given); returns the names applied."""
+    layout = Layout(database, cluster)
     applied: list[str] = []
     with map_clickhouse_errors("migration"):
-        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        client.command(f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
-                       "(version UInt32, name String, applied DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version")
+        for stmt in layout.database() + layout.migrations_table():
+            client.command(stmt)
         done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
         for version, name, statements in migrations(server=not is_embedded(client)):
             if version in done:
                 continue
             for stmt in statements:
-                client.command(stmt.replace("{db}", database))
+                for part in layout.statements(stmt.replace("{db}", database)):
+                    client.command(part)
             client.insert(f"{database}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(name)
             log.info("Applied migration %s.", name)

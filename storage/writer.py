@@ -36,6 +36,7 @@ class Writer:
         if t.audit:
             t.audit_rows = self.governance.chain(t.audit)
             t.audit = []
+        settings = self.governance.layout.insert_settings or None
         with map_clickhouse_errors("insert"):
             for table in TABLES:
                 if not table.rows:
@@ -43,10 +44,11 @@ class Writer:
                 rows = getattr(t, table.rows)
                 if table.columns:
                     if rows:
-                        self.client.insert(f"{self.db}.{table.name}", rows, column_names=list(table.columns))
+                        self.client.insert(f"{self.db}.{table.name}", rows, column_names=list(table.columns),
+                                           settings=settings)
                         tm.SINK_ROWS.labels(table.name).inc(len(rows))
                 elif rows is not None:
-                    self.client.insert_arrow(f"{self.db}.{table.name}", rows)
+                    self.client.insert_arrow(f"{self.db}.{table.name}", rows, settings=settings)
                     tm.SINK_ROWS.labels(table.name).inc(rows.num_rows)
             for ev in t.control:  # after this poll's rows, so a deletion also removes what came just before it
                 self.governance.apply(ev)

@@ -209,11 +209,33 @@ def test_compose_is_valid_and_complete() -> None:
             if src.startswith("./"):
                 assert (ROOT / src).exists(), f"{name}: mounts {src}, which is not in the repo"
     assert services["ingest"]["deploy"]["replicas"] >= 2
-    # Every runstream service's environment must load as a valid config (e.g. ingest beyond loopback needs TLS).
-    for svc in services.values():
-        if svc.get("image") == "runstream:local" and "tls" not in svc.get("command", []):
-            env = {k: str(v) for k, v in svc["environment"].items()}
-            RunstreamConfig.load(None, env={k: v for k, v in env.items() if k != "RUNSTREAM_INGEST_TOKENS_FILE"})
+    # Every runstream service's environment must load as a valid config (e.g. ingest beyond loopback needs TLS),
+    # as Compose interpolates it by default and with the cluster profile's env file.
+    cluster_env = dict(line.split("=", 1) for line in (ROOT / "deploy" / "clickhouse-cluster" / "cluster.env")
+                       .read_text().splitlines() if line and not line.startswith("#"))
+    for shell in ({}, cluster_env):
+        for svc in services.values():
+            if svc.get("image") == "runstream:local" and "tls" not in svc.get("command", []):
+                env = {k: compose_interpolate(str(v), shell) for k, v in svc["environment"].items()}
+                c = RunstreamConfig.load(None, env={k: v for k, v in env.items() if k != "RUNSTREAM_INGEST_TOKENS_FILE"})
+                assert c.clickhouse.cluster == shell.get("CLICKHOUSE_CLUSTER", "")
+                assert f"@{shell.get('CLICKHOUSE_HOST', 'clickhouse')}:8123" in c.clickhouse.url
+    # The cluster profile: Keeper and 2 shards x 2 replicas, each node its own shard/replica macros and volume,
+    # all of them in the remote_servers cluster the roles name.
+    assert cluster_env["COMPOSE_PROFILES"] == "cluster"
+    nodes = {n: s for n, s in services.items() if s.get("profiles") == ["cluster"] and n.startswith("ch-")}
+    assert services["clickhouse-keeper"]["profiles"] == ["cluster"] and len(nodes) == 4
+    assert cluster_env["CLICKHOUSE_HOST"] in nodes
+    assert len({(s["environment"]["CH_SHARD"], s["environment"]["CH_REPLICA"]) for s in nodes.values()}) == 4
+    assert all(s["environment"]["CH_REPLICA"] == n for n, s in nodes.items())
+    assert len({s["volumes"][0] for s in nodes.values()}) == 4
+    assert all(any("clickhouse-cluster/config.xml" in v for v in s["volumes"]) for s in nodes.values())
+    xml = (ROOT / "deploy" / "clickhouse-cluster" / "config.xml").read_text()
+    assert f"<{cluster_env['CLICKHOUSE_CLUSTER']}>" in xml
+    shards = re.findall(r"<shard>(.*?)</shard>", xml, re.S)
+    assert [sorted(re.findall(r"<host>([\w-]+)</host>", sh)) for sh in shards] == [
+        sorted(n for n, s in nodes.items() if s["environment"]["CH_SHARD"] == str(i + 1)) for i in range(2)]
+    assert services["sink"]["depends_on"]["ch-s1r1"] == {"condition": "service_healthy", "required": False}
     ingest_env = services["ingest"]["environment"]
     assert ingest_env["RUNSTREAM_INGEST_LISTEN"].startswith("0.0.0.0") and ingest_env["RUNSTREAM_INGEST_TLS_CERT"]
     assert services["ingest"]["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
@@ -247,6 +269,14 @@ def test_compose_is_valid_and_complete() -> None:
     assert "prometheus" in services["certs"]["command"][services["certs"]["command"].index("--client") + 1]
     for copied in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.M):
         assert (ROOT / copied).exists(), f"Dockerfile copies {copied}, which is missing"
+
+
+def compose_interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR} and ${VAR:-default} (nested: innermost first)."""
+    pattern = re.compile(r"\$\{(\w+)(?::-([^${}]*))?\}")
+    while (new := pattern.sub(lambda m: env.get(m[1]) or m[2] or "", value)) != value:
+        value = new
+    return value
 
 
 def promql_metrics() -> set[str]:

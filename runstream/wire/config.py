@@ -128,6 +128,7 @@ class ClickHouseConfig:
     url: str = ""                  # empty: the embedded engine (chDB) at `path`
     path: str = ""                 # empty: <data_dir>/clickhouse
     database: str = "runstream"
+    cluster: str = ""              # a server's cluster name (remote_servers): replicated, sharded schema (storage/cluster.py)
 
 
 @dataclass
@@ -254,6 +255,10 @@ class RunstreamConfig:
             problems.append("ingest.max_batch_points: must be at least 1")
         if self.clickhouse.url and not self.clickhouse.url.startswith(("http://", "https://")):
             problems.append(f"clickhouse.url: {self.clickhouse.url!r} must start with http:// or https://")
+        if self.clickhouse.cluster and not self.clickhouse.url:
+            problems.append("clickhouse.cluster: a cluster needs a server; set clickhouse.url to one of its nodes")
+        if self.clickhouse.cluster and not self.clickhouse.cluster.replace("-", "_").isidentifier():
+            problems.append(f"clickhouse.cluster: {self.clickhouse.cluster!r} is not a plain cluster name")
         if not self.clickhouse.database.isidentifier():
             problems.append(f"clickhouse.database: {self.clickhouse.database!r} is not a plain identifier")
         if problems:
