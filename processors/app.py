@@ -65,6 +65,7 @@ class Processors:
         k = config.kafka
         self.app = app = faust.App(
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
+            datadir=str(config.data_path / "processors"),  # faust's default is relative to the working directory
             topic_partitions=k.partitions, topic_replication_factor=max(1, k.replication_factor), web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
             processing_guarantee=pc.guarantee,

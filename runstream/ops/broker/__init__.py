@@ -339,6 +339,14 @@ class KafkaCluster:
         config.kafka.bootstrap = self.bootstrap
         return config
 
+    def replace(self, node_id: int, timeout: float = 120.0) -> None:
+        """A node whose disk was lost: killed, its log directory removed, formatted afresh under the same id and
+        started; it copies its partitions back from the other replicas."""
+        node = self.node(node_id)
+        node.kill()
+        shutil.rmtree(node.data_dir / "logs", ignore_errors=True)
+        node.start(timeout)
+
     def start(self, timeout: float = 120.0) -> None:
         for b in self.nodes:
             b.launch()  # a node finishes starting only once a quorum of voters runs
