@@ -10,6 +10,7 @@ sinks, and the audit chain is gapless."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import subprocess
@@ -110,42 +111,48 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
     token = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)  # for `runstream run delete`
     logs = tmp_path / "logs"
+    with contextlib.ExitStack() as cleanup:
 
-    def process(role: str, name: str) -> RoleProcess:
-        cfg = copy.deepcopy(config)
-        cfg.ingest.listen, cfg.ingest.metrics_port = f"127.0.0.1:{free_port()}", free_port()
-        cfg.processors.metrics_port = free_port()
-        p = RoleProcess(role, cfg, logs, name=name)
-        p.start()
-        port = cfg.ingest.metrics_port if role == "ingest" else cfg.processors.metrics_port
-        wait_http(f"http://127.0.0.1:{port}/metrics", 90, p)
-        return p
+        def process(role: str, name: str) -> RoleProcess:
+            cfg = copy.deepcopy(config)
+            cfg.ingest.listen, cfg.ingest.metrics_port = f"127.0.0.1:{free_port()}", free_port()
+            cfg.processors.metrics_port = free_port()
+            p = RoleProcess(role, cfg, logs, name=name)
+            p.start()
+            cleanup.callback(lambda: print(f"--- {p.name}\n{p.log_tail(20)}"))
+            cleanup.callback(p.stop)
+            port = cfg.ingest.metrics_port if role == "ingest" else cfg.processors.metrics_port
+            wait_http(f"http://127.0.0.1:{port}/metrics", 90, p)
+            return p
 
-    def second_sink() -> InProcessRoles:
-        cfg = copy.deepcopy(config)
-        cfg.sink.sql_listen = ""  # one SQL endpoint is enough
-        return InProcessRoles(cfg, ["sink"]).start()
+        def second_sink() -> InProcessRoles:
+            cfg = copy.deepcopy(config)
+            cfg.sink.sql_listen = ""  # one SQL endpoint is enough
+            s = InProcessRoles(cfg, ["sink"]).start()
+            cleanup.callback(s.stop)  # idempotent: also after a crash
+            return s
 
-    sink_a = InProcessRoles(config, ["sink"]).start()
-    assert config.kafka.replication_factor == 3  # resolved from the brokers (0: min(3, brokers))
-    stack = Stack(config, sink_a)
-    sink_b = second_sink()
-    ingests = [process("ingest", f"ingest-{i}") for i in (1, 2)]
-    workers = [process("process", f"process-{i}") for i in (1, 2)]
-    addrs = [p.config.ingest.listen for p in ingests]
-    jobs: list[Job] = []
+        sink_a = InProcessRoles(config, ["sink"]).start()
+        cleanup.callback(sink_a.stop)
+        assert config.kafka.replication_factor == 3  # resolved from the brokers (0: min(3, brokers))
+        stack = Stack(config, sink_a)
+        sink_b = second_sink()
+        ingests = [process("ingest", f"ingest-{i}") for i in (1, 2)]
+        workers = [process("process", f"process-{i}") for i in (1, 2)]
+        addrs = [p.config.ingest.listen for p in ingests]
+        jobs: list[Job] = []
+        cleanup.callback(lambda: [j.stop() for j in jobs])  # first: the jobs finish while every role still runs
 
-    def acked() -> int:
-        return sum(j.acked for j in jobs)
+        def acked() -> int:
+            return sum(j.acked for j in jobs)
 
-    def answering(event: str, act: Callable[[], None]) -> None:
-        before = acked()
-        act()
-        at = time.monotonic()
-        wait_until(lambda: acked() > before + 1000, 10, f"ingest to acknowledge within 10 s of: {event}")
-        print(f"{event}: acknowledging again after {time.monotonic() - at:.1f} s")
+        def answering(event: str, act: Callable[[], None]) -> None:
+            before = acked()
+            act()
+            at = time.monotonic()
+            wait_until(lambda: acked() > before + 1000, 10, f"ingest to acknowledge within 10 s of: {event}")
+            print(f"{event}: acknowledging again after {time.monotonic() - at:.1f} s")
 
-    try:
         wait_until(lambda: all(s.stages["sink"][0].consumer.assignment() for s in (sink_a, sink_b)), 60,
                    "both sinks to hold partitions")
         jobs = [Job(addrs[i % 2], token, tmp_path / f"spool{i}") for i in range(4)]
@@ -183,10 +190,8 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         answering("processor worker killed", workers[0].kill)
         answering("processor worker restarted", workers[0].start)
         time.sleep(5)
-    finally:
         for j in jobs:
             j.stop()
-    try:
         assert all(j.finished for j in jobs), "a job's finish() was not acknowledged"
         sinks = [s.stages["sink"][0] for s in (sink_a, sink_b)]
         # Exactly once: every acknowledged point of every run stored once, the ledger one row per batch.
@@ -223,10 +228,3 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         assert len(chain) >= 2 * len(jobs)
         assert [r[0] for r in chain] == list(range(1, len(chain) + 1)) and not audit.verify(chain)
         print(f"{total} points in {ledger[0]} batches stored once; {len(chain)} audit records chained")
-    finally:
-        for p in ingests + workers:
-            p.stop()
-        sink_b.stop()
-        sink_a.stop()
-        for p in ingests + workers:
-            print(f"--- {p.name}\n{p.log_tail(20)}")
