@@ -52,7 +52,8 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
 
     from runstream.v1 import ingest_pb2
     from runstream.v1.ingest_pb2 import Batch, Metrics
-    channel = grpc.aio.insecure_channel(addr)
+    # Its own TCP connection, as a separate process would have (channels to one target share one by default).
+    channel = grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
     meta = (("authorization", f"Bearer {token}"),)
     send_stream = channel.stream_unary("/runstream.v1.Ingest/SendStream", request_serializer=lambda m: m.SerializeToString(),
                                        response_deserializer=ingest_pb2.SendResponse.FromString)

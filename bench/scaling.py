@@ -62,7 +62,8 @@ async def _stream(addr: str, token: str, args: Any, stop_at: float, out: dict[st
 
     from runstream.v1 import ingest_pb2
     from runstream.v1.ingest_pb2 import Batch, Metrics
-    channel = grpc.aio.insecure_channel(addr)
+    # Its own TCP connection, as a separate process would have (channels to one target share one by default).
+    channel = grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
     call = channel.stream_stream("/runstream.v1.Ingest/Session", request_serializer=lambda m: m.SerializeToString(),
                                  response_deserializer=ingest_pb2.SessionAck.FromString)
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -91,7 +92,9 @@ async def _stream(addr: str, token: str, args: Any, stop_at: float, out: dict[st
             out["latency"].append((time.perf_counter() - t0) * 1000)
             out["acked"] += n
     except Exception as exc:  # counted, not retried: a figure with errors is reported as such
-        out["errors"][type(exc).__name__] = out["errors"].get(type(exc).__name__, 0) + 1
+        code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+        out["errors"][code] = out["errors"].get(code, 0) + 1
+        out.setdefault("error_example", f"{code}: {exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc}"[:300])
     finally:
         queue.put_nowait(None)
         session.cancel()
@@ -118,6 +121,12 @@ def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, con
         p.start()
         wait_http(f"http://127.0.0.1:{c.ingest.metrics_port}/metrics", 60, p)
         procs.append(p)
+    for p in procs:  # /metrics answers before the gRPC port listens
+        deadline = time.monotonic() + 60
+        while "Role ingest started." not in p.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or not p.alive():
+                raise RuntimeError(f"{p.name} did not start:\n{p.log_tail()}")
+            time.sleep(0.1)
     try:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
@@ -136,11 +145,13 @@ def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, con
         acked = sum(r["acked"] for r in results)
         lat = [x for r in results for x in r["latency"]]
         errors: dict[str, int] = {}
+        example = next((r["error_example"] for r in results if "error_example" in r), "")
         for r in results:
             for k, v in r["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         return {"replicas": replicas, "points_acked": acked, "points_per_s": round(acked / args.seconds),
                 "ack_p50_ms": pct(lat, 0.5), "ack_p99_ms": pct(lat, 0.99), "errors": errors,
+                **({"error_example": example} if example else {}),
                 "cpu_per_s": [round(c / args.seconds, 2) for c in cpu],
                 "points_per_cpu_s": round(acked / max(0.1, sum(cpu))),
                 "peak_rss_mib": [peak_rss_mib(p.proc.pid) for p in procs]}
