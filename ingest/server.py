@@ -18,14 +18,7 @@ from pathlib import Path
 
 import grpc
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from runstream.ingest.admin import AdminService
@@ -33,7 +26,7 @@ from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
 from runstream.server.governance import Follower
-from runstream.server.kafka import client_args
+from runstream.server.kafka import FATAL_PRODUCER_ERRORS, client_args
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.wire import audit, encoding
 from runstream.wire.config import RunstreamConfig
@@ -81,10 +74,6 @@ async def map_kafka_errors(on_error: Callable[[BaseException], None] | None = No
 
 # Errors after which an idempotent producer cannot go on (its sequence numbers or id no longer match the broker's,
 # e.g. after a broker restart lost the tail of a partition): only a new producer, with a new id, can.
-FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping,
-                         ProducerFenced)
-
-
 class Publisher:
     """Publishes batches and tracks how many are in flight. A producer that hits a fatal error is replaced (the
     calls that saw it answer UNAVAILABLE and their clients resend; storage dedups on the batch id)."""

@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.server import telemetry as tm
 from runstream.server.governance import Follower
-from runstream.server.kafka import client_args
+from runstream.server.kafka import FATAL_PRODUCER_ERRORS, client_args
 from runstream.storage import columns
 from runstream.storage.governance import GovernanceApplier
 from runstream.storage.sqlserver import SqlEndpoint
@@ -114,8 +114,7 @@ class Sink:
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         self.follower = Follower(self.config, on_record=self._control)
         await self.follower.start()
-        self.producer = AIOKafkaProducer(**client_args(self.config), acks="all", enable_idempotence=True,
-                                         max_request_size=self.config.kafka.max_record_bytes + 4096)
+        self.producer = self._new_producer()
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name="sink")
         tm.SINK_CONSUMING.set(1)
@@ -256,7 +255,15 @@ class Sink:
                 return
             except KafkaError as exc:  # not acknowledged: send again (the consumer has not committed, nothing is lost)
                 log.warning("Dead-lettering failed (%s); retrying.", exc)
+                if isinstance(exc, FATAL_PRODUCER_ERRORS):  # this producer never recovers: a new one
+                    old, self.producer = self.producer, self._new_producer()
+                    await self.producer.start()
+                    await asyncio.gather(old.stop(), return_exceptions=True)
                 await asyncio.sleep(1)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(**client_args(self.config), acks="all", enable_idempotence=True,
+                                max_request_size=self.config.kafka.max_record_bytes + 4096)
 
     async def _report_lag(self) -> None:
         assert self.consumer is not None

@@ -14,11 +14,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     InvalidReplicationFactorError,
     KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
+    UnknownProducerId,
     for_code,
 )
 from aiokafka.protocol.admin import CreateAclsRequest
@@ -26,6 +31,10 @@ from aiokafka.protocol.admin import CreateAclsRequest
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError, Unavailable
 from runstream.wire.topics import TOPICS
+
+# An idempotent producer that hits one of these (e.g. after a broker restart) never recovers: replace it.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping,
+                         ProducerFenced)
 
 # The broker's answers that waiting will not change.
 REFUSED = (AuthenticationFailedError, SaslAuthenticationFailed, TopicAuthorizationFailedError,
