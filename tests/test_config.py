@@ -51,7 +51,7 @@ def _non_default(config: RunstreamConfig) -> RunstreamConfig:
     """Every field of every section changed from its default, to values that still validate."""
     valid = {"data_dir": "/tmp/rs-roundtrip", "metrics_host": "127.0.0.2", "ingest.listen": "127.0.0.1:6001",
              "sink.sql_listen": "127.0.0.1:6002", "mlflow.listen": "127.0.0.1:6003",
-             "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db",
+             "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db", "clickhouse.cluster": "rt_cluster",
              "processors.guarantee": "at_least_once", "processors.log_level": "INFO", "client.url": "ingest.example:443",
              "kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "SCRAM-SHA-512"}
     for section in [None, *(f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name)))]:
