@@ -112,6 +112,10 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     while time.monotonic() < deadline and queries.points_in_project(client, project) < acked:
         time.sleep(0.5)
     stored, distinct, first_ts, last_stored = queries.point_stats(client, project)
+    # What storage had to collapse: rows the sink inserted beyond the distinct points (replays after a rebalance or
+    # a restart), and batches it skipped as already stored. Counted by the sink over the whole run (one project).
+    from runstream.ops.stack import scrape
+    sink_metrics = scrape(cfg.sink.metrics_port)
     p50, p99 = queries.store_latency_ms(client, project)
     window = max(1e-3, (last_stored - first_ts).total_seconds())
     samples = sorted(s for r in results for s in r["samples"])
@@ -122,6 +126,8 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
         "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
         "lost": max(0, logged - distinct), "duplicated": stored - distinct,
+        "replayed_rows_collapsed": int(sink_metrics.get("runstream_sink_rows_total{table=metric_points}", 0)) - distinct,
+        "duplicate_batches_skipped": int(sink_metrics.get("runstream_sink_batches_total{outcome=duplicate}", 0)),
         "spooled_batches": sum(r["spooled"] for r in results),
         "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
                          "ingest": [round(peak_rss_mib(pid), 1) for pid in pids["ingest"]],
