@@ -31,20 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import cpu_seconds, pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _job(addr: str, token: str, project: str, protocol: str, args: Any, stop_at: float, out: dict[str, Any]) -> None:

@@ -60,6 +60,12 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
              "spooled": runs[0]._sender.spooled_batches if runs else 0})
 
 
+def pct(xs: list[float], q: float, digits: int = 1) -> float:
+    """The q-quantile of xs (nearest rank); 0 for no samples."""
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], digits) if xs else 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
     try:

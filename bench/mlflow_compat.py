@@ -29,15 +29,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 MLFLOW = ROOT / ".venv-mlflow" / "bin" / "mlflow"
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout carries the JSON line only
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else 0.0
 
 
 def _client(uri: str, token: str) -> Any:
@@ -82,8 +77,8 @@ def throughput(uri: str, token: str, exp: str, clients: int, seconds: float) -> 
     points = sum(n for _, n, _, _ in results)
     # Each client's points over its own logging time (process start-up left out), summed.
     rate = sum(n / took for _, n, _, took in results)
-    return {"points": points, "points_per_s": round(rate), "log_batch_p50_ms": pct(lat, 0.5),
-            "log_batch_p99_ms": pct(lat, 0.99), "calls": len(lat), "elapsed_s": round(elapsed, 1),
+    return {"points": points, "points_per_s": round(rate), "log_batch_p50_ms": pct(lat, 0.5, 2),
+            "log_batch_p99_ms": pct(lat, 0.99, 2), "calls": len(lat), "elapsed_s": round(elapsed, 1),
             "runs": {r: n for r, n, _, _ in results}}
 
 
@@ -112,14 +107,14 @@ def reads(uri: str, token: str, exp: str, repeat: int, console: Any) -> dict[str
         t0 = time.perf_counter()
         got = c.get_metric_history(long.info.run_id, "loss")
         times.append((time.perf_counter() - t0) * 1000)
-    out["get_metric_history_100k"] = {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99), "points": len(got)}
+    out["get_metric_history_100k"] = {"p50_ms": pct(times, 0.5, 2), "p99_ms": pct(times, 0.99, 2), "points": len(got)}
     query = {"filter_string": "metrics.score > 0.5 and params.p = 'a'", "max_results": 1000}
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         found = c.search_runs([search_exp], **query)
         times.append((time.perf_counter() - t0) * 1000)
-    out["search_runs_1000"] = {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99), "rows": len(found)}
+    out["search_runs_1000"] = {"p50_ms": pct(times, 0.5, 2), "p99_ms": pct(times, 0.99, 2), "rows": len(found)}
     return out
 
 

@@ -18,12 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 
 def main() -> None:
@@ -72,7 +67,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 read()
                 times.append((time.perf_counter() - t0) * 1000)
-            out[name] = {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99)}
+            out[name] = {"p50_ms": pct(times, 0.5, 2), "p99_ms": pct(times, 0.99, 2)}
             console.print(f"{name}: p50 {out[name]['p50_ms']} ms, p99 {out[name]['p99_ms']} ms")  # type: ignore[index]
         out["search_rows"] = len(api.runs("bench", params={"lr": (">", 0.005), "optimizer": "sgd"}, metrics={"val_loss": ("<", 0.5)}))
         if args.json:

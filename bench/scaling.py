@@ -36,25 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else 0.0
+from fleetload import cpu_seconds, pct, peak_rss_mib  # noqa: E402  (bench/ is the script's own directory)
 
 
 async def _stream(addr: str, token: str, args: Any, stop_at: float, out: dict[str, Any]) -> None:
@@ -154,7 +136,7 @@ def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, con
                 **({"error_example": example} if example else {}),
                 "cpu_per_s": [round(c / args.seconds, 2) for c in cpu],
                 "points_per_cpu_s": round(acked / max(0.1, sum(cpu))),
-                "peak_rss_mib": [peak_rss_mib(p.proc.pid) for p in procs]}
+                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs]}
     finally:
         for p in procs:
             p.stop()
@@ -204,7 +186,7 @@ def drain_phase(role: str, cfg: Any, members: int, backlog: int, tmp: Path, logs
         return {"members": members, "points": int(done), "drained": done >= backlog,
                 "points_per_s": round(rate), "seconds_to_drain": round(samples[-1][0] - t_start, 1),
                 "cpu_s": cpu, "points_per_cpu_s": round(done / max(0.1, sum(cpu))),
-                "peak_rss_mib": [peak_rss_mib(p.proc.pid) for p in procs]}
+                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs]}
     finally:
         for p in procs:
             p.stop()
