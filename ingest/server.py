@@ -72,8 +72,6 @@ async def map_kafka_errors(on_error: Callable[[BaseException], None] | None = No
         raise Unavailable("Kafka did not acknowledge in time; retry with backoff") from exc
 
 
-# Errors after which an idempotent producer cannot go on (its sequence numbers or id no longer match the broker's,
-# e.g. after a broker restart lost the tail of a partition): only a new producer, with a new id, can.
 class Publisher:
     """Publishes batches and tracks how many are in flight. A producer that hits a fatal error is replaced (the
     calls that saw it answer UNAVAILABLE and their clients resend; storage dedups on the batch id)."""

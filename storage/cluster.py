@@ -62,10 +62,6 @@ class Layout:
     def on_cluster(self) -> str:
         return f" ON CLUSTER '{self.cluster}'" if self.cluster else ""
 
-    def local(self, table: str) -> str:
-        """The stored (MergeTree) table behind a name: where mutations, TTLs and indexes go."""
-        return f"{self.db}.{table}_local" if self.cluster else f"{self.db}.{table}"
-
     @property
     def insert_settings(self) -> dict[str, int]:
         # An insert returns once its shard has the rows, so committing the Kafka offset after it loses nothing.

@@ -65,8 +65,7 @@ class GovernanceApplier:
         """The permissive row policies a server needs before any restrictive one (none on the embedded engine)."""
         if not is_embedded(self.client):
             for stmt in access.base_statements(self.db):
-                for part in self.layout.statements(stmt):
-                    self.client.command(part)
+                self._command(stmt)
 
     def apply(self, ev: ControlEvent) -> None:
         """Carry out one control event in storage (called after the rows polled before it were inserted)."""
@@ -74,8 +73,7 @@ class GovernanceApplier:
         if ev.HasField("project"):
             if not is_embedded(self.client):  # the embedded engine has no access control
                 for stmt in access.project_statements(db, ev.project.name):
-                    for part in self.layout.statements(stmt):
-                        self.client.command(part)
+                    self._command(stmt)
         elif ev.HasField("run_delete"):
             project, run_id = ev.run_delete.project, ev.run_delete.run_id
             self.deleted_runs.add((project, run_id))
@@ -92,19 +90,23 @@ class GovernanceApplier:
             for table, col, idx in (("metric_points", "ts", 0), ("rollup_windows", "window_start", 1)):
                 cases = [(p, days[idx]) for p, days in sorted(self.retention.items()) if days[idx]]
                 if not cases:
-                    self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} REMOVE TTL")
+                    self._command(f"ALTER TABLE {db}.{table} REMOVE TTL")
                     continue
                 expr = "multiIf(" + ", ".join(f"project = '{p}', {d}" for p, d in cases) + ", 36500)"
-                self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} "
-                                    f"MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
+                self._command(f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({col}) + toIntervalDay({expr})")
             log.info("Retention for project %s: raw %s days, rollups %s days.", r.project, r.raw_days or "keep",
                      r.rollup_days or "keep")
 
     def delete_run(self, project: str, run_id: str) -> None:
         for table in RUN_TABLES:  # only this project's run: another project may use the same run id
-            self.client.command(f"ALTER TABLE {self.layout.local(table)}{self.layout.on_cluster} "
-                                "DELETE WHERE project = %(p)s AND run_id = %(r)s",
-                                parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
+            self._command(f"ALTER TABLE {self.db}.{table} DELETE WHERE project = %(p)s AND run_id = %(r)s",
+                          parameters={"p": project, "r": run_id}, settings={"mutations_sync": 2})
+
+    def _command(self, stmt: str, **kwargs: Any) -> None:
+        """A statement written for one node, as the store's layout runs it (a cluster: on the stored tables of every
+        node, see storage/cluster.py)."""
+        for part in self.layout.statements(stmt):
+            self.client.command(part, **kwargs)
 
     def chain(self, records: list[tuple[AuditRecord, int, int]]) -> list[list[Any]]:
         """Number and chain audit records per project (see runstream.wire.audit); replays are skipped."""

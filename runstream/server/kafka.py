@@ -32,7 +32,8 @@ from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError, Unavailable
 from runstream.wire.topics import TOPICS
 
-# An idempotent producer that hits one of these (e.g. after a broker restart) never recovers: replace it.
+# Errors after which an idempotent producer cannot go on (its sequence numbers or id no longer match the broker's,
+# e.g. after a broker restart lost the tail of a partition): only a new producer, with a new id, can.
 FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping,
                          ProducerFenced)
 
