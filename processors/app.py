@@ -180,7 +180,11 @@ class Processors:
                 fleets_dirty[fkey] = partition
         if acks:
             await asyncio.gather(*acks)
-        # Changelog records go to the partition of the events they come from (co-partitioned tables).
+        # The new states, acknowledged by Kafka before this returns: only then are the group's events acked, so
+        # a commit never gets ahead of the state (faust's buffered changelog writes could, and a rebalance or a
+        # crash then lost the group's effect on its runs). Changelog records go to the partition of the events
+        # they come from (co-partitioned tables).
+        writes = []
         for key, partition in runs_dirty.items():
             st = self._run_cache[key]
             if st.finished:
@@ -188,15 +192,21 @@ class Processors:
                 self._stalled.pop(key.decode(), None)
                 self._partition_of.pop(key.decode(), None)
                 self.runs.data.pop(key, None)
-                self.runs.send_changelog(partition, key, None, value_serializer="raw")
+                writes.append(await self._changelog(self.runs, partition, key, None))
             else:
                 raw = STATE_CODEC.dumps(st)
                 self.runs.data[key] = raw
-                self.runs.send_changelog(partition, key, raw)
+                writes.append(await self._changelog(self.runs, partition, key, raw))
         for fkey, partition in fleets_dirty.items():
             raw = STATE_CODEC.dumps(self._fleet_cache[fkey])
             self.fleet.data[fkey] = raw
-            self.fleet.send_changelog(partition, fkey, raw)
+            writes.append(await self._changelog(self.fleet, partition, fkey, raw))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def _changelog(self, table: Any, partition: int, key: bytes, value: bytes | None) -> Any:
+        return await self.app.producer.send(table.changelog_topic.get_topic_name(), key=key, value=value,
+                                            partition=partition, timestamp=None, headers=None)
 
     def _caught_up(self) -> bool:
         """Whether every events partition this worker holds has been read to its end (as of the last fetch)."""
