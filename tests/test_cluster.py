@@ -64,6 +64,21 @@ def leader_of(config: RunstreamConfig, partition: int) -> int:
     return int(next(p["leader"] for p in parts if p["partition"] == partition))
 
 
+async def _group(config: RunstreamConfig, group: str) -> tuple[str, int]:
+    admin = AIOKafkaAdminClient(**client_args(config))
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_consumer_groups([group])
+        _, _, state, _, _, members = resp.groups[0]
+        return str(state), len(members)
+    finally:
+        await admin.close()
+
+
+def group_stable(config: RunstreamConfig, group: str, members: int) -> bool:
+    return asyncio.run(_group(config, group)) == ("Stable", members)
+
+
 def fully_replicated(config: RunstreamConfig) -> bool:
     return all(len(p["isr"]) == 3 for p in asyncio.run(describe(config, config.kafka.events_topic)))
 
@@ -96,6 +111,14 @@ class Job:
         return self.run.stats.acked_points
 
 
+def report_brokers(cluster: KafkaCluster) -> None:
+    """Each node's state and the warnings and errors at the end of its log, for a failure's report."""
+    for b in cluster.nodes:
+        alive = b.proc is not None and b.proc.poll() is None
+        worst = [line for line in b.log_tail(400).splitlines() if " ERROR " in line or " WARN " in line or "FATAL" in line]
+        print(f"--- broker {b.node_id} ({'running' if alive else 'not running'})\n" + "\n".join(w[:300] for w in worst[-15:]))
+
+
 def crash(sinks: InProcessRoles) -> None:
     """A sink dies mid-poll: its loop is cancelled at once (no drain), so the poll in flight is stored or not but
     never committed; the group gives its partitions to the other sink, which reads that poll again."""
@@ -108,10 +131,12 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
                                                                      tmp_path: Path) -> None:
     config = make_config(tmp_path, cluster, chdb_path)
     config.processors.tick_s, config.processors.grace_s = 0.2, 2.0
+    config.processors.log_level = "INFO"  # faust's rebalances and recoveries in a failure's log tails
     token = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)  # for `runstream run delete`
     logs = tmp_path / "logs"
     with contextlib.ExitStack() as cleanup:
+        cleanup.push(lambda kind, *_: kind is not None and report_brokers(cluster))  # on failure, after the roles' logs
 
         def process(role: str, name: str) -> RoleProcess:
             cfg = copy.deepcopy(config)
@@ -155,6 +180,8 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
 
         wait_until(lambda: all(s.stages["sink"][0].consumer.assignment() for s in (sink_a, sink_b)), 60,
                    "both sinks to hold partitions")
+        # The load starts on a settled group: two workers, assignments made.
+        wait_until(lambda: group_stable(config, config.processors.app_id, 2), 90, "both processor workers to join")
         jobs = [Job(addrs[i % 2], token, tmp_path / f"spool{i}") for i in range(4)]
         wait_until(lambda: acked() > 20_000, 60, "the jobs to be acknowledged")
         # A run of another project, deleted while the roles fail around it.
