@@ -137,13 +137,19 @@ class ReadEngine:
     def close(self) -> None:
         self._admin.close()
 
-    def check(self, sql: str, params: dict[str, str]) -> Statement:
-        """The one statement in ``sql``, if it is a read; QueryError otherwise (raised by the engine's parser)."""
+    def known(self, sql: str) -> Statement | None:
+        """``sql`` checked before (no engine call): a dashboard's refresh."""
         with self._checked_lock:
             known = self._checked.get(sql)
             if known is not None:
                 self._checked.move_to_end(sql)
-                return known
+            return known
+
+    def check(self, sql: str, params: dict[str, str]) -> Statement:
+        """The one statement in ``sql``, if it is a read; QueryError otherwise (raised by the engine's parser)."""
+        known = self.known(sql)
+        if known is not None:
+            return known
         stmt = self._check(sql, params)
         with self._checked_lock:
             self._checked[sql] = stmt

@@ -30,6 +30,7 @@ import json
 import logging
 import ssl
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -151,7 +152,8 @@ def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
 
 
 class SqlEndpoint:
-    """The stage: an aiohttp server in the sink's process, reading the store the sink writes."""
+    """The stage: an aiohttp server in the sink's process (on a thread and event loop of its own), reading the store
+    the sink writes."""
 
     def __init__(self, config: RunstreamConfig, *, tokens: TokenStore | None = None) -> None:
         sink = config.sink
@@ -167,6 +169,8 @@ class SqlEndpoint:
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
         self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.timezone = "UTC"
         self.version = ""
         self.ssl: ssl.SSLContext | None = None
@@ -178,6 +182,30 @@ class SqlEndpoint:
                               "set sink.sql_tls_cert and sink.sql_tls_key, or listen on 127.0.0.1")
 
     async def start(self) -> None:
+        # Its own thread and event loop: the sink's loop decodes and builds each poll (hundreds of ms at full
+        # rate), and a query's few loop turns must not queue behind that.
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="sql-endpoint", daemon=True)
+        self._thread.start()
+        self._loop = loop
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._start(), loop))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._stop(), loop))
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(self._thread.join)  # type: ignore[union-attr]
+            loop.close()
+
+    async def _start(self) -> None:
         self.engine = ReadEngine(self.config.clickhouse_path, self.limits)
         if self.config.kafka.bootstrap:  # governance tokens; without Kafka only the token file counts
             self.follower = Follower(self.config, self.tokens.apply_control)
@@ -197,7 +225,7 @@ class SqlEndpoint:
         log.info("SQL endpoint on %s://%s:%d (read-only, tokens with the read scope).",
                  "https" if self.ssl else "http", self.host, self.port)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -292,7 +320,7 @@ class SqlEndpoint:
                              f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
         marker = self.engine.marker()
         try:
-            stmt = await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
+            stmt = self.engine.known(sql) or await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
             job = loop.run_in_executor(self._pool, lambda: self.engine.run(  # type: ignore[union-attr]
                 stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker))
             try:
