@@ -8,7 +8,8 @@ dashboard through clickhouse-connect: every ClickHouse panel query of the fleet 
 (dashboards/json, macros expanded as the plugin expands them for the last 5 minutes at a 5 s interval), plus
 the latest value per run that `runstream runs` shows. A reader refreshes every ``--refresh-s`` seconds
 (Grafana's shortest auto-refresh is 5 s); 0 refreshes back to back (a stress figure). Prints one JSON line:
-per-panel and overall query p50/p99 (ms), queries/s, and ingest points/s solo and with readers (and their ratio).
+per-panel and overall query p50/p99 (ms) as the client sees them, the server's part of them (from a free slot to the
+result, X-ClickHouse-Summary's elapsed_ns), queries/s, and ingest points/s solo and with readers (and their ratio).
 
 Leaves out: Grafana's own rendering and network; the readers run on the same 2 cores as the whole stack.
 """
@@ -57,13 +58,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def read_loop(client: Any, queries: dict[str, str], project: str, refresh_s: float, stop: threading.Event,
-              out: dict[str, list[float]]) -> None:
+              out: dict[str, list[float]], server: list[float]) -> None:
     while not stop.is_set():
         started = time.monotonic()
         for name, sql in queries.items():
             t0 = time.perf_counter()
-            client.query(sql, parameters={"p": project})
+            res = client.query(sql, parameters={"p": project})
             out[name].append((time.perf_counter() - t0) * 1000)
+            server.append(int(res.summary.get("elapsed_ns", 0)) / 1e6)  # from a free slot to the result, in the sink
         stop.wait(max(0.0, refresh_s - (time.monotonic() - started)))
 
 
@@ -94,8 +96,9 @@ def main() -> int:
         queries = {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
         latencies: list[dict[str, list[float]]] = [{name: [] for name in queries} for _ in clients]
         stop = threading.Event()
-        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, stop, lat), daemon=True)
-                   for c, lat in zip(clients, latencies)]
+        server: list[float] = []
+        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, stop, lat, server),
+                                    daemon=True) for c, lat in zip(clients, latencies)]
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -112,6 +115,7 @@ def main() -> int:
             "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
             "queries": len(every), "queries_per_s": round(len(every) / elapsed, 1),
             "panel_p50_ms": percentile(every, 0.5), "panel_p99_ms": percentile(every, 0.99),
+            "server_p50_ms": percentile(server, 0.5), "server_p99_ms": percentile(server, 0.99),
             "per_panel_ms": {name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
