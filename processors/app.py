@@ -87,6 +87,12 @@ class Processors:
             app.task(self.webhook.run)
         app.on_partitions_revoked.connect(self._forget)
         app.on_partitions_assigned.connect(self._forget)
+        tm.PROC_READY.set_function(self.ready)  # read at scrape time: timers may not run during a recovery
+
+    def ready(self) -> float:
+        """1.0 once faust's recovery of this worker's partitions completed and no rebalance is under way."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]  # the TableManager has it, its interface not
+        return float(recovery.completed.is_set() and not self.app.rebalancing)
 
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         self._run_cache.clear()

@@ -320,7 +320,9 @@ class SqlEndpoint:
                              f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
         marker = self.engine.marker()
         try:
-            stmt = self.engine.known(sql) or await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
+            stmt = self.engine.known(sql)
+            if stmt is None:
+                stmt = await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
             job = loop.run_in_executor(self._pool, lambda: self.engine.run(  # type: ignore[union-attr]
                 stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker))
             try:

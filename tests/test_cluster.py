@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -111,6 +112,12 @@ class Job:
         return self.run.stats.acked_points
 
 
+def ready(worker: RoleProcess) -> bool:
+    """The worker's readiness gauge (runstream_processor_ready) reads 1."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{worker.config.processors.metrics_port}/metrics", timeout=5).read()
+    return "runstream_processor_ready 1.0" in body.decode().splitlines()
+
+
 def report_brokers(cluster: KafkaCluster) -> None:
     """Each node's state and the warnings and errors at the end of its log, for a failure's report."""
     for b in cluster.nodes:
@@ -180,8 +187,9 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
 
         wait_until(lambda: all(s.stages["sink"][0].consumer.assignment() for s in (sink_a, sink_b)), 60,
                    "both sinks to hold partitions")
-        # The load starts on a settled group: two workers, assignments made.
+        # The load starts on a settled group: two workers, assignments made, their state recovered.
         wait_until(lambda: group_stable(config, config.processors.app_id, 2), 90, "both processor workers to join")
+        wait_until(lambda: all(ready(w) for w in workers), 60, "both processor workers to be ready")
         jobs = [Job(addrs[i % 2], token, tmp_path / f"spool{i}") for i in range(4)]
         wait_until(lambda: acked() > 20_000, 60, "the jobs to be acknowledged")
         # A run of another project, deleted while the roles fail around it.
