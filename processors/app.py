@@ -291,14 +291,33 @@ class ProcessorsStage:
 
     def __init__(self, config: RunstreamConfig) -> None:
         logging.getLogger("faust").setLevel(config.processors.log_level.upper())
+        self.config = config
         self.processors = Processors(config)
         self._started = False
 
     async def start(self) -> None:
         await self.processors.app.start()
         self._started = True
+        if self.config.processors.join_timeout_s > 0:
+            self.task = asyncio.create_task(self._first_join())  # the role exits non-zero when it ends
+
+    async def _first_join(self) -> None:
+        """Fail the role when the worker never becomes ready after starting: a faust consumer was once seen never
+        to join its group (90 s, no assignment, no error) when two workers started together. Only the first join
+        is judged; a later recovery may legitimately take long."""
+        limit = self.config.processors.join_timeout_s
+        deadline = time.monotonic() + limit
+        while not self.processors.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"this processor worker did not join its group and recover within {limit:.0f}s "
+                                   "(processors.join_timeout_s); exiting so that it is restarted")
+            await asyncio.sleep(0.5)
+        await asyncio.Event().wait()  # ready once: nothing more to judge
 
     async def stop(self) -> None:
+        task = getattr(self, "task", None)
+        if task is not None:
+            task.cancel()
         if self._started:
             self._started = False
             await self.processors.app.stop()

@@ -97,9 +97,16 @@ class Job:
         return self.run.stats.acked_points
 
 
-def ready(worker: RoleProcess) -> bool:
-    """The worker's readiness gauge (runstream_processor_ready) reads 1."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{worker.config.processors.metrics_port}/metrics", timeout=5).read()
+def ready_or_restarted(worker: RoleProcess) -> bool:
+    """The worker's readiness gauge (runstream_processor_ready) reads 1; a worker that exited is started again."""
+    if not worker.alive():
+        print(f"{worker.name} exited before it was ready; restarted")
+        worker.start()
+        return False
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{worker.config.processors.metrics_port}/metrics", timeout=5).read()
+    except OSError:  # starting or stopping
+        return False
     return "runstream_processor_ready 1.0" in body.decode().splitlines()
 
 
@@ -124,6 +131,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
     config = make_config(tmp_path, cluster, chdb_path)
     config.processors.tick_s, config.processors.grace_s = 0.2, 2.0
     config.processors.log_level = "INFO"  # faust's rebalances and recoveries in a failure's log tails
+    config.processors.join_timeout_s = 30
     token = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)  # for `runstream run delete`
     logs = tmp_path / "logs"
@@ -172,8 +180,9 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
 
         wait_until(lambda: all(s.stages["sink"][0].consumer.assignment() for s in (sink_a, sink_b)), 60,
                    "both sinks to hold partitions")
-        # The load starts on a settled group: both workers joined, their partitions' state recovered.
-        wait_until(lambda: all(ready(w) for w in workers), 90, "both processor workers to be ready")
+        # The load starts on a settled group: both workers joined, their partitions' state recovered. A worker that
+        # never gets there exits (processors.join_timeout_s) and is restarted, as `runstream up` restarts it.
+        wait_until(lambda: all([ready_or_restarted(w) for w in workers]), 150, "both processor workers to be ready")
         jobs = [Job(addrs[i % 2], token, tmp_path / f"spool{i}") for i in range(4)]
         wait_until(lambda: acked() > 20_000, 60, "the jobs to be acknowledged")
         # A run of another project, deleted while the roles fail around it.

@@ -99,3 +99,16 @@ def dying_stages(config: RunstreamConfig) -> list[Any]:
 def test_a_stage_whose_task_dies_makes_its_role_exit_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(roles.ROLES, "dying", roles.Role("dying", "test", f"{__name__}:dying_stages", lambda c: 0))
     assert asyncio.run(asyncio.wait_for(roles.run_role("dying", config), 60)) == 1
+
+
+def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A worker whose first join never completes (seen once: a faust consumer that never joined its group) ends
+    its role with exit code 1 after processors.join_timeout_s, so a supervisor restarts it."""
+    from runstream.processors import app
+
+    config.processors.join_timeout_s = 3
+    config.data_path.mkdir(parents=True, exist_ok=True)  # as `runstream up` makes it
+    monkeypatch.setattr(app.Processors, "ready", lambda self: 0.0)
+    assert asyncio.run(asyncio.wait_for(roles.run_role("process", config), 120)) == 1
+    assert "did not join its group and recover within 3s" in caplog.text

@@ -107,6 +107,7 @@ class ProcessorsConfig:
     metrics_port: int = 9103
     guarantee: str = "exactly_once"  # faust processing guarantee: exactly_once or at_least_once
     log_level: str = "WARN"        # faust's own log level
+    join_timeout_s: float = 120.0  # a worker not ready this long after starting exits (to be restarted); 0 never
 
 
 @dataclass
