@@ -90,9 +90,13 @@ class Processors:
         tm.PROC_READY.set_function(self.ready)  # read at scrape time: timers may not run during a recovery
 
     def ready(self) -> float:
-        """1.0 once faust's recovery of this worker's partitions completed and no rebalance is under way."""
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]  # the TableManager has it, its interface not
-        return float(recovery.completed.is_set() and not self.app.rebalancing)
+        """1.0 once faust's recovery of this worker's partitions completed and no rebalance is under way.
+
+        Runs in the metrics server's thread too: it must not make faust's recovery service (the TableManager's
+        ``recovery`` property creates it on first use, bound to the caller's event loop; made from this thread,
+        the worker hung at start), so it reads what faust made, if anything."""
+        recovery = getattr(self.app.tables, "_recovery", None)
+        return float(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
 
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         self._run_cache.clear()
@@ -186,11 +190,7 @@ class Processors:
                 fleets_dirty[fkey] = partition
         if acks:
             await asyncio.gather(*acks)
-        # The new states, acknowledged by Kafka before this returns: only then are the group's events acked, so
-        # a commit never gets ahead of the state (faust's buffered changelog writes could, and a rebalance or a
-        # crash then lost the group's effect on its runs). Changelog records go to the partition of the events
-        # they come from (co-partitioned tables).
-        writes = []
+        # Changelog records go to the partition of the events they come from (co-partitioned tables).
         for key, partition in runs_dirty.items():
             st = self._run_cache[key]
             if st.finished:
@@ -198,21 +198,15 @@ class Processors:
                 self._stalled.pop(key.decode(), None)
                 self._partition_of.pop(key.decode(), None)
                 self.runs.data.pop(key, None)
-                writes.append(await self._changelog(self.runs, partition, key, None))
+                self.runs.send_changelog(partition, key, None, value_serializer="raw")
             else:
                 raw = STATE_CODEC.dumps(st)
                 self.runs.data[key] = raw
-                writes.append(await self._changelog(self.runs, partition, key, raw))
+                self.runs.send_changelog(partition, key, raw)
         for fkey, partition in fleets_dirty.items():
             raw = STATE_CODEC.dumps(self._fleet_cache[fkey])
             self.fleet.data[fkey] = raw
-            writes.append(await self._changelog(self.fleet, partition, fkey, raw))
-        if writes:
-            await asyncio.gather(*writes)
-
-    async def _changelog(self, table: Any, partition: int, key: bytes, value: bytes | None) -> Any:
-        return await self.app.producer.send(table.changelog_topic.get_topic_name(), key=key, value=value,
-                                            partition=partition, timestamp=None, headers=None)
+            self.fleet.send_changelog(partition, fkey, raw)
 
     def _caught_up(self) -> bool:
         """Whether every events partition this worker holds has been read to its end (as of the last fetch)."""
@@ -302,9 +296,9 @@ class ProcessorsStage:
             self.task = asyncio.create_task(self._first_join())  # the role exits non-zero when it ends
 
     async def _first_join(self) -> None:
-        """Fail the role when the worker never becomes ready after starting: a faust consumer was once seen never
-        to join its group (90 s, no assignment, no error) when two workers started together. Only the first join
-        is judged; a later recovery may legitimately take long."""
+        """Fail the role when the worker never becomes ready after starting (stuck joining its group or in its
+        first recovery), so that a supervisor restarts it. Only the first join is judged; a later recovery may
+        legitimately take long."""
         limit = self.config.processors.join_timeout_s
         deadline = time.monotonic() + limit
         while not self.processors.ready():

@@ -103,8 +103,8 @@ def test_a_stage_whose_task_dies_makes_its_role_exit_non_zero(config: RunstreamC
 
 def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    """A worker whose first join never completes (seen once: a faust consumer that never joined its group) ends
-    its role with exit code 1 after processors.join_timeout_s, so a supervisor restarts it."""
+    """A worker whose first join never completes ends its role with exit code 1 after processors.join_timeout_s,
+    so a supervisor restarts it."""
     from runstream.processors import app
 
     config.processors.join_timeout_s = 3
