@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fleetload import load as fleet_load  # noqa: E402
-from fleetload import start_stack  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 DASHBOARDS = ("fleet-overview", "run-explorer")
 LATEST = ("SELECT run_id, metric, value FROM latest WHERE project = %(p)s AND metric IN ('loss', 'acc') "
@@ -50,11 +50,6 @@ def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
                 if "rawSql" in target:
                     out[f"{name} / {panel['title']}"] = expand(interpolate(target["rawSql"], ctx), ctx)
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 1) if s else 0.0
 
 
 def read_loop(client: Any, queries: dict[str, str], project: str, refresh_s: float, stop: threading.Event,
@@ -114,9 +109,9 @@ def main() -> int:
             "readers": args.readers, "refresh_s": args.refresh_s, "panels": len(queries),
             "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
             "queries": len(every), "queries_per_s": round(len(every) / elapsed, 1),
-            "panel_p50_ms": percentile(every, 0.5), "panel_p99_ms": percentile(every, 0.99),
-            "server_p50_ms": percentile(server, 0.5), "server_p99_ms": percentile(server, 0.99),
-            "per_panel_ms": {name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "n": len(v)}
+            "panel_p50_ms": pct(every, 0.5), "panel_p99_ms": pct(every, 0.99),
+            "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99),
+            "per_panel_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import runstream
 from runstream.ops.broker import KafkaCluster, free_port
-from runstream.ops.stack import InProcessRoles, RoleProcess, wait_http
+from runstream.ops.stack import InProcessRoles, RoleProcess, scrape, wait_http
 from runstream.sdk.transport import GrpcTransport
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.server.kafka import client_args
@@ -103,11 +102,7 @@ def ready_or_restarted(worker: RoleProcess) -> bool:
         print(f"{worker.name} exited before it was ready; restarted")
         worker.start()
         return False
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{worker.config.processors.metrics_port}/metrics", timeout=5).read()
-    except OSError:  # starting or stopping
-        return False
-    return "runstream_processor_ready 1.0" in body.decode().splitlines()
+    return scrape(worker.config.processors.metrics_port, timeout=5).get("runstream_processor_ready") == 1.0
 
 
 def report_brokers(cluster: KafkaCluster) -> None:
