@@ -117,7 +117,7 @@ def run_explorer() -> dash.Dashboard:
                  .description("Raw points, averaged into at most ~1000 step buckets per run.")
                  .datasource(CLICKHOUSE).with_target(CH(
                      f"SELECT intDiv(step, b) * b AS step, run_id, avg(value) AS value FROM {DB}.metrics, "
-                     f"(SELECT greatest(1, intDiv(max(step), 1000)) AS b FROM {DB}.metrics "
+                     f"(SELECT greatest(1, intDiv(max(step), 1000)) AS b FROM {DB}.latest "
                      "WHERE run_id IN (${run:singlequote}) AND metric = '${metric}') AS s "
                      "WHERE run_id IN (${run:singlequote}) AND metric = '${metric}' "
                      "GROUP BY run_id, step ORDER BY run_id, step", fmt=1)))
