@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runstream.processors import seqs
 from runstream.v1.ingest_pb2 import Batch, FleetWindow, RunStatus
 
 WINDOW_MS = 10_000
@@ -29,7 +30,8 @@ class Bucket:
     active_closed: int = 0  # len(runs) when the window closed (the set itself is dropped then)
 
 
-SEQ_MEMORY_MS = 15 * 60_000  # how long a run's last applied seq is remembered after its last batch
+SEQ_MEMORY_MS = 15 * 60_000  # how long a run's applied seqs are remembered after its last batch
+SEQ_MEMORY = 8  # applied seqs remembered per run above its floor (see seqs.py); the state holds every run of its window
 LATE_MEMORY_MS = 60 * 60_000  # how long a closed window still takes late batches (event time)
 
 
@@ -37,8 +39,9 @@ LATE_MEMORY_MS = 60 * 60_000  # how long a closed window still takes late batche
 class FleetState:
     watermark_ms: int = 0
     buckets: dict[int, Bucket] = field(default_factory=dict)
-    # run id -> (last applied seq, its time): replays are skipped here independently of the run state.
-    seqs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # run id -> (seq floor, time of its last batch, applied seqs above the floor...): replays are skipped here
+    # independently of the run state. (Before the applied seqs were kept, the floor was the last applied seq.)
+    seqs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     closed: dict[int, Bucket] = field(default_factory=dict)  # window start -> its counts, for late batches
 
 
@@ -48,13 +51,15 @@ OPEN, LATE, DROPPED = "open", "late", "dropped"
 def apply(state: FleetState, batch: Batch, *, grace_ms: int) -> str | None:
     """Count one batch in its window. OPEN: counted in an open window; LATE: counted in a closed one, which must
     be emitted again; DROPPED: its window is older than LATE_MEMORY_MS; None: already counted (a replay)."""
-    last = state.seqs.get(batch.run_id)
-    if last is not None and batch.seq <= last[0]:
+    known = state.seqs.get(batch.run_id)
+    applied = list(known[2:]) if known else []
+    floor = seqs.record(known[0] if known else 0, applied, batch.seq, SEQ_MEMORY)
+    if floor is None:
         return None
     t = batch.created_ms
-    state.seqs[batch.run_id] = (batch.seq, t)
+    state.seqs[batch.run_id] = (floor, max(t, known[1]) if known else t, *applied)
     if len(state.seqs) > 64 and t % 64 == 0:  # prune now and then
-        for run_id in [r for r, (_, ms) in state.seqs.items() if ms < state.watermark_ms - SEQ_MEMORY_MS]:
+        for run_id in [r for r, v in state.seqs.items() if v[1] < state.watermark_ms - SEQ_MEMORY_MS]:
             del state.seqs[run_id]
     start = t - t % WINDOW_MS
     outcome = OPEN

@@ -2,19 +2,26 @@
 
 A run's state lives in a faust table keyed by run id (changelog in Kafka), so a
 restarted worker resumes where it stopped. Batches are applied at most once:
-each run's batches carry increasing sequence numbers, and a batch whose seq is
-not above the last applied one (a replay, a resend) is skipped.
+each run's batches carry increasing sequence numbers; the run remembers the
+highest SEQ_MEMORY seqs it applied and a floor below which every seq counts as
+applied. A batch whose seq it applied (a replay, a resend) is skipped; one that
+arrives after a later batch of its run (reordered on its way to Kafka) but is
+above the floor is still applied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from runstream.processors import anomaly, rollups
+from runstream.processors import anomaly, rollups, seqs
 from runstream.v1.ingest_pb2 import Alert, Batch, Metrics, RollupWindow
 from runstream.wire.names import SYSTEM_PREFIX
+
+# Applied seqs a run remembers above its floor: how far out of order a batch may reach Kafka and still be applied.
+SEQ_MEMORY = 32
 
 
 @dataclass(slots=True)
@@ -26,6 +33,23 @@ class RunState:
     windows: rollups.Windows = field(default_factory=dict)
     metrics: dict[str, anomaly.MetricState] = field(default_factory=dict)
     cadence: anomaly.Cadence = field(default_factory=anomaly.Cadence)
+    seq_floor: int = 0  # every seq at or below it counts as applied
+    applied: list[int] = field(default_factory=list)  # applied seqs above seq_floor, ascending, at most SEQ_MEMORY
+
+    def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
+        _, slots = state  # what object.__getstate__ gives for a slots class: (None, {slot: value})
+        for name, value in slots.items():
+            object.__setattr__(self, name, value)
+        if "seq_floor" not in slots:  # pickled before seq_floor/applied: everything up to max_seq was applied
+            self.seq_floor, self.applied = self.max_seq, []
+
+    def seen(self, seq: int) -> bool:
+        """Whether the batch with this seq was applied; records it as applied if not."""
+        floor = seqs.record(self.seq_floor, self.applied, seq, SEQ_MEMORY)
+        if floor is None:
+            return True
+        self.seq_floor, self.max_seq = floor, max(self.max_seq, seq)
+        return False
 
 
 @dataclass
@@ -40,10 +64,9 @@ class Output:
 def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int, now_ms: int) -> Output:
     """Apply one batch to its run's state; returns what to emit."""
     out = Output()
-    if batch.seq <= st.max_seq:
+    if st.seen(batch.seq):
         out.duplicate = True
         return out
-    st.max_seq = batch.seq
     kind = batch.WhichOneof("body")
     limit = st.cadence.stall_after_s(rules.for_metric(st.project, ""))
     previous = st.cadence.last_ms

@@ -3,7 +3,8 @@
 Proves: rollups of a known stream equal the same aggregates computed with SQL over the stored raw
 points, for every window, also after the worker is killed (SIGKILL) mid-stream and restarted; the
 fleet view counts runs and points; injected NaN, spike, divergence and stall are alerted with the
-right kind and step, stored once, and a stall resolves when data resumes.
+right kind and step, stored once, and a stall resolves when data resumes; a batch reaching Kafka after a later
+one of its run is still counted, once.
 """
 
 from __future__ import annotations
@@ -256,5 +257,37 @@ def test_fleet_view_counts_batches_that_arrive_after_their_window_closed(stack: 
                        and r, 30, "the fleet's points to equal the raw points")
         assert got == total
         assert scrape(stack.config.processors.metrics_port).get("runstream_processor_late_points_total", 0.0) == late_before
+    finally:
+        proc.stop()
+
+
+def test_a_batch_that_reaches_kafka_after_a_later_one_of_its_run_is_applied_once(stack: Stack, token: str,
+                                                                                  tmp_path: Path) -> None:
+    """Seq 4 is published after seq 5 (as when ingest rebuilds a producer mid-flight and the client resends), then
+    both are resent: the rollups and the fleet view count every point once, as the raw points do."""
+    proc = start_processor(stack, tmp_path)
+    t = GrpcTransport(stack.ingest_addr, token)
+    t0 = (int(time.time() * 1000) // 60_000 - 5) * 60_000
+    try:
+        s = Sender(t, "reorder", "r1")
+        s.start(t0)
+        batches = [metric_batch("r1", project="reorder", seq=2 + k, created_ms=t0 + k * 1000, names=["loss"],
+                                name_index=[0] * 10, steps=list(range(k * 10, k * 10 + 10)),
+                                timestamps_ms=[t0 + k * 1000 + i for i in range(10)], values=[float(k)] * 10)
+                   for k in range(6)]  # seqs 2..7
+        for b in (batches[0], batches[1], batches[3], batches[2], batches[4], batches[5], batches[2], batches[3]):
+            t.send([b])  # seqs 2, 3, 5, 4, 6, 7, then 4 and 5 again
+        s.seq = 7
+        s.finish(t0 + 120_000)
+        assert stack.wait_points(60, where="project = 'reorder'") == 60
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        wait_sink_drained(stack.config, kinds=("rollups", "fleet"))
+        rolled = "SELECT sum(count) FROM {db}.rollups WHERE project = 'reorder' AND resolution_s = 10"
+        assert wait_for(lambda: stack.query(rolled)[0][0] == 60, 30, "the rollups to hold all 60 points") is True
+        fleet_points = "SELECT sum(points) FROM {db}.fleet WHERE project = 'reorder'"
+        assert wait_for(lambda: stack.query(fleet_points)[0][0] == 60, 30, "the fleet view to hold all 60 points") is True
+        by_window = stack.query("SELECT toUnixTimestamp64Milli(window_start), count, sum FROM {db}.rollups "
+                                "WHERE project = 'reorder' AND resolution_s = 10 ORDER BY window_start")
+        assert by_window == [(t0, 60, 15.0 * 10)]
     finally:
         proc.stop()

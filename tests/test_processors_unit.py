@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from runstream.processors import anomaly, fleet, rollups, state
+from runstream.processors.app import STATE_CODEC
 from runstream.v1.ingest_pb2 import Batch, RunStatus
 from tests.helpers import metric_batch
 
@@ -151,6 +152,51 @@ def test_state_skips_replayed_batches_and_finishes_windows() -> None:
     fin.run_finish.status = RunStatus.RUN_STATUS_FINISHED
     out = state.apply(st, fin, book, grace_ms=1000, now_ms=0)
     assert st.finished and {(w.resolution_s, w.count) for w in out.rollups} == {(10, 2), (60, 2)}
+
+
+def test_a_batch_reordered_behind_a_later_one_is_applied_once() -> None:
+    # Seqs 1..40; seq 5 reaches Kafka after 6 and 7 (a producer rebuilt mid-flight), then everything is resent.
+    book = anomaly.RuleBook()
+    batches = {q: metrics_batch("r", q, ["x"], [0], [q], [1000 * q], [float(q)]) for q in range(1, 41)}
+    order = [1, 2, 3, 4, 6, 7, 5, *range(8, 41)]
+    st, fs = state.RunState(project="p"), fleet.FleetState()
+    applied = [q for q in order if not state.apply(st, batches[q], book, grace_ms=60_000, now_ms=0).duplicate]
+    counted = [q for q in order if fleet.apply(fs, batches[q], grace_ms=60_000) is not None]
+    assert applied == order and counted == order
+    resent = [q for q in order if not state.apply(st, batches[q], book, grace_ms=60_000, now_ms=0).duplicate]
+    recounted = [q for q in order if fleet.apply(fs, batches[q], grace_ms=60_000) is not None]
+    assert resent == [] and recounted == []
+    # Past the memory the floor stands for everything below it: a seq never seen there is taken for a replay.
+    assert st.seq_floor == 40 - state.SEQ_MEMORY and len(st.applied) == state.SEQ_MEMORY
+    assert state.apply(st, batches[1], book, grace_ms=60_000, now_ms=0).duplicate
+    assert state.apply(st, metrics_batch("r", 42, ["x"], [0], [42], [42_000], [1.0]), book, grace_ms=60_000, now_ms=0).points == 1
+    assert not state.apply(st, metrics_batch("r", 41, ["x"], [0], [41], [41_000], [1.0]), book, grace_ms=60_000,
+                           now_ms=0).duplicate
+
+
+OLD_RUN_STATE = (
+    b"\x80\x05\x95\xf5\x00\x00\x00\x00\x00\x00\x00\x8c\x1arunstream.processors.state\x94\x8c\x08RunState\x94\x93\x94)"
+    b"\x81\x94N}\x94(\x8c\x07project\x94\x8c\x01p\x94\x8c\x07max_seq\x94K\x07\x8c\x0cwatermark_ms\x94K\x00\x8c\x08finished"
+    b"\x94\x89\x8c\x07windows\x94}\x94\x8c\x07metrics\x94}\x94\x8c\x07cadence\x94\x8c\x1crunstream.processors.anomaly"
+    b"\x94\x8c\x07Cadence\x94\x93\x94)\x81\x94N}\x94(\x8c\x07last_ms\x94K\x00\x8c\ninterval_s\x94G\x00\x00\x00\x00\x00\x00"
+    b"\x00\x00\x8c\tintervals\x94K\x00u\x86\x94bu\x86\x94b."
+)
+
+
+def test_states_pickled_before_the_applied_seqs_were_kept_still_skip_replays() -> None:
+    # A changelog record written by the previous release (RunState(project="p", max_seq=7) as it pickled it):
+    # no seq_floor/applied; its fleet seqs were (seq, time).
+    st = STATE_CODEC.loads(OLD_RUN_STATE)
+    book = anomaly.RuleBook()
+    assert (st.seq_floor, st.applied) == (7, [])
+    assert state.apply(st, metrics_batch("r", 7, ["x"], [0], [7], [7000], [1.0]), book, grace_ms=0, now_ms=0).duplicate
+    assert state.apply(st, metrics_batch("r", 8, ["x"], [0], [8], [8000], [1.0]), book, grace_ms=0, now_ms=0).points == 1
+    fs = fleet.FleetState(seqs={"r": (7, 7000)})
+    assert fleet.apply(fs, metrics_batch("r", 7, ["x"], [0], [7], [7000], [1.0]), grace_ms=0) is None
+    assert fleet.apply(fs, metrics_batch("r", 8, ["x"], [0], [8], [8000], [1.0]), grace_ms=0) == fleet.OPEN
+    assert fs.seqs["r"] == (7, 8000, 8)
+    again = STATE_CODEC.loads(STATE_CODEC.dumps(st))  # and the new fields survive their own changelog
+    assert (again.seq_floor, again.applied, again.max_seq) == (7, [8], 8)
 
 
 def test_fleet_counts_runs_points_and_lifecycle() -> None:
