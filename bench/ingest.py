@@ -7,7 +7,8 @@ Prints one JSON line: points_per_s (stored points counted in ClickHouse over the
 e2e_p50_ms / e2e_p99_ms (log() call to row stored and queryable), sdk_log_us (median cost of one
 log() of 10 metrics in the job's thread), lost and duplicated (as queries see them, after storage's collapse),
 replayed_rows_collapsed (point rows the sink inserted beyond the distinct points: replays storage collapsed) and
-duplicate_batches_skipped (batches the sink recognised as stored and did not insert), peak RSS per process (MiB).
+duplicate_batches_skipped (batches the sink recognised as stored and did not insert), peak RSS per process (MiB;
+the sink's through ingest and drain, and separately with this bench's own checks, which run in the sink's engine).
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class Sink:
                 # Records per poll from the points records have carried lately, so that a poll holds about
                 # max_rows_per_insert points whether batches are large (a backfill) or small (a fleet's flushes).
                 polled = await self.consumer.getmany(timeout_ms=int(self.config.sink.flush_interval_s * 1000),
-                                                     max_records=max(100, min(50_000, int(max_rows / self._points_per_record))))
+                                                     max_records=max(1, min(50_000, int(max_rows / self._points_per_record))))
             except KafkaError as exc:
                 tm.SINK_ERRORS.labels("consume").inc()
                 log.warning("Reading from Kafka failed (%s); retrying.", exc)
