@@ -68,7 +68,9 @@ class Processors:
             datadir=str(config.data_path / "processors"),  # faust's default is relative to the working directory
             topic_partitions=k.partitions, topic_replication_factor=max(1, k.replication_factor), web_enabled=False,
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
-            processing_guarantee=pc.guarantee,
+            # At-least-once: faust's exactly_once needs its own Worker (transactions are off without it), and
+            # its at-least-once commit sends the buffered changelog records before the offsets behind them.
+            processing_guarantee="at_least_once",
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,

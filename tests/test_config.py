@@ -52,7 +52,7 @@ def _non_default(config: RunstreamConfig) -> RunstreamConfig:
     valid = {"data_dir": "/tmp/rs-roundtrip", "metrics_host": "127.0.0.2", "ingest.listen": "127.0.0.1:6001",
              "sink.sql_listen": "127.0.0.1:6002", "mlflow.listen": "127.0.0.1:6003",
              "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db", "clickhouse.cluster": "rt_cluster",
-             "processors.guarantee": "at_least_once", "processors.log_level": "INFO", "client.url": "ingest.example:443",
+             "processors.log_level": "INFO", "client.url": "ingest.example:443",
              "kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "SCRAM-SHA-512"}
     for section in [None, *(f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name)))]:
         target = getattr(config, section) if section else config
@@ -93,6 +93,15 @@ def test_every_field_reaches_a_child_role_intact(tmp_path: Path, monkeypatch: py
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == config.dump()
+
+
+def test_a_removed_key_says_why_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "runstream.yaml"
+    path.write_text("processors:\n  guarantee: exactly_once\n")
+    with pytest.raises(ConfigError, match=r"processors\.guarantee removed: faust uses Kafka transactions only .* Delete the key"):
+        RunstreamConfig.load(path, env={})
+    with pytest.raises(ConfigError, match=r"RUNSTREAM_PROCESSORS_GUARANTEE \(processors\.guarantee\) removed"):
+        RunstreamConfig.load(None, env={"RUNSTREAM_PROCESSORS_GUARANTEE": "exactly_once"})
 
 
 def test_unknown_env_var_names_the_nearest_valid_one() -> None:

@@ -105,7 +105,6 @@ class ProcessorsConfig:
     rules_file: str = ""           # anomaly thresholds per project / metric (YAML); empty: defaults
     webhook_url: str = ""          # Slack-compatible webhook for new alerts; empty disables
     metrics_port: int = 9103
-    guarantee: str = "exactly_once"  # faust processing guarantee: exactly_once or at_least_once
     log_level: str = "WARN"        # faust's own log level
     join_timeout_s: float = 120.0  # a worker not ready this long after starting exits (to be restarted); 0 never
 
@@ -206,8 +205,6 @@ class RunstreamConfig:
     def validate(self) -> None:
         """Raise ConfigError listing every problem, each prefixed with its section."""
         problems: list[str] = []
-        if self.processors.guarantee not in ("exactly_once", "at_least_once"):
-            problems.append(f"processors.guarantee: {self.processors.guarantee!r} is not exactly_once or at_least_once")
         if bool(self.client.tls_cert) != bool(self.client.tls_key):
             problems.append("client.tls_cert / client.tls_key: set both (PEM files) or neither")
         k = self.kafka
@@ -297,6 +294,9 @@ class RunstreamConfig:
         for key, value in sorted(env.items()):
             if not key.startswith("RUNSTREAM_") or key in NOT_CONFIG or key.startswith(TEST_PREFIX):
                 continue
+            for (sec, name), why in REMOVED.items():
+                if key == f"RUNSTREAM_{sec}_{name}".upper():
+                    raise ConfigError(f"CONFIG ERROR: {key} ({sec}.{name}) {why}")
             if key not in known:
                 near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
                 hint = f"did you mean {near[0]}?" if near else "see the README's Configuration section for the names"
@@ -355,11 +355,23 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"CONFIG ERROR: {where}: {value!r} is not a {type(current).__name__}") from exc
 
 
+# Keys earlier releases accepted, and why they are gone.
+REMOVED = {
+    ("processors", "guarantee"): (
+        "removed: faust uses Kafka transactions only under its own worker, which runstream does not run, so "
+        "exactly_once never took effect. The processors are at-least-once; replays are skipped by each run's applied "
+        "seqs and their rows are stored idempotently (README: Stream processors). Delete the key."),
+}
+
+
 def _apply(obj: Any, raw: Mapping[str, Any], where: str) -> None:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"CONFIG ERROR: {where}: expected a mapping")
     names = {f.name for f in dataclasses.fields(obj)}
+    section = type(obj).__name__.removesuffix("Config").lower()
     for key, value in raw.items():
+        if (section, key) in REMOVED:
+            raise ConfigError(f"CONFIG ERROR: {where}: {section}.{key} {REMOVED[section, key]}")
         if key not in names:
             raise ConfigError(f"CONFIG ERROR: {where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
         current = getattr(obj, key)
