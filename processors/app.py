@@ -51,6 +51,7 @@ class Processors:
         # and storage keeps one row per window version / alert id).
         self._emitted: dict[Any, int] = {}
         self._stalled: dict[str, str] = {}
+        self._was_unready = False  # the timer saw the worker not ready since it last dropped the caches
         # Decoded mirror of the tables for the partitions this worker owns; the tables (bytes, with
         # changelogs) stay the source of truth and refill it after a restart or a rebalance.
         self._run_cache: dict[bytes, state.RunState] = {}
@@ -146,8 +147,9 @@ class Processors:
 
     async def _handle(self, items: list[tuple[Batch, int]]) -> None:
         now_ms = int(time.time() * 1000)
-        runs_dirty: dict[bytes, int] = {}
-        fleets_dirty: dict[bytes, int] = {}
+        # The states this group changed, held here: the caches may be dropped while the group awaits Kafka.
+        runs_dirty: dict[bytes, tuple[int, state.RunState]] = {}
+        fleets_dirty: dict[bytes, tuple[int, fleet.FleetState]] = {}
         acks = []
         for batch, partition in items:
             self._last_event = time.monotonic()
@@ -183,18 +185,17 @@ class Processors:
                     self._stalled.pop(batch.run_id, None)
                 acks.append(await self._alert(a))
             if not out.duplicate:
-                runs_dirty[key] = partition
+                runs_dirty[key] = (partition, st)
                 tm.PROC_BATCHES.labels("applied").inc()
                 tm.PROC_POINTS.inc(out.points)
                 if out.late_points:
                     tm.PROC_LATE.labels("rollup").inc(out.late_points)
             if counted is not None:
-                fleets_dirty[fkey] = partition
+                fleets_dirty[fkey] = (partition, fs)
         if acks:
             await asyncio.gather(*acks)
         # Changelog records go to the partition of the events they come from (co-partitioned tables).
-        for key, partition in runs_dirty.items():
-            st = self._run_cache[key]
+        for key, (partition, st) in runs_dirty.items():
             if st.finished:
                 self._run_cache.pop(key, None)
                 self._stalled.pop(key.decode(), None)
@@ -205,10 +206,19 @@ class Processors:
                 raw = STATE_CODEC.dumps(st)
                 self.runs.data[key] = raw
                 self.runs.send_changelog(partition, key, raw)
-        for fkey, partition in fleets_dirty.items():
-            raw = STATE_CODEC.dumps(self._fleet_cache[fkey])
+        for fkey, (partition, fs) in fleets_dirty.items():
+            raw = STATE_CODEC.dumps(fs)
             self.fleet.data[fkey] = raw
             self.fleet.send_changelog(partition, fkey, raw)
+
+    def _held(self) -> set[int]:
+        """The events partitions this worker holds now (-1 too: runs not seen since it started, all recovered
+        for partitions it holds, since faust drops a recovered key whose partition it no longer holds)."""
+        topic = self.config.kafka.events_topic
+        try:
+            return {-1} | {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        except Exception:
+            return {-1}
 
     def _caught_up(self) -> bool:
         """Whether every events partition this worker holds has been read to its end (as of the last fetch)."""
@@ -242,6 +252,17 @@ class Processors:
 
     async def _tick(self) -> None:
         """Wall-clock work the events cannot trigger: stalls, and windows of runs that went quiet."""
+        if not self.ready():
+            # Rebalancing or recovering: the tables may still hold states other workers have moved on since
+            # (recovery has not overwritten them yet). Cached now, such a state would outlive the recovery and
+            # the next batch of its run would be applied to it, losing what the other worker applied.
+            self._was_unready = True
+            return
+        if self._was_unready:
+            self._was_unready = False
+            self._run_cache.clear()
+            self._fleet_cache.clear()
+        held = self._held()
         now_ms = int(time.time() * 1000)
         tm.PROC_LAG_SECONDS.set(max(0.0, self._lag_ms / 1000))
         since_last, caught_up = time.monotonic() - self._last_event, self._caught_up()
@@ -249,10 +270,12 @@ class Processors:
         clocks = {p: stream_clock(ms, since_last, caught_up) for p, ms in self._newest_ms.items()}
         fallback = min(clocks.values(), default=0)  # a run not seen since this worker started
         for key in list(self.runs.keys()):
+            run_id = key.decode()
+            if self._partition_of.get(run_id, -1) not in held:
+                continue  # its partition moved to another worker (the table keeps what this one wrote)
             st = self._run_state(key, "")
             if st.finished:
                 continue
-            run_id = key.decode()
             cad = st.cadence
             limit = cad.stall_after_s(self.rules.for_metric(st.project, ""))
             # Never longer than the wall clock says: other clients' times may run ahead of this run's (skew).
@@ -269,8 +292,10 @@ class Processors:
                 await self._send(self.rollups_topic, key, Rollups(
                     windows=[rollups.to_proto(st.project, run_id, k, w) for k, w in fresh]).SerializeToString())
         for fkey in list(self.fleet.keys()):
-            fs = self._fleet_state(fkey)
             partition, project = fkey.decode().split(":", 1)
+            if int(partition) not in held:
+                continue
+            fs = self._fleet_state(fkey)
             fresh_b = [(s, b) for s, b in fleet.quiet(fs, now_ms=now_ms, grace_ms=self.grace_ms)
                        if self._emitted.get((fkey, s)) != b.version]
             if fresh_b:

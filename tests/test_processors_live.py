@@ -9,6 +9,7 @@ one of its run is still counted, once.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from pathlib import Path
@@ -291,3 +292,60 @@ def test_a_batch_that_reaches_kafka_after_a_later_one_of_its_run_is_applied_once
         assert by_window == [(t0, 60, 15.0 * 10)]
     finally:
         proc.stop()
+
+
+def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(stack: Stack, token: str,
+                                                                               tmp_path: Path) -> None:
+    """Worker A applies a first phase; B joins and takes some partitions for a second; B is killed and A takes them
+    back for a third. Every window stays open throughout, so each run's rollup must count all three phases: A must
+    not resume a moved run from the state it held before B took it (the second phase would be missing)."""
+    a = start_processor(stack, tmp_path)
+    b_cfg = copy.deepcopy(stack.config)
+    b_cfg.processors.metrics_port = free_port()
+    b = RoleProcess("process", b_cfg, tmp_path / "logs-b")
+    t = GrpcTransport(stack.ingest_addr, token)
+    t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000
+    senders = [Sender(t, "move", f"move-{i}") for i in range(16)]
+    step = {s.run_id: 0 for s in senders}
+
+    def phase() -> None:
+        for _ in range(4):
+            for s in senders:
+                n = step[s.run_id]
+                # Event time within the first 10 s of t0 for every phase: no window closes before the finish.
+                s.points(["loss"], [0] * 10, list(range(n, n + 10)), [t0 + n + i for i in range(10)], [1.0] * 10)
+                step[s.run_id] = n + 10
+
+    def ready(port: int) -> bool:
+        return scrape(port).get("runstream_processor_ready", 0.0) == 1.0
+
+    try:
+        for s in senders:
+            s.start(t0)
+        phase()
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        b.start()
+        wait_http(f"http://127.0.0.1:{b_cfg.processors.metrics_port}/metrics", 60, b)
+        wait_for(lambda: ready(b_cfg.processors.metrics_port) and ready(stack.config.processors.metrics_port), 60,
+                 "both workers ready after B joined")
+        phase()
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        moved = scrape(b_cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0)
+        assert moved > 0, "B applied none of the second phase: no partition moved"
+        b.kill()
+        phase()  # A takes B's partitions back after the session timeout, recovers them and applies this phase
+        wait_group_drained(stack.config, stack.config.processors.app_id, timeout=90)
+        for s in senders:
+            s.finish(t0 + 120_000)
+        total = 16 * 3 * 4 * 10
+        assert stack.wait_points(total, where="project = 'move'") == total
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        wait_sink_drained(stack.config, kinds=("rollups",))
+        per_run = "SELECT run_id, sum(count) FROM {db}.rollups WHERE project = 'move' AND resolution_s = 10 GROUP BY run_id"
+        got = wait_for(lambda: (r := dict(stack.query(per_run))) and len(r) == 16 and r, 30, "16 runs' rollups")
+        assert got == {s.run_id: 120 for s in senders}
+    finally:
+        b.stop()
+        a.stop()
+        t.close()
+        print("worker A log tail:\n" + a.log_tail(40))
