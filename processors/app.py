@@ -211,22 +211,25 @@ class Processors:
             self.fleet.data[fkey] = raw
             self.fleet.send_changelog(partition, fkey, raw)
 
+    def _events_tps(self) -> list[Any]:
+        """The events partitions this worker holds now; none while the consumer cannot tell."""
+        topic = self.config.kafka.events_topic
+        try:
+            return [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+        except Exception:
+            return []
+
     def _held(self) -> set[int]:
         """The events partitions this worker holds now (-1 too: runs not seen since it started, all recovered
         for partitions it holds, since faust drops a recovered key whose partition it no longer holds)."""
-        topic = self.config.kafka.events_topic
-        try:
-            return {-1} | {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
-        except Exception:
-            return {-1}
+        return {-1} | {tp.partition for tp in self._events_tps()}
 
     def _caught_up(self) -> bool:
         """Whether every events partition this worker holds has been read to its end (as of the last fetch)."""
-        topic = self.config.kafka.events_topic
+        held = self._events_tps()
+        if not held:
+            return False
         try:
-            held = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
-            if not held:
-                return False
             for tp in held:
                 end = self.app.consumer.highwater(tp)
                 if end is None or self._offsets.get(tp.partition, -1) + 1 < end:
