@@ -52,19 +52,24 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
     names = [f"m{i}" for i in range(args.metrics)]
     session: Any = None
     seq, step, rid = 0, 0, 0
+    hint_s = 0.0  # ingest's flow-control hint from the last ack: the SDK flushes no more often than that
     await asyncio.sleep(random.random() * args.flush_s)  # jobs do not start in lockstep
     try:
         while time.monotonic() < stop_at:
             t_first = time.time()
-            await asyncio.sleep(args.flush_s * (0.8 + 0.4 * random.random()))
+            interval = max(args.flush_s, hint_s)
+            wait = min(interval * (0.8 + 0.4 * random.random()), max(0.05, stop_at - time.monotonic()))
+            await asyncio.sleep(wait)
+            out["intervals"].append(interval)
             seq += 1
-            n = args.steps * args.metrics
+            steps = max(1, round(args.steps * wait / args.flush_s))  # the job logs at the same rate meanwhile
+            n = steps * args.metrics
             now_ms = int(time.time() * 1000)
             batch = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, seq=seq, created_ms=int(t_first * 1000),
                           metrics=Metrics(names=names, name_index=[i % args.metrics for i in range(n)],
                                           steps=[step + i // args.metrics for i in range(n)], timestamps_ms=[now_ms] * n,
                                           values=[random.random() for _ in range(n)]))
-            step += args.steps
+            step += steps
             out["offered"] += n
             backoff = 0.1
             while True:
@@ -85,6 +90,7 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
                         ack = await asyncio.wait_for(session[1].read(), 30)
                         if ack is grpc.aio.EOF or ack.id != rid:
                             raise RuntimeError("session ended")
+                        hint_s = ack.min_flush_interval_ms / 1000
                     out["latency"].append((time.perf_counter() - t0) * 1000)
                     out["acked"] += n
                     break
@@ -108,16 +114,20 @@ def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: A
         os.nice(args.client_nice)  # the simulated fleet yields the cores to the stack, as jobs on other machines would
     async def main() -> dict[str, Any]:
         stop_at = time.monotonic() + (stop_at_wall - time.time())
-        out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "errors": {}}
+        out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "errors": {}, "intervals": []}
         await asyncio.gather(*(_job(addr, token, project, protocol, args, stop_at, out) for _ in range(jobs)))
         return out
-    q.put(asyncio.run(main()))
+    out = asyncio.run(main())
+    out["cpu_s"] = time.process_time()
+    q.put(out)
 
 
 def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any) -> dict[str, Any]:
     from runstream.read import Api
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
     roles = {p.name: p.proc.pid for p in sup.procs if p.proc is not None}
+    if sup.broker is not None and sup.broker.proc is not None:
+        roles["kafka"] = sup.broker.proc.pid
     cpu0 = {name: cpu_seconds(pid) for name, pid in roles.items()}
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -135,6 +145,8 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
         p.join()
     wall = t_end - (start - 3.0)
     cpu = {name: round((cpu_seconds(pid) - cpu0[name]) / wall, 2) for name, pid in roles.items()}
+    cpu["clients"] = round(sum(r["cpu_s"] for r in results) / wall, 2)
+    intervals = [x for r in results for x in r["intervals"]]
     acked = sum(r["acked"] for r in results)
     sql = Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database).client
     db = cfg.clickhouse.database
@@ -156,11 +168,13 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
            "points_acked": acked, "points_stored": stored, "offered_per_s": round(offered),
            "acked_per_s": round(acked / args.seconds), "sends": len(lat),
            "ack_p50_ms": pct(lat, 0.5), "ack_p99_ms": pct(lat, 0.99), "ack_max_ms": pct(lat, 1.0),
-           "errors": errors, "e2e_p50_ms": float(e2e[0]), "e2e_p99_ms": float(e2e[1]), "cpu_per_s": cpu}
+           "errors": errors, "e2e_p50_ms": float(e2e[0]), "e2e_p99_ms": float(e2e[1]), "cpu_per_s": cpu,
+           "flush_interval_s": {"p50": round(pct(intervals, 0.5), 2), "max": round(pct(intervals, 1.0), 2)}}
     out["meets_goals"] = bool(acked == out["points_offered"] and stored == acked and not errors
                               and out["ack_p99_ms"] <= GOALS["ack_p99_ms"] and out["e2e_p99_ms"] <= GOALS["e2e_p99_ms"])
     console.print(f"  acked {acked:,}/{out['points_offered']:,}, stored {stored:,}; ack p50/p99/max {out['ack_p50_ms']}/"
                   f"{out['ack_p99_ms']}/{out['ack_max_ms']} ms; e2e p50/p99 {out['e2e_p50_ms']:.0f}/{out['e2e_p99_ms']:.0f} ms; "
+                  f"flush interval p50/max {out['flush_interval_s']['p50']}/{out['flush_interval_s']['max']} s; "
                   f"errors {errors or 'none'}; CPU/s {cpu}; goals {'met' if out['meets_goals'] else 'NOT met'}")
     return out
 

@@ -148,10 +148,12 @@ class Publisher:
 
 
 class IngestService(ingest_pb2_grpc.IngestServicer):
-    def __init__(self, config: RunstreamConfig, publisher: Publisher, tokens: TokenStore) -> None:
+    def __init__(self, config: RunstreamConfig, publisher: Publisher, tokens: TokenStore,
+                 loop_lag: LoopLag | None = None) -> None:
         self.config = config
         self.publisher = publisher
         self.tokens = tokens
+        self.loop_lag = loop_lag
 
     async def _accept(self, batch: ingest_pb2.Batch, where: str, token: Token, seqs: dict[str, int]) -> tuple[asyncio.Future, int]:
         points = validate_batch(batch, self.config.ingest, where)
@@ -225,11 +227,13 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         return ingest_pb2.SendResponse(accepted=len(futures))
 
     def flush_hint_ms(self) -> int:
-        """Flow control: how often clients should flush at most, from how full the Kafka pipeline is (0: as they
-        like). Past a quarter of max_inflight_batches it grows to 5 s at the limit, so a busy ingest receives fewer,
-        larger requests instead of refusing them."""
+        """Flow control: how often clients should flush at most (0: as they like). From how full the Kafka pipeline
+        is (past a quarter of max_inflight_batches it grows to 5 s at the limit) and from how busy this process is
+        (LoopLag), so a busy ingest receives fewer, larger requests instead of refusing or queueing them: its cost
+        is per request, not per point."""
         fill = self.publisher.inflight / max(1, self.config.ingest.max_inflight_batches)
-        return 0 if fill < 0.25 else int(500 + 4500 * min(1.0, (fill - 0.25) / 0.75))
+        kafka = 0 if fill < 0.25 else int(500 + 4500 * min(1.0, (fill - 0.25) / 0.75))
+        return max(kafka, int(self.loop_lag.hint_ms) if self.loop_lag is not None else 0)
 
     async def Session(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """One long-lived stream per client: each request is acknowledged by its own SessionAck once Kafka holds all
@@ -309,6 +313,48 @@ def parse_request(raw: bytes) -> ingest_pb2.SendRequest:
         raise ValidationError("request", f"is not a valid runstream.v1.SendRequest ({exc})") from exc
 
 
+class LoopLag:
+    """How late this process's event loop runs a timer, as a moving average over about half a second: every
+    request waits that long for its turn, so it is the CPU saturation requests see, whatever its cause. Above
+    ``busy_s`` the flush hint for clients grows by a tenth per tick (from 0.6 s, to 5 s at most); below half of it,
+    it shrinks by 1 % per tick, so a fleet that slowed down comes back gradually instead of all at once."""
+
+    INTERVAL_S = 0.05
+    FIRST_HINT_MS, MAX_HINT_MS = 600.0, 5000.0
+
+    def __init__(self, busy_s: float) -> None:
+        self.busy_s = busy_s
+        self.seconds = 0.0
+        self.hint_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(self.INTERVAL_S)
+            self.observe(max(0.0, loop.time() - asked - self.INTERVAL_S))
+
+    def observe(self, lag_s: float) -> None:
+        self.seconds = 0.9 * self.seconds + 0.1 * lag_s
+        tm.INGEST_LOOP_LAG.set(self.seconds)
+        if not self.busy_s:
+            return
+        if self.seconds > self.busy_s:
+            self.hint_ms = min(self.MAX_HINT_MS, max(self.FIRST_HINT_MS, self.hint_ms * 1.1))
+        elif self.seconds < self.busy_s / 2 and self.hint_ms:
+            self.hint_ms = 0.0 if self.hint_ms * 0.99 < self.FIRST_HINT_MS else self.hint_ms * 0.99
+
+
 class IngestServer:
     """The ingest stage: ``start()`` binds the port and connects to Kafka; ``stop()`` drains (idempotent)."""
 
@@ -318,6 +364,7 @@ class IngestServer:
         self.tokens = TokenStore(config.tokens_path)
         self.server: grpc.aio.Server | None = None
         self.follower = Follower(config, self.tokens.apply_control)
+        self.loop_lag = LoopLag(config.ingest.busy_loop_lag_ms / 1000)
         self.port = 0
 
     async def start(self) -> None:
@@ -326,12 +373,13 @@ class IngestServer:
         limit = self.config.ingest.max_request_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024)])
-        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens).handler(),
+        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens, self.loop_lag).handler(),
                                               AdminService(self.config, self.tokens).handler(status_for)))
         self.port = self._bind()
         if self.port == 0:
             raise Unavailable(f"ingest cannot listen on {self.config.ingest.listen}: the port is taken; set ingest.listen")
         await self.server.start()
+        self.loop_lag.start()
         log.info("Ingest listening on port %d.", self.port)
 
     def _bind(self) -> int:
@@ -352,6 +400,7 @@ class IngestServer:
         server, self.server = self.server, None
         if server is not None:
             await server.stop(grace)
+        await self.loop_lag.stop()
         await self.publisher.stop()
         await self.follower.stop()
 
