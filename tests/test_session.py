@@ -4,6 +4,8 @@ token stops an open session, an ingest without it gets one call per flush, and b
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 import runstream
-from runstream.ingest.server import IngestService, Publisher
+from runstream.ingest.server import IngestService, LoopLag, Publisher
 from runstream.ops.broker import free_port
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError
@@ -141,3 +143,68 @@ def test_busy_ingest_asks_for_longer_flush_intervals(tmp_path: Path) -> None:
     sender._closing = True
     sender.run()
     assert waits == [2.0]
+
+
+def test_a_saturated_ingest_loop_raises_the_hint_gradually_and_lowers_it_slowly() -> None:
+    lag = LoopLag(busy_s=0.010)
+    for _ in range(5):
+        lag.observe(0.002)
+    assert lag.hint_ms == 0  # not busy
+    hints = []
+    for _ in range(60):  # 3 s at 60 ms late per tick
+        lag.observe(0.060)
+        hints.append(lag.hint_ms)
+    first = next(i for i, h in enumerate(hints) if h)
+    assert hints[first] == LoopLag.FIRST_HINT_MS and hints[first + 1] == pytest.approx(660)  # +10 % per busy tick
+    assert hints[-1] == LoopLag.MAX_HINT_MS
+    for _ in range(40):  # between half the limit and the limit: the hint holds
+        lag.observe(0.008)
+    assert LoopLag.FIRST_HINT_MS < lag.hint_ms <= LoopLag.MAX_HINT_MS
+    held = lag.hint_ms
+    falling = []
+    for _ in range(400):  # idle: 1 % per tick, then off below the first hint
+        lag.observe(0.0)
+        falling.append(lag.hint_ms)
+    assert 0 < falling[20] < held and falling[-1] == 0
+    off = LoopLag(busy_s=0.0)
+    for _ in range(60):
+        off.observe(0.5)
+    assert off.hint_ms == 0 and off.seconds > 0.1  # measured, never hinted
+
+
+def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(config: RunstreamConfig, token: str) -> None:
+    """The real ingest's event loop kept busy (a task that holds it 80 ms of every 100 ms, as a saturated CPU would):
+    its acks carry a flush hint the SDK's transport picks up; freed, the hint falls back to 0."""
+    config.ingest.listen = f"127.0.0.1:{free_port()}"
+    config.ingest.busy_loop_lag_ms = 20
+    roles = InProcessRoles(config, ["ingest", "sink"]).start()
+    hogging = True
+
+    async def hog() -> None:
+        while hogging:
+            time.sleep(0.08)  # noqa: ASYNC251 - blocking the loop is the point
+            await asyncio.sleep(0.02)
+
+    try:
+        stack = Stack(config, roles)
+        transport = GrpcTransport(config.ingest.listen, token)
+        transport.send([metric_batch("hint-0", 4)])
+        busy = asyncio.run_coroutine_threadsafe(hog(), roles.loop)
+        sent, deadline = 1, time.monotonic() + 30
+        while transport.min_flush_interval_s == 0 and time.monotonic() < deadline:
+            transport.send([metric_batch(f"hint-{sent}", 4)])
+            sent += 1
+        assert transport.min_flush_interval_s >= LoopLag.FIRST_HINT_MS / 1000
+        assert roles.stages["ingest"][0].loop_lag.seconds > 0.02
+        hogging = False
+        busy.result(10)
+        deadline = time.monotonic() + 60
+        while transport.min_flush_interval_s > 0 and time.monotonic() < deadline:
+            transport.send([metric_batch(f"hint-{sent}", 4)])
+            sent += 1
+            time.sleep(0.2)
+        assert transport.min_flush_interval_s == 0
+        assert stack.wait_points(4 * sent, where="run_id LIKE 'hint-%'") == 4 * sent
+    finally:
+        hogging = False
+        roles.stop()
