@@ -226,14 +226,19 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         self._count(method, len(futures), points, started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
-    def flush_hint_ms(self) -> int:
-        """Flow control: how often clients should flush at most (0: as they like). From how full the Kafka pipeline
-        is (past a quarter of max_inflight_batches it grows to 5 s at the limit) and from how busy this process is
-        (LoopLag), so a busy ingest receives fewer, larger requests instead of refusing or queueing them: its cost
-        is per request, not per point."""
+    # A request this large already spreads ingest's cost per request thin: flushing it less often gains nothing.
+    AMORTIZED_REQUEST_POINTS = 5_000
+
+    def flush_hint_ms(self, request_points: int = 0) -> int:
+        """Flow control: how often a client should flush at most (0: as it likes). From how full the Kafka pipeline
+        is (past a quarter of max_inflight_batches it grows to 5 s at the limit) and, for clients whose requests are
+        small (fewer than AMORTIZED_REQUEST_POINTS points), from how busy this process is (LoopLag): a busy ingest
+        receives fewer, larger requests instead of refusing or queueing them, since its cost is per request."""
         fill = self.publisher.inflight / max(1, self.config.ingest.max_inflight_batches)
         kafka = 0 if fill < 0.25 else int(500 + 4500 * min(1.0, (fill - 0.25) / 0.75))
-        return max(kafka, int(self.loop_lag.hint_ms) if self.loop_lag is not None else 0)
+        if self.loop_lag is None or request_points >= self.AMORTIZED_REQUEST_POINTS:
+            return kafka
+        return max(kafka, int(self.loop_lag.hint_ms))
 
     async def Session(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """One long-lived stream per client: each request is acknowledged by its own SessionAck once Kafka holds all
@@ -257,7 +262,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     await self._refuse(exc, futures, context, "Session")
                 self._count("Session", len(futures), points, started)
                 yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
-                                            min_flush_interval_ms=self.flush_hint_ms()).SerializeToString()
+                                            min_flush_interval_ms=self.flush_hint_ms(points)).SerializeToString()
         finally:
             tm.INGEST_SESSIONS.dec()
 
@@ -353,6 +358,7 @@ class LoopLag:
             self.hint_ms = min(self.MAX_HINT_MS, max(self.FIRST_HINT_MS, self.hint_ms * 1.1))
         elif self.seconds < self.busy_s / 2 and self.hint_ms:
             self.hint_ms = 0.0 if self.hint_ms * 0.99 < self.FIRST_HINT_MS else self.hint_ms * 0.99
+        tm.INGEST_BUSY_HINT.set(self.hint_ms)
 
 
 class IngestServer:

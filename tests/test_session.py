@@ -166,6 +166,10 @@ def test_a_saturated_ingest_loop_raises_the_hint_gradually_and_lowers_it_slowly(
         lag.observe(0.0)
         falling.append(lag.hint_ms)
     assert 0 < falling[20] < held and falling[-1] == 0
+    service = IngestService(RunstreamConfig(), Publisher(RunstreamConfig()), TokenStore(Path("/nonexistent/tokens.yaml")), lag)
+    lag.hint_ms = 1500.0
+    # Only clients whose requests are small are asked to wait: a large request already spreads the per-request cost.
+    assert service.flush_hint_ms(50) == 1500 and service.flush_hint_ms(IngestService.AMORTIZED_REQUEST_POINTS) == 0
     off = LoopLag(busy_s=0.0)
     for _ in range(60):
         off.observe(0.5)
@@ -182,7 +186,7 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
 
     async def hog() -> None:
         while hogging:
-            time.sleep(0.08)  # noqa: ASYNC251 - blocking the loop is the point
+            time.sleep(0.08)  # blocking the loop is the point
             await asyncio.sleep(0.02)
 
     try:
@@ -195,7 +199,6 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
             transport.send([metric_batch(f"hint-{sent}", 4)])
             sent += 1
         assert transport.min_flush_interval_s >= LoopLag.FIRST_HINT_MS / 1000
-        assert roles.stages["ingest"][0].loop_lag.seconds > 0.02
         hogging = False
         busy.result(10)
         deadline = time.monotonic() + 60

@@ -15,6 +15,8 @@ INGEST_PRODUCER_REBUILDS = Counter("runstream_ingest_producer_rebuilds_total",
 INGEST_SESSIONS = Gauge("runstream_ingest_sessions", "Session streams open (one per connected client process).")
 INGEST_LOOP_LAG = Gauge("runstream_ingest_loop_lag_seconds",
                         "How late ingest's event loop runs a 50 ms timer (moving average): its CPU saturation.")
+INGEST_BUSY_HINT = Gauge("runstream_ingest_busy_flush_hint_ms",
+                         "The flush interval a saturated ingest asks of clients with small requests (0: none).")
 INGEST_INFLIGHT = Gauge("runstream_ingest_inflight_batches", "Batches published and not yet acknowledged by Kafka.")
 INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds",
                                    "Time from receiving a request to Kafka acknowledging all its batches.",
