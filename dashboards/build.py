@@ -172,6 +172,10 @@ def pipeline_health() -> dash.Dashboard:
                  .datasource(PROMETHEUS).with_target(prom(
                      "histogram_quantile(0.99, sum by (le) (rate(runstream_ingest_publish_seconds_bucket[$__rate_interval])))",
                      "p99")))
+    d.with_panel(timeseries.Panel().title("Ingest saturation and flow control").unit("s").span(12).height(8)
+                 .datasource(PROMETHEUS)
+                 .with_target(prom("max(runstream_ingest_loop_lag_seconds)", "event-loop lag"))
+                 .with_target(prom("max(runstream_ingest_busy_flush_hint_ms) / 1000", "flush interval asked of clients", "B")))
     d.with_panel(timeseries.Panel().title("Queue depths").unit("short").span(12).height(8).datasource(PROMETHEUS)
                  .with_target(prom("sum(runstream_ingest_inflight_batches)", "ingest in flight (batches)"))
                  .with_target(prom("sum(runstream_sink_consumer_lag_records)", "sink lag (records)", "B")))
