@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from google.protobuf.message import DecodeError
 
 from runstream.ingest.admin import AdminService
@@ -119,20 +120,42 @@ class Publisher:
 
     async def publish(self, batch: ingest_pb2.Batch) -> asyncio.Future:
         """Queue one batch; the returned future resolves when Kafka acknowledged it."""
+        return (await self.publish_many([batch]))[0]
+
+    async def publish_many(self, batches: list[ingest_pb2.Batch]) -> list[asyncio.Future]:
+        """Queue a request's batches, packed per partition (runstream.wire.encoding), in order; one future per batch,
+        resolved when Kafka acknowledged the record that holds it."""
+        if not batches:
+            return []
         if self.inflight >= self.config.ingest.max_inflight_batches:
             raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
         assert self.producer is not None
-        rec = encoding.encode(batch, max_record_bytes=self.config.kafka.max_record_bytes)
+        topic = self.config.kafka.events_topic
         async with map_kafka_errors(self._fatal):
-            fut = await self.producer.send(self.config.kafka.events_topic, rec.value, key=rec.key, headers=rec.headers)
-        self.inflight += 1
-        tm.INGEST_INFLIGHT.inc()
+            partitions = sorted(await self.producer.partitions_for(topic))
+        groups: dict[int, list[ingest_pb2.Batch]] = {}
+        for b in batches:  # the partition the key would choose (Kafka's default partitioner), so packs keep it
+            groups.setdefault(partitions[(murmur2(b.run_id.encode()) & 0x7FFFFFFF) % len(partitions)], []).append(b)
+        futures: dict[int, asyncio.Future] = {}  # id(batch) -> its record's future
+        for partition, group in groups.items():
+            at = 0
+            for rec, n in encoding.pack(group, max_record_bytes=self.config.kafka.max_record_bytes):
+                async with map_kafka_errors(self._fatal):
+                    fut = await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers, partition=partition)
+                self._count_inflight(fut, n)
+                for b in group[at:at + n]:
+                    futures[id(b)] = fut
+                at += n
+        return [futures[id(b)] for b in batches]
+
+    def _count_inflight(self, fut: asyncio.Future, n: int) -> None:
+        self.inflight += n
+        tm.INGEST_INFLIGHT.inc(n)
 
         def done(_: asyncio.Future) -> None:
-            self.inflight -= 1
-            tm.INGEST_INFLIGHT.dec()
+            self.inflight -= n
+            tm.INGEST_INFLIGHT.dec(n)
         fut.add_done_callback(done)
-        return fut
 
     async def publish_audit(self, rec: ingest_pb2.AuditRecord) -> asyncio.Future:
         """Queue one audit record (keyed by project: one partition keeps a project's trail in order)."""
@@ -155,32 +178,45 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         self.tokens = tokens
         self.loop_lag = loop_lag
 
-    async def _accept(self, batch: ingest_pb2.Batch, where: str, token: Token, seqs: dict[str, int]) -> tuple[asyncio.Future, int]:
+    def _check(self, batch: ingest_pb2.Batch, where: str, token: Token, seqs: dict[str, int]) -> int:
         points = validate_batch(batch, self.config.ingest, where)
+        size, limit = batch.ByteSize(), self.config.kafka.max_record_bytes
+        if size > limit:  # refused here, at its index, so the client knows which batch to drop
+            raise ValidationError(where, f"is {size} bytes encoded; the limit is {limit} (kafka.max_record_bytes). "
+                                         "Send smaller batches.")
         authorize(token, batch.project, "ingest")
         last = seqs.get(batch.run_id, 0)
         if batch.seq <= last:
             raise ValidationError(f"{where}.seq", f"{batch.seq} does not follow {last} for run {batch.run_id!r} in this call")
         seqs[batch.run_id] = batch.seq
-        return await self.publisher.publish(batch), points
+        return points
 
     async def _publish_batches(self, batches: Iterable[ingest_pb2.Batch], token: Token, context: grpc.aio.ServicerContext,
                                seqs: dict[str, int], futures: list[asyncio.Future], audit_futures: list[asyncio.Future]) -> int:
-        """Validate and publish each batch (and the audit record of a run's start, finish or resume), appending their
-        Kafka futures; returns the points. Raises at the first batch refused, the earlier ones published."""
+        """Validate the batches, publish those before the first one refused (packed per partition) and the audit
+        record of a run's start, finish or resume, appending their Kafka futures; returns their points, or raises
+        the refusal once the earlier batches are published."""
         points = 0
+        good: list[ingest_pb2.Batch] = []
+        refused: RunstreamError | None = None
         for batch in batches:
-            where = f"batches[{len(futures)}]"
             try:
-                fut, n = await self._accept(batch, where, token, seqs)
-            except ValidationError:
+                points += self._check(batch, f"batches[{len(futures) + len(good)}]", token, seqs)
+            except ValidationError as exc:
                 tm.INGEST_REJECTED.labels("invalid").inc()
-                raise
-            futures.append(fut)
-            points += n
+                refused = exc
+                break
+            except RunstreamError as exc:
+                refused = exc
+                break
+            good.append(batch)
+        futures.extend(await self.publisher.publish_many(good))
+        for batch in good:
             kind = batch.WhichOneof("body")
             if kind in ("run_start", "run_finish", "run_resume"):
                 audit_futures.append(await self.publisher.publish_audit(run_audit(batch, kind, token.name, context.peer() or "")))
+        if refused is not None:
+            raise refused
         return points
 
     async def _refuse(self, exc: RunstreamError, futures: list[asyncio.Future], context: grpc.aio.ServicerContext,

@@ -23,6 +23,7 @@ from runstream.processors.notify import Webhook
 from runstream.server import telemetry as tm
 from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups
+from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
 
 log = logging.getLogger("runstream.processors")
@@ -126,7 +127,7 @@ class Processors:
             for event in events:
                 self._offsets[event.message.partition] = event.message.offset  # read, decodable or not
                 try:
-                    items.append((Batch.FromString(event.value), event.message.partition))
+                    items.extend((b, event.message.partition) for b in encoding.decode(event.value, event.message.headers))
                 except Exception as exc:
                     tm.PROC_BATCHES.labels("undecodable").inc()
                     log.error("Skipping an undecodable events record: %s", exc)

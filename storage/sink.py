@@ -6,9 +6,10 @@ after every insert succeeded: a crash replays at most the uncommitted polls, and
 on their (batch, idx) key (see migrations/0001_init.sql), so nothing is lost and nothing is counted twice.
 An insert that fails is retried with backoff, never skipped, until the stage is stopped. Governance events
 are carried out by storage.governance. A record the sink cannot turn into rows (undecodable, or values storage
-cannot represent) goes to the dead-letter topic as it came, with its source and the reason, and the rest of the
-poll is stored: one bad record never stops storage. If the loop dies anyway, the ``runstream_sink_consuming`` gauge
-drops to 0 and the role, which watches ``task``, exits non-zero.
+cannot represent) goes to the dead-letter topic as it came (a bad batch of a pack alone, as a one-batch record),
+with its source and the reason, and the rest of the poll is stored: one bad record never stops storage. If the
+loop dies anyway, the ``runstream_sink_consuming`` gauge drops to 0 and the role, which watches ``task``, exits
+non-zero.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from runstream.storage.governance import GovernanceApplier
 from runstream.storage.sqlserver import SqlEndpoint
 from runstream.storage.store import migrate, open_store
 from runstream.storage.writer import Writer
-from runstream.wire import topics
+from runstream.wire import encoding, topics
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import StorageError
 from runstream.wire.files import write_private
@@ -179,7 +180,7 @@ class Sink:
             deletions_seen = len(self.governance.deletions) if self.governance is not None else 0
             items = []
             derived = []
-            dead: list[tuple[Any, Any, str]] = []  # (topic partition, message, reason)
+            dead: list[tuple[Any, Any, str, Any]] = []  # (topic partition, message, reason, the batch or None)
             for tp, messages in polled.items():
                 topic = self.topics.get(tp.topic, topics.EVENTS)
                 for msg in messages:
@@ -187,27 +188,28 @@ class Sink:
                         derived.append((topic, tp, msg))
                         continue
                     try:
-                        batch = topic.decode(msg.value, msg.headers)
+                        batches = topic.decode(msg.value, msg.headers)
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
-                        dead.append((tp, msg, f"undecodable: {exc}"))
+                        dead.append((tp, msg, f"undecodable: {exc}", None))
                         continue
-                    if (batch.project, batch.run_id) in self.deleted_runs:
-                        tm.SINK_BATCHES.labels("deleted_run").inc()
-                        continue
-                    if RecentIds.key(batch) in self.recent:
-                        tm.SINK_BATCHES.labels("duplicate").inc()
-                        continue
-                    items.append((batch, tp, msg))
+                    for batch in batches:
+                        if (batch.project, batch.run_id) in self.deleted_runs:
+                            tm.SINK_BATCHES.labels("deleted_run").inc()
+                            continue
+                        if RecentIds.key(batch) in self.recent:
+                            tm.SINK_BATCHES.labels("duplicate").inc()
+                            continue
+                        items.append((batch, tp, msg))
             tables = self._build(items, dead)
             for topic, tp, msg in derived:
                 try:
                     columns.add_derived(tables, topic.kind, msg.value, tp.partition, msg.offset)
                 except Exception as exc:
-                    dead.append((tp, msg, f"cannot store {topic.kind} record: {exc}"))
+                    dead.append((tp, msg, f"cannot store {topic.kind} record: {exc}", None))
             if dead:
                 await self._dead_letter(dead)
-            dead_ids = {id(msg) for _, msg, _ in dead}
-            items = [(b, tp, msg) for b, tp, msg in items if id(msg) not in dead_ids]
+            dead_batches = {id(b) for _, _, _, b in dead if b is not None}
+            items = [(b, tp, msg) for b, tp, msg in items if id(b) not in dead_batches]
             if not await self._write_until_done(tables, deletions_seen):
                 return  # stopped before the poll was stored: not committed, so it is read again after a restart
             for batch, _, _ in items:
@@ -222,7 +224,7 @@ class Sink:
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
 
-    def _build(self, items: list[tuple[Any, Any, Any]], dead: list[tuple[Any, Any, str]]) -> columns.Tables:
+    def _build(self, items: list[tuple[Any, Any, Any]], dead: list[tuple[Any, Any, str, Any]]) -> columns.Tables:
         """Rows for the poll's batches; a batch that cannot become rows joins ``dead`` and the others still do."""
         rows = [(b, tp.partition, msg.offset) for b, tp, msg in items]
         try:
@@ -234,21 +236,26 @@ class Sink:
                     columns.build([row])
                     good.append(row)
                 except Exception as exc:
-                    dead.append((tp, msg, f"cannot store batch {b.batch_id}: {type(exc).__name__}: {exc}"))
+                    dead.append((tp, msg, f"cannot store batch {b.batch_id}: {type(exc).__name__}: {exc}", b))
             return columns.build(good)
 
-    async def _dead_letter(self, dead: list[tuple[Any, Any, str]]) -> None:
-        """Move records to the dead-letter topic, acknowledged by Kafka before the poll's offsets are committed."""
+    async def _dead_letter(self, dead: list[tuple[Any, Any, str, Any]]) -> None:
+        """Move records to the dead-letter topic, acknowledged by Kafka before the poll's offsets are committed. A
+        batch that failed on its own goes alone, as a one-batch record, even when it came in a pack with others."""
         assert self.producer is not None
         name = self.config.kafka.deadletter_topic
         records = []
-        for tp, msg, reason in dead:
+        for tp, msg, reason, batch in dead:
             kind = self.topics.get(tp.topic, topics.EVENTS).kind
             tm.SINK_DEAD_LETTERS.labels(kind).inc()
             log.error("Record %s[%d]@%d moved to %s: %s", tp.topic, tp.partition, msg.offset, name, reason)
-            headers = [*(msg.headers or ()), ("source-topic", tp.topic.encode()), ("source-partition", str(tp.partition).encode()),
-                       ("source-offset", str(msg.offset).encode()), ("reason", reason[:1000].encode())]
-            records.append((msg.value, msg.key, headers))
+            value, key, headers = msg.value, msg.key, list(msg.headers or ())
+            if batch is not None and dict(headers).get("schema") == encoding.PACK_SCHEMA:
+                one = encoding.encode(batch, max_record_bytes=self.config.kafka.max_record_bytes)
+                value, key, headers = one.value, one.key, one.headers
+            headers += [("source-topic", tp.topic.encode()), ("source-partition", str(tp.partition).encode()),
+                        ("source-offset", str(msg.offset).encode()), ("reason", reason[:1000].encode())]
+            records.append((value, key, headers))
         while True:
             try:
                 await asyncio.gather(*[await self.producer.send(name, v, key=k, headers=h) for v, k, h in records])

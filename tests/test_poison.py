@@ -112,3 +112,20 @@ def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: Runstre
     monkeypatch.setattr(app.Processors, "ready", lambda self: 0.0)
     assert asyncio.run(asyncio.wait_for(roles.run_role("process", config), 120)) == 1
     assert "did not join its group and recover within 3s" in caplog.text
+
+
+def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_stored(stack: Stack) -> None:
+    good = [metric_batch(f"pack-good-{i}", 3, project="pk") for i in range(3)]
+    bad = metric_batch("pack-bad", 4, project="pk", created_ms=2**62, timestamps_ms=[2**62] * 4)
+    (rec, n), = encoding.pack([good[0], bad, good[1], good[2]], max_record_bytes=1 << 20)
+    assert n == 4 and dict(rec.headers)["schema"] == encoding.PACK_SCHEMA
+    dead_before = counter("runstream_sink_dead_letters_total", kind="events")
+    asyncio.run(_produce(stack.config, [(rec.key, rec.value, rec.headers)]))
+    assert stack.wait_points(9, where="project = 'pk'") == 9
+    wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 1, 30,
+               "the bad batch to be dead-lettered")
+    dead, = asyncio.run(_dead_letters(stack.config, 1))
+    headers = dict(dead.headers)
+    assert headers["schema"] == encoding.SCHEMA and headers["batch-id"] == bad.batch_id.encode()
+    assert encoding.decode(dead.value, dead.headers) == [bad] and dead.key == b"pack-bad"
+    assert stack.count_points("run_id = 'pack-bad'") == 0

@@ -349,3 +349,61 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
         a.stop()
         t.close()
         print("worker A log tail:\n" + a.log_tail(40))
+
+
+def test_a_request_of_many_runs_becomes_packed_records_that_every_stage_reads_whole(stack: Stack, token: str,
+                                                                                 tmp_path: Path) -> None:
+    """One request carrying 3 batches each of 30 runs (a client process with many runs) reaches the events topic as
+    one record per partition, not one per batch; the sink stores every point once and the processors count each
+    in the rollups and the fleet view."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from runstream.server.kafka import client_args
+    from runstream.wire import encoding
+
+    proc = start_processor(stack, tmp_path)
+    t = GrpcTransport(stack.ingest_addr, token)
+    t0 = (int(time.time() * 1000) // 60_000 - 5) * 60_000
+    try:
+        senders = [Sender(t, "packed", f"pk-{i}") for i in range(30)]
+        for s in senders:
+            s.start(t0)
+        batches = [metric_batch(s.run_id, project="packed", seq=2 + k, created_ms=t0 + k * 1000, names=["loss"],
+                                name_index=[0] * 10, steps=list(range(k * 10, k * 10 + 10)),
+                                timestamps_ms=[t0 + k * 1000 + i for i in range(10)], values=[float(k)] * 10)
+                   for s in senders for k in range(3)]
+        t.send(batches)
+        for s in senders:
+            s.seq = 4
+            s.finish(t0 + 120_000)
+        assert stack.wait_points(900, where="project = 'packed'") == 900
+
+        async def events() -> list:
+            consumer = AIOKafkaConsumer(stack.config.kafka.events_topic, **client_args(stack.config),
+                                        auto_offset_reset="earliest", enable_auto_commit=False)
+            await consumer.start()
+            try:
+                got: list = []
+                while True:
+                    polled = await consumer.getmany(timeout_ms=2000)
+                    if not polled:
+                        return got
+                    for msgs in polled.values():
+                        got.extend(msgs)
+            finally:
+                await consumer.stop()
+        packs = [m for m in asyncio.run(events()) if dict(m.headers).get("schema") == encoding.PACK_SCHEMA]
+        packed = [b for m in packs for b in encoding.decode(m.value, m.headers)]
+        assert sorted(b.batch_id for b in packed) == sorted(b.batch_id for b in batches)
+        assert len(packs) <= stack.config.kafka.partitions
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+        wait_sink_drained(stack.config, kinds=("rollups", "fleet"))
+        per_run = "SELECT run_id, sum(count) FROM {db}.rollups WHERE project = 'packed' AND resolution_s = 60 GROUP BY run_id"
+        assert wait_for(lambda: sorted(stack.query(per_run)) == sorted((s.run_id, 30) for s in senders), 30,
+                        "every run's rollups to hold its 30 points") is True
+        fleet_points = "SELECT sum(points) FROM {db}.fleet WHERE project = 'packed'"
+        assert wait_for(lambda: stack.query(fleet_points)[0][0] == 900, 30, "the fleet view to hold all 900 points") is True
+    finally:
+        proc.stop()

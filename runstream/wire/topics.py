@@ -32,7 +32,8 @@ class Topic:
         return 1 if self.single_partition else config.kafka.partitions
 
     def decode(self, value: bytes, headers: Any = ()) -> Any:
-        """The record's message; raises on a record this topic cannot hold."""
+        """The record's message (events: the list of its batches, see runstream.wire.encoding); raises on a record
+        this topic cannot hold."""
         if self.message is None:
             return value
         if self.message is Batch:
