@@ -123,7 +123,7 @@ class Processors:
     async def _agent(self, stream: faust.StreamT) -> None:
         # Events are handled in small groups: a run's state is written once per group, not once per batch.
         async for events in stream.take_events(self.TAKE, within=0.05):  # type: ignore[attr-defined]
-            items = []
+            items: list[tuple[Batch, int]] = []
             for event in events:
                 self._offsets[event.message.partition] = event.message.offset  # read, decodable or not
                 try:
