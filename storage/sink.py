@@ -181,12 +181,14 @@ class Sink:
             items = []
             derived = []
             dead: list[tuple[Any, Any, str, Any]] = []  # (topic partition, message, reason, the batch or None)
+            records = 0  # events records polled (a pack holds several batches)
             for tp, messages in polled.items():
                 topic = self.topics.get(tp.topic, topics.EVENTS)
                 for msg in messages:
                     if topic is not topics.EVENTS:
                         derived.append((topic, tp, msg))
                         continue
+                    records += 1
                     try:
                         batches = topic.decode(msg.value, msg.headers)
                     except Exception as exc:  # a foreign or corrupt record must not stop the sink
@@ -219,7 +221,7 @@ class Sink:
             self.stored_batches += len(items)
             self.stored_points += tables.point_count
             if items:
-                seen = max(1.0, tables.point_count / len(items))
+                seen = max(1.0, tables.point_count / records)
                 self._points_per_record = 0.7 * self._points_per_record + 0.3 * seen
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
