@@ -297,6 +297,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                 except RunstreamError as exc:
                     await self._refuse(exc, futures, context, "Session")
                 self._count("Session", len(futures), points, started)
+                if self.loop_lag is not None:
+                    self.loop_lag.requests += 1
                 yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
                                             min_flush_interval_ms=self.flush_hint_ms(points)).SerializeToString()
         finally:
@@ -356,17 +358,22 @@ def parse_request(raw: bytes) -> ingest_pb2.SendRequest:
 
 class LoopLag:
     """How late this process's event loop runs a timer, as a moving average over about half a second: every
-    request waits that long for its turn, so it is the CPU saturation requests see, whatever its cause. Above
-    ``busy_s`` the flush hint for clients grows by a tenth per tick (from 0.6 s, to 5 s at most); below half of it,
-    it shrinks by 1 % per tick, so a fleet that slowed down comes back gradually instead of all at once."""
+    request waits that long for its turn, so it is the CPU saturation requests see, whatever its cause. When it is
+    above ``busy_s`` and requests come at ``busy_requests_per_s`` or more (below that, fewer requests would free
+    little: the saturation is not theirs), the flush hint for clients grows by a tenth per tick (from 0.6 s, to 5 s
+    at most); when either falls below half, it shrinks by 1 % per tick, so a fleet that slowed down comes back
+    gradually instead of all at once."""
 
     INTERVAL_S = 0.05
     FIRST_HINT_MS, MAX_HINT_MS = 600.0, 5000.0
 
-    def __init__(self, busy_s: float) -> None:
+    def __init__(self, busy_s: float, busy_requests_per_s: float = 0.0) -> None:
         self.busy_s = busy_s
+        self.busy_requests_per_s = busy_requests_per_s
         self.seconds = 0.0
+        self.requests_per_s = 0.0
         self.hint_ms = 0.0
+        self.requests = 0  # counted by the service, one per request or Session message
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -380,19 +387,23 @@ class LoopLag:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        seen = 0
         while True:
             asked = loop.time()
             await asyncio.sleep(self.INTERVAL_S)
-            self.observe(max(0.0, loop.time() - asked - self.INTERVAL_S))
+            took = loop.time() - asked
+            self.observe(max(0.0, took - self.INTERVAL_S), (self.requests - seen) / took)
+            seen = self.requests
 
-    def observe(self, lag_s: float) -> None:
+    def observe(self, lag_s: float, requests_per_s: float) -> None:
         self.seconds = 0.9 * self.seconds + 0.1 * lag_s
+        self.requests_per_s = 0.9 * self.requests_per_s + 0.1 * requests_per_s
         tm.INGEST_LOOP_LAG.set(self.seconds)
         if not self.busy_s:
             return
-        if self.seconds > self.busy_s:
+        if self.seconds > self.busy_s and self.requests_per_s >= self.busy_requests_per_s:
             self.hint_ms = min(self.MAX_HINT_MS, max(self.FIRST_HINT_MS, self.hint_ms * 1.1))
-        elif self.seconds < self.busy_s / 2 and self.hint_ms:
+        elif self.hint_ms and (self.seconds < self.busy_s / 2 or self.requests_per_s < self.busy_requests_per_s / 2):
             self.hint_ms = 0.0 if self.hint_ms * 0.99 < self.FIRST_HINT_MS else self.hint_ms * 0.99
         tm.INGEST_BUSY_HINT.set(self.hint_ms)
 
@@ -406,7 +417,7 @@ class IngestServer:
         self.tokens = TokenStore(config.tokens_path)
         self.server: grpc.aio.Server | None = None
         self.follower = Follower(config, self.tokens.apply_control)
-        self.loop_lag = LoopLag(config.ingest.busy_loop_lag_ms / 1000)
+        self.loop_lag = LoopLag(config.ingest.busy_loop_lag_ms / 1000, config.ingest.busy_requests_per_s)
         self.port = 0
 
     async def start(self) -> None:

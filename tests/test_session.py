@@ -146,24 +146,28 @@ def test_busy_ingest_asks_for_longer_flush_intervals(tmp_path: Path) -> None:
 
 
 def test_a_saturated_ingest_loop_raises_the_hint_gradually_and_lowers_it_slowly() -> None:
-    lag = LoopLag(busy_s=0.010)
+    lag = LoopLag(busy_s=0.010, busy_requests_per_s=200)
     for _ in range(5):
-        lag.observe(0.002)
+        lag.observe(0.002, 1000)
     assert lag.hint_ms == 0  # not busy
+    few = LoopLag(busy_s=0.010, busy_requests_per_s=200)
+    for _ in range(60):  # late, but requests are few: the saturation is not theirs, fewer would free nothing
+        few.observe(0.060, 50)
+    assert few.hint_ms == 0 and few.seconds > 0.05
     hints = []
-    for _ in range(60):  # 3 s at 60 ms late per tick
-        lag.observe(0.060)
+    for _ in range(60):  # 3 s at 60 ms late per tick, 1,000 requests/s
+        lag.observe(0.060, 1000)
         hints.append(lag.hint_ms)
     first = next(i for i, h in enumerate(hints) if h)
     assert hints[first] == LoopLag.FIRST_HINT_MS and hints[first + 1] == pytest.approx(660)  # +10 % per busy tick
     assert hints[-1] == LoopLag.MAX_HINT_MS
     for _ in range(40):  # between half the limit and the limit: the hint holds
-        lag.observe(0.008)
+        lag.observe(0.008, 1000)
     assert LoopLag.FIRST_HINT_MS < lag.hint_ms <= LoopLag.MAX_HINT_MS
     held = lag.hint_ms
     falling = []
     for _ in range(400):  # idle: 1 % per tick, then off below the first hint
-        lag.observe(0.0)
+        lag.observe(0.0, 1000)
         falling.append(lag.hint_ms)
     assert 0 < falling[20] < held and falling[-1] == 0
     service = IngestService(RunstreamConfig(), Publisher(RunstreamConfig()), TokenStore(Path("/nonexistent/tokens.yaml")), lag)
@@ -172,7 +176,7 @@ def test_a_saturated_ingest_loop_raises_the_hint_gradually_and_lowers_it_slowly(
     assert service.flush_hint_ms(50) == 1500 and service.flush_hint_ms(IngestService.AMORTIZED_REQUEST_POINTS) == 0
     off = LoopLag(busy_s=0.0)
     for _ in range(60):
-        off.observe(0.5)
+        off.observe(0.5, 5000)
     assert off.hint_ms == 0 and off.seconds > 0.1  # measured, never hinted
 
 
@@ -181,6 +185,7 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
     its acks carry a flush hint the SDK's transport picks up; freed, the hint falls back to 0."""
     config.ingest.listen = f"127.0.0.1:{free_port()}"
     config.ingest.busy_loop_lag_ms = 20
+    config.ingest.busy_requests_per_s = 0  # one client sending one request at a time
     roles = InProcessRoles(config, ["ingest", "sink"]).start()
     hogging = True
 

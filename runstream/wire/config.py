@@ -74,6 +74,7 @@ class IngestConfig:
     max_inflight_batches: int = 4_000  # beyond this, RESOURCE_EXHAUSTED instead of buffering
     publish_timeout_s: float = 15.0
     busy_loop_lag_ms: float = 10.0  # past this event-loop lag, acks ask clients to flush less often; 0: never
+    busy_requests_per_s: float = 200.0  # ...if Session messages come at least this often (their cost is the load)
     tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
     tls_key: str = ""              # PEM private key for tls_cert
     tls_client_ca: str = ""        # PEM CA bundle: when set, clients must present a certificate it signed
@@ -217,6 +218,8 @@ class RunstreamConfig:
             problems.append(f"kafka.username / kafka.password_file: {k.security_protocol} needs both")
         if self.ingest.busy_loop_lag_ms < 0:
             problems.append("ingest.busy_loop_lag_ms: must be 0 (off) or more")
+        if self.ingest.busy_requests_per_s < 0:
+            problems.append("ingest.busy_requests_per_s: must be 0 or more")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
