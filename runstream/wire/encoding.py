@@ -34,6 +34,10 @@ class Record:
 def encode(batch: Batch, *, max_record_bytes: int) -> Record:
     value = batch.SerializeToString()
     _check_size(len(value), max_record_bytes)
+    return _one(batch, value)
+
+
+def _one(batch: Batch, value: bytes) -> Record:
     return Record(key=batch.run_id.encode(), value=value,
                   headers=[("batch-id", batch.batch_id.encode()), ("schema", SCHEMA)])
 
@@ -48,20 +52,19 @@ def pack(batches: Sequence[Batch], *, max_record_bytes: int) -> list[tuple[Recor
         value = b.SerializeToString()
         _check_size(len(value), max_record_bytes)
         if chunk and size + len(value) + _FRAME > max_record_bytes:
-            out.append(_record(chunk, max_record_bytes))
+            out.append(_record(chunk))
             chunk, size = [], 0
         chunk.append((b, value))
         size += len(value) + _FRAME
     if chunk:
-        out.append(_record(chunk, max_record_bytes))
+        out.append(_record(chunk))
     return out
 
 
-def _record(chunk: list[tuple[Batch, bytes]], max_record_bytes: int) -> tuple[Record, int]:
+def _record(chunk: list[tuple[Batch, bytes]]) -> tuple[Record, int]:
     first, value = chunk[0]
     if len(chunk) == 1:
-        return Record(key=first.run_id.encode(), value=value,
-                      headers=[("batch-id", first.batch_id.encode()), ("schema", SCHEMA)]), 1
+        return _one(first, value), 1
     return Record(key=first.run_id.encode(), value=BatchPack(batches=[v for _, v in chunk]).SerializeToString(),
                   headers=[("schema", PACK_SCHEMA)]), len(chunk)
 
