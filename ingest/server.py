@@ -202,11 +202,9 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         for batch in batches:
             try:
                 points += self._check(batch, f"batches[{len(futures) + len(good)}]", token, seqs)
-            except ValidationError as exc:
-                tm.INGEST_REJECTED.labels("invalid").inc()
-                refused = exc
-                break
             except RunstreamError as exc:
+                if isinstance(exc, ValidationError):
+                    tm.INGEST_REJECTED.labels("invalid").inc()
                 refused = exc
                 break
             good.append(batch)
