@@ -168,16 +168,20 @@ class ReadEngine:
         root = ast[0].split(" ", 1)[0] if ast else ""
         if root not in READ_KINDS:
             raise readonly_error(f"{root or 'this statement'} is not a read")
-        output_format = ""
-        # Direct children of a query with output: a Literal is INTO OUTFILE (or its COMPRESSION), an Identifier
-        # is the FORMAT clause, Set the SETTINGS clause (refused by readonly when the query runs).
+        # Direct children of a query with output: a Literal is INTO OUTFILE (or its COMPRESSION), Set the SETTINGS
+        # clause (refused by readonly when the query runs), the last Identifier the FORMAT clause, unless it names
+        # the table (SHOW CREATE TABLE db.t, EXISTS t): the engine's own formatting tells them apart.
+        identifiers = []
         for line in ast[1:]:
             if line.startswith(" ") and not line.startswith("  "):
                 child = line.strip()
                 if child.startswith("Literal"):
                     raise readonly_error("INTO OUTFILE writes a file")
-                if child.startswith("Identifier ") and root != "Explain":
-                    output_format = child.split(" ", 1)[1]
+                if child.startswith("Identifier "):
+                    identifiers.append(child.split(" ", 1)[1])
+        output_format = identifiers[-1] if identifiers else ""
+        if output_format and not (one.endswith(f" FORMAT {output_format}") or f" FORMAT {output_format} SETTINGS " in one):
+            output_format = ""
         return Statement(one, root, output_format)
 
     def run(self, stmt: Statement, *, fmt: str, database: str, settings: dict[str, str], params: dict[str, str],

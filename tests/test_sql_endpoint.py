@@ -215,6 +215,10 @@ def test_clickhouse_connect_and_the_js_client(endpoint: Endpoint, tmp_path: Path
         assert len(c.query("SELECT number FROM numbers(100)", settings={"max_block_size": 10}).result_rows) == 100
     finally:
         common.set_setting("invalid_setting_action", "error")
+    # Statements whose output is not a SELECT's: clickhouse-connect asks for Native and reads it.
+    plan = "\n".join(r[0] for r in c.query("EXPLAIN indexes = 1 SELECT count() FROM metrics WHERE run_id = 'x'").result_rows)
+    assert "ReadFromMergeTree" in plan and "PrimaryKey" in plan
+    assert "CREATE VIEW" in c.query("SHOW CREATE TABLE runs").result_rows[0][0]
     with pytest.raises(DatabaseError, match="164|readonly|READONLY"):
         c.insert("metric_points", [[1]], column_names=["step"])
     assert c.query("SELECT count() FROM metric_points").result_rows[0][0] == 4 * 14_400
@@ -278,6 +282,13 @@ def test_http_conventions(endpoint: Endpoint) -> None:
     assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "60"
     # session_id is accepted (a read-only session holds nothing between queries).
     assert ep.http("SELECT 1", params={"session_id": "s1"})[0] == 200
+    # A FORMAT clause is the output format, also after EXPLAIN; a table's name never is.
+    status, headers, body = ep.http("EXPLAIN SELECT 1 FORMAT JSONCompact")
+    assert status == 200 and headers["X-ClickHouse-Format"] == "JSONCompact" and json.loads(body)["data"]
+    status, headers, body = ep.http("SHOW CREATE TABLE runs", params={"default_format": "TSVRaw"})
+    assert status == 200 and headers["X-ClickHouse-Format"] == "TSVRaw" and body.startswith(b"CREATE VIEW")
+    status, headers, body = ep.http("EXISTS TABLE runs FORMAT CSV")
+    assert (status, headers["X-ClickHouse-Format"], body) == (200, "CSV", b"1\n")
 
 
 PROBES = [
