@@ -40,6 +40,9 @@ CLIENT_SETTINGS = frozenset({
     "aggregate_functions_null_for_empty", "prefer_column_name_to_alias", "joined_subquery_requires_alias",
     "low_cardinality_allow_in_native_format", "totals_mode", "use_query_cache",
 })
+AGGREGATE_COMBINATORS = ("If", "Array", "Map", "ForEach", "Distinct", "OrDefault", "OrNull", "State", "Merge",
+                         "SimpleState", "Resample", "ArgMin", "ArgMax")
+TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series"})  # deterministic ones
 CHECKED_CACHE = 1000  # statements remembered as checked
 SETTING_VALUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+/:")
 
@@ -63,6 +66,7 @@ class Statement:
     sql: str                  # the statement as the engine formatted it: exactly one, checked
     kind: str                 # root AST node
     output_format: str = ""   # the statement's own FORMAT clause, if any
+    deterministic: bool = False  # a SELECT whose result depends on the stored data alone (no now(), rand(), system.*)
 
 
 @dataclass
@@ -133,6 +137,18 @@ class ReadEngine:
         # (the verdict depends on the text alone; parameter values only fill {name:Type} slots at run time).
         self._checked: OrderedDict[str, Statement] = OrderedDict()
         self._checked_lock = threading.Lock()
+        # The engine's own word on which functions are deterministic (aggregates have none: NULL).
+        rows = self._admin.query("SELECT name, deterministic, is_aggregate, case_insensitive FROM system.functions",
+                                 "TabSeparated")
+        self._deterministic: set[str] = set()
+        self._aggregates: set[str] = set()
+        for line in rows.bytes().decode().splitlines():
+            name, det, agg, anycase = line.split("\t")
+            names = (name, name.lower()) if anycase == "1" else (name,)
+            if agg == "1":
+                self._aggregates.update(names)
+            elif det == "1":
+                self._deterministic.update(names)
 
     def close(self) -> None:
         self._admin.close()
@@ -182,7 +198,32 @@ class ReadEngine:
         output_format = identifiers[-1] if identifiers else ""
         if output_format and not (one.endswith(f" FORMAT {output_format}") or f" FORMAT {output_format} SETTINGS " in one):
             output_format = ""
-        return Statement(one, root, output_format)
+        return Statement(one, root, output_format, self._is_deterministic(root, ast))
+
+    def _is_deterministic(self, root: str, ast: list[str]) -> bool:
+        """A SELECT that calls only functions the engine calls deterministic (table functions and unknown names are
+        not) and reads no system table: two runs of it at the same moment give the same rows."""
+        if root not in ("SelectWithUnionQuery", "SelectIntersectExceptQuery"):
+            return False
+        for line in ast:
+            node, _, rest = line.strip().partition(" ")
+            name = rest.split(" ", 1)[0]
+            if node == "Function" and name != "lambda" and not self._deterministic_function(name):
+                return False
+            if node == "TableIdentifier" and name.lower().startswith(("system.", "information_schema.")):
+                return False
+        return True
+
+    def _deterministic_function(self, name: str) -> bool:
+        return bool({name, name.lower()} & self._deterministic) or name in TABLE_FUNCTIONS or self._aggregate(name)
+
+    def _aggregate(self, name: str) -> bool:
+        if name in self._aggregates or name.lower() in self._aggregates:
+            return True
+        for suffix in AGGREGATE_COMBINATORS:  # countIf, sumArrayIf, ...: an aggregate with combinators
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return self._aggregate(name[:-len(suffix)])
+        return False
 
     def run(self, stmt: Statement, *, fmt: str, database: str, settings: dict[str, str], params: dict[str, str],
             marker: str) -> Result:

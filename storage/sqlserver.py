@@ -34,8 +34,10 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import brotli
 import lz4.block
@@ -46,12 +48,14 @@ from clickhouse_cityhash.cityhash import CityHash128
 
 from runstream.server.auth import TokenStore
 from runstream.server.governance import Follower
+from runstream.server.telemetry import SQL_QUERIES
 from runstream.storage import native
-from runstream.storage.readonly import Limits, QueryError, ReadEngine, Statement
+from runstream.storage.readonly import Limits, QueryError, ReadEngine, Result, Statement
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import AuthError, ConfigError
 
 log = logging.getLogger("runstream.sql")
+T = TypeVar("T")
 
 # ClickHouse's mapping of exception codes to HTTP statuses (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp).
 STATUS_BY_NAME = {
@@ -151,6 +155,19 @@ def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
     return bytes(out)
 
 
+@dataclass
+class _Execution:
+    """One engine run of a query and how many requests wait for its result."""
+    task: asyncio.Future[Result]
+    marker: str
+    waiters: int = 0
+
+
+def _retrieve(task: asyncio.Future[Result]) -> None:
+    if not task.cancelled():
+        task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
+
+
 class SqlEndpoint:
     """The stage: an aiohttp server in the sink's process (on a thread and event loop of its own), reading the store
     the sink writes."""
@@ -168,6 +185,7 @@ class SqlEndpoint:
         self._pool = ThreadPoolExecutor(max_workers=max(1, sink.sql_max_concurrent), thread_name_prefix="sql-read")
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
         self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
+        self._inflight: dict[tuple[Any, ...], _Execution] = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -312,27 +330,40 @@ class SqlEndpoint:
         settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        stmt = self.engine.known(sql)
+        if stmt is None:
+            stmt = await self._in_slot(self.engine.check, sql, query_params)
+        # Identical deterministic reads in flight share one execution: dashboards that several people (or a wall
+        # screen) watch send the same panel queries at the same moment.
+        key = None
+        if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() != "system":
+            key = (stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
+        run = self._inflight.get(key) if key is not None else None
+        if run is None:
+            marker = self.engine.marker()
+            task = asyncio.ensure_future(self._in_slot(lambda: self.engine.run(  # type: ignore[union-attr]
+                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker)))
+            run = _Execution(task, marker)
+            task.add_done_callback(_retrieve)
+            if key is not None:
+                self._inflight[key] = run
+                task.add_done_callback(lambda _: self._forget(key, run))
+            SQL_QUERIES.labels("ran").inc()
+        else:
+            SQL_QUERIES.labels("shared").inc()
+        run.waiters += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.max_execution_time_s)
-        except TimeoutError:
-            raise QueryError(202, "TOO_MANY_SIMULTANEOUS_QUERIES",
-                             f"{self.config.sink.sql_max_concurrent} queries are running and none finished within "
-                             f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
-        marker = self.engine.marker()
-        try:
-            stmt = self.engine.known(sql)
-            if stmt is None:
-                stmt = await loop.run_in_executor(self._pool, self.engine.check, sql, query_params)
-            job = loop.run_in_executor(self._pool, lambda: self.engine.run(  # type: ignore[union-attr]
-                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker))
-            try:
-                result = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                loop.run_in_executor(self._killer, self.engine.kill, marker)
-                log.info("Query %s cancelled: its client went away.", headers["X-ClickHouse-Query-Id"])
-                raise
+            result = await asyncio.shield(run.task)
+        except asyncio.CancelledError:
+            if run.waiters == 1 and not run.task.done():  # nobody else waits for it: stop the engine's work
+                if key is not None:
+                    self._forget(key, run)  # a request arriving now starts afresh
+                run.task.cancel()
+                loop.run_in_executor(self._killer, self.engine.kill, run.marker)
+            log.info("Query %s cancelled: its client went away.", headers["X-ClickHouse-Query-Id"])
+            raise
         finally:
-            self._slots.release()
+            run.waiters -= 1
         out_fmt = stmt.output_format or fmt
         data = result.data
         summary = {"read_rows": str(result.rows_read), "read_bytes": str(result.bytes_read), "written_rows": "0",
@@ -359,6 +390,23 @@ class SqlEndpoint:
                 data = await loop.run_in_executor(self._pool, _encode_body, data, encoding, level)
                 headers["Content-Encoding"] = encoding
         return web.Response(body=data, headers=headers)
+
+    def _forget(self, key: tuple[Any, ...], run: _Execution) -> None:
+        if self._inflight.get(key) is run:
+            del self._inflight[key]
+
+    async def _in_slot(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread once one of the ``sql_max_concurrent`` slots is free."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.limits.max_execution_time_s)
+        except TimeoutError:
+            raise QueryError(202, "TOO_MANY_SIMULTANEOUS_QUERIES",
+                             f"{self.config.sink.sql_max_concurrent} queries are running and none finished within "
+                             f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._slots.release()
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)

@@ -36,6 +36,7 @@ import yaml
 import zstandard
 from clickhouse_connect import common
 from clickhouse_connect.driver.exceptions import DatabaseError, ProgrammingError
+from prometheus_client import REGISTRY
 
 from runstream.dashboards import build
 from runstream.ops.broker import KafkaBroker
@@ -390,6 +391,50 @@ def test_a_long_query_neither_blocks_readers_nor_outlives_its_client(endpoint: E
     t0 = time.monotonic()
     status, headers, _ = ep.http(long_sql, params={"max_execution_time": "1"})
     assert status == 408 and headers["X-ClickHouse-Exception-Code"] == "159" and time.monotonic() - t0 < 5
+
+
+def executions() -> dict[str, float]:
+    return {e: REGISTRY.get_sample_value("runstream_sql_queries_total", {"execution": e}) or 0.0 for e in ("ran", "shared")}
+
+
+def test_identical_reads_in_flight_share_one_run(endpoint: Endpoint) -> None:
+    ep = endpoint
+    tag = 10**12 + time.time_ns() % 10**9
+    running = f"SELECT count() FROM system.processes WHERE query LIKE '%{tag}%' AND query NOT LIKE '%processes%'"
+
+    def together(sql: str, n: int, runs: int, params: dict[str, str] | None = None) -> list[tuple[int, dict[str, str], bytes]]:
+        """The first request, then n - 1 more once the engine runs it; returns once ``runs`` were seen running."""
+        out: list[tuple[int, dict[str, str], bytes]] = []
+        threads = [threading.Thread(target=lambda: out.append(ep.http(sql, params=params))) for _ in range(n)]
+        threads[0].start()
+        wait_until(lambda: int(ep.http(running)[2]) >= 1, 10, "the first query to run")
+        for t in threads[1:]:
+            t.start()
+        wait_until(lambda: len(out) == n or int(ep.http(running)[2]) >= runs, 10, f"{runs} runs at once")
+        for t in threads:
+            t.join(60)
+        assert len(out) == n
+        return out
+
+    before = executions()
+    answers = together(f"SELECT count() FROM numbers(600000000) WHERE number != {tag}", 5, 1)
+    assert {a[2] for a in answers} == {b"600000000\n"} and {a[0] for a in answers} == {200}
+    assert executions()["shared"] - before["shared"] == 4
+    # rand() makes each answer its own: three runs at once (each stopped by its time limit), none shared.
+    before = executions()
+    answers = together(f"SELECT count() + 0 * any(rand()) FROM numbers(100000000000) WHERE number != {tag}", 3, 3,
+                       params={"max_execution_time": "3"})
+    assert [a[0] for a in answers] == [408] * 3 and executions()["shared"] == before["shared"]
+    # The request that started a shared run goes away: the others still get its result (here: its own time limit,
+    # TIMEOUT_EXCEEDED, not the cancellation its departure would have caused).
+    long_sql = f"SELECT count() FROM numbers(100000000001) WHERE number != {tag}"
+    limited = {"max_execution_time": "4"}
+    t = threading.Thread(target=lambda: pytest.raises(OSError, ep.http, long_sql, params=limited, timeout=1))
+    t.start()
+    wait_until(lambda: int(ep.http(running)[2]) >= 1, 10, "the long query to run")
+    status, headers, _ = ep.http(long_sql, params=limited)
+    t.join()
+    assert status == 408 and headers["X-ClickHouse-Exception-Code"] == "159"
 
 
 def test_beyond_loopback_needs_tls(tmp_path: Path) -> None:

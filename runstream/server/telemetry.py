@@ -32,6 +32,8 @@ SINK_CONSUMING = Gauge("runstream_sink_consuming", "1 while the sink's consume l
 SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.", ["stage"])
 SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
 SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kafka not yet read by the sink, by topic.", ["topic"])
+SQL_QUERIES = Counter("runstream_sql_queries_total", "Read endpoint queries answered: by an engine run of their own "
+                      "(ran) or by an identical one in flight (shared).", ["execution"])
 
 MLFLOW_REQUESTS = Counter("runstream_mlflow_requests_total", "MLflow API requests by endpoint and HTTP status.",
                           ["endpoint", "status"])

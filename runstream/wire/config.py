@@ -97,6 +97,7 @@ class SinkConfig:
     sql_max_result_bytes: int = 1 << 30
     sql_max_threads: int = 2       # engine threads per query, so readers never starve the sink's inserts
     sql_max_request_bytes: int = 16 * 1024 * 1024
+    sql_share_identical: bool = True  # identical deterministic reads in flight share one engine run
 
 
 @dataclass
