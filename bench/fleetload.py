@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,10 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     }
 
 
-def start_stack(prefix: str, console: Any, **supervisor: Any) -> tuple[Any, Any, str]:
-    """A `runstream up` stack of its own (data and ports) for a bench: (supervisor, config, dev token)."""
+def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,
+                **supervisor: Any) -> tuple[Any, Any, str]:
+    """A `runstream up` stack of its own (data and ports) for a bench: (supervisor, config, dev token);
+    ``configure`` may change the config first."""
     import tempfile
 
     from runstream.ops.stack import isolated_config
@@ -159,6 +162,8 @@ def start_stack(prefix: str, console: Any, **supervisor: Any) -> tuple[Any, Any,
     home = Path(tempfile.mkdtemp(prefix=prefix))
     cfg = isolated_config(home)
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
+    if configure is not None:
+        configure(cfg)
     sup = Supervisor(cfg, **supervisor)
     console.print(f"Starting the stack in {home} ...")
     return sup, cfg, str(sup.start()["token"])

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fleetload import load as fleet_load  # noqa: E402
 from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
+
+from runstream.ops.stack import scrape  # noqa: E402
 
 DASHBOARDS = ("fleet-overview", "run-explorer")
 LATEST = ("SELECT run_id, metric, value FROM latest WHERE project = %(p)s AND metric IN ('loss', 'acc') "
@@ -52,11 +56,12 @@ def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
     return out
 
 
-def read_loop(client: Any, queries: dict[str, str], project: str, refresh_s: float, stop: threading.Event,
-              out: dict[str, list[float]], server: list[float]) -> None:
+def read_loop(client: Any, queries: Callable[[], dict[str, str]], project: str, refresh_s: float, phase_s: float,
+              stop: threading.Event, out: dict[str, list[float]], server: list[float]) -> None:
+    stop.wait(phase_s)
     while not stop.is_set():
         started = time.monotonic()
-        for name, sql in queries.items():
+        for name, sql in queries().items():
             t0 = time.perf_counter()
             res = client.query(sql, parameters={"p": project})
             out[name].append((time.perf_counter() - t0) * 1000)
@@ -72,6 +77,10 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--points-per-s", type=float, default=500_000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--stagger", action="store_true",
+                   help="independent viewers: each reader starts at a random point of the refresh period and expands "
+                        "the time range at each refresh (default: all refresh together, the same queries)")
+    p.add_argument("--no-sharing", action="store_true", help="sink.sql_share_identical off: every query runs on its own")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -80,7 +89,9 @@ def main() -> int:
     from runstream.storage.store import open_url
 
     console = Console(stderr=True, quiet=args.json)
-    sup, cfg, token = start_stack("runstream-readers-", console)
+    def configure(c: Any) -> None:
+        c.sink.sql_share_identical = not args.no_sharing
+    sup, cfg, token = start_stack("runstream-readers-", console, configure)
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
         with console.status("phase 1: ingest alone ...") as status:
@@ -88,12 +99,21 @@ def main() -> int:
         clients = [open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
                    for _ in range(args.readers)]
         runs = [r[0] for r in clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
-        queries = {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
-        latencies: list[dict[str, list[float]]] = [{name: [] for name in queries} for _ in clients]
+        fixed = {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
+        if args.stagger:  # independent viewers: each refresh expands the macros for its own "last 5 minutes"
+            def queries() -> dict[str, str]:
+                return {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
+        else:
+            def queries() -> dict[str, str]:
+                return fixed
+        rng = random.Random(1)
+        phases = [rng.uniform(0, args.refresh_s) if args.stagger else 0.0 for _ in clients]
+        latencies: list[dict[str, list[float]]] = [{name: [] for name in fixed} for _ in clients]
         stop = threading.Event()
         server: list[float] = []
-        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, stop, lat, server),
-                                    daemon=True) for c, lat in zip(clients, latencies)]
+        before = scrape(cfg.sink.metrics_port)
+        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, phase, stop, lat, server),
+                                    daemon=True) for c, lat, phase in zip(clients, latencies, phases)]
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -103,16 +123,21 @@ def main() -> int:
         for t in threads:
             t.join(120)
         elapsed = time.monotonic() - t0
-        per_panel = {name: [v for lat in latencies for v in lat[name]] for name in queries}
+        after = scrape(cfg.sink.metrics_port)
+        executions = {e: round(after.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)
+                               - before.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)) for e in ("ran", "shared")}
+        per_panel = {name: [v for lat in latencies for v in lat[name]] for name in fixed}
         every = [v for vs in per_panel.values() for v in vs]
         out = {
-            "readers": args.readers, "refresh_s": args.refresh_s, "panels": len(queries),
+            "readers": args.readers, "refresh_s": args.refresh_s, "stagger": args.stagger, "panels": len(fixed),
+            "engine_runs": executions["ran"], "shared_runs": executions["shared"],
             "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
             "queries": len(every), "queries_per_s": round(len(every) / elapsed, 1),
             "panel_p50_ms": pct(every, 0.5), "panel_p99_ms": pct(every, 0.99),
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99),
             "per_panel_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
+            "sql_share_identical": cfg.sink.sql_share_identical,
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),
             "lost": solo["lost"] + busy["lost"], "duplicated": solo["duplicated"] + busy["duplicated"],
