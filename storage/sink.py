@@ -103,7 +103,8 @@ class Sink:
         self.governance = GovernanceApplier(self.client, self.db, audit_key(self.config), self.config.clickhouse.cluster)
         await asyncio.to_thread(self.governance.install_access)
         await asyncio.to_thread(self.governance.load)
-        self.writer = Writer(self.client, self.db, self.governance)
+        self.writer = Writer(self.client, self.db, self.governance,
+                             purge_every_s=0.0 if self.config.clickhouse.url else self.config.sink.memory_purge_interval_s)
         # The group shares the data topics; governance is followed whole by every sink (below), so that each
         # one drops a deleted run's batches and applies retention, whichever partitions it holds.
         self.topics = {name: t for name, t in topics.by_name(self.config).items() if t is not topics.CONTROL}

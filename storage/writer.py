@@ -4,6 +4,7 @@ order, then the poll's governance events. Synchronous: the consume loop runs it 
 from __future__ import annotations
 
 import threading
+import time
 
 from clickhouse_connect.driver.client import Client
 
@@ -15,11 +16,13 @@ from runstream.storage.tables import TABLES
 
 
 class Writer:
-    def __init__(self, client: Client, db: str, governance: GovernanceApplier) -> None:
+    def __init__(self, client: Client, db: str, governance: GovernanceApplier, *, purge_every_s: float = 0.0) -> None:
         self.client = client
         self.db = db
         self.governance = governance
         self.lock = threading.Lock()  # inserts and governance effects, one at a time
+        self.purge_every_s = purge_every_s
+        self._purged = time.monotonic()
 
     def write(self, t: columns.Tables, deletions_seen: int | None = None) -> None:
         """Insert one poll's rows, points first, the batch ledger last, then the poll's governance events; raises
@@ -27,10 +30,20 @@ class Writer:
         applied again after the insert, so rows of a run deleted meanwhile do not outlive the deletion."""
         with self.lock:
             self._write(t)
+            self._purge()
             if deletions_seen is not None:
                 with map_clickhouse_errors("re-applying a deletion"):
                     for project, run_id in self.governance.deletions[deletions_seen:]:
                         self.governance.delete_run(project, run_id)
+
+    def _purge(self) -> None:
+        """The embedded engine's allocator keeps the pages an insert freed; handing them back now and then keeps the
+        process's resident memory near what it uses (about 150 MB less at 600k points/s)."""
+        if self.purge_every_s and time.monotonic() - self._purged >= self.purge_every_s:
+            self._purged = time.monotonic()
+            with map_clickhouse_errors("returning freed memory"):
+                self.client.command("SYSTEM JEMALLOC PURGE")
+            tm.SINK_MEMORY_PURGES.inc()
 
     def _write(self, t: columns.Tables) -> None:
         if t.audit:

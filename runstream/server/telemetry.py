@@ -31,6 +31,8 @@ SINK_DEAD_LETTERS = Counter("runstream_sink_dead_letters_total", "Records the si
 SINK_CONSUMING = Gauge("runstream_sink_consuming", "1 while the sink's consume loop runs; 0 when it has died.")
 SINK_ERRORS = Counter("runstream_sink_errors_total", "Sink failures, by stage.", ["stage"])
 SINK_LAG_SECONDS = Gauge("runstream_sink_event_lag_seconds", "Now minus the client time of the newest batch stored.")
+SINK_MEMORY_PURGES = Counter("runstream_sink_memory_purges_total", "Times the embedded engine's freed allocator pages "
+                             "were returned to the OS (sink.memory_purge_interval_s).")
 SINK_CONSUMER_LAG = Gauge("runstream_sink_consumer_lag_records", "Records in Kafka not yet read by the sink, by topic.", ["topic"])
 SQL_QUERIES = Counter("runstream_sql_queries_total", "Read endpoint queries answered: by an engine run of their own "
                       "(ran) or by an identical one in flight (shared).", ["execution"])

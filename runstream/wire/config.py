@@ -83,8 +83,9 @@ class IngestConfig:
 @dataclass
 class SinkConfig:
     group_id: str = "runstream-sink"
-    max_rows_per_insert: int = 500_000
+    max_rows_per_insert: int = 300_000  # points per poll: more is a little faster when backlogged, and more memory
     flush_interval_s: float = 0.25
+    memory_purge_interval_s: float = 2.0  # embedded engine: return freed allocator pages to the OS this often; 0: never
     metrics_port: int = 9102
     sql_listen: str = "127.0.0.1:8124"  # ClickHouse HTTP endpoint over the embedded store; "" disables
     audit_key_file: str = ""       # the key that signs audit records; empty: <data_dir>/audit.key (made 0600)
@@ -256,6 +257,8 @@ class RunstreamConfig:
             problems.append("metrics_tls_cert / metrics_tls_key: set both (PEM files) or neither")
         if self.sink.sql_max_concurrent < 1:
             problems.append("sink.sql_max_concurrent: must be at least 1")
+        if self.sink.memory_purge_interval_s < 0:
+            problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
         if self.ingest.max_batch_points < 1:
             problems.append("ingest.max_batch_points: must be at least 1")
         if self.clickhouse.url and not self.clickhouse.url.startswith(("http://", "https://")):
