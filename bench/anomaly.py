@@ -227,6 +227,7 @@ def main() -> int:
         fp_by: dict[str, int] = {}
         latencies: list[float] = []
         stall_latencies: list[float] = []
+        by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
         unplanned_detected = 0
         slack = 1500  # a batch's client time may precede the silence by up to a flush interval and a tick
         for r in runs:
@@ -242,6 +243,7 @@ def main() -> int:
                     hit = True
                     tp[kind] += 1
                     (stall_latencies if kind == "stall" else latencies).append(stored - at_ms)  # type: ignore[operator]
+                    by_kind[kind].append(stored - at_ms)  # type: ignore[operator]
                 elif kind == "stall" and any(a - slack <= ev <= b for a, b in unplanned.get(r["i"], [])):
                     unplanned_detected += 1  # a silence the client really had: neither hit nor false positive
                 else:
@@ -285,6 +287,7 @@ def main() -> int:
             "false_positives": fp, "false_positives_by_kind": fp_by,
             "detection_p50_ms": pct(latencies, 0.5), "detection_p99_ms": pct(latencies, 0.99),
             "detection_from": "the client's log() of the injected point",
+            "detection_by_kind_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)} for k, v in by_kind.items()},
             "stall_detection_p50_ms": pct(stall_latencies, 0.5), "stall_detection_p99_ms": pct(stall_latencies, 0.99),
             "unplanned_stalls": sum(len(v) for v in unplanned.values()), "unplanned_detected": unplanned_detected,
             "log_to_processor_ms_p50_p99": [round(x) for x in split[0]], "processor_to_stored_ms_p50_p99": [round(x) for x in split[1]],
