@@ -87,6 +87,7 @@ CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "TS
                  "Native": "application/octet-stream", "RowBinary": "application/octet-stream",
                  "RowBinaryWithNamesAndTypes": "application/octet-stream", "Parquet": "application/octet-stream",
                  "Arrow": "application/octet-stream", "ArrowStream": "application/octet-stream"}
+SYSTEM_DATABASES = ("system", "information_schema")  # unqualified tables there are the server's own state
 ENCODINGS = ("zstd", "br", "gzip", "deflate", "lz4")
 COMPRESSED_BLOCK = 1 << 20  # uncompressed bytes per block with compress=1 (max_compress_block_size)
 
@@ -336,7 +337,7 @@ class SqlEndpoint:
         # Identical deterministic reads in flight share one execution: dashboards that several people (or a wall
         # screen) watch send the same panel queries at the same moment.
         key = None
-        if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() != "system":
+        if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() not in SYSTEM_DATABASES:
             key = (stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
         run = self._inflight.get(key) if key is not None else None
         if run is None:
