@@ -19,7 +19,7 @@ What a client sees, as a read-only ClickHouse server answers it:
 
 Limits: each query runs in its own read-only session (storage/readonly.py) with ``sql_max_execution_time_s``,
 memory and result caps; ``sql_max_concurrent`` run at once, others wait their turn; a query whose client goes
-away is cancelled.
+away is cancelled. Identical deterministic reads in flight share one run (``sql_share_identical``).
 """
 
 from __future__ import annotations
