@@ -99,13 +99,11 @@ def main() -> int:
         clients = [open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
                    for _ in range(args.readers)]
         runs = [r[0] for r in clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
-        fixed = {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
-        if args.stagger:  # independent viewers: each refresh expands the macros for its own "last 5 minutes"
-            def queries() -> dict[str, str]:
-                return {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
-        else:
-            def queries() -> dict[str, str]:
-                return fixed
+        def dashboard() -> dict[str, str]:
+            return {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
+        fixed = dashboard()
+        # Independent viewers expand the macros for their own "last 5 minutes" at each refresh.
+        queries: Callable[[], dict[str, str]] = dashboard if args.stagger else lambda: fixed
         rng = random.Random(1)
         phases = [rng.uniform(0, args.refresh_s) if args.stagger else 0.0 for _ in clients]
         latencies: list[dict[str, list[float]]] = [{name: [] for name in fixed} for _ in clients]

@@ -42,6 +42,7 @@ CLIENT_SETTINGS = frozenset({
 })
 AGGREGATE_COMBINATORS = ("If", "Array", "Map", "ForEach", "Distinct", "OrDefault", "OrNull", "State", "Merge",
                          "SimpleState", "Resample", "ArgMin", "ArgMax")
+SYSTEM_DATABASES = ("system", "information_schema")  # the server's own state, not stored data
 TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series"})  # deterministic ones
 CHECKED_CACHE = 1000  # statements remembered as checked
 SETTING_VALUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+/:")
@@ -210,7 +211,7 @@ class ReadEngine:
             name = rest.split(" ", 1)[0]
             if node == "Function" and name != "lambda" and not self._deterministic_function(name):
                 return False
-            if node == "TableIdentifier" and name.lower().startswith(("system.", "information_schema.")):
+            if node == "TableIdentifier" and "." in name and name.split(".", 1)[0].lower() in SYSTEM_DATABASES:
                 return False
         return True
 

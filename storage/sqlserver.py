@@ -50,7 +50,7 @@ from runstream.server.auth import TokenStore
 from runstream.server.governance import Follower
 from runstream.server.telemetry import SQL_QUERIES
 from runstream.storage import native
-from runstream.storage.readonly import Limits, QueryError, ReadEngine, Result, Statement
+from runstream.storage.readonly import SYSTEM_DATABASES, Limits, QueryError, ReadEngine, Result, Statement
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import AuthError, ConfigError
 
@@ -87,7 +87,6 @@ CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "TS
                  "Native": "application/octet-stream", "RowBinary": "application/octet-stream",
                  "RowBinaryWithNamesAndTypes": "application/octet-stream", "Parquet": "application/octet-stream",
                  "Arrow": "application/octet-stream", "ArrowStream": "application/octet-stream"}
-SYSTEM_DATABASES = ("system", "information_schema")  # unqualified tables there are the server's own state
 ENCODINGS = ("zstd", "br", "gzip", "deflate", "lz4")
 COMPRESSED_BLOCK = 1 << 20  # uncompressed bytes per block with compress=1 (max_compress_block_size)
 
