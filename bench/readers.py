@@ -56,6 +56,12 @@ def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
     return out
 
 
+def may_renice() -> bool:
+    """Whether this machine lets the sink raise its reads' priority (CAP_SYS_NICE; the sink runs as this user)."""
+    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps.split()[1], 16) & (1 << 23))
+
+
 def read_loop(client: Any, queries: Callable[[], dict[str, str]], project: str, refresh_s: float, phase_s: float,
               stop: threading.Event, out: dict[str, list[float]], server: list[float]) -> None:
     stop.wait(phase_s)
@@ -81,6 +87,8 @@ def main() -> int:
                    help="independent viewers: each reader starts at a random point of the refresh period and expands "
                         "the time range at each refresh (default: all refresh together, the same queries)")
     p.add_argument("--no-sharing", action="store_true", help="sink.sql_share_identical off: every query runs on its own")
+    p.add_argument("--thread-nice", type=int, default=None,
+                   help="sink.sql_thread_nice (default: the config's); 0 runs reads at the normal CPU priority")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -91,6 +99,8 @@ def main() -> int:
     console = Console(stderr=True, quiet=args.json)
     def configure(c: Any) -> None:
         c.sink.sql_share_identical = not args.no_sharing
+        if args.thread_nice is not None:
+            c.sink.sql_thread_nice = args.thread_nice
     sup, cfg, token = start_stack("runstream-readers-", console, configure)
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
@@ -135,7 +145,8 @@ def main() -> int:
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99),
             "per_panel_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
-            "sql_share_identical": cfg.sink.sql_share_identical,
+            "sql_share_identical": cfg.sink.sql_share_identical, "sql_thread_nice": cfg.sink.sql_thread_nice,
+            "may_renice": may_renice(),
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),
             "lost": solo["lost"] + busy["lost"], "duplicated": solo["duplicated"] + busy["duplicated"],

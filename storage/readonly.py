@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -85,19 +85,21 @@ class Limits:
     max_result_rows: int
     max_result_bytes: int
     max_threads: int
-    settings: dict[str, str] = field(default_factory=dict)
+    thread_nice: int = 0
 
     @classmethod
     def from_config(cls, sink: SinkConfig) -> Limits:
         return cls(sink.sql_max_execution_time_s, sink.sql_max_memory_bytes, sink.sql_max_result_rows,
-                   sink.sql_max_result_bytes, sink.sql_max_threads)
+                   sink.sql_max_result_bytes, sink.sql_max_threads, sink.sql_thread_nice)
 
     def with_client(self, requested: dict[str, str]) -> dict[str, str]:
         """The settings one query runs with: the client's allowed ones, never above the configured limits."""
         out = {"readonly": "1", "allow_python_table_function": "0", "allow_introspection_functions": "0",
                "max_execution_time": _num(self.max_execution_time_s), "max_memory_usage": str(self.max_memory_bytes),
                "max_result_rows": str(self.max_result_rows), "max_result_bytes": str(self.max_result_bytes),
-               "result_overflow_mode": "throw", "max_threads": str(self.max_threads)}
+               "result_overflow_mode": "throw", "max_threads": str(self.max_threads),
+               # The engine's own per-query priority: a no-op without CAP_SYS_NICE.
+               "os_threads_nice_value_query": str(self.thread_nice)}
         for name, value in requested.items():
             if name not in CLIENT_SETTINGS:
                 raise QueryError(164, "READONLY", f"Cannot modify '{name}' setting in readonly mode (the runstream "

@@ -28,6 +28,7 @@ import asyncio
 import gzip
 import json
 import logging
+import os
 import ssl
 import struct
 import threading
@@ -206,11 +207,25 @@ class SqlEndpoint:
         self._thread = threading.Thread(target=loop.run_forever, name="sql-endpoint", daemon=True)
         self._thread.start()
         self._loop = loop
+        self._prioritise(self._thread)
         try:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._start(), loop))
         except BaseException:
             await self.stop()
             raise
+
+    def _prioritise(self, thread: threading.Thread) -> None:
+        # A dashboard waits on every read while ingest's work can queue in Kafka: on a saturated box the reads'
+        # threads go first. The engine does the same for each query's threads (os_threads_nice_value_query).
+        nice = self.limits.thread_nice
+        if nice == 0 or thread.native_id is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread.native_id, nice)
+        except PermissionError:
+            log.warning("sink.sql_thread_nice %d: this process may not change its threads' priority (it needs "
+                        "CAP_SYS_NICE: run as root or grant it, e.g. compose `cap_add: [SYS_NICE]`), so reads run at "
+                        "the normal CPU priority and wait for cores behind ingest on a saturated machine.", nice)
 
     async def stop(self) -> None:
         loop, self._loop = self._loop, None

@@ -16,6 +16,7 @@ import base64
 import gzip
 import json
 import math
+import os
 import shutil
 import subprocess
 import threading
@@ -54,8 +55,9 @@ CLIENTS = Path(__file__).with_name("clients")
 
 
 class Endpoint:
-    def __init__(self, config: RunstreamConfig, token: str, values: dict[str, list[str]], now_ms: int) -> None:
-        self.config, self.token, self.values, self.now_ms = config, token, values, now_ms
+    def __init__(self, config: RunstreamConfig, token: str, values: dict[str, list[str]], now_ms: int,
+                 server: SqlEndpoint) -> None:
+        self.config, self.token, self.values, self.now_ms, self.server = config, token, values, now_ms, server
         self.url = f"http://{config.sink.sql_listen}"
         self.db = config.clickhouse.database
 
@@ -97,7 +99,8 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaBroker | str,
         sink = roles.stages["sink"][0]
         now_ms = int(time.time() * 1000)
         values = seed(sink.client, config.clickhouse.database, now_ms)  # through the sink's own writer
-        yield Endpoint(config, token, values, now_ms)
+        server = next(s for s in roles.stages["sink"] if isinstance(s, SqlEndpoint))
+        yield Endpoint(config, token, values, now_ms, server)
     finally:
         roles.stages["sink"][0].client.command("DROP DATABASE IF EXISTS runstream SYNC")
         roles.stop()
@@ -391,6 +394,49 @@ def test_a_long_query_neither_blocks_readers_nor_outlives_its_client(endpoint: E
     t0 = time.monotonic()
     status, headers, _ = ep.http(long_sql, params={"max_execution_time": "1"})
     assert status == 408 and headers["X-ClickHouse-Exception-Code"] == "159" and time.monotonic() - t0 < 5
+
+
+def engine_threads_at(nice: int) -> set[str]:
+    """The sink process's engine threads (named by the engine; Python's own are named python) at a nice value."""
+    out = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat, comm = (task / "stat").read_text(), (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if comm != "python" and int(stat.rsplit(")", 1)[1].split()[16]) == nice:  # field 19: nice
+            out.add(task.name)
+    return out
+
+
+def may_renice() -> bool:
+    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
+
+
+@pytest.mark.skipif(not may_renice(), reason="needs CAP_SYS_NICE (root here and in CI)")
+def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
+    ep = endpoint
+    nice = ep.config.sink.sql_thread_nice
+    assert nice < 0
+    thread = ep.server._thread
+    assert thread is not None and thread.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == nice  # the endpoint's own loop
+    idle = len(engine_threads_at(nice))  # threads the engine started during earlier reads inherit their nice
+    marker = str(2 * 10**12 + int(time.time()) % 1000)
+
+    def give_up_after_3s() -> None:
+        try:
+            ep.http(f"SELECT count() FROM numbers(100000000000) WHERE number != {marker}", timeout=3)
+        except OSError:
+            pass
+    t = threading.Thread(target=give_up_after_3s)
+    t.start()
+    running = f"SELECT count() FROM system.processes WHERE query LIKE '%{marker}%' AND query NOT LIKE '%processes%'"
+    wait_until(lambda: ep.http(running)[2] == b"1\n", 10, "the long query to run")
+    wait_until(lambda: len(engine_threads_at(nice)) > idle, 5, "the query's engine threads to run at the read nice")
+    t.join()
+    wait_until(lambda: ep.http(running)[2] == b"0\n", 10, "the abandoned query to be cancelled")
 
 
 def executions() -> dict[str, float]:

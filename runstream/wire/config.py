@@ -99,6 +99,7 @@ class SinkConfig:
     sql_max_threads: int = 2       # engine threads per query, so readers never starve the sink's inserts
     sql_max_request_bytes: int = 16 * 1024 * 1024
     sql_share_identical: bool = True  # identical deterministic reads in flight share one engine run
+    sql_thread_nice: int = -10     # Linux nice of the endpoint's threads (needs CAP_SYS_NICE, else no effect)
 
 
 @dataclass
@@ -257,6 +258,8 @@ class RunstreamConfig:
             problems.append("metrics_tls_cert / metrics_tls_key: set both (PEM files) or neither")
         if self.sink.sql_max_concurrent < 1:
             problems.append("sink.sql_max_concurrent: must be at least 1")
+        if not -20 <= self.sink.sql_thread_nice <= 19:
+            problems.append(f"sink.sql_thread_nice: {self.sink.sql_thread_nice} is not a Linux nice value (-20 to 19)")
         if self.sink.memory_purge_interval_s < 0:
             problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
         if self.ingest.max_batch_points < 1:
