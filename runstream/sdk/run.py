@@ -48,7 +48,7 @@ class SenderConfig:
     """Limits of the background sender (keyword arguments of ``init``)."""
     max_batch_points: int = 10_000        # points per batch
     flush_interval_s: float = 0.5         # a partial batch leaves after this long
-    max_flight_batches: int = 64          # batches per streaming call
+    max_flight_batches: int = 1024        # batches per exchange with ingest (a process may host many runs)
     max_buffered_records: int = 50_000    # log() records per run before log() drains itself
     max_pending_points: int = 2_000_000   # undelivered points in memory before spooling to disk
     backoff_max_s: float = 5.0
@@ -273,6 +273,7 @@ class Sender(threading.Thread):
         self._closing = False
         self._down_until = 0.0
         self._backoff = 0.0
+        self._flushed = time.monotonic()  # when the last flush began
         self._has_spool = False  # this process wrote spool files not yet resent
         self.sent_batches = 0
         self.spooled_batches = 0
@@ -419,9 +420,12 @@ class Sender(threading.Thread):
     # -- the thread --------------------------------------------------------------
     def run(self) -> None:
         while True:
-            # Ingest may ask for fewer, larger requests when it is busy (the Session's flow-control hint).
-            self._wake.wait(max(self.config.flush_interval_s, getattr(self.transport, "min_flush_interval_s", 0.0)))
+            # Ingest may ask for fewer, larger requests when it is busy (the Session's flow-control hint). The
+            # interval runs from the start of the last flush, so the time a flush took is not added to the next wait.
+            every = max(self.config.flush_interval_s, getattr(self.transport, "min_flush_interval_s", 0.0))
+            self._wake.wait(max(0.0, self._flushed + every - time.monotonic()))
             self._wake.clear()
+            self._flushed = time.monotonic()
             stopping = self._closing
             with self._lock:
                 for r in list(self.runs.values()):
