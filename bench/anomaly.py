@@ -228,6 +228,7 @@ def main() -> int:
         latencies: list[float] = []
         stall_latencies: list[float] = []
         by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
+        by_trigger: dict[str, list[float]] = {k: [] for k in KINDS if k != "stall"}
         unplanned_detected = 0
         slack = 1500  # a batch's client time may precede the silence by up to a flush interval and a tick
         for r in runs:
@@ -244,6 +245,8 @@ def main() -> int:
                     tp[kind] += 1
                     (stall_latencies if kind == "stall" else latencies).append(stored - at_ms)  # type: ignore[operator]
                     by_kind[kind].append(stored - at_ms)  # type: ignore[operator]
+                    if kind in by_trigger:  # from the log() of the point that crossed the threshold
+                        by_trigger[kind].append(stored - ev)
                 elif kind == "stall" and any(a - slack <= ev <= b for a, b in unplanned.get(r["i"], [])):
                     unplanned_detected += 1  # a silence the client really had: neither hit nor false positive
                 else:
@@ -288,6 +291,10 @@ def main() -> int:
             "detection_p50_ms": pct(latencies, 0.5), "detection_p99_ms": pct(latencies, 0.99),
             "detection_from": "the client's log() of the injected point",
             "detection_by_kind_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)} for k, v in by_kind.items()},
+            # A divergence is a trend: the detector fires once its slow average climbed divergence_ratio, some steps
+            # after the injection. From the point that crossed the threshold, the pipeline's own part remains.
+            "detection_from_trigger_by_kind_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
+                                                  for k, v in by_trigger.items()},
             "stall_detection_p50_ms": pct(stall_latencies, 0.5), "stall_detection_p99_ms": pct(stall_latencies, 0.99),
             "unplanned_stalls": sum(len(v) for v in unplanned.values()), "unplanned_detected": unplanned_detected,
             "log_to_processor_ms_p50_p99": [round(x) for x in split[0]], "processor_to_stored_ms_p50_p99": [round(x) for x in split[1]],
