@@ -204,22 +204,3 @@ def transcode(data: bytes, revision: int) -> bytes:
                 _skip_data(t, r, rows)
             out += data[start:r.pos]
     return bytes(out)
-
-
-def count_rows(data: bytes) -> int | None:
-    """Rows in Native bytes of the revision-0 layout (for the summary header); None when they cannot be walked."""
-    try:
-        r = _Reader(data)
-        total = 0
-        while r.pos < len(data):
-            cols, rows = r.varuint(), r.varuint()
-            total += rows
-            for _ in range(cols):
-                r.string()
-                t = parse_type(r.string().decode())
-                if rows:
-                    _skip_prefix(t, r)
-                    _skip_data(t, r, rows)
-        return total
-    except NativeError:
-        return None

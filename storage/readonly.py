@@ -73,8 +73,9 @@ class Statement:
 @dataclass
 class Result:
     data: bytes
-    rows_read: int
+    rows_read: int      # rows the query read from storage (or a table function), as a server's summary counts them
     bytes_read: int
+    result_rows: int
     elapsed_s: float
 
 
@@ -233,7 +234,10 @@ class ReadEngine:
         conn = self._connect({**self.limits.with_client(settings), "database": database, "log_comment": marker})
         try:
             res = conn.query(stmt.sql, fmt, params=params or None)
-            return Result(res.bytes() if res is not None else b"", int(res.rows_read()), int(res.bytes_read()),
+            if res is None:
+                return Result(b"", 0, 0, 0, 0.0)
+            # The engine's rows_read() counts the result's rows; storage_rows_read() what was read.
+            return Result(res.bytes(), int(res.storage_rows_read()), int(res.storage_bytes_read()), int(res.rows_read()),
                           float(res.elapsed()))
         except Exception as exc:
             raise engine_error(exc) from None

@@ -382,12 +382,9 @@ class SqlEndpoint:
         out_fmt = stmt.output_format or fmt
         data = result.data
         summary = {"read_rows": str(result.rows_read), "read_bytes": str(result.bytes_read), "written_rows": "0",
-                   "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_bytes": str(len(data)),
-                   "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
+                   "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_rows": str(result.result_rows),
+                   "result_bytes": str(len(data)), "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
         if out_fmt == "Native":
-            rows = native.count_rows(data)
-            if rows is not None:
-                summary["result_rows"] = str(rows)
             revision = int(params.get("client_protocol_version", "0") or 0)
             try:
                 data = native.transcode(data, revision)
