@@ -33,6 +33,7 @@ from fleetload import load as fleet_load  # noqa: E402
 from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
 
 from runstream.ops.stack import scrape  # noqa: E402
+from runstream.storage.sqlserver import may_raise_priority  # noqa: E402
 
 DASHBOARDS = ("fleet-overview", "run-explorer")
 LATEST = ("SELECT run_id, metric, value FROM latest WHERE project = %(p)s AND metric IN ('loss', 'acc') "
@@ -54,12 +55,6 @@ def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
                 if "rawSql" in target:
                     out[f"{name} / {panel['title']}"] = expand(interpolate(target["rawSql"], ctx), ctx)
     return out
-
-
-def may_renice() -> bool:
-    """Whether this machine lets the sink raise its reads' priority (CAP_SYS_NICE; the sink runs as this user)."""
-    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
-    return bool(int(caps.split()[1], 16) & (1 << 23))
 
 
 def read_loop(client: Any, queries: Callable[[], dict[str, str]], project: str, refresh_s: float, phase_s: float,
@@ -146,7 +141,7 @@ def main() -> int:
             "per_panel_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
             "sql_share_identical": cfg.sink.sql_share_identical, "sql_thread_nice": cfg.sink.sql_thread_nice,
-            "may_renice": may_renice(),
+            "may_raise_priority": may_raise_priority(),
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),
             "lost": solo["lost"] + busy["lost"], "duplicated": solo["duplicated"] + busy["duplicated"],

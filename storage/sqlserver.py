@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import brotli
@@ -169,6 +170,15 @@ def _retrieve(task: asyncio.Future[Result]) -> None:
         task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
 
 
+def may_raise_priority() -> bool:
+    """Whether this process may give threads a negative nice (CAP_SYS_NICE), which reads-first needs."""
+    status = Path("/proc/self/status")  # Linux; elsewhere nice values do not apply
+    for line in status.read_text().splitlines() if status.exists() else ():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
+    return False
+
+
 class SqlEndpoint:
     """The stage: an aiohttp server in the sink's process (on a thread and event loop of its own), reading the store
     the sink writes."""
@@ -221,9 +231,11 @@ class SqlEndpoint:
         if nice == 0 or thread.native_id is None:
             return
         try:
+            if not may_raise_priority():
+                raise PermissionError("no CAP_SYS_NICE")
             os.setpriority(os.PRIO_PROCESS, thread.native_id, nice)
-        except PermissionError:
-            log.warning("sink.sql_thread_nice %d: this process may not change its threads' priority (it needs "
+        except OSError:
+            log.warning("sink.sql_thread_nice %d: this process may not raise its threads' priority (it needs "
                         "CAP_SYS_NICE: run as root or grant it, e.g. compose `cap_add: [SYS_NICE]`), so reads run at "
                         "the normal CPU priority and wait for cores behind ingest on a saturated machine.", nice)
 

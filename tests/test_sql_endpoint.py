@@ -43,7 +43,7 @@ from runstream.dashboards import build
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles
 from runstream.server.auth import ensure_dev_token
-from runstream.storage.sqlserver import SqlEndpoint
+from runstream.storage.sqlserver import SqlEndpoint, may_raise_priority
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError
 from tests.conftest import make_config
@@ -412,12 +412,7 @@ def engine_threads_at(nice: int) -> set[str]:
     return out
 
 
-def may_renice() -> bool:
-    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
-    return bool(int(caps.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
-
-
-@pytest.mark.skipif(not may_renice(), reason="needs CAP_SYS_NICE (root here and in CI)")
+@pytest.mark.skipif(not may_raise_priority(), reason="needs CAP_SYS_NICE (root here and in CI)")
 def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
     ep = endpoint
     nice = ep.config.sink.sql_thread_nice
@@ -493,3 +488,18 @@ def test_beyond_loopback_needs_tls(tmp_path: Path) -> None:
         c.validate()
     with pytest.raises(ConfigError, match="not a loopback address"):
         SqlEndpoint(c)
+
+
+def test_without_the_capability_reads_keep_the_normal_priority_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from runstream.storage import sqlserver
+    monkeypatch.setattr(sqlserver, "may_raise_priority", lambda: False)
+    server = SqlEndpoint(RunstreamConfig(data_dir=str(tmp_path)))
+    t = threading.Thread(target=time.sleep, args=(0.5,))
+    t.start()
+    assert t.native_id is not None
+    with caplog.at_level("WARNING", logger=sqlserver.log.name):
+        server._prioritise(t)
+    assert os.getpriority(os.PRIO_PROCESS, t.native_id) == 0
+    assert "needs CAP_SYS_NICE" in caplog.text and "normal CPU priority" in caplog.text
+    t.join()
