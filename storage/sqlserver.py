@@ -179,6 +179,18 @@ def may_raise_priority() -> bool:
     return False
 
 
+def _normal_priority(nice: int, keep: int) -> None:
+    """With no read running, every thread still at the reads' nice goes back to 0 but the endpoint's own (``keep``):
+    threads the engine started during a read inherited its nice and would carry it into the sink's inserts."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            tid = int(task.name)
+            if tid != keep and int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) == nice:
+                os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+
+
 class SqlEndpoint:
     """The stage: an aiohttp server in the sink's process (on a thread and event loop of its own), reading the store
     the sink writes."""
@@ -197,6 +209,8 @@ class SqlEndpoint:
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
         self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
         self._inflight: dict[tuple[Any, ...], _Execution] = {}
+        self._running = 0  # queries on worker threads
+        self._reniced: int | None = None  # the endpoint's thread, once it runs at sql_thread_nice
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +248,7 @@ class SqlEndpoint:
             if not may_raise_priority():
                 raise PermissionError("no CAP_SYS_NICE")
             os.setpriority(os.PRIO_PROCESS, thread.native_id, nice)
+            self._reniced = thread.native_id
         except OSError:
             log.warning("sink.sql_thread_nice %d: this process may not raise its threads' priority (it needs "
                         "CAP_SYS_NICE: run as root or grant it, e.g. compose `cap_add: [SYS_NICE]`), so reads run at "
@@ -427,10 +442,14 @@ class SqlEndpoint:
             raise QueryError(202, "TOO_MANY_SIMULTANEOUS_QUERIES",
                              f"{self.config.sink.sql_max_concurrent} queries are running and none finished within "
                              f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
+        self._running += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
             self._slots.release()
+            self._running -= 1
+            if self._running == 0 and self._reniced is not None:
+                self._killer.submit(_normal_priority, self.limits.thread_nice, self._reniced)
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)

@@ -435,6 +435,9 @@ def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
     wait_until(lambda: len(engine_threads_at(nice)) > idle, 5, "the query's engine threads to run at the read nice")
     t.join()
     wait_until(lambda: ep.http(running)[2] == b"0\n", 10, "the abandoned query to be cancelled")
+    # Once no read runs, no engine thread keeps the reads' priority (one started during a read inherits it).
+    wait_until(lambda: not engine_threads_at(nice), 10, "every engine thread back at the normal priority")
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == nice
 
 
 def executions() -> dict[str, float]:
