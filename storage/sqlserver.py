@@ -25,6 +25,7 @@ away is cancelled. Identical deterministic reads in flight share one run (``sql_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -449,7 +450,8 @@ class SqlEndpoint:
             self._slots.release()
             self._running -= 1
             if self._running == 0 and self._reniced is not None:
-                self._killer.submit(_normal_priority, self.limits.thread_nice, self._reniced)
+                with contextlib.suppress(RuntimeError):  # the endpoint is stopping: its kill thread is gone
+                    self._killer.submit(_normal_priority, self.limits.thread_nice, self._reniced)
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)

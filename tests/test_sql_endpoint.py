@@ -422,7 +422,9 @@ def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
     assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == nice  # the endpoint's own loop
     # Threads the engine started during earlier reads inherited their nice until the endpoint reset them, when no read
     # ran any more: none is left at it before this query.
-    wait_until(lambda: not engine_threads_at(nice), 10, "no engine thread at the read nice between reads")
+    # (Each poll is a read: the reset follows it, also for threads an earlier endpoint of this process left behind.)
+    wait_until(lambda: ep.http("SELECT 1")[0] == 200 and not engine_threads_at(nice), 10,
+               "no engine thread at the read nice between reads")
     marker = str(2 * 10**12 + int(time.time()) % 1000)
 
     def give_up_after_3s() -> None:
@@ -438,7 +440,8 @@ def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
     t.join()
     wait_until(lambda: ep.http(running)[2] == b"0\n", 10, "the abandoned query to be cancelled")
     # Once no read runs, no engine thread keeps the reads' priority (one started during a read inherits it).
-    wait_until(lambda: not engine_threads_at(nice), 10, "every engine thread back at the normal priority")
+    wait_until(lambda: ep.http("SELECT 1")[0] == 200 and not engine_threads_at(nice), 10,
+               "every engine thread back at the normal priority")
     assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == nice
 
 
