@@ -295,6 +295,8 @@ class SqlEndpoint:
             self.follower = None
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._killer.shutdown(wait=True)
+        if self._reniced is not None:  # no reset is scheduled any more: nothing keeps the reads' nice past the endpoint
+            _normal_priority(self.limits.thread_nice, self._reniced)
         if self.engine is not None:
             self.engine.close()
             self.engine = None
