@@ -84,6 +84,8 @@ def main() -> int:
     p.add_argument("--no-sharing", action="store_true", help="sink.sql_share_identical off: every query runs on its own")
     p.add_argument("--thread-nice", type=int, default=None,
                    help="sink.sql_thread_nice (default: the config's); 0 runs reads at the normal CPU priority")
+    p.add_argument("--max-threads", type=int, default=None,
+                   help="sink.sql_max_threads (default: the config's): engine threads per query")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -96,6 +98,8 @@ def main() -> int:
         c.sink.sql_share_identical = not args.no_sharing
         if args.thread_nice is not None:
             c.sink.sql_thread_nice = args.thread_nice
+        if args.max_threads is not None:
+            c.sink.sql_max_threads = args.max_threads
     sup, cfg, token = start_stack("runstream-readers-", console, configure)
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
@@ -141,6 +145,7 @@ def main() -> int:
             "per_panel_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
                              for name, v in per_panel.items()},
             "sql_share_identical": cfg.sink.sql_share_identical, "sql_thread_nice": cfg.sink.sql_thread_nice,
+            "sql_max_threads": cfg.sink.sql_max_threads,
             "may_raise_priority": may_raise_priority(),
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),
