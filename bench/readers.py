@@ -3,10 +3,11 @@ the readers cost ingest.
 
     python bench/readers.py --json                     # 8 readers, 500k points/s offered, 20 s per phase
 
-Phase 1 runs the ingest load alone; phase 2 runs the same load while ``--readers`` threads each refresh a
-dashboard through clickhouse-connect: every ClickHouse panel query of the fleet overview and the run explorer
-(dashboards/json, macros expanded as the plugin expands them for the last 5 minutes at a 5 s interval), plus
-the latest value per run that `runstream runs` shows. A reader refreshes every ``--refresh-s`` seconds
+Phase 1 runs the ingest load alone; phase 2 runs the same load while ``--readers`` processes (independent viewers:
+threads of one Python process would also wait for each other's result parsing) each refresh a dashboard through
+clickhouse-connect: every ClickHouse panel query of the fleet overview and the run explorer (dashboards/json, macros
+expanded as the plugin expands them for the last 5 minutes at a 5 s interval), plus the latest value per run that
+`runstream runs` shows. A reader refreshes every ``--refresh-s`` seconds
 (Grafana's shortest auto-refresh is 5 s); 0 refreshes back to back (a stress figure). Prints one JSON line:
 per-panel and overall query p50/p99 (ms) as the client sees them, the server's part of them (from a free slot to the
 result, X-ClickHouse-Summary's elapsed_ns), queries/s, and ingest points/s solo and with readers (and their ratio).
@@ -18,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import random
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +57,32 @@ def panels(project: str, runs: list[str], now_s: int) -> dict[str, str]:
     return out
 
 
-def read_loop(client: Any, queries: Callable[[], dict[str, str]], project: str, refresh_s: float, phase_s: float,
-              stop: threading.Event, out: dict[str, list[float]], server: list[float]) -> None:
-    stop.wait(phase_s)
+def reader(url: str, token: str, database: str, runs: list[str], fixed: dict[str, str] | None, refresh_s: float,
+           start_at: float, stop: Any, out: Any) -> None:
+    """One viewer in a process of its own (as Grafana's viewers are independent; threads of one Python process would
+    also wait for each other's result parsing): refreshes until ``stop``, then puts (latencies by panel, server ms)
+    on ``out``. ``fixed``: the queries every reader sends; None: expanded for its own "last 5 minutes" each time.
+    ``start_at``: the first refresh's wall-clock time (readers that refresh together start at the same moment)."""
+    from runstream.storage.store import open_url
+
+    client = open_url(url, token=token, database=database)
+    lat: dict[str, list[float]] = {}
+    server: list[float] = []
+    stop.wait(max(0.0, start_at - time.time()))
     while not stop.is_set():
         started = time.monotonic()
-        for name, sql in queries().items():
+        queries = fixed if fixed is not None else dashboard(runs)
+        for name, sql in queries.items():
             t0 = time.perf_counter()
-            res = client.query(sql, parameters={"p": project})
-            out[name].append((time.perf_counter() - t0) * 1000)
+            res = client.query(sql, parameters={"p": "solo"})
+            lat.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
             server.append(int(res.summary.get("elapsed_ns", 0)) / 1e6)  # from a free slot to the result, in the sink
         stop.wait(max(0.0, refresh_s - (time.monotonic() - started)))
+    out.put((lat, server))
+
+
+def dashboard(runs: list[str]) -> dict[str, str]:
+    return {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
 
 
 def main() -> int:
@@ -105,35 +120,35 @@ def main() -> int:
     try:
         with console.status("phase 1: ingest alone ...") as status:
             solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
-        clients = [open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
-                   for _ in range(args.readers)]
-        runs = [r[0] for r in clients[0].query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
-        def dashboard() -> dict[str, str]:
-            return {**panels("solo", runs, int(time.time())), "runs / latest value per run": LATEST}
-        fixed = dashboard()
-        # Independent viewers expand the macros for their own "last 5 minutes" at each refresh.
-        queries: Callable[[], dict[str, str]] = dashboard if args.stagger else lambda: fixed
+        url = f"http://{cfg.sink.sql_listen}"
+        client = open_url(url, token=token, database=cfg.clickhouse.database)
+        runs = [r[0] for r in client.query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
+        fixed = dashboard(runs)
         rng = random.Random(1)
-        phases = [rng.uniform(0, args.refresh_s) if args.stagger else 0.0 for _ in clients]
-        latencies: list[dict[str, list[float]]] = [{name: [] for name in fixed} for _ in clients]
-        stop = threading.Event()
-        server: list[float] = []
+        start_at = time.time() + 5  # once every reader process has started
+        starts = [start_at + (rng.uniform(0, args.refresh_s) if args.stagger else 0.0) for _ in range(args.readers)]
+        ctx = mp.get_context("spawn")
+        stop, results = ctx.Event(), ctx.Queue()
         before = scrape(cfg.sink.metrics_port)
-        threads = [threading.Thread(target=read_loop, args=(c, queries, "solo", args.refresh_s, phase, stop, lat, server),
-                                    daemon=True) for c, lat, phase in zip(clients, latencies, phases)]
+        readers = [ctx.Process(target=reader, args=(url, token, cfg.clickhouse.database, runs,
+                                                    None if args.stagger else fixed, args.refresh_s, start, stop,
+                                                    results), daemon=True) for start in starts]
+        for r in readers:
+            r.start()
+        time.sleep(max(0.0, start_at - time.time()))
         t0 = time.monotonic()
-        for t in threads:
-            t.start()
         with console.status(f"phase 2: ingest with {args.readers} readers ...") as status:
             busy = fleet_load(sup, cfg, token, project="busy", status=status, **load)
         stop.set()
-        for t in threads:
-            t.join(120)
+        answers = [results.get(timeout=120) for _ in readers]
+        for r in readers:
+            r.join(30)
         elapsed = time.monotonic() - t0
         after = scrape(cfg.sink.metrics_port)
         executions = {e: round(after.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)
                                - before.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)) for e in ("ran", "shared")}
-        per_panel = {name: [v for lat in latencies for v in lat[name]] for name in fixed}
+        per_panel = {name: [v for lat, _ in answers for v in lat.get(name, [])] for name in fixed}
+        server = [v for _, ms in answers for v in ms]
         every = [v for vs in per_panel.values() for v in vs]
         out = {
             "readers": args.readers, "refresh_s": args.refresh_s, "stagger": args.stagger, "panels": len(fixed),
