@@ -127,29 +127,35 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
     """``items`` are (batch, kafka partition, kafka offset), in consumption order."""
     t = t or Tables()
     projects, runs, metrics = _Dict(), _Dict(), _Dict()
-    proj_idx: list[np.ndarray] = []
-    run_idx: list[np.ndarray] = []
+    # Per batch only what differs point by point; what is one value per batch is repeated once for the whole poll
+    # (a fleet's poll holds thousands of small batches, and per-batch arrays cost more than their points).
+    counts: list[int] = []
+    proj_codes: list[int] = []
+    run_codes: list[int] = []
+    keys: list[int] = []
     metric_idx: list[np.ndarray] = []
     steps: list[np.ndarray] = []
     ts: list[np.ndarray] = []
     values: list[np.ndarray] = []
-    keys: list[np.ndarray] = []
-    idxs: list[np.ndarray] = []
+    lookups: dict[tuple[str, ...], np.ndarray] = {}  # a run logs the same metric names flush after flush
     for b, partition, offset in items:
         kind = b.WhichOneof("body")
         n = 0
         if kind == "metrics":
             m = b.metrics
             n = len(m.values)
-            lookup = np.array([metrics.code(name) for name in m.names], dtype=np.int32)
+            names = tuple(m.names)
+            lookup = lookups.get(names)
+            if lookup is None:
+                lookup = lookups[names] = np.array([metrics.code(name) for name in names], dtype=np.int32)
             metric_idx.append(lookup[np.array(m.name_index, dtype=np.int64)])
-            proj_idx.append(np.full(n, projects.code(b.project), dtype=np.int32))
-            run_idx.append(np.full(n, runs.code(b.run_id), dtype=np.int32))
             steps.append(np.array(m.steps, dtype=np.int64))
             ts.append(np.array(m.timestamps_ms, dtype=np.int64))
             values.append(np.array(m.values, dtype=np.float64))
-            keys.append(np.full(n, batch_key(b.batch_id), dtype=np.uint64))
-            idxs.append(np.arange(n, dtype=np.uint32))
+            counts.append(n)
+            proj_codes.append(projects.code(b.project))
+            run_codes.append(runs.code(b.run_id))
+            keys.append(batch_key(b.batch_id))
         elif kind == "run_start":
             rs = b.run_start
             t.run_starts.append([b.project, b.run_id, rs.name, to_datetime(rs.start_ms), list(rs.tags), rs.git.commit, rs.git.branch,
@@ -183,15 +189,18 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
         t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, to_datetime(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:
+        n_by_batch = np.array(counts, dtype=np.int64)
+        starts = np.cumsum(n_by_batch) - n_by_batch  # each batch's first row
         t.points = pa.table({
-            "project": projects.array(np.concatenate(proj_idx)),
-            "run_id": runs.array(np.concatenate(run_idx)),
+            "project": projects.array(np.repeat(np.array(proj_codes, dtype=np.int32), n_by_batch)),
+            "run_id": runs.array(np.repeat(np.array(run_codes, dtype=np.int32), n_by_batch)),
             "metric": metrics.array(np.concatenate(metric_idx)),
             "step": pa.array(np.concatenate(steps)),
             "ts": pa.array(np.concatenate(ts)).cast(pa.timestamp("ms")),
             "value": pa.array(np.concatenate(values)),
-            "batch": pa.array(np.concatenate(keys)),
-            "idx": pa.array(np.concatenate(idxs)),
+            "batch": pa.array(np.repeat(np.array(keys, dtype=np.uint64), n_by_batch)),
+            # a point's position in its batch
+            "idx": pa.array((np.arange(int(n_by_batch.sum()), dtype=np.int64) - np.repeat(starts, n_by_batch)).astype(np.uint32)),
         })
     return t
 
