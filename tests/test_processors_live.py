@@ -134,7 +134,14 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
         expected_windows = stack.query("SELECT count() FROM (SELECT DISTINCT run_id, metric, "
                                        "toStartOfInterval(ts, toIntervalSecond(10)) FROM {db}.metrics WHERE project = 'roll')")[0][0]
         windows = "SELECT count() FROM {db}.rollups WHERE project = 'roll' AND resolution_s = 10"
-        wait_for(lambda: stack.query(windows)[0][0] >= expected_windows, 90, f"{expected_windows} rollup windows")
+        try:
+            wait_for(lambda: stack.query(windows)[0][0] >= expected_windows, 90, f"{expected_windows} rollup windows")
+        except AssertionError as e:  # say how far it got and what the restarted worker was doing
+            m = scrape(stack.config.processors.metrics_port)
+            raise AssertionError(
+                f"{e}: {stack.query(windows)[0][0]} stored; worker alive {proc.alive()}, ready "
+                f"{m.get('runstream_processor_ready')}, points {m.get('runstream_processor_points_total')}; "
+                f"its log:\n{proc.log_tail(40)}") from None
         # Every event applied by the processors, and every window they emitted stored by the sink.
         wait_group_drained(stack.config, stack.config.processors.app_id)
         wait_sink_drained(stack.config, kinds=("rollups", "fleet"))
