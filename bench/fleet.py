@@ -96,7 +96,6 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
                     break
                 except (TimeoutError, grpc.aio.AioRpcError, RuntimeError) as exc:
                     code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-                    out["errors"][code] = out["errors"].get(code, 0) + 1
                     detail = f"{code}: {exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc}"[:200]
                     out["error_details"][detail] = out["error_details"].get(detail, 0) + 1
                     if session is not None:
@@ -116,7 +115,7 @@ def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: A
         os.nice(args.client_nice)  # the simulated fleet yields the cores to the stack, as jobs on other machines would
     async def main() -> dict[str, Any]:
         stop_at = time.monotonic() + (stop_at_wall - time.time())
-        out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "errors": {}, "error_details": {}, "intervals": []}
+        out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "error_details": {}, "intervals": []}
         await asyncio.gather(*(_job(addr, token, project, protocol, args, stop_at, out) for _ in range(jobs)))
         return out
     out = asyncio.run(main())
@@ -162,13 +161,14 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
                     f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]
     lat = [x for r in results for x in r["latency"]]
-    errors: dict[str, int] = {}
-    details: dict[str, int] = {}  # what each error said (the status's message), so a cause can be found
+    details: dict[str, int] = {}  # what each error said ("CODE: message"), so a cause can be found
     for r in results:
-        for k, v in r["errors"].items():
-            errors[k] = errors.get(k, 0) + v
         for k, v in r["error_details"].items():
             details[k] = details.get(k, 0) + v
+    errors: dict[str, int] = {}
+    for k, v in details.items():
+        code = k.split(":", 1)[0]
+        errors[code] = errors.get(code, 0) + v
     out = {"jobs": jobs, "protocol": args.protocol, "points_offered": sum(r["offered"] for r in results),
            "points_acked": acked, "points_stored": stored, "offered_per_s": round(offered),
            "acked_per_s": round(acked / args.seconds), "sends": len(lat),
