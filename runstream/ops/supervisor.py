@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -80,7 +81,7 @@ class Supervisor:
         self._check_free()
         private_dir(c.data_path, tighten=True)
         if not c.kafka.bootstrap:
-            print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", flush=True)
+            print(f"Starting Kafka (KRaft, single node) in {c.data_path / 'kafka'} ...", file=sys.stderr, flush=True)
             self.broker = KafkaBroker(c.data_path / "kafka")
             self.broker.start()
             self.broker.client_config(c)
