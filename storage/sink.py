@@ -39,6 +39,7 @@ from runstream.wire.errors import StorageError
 from runstream.wire.files import write_private
 
 log = logging.getLogger("runstream.sink")
+FETCH_PARTITION_BYTES = 2 * 1024 * 1024
 
 
 class RecentIds:
@@ -111,7 +112,9 @@ class Sink:
         self.consumer = AIOKafkaConsumer(
             **client_args(self.config),
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+            # The consumer keeps one fetched chunk per partition until polled: small chunks bound that memory. A
+            # record larger than a chunk still comes whole (the broker returns it alone; tests/test_sink_fetch.py).
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES, fetch_max_bytes=8 * FETCH_PARTITION_BYTES)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         self.follower = Follower(self.config, on_record=self._control)

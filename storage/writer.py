@@ -3,6 +3,7 @@ order, then the poll's governance events. Synchronous: the consume loop runs it 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -16,6 +17,8 @@ from runstream.storage.store import map_clickhouse_errors
 from runstream.storage.tables import TABLES
 
 log = logging.getLogger("runstream.sink")
+# glibc keeps the pages Python and the client freed in each thread's heap; malloc_trim returns them (absent elsewhere).
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 class Writer:
@@ -40,10 +43,13 @@ class Writer:
             self._purge()
 
     def _purge(self) -> None:
-        """The embedded engine's allocator keeps the pages an insert freed; handing them back now and then keeps the
-        process's resident memory near what it uses. The poll is stored by now: a failure here is only logged."""
+        """The embedded engine's allocator, and glibc's for the rest of the process, keep the pages a poll freed;
+        handing them back now and then keeps the process's resident memory near what it uses. The poll is stored by
+        now: a failure here is only logged."""
         if self.purge_every_s and time.monotonic() - self._purged >= self.purge_every_s:
             self._purged = time.monotonic()
+            if _malloc_trim is not None:
+                _malloc_trim(0)
             try:
                 self.client.command("SYSTEM JEMALLOC PURGE")
             except Exception as exc:
