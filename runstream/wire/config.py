@@ -83,7 +83,7 @@ class IngestConfig:
 @dataclass
 class SinkConfig:
     group_id: str = "runstream-sink"
-    max_rows_per_insert: int = 300_000  # points per poll: more is a little faster when backlogged, and more memory
+    max_rows_per_insert: int = 200_000  # points per poll: more memory, no faster (bench/results/sink-memory.json)
     flush_interval_s: float = 0.25
     memory_purge_interval_s: float = 2.0  # embedded engine: return freed allocator pages to the OS this often; 0: never
     metrics_port: int = 9102
