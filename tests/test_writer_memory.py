@@ -1,7 +1,8 @@
-"""The sink's writer hands the embedded engine's freed pages back to the OS (sink.memory_purge_interval_s)."""
+"""The sink's writer hands freed pages back to the OS, the embedded engine's and glibc's (sink.memory_purge_interval_s)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -44,3 +45,25 @@ def test_the_writer_returns_freed_engine_memory(chdb_path: Path) -> None:
     finally:
         client.command(f"DROP DATABASE {db} SYNC")
         client.close()
+
+
+def test_the_writer_returns_the_heap_pages_python_freed(chdb_path: Path) -> None:
+    """Pages freed in a thread's glibc heap (a poll's decoding and client buffers) go back at the purge too."""
+    client = open_embedded(chdb_path)
+    writer = Writer(client, "default", GovernanceApplier(client, "default"), purge_every_s=1e-6)
+    writer.write(columns.Tables())  # the engine's freed pages first, so the next purge has only the heap's to return
+    keep: list[bytes] = []
+
+    def churn() -> None:
+        blocks = [bytes(4096) + bytes([i % 256]) for i in range(60_000)]  # ~240 MiB in this thread's heap
+        keep.append(bytes(4096))  # allocated after them: the heap's top stays in use, so free() alone returns nothing
+        del blocks
+
+    t = threading.Thread(target=churn)
+    t.start()
+    t.join()
+    before, count = rss_mib(), purges()
+    writer.write(columns.Tables())
+    assert purges() == count + 1
+    assert rss_mib() < before - 100, f"resident memory {before:.0f} -> {rss_mib():.0f} MiB after the purge"
+    client.close()
