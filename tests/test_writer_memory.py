@@ -56,7 +56,7 @@ def test_the_writer_returns_the_heap_pages_python_freed(chdb_path: Path) -> None
 
     def churn() -> None:
         blocks = [bytes(4096) + bytes([i % 256]) for i in range(60_000)]  # ~240 MiB in this thread's heap
-        keep.append(bytes(4096))  # allocated after them: the heap's top stays in use, so free() alone returns nothing
+        keep.extend(blocks[::100])  # a block kept every 400 KiB: free() alone can return none of the pages between
         del blocks
 
     t = threading.Thread(target=churn)
