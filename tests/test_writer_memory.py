@@ -50,20 +50,22 @@ def test_the_writer_returns_freed_engine_memory(chdb_path: Path) -> None:
 def test_the_writer_returns_the_heap_pages_python_freed(chdb_path: Path) -> None:
     """Pages freed in a thread's glibc heap (a poll's decoding and client buffers) go back at the purge too."""
     client = open_embedded(chdb_path)
-    writer = Writer(client, "default", GovernanceApplier(client, "default"), purge_every_s=1e-6)
-    writer.write(columns.Tables())  # the engine's freed pages first, so the next purge has only the heap's to return
-    keep: list[bytes] = []
+    try:
+        writer = Writer(client, "default", GovernanceApplier(client, "default"), purge_every_s=1e-6)
+        writer.write(columns.Tables())  # the engine's freed pages first, so the next purge has only the heap's to return
+        keep: list[bytes] = []
 
-    def churn() -> None:
-        blocks = [bytes(4096) + bytes([i % 256]) for i in range(60_000)]  # ~240 MiB in this thread's heap
-        keep.extend(blocks[::100])  # a block kept every 400 KiB: free() alone can return none of the pages between
-        del blocks
+        def churn() -> None:
+            blocks = [bytes(4096) + bytes([i % 256]) for i in range(60_000)]  # ~240 MiB in this thread's heap
+            keep.extend(blocks[::100])  # a block kept every 400 KiB: free() alone can return none of the pages between
+            del blocks
 
-    t = threading.Thread(target=churn)
-    t.start()
-    t.join()
-    before, count = rss_mib(), purges()
-    writer.write(columns.Tables())
-    assert purges() == count + 1
-    assert rss_mib() < before - 100, f"resident memory {before:.0f} -> {rss_mib():.0f} MiB after the purge"
-    client.close()
+        t = threading.Thread(target=churn)
+        t.start()
+        t.join()
+        before, count = rss_mib(), purges()
+        writer.write(columns.Tables())
+        assert purges() == count + 1
+        assert rss_mib() < before - 100, f"resident memory {before:.0f} -> {rss_mib():.0f} MiB after the purge"
+    finally:
+        client.close()

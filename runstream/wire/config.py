@@ -85,7 +85,7 @@ class SinkConfig:
     group_id: str = "runstream-sink"
     max_rows_per_insert: int = 200_000  # points per poll: more memory, no faster (bench/results/sink-memory.json)
     flush_interval_s: float = 0.25
-    memory_purge_interval_s: float = 2.0  # embedded engine: return freed allocator pages to the OS this often; 0: never
+    memory_purge_interval_s: float = 2.0  # embedded: hand freed pages (engine, glibc) back to the OS this often; 0: never
     metrics_port: int = 9102
     sql_listen: str = "127.0.0.1:8124"  # ClickHouse HTTP endpoint over the embedded store; "" disables
     audit_key_file: str = ""       # the key that signs audit records; empty: <data_dir>/audit.key (made 0600)
