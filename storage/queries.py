@@ -126,10 +126,23 @@ def busiest_fleet_windows(client: Any, project: str, limit: int = 3) -> tuple[li
     return list(res.column_names), res.result_rows
 
 
-def point_stats(client: Any, project: str) -> Row:
-    """Raw points of a project before the view's collapse: (rows, distinct (run, metric, step), first ts, last stored)."""
-    return rows(client, "SELECT count(), uniqExact(run_id, metric, step), min(ts), max(stored) FROM metric_points FINAL "
-                        "WHERE project = %(p)s", p=project)[0]
+def point_stats(client: Any, project: str, *, points_per_query: int = 10_000_000) -> Row:
+    """A project's points, each once: (rows, distinct (run, metric, step), first ts, last stored). Counted over groups
+    of runs of at most ``points_per_query`` points, so that the exact distinct count stays within a query's memory."""
+    per_run = rows(client, "SELECT run_id, count() FROM metric_points FINAL WHERE project = %(p)s GROUP BY run_id", p=project)
+    groups: list[list[str]] = [[]]
+    size = 0
+    for run_id, n in per_run:
+        if groups[-1] and size + n > points_per_query:
+            groups.append([])
+            size = 0
+        groups[-1].append(run_id)
+        size += n
+    parts = [rows(client, "SELECT count(), uniqExact(run_id, metric, step), min(ts), max(stored) FROM metric_points FINAL "
+                          "WHERE project = %(p)s AND run_id IN %(runs)s", p=project, runs=g)[0] for g in groups if g]
+    if not parts:
+        return rows(client, "SELECT 0, 0, min(ts), max(stored) FROM metric_points WHERE project = %(p)s", p=project)[0]
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), min(p[2] for p in parts), max(p[3] for p in parts))
 
 
 def store_latency_ms(client: Any, project: str) -> list[int]:
