@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
@@ -81,3 +81,14 @@ def wait_sink_drained(config: RunstreamConfig, timeout: float = 60.0, kinds: Seq
     """Wait until the sink's group has committed every record now in these topics. The sink commits only after
     storing a poll, so afterwards anything a record would add (a replay, a duplicate) is in storage already."""
     wait_group_drained(config, config.sink.group_id, kinds, timeout)
+
+
+async def produce_events(config: RunstreamConfig, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+    """Write (key, value, headers) records to the events topic past ingest, up to ingest's record size limit."""
+    producer = AIOKafkaProducer(**client_args(config), acks="all", max_request_size=config.kafka.max_record_bytes + 4096)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(config.kafka.events_topic, value, key=key, headers=headers)
+    finally:
+        await producer.stop()

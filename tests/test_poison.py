@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from runstream.ops import roles
 from runstream.sdk.transport import GrpcTransport, SendError
@@ -20,17 +20,7 @@ from runstream.server.kafka import client_args
 from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import BackgroundClient, Stack
-from tests.helpers import counter, metric_batch, wait_until
-
-
-async def _produce(config: RunstreamConfig, values: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
-    producer = AIOKafkaProducer(**client_args(config), acks="all")
-    await producer.start()
-    try:
-        for key, value, headers in values:
-            await producer.send_and_wait(config.kafka.events_topic, value, key=key, headers=headers)
-    finally:
-        await producer.stop()
+from tests.helpers import counter, metric_batch, produce_events, wait_until
 
 
 async def _dead_letters(config: RunstreamConfig, n: int) -> list[Any]:
@@ -64,7 +54,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_good_points_are_stored(s
                     encoding.encode(b, max_record_bytes=1 << 20).headers) for b in (poison,)]
         records.append((b"garbage", b"\xff\x00 not a batch", [("schema", encoding.SCHEMA)]))
         records.append((b"after-run", after.SerializeToString(), [("schema", encoding.SCHEMA)]))
-        asyncio.run(_produce(stack.config, records))
+        asyncio.run(produce_events(stack.config, records))
         wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 2, 30,
                    "both bad records to be dead-lettered")
     acked = good.acked
@@ -120,7 +110,7 @@ def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_sto
     (rec, n), = encoding.pack([good[0], bad, good[1], good[2]], max_record_bytes=1 << 20)
     assert n == 4 and dict(rec.headers)["schema"] == encoding.PACK_SCHEMA
     dead_before = counter("runstream_sink_dead_letters_total", kind="events")
-    asyncio.run(_produce(stack.config, [(rec.key, rec.value, rec.headers)]))
+    asyncio.run(produce_events(stack.config, [(rec.key, rec.value, rec.headers)]))
     assert stack.wait_points(9, where="project = 'pk'") == 9
     wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 1, 30,
                "the bad batch to be dead-lettered")

@@ -7,26 +7,10 @@ import asyncio
 import random
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
-from runstream.server.kafka import client_args
 from runstream.storage.sink import FETCH_PARTITION_BYTES
 from runstream.wire import encoding
-from runstream.wire.config import RunstreamConfig
-from runstream.wire.encoding import Record
 from tests.conftest import BackgroundClient, Stack
-from tests.helpers import metric_batch, wait_until
-
-
-async def _produce(config: RunstreamConfig, records: list[Record]) -> None:
-    """As ingest publishes: records up to kafka.max_record_bytes."""
-    producer = AIOKafkaProducer(**client_args(config), acks="all", max_request_size=config.kafka.max_record_bytes + 4096)
-    await producer.start()
-    try:
-        for r in records:
-            await producer.send_and_wait(config.kafka.events_topic, r.value, key=r.key, headers=r.headers)
-    finally:
-        await producer.stop()
+from tests.helpers import metric_batch, produce_events, wait_until
 
 
 def test_records_larger_than_the_fetch_chunk_are_stored_whole(stack: Stack, token: str, tmp_path: Path) -> None:
@@ -38,7 +22,7 @@ def test_records_larger_than_the_fetch_chunk_are_stored_whole(stack: Stack, toke
     assert all(len(r.value) > FETCH_PARTITION_BYTES for r in records), [len(r.value) for r in records]
     with BackgroundClient(stack.ingest_addr, token, "fetch", tmp_path) as small:
         wait_until(lambda: small.acked > 1000, 30, "the small client to be logging")
-        asyncio.run(_produce(stack.config, records))
+        asyncio.run(produce_events(stack.config, [(r.key, r.value, r.headers) for r in records]))
         wait_until(lambda: small.acked > 5000, 30, "the small client to log on after the large records")
     acked = small.acked
     assert stack.wait_points(6 * n, 120, where="project = 'fetch' AND startsWith(run_id, 'big-')") == 6 * n
