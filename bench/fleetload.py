@@ -133,6 +133,10 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     # a restart), and batches it skipped as already stored. Counted by the sink over the whole run (one project).
     sink_metrics = scrape(cfg.sink.metrics_port)
     p50, p99 = queries.store_latency_ms(client, project)
+    # On disk: the points table's active parts (this stack stores the bench's project only), merged or not yet.
+    disk_bytes, disk_rows = client.query("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts "
+                                         "WHERE active AND database = currentDatabase() AND table = 'metric_points'"
+                                         ).result_rows[0]
     window = max(1e-3, (last_stored - first_ts).total_seconds())
     samples = sorted(s for r in results for s in r["samples"])
     return {
@@ -142,6 +146,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
         "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
         "lost": max(0, logged - distinct), "duplicated": stored - distinct,
+        "stored_bytes_per_point": round(disk_bytes / disk_rows, 2) if disk_rows else None,
         "replayed_rows_collapsed": int(sink_metrics.get("runstream_sink_rows_total{table=metric_points}", 0)) - distinct,
         "duplicate_batches_skipped": int(sink_metrics.get("runstream_sink_batches_total{outcome=duplicate}", 0)),
         "spooled_batches": sum(r["spooled"] for r in results),

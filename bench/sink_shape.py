@@ -6,8 +6,11 @@ flush), through the sink's own steps on the embedded engine.
 
 Per shape (runs x points per batch, one batch per run), the median over ``--repeat`` polls of: decode (Kafka record
 values to batches), build (batches to the tables' columns) and insert (the sink's Writer: every table, the
-materialized views and skip index included), in ms, and their sum per point in ns. Leaves out: Kafka, background
-merges (they follow the inserts), other processes (the machine is otherwise idle).
+materialized views and skip index included), in ms, and their sum per point in ns. Then the merge those polls'
+parts cost (merges are held until then; one OPTIMIZE FINAL into one part): CPU ns per point, and the bytes per point
+stored. ``--codec zstd`` stores the points' columns as the schema did before migration 0011 (ZSTD(1)), to compare.
+Leaves out: Kafka, other processes (the machine is otherwise idle), the merge selector's choices (a live sink merges
+some rows more than once).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main() -> int:
     p.add_argument("--points", type=int, default=300_000, help="points per poll (the sink's max_rows_per_insert)")
     p.add_argument("--sizes", default="3000,150", help="points per batch, one shape each")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--codec", choices=("schema", "zstd"), default="schema",
+                   help="the points' columns as the schema has them (LZ4), or ZSTD(1) as before migration 0011")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -62,11 +67,17 @@ def main() -> int:
     db = "runstream"
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     migrate(client, db)
+    if args.codec == "zstd":
+        client.command(f"ALTER TABLE {db}.metric_points " + ", ".join(
+            f"MODIFY COLUMN {col} CODEC({pre}ZSTD(1))" for col, pre in (
+                ("step", "Delta, "), ("ts", "Delta, "), ("value", "Gorilla, "), ("batch", ""), ("idx", "Delta, "),
+                ("stored", "Delta, "))))
     writer = Writer(client, db, GovernanceApplier(client, db))
     shapes = []
     for size in (int(s) for s in args.sizes.split(",")):
         runs = args.points // size
         steps: dict[str, list[float]] = {"decode": [], "build": [], "insert": []}
+        client.command(f"SYSTEM STOP MERGES {db}.metric_points")
         for i in range(args.repeat):
             if not args.json:
                 print(f"{runs} runs x {size} points: poll {i + 1}/{args.repeat}", file=sys.stderr)
@@ -81,10 +92,21 @@ def main() -> int:
             for name, took in (("decode", t1 - t0), ("build", t2 - t1), ("insert", t3 - t2)):
                 steps[name].append(took * 1000)
         median = {name: round(statistics.median(v), 1) for name, v in steps.items()}
+        client.command(f"SYSTEM START MERGES {db}.metric_points")
+        cpu0 = time.process_time()  # every thread of this process: the engine merges in its own
+        client.command(f"OPTIMIZE TABLE {db}.metric_points FINAL")
+        merge_cpu = time.process_time() - cpu0
+        merged_rows, merged_bytes = client.query(
+            f"SELECT sum(rows), sum(data_compressed_bytes) FROM system.parts WHERE active AND database = '{db}' "
+            "AND table = 'metric_points'").result_rows[0]
+        client.command(f"TRUNCATE TABLE {db}.metric_points")
         shapes.append({"runs": runs, "points_per_batch": size, "points": runs * size, **{f"{k}_ms": v for k, v in median.items()},
                        "total_ms": round(sum(median.values()), 1),
-                       "ns_per_point": round(sum(median.values()) * 1e6 / (runs * size))})
-    print(json.dumps({"repeat": args.repeat, "shapes": shapes}))
+                       "ns_per_point": round(sum(median.values()) * 1e6 / (runs * size)),
+                       "merge_parts": args.repeat, "merge_cpu_ms": round(merge_cpu * 1000),
+                       "merge_ns_per_point": round(merge_cpu * 1e9 / merged_rows),
+                       "bytes_per_point": round(merged_bytes / merged_rows, 2)})
+    print(json.dumps({"repeat": args.repeat, "codec": args.codec, "shapes": shapes}))
     return 0
 
 
