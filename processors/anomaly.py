@@ -18,6 +18,7 @@ Thresholds come from a rules file: defaults, then per project, then per metric.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -128,6 +129,12 @@ def _resolve(st: MetricState, project: str, run_id: str, metric: str, kind: str,
                  message=f"{metric} {kind} resolved at step {step}: {why}")
 
 
+@functools.lru_cache(maxsize=65_536)
+def _diverges(metric: str, globs: tuple[str, ...]) -> bool:
+    """Whether divergence is watched for the metric (asked once per metric and batch)."""
+    return any(fnmatch.fnmatchcase(metric, g) for g in globs)
+
+
 def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
             steps: list[int], values: list[float], ts: list[int], now_ms: int) -> list[Alert]:
     """Run the metric's detectors over its points of one batch (in step order); returns alerts opened or resolved."""
@@ -136,58 +143,66 @@ def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: st
         return out
     alpha = 2.0 / (rules.span + 1)
     beta = 2.0 / (rules.divergence_span + 1)
-    diverge = any(fnmatch.fnmatchcase(metric, g) for g in rules.divergence_metrics)
+    diverge = _diverges(metric, rules.divergence_metrics)
+    # The state and the rules in locals for the per-point loop (the processors' hottest), written back at the end.
+    n, mean, mad, slow, slow_first, slow_best, slow_n = st.n, st.mean, st.mad, st.slow, st.slow_first, st.slow_best, st.slow_n
+    opened = st.open
+    warmup, min_step, spike_z, spike_ratio = rules.warmup_points, rules.min_step, rules.spike_z, rules.spike_ratio
+    div_min, div_up, div_back = rules.divergence_min_points, 1 + rules.divergence_ratio, 1 + rules.divergence_ratio / 2
+    isfinite = math.isfinite
     for step, x, t in zip(steps, values, ts):
-        if not math.isfinite(x):
-            if "nonfinite" not in st.open:
-                st.open["nonfinite"] = (alert_id(run_id, metric, "nonfinite", step), step)
-                out.append(_alert(project, run_id, metric, "nonfinite", "critical", step, x, st.mean, st.mean, t, now_ms,
-                                  f"{metric} became {x} at step {step} (last level {st.mean:.4g})"))
+        if not isfinite(x):
+            if "nonfinite" not in opened:
+                opened["nonfinite"] = (alert_id(run_id, metric, "nonfinite", step), step)
+                out.append(_alert(project, run_id, metric, "nonfinite", "critical", step, x, mean, mean, t, now_ms,
+                                  f"{metric} became {x} at step {step} (last level {mean:.4g})"))
             continue
-        if "nonfinite" in st.open:
-            a = _resolve(st, project, run_id, metric, "nonfinite", step, x, t, now_ms, "finite values again")
-            if a:
-                out.append(a)
-        if st.n == 0:
-            st.n, st.mean, st.mad = 1, x, 0.0
-            st.slow = st.slow_first = x
+        if opened:
+            if "nonfinite" in opened:
+                a = _resolve(st, project, run_id, metric, "nonfinite", step, x, t, now_ms, "finite values again")
+                if a:
+                    out.append(a)
+        if n == 0:
+            n, mean, mad = 1, x, 0.0
+            slow = slow_first = x
             continue
-        dev = abs(x - st.mean)
-        sigma = 1.2533 * st.mad  # E|x - mu| = 0.7979 sigma for a normal distribution
-        if (st.n >= rules.warmup_points and step >= rules.min_step
-                and dev > rules.spike_z * sigma and dev > rules.spike_ratio * max(abs(st.mean), sigma)):
-            if "spike" not in st.open:
-                st.open["spike"] = (alert_id(run_id, metric, "spike", step), step)
-                lo, hi = st.mean - rules.spike_z * sigma, st.mean + rules.spike_z * sigma
-                ratio = x / st.mean if st.mean else math.inf
+        dev = abs(x - mean)
+        sigma = 1.2533 * mad  # E|x - mu| = 0.7979 sigma for a normal distribution
+        if (n >= warmup and step >= min_step
+                and dev > spike_z * sigma and dev > spike_ratio * max(abs(mean), sigma)):
+            if "spike" not in opened:
+                opened["spike"] = (alert_id(run_id, metric, "spike", step), step)
+                lo, hi = mean - spike_z * sigma, mean + spike_z * sigma
+                ratio = x / mean if mean else math.inf
                 out.append(_alert(project, run_id, metric, "spike", "warning", step, x, lo, hi, t, now_ms,
-                                  f"{metric} = {x:.4g} at step {step} is {ratio:.3g}x its recent level {st.mean:.4g} "
+                                  f"{metric} = {x:.4g} at step {step} is {ratio:.3g}x its recent level {mean:.4g} "
                                   f"(expected {lo:.4g}..{hi:.4g})"))
             continue  # outliers do not move the baseline
-        if "spike" in st.open:
+        if opened and "spike" in opened:
             a = _resolve(st, project, run_id, metric, "spike", step, x, t, now_ms, f"back to {x:.4g}")
             if a:
                 out.append(a)
-        st.n += 1
-        st.mad += alpha * (dev - st.mad)
-        st.mean += alpha * (x - st.mean)
+        n += 1
+        mad += alpha * (dev - mad)
+        mean += alpha * (x - mean)
         if diverge:
-            st.slow += beta * (x - st.slow)
-            st.slow_n += 1
-            if st.slow_n >= rules.divergence_min_points // 2:
-                st.slow_best = min(st.slow_best, st.slow)
-            trended_down = st.slow_best < st.slow_first * 0.9
-            limit = st.slow_best * (1 + rules.divergence_ratio)
-            if st.slow_n >= rules.divergence_min_points and trended_down and st.slow > limit and st.slow_best > 0:
-                if "divergence" not in st.open:
-                    st.open["divergence"] = (alert_id(run_id, metric, "divergence", step), step)
+            slow += beta * (x - slow)
+            slow_n += 1
+            if slow_n >= div_min // 2 and slow < slow_best:
+                slow_best = slow
+            trended_down = slow_best < slow_first * 0.9
+            limit = slow_best * div_up
+            if slow_n >= div_min and trended_down and slow > limit and slow_best > 0:
+                if "divergence" not in opened:
+                    opened["divergence"] = (alert_id(run_id, metric, "divergence", step), step)
                     out.append(_alert(project, run_id, metric, "divergence", "critical", step, x, 0.0, limit, t, now_ms,
-                                      f"{metric} is diverging: trend {st.slow:.4g} at step {step} is "
-                                      f"{st.slow / st.slow_best:.2f}x its best {st.slow_best:.4g}"))
-            elif "divergence" in st.open and st.slow < st.slow_best * (1 + rules.divergence_ratio / 2):
-                a = _resolve(st, project, run_id, metric, "divergence", step, x, t, now_ms, f"trend back to {st.slow:.4g}")
+                                      f"{metric} is diverging: trend {slow:.4g} at step {step} is "
+                                      f"{slow / slow_best:.2f}x its best {slow_best:.4g}"))
+            elif "divergence" in opened and slow < slow_best * div_back:
+                a = _resolve(st, project, run_id, metric, "divergence", step, x, t, now_ms, f"trend back to {slow:.4g}")
                 if a:
                     out.append(a)
+    st.n, st.mean, st.mad, st.slow, st.slow_first, st.slow_best, st.slow_n = n, mean, mad, slow, slow_first, slow_best, slow_n
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from runstream.v1.ingest_pb2 import Batch, RollupWindow
 
 RESOLUTIONS_S = (10, 60)
+assert all(r % RESOLUTIONS_S[0] == 0 for r in RESOLUTIONS_S)  # a first-resolution window lies in one of each
 
 
 @dataclass(slots=True)
@@ -102,38 +103,62 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
 def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
     m = batch.metrics
     names = m.names
-    late = 0
-    touched: set[tuple[str, int, int]] = set()
+    r0 = RESOLUTIONS_S[0] * 1000
+    # Points grouped by (metric, first-resolution window) in one pass; a fleet's flush is a few such groups, so the
+    # windows are updated once per group, not once per point and resolution.
+    groups: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
     newest = watermark_ms
     for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
         if t > newest:
             newest = t
-        finite = math.isfinite(v)
+        key = (idx, t - t % r0)
+        g = groups.get(key)
+        if g is None:
+            groups[key] = ([step], [v])
+        else:
+            g[0].append(step)
+            g[1].append(v)
+    late = 0
+    touched: set[tuple[str, int, int]] = set()
+    isfinite = math.isfinite
+    for (idx, start0), (steps, vals) in groups.items():
+        total = sum(vals)
+        if isfinite(total):  # no NaN or infinity among them (an overflow to inf takes the careful way)
+            finite, nonfinite = vals, 0
+        else:
+            finite = [v for v in vals if isfinite(v)]
+            total = sum(finite)
+            nonfinite = len(vals) - len(finite)
+        lo = min(finite) if finite else None
+        hi = max(finite) if finite else None
+        # First and last by step: the earliest point holding the lowest / highest step, as per point before.
+        first_step, last_step = min(steps), max(steps)
+        first, last = vals[steps.index(first_step)], vals[steps.index(last_step)]
+        name = names[idx]
         for res in RESOLUTIONS_S:
             res_ms = res * 1000
-            start = t - t % res_ms
+            start = start0 - start0 % res_ms  # every resolution is a multiple of the first: one window each
             if start + res_ms + grace_ms <= watermark_ms:
                 if res == RESOLUTIONS_S[0]:
-                    late += 1
+                    late += len(vals)
                 continue
-            key = (names[idx], res, start)
+            key = (name, res, start)
             w = windows.get(key)
             if w is None:
                 w = windows[key] = Window()
             touched.add(key)
-            w.count += 1
-            if finite:
-                w.sum += v
-                if v < w.min:
-                    w.min = v
-                if v > w.max:
-                    w.max = v
-            else:
-                w.nonfinite += 1
-            if step < w.first_step:
-                w.first_step, w.first = step, v
-            if step > w.last_step:
-                w.last_step, w.last = step, v
+            w.count += len(vals)
+            w.nonfinite += nonfinite
+            if lo is not None:
+                w.sum += total
+                if lo < w.min:
+                    w.min = lo
+                if hi > w.max:  # type: ignore[operator]
+                    w.max = hi  # type: ignore[assignment]
+            if first_step < w.first_step:
+                w.first_step, w.first = first_step, first
+            if last_step > w.last_step:
+                w.last_step, w.last = last_step, last
     for key in touched:
         windows[key].version += 1
     return newest, late
