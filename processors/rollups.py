@@ -111,10 +111,10 @@ def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms:
     for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
         if t > newest:
             newest = t
-        key = (idx, t - t % r0)
-        g = groups.get(key)
+        gkey = (idx, t - t % r0)
+        g = groups.get(gkey)
         if g is None:
-            groups[key] = ([step], [v])
+            groups[gkey] = ([step], [v])
         else:
             g[0].append(step)
             g[1].append(v)
@@ -129,8 +129,7 @@ def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms:
             finite = [v for v in vals if isfinite(v)]
             total = sum(finite)
             nonfinite = len(vals) - len(finite)
-        lo = min(finite) if finite else None
-        hi = max(finite) if finite else None
+        lo, hi = (min(finite), max(finite)) if finite else (math.inf, -math.inf)
         # First and last by step: the earliest point holding the lowest / highest step, as per point before.
         first_step, last_step = min(steps), max(steps)
         first, last = vals[steps.index(first_step)], vals[steps.index(last_step)]
@@ -149,12 +148,12 @@ def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms:
             touched.add(key)
             w.count += len(vals)
             w.nonfinite += nonfinite
-            if lo is not None:
+            if finite:
                 w.sum += total
                 if lo < w.min:
                     w.min = lo
-                if hi > w.max:  # type: ignore[operator]
-                    w.max = hi  # type: ignore[assignment]
+                if hi > w.max:
+                    w.max = hi
             if first_step < w.first_step:
                 w.first_step, w.first = first_step, first
             if last_step > w.last_step:
