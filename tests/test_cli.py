@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,3 +178,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "nothing lost, nothing duplicated" in res.stdout
     assert "digits-sgd-real" in res.stdout or "val_acc" in res.stdout
+
+
+def test_ports_for_the_roles_are_outside_the_range_outgoing_connections_use() -> None:
+    # A port the kernel could hand to an outgoing connection (a Kafka client, one of a fleet's channels) may be
+    # taken before the role binds it: "Address already in use" at start.
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(40)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < low for p in ports), (low, high, ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))  # free when handed out
