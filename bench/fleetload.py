@@ -3,9 +3,11 @@ stack, and what was stored for them (throughput, end-to-end latency, loss and du
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,10 +173,14 @@ def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | No
     from runstream.ops.supervisor import Supervisor
 
     home = Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("BENCH_KEEP_DATA"):
+        # A run leaves gigabytes (Kafka's log, the store): removed when the bench exits, after the stack stopped.
+        atexit.register(shutil.rmtree, home, True)
     cfg = isolated_config(home)
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     if configure is not None:
         configure(cfg)
     sup = Supervisor(cfg, **supervisor)
-    console.print(f"Starting the stack in {home} ...")
+    console.print(f"Starting the stack in {home} ..." + ("" if os.environ.get("BENCH_KEEP_DATA") else
+                                                         " (removed at exit; BENCH_KEEP_DATA=1 keeps it)"))
     return sup, cfg, str(sup.start()["token"])
