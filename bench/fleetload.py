@@ -173,7 +173,8 @@ def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | No
     from runstream.ops.supervisor import Supervisor
 
     home = Path(tempfile.mkdtemp(prefix=prefix))
-    if not os.environ.get("BENCH_KEEP_DATA"):
+    keep = bool(os.environ.get("BENCH_KEEP_DATA"))
+    if not keep:
         # A run leaves gigabytes (Kafka's log, the store): removed when the bench exits, after the stack stopped.
         atexit.register(shutil.rmtree, home, True)
     cfg = isolated_config(home)
@@ -181,6 +182,5 @@ def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | No
     if configure is not None:
         configure(cfg)
     sup = Supervisor(cfg, **supervisor)
-    console.print(f"Starting the stack in {home} ..." + ("" if os.environ.get("BENCH_KEEP_DATA") else
-                                                         " (removed at exit; BENCH_KEEP_DATA=1 keeps it)"))
+    console.print(f"Starting the stack in {home} ..." + ("" if keep else " (removed at exit; BENCH_KEEP_DATA=1 keeps it)"))
     return sup, cfg, str(sup.start()["token"])

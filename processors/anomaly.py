@@ -157,11 +157,10 @@ def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: st
                 out.append(_alert(project, run_id, metric, "nonfinite", "critical", step, x, mean, mean, t, now_ms,
                                   f"{metric} became {x} at step {step} (last level {mean:.4g})"))
             continue
-        if opened:
-            if "nonfinite" in opened:
-                a = _resolve(st, project, run_id, metric, "nonfinite", step, x, t, now_ms, "finite values again")
-                if a:
-                    out.append(a)
+        if opened and "nonfinite" in opened:
+            a = _resolve(st, project, run_id, metric, "nonfinite", step, x, t, now_ms, "finite values again")
+            if a:
+                out.append(a)
         if n == 0:
             n, mean, mad = 1, x, 0.0
             slow = slow_first = x

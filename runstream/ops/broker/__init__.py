@@ -87,8 +87,8 @@ def free_port() -> int:
     """A loopback port free now, below the kernel's ephemeral range: outgoing connections (Kafka clients, a fleet's
     channels) take their local ports from that range, so a port picked there can be taken before its server binds."""
     low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randint(max(1024, low - 16_000), low - 1) if low > 2048 else random.randint(20_000, 29_999)
+    for _ in range(200 if low > 1025 else 0):
+        port = random.randint(max(1024, low - 16_000), low - 1)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
@@ -98,7 +98,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    with socket.socket() as s:  # everything tried was taken: the kernel's choice
+    with socket.socket() as s:  # no room below the range, or everything tried was taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
