@@ -4,6 +4,7 @@ stack, and what was stored for them (throughput, end-to-end latency, loss and du
 from __future__ import annotations
 
 import atexit
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -16,10 +17,16 @@ from typing import Any
 METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
 
 
+def metric_values(step: int, rng: Any) -> dict[str, float]:
+    """What a simulated job logs at ``step``: a decaying loss with noise, and the METRICS beside it."""
+    loss = 2.0 * math.exp(-step / 5000) + rng.random() * 0.01
+    return {"loss": loss, "acc": 1 - loss / 2, "lr": 3e-4, "grad_norm": rng.random(), "throughput": 1200.0,
+            "gpu_util": 0.93, "val_loss": loss * 1.1, "val_acc": 0.9, "epoch": step / 1000, "tokens": step * 4096.0}
+
+
 def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.Queue) -> None:
     """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second."""
     os.environ.update(env)
-    import math
     import random
 
     import runstream
@@ -43,9 +50,7 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
         due = int(elapsed * rate) + 1
         while step < due:
             for run in runs:
-                loss = 2.0 * math.exp(-step / 5000) + rng.random() * 0.01
-                values = {"loss": loss, "acc": 1 - loss / 2, "lr": 3e-4, "grad_norm": rng.random(), "throughput": 1200.0,
-                          "gpu_util": 0.93, "val_loss": loss * 1.1, "val_acc": 0.9, "epoch": step / 1000, "tokens": step * 4096.0}
+                values = metric_values(step, rng)
                 if calls % 64 == 0:
                     a = pc()
                     run.log(values, step=step)

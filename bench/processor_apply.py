@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
+from fleetload import METRICS, metric_values  # noqa: E402  (bench/ is the script's own directory)
 
 
 def batches(runs: int, per_batch: int, count: int, rng: random.Random) -> list[object]:
@@ -40,9 +39,8 @@ def batches(runs: int, per_batch: int, count: int, rng: random.Random) -> list[o
             first = k * steps_per_batch
             ni, steps, ts, vals = [], [], [], []
             for s in range(first, first + steps_per_batch):
-                loss = 2.0 * math.exp(-s / 5000) + rng.random() * 0.01
-                for i, v in enumerate((loss, 1 - loss / 2, 3e-4, rng.random(), 1200.0, 0.93, loss * 1.1, 0.9,
-                                       s / 1000, s * 4096.0)):
+                values = metric_values(s, rng)
+                for i, v in enumerate(values[name] for name in METRICS):
                     ni.append(i)
                     steps.append(s)
                     ts.append(t0 + k * 1000 + (s - first) * 1000 // steps_per_batch)
@@ -72,11 +70,11 @@ def main() -> int:
         work = batches(runs, size, count, rng)
         points = sum(len(b.metrics.values) for b in work)  # type: ignore[attr-defined]
         took = []
-        alerts = 0
         for i in range(args.repeat):
             if not args.json:
                 print(f"{size}-point batches: pass {i + 1}/{args.repeat}", file=sys.stderr)
             states = {}
+            alerts = 0  # per pass: every pass applies the same batches to fresh states
             t = time.perf_counter()
             for b in work:
                 st = states.get(b.run_id)  # type: ignore[attr-defined]
