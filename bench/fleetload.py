@@ -112,9 +112,16 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
             "process": [p.proc.pid for p in sup.procs if p.role == "process"],
             "kafka": [sup.broker.proc.pid] if sup.broker and sup.broker.proc else []}
     cpu_before = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
+    client = open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
+    parts: list[int] = []  # the points table's active parts each second: whether merges keep up with the inserts
+
+    def count_parts() -> None:
+        parts.append(int(client.query("SELECT count() FROM system.parts WHERE active AND database = currentDatabase() "
+                                      "AND table = 'metric_points'").result_rows[0][0]))
     while any(pr.is_alive() for pr in procs) and q.qsize() < len(procs):
         if status is not None:
             status.update(sup.status())
+        count_parts()
         time.sleep(1)
     results = [q.get(timeout=300) for _ in procs]
     for pr in procs:
@@ -128,11 +135,12 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and scrape(cfg.sink.metrics_port).get(
             "runstream_sink_rows_total{table=metric_points}", 0) < acked:
+        count_parts()
         time.sleep(0.5)
+    count_parts()
     # The sink's high-water mark through ingest and drain, read before this bench's own checks: they run in the
     # sink's engine (exact distinct counts and quantiles over every point) and would count as the sink's memory.
     sink_rss_ingest = peak_rss_mib(pids["sink"][0])
-    client = open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
     while time.monotonic() < deadline and queries.points_in_project(client, project) < acked:
         time.sleep(0.5)
     stored, distinct, first_ts, last_stored = queries.point_stats(client, project)
@@ -154,6 +162,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
         "lost": max(0, logged - distinct), "duplicated": stored - distinct,
         "stored_bytes_per_point": round(disk_bytes / disk_rows, 2) if disk_rows else None,
+        "points_parts": {"max": max(parts), "at_drain": parts[-1]},
         "replayed_rows_collapsed": int(sink_metrics.get("runstream_sink_rows_total{table=metric_points}", 0)) - distinct,
         "duplicate_batches_skipped": int(sink_metrics.get("runstream_sink_batches_total{outcome=duplicate}", 0)),
         "spooled_batches": sum(r["spooled"] for r in results),

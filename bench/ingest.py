@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,12 +32,17 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="client processes the jobs are spread over")
     p.add_argument("--ingest-replicas", type=int, default=1)
     p.add_argument("--durable", action="store_true", help="the SDK's durable logging (each batch on disk before it is sent)")
+    p.add_argument("--merge-nice", type=int, default=None,
+                   help="clickhouse.merge_nice for this run (the embedded engine's merge threads; 0: normal priority)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
-    sup, cfg, token = start_stack("runstream-bench-", console, ingest_replicas=args.ingest_replicas)
+    def configure(c: Any) -> None:
+        if args.merge_nice is not None:
+            c.clickhouse.merge_nice = args.merge_nice
+    sup, cfg, token = start_stack("runstream-bench-", console, configure, ingest_replicas=args.ingest_replicas)
     try:
         console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
                       f"for {args.seconds:.0f}s ...")
@@ -44,6 +50,7 @@ def main() -> int:
             out = load(sup, cfg, token, jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s,
                        workers=args.workers, status=status, durable=args.durable)
         out["durable"] = args.durable
+        out["merge_nice"] = cfg.clickhouse.merge_nice
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
     finally:

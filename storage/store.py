@@ -63,10 +63,12 @@ def open_url(url: str, *, token: str = "", **kwargs: Any) -> Client:
 
 
 def open_store(config: RunstreamConfig) -> Client:
-    """The writable store the sink owns: the server at clickhouse.url, else the embedded engine."""
+    """The writable store the sink owns: the server at clickhouse.url, else the embedded engine, its merges at
+    clickhouse.merge_nice (engine settings apply when the process first opens the engine: the sink opens it first)."""
     if config.clickhouse.url:
         return open_url(config.clickhouse.url)
-    return open_embedded(config.clickhouse_path)
+    nice = config.clickhouse.merge_nice
+    return open_embedded(config.clickhouse_path, chdb_options={"os_threads_nice_value_merge_mutate": nice} if nice else None)
 
 
 def migrations(*, server: bool = True) -> list[tuple[int, str, list[str]]]:

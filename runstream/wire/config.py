@@ -134,6 +134,7 @@ class ClickHouseConfig:
     path: str = ""                 # empty: <data_dir>/clickhouse
     database: str = "runstream"
     cluster: str = ""              # a server's cluster name (remote_servers): replicated, sharded schema (storage/cluster.py)
+    merge_nice: int = 10           # embedded engine: Linux nice of its merge threads, so merges take what the roles leave
 
 
 @dataclass
@@ -260,6 +261,8 @@ class RunstreamConfig:
             problems.append("sink.sql_max_concurrent: must be at least 1")
         if not -20 <= self.sink.sql_thread_nice <= 19:
             problems.append(f"sink.sql_thread_nice: {self.sink.sql_thread_nice} is not a Linux nice value (-20 to 19)")
+        if not 0 <= self.clickhouse.merge_nice <= 19:
+            problems.append(f"clickhouse.merge_nice: {self.clickhouse.merge_nice} is not 0 (off) to 19 (merges run last)")
         if self.sink.memory_purge_interval_s < 0:
             problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
         if self.ingest.max_batch_points < 1:
