@@ -148,6 +148,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     # a restart), and batches it skipped as already stored. Counted by the sink over the whole run (one project).
     sink_metrics = scrape(cfg.sink.metrics_port)
     p50, p99 = queries.store_latency_ms(client, project)
+    by_window = queries.store_latency_by_window_ms(client, project)
     # On disk: the points table's active parts (this stack stores the bench's project only), merged or not yet.
     disk_bytes, disk_rows = client.query("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts "
                                          "WHERE active AND database = currentDatabase() AND table = 'metric_points'"
@@ -158,6 +159,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         "jobs": jobs, "seconds": seconds, "offered_points_per_s": round(points_per_s),
         "points_per_s": round(distinct / window), "points_logged": logged, "points_acked": acked, "points_stored": stored,
         "e2e_p50_ms": p50, "e2e_p99_ms": p99,
+        "e2e_by_10s": [{"from_s": int(w), "p50_ms": int(q[0]), "p99_ms": int(q[1])} for w, q in by_window],
         "sdk_log_us": round(samples[len(samples) // 2] / 1000, 2) if samples else None,
         "sdk_log_p99_us": round(samples[int(len(samples) * 0.99)] / 1000, 2) if samples else None,
         "lost": max(0, logged - distinct), "duplicated": stored - distinct,

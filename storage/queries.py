@@ -151,6 +151,13 @@ def store_latency_ms(client: Any, project: str) -> list[int]:
                              "WHERE project = %(p)s", p=project)[0][0])
 
 
+def store_latency_by_window_ms(client: Any, project: str, seconds: int = 10) -> list[Row]:
+    """The same by window of client time: (seconds from the first point, p50, p99), so a backlog shows when it built."""
+    return rows(client, "SELECT intDiv(dateDiff('millisecond', (SELECT min(ts) FROM metric_points WHERE project = %(p)s), ts), "
+                        "%(ms)s) * %(s)s AS w, quantilesExact(0.5, 0.99)(dateDiff('millisecond', ts, stored)) "
+                        "FROM metric_points FINAL WHERE project = %(p)s GROUP BY w ORDER BY w", p=project, ms=seconds * 1000, s=seconds)
+
+
 def alert_times(client: Any, project: str) -> list[Row]:
     """A project's alerts: (run_id, kind, step, event time ms, stored ms)."""
     return rows(client, "SELECT run_id, kind, step, toUnixTimestamp64Milli(event_time), toUnixTimestamp64Milli(stored) "
