@@ -54,6 +54,7 @@ from runstream.server.governance import Follower
 from runstream.server.telemetry import SQL_QUERIES
 from runstream.storage import native
 from runstream.storage.readonly import SYSTEM_DATABASES, Limits, QueryError, ReadEngine, Result, Statement
+from runstream.storage.store import may_raise_priority
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import AuthError, ConfigError
 
@@ -169,15 +170,6 @@ class _Execution:
 def _retrieve(task: asyncio.Future[Result]) -> None:
     if not task.cancelled():
         task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
-
-
-def may_raise_priority() -> bool:
-    """Whether this process may give threads a negative nice (CAP_SYS_NICE), which reads-first needs."""
-    status = Path("/proc/self/status")  # Linux; elsewhere nice values do not apply
-    for line in status.read_text().splitlines() if status.exists() else ():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
-    return False
 
 
 def _normal_priority(nice: int, keep: int) -> None:

@@ -62,12 +62,26 @@ def open_url(url: str, *, token: str = "", **kwargs: Any) -> Client:
                            "Is the server (or `runstream up`) running, and is the token right?") from exc
 
 
+def may_raise_priority() -> bool:
+    """Whether this process may set its threads' nice (CAP_SYS_NICE): the engine's nice settings need it, and a
+    negative nice (reads first) does too."""
+    status = Path("/proc/self/status")  # Linux; elsewhere nice values do not apply
+    for line in status.read_text().splitlines() if status.exists() else ():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
+    return False
+
+
 def open_store(config: RunstreamConfig) -> Client:
     """The writable store the sink owns: the server at clickhouse.url, else the embedded engine, its merges at
     clickhouse.merge_nice (engine settings apply when the process first opens the engine: the sink opens it first)."""
     if config.clickhouse.url:
         return open_url(config.clickhouse.url)
     nice = config.clickhouse.merge_nice
+    if nice and not may_raise_priority():
+        log.warning("clickhouse.merge_nice %d: the engine sets its merge threads' priority only with CAP_SYS_NICE (run "
+                    "as root or grant it, e.g. compose `cap_add: [SYS_NICE]`), so merges run at the normal priority "
+                    "and compete with ingest for the cores on a saturated machine.", nice)
     return open_embedded(config.clickhouse_path, chdb_options={"os_threads_nice_value_merge_mutate": nice} if nice else None)
 
 

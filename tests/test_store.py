@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runstream.storage import store
+from runstream.storage.store import may_raise_priority, open_store
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError
 
@@ -58,6 +60,7 @@ def busy_merge_nices(tmp_path: Path, nice: int) -> list[int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(not may_raise_priority(), reason="the engine sets a nice only with CAP_SYS_NICE (root here and in CI)")
 def test_merges_run_at_the_configured_nice(tmp_path: Path) -> None:
     # A sample can land just after a merge task ended and the engine put its thread back to 0: most are at 10.
     niced = busy_merge_nices(tmp_path, 10)
@@ -72,3 +75,16 @@ def test_merge_nice_must_lower_priority() -> None:
     cfg.clickhouse.merge_nice = -5
     with pytest.raises(ConfigError, match=r"clickhouse.merge_nice: -5 is not 0 \(off\) to 19"):
         cfg.validate()
+
+
+def test_without_cap_sys_nice_the_sink_says_merges_run_at_normal_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    opened: list[dict[str, object]] = []
+    monkeypatch.setattr(store, "open_embedded", lambda path, **kw: opened.append(kw))
+    monkeypatch.setattr(store, "may_raise_priority", lambda: False)
+    cfg = RunstreamConfig()
+    cfg.data_dir = str(tmp_path)
+    with caplog.at_level("WARNING", logger="runstream.storage"):
+        open_store(cfg)
+    assert "clickhouse.merge_nice 10: the engine sets its merge threads' priority only with CAP_SYS_NICE" in caplog.text
+    assert opened == [{"chdb_options": {"os_threads_nice_value_merge_mutate": 10}}]
