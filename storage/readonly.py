@@ -1,12 +1,24 @@
 """Read-only queries on the embedded engine, one isolated session per query.
 
 Every query runs on its own engine connection opened with ``readonly = 1`` and its limits in the connection string,
-so the engine refuses writes, DDL, ``SET``, a ``SETTINGS`` clause and the table functions that reach files or the
-network (file, url, s3, remote, executable, ...), and nothing a query changes outlives it. Two things readonly does
-not stop in the embedded engine are refused from the engine's own parse of the statement (``formatQuery`` and
-``EXPLAIN AST``, never by matching the SQL text): more than one statement, and a statement that is not a read
-(``SYSTEM``, ``KILL``, ``USE``, ...) or that writes its result to a file (``INTO OUTFILE``). Queries run on worker
-threads (the engine releases the GIL), and a query can be cancelled by the marker it carries in ``log_comment``.
+so the engine refuses writes, DDL, ``SET`` and a ``SETTINGS`` clause, and nothing a query changes outlives it.
+
+readonly alone does not keep a query inside the data in the embedded engine (measured, chDB 4.4 / engine 26.9):
+``DESC file(...)``/``DESC url(...)`` infer a schema by reading the file or fetching the URL, the scalar ``file()``
+returns a file's bytes, and the engine's own jails do not apply (``user_files_path`` does not confine absolute paths
+in embedded mode, and neither ``remote_url_allow_hosts`` nor per-user grants from a config file take effect). So the
+statement is decided here from the engine's own parse (``formatQuery`` and ``EXPLAIN AST``, never by matching text),
+by allow-lists:
+- exactly one statement, whose root is a read (``READ_KINDS``), without ``INTO OUTFILE``;
+- a table function (a function in a table position, or any name the engine lists in ``system.table_functions``) only
+  from ``TABLE_FUNCTIONS`` (generators of numbers and literal rows), in every statement kind and at any depth
+  (``DESC``, ``EXPLAIN``, subqueries, CTEs, ``view()``, ``IN``);
+- a scalar or aggregate function only from the engine's categories of pure computation (``FUNCTION_CATEGORIES``,
+  aliases by their target, every aggregate) or ``OTHER_FUNCTIONS``; the rest (``file``, ``hasColumnInTable``, the AI,
+  dictionary, introspection and model functions, server state) is refused, and so is a category the engine adds later.
+A ClickHouse server (clickhouse.url) is read directly with its own ``runstream_reader`` user, whose grants hold no
+sources (deploy/clickhouse-users.xml). Queries run on worker threads (the engine releases the GIL), and a query can be
+cancelled by the marker it carries in ``log_comment``.
 """
 
 from __future__ import annotations
@@ -43,7 +55,33 @@ CLIENT_SETTINGS = frozenset({
 AGGREGATE_COMBINATORS = ("If", "Array", "Map", "ForEach", "Distinct", "OrDefault", "OrNull", "State", "Merge",
                          "SimpleState", "Resample", "ArgMin", "ArgMax")
 SYSTEM_DATABASES = ("system", "information_schema")  # the server's own state, not stored data
-TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series"})  # deterministic ones
+# Table functions a query may call: generators that read nothing (every other one reaches files, the network,
+# other tables or the server's state).
+TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateSeries"})
+# The engine's function categories that compute on values only.
+FUNCTION_CATEGORIES = frozenset({
+    "Aggregate Functions", "Arithmetic", "Arrays", "Bit", "Bitmap", "Comparison", "Conditional", "Dates and Times",
+    "Distance", "Encoding", "Encryption", "Financial", "Geo", "Geo Polygon", "Hash", "IP Address", "Internal", "JSON",
+    "Logical", "Map", "Mathematical", "Null", "NumericIndexedVector", "QBit", "Random Number", "Rounding", "String",
+    "String Replacement", "String Search", "String Splitting", "Time Series", "Time Window", "Tuple", "Type Conversion",
+    "URL", "UUID"})
+# Functions of the engine's "Other" category that clients and dashboards use and that read nothing beyond the query.
+OTHER_FUNCTIONS = frozenset({
+    "version", "revision", "uptime", "currentDatabase", "currentUser", "authenticatedUser", "currentSchemas",
+    "currentRoles", "enabledRoles", "defaultRoles", "currentProfiles", "enabledProfiles", "defaultProfiles", "hostName",
+    "FQDN", "displayName", "queryID", "currentQueryID", "initialQueryID", "initialQueryStartTime", "connectionId",
+    "getSetting", "getSettingOrDefault", "toTypeName", "toColumnTypeName", "dumpColumnStructure", "byteSize", "ignore",
+    "materialize", "identity", "isConstant", "bar", "transform", "throwIf", "neighbor", "runningDifference",
+    "runningDifferenceStartingWithFirstValue", "runningAccumulate", "finalizeAggregation", "initializeAggregation",
+    "blockSize", "blockNumber", "rowNumberInBlock", "rowNumberInAllBlocks", "formatReadableSize",
+    "formatReadableDecimalSize", "formatReadableQuantity", "formatReadableTimeDelta", "parseTimeDelta",
+    "parseReadableSize", "parseReadableSizeOrNull", "parseReadableSizeOrZero", "parseISO8601Duration", "visibleWidth",
+    "countDigits", "digits", "isDecimalOverflow", "defaultValueOfArgumentType", "defaultValueOfTypeName",
+    "getSizeOfEnumType", "errorCodeToName", "variantElement", "variantType", "lowCardinalityIndices",
+    "lowCardinalityKeys", "MACNumToString", "MACStringToNum", "MACStringToOUI", "getSubcolumn", "indexHint",
+    "formatQuery", "formatQueryOrNull", "formatQuerySingleLine", "formatQuerySingleLineOrNull", "normalizeQuery",
+    "normalizeQueryKeepNames", "normalizedQueryHash", "normalizedQueryHashKeepNames", "minSampleSizeContinuous",
+    "minSampleSizeConversion", "shardNum", "shardCount", "sleep", "sleepEachRow"})
 CHECKED_CACHE = 1000  # statements remembered as checked
 SETTING_VALUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+/:")
 
@@ -142,17 +180,33 @@ class ReadEngine:
         self._checked: OrderedDict[str, Statement] = OrderedDict()
         self._checked_lock = threading.Lock()
         # The engine's own word on which functions are deterministic (aggregates have none: NULL).
-        rows = self._admin.query("SELECT name, deterministic, is_aggregate, case_insensitive FROM system.functions",
-                                 "TabSeparated")
+        rows = self._admin.query("SELECT name, deterministic, is_aggregate, case_insensitive, categories, alias_to "
+                                 "FROM system.functions", "TabSeparatedRaw")
         self._deterministic: set[str] = set()
         self._aggregates: set[str] = set()
+        self._callable: set[str] = set()  # functions a query may call (FUNCTION_CATEGORIES, OTHER_FUNCTIONS)
+        self._functions: set[str] = set()  # every function the engine knows
+        category: dict[str, str] = {}
+        aliases: list[tuple[tuple[str, ...], str]] = []
         for line in rows.bytes().decode().splitlines():
-            name, det, agg, anycase = line.split("\t")
+            name, det, agg, anycase, categories, alias_to = line.split("\t")
             names = (name, name.lower()) if anycase == "1" else (name,)
+            self._functions.update(names)
             if agg == "1":
                 self._aggregates.update(names)
             elif det == "1":
                 self._deterministic.update(names)
+            if alias_to:
+                aliases.append((names, alias_to))
+            else:
+                category[name] = categories
+            if agg == "1" or categories in FUNCTION_CATEGORIES or name in OTHER_FUNCTIONS:
+                self._callable.update(names)
+        for names, target in aliases:  # an alias is what it stands for
+            if target in self._callable or category.get(target) in FUNCTION_CATEGORIES:
+                self._callable.update(names)
+        tables = self._admin.query("SELECT name FROM system.table_functions", "TabSeparated")
+        self._table_functions = {name.lower() for name in tables.bytes().decode().split()}
 
     def close(self) -> None:
         self._admin.close()
@@ -199,10 +253,39 @@ class ReadEngine:
                     raise readonly_error("INTO OUTFILE writes a file")
                 if child.startswith("Identifier "):
                     identifiers.append(child.split(" ", 1)[1])
+        self._check_functions(ast)
         output_format = identifiers[-1] if identifiers else ""
         if output_format and not (one.endswith(f" FORMAT {output_format}") or f" FORMAT {output_format} SETTINGS " in one):
             output_format = ""
         return Statement(one, root, output_format, self._is_deterministic(root, ast))
+
+    def _check_functions(self, ast: list[str]) -> None:
+        """Every function the statement calls, at any depth, is on the allow-lists (module docstring)."""
+        parents: list[str] = []  # node kinds along the path to the current line, by indentation
+        for line in ast:
+            depth = len(line) - len(line.lstrip(" "))
+            node, _, rest = line.strip().partition(" ")
+            del parents[depth:]
+            parent = parents[-1] if parents else ""
+            parents.append(node)
+            if node != "Function":
+                continue
+            name = rest.split(" ", 1)[0]
+            if parent == "TableExpression" or (name.lower() in self._table_functions and not self._known(name)):
+                if name not in TABLE_FUNCTIONS:
+                    raise QueryError(497, "ACCESS_DENIED", f"table function {name}() is not allowed on the runstream read "
+                                     f"endpoint: queries read the stored data only (allowed: {', '.join(sorted(TABLE_FUNCTIONS))})")
+            elif name != "lambda" and self._known(name) and not self._may_call(name):
+                raise QueryError(497, "ACCESS_DENIED", f"function {name}() is not allowed on the runstream read endpoint: "
+                                 "it reaches beyond the stored data (files, the network, dictionaries, models or the "
+                                 "server's state)")
+
+    def _known(self, name: str) -> bool:
+        """A function the engine has (unknown names are the engine's UNKNOWN_FUNCTION to answer)."""
+        return name in self._functions or name.lower() in self._functions
+
+    def _may_call(self, name: str) -> bool:
+        return bool({name, name.lower()} & self._callable) or self._aggregate(name)
 
     def _is_deterministic(self, root: str, ast: list[str]) -> bool:
         """A SELECT that calls only functions the engine calls deterministic (table functions and unknown names are

@@ -75,7 +75,7 @@ STATUS_BY_NAME = {
     **dict.fromkeys(("UNKNOWN_TABLE", "UNKNOWN_FUNCTION", "UNKNOWN_IDENTIFIER", "UNKNOWN_TYPE", "UNKNOWN_STORAGE",
                      "UNKNOWN_DATABASE", "UNKNOWN_SETTING", "UNKNOWN_DIRECTION_OF_SORTING", "UNKNOWN_AGGREGATE_FUNCTION",
                      "UNKNOWN_FORMAT", "UNKNOWN_DATABASE_ENGINE", "UNKNOWN_TYPE_OF_QUERY", "UNKNOWN_ROLE"), 404),
-    "QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "SOCKET_TIMEOUT": 503, "CANNOT_OPEN_FILE": 503,
+    "QUERY_IS_TOO_LARGE": 413, "CANNOT_DECOMPRESS": 400, "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING": 400, "NOT_IMPLEMENTED": 501, "SOCKET_TIMEOUT": 503, "CANNOT_OPEN_FILE": 503,
     "HTTP_LENGTH_REQUIRED": 411, "TIMEOUT_EXCEEDED": 408, "CANNOT_SCHEDULE_TASK": 503, "UNSUPPORTED_MEDIA_TYPE": 415,
 }
 # URL parameters that are part of the HTTP interface, not settings.
@@ -112,24 +112,34 @@ def _content_type(fmt: str) -> str:
     return CONTENT_TYPES.get(fmt, "text/plain; charset=UTF-8")
 
 
-def _decode_body(body: bytes, encoding: str) -> bytes:
+def _decode_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded by its Content-Encoding, streamed, refused once the decoded text passes ``limit`` bytes: a
+    small compressed body can expand to gigabytes."""
     encoding = encoding.strip().lower()
     if not encoding or encoding == "identity":
         return body
     try:
-        if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-        if encoding == "br":
-            return bytes(brotli.decompress(body))
-        if encoding == "zstd":
-            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        if encoding == "lz4":
-            return bytes(lz4.frame.decompress(body))
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            z = zlib.decompressobj(31 if encoding != "deflate" else 15)
+            out = z.decompress(body, limit + 1)
+        elif encoding == "br":
+            out = brotli.Decompressor().process(body, output_buffer_limit=limit + 1)
+        elif encoding == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                out = reader.read(limit + 1)
+        elif encoding == "lz4":
+            out = lz4.frame.LZ4FrameDecompressor().decompress(body, max_length=limit + 1)
+        else:
+            raise QueryError(36, "BAD_ARGUMENTS",
+                             f"Content-Encoding {encoding!r} is not supported (gzip, deflate, br, zstd, lz4)")
+    except QueryError:
+        raise
     except Exception as exc:
-        raise QueryError(36, "BAD_ARGUMENTS", f"the request body is not valid {encoding}: {exc}") from None
-    raise QueryError(36, "BAD_ARGUMENTS", f"Content-Encoding {encoding!r} is not supported (gzip, deflate, br, zstd, lz4)")
+        raise QueryError(271, "CANNOT_DECOMPRESS", f"the request body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise QueryError(229, "QUERY_IS_TOO_LARGE", f"the request body decodes to more than {limit} bytes "
+                                                    "(sink.sql_max_request_bytes); send a shorter query")
+    return bytes(out)
 
 
 def _encode_body(data: bytes, encoding: str, level: int) -> bytes:
@@ -202,6 +212,7 @@ class SqlEndpoint:
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
         self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
         self._inflight: dict[tuple[Any, ...], _Execution] = {}
+        self._query_ids: set[str] = set()  # of the queries running: a server refuses a second one with the same id
         self._running = 0  # queries on worker threads
         self._reniced: int | None = None  # the endpoint's thread, once it runs at sql_thread_nice
         self._runner: web.AppRunner | None = None
@@ -304,7 +315,8 @@ class SqlEndpoint:
         return web.Response(text="Ok.\n")
 
     def _authenticate(self, request: web.Request, params: Mapping[str, str]) -> str:
-        """The token's name; QueryError (with ClickHouse's codes) when missing, unknown or not allowed to read."""
+        """The token's name; QueryError (with ClickHouse's codes) when missing, unknown or not allowed to read. Runs on
+        the headers and the URL alone, before any of the body is read or decoded."""
         secret = request.headers.get("X-ClickHouse-Key") or params.get("password") or ""
         auth = request.headers.get("Authorization", "")
         if not secret and auth.startswith("Basic "):
@@ -336,6 +348,11 @@ class SqlEndpoint:
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": self.timezone,
                    "X-ClickHouse-Server-Display-Name": "runstream"}
         try:
+            if request.method in ("GET", "HEAD") and "query" not in params and not request.can_read_body:
+                return web.Response(text="Ok.\n", headers=headers)  # a server's liveness answer, as for /ping
+            self._authenticate(request, params)
+            if query_id in self._query_ids:
+                raise QueryError(216, "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING", f"Query with id = {query_id} is already running")
             body = b""
             if request.content_type == "multipart/form-data":
                 # As a server reads a form (clients send one when the parameters are large): `query` and
@@ -347,14 +364,18 @@ class SqlEndpoint:
             if body:
                 if params.get("decompress") == "1":
                     raise QueryError(48, "NOT_IMPLEMENTED", "decompress=1 is for INSERT bodies; this endpoint is read-only")
-                text = _decode_body(body, request.headers.get("Content-Encoding", "")).decode("utf-8", errors="replace")
+                text = _decode_body(body, request.headers.get("Content-Encoding", ""),
+                                    self.config.sink.sql_max_request_bytes).decode("utf-8", errors="replace")
                 sql = f"{sql}\n{text}" if sql else text
             if not sql.strip():
                 if request.method in ("GET", "HEAD"):
                     return web.Response(text="Ok.\n", headers=headers)
                 raise QueryError(62, "SYNTAX_ERROR", "Empty query")
-            self._authenticate(request, params)
-            return await self._query(request, params, sql.strip(), headers)
+            self._query_ids.add(query_id)
+            try:
+                return await self._query(request, params, sql.strip(), headers)
+            finally:
+                self._query_ids.discard(query_id)
         except QueryError as exc:
             return self._error(exc, headers)
 

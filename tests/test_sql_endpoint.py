@@ -244,7 +244,7 @@ def test_clickhouse_connect_and_the_js_client(endpoint: Endpoint, tmp_path: Path
     assert [r["run_id"] for r in answers[0]["rows"]] == sorted(endpoint.values["run"])
     assert [int(r["n"]) for r in answers[0]["rows"]] == [14_400] * 4
     assert answers[1]["rows"] == [{"y": 42}]
-    assert "readonly" in answers[2]["error"].lower() and str(answers[2]["code"]) == "164"
+    assert "table function file() is not allowed" in answers[2]["error"] and str(answers[2]["code"]) == "497"
 
 
 def test_http_conventions(endpoint: Endpoint) -> None:
@@ -352,6 +352,103 @@ def test_abuse_probes_are_refused_and_leave_no_trace(endpoint: Endpoint, tmp_pat
     assert body == b"60\t1\t2\n"
     status, _, body = ep.http("SELECT 1", params={"allow_ddl": "1"})
     assert status == 500 and b"(READONLY)" in body
+
+
+def secrets_of(ep: Endpoint) -> list[bytes]:
+    """Every secret the sink's machine holds that a probe could try to read: tokens and the admin token."""
+    found = [ep.token.encode()]
+    for f in ep.config.data_path.rglob("*"):
+        if f.is_file() and f.suffix in (".token", ".key") and f.stat().st_size < 4096:
+            found += [line.strip().encode() for line in f.read_text().splitlines() if len(line.strip()) >= 16]
+    return found
+
+
+def refused_without_leak(ep: Endpoint, sql: str, secrets: list[bytes]) -> None:
+    status, headers, body = ep.http(sql)
+    assert status != 200, f"got through: {sql}\n{body[:300]!r}"
+    assert headers.get("X-ClickHouse-Exception-Code"), sql
+    assert b"root:" not in body and not any(s in body for s in secrets), f"leaked data: {sql}\n{body[:300]!r}"
+
+
+def test_no_table_function_reaches_outside_in_any_statement(endpoint: Endpoint, tmp_path: Path) -> None:
+    """Every table function the engine knows, enumerated from the engine itself, under DESC, EXPLAIN, SELECT, a
+    subquery, a CTE, IN and view(): only the number generators run."""
+    ep = endpoint
+    secret_file = ep.config.tokens_path
+    secrets = secrets_of(ep)
+    status, _, body = ep.http("SELECT name FROM system.table_functions ORDER BY name")
+    names = body.decode().split()
+    assert status == 200 and {"file", "url", "s3", "remote", "mysql", "executable"} <= set(names)
+    allowed = {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateSeries"}
+    for name in names:
+        call = f"{name}('{secret_file}', 'LineAsString')"
+        forms = [f"DESC {call}", f"DESCRIBE TABLE {call}", f"EXPLAIN SELECT * FROM {call}",
+                 f"EXPLAIN SYNTAX SELECT * FROM {call}", f"EXPLAIN QUERY TREE SELECT * FROM {call}",
+                 f"SELECT * FROM (SELECT * FROM {call})", f"WITH t AS (SELECT * FROM {call}) SELECT * FROM t",
+                 f"SELECT 1 WHERE 'x' IN (SELECT * FROM {call})", f"DESC (SELECT * FROM {call})",
+                 f"SELECT * FROM view(SELECT * FROM {call})"]
+        for sql in forms if name not in allowed else forms[-1:]:
+            refused_without_leak(ep, sql, secrets)
+    status, _, body = ep.http("DESC numbers(3)")
+    assert status == 200 and body.startswith(b"number\tUInt64")
+
+
+def test_scalar_functions_that_reach_outside_are_refused(endpoint: Endpoint) -> None:
+    ep = endpoint
+    secrets = secrets_of(ep)
+    for sql in [f"SELECT file('{ep.config.tokens_path}')", f"SELECT FILE('{ep.config.tokens_path}')",
+                "SELECT file('/etc/passwd')", f"SELECT 1 WHERE file('{ep.config.tokens_path}') != ''",
+                "SELECT hasColumnInTable('127.0.0.1', 'system', 'one', 'dummy')", "SELECT aiGenerate('say hi')",
+                "SELECT dictGet('d', 'a', toUInt64(1))", "SELECT getServerSetting('user_files_path')",
+                "SELECT filesystemAvailable()", "SELECT joinGet('j', 'v', 1)", "SELECT showCertificate()",
+                "SELECT naiveBayesClassifier('m', 'text')", "SELECT addressToLine(1)", "SELECT generateSerialID('s')"]:
+        refused_without_leak(ep, sql, secrets)
+    # What clients and dashboards call still runs: server info, aggregates with combinators, lambdas, windows.
+    status, _, body = ep.http("SELECT version() != '', currentDatabase(), toTypeName(1), countIf(number > 1), "
+                              "sumArray([number]), arrayMap(x -> x * 2, [number])[1], row_number() OVER () "
+                              "FROM numbers(3) GROUP BY number ORDER BY number LIMIT 1")
+    assert status == 200 and body == b"1\trunstream\tUInt8\t0\t0\t0\t1\n", body
+
+
+def test_credentials_are_checked_before_a_compressed_body_is_decoded(endpoint: Endpoint) -> None:
+    """A zstd body of 1 GiB of text, 32 KiB on the wire: refused unread without credentials, and with them refused
+    at the request limit without the process ever holding the decoded body."""
+    import resource
+    ep = endpoint
+    packer = zstandard.ZstdCompressor(level=3).compressobj()
+    spaces = b" " * (1 << 20)
+    bomb = packer.compress(b"SELECT 1 -- ") + b"".join(packer.compress(spaces) for _ in range(1024)) + packer.flush()
+    assert len(bomb) < 64 * 1024
+    others = (("gzip", gzip.compress(spaces * 64)), ("br", brotli.compress(spaces * 64)))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; the endpoint runs in this process
+    status, headers, _ = ep.http(None, body=bomb, headers={"Content-Encoding": "zstd"}, auth=False)
+    assert status == 401 and headers["X-ClickHouse-Exception-Code"] == "194"
+    status, headers, body = ep.http(None, body=bomb, headers={"Content-Encoding": "zstd"})
+    assert status == 413 and headers["X-ClickHouse-Exception-Code"] == "229" and b"sql_max_request_bytes" in body
+    for enc, packed in others:
+        status, headers, _ = ep.http(None, body=packed, headers={"Content-Encoding": enc})
+        assert status == 413 and headers["X-ClickHouse-Exception-Code"] == "229", enc
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mib < 256, f"the process peaked {grown_mib:.0f} MiB higher: the body was decoded whole"
+    status, _, _ = ep.http(None, body=b"\x28\xb5\x2f\xfd garbage", headers={"Content-Encoding": "zstd"})
+    assert status == 400
+    status, _, body = ep.http(None, body=zstandard.ZstdCompressor().compress(b"SELECT 9"), headers={"Content-Encoding": "zstd"})
+    assert (status, body) == (200, b"9\n")
+
+
+def test_a_running_query_id_is_not_reused(endpoint: Endpoint) -> None:
+    ep = endpoint
+    qid = "probe-" + uuid.uuid4().hex
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    first = threading.Thread(target=lambda: answers.append(ep.http(
+        "SELECT count() FROM numbers(100000000000)", params={"query_id": qid, "max_execution_time": "3"})))
+    first.start()
+    wait_until(lambda: qid in ep.server._query_ids, 10, "the first query to run")
+    status, headers, body = ep.http("SELECT 1", params={"query_id": qid})
+    assert status == 400 and headers["X-ClickHouse-Exception-Code"] == "216", body
+    first.join(30)
+    assert answers and answers[0][0] != 200  # stopped by its own time limit
+    assert ep.http("SELECT 1", params={"query_id": qid})[0] == 200  # free again once it ended
 
 
 def test_credentials_and_scopes(endpoint: Endpoint) -> None:
