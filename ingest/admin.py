@@ -50,10 +50,10 @@ class AdminService:
             r = request.create_token
             if not r.projects or not r.scopes:
                 raise ValidationError("create_token", "needs projects (or '*') and scopes (ingest, read, admin)")
+            self._require(token, list(r.projects), "create tokens for these projects")  # before saying what exists
             unknown = [p for p in r.projects if p != "*" and p not in self.tokens.projects]
             if unknown:
                 raise ValidationError("create_token.projects", f"no such project(s) {unknown}; create them first")
-            self._require(token, list(r.projects), "create tokens for these projects")
             secret, rec = gov.new_token(r.name or ",".join(r.projects), list(r.projects), list(r.scopes), r.expires_in_ms)
             await self._publish(token, "token.create", token=rec)
             shown = ingest_pb2.TokenRecord()

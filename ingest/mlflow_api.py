@@ -85,10 +85,10 @@ class MlflowError(Exception):
               "PERMISSION_DENIED": 403, "REQUEST_LIMIT_EXCEEDED": 429, "INTERNAL_ERROR": 500,
               "TEMPORARILY_UNAVAILABLE": 503}
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-        self.status = self.STATUS[code]
+        self.status = status or self.STATUS[code]
 
 
 def error_response(exc: BaseException) -> web.Response:
@@ -153,9 +153,26 @@ def _int(value: Any, where: str, default: int | None = None) -> int:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{where}'.")
         return default
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {value!r} is not an integer") from None
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {str(value)[:40]!r} is not an integer") from None
+    if not INT64_MIN <= out <= INT64_MAX:
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {str(value)[:40]} is out of the 64-bit integer range")
+    return out
+
+
+def _items(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``body[key]`` as a list of JSON objects (MLflow's repeated message fields)."""
+    value = body.get(key)
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(value)[:60]!r} for parameter '{key}': "
+                                                     "expected a list of objects")
+    return value
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> str:
@@ -256,7 +273,9 @@ class MlflowApi:
         self.reads = reads
         self.experiments: dict[str, Experiment] = {}  # from governance (project records), applied in order
         self.runs: dict[tuple[str, str], RunMemory] = {}
-        self.run_projects: dict[str, str] = {}  # run id -> project, for runs this role has seen
+        # run id -> (when looked up, the projects holding it): two projects may hold the same run id, and an MLflow
+        # request names a run by id alone, so every project holding it is known before one is chosen.
+        self.run_projects: dict[str, tuple[float, frozenset[str]]] = {}
         self._stored: tuple[float, dict[str, int]] = (0.0, {})
         self.artifact_root = config.mlflow_artifact_path
 
@@ -303,8 +322,11 @@ class MlflowApi:
         self.apply_control(ev)  # this replica answers from it at once; the follower applies it again, the same
 
     async def create_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        if not isinstance(body.get("name"), str):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(body.get('name'))[:40]!r} for parameter "
+                                                         "'name' supplied: expected a string")
         project = project_of_name(_str(body, "name"))
-        authorize(token, project, "ingest")
+        authorize(token, project, "admin")  # an experiment is a project: made, renamed, deleted as the admin API does
         if project in await self._all_experiments():
             raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={experiment_name(project)}) already exists.")
         exp = Experiment(project, tags={t["key"]: str(t.get("value", "")) for t in body.get("tags") or []})
@@ -351,14 +373,16 @@ class MlflowApi:
     async def update_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         project = project_of(_str(body, "experiment_id"))
         await self._experiment(project, token)
+        authorize(token, project, "admin")
         if body.get("new_name") and project_of_name(str(body["new_name"])) != project:
             raise MlflowError("INVALID_PARAMETER_VALUE", "experiments cannot be renamed here: an experiment's name is its "
                                                          "runstream project's name, which its runs and tokens refer to")
         return {}
 
-    async def _set_experiment(self, body: dict[str, Any], token: Token, change: Callable[[Experiment], None]) -> dict[str, Any]:
+    async def _set_experiment(self, body: dict[str, Any], token: Token, change: Callable[[Experiment], None],
+                              scope: str = "ingest") -> dict[str, Any]:
         project = project_of(_str(body, "experiment_id"))
-        authorize(token, project, "ingest")
+        authorize(token, project, scope)
         exp = await self._experiment(project, token)
         changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted)
         change(changed)
@@ -368,10 +392,10 @@ class MlflowApi:
     async def delete_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         if _str(body, "experiment_id") == "0":
             raise MlflowError("INVALID_PARAMETER_VALUE", "Cannot delete the default experiment '0'.")
-        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", True))
+        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", True), "admin")
 
     async def restore_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", False))
+        return await self._set_experiment(body, token, lambda e: setattr(e, "deleted", False), "admin")
 
     async def set_experiment_tag(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         key, value = _str(body, "key"), str(body.get("value", ""))
@@ -395,7 +419,6 @@ class MlflowApi:
                 self._forget_idle()
             mem = self.runs[(project, run_id)] = RunMemory()
         mem.used = time.monotonic()
-        self.run_projects[run_id] = project
         return mem
 
     def _forget_idle(self) -> None:
@@ -405,7 +428,7 @@ class MlflowApi:
         for key in [k for k, m in self.runs.items() if m.used < cutoff and not m.pending and not m.lock.locked()]:
             del self.runs[key]
         if len(self.run_projects) > 10 * self.MEMORY_RUNS:
-            self.run_projects = {r: p for (p, r) in self.runs}
+            self.run_projects.clear()
 
     async def _send(self, token: Token, source: str, project: str, run_id: str, bodies: list[dict[str, Any]]) -> None:
         """Publish one batch per body (a Batch oneof field -> message), in order, and wait for Kafka's acks."""
@@ -436,20 +459,36 @@ class MlflowApi:
         tm.MLFLOW_BATCHES.inc(len(ids))
         tm.MLFLOW_POINTS.inc(points)
 
+    RUN_LOOKUP_S = 5.0  # how long a run id's projects are taken as known
+
     async def _run(self, body: dict[str, Any], token: Token, scope: str) -> tuple[str, str]:
-        """(project, run id) of the request's run, which must exist where the token may ``scope``."""
+        """(project, run id) of the request's run, which must exist where the token may ``scope``. A run id that
+        several projects the token can see hold is refused: it would otherwise pick one of them silently."""
         run_id = _str(body, "run_id", "run_uuid")
-        project = self.run_projects.get(run_id)
-        if project is None:
-            allowed = None if "*" in token.projects else sorted(token.projects)
-            project = await asyncio.to_thread(self.reads.run_project, run_id, allowed)
-        if project is None or not token.allows(project, scope):
-            if project is not None and token.allows(project, "read"):
-                authorize(token, project, scope)  # it may see the run, not change it: PERMISSION_DENIED
-            # A run of a project the token cannot read is, to it, no run at all.
-            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
-        self.run_projects[run_id] = project
+        if not isinstance(body.get("run_id", body.get("run_uuid")), str):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {run_id[:40]!r} for parameter 'run_id' "
+                                                         "supplied: expected a string")
+        known = self.run_projects.get(run_id)
+        if known is None or time.monotonic() - known[0] > self.RUN_LOOKUP_S:
+            stored = await asyncio.to_thread(self.reads.run_projects, run_id)
+            made = {p for p in (known[1] if known else ()) if (p, run_id) in self.runs}  # not stored yet, maybe
+            known = self.run_projects[run_id] = (time.monotonic(), frozenset(stored) | made)
+        visible = sorted(p for p in known[1] if token.allows(p, "read") or token.allows(p, scope))
+        if len(visible) > 1:
+            raise MlflowError("INVALID_PARAMETER_VALUE",
+                              f"Run id {run_id} is held by several experiments you can see ({', '.join(map(experiment_id, visible))}): "
+                              "an MLflow request names a run by id alone, so runstream will not choose one; use a token "
+                              "limited to one project, or the runstream SDK and read API, which name the project")
+        if not visible:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")  # none the token may see
+        project = visible[0]
+        authorize(token, project, scope)  # it may see the run, not change it: PERMISSION_DENIED
         return project, run_id
+
+    def _remember(self, project: str, run_id: str) -> None:
+        """A run this role just started: known at once, before its start record is stored."""
+        _, projects = self.run_projects.get(run_id, (0.0, frozenset()))
+        self.run_projects[run_id] = (time.monotonic(), projects | {project})
 
     async def create_run(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project = project_of(str(body.get("experiment_id") or "0"))
@@ -465,6 +504,7 @@ class MlflowApi:
         start = ingest_pb2.RunStart(name=name, start_ms=start_ms, parent_run_id=tags.get("mlflow.parentRunId", ""),
                                     host=ingest_pb2.HostInfo(hostname=tags.get("mlflow.source.name", "")[:250]))
         await self._send(token, source, project, run_id, [{"run_start": start}, {"tags": ingest_pb2.Tags(values=tags)}])
+        self._remember(project, run_id)
         row = RunRow(project, run_id, name, "RUNNING", tags.get("mlflow.user", ""), "active", start_ms, None, [],
                      start.parent_run_id, tags=tags)
         return {"run": run_json(row)}
@@ -567,7 +607,7 @@ class MlflowApi:
 
     async def log_batch(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
-        metrics, params, tags = (list(body.get(k) or []) for k in ("metrics", "params", "tags"))
+        metrics, params, tags = (_items(body, k) for k in ("metrics", "params", "tags"))
         for name, items, limit in (("metrics", metrics, MAX_BATCH_METRICS), ("params", params, MAX_BATCH_PARAMS),
                                    ("tags", tags, MAX_BATCH_TAGS)):
             if len(items) > limit:
@@ -590,8 +630,10 @@ class MlflowApi:
     async def log_inputs(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
         out = []
-        for i, item in enumerate(body.get("datasets") or []):
+        for i, item in enumerate(_items(body, "datasets")):
             ds = item.get("dataset") or {}
+            if not isinstance(ds, dict):
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: expected an object")
             uri = dataset_uri(str(ds.get("name") or ""), str(ds.get("source_type") or ""), str(ds.get("source") or ""))
             if not uri:
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
@@ -629,17 +671,18 @@ class MlflowApi:
         model_id = "m-" + uuid.uuid4().hex
         name = str(body.get("name") or f"model-{model_id[2:10]}")
         source_run = str(body.get("source_run_id") or "")
-        tags = self._pairs(list(body.get("tags") or []), "tags")
+        tags = self._pairs(_items(body, "tags"), "tags")
         tags["mlflow.model.status"] = "LOGGED_MODEL_PENDING"
         if body.get("model_type"):
             tags["mlflow.model.type"] = str(body["model_type"])
         start = ingest_pb2.RunStart(name=name, start_ms=int(time.time() * 1000), parent_run_id=source_run,
                                     tags=[MODEL_LABEL])
         out: list[dict[str, Any]] = [{"run_start": start}, {"tags": ingest_pb2.Tags(values=tags)}]
-        params = self._pairs(list(body.get("params") or []), "params")
+        params = self._pairs(_items(body, "params"), "params")
         if params:
             out.append({"params": ingest_pb2.Params(values={k: param_json(v) for k, v in params.items()})})
         await self._send(token, source, project, model_id, out)
+        self._remember(project, model_id)
         row = RunRow(project, model_id, name, "RUNNING", "", "active", start.start_ms, None, [MODEL_LABEL], source_run,
                      tags=tags, params={k: param_json(v) for k, v in params.items()})
         return {"model": model_json(row)}
@@ -857,15 +900,14 @@ class MlflowApi:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
         authorize(token, project, scope)
         target = self.artifact_root.joinpath(project, *parts[1:])
-        root = self.artifact_root.resolve()
-        if not target.resolve().is_relative_to(root):
+        # Confined to the run's own folder once links are resolved: a link in one run's folder reaches no other's.
+        if not target.resolve().is_relative_to(self.artifact_root.resolve() / project / parts[1]):
             raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
         return project, parts[1], target
 
     async def upload(self, request: web.Request, path: str, token: Token) -> dict[str, Any]:
         project, run_id, target = self._artifact_target(path, token, "ingest")
-        await self._run({"run_id": run_id}, token, "ingest")
-        if self.run_projects.get(run_id) != project:
+        if (await self._run({"run_id": run_id}, token, "ingest"))[0] != project:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found in experiment {experiment_id(project)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
@@ -1074,12 +1116,17 @@ def _dumps(obj: Any) -> str:
 async def _fields(request: web.Request) -> dict[str, Any]:
     """The request's fields: the JSON body, else the query string (repeated keys become lists)."""
     if request.can_read_body:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise MlflowError("BAD_REQUEST", f"the body is larger than this server takes ({exc.text})", 413) from None
         if raw.strip():
             try:
                 body = json.loads(raw)
             except ValueError as exc:
                 raise MlflowError("BAD_REQUEST", f"the body is not JSON ({exc})") from None
+            except RecursionError:
+                raise MlflowError("BAD_REQUEST", "the body's JSON is nested too deeply") from None
             if not isinstance(body, dict):
                 raise MlflowError("BAD_REQUEST", "the body must be a JSON object")
             return body

@@ -94,13 +94,12 @@ class Reads:
         rows = self.query("SELECT project, toUnixTimestamp64Milli(min(started)) FROM {db}.run_starts GROUP BY project", {})
         return {str(p): int(ms) for p, ms in rows}
 
-    def run_project(self, run_id: str, projects: list[str] | None) -> str | None:
+    def run_projects(self, run_id: str) -> list[str]:
+        """Every project holding a run with this id (ids are unique within a project, not across projects)."""
         p = QueryParams()
-        where = f"run_id = {p.add(run_id, 'String')}"
-        if projects is not None:
-            where += f" AND project IN {p.add(projects, 'Array(String)')}"
-        rows = self.query(f"SELECT project FROM {{db}}.run_starts WHERE {where} LIMIT 1", p.values)
-        return str(rows[0][0]) if rows else None
+        rows = self.query(f"SELECT DISTINCT project FROM {{db}}.run_starts WHERE run_id = {p.add(run_id, 'String')} "
+                          "LIMIT 100", p.values)
+        return [str(r[0]) for r in rows]
 
     def run_status(self, project: str, run_id: str) -> str | None:
         p = QueryParams()

@@ -6,15 +6,13 @@ import re
 
 from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
+from runstream.wire.encoding import MAX_TIME_MS
 from runstream.wire.errors import ValidationError
 from runstream.wire.governance import NAME_RE
 from runstream.wire.names import metric_name_problem
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024
-# Times in milliseconds since the epoch: 1970-01-01 to 2100-01-01 (storage keeps DateTime64(3); beyond its range a
-# time would be clamped, and a year past 9999 cannot even be represented by the sink).
-MAX_TIME_MS = 4_102_444_800_000
 
 
 def _time(field: str, ms: int) -> None:

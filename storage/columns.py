@@ -17,6 +17,7 @@ import pyarrow as pa
 from google.protobuf import json_format
 
 from runstream.v1.ingest_pb2 import Alert, AuditRecord, Batch, ControlEvent, FleetWindows, Rollups, RunStatus
+from runstream.wire.encoding import MAX_TIME_MS
 from runstream.wire.governance import object_id
 
 STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED: "failed",
@@ -24,6 +25,8 @@ STATUS = {RunStatus.RUN_STATUS_FINISHED: "finished", RunStatus.RUN_STATUS_FAILED
 
 
 def to_datetime(ms: int) -> datetime:
+    if not 0 <= ms < MAX_TIME_MS:  # a record written past ingest: the sink dead-letters its batch
+        raise ValueError(f"time {ms} ms is outside 1970..2100")
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
@@ -151,6 +154,8 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             metric_idx.append(lookup[np.array(m.name_index, dtype=np.int64)])
             steps.append(np.array(m.steps, dtype=np.int64))
             ts.append(np.array(m.timestamps_ms, dtype=np.int64))
+            if n and (ts[-1].min() < 0 or ts[-1].max() >= MAX_TIME_MS or steps[-1].min() < 0):
+                raise ValueError(f"batch {b.batch_id}: a point's time is outside 1970..2100 or its step is negative")
             values.append(np.array(m.values, dtype=np.float64))
             counts.append(n)
             proj_codes.append(projects.code(b.project))

@@ -31,32 +31,51 @@ def producers_of(client: Any, artifact: str, database: str = "runstream") -> lis
                         "WHERE uri = %(a)s OR stored_uri = %(a)s OR sha256 = %(a)s ORDER BY run_id", a=artifact)
 
 
-def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: int = 50) -> Graph:
+class AmbiguousRun(ValueError):
+    """A run id that several projects hold, asked for without its project."""
+
+
+def run_projects(client: Any, run_id: str, database: str = "runstream") -> list[str]:
+    return [r[0] for r in client.query(f"SELECT DISTINCT project FROM {database}.run_starts WHERE run_id = %(r)s "
+                                       "ORDER BY project", parameters={"r": run_id}).result_rows]
+
+
+def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: int = 50, *,
+             project: str | None = None) -> Graph:
+    """The run's upstream graph. Runs are (project, run id): a run id alone names a run only where one project
+    holds it (AmbiguousRun otherwise); a parent is in its child's project, a dataset's producer in any."""
     g = Graph(root=run_id)
-    frontier, seen = [run_id], {run_id}
+    if project is None:
+        held = run_projects(client, run_id, database)
+        if len(held) > 1:
+            raise AmbiguousRun(f"run {run_id!r} is in several projects ({', '.join(held)}): name one with --project")
+        if not held:
+            return g
+        project = held[0]
+    frontier, seen = [(project, run_id)], {(project, run_id)}
     for _ in range(max_depth):
         if not frontier:
             break
         info = client.query(
             f"SELECT run_id, project, name, git_commit, git_dirty, git_diff_sha256, packages_sha256, parent_run_id "
-            f"FROM {database}.run_starts FINAL WHERE run_id IN %(ids)s", parameters={"ids": frontier}).result_rows
-        nxt: list[str] = []
-        for rid, project, name, commit, dirty, diff, pkgs, parent in info:
-            g.runs[rid] = {"project": project, "name": name, "git_commit": commit, "git_dirty": dirty,
+            f"FROM {database}.run_starts FINAL WHERE (project, run_id) IN %(ids)s", parameters={"ids": frontier}).result_rows
+        nxt: list[tuple[str, str]] = []
+        for rid, proj, name, commit, dirty, diff, pkgs, parent in info:
+            g.runs[rid] = {"project": proj, "name": name, "git_commit": commit, "git_dirty": dirty,
                            "git_diff_sha256": diff, "packages_sha256": pkgs}
             if parent:
                 g.edges.append((f"run:{rid}", "child of", f"run:{parent}"))
-                nxt.append(parent)
+                nxt.append((proj, parent))
         used = client.query(
-            f"SELECT d.run_id, d.uri, d.digest, a.run_id FROM {database}.datasets_used AS d FINAL "
-            f"LEFT JOIN (SELECT DISTINCT run_id, sha256 FROM {database}.artifacts FINAL WHERE sha256 != '') AS a "
-            "ON a.sha256 = d.digest WHERE d.run_id IN %(ids)s", parameters={"ids": frontier}).result_rows
-        for rid, uri, digest, producer in used:
+            f"SELECT d.run_id, d.uri, d.digest, a.project, a.run_id FROM {database}.datasets_used AS d FINAL "
+            f"LEFT JOIN (SELECT DISTINCT project, run_id, sha256 FROM {database}.artifacts FINAL WHERE sha256 != '') AS a "
+            "ON a.sha256 = d.digest WHERE (d.project, d.run_id) IN %(ids)s", parameters={"ids": frontier}).result_rows
+        for rid, uri, digest, producer_project, producer in used:
             node = f"dataset:{uri}@{digest[:12]}" if digest else f"dataset:{uri}"
             g.edges.append((f"run:{rid}", "used", node))
             if producer:
                 g.edges.append((node, "produced by", f"run:{producer}"))
-                nxt.append(producer)
+                nxt.append((producer_project, producer))
         frontier = [r for r in dict.fromkeys(nxt) if r not in seen]
         seen.update(frontier)
     return g

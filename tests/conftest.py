@@ -84,7 +84,7 @@ def config(tmp_path: Path, kafka: KafkaBroker | str, chdb_path: Path) -> Runstre
 
 @pytest.fixture
 def token(config: RunstreamConfig) -> str:
-    """The dev token (ingest, read); the bootstrap admin token is made beside it, as `runstream up` does."""
+    """The dev token (ingest, read, admin on every project); the bootstrap admin token is made beside it, as `runstream up` does."""
     dev = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)
     return dev

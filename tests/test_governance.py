@@ -24,6 +24,7 @@ import pytest
 import runstream
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError
+from runstream.server.auth import ensure_file_token
 from runstream.storage import queries
 from runstream.v1.ingest_pb2 import SendRequest
 from runstream.wire import audit
@@ -228,7 +229,12 @@ def test_governance_needs_an_admin_token_for_the_projects_it_touches(stack: Stac
     refused = run("token", "create", "--project", "*", "--scope", "admin", "--scope", "ingest")
     assert refused.returncode == 2 and "admin scope" in refused.stderr  # no token at all
     assert "UNAUTHENTICATED" in run("project", "create", "x1", tok="rs_forged").stderr
-    assert "PERMISSION_DENIED" in run("project", "create", "x2", tok=token).stderr  # the dev token: ingest and read
+    jobs = ensure_file_token(stack.config.tokens_path, tmp_path / "jobs.token", "jobs", ["ingest", "read"])
+    wait_until(lambda: "PERMISSION_DENIED" in run("project", "create", "x2", tok=jobs).stderr, 10,
+               "a token without the admin scope to be known and refused")
+    # Refused before anything is said about which projects exist.
+    probe = run("token", "create", "--project", "no-such-project", "--scope", "read", tok=jobs).stderr
+    assert "PERMISSION_DENIED" in probe and "no such project" not in probe
     cli(stack, "project", "create", "teama")
     cli(stack, "project", "create", "teamb")
     admin_a = cli(stack, "token", "create", "--project", "teama", "--scope", "admin").stdout.strip().splitlines()[-1]

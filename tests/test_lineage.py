@@ -73,3 +73,20 @@ def test_lineage_graph(stack: Stack, token: str, tmp_path: Path) -> None:
     text = "\n".join(lineage.render(g))
     assert "prep" in text and "train" in text and "used dataset:" in text
     assert g.runs[prep.id]["packages_sha256"] and len(g.runs[prep.id]["packages_sha256"]) == 64
+
+    # A run id that two projects hold: named with its project, never mixed with the other project's run.
+    twin = "twin" + prep.id[:8]
+    for project, parent in (("lin", evaluate.id), ("lin-other", "")):
+        r = runstream.init(project, "twin-" + project, run_id=twin, parent_run_id=parent,
+                           transport=GrpcTransport(stack.ingest_addr, token), spool_dir=str(tmp_path / "spool"))
+        r.finish(timeout=30)
+    wait_rows(stack, f"SELECT count(DISTINCT project) FROM {{db}}.run_starts WHERE run_id = '{twin}'", 2)
+    try:
+        lineage.upstream(client, twin, db)
+        raise AssertionError("an ambiguous run id was resolved")
+    except lineage.AmbiguousRun as exc:
+        assert "lin, lin-other" in str(exc)
+    mine = lineage.upstream(client, twin, db, project="lin")
+    assert mine.runs[twin]["project"] == "lin" and evaluate.id in mine.runs
+    theirs = lineage.upstream(client, twin, db, project="lin-other")
+    assert set(theirs.runs) == {twin} and theirs.runs[twin]["project"] == "lin-other" and not theirs.edges

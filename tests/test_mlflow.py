@@ -438,3 +438,80 @@ def test_an_mlflow_run_is_in_the_grafana_run_explorer(ml: MlflowStack) -> None:
     assert any("seen-in-grafana" in map(str, row) for row in results["Runs"]), results["Runs"]
     assert any("lr" in map(str, row) for row in results["Params and tags, side by side"])
     assert len(results["${metric} by step"]) == 30
+
+
+def test_scopes_run_identity_and_bad_input_as_the_admin_api_has_them(ml: MlflowStack, token: str) -> None:
+    """Experiments change with the admin scope only; a run id held by two projects never selects the other one;
+    bad input is MLflow's 400/413, never 500; artifacts stay inside their run's own folder."""
+    import requests
+
+    import runstream
+    from runstream.sdk.transport import GrpcTransport
+    from tests.helpers import wait_until
+
+    config = ml.config
+    api = f"{ml.url}/api/2.0/mlflow"
+
+    def call(path: str, secret: str, **kwargs: object) -> requests.Response:
+        return requests.post(f"{api}/{path}", headers={"Authorization": f"Bearer {secret}"}, timeout=30, **kwargs)
+    jobs = ensure_file_token(config.tokens_path, config.data_path / "jobs.token", "jobs", ["ingest", "read"])
+    team_a = ensure_file_token(config.tokens_path, config.data_path / "a.token", "team-a", ["ingest", "read"])
+    data = __import__("yaml").safe_load(config.tokens_path.read_text())
+    for entry in data["tokens"]:
+        if entry["name"] == "team-a":
+            entry["projects"] = ["proj-a"]
+    config.tokens_path.write_text(__import__("yaml").safe_dump(data))
+    wait_until(lambda: call("experiments/create", jobs, json={"name": "by-jobs"}).status_code == 403, 10,
+               "an ingest-only token to be known and refused")
+    assert call("experiments/create", token, json={"name": "proj-b"}).status_code == 200  # the dev token: admin
+    assert call("experiments/create", token, json={"name": "proj-a"}).status_code == 200
+    for path in ("experiments/delete", "experiments/restore"):
+        r = call(path, jobs, json={"experiment_id": "proj-b"})
+        assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED", path
+    assert call("experiments/create", token, json={"name": 123}).status_code == 400
+
+    # One run id in two projects, both started through the SDK.
+    run_id = "shared" + os.urandom(4).hex()
+    for project in ("proj-a", "proj-b"):
+        run = runstream.init(project, run_id=run_id, transport=GrpcTransport(
+            f"127.0.0.1:{ml.roles.stages['ingest'][0].port}", token), spool_dir=str(config.data_path / "spool"))
+        run.log({"x": 1.0 if project == "proj-a" else 2.0}, step=0)
+        assert run.finish(timeout=30)
+    wait_until(lambda: len(ml.query("SELECT DISTINCT project FROM {db}.run_starts WHERE run_id = {r:String}",
+                                    r=run_id)) == 2, 60, "both runs stored")
+    got = requests.get(f"{api}/runs/get", params={"run_id": run_id}, headers={"Authorization": f"Bearer {team_a}"},
+                       timeout=30)
+    assert got.status_code == 200 and got.json()["run"]["info"]["experiment_id"] == "proj-a"
+    r = call("runs/log-metric", token, json={"run_id": run_id, "key": "y", "value": 1, "timestamp": 1, "step": 1})
+    assert r.status_code == 400 and "several experiments" in r.json()["message"]  # never picked silently
+    assert call("runs/log-metric", team_a, json={"run_id": run_id, "key": "y", "value": 1, "timestamp": 1,
+                                                 "step": 1}).status_code == 200
+    wait_until(lambda: ml.query("SELECT project FROM {db}.metrics WHERE run_id = {r:String} AND metric = 'y'", r=run_id)
+               == [("proj-a",)], 60, "the write stored in team a's project")
+
+    # Bad input: MLflow's codes, never 500.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body, status in ((deep, 400), (b"{" + b'"a":' * 0 + b'"run_id": "x"' + b"}", 404)):
+        assert call("runs/log-batch", token, data=body).status_code == status
+    own = call("runs/create", token, json={"experiment_id": "proj-b"}).json()["run"]["info"]["run_id"]
+    for payload in ({"run_id": own, "metrics": "foo"}, {"run_id": own, "metrics": [{"key": "k", "value": 1, "timestamp": 1,
+                                                                                    "step": 2**80}]},
+                    {"run_id": 31, "key": "k", "value": 1, "timestamp": 1}):
+        r = call("runs/log-batch" if "metrics" in payload else "runs/log-metric", token, json=payload)
+        assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE", (payload, r.text)
+    r = call("runs/log-batch", token, data=b'{"run_id": "' + own.encode() + b'", "tags": []' + b" " * (40 << 20) + b"}")
+    assert r.status_code == 413 and r.json()["error_code"] == "BAD_REQUEST"
+
+    # A link in one run's artifact folder reaches nothing of another's.
+    root = config.mlflow_artifact_path
+    other = root / "proj-b" / own / "artifacts"
+    other.mkdir(parents=True)
+    (other / "secret.txt").write_text("run b's file")
+    mine = call("runs/create", token, json={"experiment_id": "proj-b"}).json()["run"]["info"]["run_id"]
+    (root / "proj-b" / mine / "artifacts").mkdir(parents=True)
+    (root / "proj-b" / mine / "artifacts" / "link").symlink_to(other)
+    url = f"{ml.url}/api/2.0/mlflow-artifacts/artifacts/proj-b/{mine}/artifacts/link/secret.txt"
+    r = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 400 and "run b" not in r.text
+    r = requests.put(url, data=b"overwritten", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 400 and (other / "secret.txt").read_text() == "run b's file"

@@ -107,15 +107,20 @@ def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: Runstre
 def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_stored(stack: Stack) -> None:
     good = [metric_batch(f"pack-good-{i}", 3, project="pk") for i in range(3)]
     bad = metric_batch("pack-bad", 4, project="pk", created_ms=2**62, timestamps_ms=[2**62] * 4)
-    (rec, n), = encoding.pack([good[0], bad, good[1], good[2]], max_record_bytes=1 << 20)
-    assert n == 4 and dict(rec.headers)["schema"] == encoding.PACK_SCHEMA
+    # A point time of int64's largest value fits the column type (it would be clamped to 9999-12-31): range-checked.
+    late = metric_batch("pack-late", 4, project="pk", timestamps_ms=[1_700_000_000_000, 2**63 - 1, 0, 1])
+    (rec, n), = encoding.pack([good[0], bad, good[1], late, good[2]], max_record_bytes=1 << 20)
+    assert n == 5 and dict(rec.headers)["schema"] == encoding.PACK_SCHEMA
     dead_before = counter("runstream_sink_dead_letters_total", kind="events")
     asyncio.run(produce_events(stack.config, [(rec.key, rec.value, rec.headers)]))
     assert stack.wait_points(9, where="project = 'pk'") == 9
-    wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 1, 30,
-               "the bad batch to be dead-lettered")
-    dead, = asyncio.run(_dead_letters(stack.config, 1))
-    headers = dict(dead.headers)
-    assert headers["schema"] == encoding.SCHEMA and headers["batch-id"] == bad.batch_id.encode()
-    assert encoding.decode(dead.value, dead.headers) == [bad] and dead.key == b"pack-bad"
+    wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 2, 30,
+               "the bad batches to be dead-lettered")
+    dead = sorted(asyncio.run(_dead_letters(stack.config, 2)), key=lambda r: r.key)
+    assert [r.key for r in dead] == [b"pack-bad", b"pack-late"]
+    for record, batch in zip(dead, (bad, late)):
+        headers = dict(record.headers)
+        assert headers["schema"] == encoding.SCHEMA and headers["batch-id"] == batch.batch_id.encode()
+        assert encoding.decode(record.value, record.headers) == [batch]
+    assert stack.count_points("run_id = 'pack-late'") == 0
     assert stack.count_points("run_id = 'pack-bad'") == 0

@@ -55,7 +55,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     elif args.artifact:
         print_result(["project", "run_id", "uri", "sha256"], lineage.producers_of(client, args.artifact, db), args.format)
     elif args.run:
-        g = lineage.upstream(client, args.run, db)
+        try:
+            g = lineage.upstream(client, args.run, db, project=args.project)
+        except lineage.AmbiguousRun as exc:
+            raise RunstreamError(str(exc)) from None
         if args.run not in g.runs:
             raise RunstreamError(f"no run {args.run!r} in storage")
         if args.format == "json":

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lin = common(sub.add_parser("lineage", help="a run's upstream graph; runs that used a dataset; what made an artifact"))
     lin.add_argument("run", nargs="?")
+    lin.add_argument("--project", help="the run's project (needed when several projects hold the run id)")
     lin.add_argument("--dataset")
     lin.add_argument("--artifact")
     lin.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -47,14 +47,17 @@ def new_token() -> str:
 
 
 def ensure_dev_token(path: Path) -> str:
-    """Return the first token in the file, creating the file with one all-projects token if missing."""
+    """Return the first token in the file, creating the file with one all-projects token (ingest, read, admin) if
+    missing."""
     if path.exists():
         data = yaml.safe_load(path.read_text()) or {}
         for entry in data.get("tokens") or []:
             return str(entry["token"])
     token = new_token()
+    # The local owner's token (stack.json, 0600): whoever reads it also reads the admin token beside the data, so
+    # it carries admin too, and MLflow code that creates its experiments runs with it unchanged.
     write_private(path, yaml.safe_dump({"tokens": [{"token": token, "name": "dev", "projects": ["*"],
-                                                     "scopes": ["ingest", "read"]}]}))
+                                                     "scopes": ["ingest", "read", "admin"]}]}))
     return token
 
 

@@ -22,6 +22,9 @@ from runstream.wire.errors import ValidationError
 SCHEMA = b"runstream.v1"
 PACK_SCHEMA = b"runstream.v1.pack"
 _FRAME = 6  # a packed batch's tag and length prefix, at most
+# Times in milliseconds since the epoch that a batch may carry: 1970-01-01 to 2100-01-01. Ingest refuses others, and
+# the sink dead-letters a record written past ingest that holds one (storage's DateTime64(3) would clamp it).
+MAX_TIME_MS = 4_102_444_800_000
 
 
 @dataclass(frozen=True)
