@@ -188,6 +188,7 @@ class ReadEngine:
         self._functions: set[str] = set()  # every function the engine knows
         category: dict[str, str] = {}
         aliases: list[tuple[tuple[str, ...], str]] = []
+        names: tuple[str, ...]
         for line in rows.bytes().decode().splitlines():
             name, det, agg, anycase, categories, alias_to = line.split("\t")
             names = (name, name.lower()) if anycase == "1" else (name,)
@@ -202,9 +203,9 @@ class ReadEngine:
                 category[name] = categories
             if agg == "1" or categories in FUNCTION_CATEGORIES or name in OTHER_FUNCTIONS:
                 self._callable.update(names)
-        for names, target in aliases:  # an alias is what it stands for
+        for alias_names, target in aliases:  # an alias is what it stands for
             if target in self._callable or category.get(target) in FUNCTION_CATEGORIES:
-                self._callable.update(names)
+                self._callable.update(alias_names)
         tables = self._admin.query("SELECT name FROM system.table_functions", "TabSeparated")
         self._table_functions = {name.lower() for name in tables.bytes().decode().split()}
 

@@ -35,7 +35,7 @@ from runstream.sdk import spool, system
 from runstream.sdk.transport import SendError, Transport, connect, resolve
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
-from runstream.wire.names import name_problem
+from runstream.wire.names import MAX_STEP, name_problem, step_of, value_problem
 
 log = logging.getLogger("runstream")
 
@@ -144,13 +144,25 @@ class Run:
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record metric values at ``step`` (default: one more than the last step). Never blocks on the network."""
+        if not isinstance(metrics, Mapping):
+            if self.strict:
+                raise TypeError(f"runstream: log() takes a mapping of metric names to values, not {type(metrics).__name__}")
+            self._drop(1, "not a mapping", f"log({type(metrics).__name__})")
+            return
         if step is None:
             step = self._step
-        elif step < 0:
-            if self.strict:
-                raise ValueError(f"runstream: step {step} is negative")
-            self._drop(len(metrics), "negative step", f"step {step}")
-            return
+            if step > MAX_STEP:  # the step after 2**63-1
+                self._drop(len(metrics), "step not an int64", f"step {step}")
+                return
+        elif type(step) is not int or step < 0 or step > MAX_STEP:
+            given, step = step, step_of(step)
+            if step is None:  # 2.5, -1, 2**63, "3": dropped here, so the sender only ever sees int64 steps
+                reason = "negative step" if isinstance(given, (int, float)) and given < 0 else "step not an int64"
+                if self.strict:
+                    raise ValueError(f"runstream: step {str(given)[:40]} is "
+                                     f"{'negative' if reason == 'negative step' else 'not an integer step in 0..2**63-1'}")
+                self._drop(len(metrics), reason, f"step {str(given)[:40]}")
+                return
         if self.strict:
             for k, v in metrics.items():
                 problem = name_problem(k)
@@ -160,14 +172,34 @@ class Run:
         self._step = step + 1
         self._records.append((step, time.time(), dict(metrics)))
         if len(self._records) > self._sender.config.max_buffered_records:
-            self._sender.drain(self)  # the sender is starved: do its work here rather than grow without bound
+            try:
+                self._sender.drain(self)  # the sender is starved: do its work here rather than grow without bound
+            except Exception:  # e.g. a full disk under durable mode: the training loop never sees it
+                log.exception("runstream: buffering run %s's points failed", self.id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._records.append((_PARAMS, time.time(), {k: json.dumps(v, default=str) for k, v in params.items()}))
+        values = self._checked({k: _param_json(v) for k, v in params.items()}, "param")
+        if values:
+            self._records.append((_PARAMS, time.time(), values))
 
     def set_tags(self, tags: Mapping[str, str] | Iterable[str]) -> None:
         values = dict(tags) if isinstance(tags, Mapping) else {t: "" for t in tags}
-        self._records.append((_TAGS, time.time(), {k: str(v) for k, v in values.items()}))
+        checked = self._checked({k: str(v) for k, v in values.items()}, "tag")
+        if checked:
+            self._records.append((_TAGS, time.time(), checked))
+
+    def _checked(self, values: dict[Any, str], kind: str) -> dict[str, str]:
+        """The entries ingest takes; the others dropped here, counted by reason and warned once per key."""
+        out = {}
+        for k, v in values.items():
+            problem = value_problem(k, v)
+            if problem is None:
+                out[k] = v
+            elif self.strict:
+                raise ValueError(f"runstream: {kind} {str(k)[:60]!r}: {problem}")
+            else:
+                self._drop(1, f"{kind} {problem}", f"{kind} {str(k)[:60]!r}")
+        return out
 
     def use_dataset(self, uri: str, *, digest: str | None = None) -> str:
         """Record that the run reads ``uri``. For a local file or directory the digest (sha256) is computed
@@ -322,14 +354,24 @@ class Sender(threading.Thread):
 
             good, bad = self._good_names, self._bad_names
 
+            def emit(points: int, **body: Any) -> None:
+                try:
+                    self._emit(run, **body)
+                except Exception as exc:  # a batch that cannot be encoded is dropped whole; logging goes on
+                    run._drop(points, "cannot encode", f"a batch ({type(exc).__name__}: {str(exc)[:80]})")
+
             def close_metrics() -> None:
                 nonlocal names, ni, steps, tss, vals
                 if vals:
-                    m, non_numeric = _metrics(names, ni, steps, tss, vals)
+                    try:
+                        m, non_numeric = _metrics(names, ni, steps, tss, vals)
+                    except Exception as exc:
+                        m, non_numeric = Metrics(), {}
+                        run._drop(len(vals), "cannot encode", f"a batch ({type(exc).__name__}: {str(exc)[:80]})")
                     for name, count in non_numeric.items():
                         run._drop(count, "not a number", f"metric {name[:60]!r}")
                     if m.values:
-                        self._emit(run, metrics=m)
+                        emit(len(m.values), metrics=m)
                     names, ni, steps, tss, vals = {}, [], [], [], []
 
             for _ in range(n):
@@ -337,13 +379,13 @@ class Sender(threading.Thread):
                 if step is _PARAMS or step is _TAGS or step is _FINISH or step is _LINEAGE:
                     close_metrics()
                     if step is _LINEAGE:
-                        self._emit(run, lineage=payload, ts=ts)
+                        emit(0, lineage=payload, ts=ts)
                     elif step is _PARAMS:
-                        self._emit(run, params=payload, ts=ts)
+                        emit(len(payload), params=payload, ts=ts)
                     elif step is _TAGS:
-                        self._emit(run, tags=payload, ts=ts)
+                        emit(len(payload), tags=payload, ts=ts)
                     else:
-                        self._emit(run, finish=payload, ts=ts)
+                        emit(0, finish=payload, ts=ts)
                     continue
                 ts_ms = int(ts * 1000)
                 for k, v in payload.items():
@@ -427,10 +469,10 @@ class Sender(threading.Thread):
             self._wake.clear()
             self._flushed = time.monotonic()
             stopping = self._closing
-            with self._lock:
-                for r in list(self.runs.values()):
-                    self.drain(r)
             try:
+                with self._lock:
+                    for r in list(self.runs.values()):
+                        self.drain(r)
                 now = time.monotonic()
                 if now >= self._down_until:
                     if self._has_spool:
@@ -578,6 +620,16 @@ def send_spool_file(transport: Transport, path: Path, flight: int = 64, *,
     return len(batches)
 
 
+def _param_json(value: Any) -> str:
+    """A param as JSON keeping its type: numpy scalars and other number-likes as numbers, the rest as text."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()  # numpy scalar -> int / float / bool
+    try:
+        return json.dumps(value, default=str, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(str(value))
+
+
 def _bad_reason(name: object) -> str:
     found = name_problem(name)
     return found[0] if found else "bad name"
@@ -590,7 +642,7 @@ def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[i
     dropped: dict[str, int] = {}
     try:
         m.values.extend(vals)
-    except (TypeError, ValueError):  # numpy float32, tensors, strings...: convert one by one
+    except (TypeError, ValueError, OverflowError):  # numpy float32, tensors, strings, 10**400...: one by one
         del m.values[:]
         keep = []
         by_index = list(names)
@@ -598,7 +650,7 @@ def _metrics(names: dict[str, int], ni: list[int], steps: list[int], tss: list[i
             try:
                 m.values.append(float(v))
                 keep.append(i)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 name = by_index[ni[i]]
                 dropped[name] = dropped.get(name, 0) + 1
         if len(keep) != len(vals):
@@ -688,8 +740,15 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
         if fork_from:
             rs.fork_step = int(fork_step)  # type: ignore[arg-type]  # checked above
             run._step = max(start_step, int(fork_step) + 1)  # type: ignore[arg-type]
-        rs.config.update({k: json.dumps(v, default=str) for k, v in (config or {}).items()})
-        rs.tags.extend(tags or [])
+        rs.config.update(run._checked({k: _param_json(v) for k, v in (config or {}).items()}, "config"))
+        for tag in tags or []:  # a tag ingest would refuse would keep the whole run from starting
+            problem = name_problem(tag)
+            if problem is None:
+                rs.tags.append(tag)
+            elif strict:
+                raise ValueError(f"runstream: tag {str(tag)[:60]!r} {problem[1]}")
+            else:
+                run._drop(1, f"tag {problem[0].replace('name', 'key', 1)}", f"tag {str(tag)[:60]!r}")
         rs.git.CopyFrom(_git())
         rs.host.CopyFrom(host)
     sender.add(run)

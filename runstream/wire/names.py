@@ -4,6 +4,42 @@ good points beside them) and ingest (which refuses a batch that breaks it)."""
 from __future__ import annotations
 
 MAX_NAME_LENGTH = 250  # ingest.max_name_length's default
+MAX_VALUE_LENGTH = 64 * 1024  # a param's, tag's or config entry's value, in characters
+MAX_STEP = (1 << 63) - 1  # steps are int64
+
+
+def step_of(step: object) -> int | None:
+    """``step`` as an int step, or None when it is not one: ints, numpy integers and integral floats in 0..2**63-1."""
+    if type(step) is not int:
+        if isinstance(step, bool):
+            return None
+        try:
+            step = step.__index__()  # type: ignore[attr-defined]  # numpy integers
+        except (AttributeError, TypeError):
+            try:
+                f = float(step)  # type: ignore[arg-type]
+            except (TypeError, ValueError, OverflowError):
+                return None
+            if not f.is_integer():
+                return None
+            step = int(f)
+    return step if 0 <= step <= MAX_STEP else None  # type: ignore[operator,return-value]
+
+
+def value_problem(key: object, value: object, limit: int = MAX_NAME_LENGTH) -> str | None:
+    """Why ``key``/``value`` cannot be a param or tag (a short, fixed reason), or None when they can."""
+    found = name_problem(key, limit)
+    if found:
+        return found[0].replace("name", "key", 1)
+    if not isinstance(value, str):
+        return "value not a string"
+    if len(value) > MAX_VALUE_LENGTH:
+        return "value too long"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "value not UTF-8"
+    return None
 SYSTEM_PREFIX = "sys/"  # the SDK's system metrics; rolled up like any metric, never judged by anomaly detection
 
 
