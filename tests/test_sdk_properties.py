@@ -23,13 +23,15 @@ values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-
                    st.just(10**400), st.text(max_size=6), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
 steps = st.one_of(st.none(), st.integers(-5, 2**70), st.floats(allow_nan=True, allow_infinity=True), st.just(2.5),
                   st.just(3.0), st.just(2**63), st.just(2**63 - 1), st.text(max_size=3), st.booleans())
+long_text = st.integers(65_537, 70_000).map(lambda n: "t" * n)
+long_tag = st.integers(251, 300).map(lambda n: "t" * n)
 keys = st.one_of(st.text(max_size=8), st.just("k\udc80"), st.just(""), st.integers(0, 3))
 params = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=8), st.integers(65_537, 70_000).map(lambda n: "v" * n),
                    st.just("v\udc80"), st.none(), st.lists(st.integers(), max_size=3))
 calls = st.lists(st.one_of(
     st.tuples(st.just("log"), st.dictionaries(names, values, max_size=4), steps),
     st.tuples(st.just("params"), st.dictionaries(keys, params, max_size=3), st.none()),
-    st.tuples(st.just("tags"), st.dictionaries(keys, st.one_of(st.text(max_size=5), st.integers(65_537, 70_000).map(lambda n: "t" * n)), max_size=3),
+    st.tuples(st.just("tags"), st.dictionaries(keys, st.one_of(st.text(max_size=5), long_text), max_size=3),
               st.none()),
 ), min_size=1, max_size=25)
 
@@ -47,7 +49,7 @@ def accepted(metrics: dict[Any, Any]) -> int:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(program=calls, tags=st.lists(st.one_of(st.text(max_size=6), st.integers(251, 300).map(lambda n: "t" * n), st.just("x\udc80")), max_size=3))
+@given(program=calls, tags=st.lists(st.one_of(st.text(max_size=6), long_tag, st.just("x\udc80")), max_size=3))
 def test_any_input_leaves_the_sender_alive_and_every_accepted_point_stored_once(
         stack: Stack, token: str, tmp_path: Path, program: list[tuple[str, Any, Any]], tags: list[str]) -> None:
     run = runstream.init("props", tags=tags, config={"n": 1, "big": "c" * 70_000},
