@@ -62,7 +62,7 @@ def test_xgboost(stack: Stack, new_run) -> None:
     rmse = stack.query("SELECT argMax(value, step), argMin(value, step) FROM {db}.metrics WHERE run_id = {r:String} "
                        "AND metric = 'train-rmse'", r=run.id)[0]
     assert rmse[0] < rmse[1]  # it learned
-    assert params(stack, run.id)["xgboost.max_depth"] == '"3"'
+    assert params(stack, run.id)["xgboost.max_depth"] == "3"  # a number, as the config gave it
 
 
 def test_lightgbm(stack: Stack, new_run) -> None:
@@ -80,30 +80,55 @@ def test_lightgbm(stack: Stack, new_run) -> None:
     assert params(stack, run.id)["lightgbm.num_leaves"] == "7"
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the MLP's few iterations, on purpose
 def test_sklearn_autolog(stack: Stack, token: str, tmp_path: Path) -> None:
-    from sklearn.linear_model import Ridge
-    from sklearn.model_selection import GridSearchCV
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import LabelEncoder
 
     from runstream.integrations import sklearn as rs_sklearn
     x, y = data()
+    labels = np.where(y > np.median(y), "high", "low")
     os.environ["RUNSTREAM_URL"], os.environ["RUNSTREAM_TOKEN"] = stack.ingest_addr, token
     rs_sklearn.autolog("sk-autolog", spool_dir=str(tmp_path))
     try:
         Ridge(alpha=0.5).fit(x, y)
         GridSearchCV(Ridge(), {"alpha": [0.1, 1.0]}, cv=2).fit(x, y)  # its inner fits belong to its run
+        # Estimators whose fit, or an inner estimator's (LabelEncoder.fit(y)), takes other arguments than (X, y).
+        LogisticRegression(max_iter=200).fit(x, labels)
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=50, random_state=0).fit(x, labels)
+        LabelEncoder().fit(labels)
+        folds = cross_val_score(Ridge(alpha=2), x, y, cv=3)
     finally:
         rs_sklearn.autolog(disable=True)
         del os.environ["RUNSTREAM_URL"], os.environ["RUNSTREAM_TOKEN"]
+    want = ["GridSearchCV", "GridSearchCV-candidate-0", "GridSearchCV-candidate-1", "LabelEncoder", "LogisticRegression",
+            "MLPClassifier", "Ridge", "cross_validate-Ridge"]
     runs = wait_until(lambda: (r := stack.query(
-        "SELECT name, run_id FROM {db}.runs WHERE project = 'sk-autolog' AND status = 'finished' ORDER BY name")) and len(r) == 2 and r,
-        60, "two autologged runs")
-    assert [name for name, _ in runs] == ["GridSearchCV", "Ridge"]  # type: ignore[union-attr]
-    ridge = dict(runs)["Ridge"]  # type: ignore[arg-type]
+        "SELECT name, run_id FROM {db}.runs WHERE project = 'sk-autolog' AND status = 'finished' ORDER BY name"))
+        and len(r) == len(want) and r, 60, "the autologged runs")
+    assert [name for name, _ in runs] == want  # type: ignore[union-attr]
+    by_name = dict(runs)  # type: ignore[arg-type]
+    ridge = by_name["Ridge"]
     assert params(stack, ridge)["alpha"] == "0.5"
     score = series(stack, ridge, 2, 1)
     assert set(score) == {"fit_time_s", "training_score"}
     assert stack.query("SELECT value FROM {db}.metrics WHERE run_id = {r:String} AND metric = 'training_score'",
                        r=ridge)[0][0] > 0.9
+    search = by_name["GridSearchCV"]
+    assert params(stack, search)["best.alpha"] in ("0.1", "1.0")
+    assert set(series(stack, search, 4, 1)) == {"fit_time_s", "training_score", "best_score", "candidates"}
+    children = stack.query("SELECT name FROM {db}.run_starts WHERE parent_run_id = {r:String} ORDER BY name", r=search)
+    assert [c[0] for c in children] == want[1:3]
+    assert params(stack, by_name["GridSearchCV-candidate-1"])["alpha"] == "1.0"
+    assert "mean_test_score" in series(stack, by_name["GridSearchCV-candidate-0"], 5, 1)
+    cv = series(stack, by_name["cross_validate-Ridge"], 3, 3)
+    assert cv["test_score"] == [0, 1, 2]  # one run, a step per fold
+    stored = stack.query("SELECT value FROM {db}.metrics WHERE run_id = {r:String} AND metric = 'test_score' "
+                         "ORDER BY step", r=by_name["cross_validate-Ridge"])
+    assert [round(v[0], 9) for v in stored] == [round(float(f), 9) for f in folds]
 
 
 # Raised inside JAX's array conversion, not by anything of ours.

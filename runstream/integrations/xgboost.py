@@ -23,7 +23,7 @@ class RunstreamCallback(xgboost.callback.TrainingCallback):  # type: ignore[misc
                 cfg = json.loads(model.save_config())["learner"]
                 params = {**cfg.get("gradient_booster", {}).get("tree_train_param", {}),
                           **cfg.get("learner_train_param", {}), **cfg.get("objective", {}).get("reg_loss_param", {})}
-                self.run.log_params({f"xgboost.{k}": v for k, v in params.items()})
+                self.run.log_params({f"xgboost.{k}": _typed(v) for k, v in params.items()})
             except (KeyError, ValueError, xgboost.core.XGBoostError):
                 pass
         return model
@@ -37,3 +37,16 @@ class RunstreamCallback(xgboost.callback.TrainingCallback):  # type: ignore[misc
         if values:
             self.run.log(values, step=epoch)
         return False  # never stop training
+
+
+def _typed(value: Any) -> Any:
+    """XGBoost keeps its config as strings ("3", "0.3"): numbers become numbers, so a search by value finds them."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                number = kind(value)
+            except ValueError:
+                continue
+            if number == number and abs(number) != float("inf"):  # not NaN or infinite
+                return number
+    return value
