@@ -84,7 +84,7 @@ def _wrap(fit: Any, project: str, init_kwargs: dict[str, Any]) -> Any:
             if y is not None and hasattr(self, "score"):
                 try:
                     metrics["training_score"] = float(self.score(x, y))
-                except Exception:  # noqa: BLE001  # a score that cannot be computed is left out, never breaks the fit
+                except Exception:  # a score that cannot be computed is left out; it never breaks the fit
                     pass
             if hasattr(self, "cv_results_"):
                 metrics.update(_log_search(self, run, project, init_kwargs))
