@@ -128,6 +128,7 @@ def test_table_registry_matches_the_migrated_schema(chdb_path: Path) -> None:
     client.command(f"DROP DATABASE {db}")
 
 
+@pytest.mark.slow
 def test_slim_sdk_install_logs_to_a_running_stack(wheel: Path, stack: Stack, token: str, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)

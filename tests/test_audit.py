@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 import runstream
 from runstream.ops.stack import kafka_auth, write_stack_file
 from runstream.sdk.transport import GrpcTransport
@@ -28,6 +30,7 @@ def run_cli(stack: Stack, *args: str):
     return subprocess.run([sys.executable, "-m", "runstream", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str, tmp_path: Path) -> None:
     write_stack_file(stack.config, {"sql": f"http://{stack.config.sink.sql_listen}", "token": token,
                                     "database": stack.config.clickhouse.database, "kafka": stack.config.kafka.bootstrap,
@@ -81,6 +84,7 @@ def trail_of(stack: Stack, project: str) -> list:
     return wait_until(two, 30, f"the trail of {project}")  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 def test_audit_trail_cut_short_or_rechained_is_found(stack: Stack, token: str) -> None:
     """The attacks the public chaining rule alone misses: deleting the newest record (the chain before it is still
     consistent), and altering a record then recomputing every later hash with the public rule."""

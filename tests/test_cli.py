@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from runstream.ops.broker import KafkaBroker, free_port
 from runstream.wire import topics
 from tests.conftest import kafka_env
@@ -71,6 +73,7 @@ print(run.info.run_id)
 """
 
 
+@pytest.mark.slow
 def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroker | str) -> None:
     env = env_for(tmp_path, kafka)
     up = subprocess.Popen([sys.executable, "-m", "runstream", "up"], env=env, stdout=subprocess.PIPE,
@@ -171,6 +174,7 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
     assert res.returncode == 2 and "readonly" in res.stderr.lower()
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """The README's main job, small: starts its own Kafka and stack, runs jobs, prints real results."""
     env = env_for(tmp_path)

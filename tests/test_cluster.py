@@ -121,6 +121,7 @@ def crash(sinks: InProcessRoles) -> None:
     sinks.stop()
 
 
+@pytest.mark.slow
 def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: KafkaCluster, chdb_path: Path,
                                                                      tmp_path: Path) -> None:
     config = make_config(tmp_path, cluster, chdb_path)

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tracker_tour(stack: Stack, token: str, tmp_path: Path) -> None:
     c = stack.config
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}

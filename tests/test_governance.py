@@ -48,6 +48,7 @@ def status(addr: str, token: str, project: str) -> str:
         return exc.code
 
 
+@pytest.mark.slow
 def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     addr = stack.ingest_addr
@@ -219,6 +220,7 @@ def test_two_sinks_both_apply_governance_and_keep_one_audit_chain(stack: Stack, 
         other.stop()
 
 
+@pytest.mark.slow
 def test_governance_needs_an_admin_token_for_the_projects_it_touches(stack: Stack, token: str, tmp_path: Path) -> None:
     """No token, a token without the admin scope, or an admin of another project: refused, and nothing is written."""
     base = dict(os.environ, RUNSTREAM_URL=stack.ingest_addr, RUNSTREAM_DATA_DIR=str(tmp_path / "elsewhere"))

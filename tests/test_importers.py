@@ -120,6 +120,7 @@ def test_import_tensorboard_logs(stack: Stack, token: str, tmp_path: Path) -> No
         report.batches, where)
 
 
+@pytest.mark.slow
 def test_import_from_a_running_mlflow_server(stack: Stack, token: str, mlflow_server: str) -> None:
     pytest.importorskip("mlflow")
     from mlflow.entities import Metric, Param
@@ -145,6 +146,7 @@ def test_import_from_a_running_mlflow_server(stack: Stack, token: str, mlflow_se
         report.batches, "project = 'served'")
 
 
+@pytest.mark.slow
 def test_cli_imports_an_mlflow_sql_database(stack: Stack, token: str, mlflow_server: str, tmp_path: Path) -> None:
     """`runstream import mlflow --tracking-uri sqlite:///...`: MLflow's SQL store needs full mlflow, so the CLI runs
     with the MLflow server's own venv (runstream's slim SDK on its path)."""

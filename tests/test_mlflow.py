@@ -389,6 +389,7 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_same_answers_as_a_real_mlflow_server(ml: MlflowStack, mlflow_server: str, tmp_path: Path) -> None:
     """Differential: the scenario against MLflow's own server and against runstream gives the same results."""
     reference = _scenario(mlflow_server, tmp_path)

@@ -102,6 +102,7 @@ def assert_rollups_match(stack: Stack) -> None:
             assert (g[8], g[9], g[10], g[11]) == (w[8], w[9], w[10], w[11])
 
 
+@pytest.mark.slow
 def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: str, tmp_path: Path) -> None:
     proc = start_processor(stack, tmp_path)
     t = GrpcTransport(stack.ingest_addr, token)
@@ -163,6 +164,7 @@ defaults:
 """
 
 
+@pytest.mark.slow
 def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, token: str, tmp_path: Path) -> None:
     proc = start_processor(stack, tmp_path, RULES)
     t = GrpcTransport(stack.ingest_addr, token)
@@ -301,6 +303,7 @@ def test_a_batch_that_reaches_kafka_after_a_later_one_of_its_run_is_applied_once
         proc.stop()
 
 
+@pytest.mark.slow
 def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(stack: Stack, token: str,
                                                                                tmp_path: Path) -> None:
     """Worker A applies a first phase; B joins and takes some partitions for a second; B is killed and A takes them

@@ -53,6 +53,7 @@ def accepted(metrics: dict[Any, Any]) -> int:
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
+@pytest.mark.slow
 @given(program=calls, tags=st.lists(st.one_of(st.text(max_size=6), long_tag, st.just("x\udc80")), max_size=3))
 def test_any_input_leaves_the_sender_alive_and_every_accepted_point_stored_once(
         stack: Stack, token: str, tmp_path: Path, program: list[tuple[str, Any, Any]], tags: list[str]) -> None:

@@ -59,6 +59,7 @@ def test_bad_batch_ends_the_session_with_the_accepted_count_and_the_next_send_wo
     assert stack.count_points("run_id = 's-never'") == 0
 
 
+@pytest.mark.slow
 def test_a_restarted_ingest_costs_the_client_no_error(config: RunstreamConfig, token: str) -> None:
     config.ingest.listen = f"127.0.0.1:{free_port()}"
     roles = InProcessRoles(config, ["ingest", "sink"]).start()
@@ -187,6 +188,7 @@ def test_a_saturated_ingest_loop_raises_the_hint_gradually_and_lowers_it_slowly(
     assert off.hint_ms == 0 and off.seconds > 0.1  # measured, never hinted
 
 
+@pytest.mark.slow
 def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(config: RunstreamConfig, token: str) -> None:
     """The real ingest's event loop kept busy (a task that holds it 80 ms of every 100 ms, as a saturated CPU would):
     its acks carry a flush hint the SDK's transport picks up; freed, the hint falls back to 0."""

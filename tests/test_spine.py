@@ -154,6 +154,7 @@ def test_bad_requests_get_right_status_and_good_clients_are_unaffected(stack: St
     assert stack.count_points("run_id = 'ok-1'") == 10  # accepted before the bad batch in its request: durable
 
 
+@pytest.mark.slow
 def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chdb_path: Path, token: str) -> None:
     broker = KafkaBroker(tmp_path / "own-kafka")
     broker.start()
@@ -190,6 +191,7 @@ def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chd
         broker.stop()
 
 
+@pytest.mark.slow
 def test_sink_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, kafka: KafkaBroker | str, token: str) -> None:
     """The sink runs as its own process on its own engine path; SIGKILL it while data flows, restart it."""
     config = make_config(tmp_path, kafka, tmp_path / "sink-ch")

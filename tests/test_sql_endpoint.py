@@ -549,6 +549,7 @@ def executions() -> dict[str, float]:
     return {e: REGISTRY.get_sample_value("runstream_sql_queries_total", {"execution": e}) or 0.0 for e in ("ran", "shared")}
 
 
+@pytest.mark.slow
 def test_identical_reads_in_flight_share_one_run(endpoint: Endpoint) -> None:
     ep = endpoint
     tag = 10**12 + time.time_ns() % 10**9

@@ -60,6 +60,7 @@ def tls_stack(config: RunstreamConfig, pki: Path, client_ca: bool) -> InProcessR
     return InProcessRoles(config, ["ingest", "sink"]).start()
 
 
+@pytest.mark.slow
 def test_tls_needs_the_ca(config: RunstreamConfig, pki: Path, tmp_path: Path) -> None:
     token = ensure_dev_token(config.tokens_path)
     roles = tls_stack(config, pki, client_ca=False)
@@ -82,6 +83,7 @@ def test_tls_needs_the_ca(config: RunstreamConfig, pki: Path, tmp_path: Path) ->
         roles.stop()
 
 
+@pytest.mark.slow
 def test_client_certificates_when_required(config: RunstreamConfig, pki: Path) -> None:
     token = ensure_dev_token(config.tokens_path)
     roles = tls_stack(config, pki, client_ca=True)
@@ -98,6 +100,7 @@ def test_client_certificates_when_required(config: RunstreamConfig, pki: Path) -
         roles.stop()
 
 
+@pytest.mark.slow
 def test_up_with_tls_in_the_config_file_serves_tls_only(tmp_path: Path, kafka: KafkaBroker | str, pki: Path) -> None:
     """`runstream up --config f.yaml`: the file's TLS settings reach the ingest child (they used to be dropped, and
     ingest served plaintext). The SDK finds the CA through its own config (client.tls_ca) too."""
