@@ -193,3 +193,28 @@ def test_ports_for_the_roles_are_outside_the_range_outgoing_connections_use() ->
     assert all(1024 <= p < low for p in ports), (low, high, ports)
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[-1]))  # free when handed out
+
+
+def test_a_port_left_in_time_wait_by_a_stop_counts_as_free_and_a_listener_does_not() -> None:
+    """`runstream up` right after a stop: the roles' servers bind with SO_REUSEADDR, so the check does too."""
+    from runstream.ops.supervisor import _port_free
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    addr = f"127.0.0.1:{srv.getsockname()[1]}"
+    client = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    assert not _port_free(addr)  # listening
+    conn.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
+    client.close()
+    srv.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # the TIME_WAIT is there: a plain bind is refused
+        plain.bind(("127.0.0.1", int(addr.rsplit(":", 1)[1])))
+    assert _port_free(addr)
+
+
+def test_json_output_writes_nonfinite_values_inside_arrays(capsys: pytest.CaptureFixture[str]) -> None:
+    from runstream.cli.output import print_result
+    print_result(["run", "values", "m"], [["r1", [1.5, float("nan"), float("-inf")], {"k": float("inf")}]], "json")
+    assert json.loads(capsys.readouterr().out) == {"run": "r1", "values": [1.5, "NaN", "-Infinity"], "m": {"k": "Infinity"}}

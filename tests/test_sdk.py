@@ -346,3 +346,15 @@ def test_durable_write_ahead_files_go_once_acknowledged(tmp_path: Path) -> None:
     assert run.finish(timeout=20)
     assert seen and min(seen) >= 1
     assert spool.files(tmp_path, wal=True) == [] and len(t.points()) == 5000
+
+
+def test_a_refused_token_says_to_fix_it_and_not_that_data_is_resent(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(batches: Sequence[Batch]) -> None:
+        raise SendError("UNAUTHENTICATED", "unknown token", accepted=0, retryable=False)
+    run = runstream.init("p", transport=MockTransport(refuse), spool_dir=str(tmp_path), flush_interval_s=0.01)
+    run.log({"x": 1.0})
+    run.finish(timeout=2)
+    wait_until(lambda: list(tmp_path.glob("*.spool")), 10, "the refused batches spooled")
+    text = caplog.text
+    assert "Fix the token, then run `runstream sync`" in text and "resent automatically" not in text

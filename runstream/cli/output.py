@@ -53,9 +53,14 @@ def sql_client(config: RunstreamConfig) -> Client:
 
 
 def _json_value(v: Any) -> Any:
-    """JSON has no NaN or infinity: they are written as the strings "NaN", "Infinity", "-Infinity"."""
+    """JSON has no NaN or infinity: they are written as the strings "NaN", "Infinity", "-Infinity", also inside
+    arrays, maps and tuples."""
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
     return v
 
 

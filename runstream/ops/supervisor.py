@@ -31,6 +31,8 @@ from runstream.wire.files import private_dir
 def _port_free(addr: str) -> bool:
     host, port = addr.rsplit(":", 1)
     with socket.socket() as s:
+        # As the roles' servers bind: a port whose last connections sit in TIME_WAIT after a stop is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
             return True

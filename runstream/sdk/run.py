@@ -517,7 +517,7 @@ class Sender(threading.Thread):
             else:  # UNAUTHENTICATED / PERMISSION_DENIED: keep the data, the user can fix the token and `runstream sync`
                 log.error("runstream: ingest refused the data (%s); spooling to %s. Fix the token, then run `runstream sync`.",
                           error, self.spool_dir)
-                self._spool_pending(all_=True)
+                self._spool_pending(all_=True, say=False)  # not "resent automatically": the token must change first
                 self._down_until = time.monotonic() + self.config.backoff_max_s
 
     def _fill_finish_counts(self, flight: Sequence[Batch]) -> None:
@@ -558,7 +558,7 @@ class Sender(threading.Thread):
         if b.HasField("metrics"):
             self.pending_points -= len(b.metrics.values)
 
-    def _spool_pending(self, *, all_: bool) -> None:
+    def _spool_pending(self, *, all_: bool, say: bool = True) -> None:
         with self._lock:
             keep = 0 if all_ else self.config.max_pending_points // 2
             out: list[Batch] = []
@@ -576,8 +576,9 @@ class Sender(threading.Thread):
             for b in out:
                 if b.HasField("run_finish") and b.run_id in self.runs:
                     self.runs[b.run_id].stats.done.set()
-            log.warning("runstream: ingest unreachable; spooled %d batches to %s (resent automatically, or `runstream sync`).",
-                        len(out), path)
+            if say:
+                log.warning("runstream: ingest unreachable; spooled %d batches to %s (resent automatically, or "
+                            "`runstream sync`).", len(out), path)
 
     def _resend_spool(self) -> None:
         try:
