@@ -218,3 +218,14 @@ def test_json_output_writes_nonfinite_values_inside_arrays(capsys: pytest.Captur
     from runstream.cli.output import print_result
     print_result(["run", "values", "m"], [["r1", [1.5, float("nan"), float("-inf")], {"k": float("inf")}]], "json")
     assert json.loads(capsys.readouterr().out) == {"run": "r1", "values": [1.5, "NaN", "-Infinity"], "m": {"k": "Infinity"}}
+
+
+def test_table_output_to_a_pipe_keeps_every_cell_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    from runstream.cli.output import print_result
+    cols = ["run_id", "name", "status", "acked", "stored", "dropped", "latest", "started", "finished"]
+    row = ["3f9c0a1b22de4e01", "resnet-lr3e-4-long-name", "finished", 123_456_789, 123_456_789, 0,
+           "loss=0.123456 acc=0.987654 val_loss=0.2345", "2026-12-04 16:50:46", "2026-12-04 17:50:46"]
+    print_result(cols, [row], "table")
+    out = capsys.readouterr().out
+    for cell in row:
+        assert str(cell) in out, f"{cell!r} was cut:\n{out}"

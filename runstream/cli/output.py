@@ -81,4 +81,5 @@ def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str
             table.add_column(c, no_wrap=width <= 40, min_width=min(width, 40), overflow="fold")
         for r in cells:
             table.add_row(*r)
-        Console().print(table)
+        # A pipe or a file has no width: every cell whole on its line (a terminal folds long text instead).
+        Console(width=None if sys.stdout.isatty() else 100_000).print(table)
