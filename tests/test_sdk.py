@@ -358,3 +358,32 @@ def test_a_refused_token_says_to_fix_it_and_not_that_data_is_resent(tmp_path: Pa
     wait_until(lambda: list(tmp_path.glob("*.spool")), 10, "the refused batches spooled")
     text = caplog.text
     assert "Fix the token, then run `runstream sync`" in text and "resent automatically" not in text
+
+
+def test_durable_points_reach_disk_while_the_sender_waits_on_a_stalled_ingest(tmp_path: Path) -> None:
+    """The sender blocks in send() for a stalled ingest: what is logged meanwhile is still on disk within about a
+    flush interval (a kill -9 then loses at most that), and once ingest answers it is delivered once."""
+    stalled, release = threading.Event(), threading.Event()
+
+    def stall(batches: Sequence[Batch]) -> None:
+        stalled.set()
+        release.wait(30)
+    t = MockTransport(stall)
+    run = runstream.init("p", transport=t, spool_dir=str(tmp_path), durable=True, system_interval_s=0,
+                         flush_interval_s=0.1)
+    run.log({"v": 0.0}, step=0)
+    assert stalled.wait(10)
+    for i in range(1, 2001):
+        run.log({"v": float(i)}, step=i)
+
+    def on_disk() -> int:
+        steps = set()
+        for path in spool.files(tmp_path, wal=True):
+            for b in spool.read(path):
+                steps.update(b.metrics.steps)
+        return len(steps)
+    wait_until(lambda: on_disk() == 2001, 2, "every logged point written ahead while the sender waits")
+    release.set()
+    assert run.finish(timeout=20)
+    assert sorted(s for _, s, _ in t.points()) == list(range(2001))
+    assert spool.files(tmp_path, wal=True) == []

@@ -315,6 +315,23 @@ class Sender(threading.Thread):
         self._good_names: set[Any] = set()  # metric names checked once (drain runs under _lock)
         self._bad_names: set[Any] = set()
 
+    def start(self) -> None:
+        super().start()
+        if self.config.durable:
+            threading.Thread(target=self._write_ahead_loop, name="runstream-write-ahead", daemon=True).start()
+
+    def _write_ahead_loop(self) -> None:
+        """Durable: every flush interval, what the runs logged becomes batches on disk, also while the sender waits
+        on a stalled ingest (it holds no lock while a request is in flight)."""
+        while not self._closing:
+            time.sleep(self.config.flush_interval_s)
+            try:
+                with self._lock:
+                    for r in list(self.runs.values()):
+                        self.drain(r)
+            except Exception:  # a full disk: logged; the sender goes on
+                log.exception("runstream: writing ahead failed")
+
     # -- called from user threads ------------------------------------------------
     def add(self, run: Run) -> None:
         with self._lock:
