@@ -204,7 +204,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
     config = resolve_config(args)
-    found = queries.artifacts(sql_client(config), config.clickhouse.database, args.run_id, args.project)
+    client = sql_client(config)
+    project = args.project
+    if project is None:  # a run id alone names a run only where one project holds it
+        held = lineage.run_projects(client, args.run_id, config.clickhouse.database)
+        if len(held) > 1:
+            raise RunstreamError(f"run {args.run_id!r} is in several projects ({', '.join(held)}): name one with --project")
+    found = queries.artifacts(client, config.clickhouse.database, args.run_id, project)
     if args.action == "list":
         print_result(queries.ARTIFACT_COLUMNS, found, args.format)
         return 0

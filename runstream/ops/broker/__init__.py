@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -378,9 +379,10 @@ class KafkaCluster:
         for b in self.nodes:
             b.wait_started(timeout)
 
-    def stop(self) -> None:
-        for b in self.nodes:
-            b.stop()
+    def stop(self, timeout: float = 30.0) -> None:
+        """Every node at once: one by one, the last ones wait out their timeout for a controller quorum that is gone."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
+            list(pool.map(lambda b: b.stop(timeout), self.nodes))
 
     def __enter__(self) -> KafkaCluster:
         self.start()
