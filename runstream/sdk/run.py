@@ -144,7 +144,7 @@ class Run:
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record metric values at ``step`` (default: one more than the last step). Never blocks on the network."""
-        if not isinstance(metrics, Mapping):
+        if type(metrics) is not dict and not isinstance(metrics, Mapping):  # the ABC check alone costs ~0.1 us
             if self.strict:
                 raise TypeError(f"runstream: log() takes a mapping of metric names to values, not {type(metrics).__name__}")
             self._drop(1, "not a mapping", f"log({type(metrics).__name__})")
