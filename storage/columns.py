@@ -154,8 +154,6 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             metric_idx.append(lookup[np.array(m.name_index, dtype=np.int64)])
             steps.append(np.array(m.steps, dtype=np.int64))
             ts.append(np.array(m.timestamps_ms, dtype=np.int64))
-            if n and (ts[-1].min() < 0 or ts[-1].max() >= MAX_TIME_MS or steps[-1].min() < 0):
-                raise ValueError(f"batch {b.batch_id}: a point's time is outside 1970..2100 or its step is negative")
             values.append(np.array(m.values, dtype=np.float64))
             counts.append(n)
             proj_codes.append(projects.code(b.project))
@@ -194,14 +192,18 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
         t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, to_datetime(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:
+        all_ts, all_steps = np.concatenate(ts), np.concatenate(steps)
+        # Once per poll; the sink then builds batch by batch to find the one to dead-letter.
+        if all_ts.min() < 0 or all_ts.max() >= MAX_TIME_MS or all_steps.min() < 0:
+            raise ValueError("a point's time is outside 1970..2100 or its step is negative")
         n_by_batch = np.array(counts, dtype=np.int64)
         starts = np.cumsum(n_by_batch) - n_by_batch  # each batch's first row
         t.points = pa.table({
             "project": projects.array(np.repeat(np.array(proj_codes, dtype=np.int32), n_by_batch)),
             "run_id": runs.array(np.repeat(np.array(run_codes, dtype=np.int32), n_by_batch)),
             "metric": metrics.array(np.concatenate(metric_idx)),
-            "step": pa.array(np.concatenate(steps)),
-            "ts": pa.array(np.concatenate(ts)).cast(pa.timestamp("ms")),
+            "step": pa.array(all_steps),
+            "ts": pa.array(all_ts).cast(pa.timestamp("ms")),
             "value": pa.array(np.concatenate(values)),
             "batch": pa.array(np.repeat(np.array(keys, dtype=np.uint64), n_by_batch)),
             # a point's position in its batch
