@@ -315,7 +315,7 @@ class RunstreamConfig:
                     raise ConfigError(f"CONFIG ERROR: {key} ({sec}.{name}) {why}")
             if key not in known:
                 near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-                hint = f"did you mean {near[0]}?" if near else "see the README's Configuration section for the names"
+                hint = f"did you mean {near[0]}?" if near else "see docs/configuration.md for the names"
                 raise ConfigError(f"CONFIG ERROR: unknown environment variable {key}; {hint}")
             section, name = known[key]
             target = getattr(config, section) if section else config
@@ -376,7 +376,7 @@ REMOVED = {
     ("processors", "guarantee"): (
         "removed: faust uses Kafka transactions only under its own worker, which runstream does not run, so "
         "exactly_once never took effect. The processors are at-least-once; replays are skipped by each run's applied "
-        "seqs and their rows are stored idempotently (README: Stream processors). Delete the key."),
+        "seqs and their rows are stored idempotently (docs/architecture.md: Stream processors). Delete the key."),
 }
 
 
