@@ -72,13 +72,18 @@ def test_import_mlflow_store_round_trips_every_point(stack: Stack, token: str, t
         assert len(stored) == len(source)
         for a, b in zip(stored, source):
             assert a[:2] == b[:2] and (a[2] == b[2] or (math.isnan(a[2]) and math.isnan(b[2])))
-    rows = stack.query("SELECT run_id, name, status, parent_run_id FROM {db}.runs WHERE " + where + " ORDER BY name")
+    # "sweep" has no points: waiting for them says nothing of its rows, so wait for the three runs' final status.
+    rows = wait_until(lambda: (r := stack.query("SELECT run_id, name, status, parent_run_id FROM {db}.runs WHERE "
+                                                + where + " ORDER BY name")) and len(r) == 3 and r[1][2] != "running"
+                      and r[2][2] != "running" and r, 30, "the imported runs' start and finish records")
     assert rows == [(gone.info.run_id, "abandoned", "running", ""), (parent.info.run_id, "sweep", "finished", ""),
                     (child.info.run_id, "trial", "failed", parent.info.run_id)]
     params = dict(stack.query("SELECT key, value FROM {db}.params FINAL WHERE run_id = {r:String}", r=child.info.run_id))
     assert params == {"lr": "0.01", "arch": '"resnet50"'}  # typed JSON, as the SDK stores params
-    tags = dict(stack.query("SELECT key, value FROM {db}.tags FINAL WHERE run_id = {r:String}", r=gone.info.run_id))
-    assert tags["runstream.lifecycle"] == "deleted"
+    tags = wait_until(lambda: (t := dict(stack.query("SELECT key, value FROM {db}.tags FINAL WHERE run_id = {r:String}",
+                                                     r=gone.info.run_id))).get("runstream.lifecycle") and t, 30,
+                      "the deleted run's lifecycle tag")
+    assert tags["runstream.lifecycle"] == "deleted"  # type: ignore[index]
 
     assert_second_import_adds_nothing(
         stack, lambda: import_mlflow(store.as_uri(), transport, progress=lines.append), report.batches, where)
