@@ -224,8 +224,9 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
             assert stack.wait_points(n, timeout=120, where=f"run_id = '{run_id}'") == n
         wait_sink_drained(config, timeout=120)
         assert {r: stack.count_points(f"run_id = '{r}'") for r in logged} == logged
-        ledger = stack.query(f"SELECT count(), uniqExact(batch_id) FROM {{db}}.batches FINAL WHERE project = '{PROJECT}'")[0]
-        assert ledger[0] == ledger[1] == sum(j.run.stats.acked_batches for j in jobs)
+        # (count() over FINAL equals the distinct batch ids by construction: compared with what was acknowledged.)
+        ledger = stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE project = '{PROJECT}'")[0]
+        assert ledger[0] == sum(j.run.stats.acked_batches for j in jobs)
         total = sum(logged.values())
         # The deletion reached both sinks (the new one from the control topic) and storage.
         wait_until(lambda: all(("scale-gov", "doomed") in s.deleted_runs for s in sinks), 30, "both sinks to know")
