@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import runstream
 from runstream.ops.broker import KafkaCluster, free_port
@@ -47,6 +48,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
         yield c
     finally:
         c.stop()
+
+
+async def topic_settings(config: RunstreamConfig) -> dict[str, tuple[int, str]]:
+    """Every topic on the brokers: (replicas of its partitions, at least; its effective min.insync.replicas)."""
+    admin = AIOKafkaAdminClient(**client_args(config))
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if not t.startswith("__")]
+        replicas = {d["topic"]: min(len(p["replicas"]) for p in d["partitions"]) for d in await admin.describe_topics(names)}
+        isr: dict[str, str] = {}
+        for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+            for resource in response.resources:
+                for entry in resource[4]:
+                    if entry[0] == "min.insync.replicas":
+                        isr[resource[3]] = entry[1]
+        return {n: (replicas[n], isr.get(n, "")) for n in names}
+    finally:
+        await admin.close()
 
 
 async def describe(config: RunstreamConfig, topic: str) -> list[dict]:
@@ -155,7 +174,6 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
 
         sink_a = InProcessRoles(config, ["sink"]).start()
         cleanup.callback(sink_a.stop)
-        assert config.kafka.replication_factor == 3  # resolved from the brokers (0: min(3, brokers))
         stack = Stack(config, sink_a)
         sink_b = second_sink()
         ingests = [process("ingest", f"ingest-{i}") for i in (1, 2)]
@@ -228,6 +246,10 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         ledger = stack.query(f"SELECT count() FROM {{db}}.batches FINAL WHERE project = '{PROJECT}'")[0]
         assert ledger[0] == sum(j.run.stats.acked_batches for j in jobs)
         total = sum(logged.values())
+        # Every topic, runstream's and faust's (changelogs, assignor), read from the brokers: 3 replicas, min ISR 2.
+        settings = asyncio.run(topic_settings(config))
+        assert any("changelog" in t for t in settings) and config.kafka.events_topic in settings
+        assert {t: s for t, s in settings.items() if s != (3, "2")} == {}
         # The deletion reached both sinks (the new one from the control topic) and storage.
         wait_until(lambda: all(("scale-gov", "doomed") in s.deleted_runs for s in sinks), 30, "both sinks to know")
         assert stack.count_points("project = 'scale-gov'") == 0

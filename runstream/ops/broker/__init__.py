@@ -206,6 +206,8 @@ class KafkaBroker:
             "offsets.topic.num.partitions": "8",
             "transaction.state.log.replication.factor": replicas,
             "transaction.state.log.min.isr": min_isr,
+            # The default for topics made without their own setting (faust's changelog and assignor topics).
+            "min.insync.replicas": min_isr,
             "share.coordinator.state.topic.replication.factor": replicas,
             "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
