@@ -173,8 +173,7 @@ class ReadEngine:
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path = str(path.resolve())
         self.limits = limits
-        self._admin = chdb.connect(self.path)  # type: ignore[no-untyped-call]  # parsing and KILL only
-        self._admin_lock = threading.Lock()
+        self._admin = chdb.connect(self.path)  # type: ignore[no-untyped-call]  # the engine's function lists
         # Dashboards send the same statements on every refresh: a checked statement is remembered by its text
         # (the verdict depends on the text alone; parameter values only fill {name:Type} slots at run time).
         self._checked: OrderedDict[str, Statement] = OrderedDict()
@@ -328,11 +327,15 @@ class ReadEngine:
         finally:
             conn.close()
 
-    def kill(self, marker: str) -> None:
-        """Cancel the query that carries ``marker`` (its client went away)."""
-        with self._admin_lock:
-            self._admin.query("KILL QUERY WHERE Settings['log_comment'] = {m:String} ASYNC", "TabSeparated",
-                              params={"m": marker})
+    def kill(self, marker: str) -> int:
+        """Cancel the query that carries ``marker`` (its client went away); how many queries the engine found."""
+        conn = self._connect({})  # a connection of its own: a kill never waits on another caller's
+        try:
+            res = conn.query("KILL QUERY WHERE Settings['log_comment'] = {m:String} ASYNC", "TabSeparated",
+                             params={"m": marker})
+            return len(res.bytes().splitlines()) if res is not None else 0
+        finally:
+            conn.close()
 
     @staticmethod
     def marker() -> str:

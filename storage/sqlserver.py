@@ -211,6 +211,10 @@ class SqlEndpoint:
         self.engine: ReadEngine | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(1, sink.sql_max_concurrent), thread_name_prefix="sql-read")
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
+        # Priority resets on a thread of their own, at most one queued: a pass over a process with many threads takes
+        # a while, and a kill must never wait behind a queue of them.
+        self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-nice")
+        self._reset_queued = False
         self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
         self._inflight: dict[tuple[Any, ...], _Execution] = {}
         self._query_ids: set[str] = set()  # of the queries running: a server refuses a second one with the same id
@@ -299,6 +303,7 @@ class SqlEndpoint:
             self.follower = None
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._killer.shutdown(wait=True)
+        self._resetter.shutdown(wait=True)
         if self._reniced is not None:  # no reset is scheduled any more: nothing keeps the reads' nice past the endpoint
             _normal_priority(self.limits.thread_nice, self._reniced)
         if self.engine is not None:
@@ -418,7 +423,7 @@ class SqlEndpoint:
                 if key is not None:
                     self._forget(key, run)  # a request arriving now starts afresh
                 run.task.cancel()
-                loop.run_in_executor(self._killer, self.engine.kill, run.marker)
+                self._killer.submit(self._kill, run.marker)
             log.info("Query %s cancelled: its client went away.", headers["X-ClickHouse-Query-Id"])
             raise
         finally:
@@ -465,9 +470,23 @@ class SqlEndpoint:
         finally:
             self._slots.release()
             self._running -= 1
-            if self._running == 0 and self._reniced is not None:
-                with contextlib.suppress(RuntimeError):  # the endpoint is stopping: its kill thread is gone
-                    self._killer.submit(_normal_priority, self.limits.thread_nice, self._reniced)
+            if self._running == 0 and self._reniced is not None and not self._reset_queued:
+                self._reset_queued = True
+                with contextlib.suppress(RuntimeError):  # the endpoint is stopping: its reset thread is gone
+                    self._resetter.submit(self._reset_priority)
+
+    def _kill(self, marker: str) -> None:
+        assert self.engine is not None
+        try:
+            if not self.engine.kill(marker):
+                log.warning("Cancelling a read whose client went away: the engine found no query marked %s.", marker)
+        except Exception:
+            log.exception("Cancelling a read whose client went away failed; it runs to its time limit.")
+
+    def _reset_priority(self) -> None:
+        self._reset_queued = False  # first: a read that ends during the pass queues the next one
+        if self._reniced is not None:
+            _normal_priority(self.limits.thread_nice, self._reniced)
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)

@@ -9,10 +9,12 @@ disable=True)`` undoes it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sklearn import model_selection
@@ -63,6 +65,26 @@ def _x_and_y(sig: inspect.Signature, self: Any, args: tuple[Any, ...], kwargs: d
     return x, y
 
 
+@contextlib.contextmanager
+def _outer_run(project: str, name: str, estimator: Any, init_kwargs: dict[str, Any]) -> Iterator[Run]:
+    """The run of an outermost fit (or cross-validation): the estimator's params and class logged, finished in the
+    background (a fit never waits for the network), as failed if the block raised; nested calls are marked."""
+    _local.depth = 1
+    run: Run = init(project, name=name, **init_kwargs)
+    try:
+        params = {k: v for k, v in estimator.get_params(deep=True).items() if not isinstance(v, BaseEstimator)}
+        if params:
+            run.log_params(params)
+        run.set_tags({"estimator": f"{type(estimator).__module__}.{type(estimator).__name__}"})
+        yield run
+        run.finish(timeout=0)
+    except BaseException:
+        run.finish("failed", timeout=0)
+        raise
+    finally:
+        _local.depth = 0
+
+
 def _wrap(fit: Any, project: str, init_kwargs: dict[str, Any]) -> Any:
     sig = inspect.signature(fit)
 
@@ -70,13 +92,7 @@ def _wrap(fit: Any, project: str, init_kwargs: dict[str, Any]) -> Any:
     def logged_fit(self: BaseEstimator, *args: Any, **kwargs: Any) -> Any:
         if getattr(_local, "depth", 0):  # inside another estimator's fit: that one's run
             return fit(self, *args, **kwargs)
-        _local.depth = 1
-        run: Run = init(project, name=type(self).__name__, **init_kwargs)
-        try:
-            params = {k: v for k, v in self.get_params(deep=True).items() if not isinstance(v, BaseEstimator)}
-            if params:
-                run.log_params(params)
-            run.set_tags({"estimator": f"{type(self).__module__}.{type(self).__name__}"})
+        with _outer_run(project, type(self).__name__, self, init_kwargs) as run:
             t0 = time.perf_counter()
             out = fit(self, *args, **kwargs)
             metrics = {"fit_time_s": time.perf_counter() - t0}
@@ -89,13 +105,7 @@ def _wrap(fit: Any, project: str, init_kwargs: dict[str, Any]) -> Any:
             if hasattr(self, "cv_results_"):
                 metrics.update(_log_search(self, run, project, init_kwargs))
             run.log(metrics, step=0)
-            run.finish(timeout=0)  # sent in the background: a fit never waits for the network
             return out
-        except BaseException:
-            run.finish("failed", timeout=0)
-            raise
-        finally:
-            _local.depth = 0
 
     return logged_fit
 
@@ -122,23 +132,11 @@ def _wrap_cross_validate(cross_validate: Any, project: str, init_kwargs: dict[st
     def logged(estimator: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(_local, "depth", 0):
             return cross_validate(estimator, *args, **kwargs)
-        _local.depth = 1
-        run: Run = init(project, name=f"cross_validate-{type(estimator).__name__}", **init_kwargs)
-        try:
-            params = {k: v for k, v in estimator.get_params(deep=True).items() if not isinstance(v, BaseEstimator)}
-            if params:
-                run.log_params(params)
-            run.set_tags({"estimator": f"{type(estimator).__module__}.{type(estimator).__name__}"})
+        with _outer_run(project, f"cross_validate-{type(estimator).__name__}", estimator, init_kwargs) as run:
             out = cross_validate(estimator, *args, **kwargs)
             for fold in range(len(out.get("fit_time", []))):  # a step per fold
                 run.log({k: float(v[fold]) for k, v in out.items() if k.endswith(("_score", "_time"))
                          or k.startswith(("test_", "train_"))}, step=fold)
-            run.finish(timeout=0)
             return out
-        except BaseException:
-            run.finish("failed", timeout=0)
-            raise
-        finally:
-            _local.depth = 0
 
     return logged
