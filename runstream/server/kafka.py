@@ -119,7 +119,7 @@ def role_acls(config: RunstreamConfig) -> list[Acl]:
     return acls
 
 
-class _CreateAcls(CreateAclsRequest):
+class _CreateAcls(CreateAclsRequest):  # type: ignore[misc]
     """CreateAcls with every binding in one request: the broker commits them together (one request per binding
     cost ~30 ms each on a KRaft broker, about a second for a stack's ACLs)."""
 
