@@ -167,6 +167,10 @@ async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0, *, acls:
             if k.replication_factor <= 0:
                 k.replication_factor = min(3, len((await admin.describe_cluster())["brokers"]) or 1)
             insync = k.min_insync_replicas if k.min_insync_replicas > 0 else min(2, k.replication_factor)
+            if acls:
+                # ACLs before topics: the broker applies metadata in order, so once the topics are visible, so are
+                # the grants (a role starting right after must not find its topic missing and try to create it).
+                await grant(admin, role_acls(config))
             existing = set(await admin.list_topics())
             missing = [NewTopic(t.name(config), t.partitions(config), k.replication_factor,
                                 topic_configs={"min.insync.replicas": str(insync),
@@ -181,8 +185,11 @@ async def ensure_topics(config: RunstreamConfig, timeout: float = 60.0, *, acls:
                     name, code = topic_error[0], topic_error[1]
                     if code and code != TopicAlreadyExistsError.errno:
                         raise for_code(code)(f"creating topic {name}: {topic_error[2] if len(topic_error) > 2 else ''}")
-            if acls:
-                await grant(admin, role_acls(config))
+                # Created means committed by the controller; wait until the broker's metadata shows them.
+                while not wanted <= set(await admin.list_topics()):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise Unavailable(f"Kafka at {config.kafka.bootstrap} created topics it does not list yet")
+                    await asyncio.sleep(0.05)
             return
         except InvalidReplicationFactorError as exc:
             raise ConfigError(f"CONFIG ERROR: kafka.replication_factor: {config.kafka.replication_factor} is more than "
