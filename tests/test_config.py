@@ -3,9 +3,12 @@
 import dataclasses
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runstream.ops.stack import RoleProcess, child_env
 from runstream.wire.config import RunstreamConfig
@@ -132,3 +135,52 @@ def test_ingest_beyond_loopback_needs_tls() -> None:
         RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_LISTEN": "0.0.0.0:50051"})
     c = RunstreamConfig.load(None, env={"RUNSTREAM_INGEST_LISTEN": "[::1]:50051"})
     assert c.ingest.listen == "[::1]:50051"
+
+
+@pytest.mark.parametrize(("key", "value", "want"), [
+    ("RUNSTREAM_SINK_SQL_SHARE_IDENTICAL", "ture", "is not a boolean"),
+    ("RUNSTREAM_SINK_SQL_SHARE_IDENTICAL", "2", "is not a boolean"),
+    ("RUNSTREAM_KAFKA_PARTITIONS", "2.5", "is not an integer"),
+    ("RUNSTREAM_KAFKA_PARTITIONS", "", "is not an integer"),
+    ("RUNSTREAM_SINK_MEMORY_PURGE_INTERVAL_S", "soon", "is not a number"),
+])
+def test_a_value_that_is_not_exactly_its_type_is_refused(key: str, value: str, want: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: '{value}' {want}"):
+        RunstreamConfig.load(None, env={key: value})
+
+
+def test_typed_values_from_the_file_are_not_guessed(tmp_path: Path) -> None:
+    for text, want in (("kafka:\n  partitions: 2.5\n", "partitions: 2.5 is not an integer"),
+                       ("kafka:\n  partitions: true\n", "partitions: True is not an integer"),
+                       ("sink:\n  sql_share_identical: maybe\n", "is not a boolean"),
+                       ("clickhouse:\n  url: [1, 2]\n", "url: [1, 2] is not text")):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=want.replace("[", r"\[").replace("]", r"\]")):
+            RunstreamConfig.load(tmp_path / "c.yaml", env={})
+    (tmp_path / "c.yaml").write_text("kafka:\n  partitions: 6\nsink:\n  sql_share_identical: off\n  memory_purge_interval_s: 3\n")
+    c = RunstreamConfig.load(tmp_path / "c.yaml", env={"RUNSTREAM_INGEST_MAX_BATCH_POINTS": " 7 "})
+    assert (c.kafka.partitions, c.sink.sql_share_identical, c.sink.memory_purge_interval_s) == (6, False, 3.0)
+    assert c.ingest.max_batch_points == 7 and isinstance(c.sink.memory_purge_interval_s, float)
+
+
+@given(st.text(max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_a_boolean_is_one_of_its_spellings_or_refused(text: str) -> None:
+    spellings = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False,
+                 "": False}
+    try:
+        got = RunstreamConfig.load(None, env={"RUNSTREAM_SINK_SQL_SHARE_IDENTICAL": text}).sink.sql_share_identical
+    except ConfigError:
+        assert text.strip().lower() not in spellings
+    else:
+        assert got is spellings[text.strip().lower()]
+
+
+def test_flags_are_checked_like_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="clickhouse.url: 'ftp://x' must start with http"):
+        RunstreamConfig.load(None, env={}, flags={"clickhouse.url": "ftp://x"})
+    c = RunstreamConfig.load(None, env={"RUNSTREAM_KAFKA_BOOTSTRAP": "a:1"}, flags={"kafka.bootstrap": "b:2", "data_dir": None})
+    assert c.kafka.bootstrap == "b:2"
+    res = subprocess.run([sys.executable, "-m", "runstream", "sql", "SELECT 1", "--clickhouse-url", "ftp://x"],
+                         capture_output=True, text=True, timeout=60, env={**child_env(), "RUNSTREAM_DATA_DIR": str(tmp_path)})
+    assert res.returncode != 0 and "clickhouse.url: 'ftp://x' must start with http" in res.stderr, res.stderr

@@ -28,12 +28,8 @@ def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
         os.environ["RUNSTREAM_CONFIG"] = args.config
     if getattr(args, "data_dir", None):
         os.environ["RUNSTREAM_DATA_DIR"] = args.data_dir
-    config = RunstreamConfig.load()
-    if getattr(args, "clickhouse_url", None):
-        config.clickhouse.url = args.clickhouse_url
-    if getattr(args, "kafka", None):
-        config.kafka.bootstrap = args.kafka
-    return config
+    return RunstreamConfig.load(flags={"clickhouse.url": getattr(args, "clickhouse_url", None) or None,
+                                       "kafka.bootstrap": getattr(args, "kafka", None) or None})
 
 
 def sql_client(config: RunstreamConfig) -> Client:

@@ -13,14 +13,8 @@ from runstream.wire.errors import RunstreamError
 
 
 def _config(args: argparse.Namespace) -> RunstreamConfig:
-    config = RunstreamConfig.load(args.config)
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    if args.clickhouse_url:
-        config.clickhouse.url = args.clickhouse_url
-    if args.kafka:
-        config.kafka.bootstrap = args.kafka
-    return config
+    return RunstreamConfig.load(args.config, flags={"data_dir": args.data_dir or None, "clickhouse.url": args.clickhouse_url
+                                                     or None, "kafka.bootstrap": args.kafka or None})
 
 
 def cmd_role(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,8 +296,10 @@ class RunstreamConfig:
         return info if isinstance(info, dict) else {}
 
     @classmethod
-    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> RunstreamConfig:
-        """Defaults, then the YAML file (if any, else $RUNSTREAM_CONFIG), then RUNSTREAM_* env vars; validated."""
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None,
+             flags: Mapping[str, Any] | None = None) -> RunstreamConfig:
+        """Defaults, then the YAML file (if any, else $RUNSTREAM_CONFIG), then RUNSTREAM_* env vars, then ``flags``
+        ("section.key" -> value, None skipped: the command line's); each checked alike, all validated together."""
         env = os.environ if env is None else env
         config = cls()
         path = path or env.get("RUNSTREAM_CONFIG")
@@ -320,6 +323,12 @@ class RunstreamConfig:
             section, name = known[key]
             target = getattr(config, section) if section else config
             setattr(target, name, _coerce(getattr(target, name), value, key))
+        for dotted, value in (flags or {}).items():
+            if value is None:
+                continue
+            section, _, name = dotted.rpartition(".")
+            target = getattr(config, section) if section else config
+            setattr(target, name, _coerce(getattr(target, name), value, f"{dotted} (flag)"))
         config.validate()
         return config
 
@@ -358,17 +367,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+TRUE, FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
+
+
 def _coerce(current: Any, value: Any, where: str) -> Any:
-    try:
-        if isinstance(current, bool):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-        if isinstance(current, int):
+    """``value`` (from YAML, the environment or a flag) as the type of the field's default; anything that is not
+    exactly one is refused, never guessed (``ture`` is no boolean, ``2.5`` no integer)."""
+    kind = type(current).__name__
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if isinstance(value, str | int) and text in TRUE | FALSE:
+            return text in TRUE
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
             return int(value)
-        if isinstance(current, float):
+    elif isinstance(current, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"CONFIG ERROR: {where}: {value!r} is not a {type(current).__name__}") from exc
+    what = {"bool": "a boolean (true/false, yes/no, on/off, 1/0)", "int": "an integer", "float": "a number"}.get(kind, "text")
+    raise ConfigError(f"CONFIG ERROR: {where}: {value!r} is not {what}")
 
 
 # Keys earlier releases accepted, and why they are gone.
