@@ -1,13 +1,16 @@
 """The MLflow tracking REST API on runstream: `MLFLOW_TRACKING_URI` pointed here, the `mlflow` client (its fluent API,
 MlflowClient, autologging) logs into the pipeline unchanged.
 
-Writes become the same batches the SDK sends, validated and published like ingest's, and are answered only once
-Kafka acknowledged them. Reads are SQL over the stored tables through a ClickHouse HTTP endpoint; a read first waits
-(up to ``mlflow.read_wait_s``) until this role's acknowledged writes to the runs it reads are stored, so a client
-reads what it just wrote. Mapping: an experiment is a project (its id and name are the project's name; MLflow's
-experiment "0", "Default", is the project ``default``); a run keeps its MLflow run id, name, user, status, times,
-parent (``mlflow.parentRunId``) and tags; params are stored JSON-encoded as every param is. Errors are MLflow's
-JSON (``error_code``, ``message``) with its HTTP status, from one translator (:func:`error_response`).
+Writes become the same batches the SDK sends, validated and published like ingest's, and are answered only once Kafka
+acknowledged them. Reads are SQL over the stored tables through a ClickHouse HTTP endpoint; a read first waits (up to
+``mlflow.read_wait_s``) until this role's acknowledged writes to the runs it reads are stored, so a client reads what
+it just wrote. Mapping: an experiment is a project (its id is the project's name; MLflow's experiment "0", "Default",
+is the project ``default``). Its name is any name MLflow accepts: a name that is not a project name gets a project
+named after it (its letters and digits, made unique) and keeps the name as the project's title in governance, so
+renames change the title and never the project its runs and tokens refer to. A run keeps its MLflow run id, name,
+user, status, times, parent (``mlflow.parentRunId``) and tags; params are stored JSON-encoded as every param is.
+Errors are MLflow's JSON (``error_code``, ``message``) with its HTTP status, from one translator
+(:func:`error_response`).
 """
 
 from __future__ import annotations
@@ -62,7 +65,15 @@ from runstream.wire.errors import (
     Unavailable,
     ValidationError,
 )
-from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG, dataset_uri, experiment_id, param_json, param_text
+from runstream.wire.mlflow import (
+    DEFAULT_PROJECT,
+    LIFECYCLE_TAG,
+    dataset_uri,
+    experiment_id,
+    param_json,
+    param_text,
+    project_for_experiment,
+)
 from runstream.wire.names import metric_name_problem
 
 log = logging.getLogger("runstream.mlflow")
@@ -119,14 +130,30 @@ def project_of(exp_id: str, where: str = "experiment_id") -> str:
     return DEFAULT_PROJECT if exp_id == "0" else exp_id
 
 
-def project_of_name(name: str) -> str:
-    if name == "Default":
-        return DEFAULT_PROJECT
-    if not gov.NAME_RE.match(name or "") or len(name) > 250:
-        raise MlflowError("INVALID_PARAMETER_VALUE",
-                          f"experiment name {name[:60]!r}: runstream keeps experiments as projects, whose names hold only "
-                          "letters, digits, '.', '_' and '-', starting with a letter or digit (at most 250 characters)")
-    return name
+MAX_EXPERIMENT_NAME = 500
+
+
+def checked_experiment_name(value: Any, field: str = "name") -> str:
+    """An experiment name as MLflow accepts it: a non-empty string (runstream also caps its length)."""
+    if value is None or value == "":
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid experiment name: '{value or ''}'")
+    if not isinstance(value, str):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(value)[:40]!r} for parameter '{field}' supplied: "
+                                                     "expected a string")
+    if len(value) > MAX_EXPERIMENT_NAME or "\x00" in value:
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid experiment name {value[:60]!r}: at most "
+                                                     f"{MAX_EXPERIMENT_NAME} characters, no NUL")
+    return value
+
+
+def project_for_name(name: str, taken: set[str]) -> str:
+    """The project a new experiment gets: its name where that is a free project name, else the name's letters and
+    digits joined by '-', with a number appended until it is free."""
+    base = project_for_experiment(name)
+    if base not in taken:
+        return base
+    stem = base[:240]
+    return next(f"{stem}-{i}" for i in range(2, len(taken) + 3) if f"{stem}-{i}" not in taken)
 
 
 def experiment_name(project: str) -> str:
@@ -204,10 +231,15 @@ class Experiment:
     updated_ms: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     deleted: bool = False
+    title: str = ""  # its name where that is not the project's name
+
+    @property
+    def name(self) -> str:
+        return self.title or experiment_name(self.project)
 
     def json(self) -> dict[str, Any]:
         exp_id = experiment_id(self.project)
-        return {"experiment_id": exp_id, "name": experiment_name(self.project),
+        return {"experiment_id": exp_id, "name": self.name,
                 "artifact_location": f"mlflow-artifacts:/{exp_id}",
                 "lifecycle_stage": "deleted" if self.deleted else "active",
                 "creation_time": self.created_ms, "last_update_time": self.updated_ms,
@@ -272,6 +304,7 @@ class MlflowApi:
         self.tokens = tokens
         self.reads = reads
         self.experiments: dict[str, Experiment] = {}  # from governance (project records), applied in order
+        self._published: set[bytes] = set()  # digests of events applied when this replica published them
         self.runs: dict[tuple[str, str], RunMemory] = {}
         # run id -> (when looked up, the projects holding it): two projects may hold the same run id, and an MLflow
         # request names a run by id alone, so every project holding it is known before one is chosen.
@@ -281,14 +314,22 @@ class MlflowApi:
 
     # ---- governance: experiments are projects ----
 
-    def apply_control(self, ev: ingest_pb2.ControlEvent) -> None:
+    def apply_control(self, ev: ingest_pb2.ControlEvent, *, local: bool = False) -> None:
+        # An event this replica published was applied when published; its copy from the follower may come after a
+        # later local change (a create echoed after the rename that followed it) and is skipped, not applied again.
+        key = hashlib.sha256(ev.SerializeToString(deterministic=True)).digest()
+        if local:
+            self._published.add(key)
+        elif key in self._published:
+            self._published.discard(key)
+            return
         self.tokens.apply_control(ev)
         if ev.HasField("project"):
             rec = ev.project
             exp = self.experiments.get(rec.name)
             if exp is None:
                 exp = self.experiments[rec.name] = Experiment(rec.name, created_ms=ev.at_ms)
-            exp.updated_ms, exp.tags, exp.deleted = ev.at_ms, dict(rec.tags), rec.deleted
+            exp.updated_ms, exp.tags, exp.deleted, exp.title = ev.at_ms, dict(rec.tags), rec.deleted, rec.title
 
     async def _all_experiments(self) -> dict[str, Experiment]:
         now = time.monotonic()
@@ -313,23 +354,31 @@ class MlflowApi:
         return exp
 
     async def _publish_project(self, token: Token, action: str, exp: Experiment) -> None:
-        ev = gov.event(action, project=ingest_pb2.ProjectRecord(name=exp.project, tags=exp.tags, deleted=exp.deleted))
+        ev = gov.event(action, project=ingest_pb2.ProjectRecord(name=exp.project, tags=exp.tags, deleted=exp.deleted,
+                                                                 title=exp.title))
         ev.actor = f"token:{token.name}"
         try:
             await gov_io.publish(self.config, ev)
         except Exception as exc:  # aiokafka's errors: Kafka is down or refused
             raise Unavailable(f"Kafka did not take the experiment change ({type(exc).__name__}); retry") from exc
-        self.apply_control(ev)  # this replica answers from it at once; the follower applies it again, the same
+        self.apply_control(ev, local=True)  # this replica answers from it at once
+
+    async def _named(self, name: str) -> Experiment | None:
+        """The experiment (deleted or not) called ``name``: names are unique, as in MLflow."""
+        for exp in (await self._all_experiments()).values():
+            if exp.name == name:
+                return exp
+        return None
 
     async def create_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        if not isinstance(body.get("name"), str):
-            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(body.get('name'))[:40]!r} for parameter "
-                                                         "'name' supplied: expected a string")
-        project = project_of_name(_str(body, "name"))
+        name = checked_experiment_name(body.get("name"))
+        known = await self._all_experiments()
+        if any(e.name == name for e in known.values()):
+            raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) already exists.")
+        project = project_for_name(name, set(known))
         authorize(token, project, "admin")  # an experiment is a project: made, renamed, deleted as the admin API does
-        if project in await self._all_experiments():
-            raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={experiment_name(project)}) already exists.")
-        exp = Experiment(project, tags={t["key"]: str(t.get("value", "")) for t in body.get("tags") or []})
+        exp = Experiment(project, tags={t["key"]: str(t.get("value", "")) for t in body.get("tags") or []},
+                         title="" if name == experiment_name(project) else name)
         await self._publish_project(token, "project.create", exp)
         return {"experiment_id": experiment_id(project)}
 
@@ -339,11 +388,13 @@ class MlflowApi:
 
     async def get_experiment_by_name(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         name = _str(body, "experiment_name")
-        try:
-            project = project_of_name(name)
-            return {"experiment": (await self._experiment(project, token)).json()}
-        except MlflowError:
-            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name '{name}'") from None
+        exp = await self._named(name)
+        if exp is None:
+            self._stored = (0.0, {})  # made through another replica a moment ago: look once more, fresh
+            exp = await self._named(name)
+        if exp is None or not (token.allows(exp.project, "read") or token.allows(exp.project, "ingest")):
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name '{name}'")
+        return {"experiment": exp.json()}
 
     async def search_experiments(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         conds = parse_filter(body.get("filter"), attrs=EXPERIMENT_ATTRS)
@@ -371,20 +422,29 @@ class MlflowApi:
         return out
 
     async def update_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """A rename changes the experiment's name (its project's title), never its project: runs and tokens keep
+        referring to the project."""
+        if body.get("new_name") is None:
+            await self._experiment(project_of(_str(body, "experiment_id")), token)
+            return {}
+        new_name = checked_experiment_name(body.get("new_name"), "new_name")
         project = project_of(_str(body, "experiment_id"))
-        await self._experiment(project, token)
+        exp = await self._experiment(project, token)
         authorize(token, project, "admin")
-        if body.get("new_name") and project_of_name(str(body["new_name"])) != project:
-            raise MlflowError("INVALID_PARAMETER_VALUE", "experiments cannot be renamed here: an experiment's name is its "
-                                                         "runstream project's name, which its runs and tokens refer to")
-        return {}
+        if exp.deleted:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Cannot rename a non-active experiment.")
+        other = await self._named(new_name)
+        if other is not None and other.project != project:
+            raise MlflowError("BAD_REQUEST", f"Experiment(name={new_name}) already exists.")  # as MLflow answers
+        title = "" if new_name == experiment_name(project) else new_name
+        return await self._set_experiment(body, token, lambda e: setattr(e, "title", title), "admin")
 
     async def _set_experiment(self, body: dict[str, Any], token: Token, change: Callable[[Experiment], None],
                               scope: str = "ingest") -> dict[str, Any]:
         project = project_of(_str(body, "experiment_id"))
         authorize(token, project, scope)
         exp = await self._experiment(project, token)
-        changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted)
+        changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted, exp.title)
         change(changed)
         await self._publish_project(token, "project.update", changed)
         return {}

@@ -14,6 +14,7 @@ import pytest
 from runstream.ops.stack import InProcessRoles
 from runstream.server.auth import ensure_file_token
 from runstream.wire.config import RunstreamConfig
+from tests.helpers import wait_until
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
@@ -229,6 +230,42 @@ def test_artifacts_up_list_down_with_lineage(ml: MlflowStack, tmp_path: Path) ->
     assert len(rows) == 3
 
 
+def test_any_experiment_name_and_renames_keep_the_project(ml: MlflowStack) -> None:
+    """MLflow's first line, set_experiment("My Experiment"), works; the experiment gets a project of its own (its
+    name's letters and digits) and a rename changes only the name people see."""
+    exp = mlflow.set_experiment("My Experiment")
+    assert exp.name == "My Experiment" and exp.experiment_id == "My-Experiment"
+    with mlflow.start_run(run_name="first") as run:
+        mlflow.log_metric("loss", 0.5, step=1)
+    c = MlflowClient()
+    # Another name with the same letters gets a project of its own; names are unique, projects too.
+    other = c.create_experiment("My/Experiment")
+    assert other == "My-Experiment-2" and c.get_experiment(other).name == "My/Experiment"
+    with pytest.raises(MlflowException) as dup:
+        c.create_experiment("My Experiment")
+    assert dup.value.error_code == "RESOURCE_ALREADY_EXISTS"
+    c.rename_experiment(exp.experiment_id, "Vision: ResNet sweep")
+    assert c.get_experiment_by_name("Vision: ResNet sweep").experiment_id == "My-Experiment"
+    assert c.get_experiment_by_name("My Experiment") is None  # the client's answer to RESOURCE_DOES_NOT_EXIST
+    with pytest.raises(MlflowException) as taken:
+        c.rename_experiment(other, "Vision: ResNet sweep")
+    assert taken.value.error_code == "BAD_REQUEST"  # what MLflow's own server answers
+    # The runs stay where they were: same experiment id, same project in storage.
+    found = c.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in found] == [run.info.run_id] and found[0].data.metrics == {"loss": 0.5}
+    assert ml.query("SELECT count() FROM {db}.metrics WHERE project = 'My-Experiment' AND run_id = {r:String}",
+                    r=run.info.run_id) == [(1,)]
+    assert "Vision: ResNet sweep" in [e.name for e in c.search_experiments(filter_string="name LIKE 'Vision:%'")]
+    # Set by name again after the rename: the renamed experiment, not a new one.
+    assert mlflow.set_experiment("Vision: ResNet sweep").experiment_id == "My-Experiment"
+    # Each change is a governance record in the project's audit trail.
+    def actions() -> list[str]:
+        return [a for (a,) in ml.query("SELECT action FROM {db}.audit_log WHERE project = 'My-Experiment' "
+                                       "AND action LIKE 'project.%' ORDER BY seq")]
+    wait_until(lambda: len(actions()) >= 2, 30, "the experiment's governance records in its audit trail")
+    assert actions() == ["project.create", "project.update"]
+
+
 def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     import requests
     c = MlflowClient()
@@ -239,8 +276,8 @@ def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamCon
         c.get_experiment("nope")
     assert no_exp.value.error_code == "RESOURCE_DOES_NOT_EXIST"
     with pytest.raises(MlflowException) as bad_name:
-        c.create_experiment("has spaces/and slashes")
-    assert bad_name.value.error_code == "INVALID_PARAMETER_VALUE" and "letters, digits" in str(bad_name.value)
+        c.create_experiment("x" * 501)
+    assert bad_name.value.error_code == "INVALID_PARAMETER_VALUE" and "500 characters" in str(bad_name.value)
     run = c.create_run("0")
     with pytest.raises(MlflowException) as bad_value:
         c.log_metric(run.info.run_id, "loss", 1.0, step=-1)
@@ -380,6 +417,16 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
     }
     c.delete_run(child.info.run_id)
     out["after delete"] = (search(), c.get_run(child.info.run_id).info.lifecycle_stage)
+    # Experiment names MLflow accepts, and renames (ids differ by nature: compared by what they name).
+    spaced = c.create_experiment("My Experiment", tags={"t": "1"})
+    c.rename_experiment(spaced, "My Experiment: renamed")
+    out["names"] = {
+        "renamed": (c.get_experiment(spaced).name, c.get_experiment_by_name("My Experiment: renamed").experiment_id == spaced),
+        "old name": c.get_experiment_by_name("My Experiment") is None,
+        "rename onto a taken name": error(lambda: c.rename_experiment(spaced, "diff")),
+        "empty name": error(lambda: c.create_experiment("")),
+        "listed": sorted(e.name for e in c.search_experiments(filter_string="name LIKE 'My%'")),
+    }
     art = tmp_path / uri.rsplit(":", 1)[1] / "a.txt"
     art.parent.mkdir(parents=True)
     art.write_text("artifact")
@@ -448,7 +495,6 @@ def test_scopes_run_identity_and_bad_input_as_the_admin_api_has_them(ml: MlflowS
 
     import runstream
     from runstream.sdk.transport import GrpcTransport
-    from tests.helpers import wait_until
 
     config = ml.config
     api = f"{ml.url}/api/2.0/mlflow"

@@ -332,7 +332,7 @@ class Alert(_message.Message):
     def __init__(self, alert_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., metric: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., expected_low: _Optional[float] = ..., expected_high: _Optional[float] = ..., event_ms: _Optional[int] = ..., detected_ms: _Optional[int] = ..., resolved_ms: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProjectRecord(_message.Message):
-    __slots__ = ("name", "description", "tags", "deleted")
+    __slots__ = ("name", "description", "tags", "deleted", "title")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -344,11 +344,13 @@ class ProjectRecord(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     tags: _containers.ScalarMap[str, str]
     deleted: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    title: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., deleted: _Optional[bool] = ..., title: _Optional[str] = ...) -> None: ...
 
 class TokenRecord(_message.Message):
     __slots__ = ("token_id", "name", "projects", "scopes", "sha256", "created_ms", "expires_ms", "revoked", "revoked_ms")
