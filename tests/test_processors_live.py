@@ -23,7 +23,7 @@ from runstream.processors import anomaly
 from runstream.sdk.transport import GrpcTransport
 from runstream.v1.ingest_pb2 import Batch, RunStatus
 from tests.conftest import Stack
-from tests.helpers import metric_batch, wait_group_drained, wait_sink_drained
+from tests.helpers import metric_batch, wait_group_drained, wait_sink_drained, wait_until
 
 
 def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProcess:
@@ -37,6 +37,12 @@ def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProces
     proc = RoleProcess("process", cfg, tmp_path / "logs")
     proc.start()
     wait_http(f"http://127.0.0.1:{cfg.processors.metrics_port}/metrics", 60, proc)
+    # Ready: joined its group and recovered its state (on a loaded machine that takes a while after /metrics answers).
+    try:
+        wait_until(lambda: scrape(cfg.processors.metrics_port, timeout=5).get("runstream_processor_ready") == 1.0, 120,
+                   "the processor worker to be ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its log ends:\n{proc.log_tail(30)}") from None
     return proc
 
 
