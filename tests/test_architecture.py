@@ -111,6 +111,25 @@ def test_registries_agree_with_their_users() -> None:
     assert set(ROLES) <= set(sub.choices)  # type: ignore[arg-type]
 
 
+def test_up_runs_what_the_role_registry_lists_each_child_on_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runstream.ops.roles import Role
+    from runstream.ops.supervisor import Supervisor
+    c = RunstreamConfig()
+    c.mlflow.listen = ""
+    assert [(r.name, n) for r, n in Supervisor(c, ingest_replicas=3).roles] == [("sink", 1), ("ingest", 3), ("process", 1)]
+    c.mlflow.listen = "127.0.0.1:5000"
+    monkeypatch.setitem(ROLES, "extra", Role("extra", "a role added to the registry", "x:y", "ingest.metrics_port"))
+    assert [r.name for r, _ in Supervisor(c).roles] == ["sink", "ingest", "process", "mlflow", "extra"]
+    # Replica i: its own config, the metrics port moved by i; the shared config is untouched.
+    base = c.ingest.metrics_port
+    own = ROLES["ingest"].replica(c, 2)
+    own.kafka.bootstrap = "elsewhere:1"
+    assert own.ingest.metrics_port == base + 2 and c.ingest.metrics_port == base and c.kafka.bootstrap != "elsewhere:1"
+    assert ROLES["sink"].ready_url(c) == f"http://{c.sink.sql_listen}/ping"
+    c.clickhouse.url = "http://ch:8123"
+    assert ROLES["sink"].ready_url(c) == f"http://127.0.0.1:{c.sink.metrics_port}/metrics"
+
+
 def test_table_registry_matches_the_migrated_schema(chdb_path: Path) -> None:
     client = open_embedded(chdb_path)
     db = "t_registry"

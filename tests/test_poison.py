@@ -87,7 +87,7 @@ def dying_stages(config: RunstreamConfig) -> list[Any]:
 
 
 def test_a_stage_whose_task_dies_makes_its_role_exit_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(roles.ROLES, "dying", roles.Role("dying", "test", f"{__name__}:dying_stages", lambda c: 0))
+    monkeypatch.setitem(roles.ROLES, "dying", roles.Role("dying", "test", f"{__name__}:dying_stages", "ingest.metrics_port"))
     assert asyncio.run(asyncio.wait_for(roles.run_role("dying", config), 60)) == 1
 
 

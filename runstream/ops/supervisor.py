@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.live import Live
 
 from runstream.ops.broker import KafkaBroker
+from runstream.ops.roles import ROLES
 from runstream.ops.stack import RoleProcess, kafka_auth, scrape, wait_http, write_stack_file
 from runstream.server.auth import ensure_admin_token, ensure_dev_token, ensure_file_token
 from runstream.server.kafka import ensure_topics
@@ -57,6 +58,8 @@ class Supervisor:
     def __init__(self, config: RunstreamConfig, *, ingest_replicas: int = 1) -> None:
         self.config = config
         self.ingest_replicas = max(1, ingest_replicas)
+        # What runs, in start order, from the role registry: (role, how many).
+        self.roles = [(r, self.ingest_replicas if r.replicable else 1) for r in ROLES.values() if r.enabled(config)]
         self.broker: KafkaBroker | None = None
         self.procs: list[RoleProcess] = []
         self.log_dir = config.data_path / "logs"
@@ -69,11 +72,8 @@ class Supervisor:
                                  "stop it with Ctrl-C, or use another --data-dir.")
         c = self.config
         addrs = [("ingest.listen", c.ingest.listen), ("sink.sql_listen", c.sink.sql_listen), ("mlflow.listen", c.mlflow.listen)]
-        addrs += [(f"ingest.metrics_port+{i}", f"127.0.0.1:{c.ingest.metrics_port + i}") for i in range(self.ingest_replicas)]
-        addrs.append(("sink.metrics_port", f"127.0.0.1:{c.sink.metrics_port}"))
-        addrs.append(("processors.metrics_port", f"127.0.0.1:{c.processors.metrics_port}"))
-        if c.mlflow.listen:
-            addrs.append(("mlflow.metrics_port", f"127.0.0.1:{c.mlflow.metrics_port}"))
+        addrs += [(f"{r.metrics}+{i}" if i else r.metrics, f"127.0.0.1:{r.metrics_port(c) + i}")
+                  for r, n in self.roles for i in range(n)]
         busy = [f"{name} ({addr})" for name, addr in addrs if addr and not addr.endswith(":0") and not _port_free(addr)]
         if busy:
             raise RunstreamError(f"ports already in use: {', '.join(busy)}. Stop what holds them or change them in the config.")
@@ -92,42 +92,28 @@ class Supervisor:
         ensure_admin_token(c.tokens_path, c.admin_token_path)
         if c.mlflow.listen and not c.clickhouse.url:  # the MLflow API reads through the sink's endpoint with it
             ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
-        sink = RoleProcess("sink", c, self.log_dir)
-        sink.start()
-        self.procs.append(sink)
-        if c.clickhouse.url:
-            wait_http(f"http://127.0.0.1:{c.sink.metrics_port}/metrics", 60, sink)
-        else:
-            wait_http(f"http://{c.sink.sql_listen}/ping", 60, sink)
-        base_metrics = c.ingest.metrics_port
-        for i in range(self.ingest_replicas):
-            c.ingest.metrics_port = base_metrics + i
-            p = RoleProcess("ingest", c, self.log_dir, name=f"ingest-{i}")
-            p.start()  # writes this replica's config (its own metrics port) before the next replica changes it
-            self.procs.append(p)
-        c.ingest.metrics_port = base_metrics
-        proc = RoleProcess("process", c, self.log_dir)
-        proc.start()
-        self.procs.append(proc)
-        mlflow = None
-        if c.mlflow.listen:
-            mlflow = RoleProcess("mlflow", c, self.log_dir)
-            mlflow.start()
-            self.procs.append(mlflow)
-        for i in range(self.ingest_replicas):
-            wait_http(f"http://127.0.0.1:{base_metrics + i}/metrics", 60, self.procs[1 + i])
-        wait_http(f"http://127.0.0.1:{c.processors.metrics_port}/metrics", 60, proc)
-        scheme = "https" if c.mlflow.tls_cert else "http"
-        if mlflow is not None and scheme == "http":
-            wait_http(f"http://{c.mlflow.listen}/health", 60, mlflow)
+        waiting: list[tuple[str, RoleProcess]] = []
+        for role, n in self.roles:
+            for i in range(n):
+                own = role.replica(c, i)  # each child gets a copy, written whole for it to load
+                p = RoleProcess(role.name, own, self.log_dir, name=f"{role.name}-{i}" if role.replicable else "")
+                p.start()
+                self.procs.append(p)
+                waiting.append((role.ready_url(own), p))
+            if role.gate:
+                for url, p in waiting:
+                    wait_http(url, 60, p)
+                waiting = []
+        for url, p in waiting:
+            wait_http(url, 60, p)
         info = {"pid": os.getpid(), "ingest": c.ingest.listen, "token": token, "kafka": c.kafka.bootstrap,
                 "kafka_auth": kafka_auth(c),
                 "sql": c.clickhouse.url or f"http://{c.sink.sql_listen}", "database": c.clickhouse.database,
-                "metrics": {"sink": c.sink.metrics_port, "ingest": [base_metrics + i for i in range(self.ingest_replicas)],
-                            "process": c.processors.metrics_port, "mlflow": c.mlflow.metrics_port},
+                "metrics": {r.name: [r.metrics_port(c) + i for i in range(n)] if r.replicable else r.metrics_port(c)
+                            for r, n in self.roles},
                 "logs": str(self.log_dir)}
-        if mlflow is not None:
-            info["mlflow"] = f"{scheme}://{c.mlflow.listen}"
+        if c.mlflow.listen:
+            info["mlflow"] = f"{'https' if c.mlflow.tls_cert else 'http'}://{c.mlflow.listen}"
         write_stack_file(c, info)
         return info
 
@@ -162,7 +148,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ingest first (so nothing new arrives), then the sink drains, then Kafka. Idempotent."""
-        writers = ("ingest", "mlflow")
+        writers = {r.name for r in ROLES.values() if r.writer}
         for p in [p for p in self.procs if p.role in writers] + [p for p in self.procs if p.role not in writers]:
             p.stop()
         self.procs = []
