@@ -16,7 +16,7 @@ Layers, each importing only those below it (tests/test_architecture.py holds it 
 """
 
 from runstream.read import Api
-from runstream.sdk import GrpcTransport, Run, SenderConfig, SendError, Transport, init
+from runstream.sdk import GrpcTransport, Run, RunExistsError, SenderConfig, SendError, Transport, init
 
-__all__ = ["Api", "GrpcTransport", "Run", "SendError", "SenderConfig", "Transport", "init"]
+__all__ = ["Api", "GrpcTransport", "Run", "RunExistsError", "SendError", "SenderConfig", "Transport", "init"]
 __version__ = "0.1.0"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import runstream
 from runstream.sdk.transport import GrpcTransport
 from runstream.storage import queries
@@ -70,3 +72,66 @@ def test_fork_names_its_parent_and_step(stack: Stack, token: str, tmp_path: Path
                      "the fork's finish")
     assert isinstance(row, dict) and (row["parent_run_id"], row["fork_step"], row["points_acked"]) == (parent.id, 49, 10)
     assert stack.query("SELECT min(step), max(step) FROM {db}.metrics WHERE run_id = {r:String}", r=child.id) == [(50, 59)]
+
+
+def test_naming_an_existing_run_continues_it_and_its_steps(stack: Stack, token: str, tmp_path: Path) -> None:
+    """init(run_id=<existing>) without resume=True continues the run, as MLflow's start_run(run_id=...) does: the
+    start record is untouched and log() without a step goes on after the last stored step. resume="never" refuses
+    an existing run, resume=True a missing one, and an unknown run_id starts a new run."""
+    sql = f"http://{stack.config.sink.sql_listen}"
+
+    def init(**kw: object) -> runstream.Run:
+        return runstream.init("continued", transport=GrpcTransport(stack.ingest_addr, token), token=token, sql_url=sql,
+                              spool_dir=str(tmp_path), system_interval_s=0, **kw)
+
+    first = init(name="job", tags=["t1"], config={"lr": 0.1})
+    for _ in range(10):
+        first.log({"loss": 1.0})
+    assert first.finish(timeout=30)
+    stack.wait_points(10, where=f"run_id = '{first.id}'")
+    before = wait_until(lambda: run_row(stack, first.id).get("points_acked") == 10 and run_row(stack, first.id), 30,
+                        "the first session's finish")
+
+    with pytest.raises(runstream.RunExistsError, match=first.id):
+        init(run_id=first.id, resume="never")
+    with pytest.raises(ValueError, match="has no run"):
+        init(run_id="no-such-run", resume=True)
+
+    again = init(run_id=first.id)  # no resume=True
+    assert again.name == "job" and again.session
+    for _ in range(5):
+        again.log({"loss": 0.5})
+    assert again.finish(timeout=30)
+    assert stack.wait_points(15, where=f"run_id = '{first.id}'") == 15
+    after = wait_until(lambda: (r := run_row(stack, first.id))["sessions"] == 2 and r["status"] == "finished" and r, 30,
+                       "the second session's finish")
+    assert isinstance(after, dict) and isinstance(before, dict)
+    for kept in ("name", "started", "tags"):
+        assert after[kept] == before[kept], kept
+    assert stack.query("SELECT min(step), max(step), uniqExact(step) FROM {db}.metrics WHERE run_id = {r:String}",
+                       r=first.id) == [(0, 14, 15)]
+
+    fresh = init(run_id="named-new-run")  # unknown id: a new run with that id
+    fresh.log({"loss": 2.0})
+    assert fresh.finish(timeout=30) and not fresh.session
+    row = wait_until(lambda: run_row(stack, "named-new-run").get("status") == "finished" and run_row(stack, "named-new-run"),
+                     30, "the new run's finish")
+    assert isinstance(row, dict) and (row["name"], row["sessions"]) == ("named-new-run", 1)
+
+
+def test_when_the_read_path_cannot_answer_the_sdk_says_so_and_resume_true_still_continues(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runstream.ops.broker import free_port
+    from tests.test_sdk import MockTransport
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    kinds = {}
+    for resume in (None, True):
+        t = MockTransport()
+        run = runstream.init("p", run_id=f"r-{resume}", resume=resume, transport=t, spool_dir=str(tmp_path),
+                             system_interval_s=0, sql_url=nowhere)
+        run.log({"x": 1.0})
+        assert run.finish(timeout=10)
+        kinds[resume] = {b.WhichOneof("body") for b in t.batches} & {"run_start", "run_resume"}
+    assert kinds == {None: {"run_start"}, True: {"run_resume"}}
+    assert "could not check whether run r-None exists" in caplog.text and "unreachable" in caplog.text
+    assert "pass resume=True to continue it" in caplog.text

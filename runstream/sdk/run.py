@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.sdk import spool, system
+from runstream.sdk.lookup import LookupFailed, StoredRun, stored_run
 from runstream.sdk.transport import SendError, Transport, connect, resolve
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
@@ -702,15 +703,20 @@ def _default_sender(url: str | None, token: str | None, options: Mapping[str, An
 def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | None = None,
          tags: Sequence[str] | None = None, run_id: str | None = None, parent_run_id: str = "",
          url: str | None = None, token: str | None = None, transport: Transport | None = None,
-         strict: bool = False, resume: bool = False, fork_from: str = "", fork_step: int | None = None,
-         start_step: int = 0, system_interval_s: float | None = None, **options: Any) -> Run:
+         strict: bool = False, resume: bool | str | None = None, fork_from: str = "", fork_step: int | None = None,
+         start_step: int | None = None, system_interval_s: float | None = None, sql_url: str | None = None,
+         **options: Any) -> Run:
     """Start a run. ``url``/``token`` default to ``client.url``/``client.token`` (RUNSTREAM_URL/RUNSTREAM_TOKEN),
     then the local `runstream up`.
 
-    ``resume=True`` with the ``run_id`` of an earlier run continues it: its start record (name, parent, tags, start
-    time) stays as it was, the new session's points and counts add to the earlier ones, and ``runstream runs``
-    shows it running until this session finishes. ``start_step`` is the first step ``log()`` numbers by itself
-    (e.g. the step the checkpoint was saved at, plus one).
+    ``run_id`` of a run the stack already holds continues it (as MLflow's ``start_run(run_id=...)``): its start
+    record (name, parent, tags, start time) stays as it was, the new session's points and counts add to the earlier
+    ones, ``runstream runs`` shows it running until this session finishes, and ``log()`` without a step goes on
+    after the run's last stored step. Whether it exists is asked once of the read path (``sql_url``, else
+    ``client.sql_url``, else the local stack's). ``resume``: None/"allow" (the default) continues the run if it
+    exists and starts it otherwise; True/"must" continues it and raises if the stack has no such run;
+    False/"never" raises RunExistsError if it exists. ``start_step`` is the first step ``log()`` numbers by
+    itself, when given.
 
     ``fork_from=<run id>, fork_step=N`` starts a new run that continues that run from its step N: the new run
     names it as parent, its history is the parent's points up to N (the read API joins them), and its own
@@ -724,9 +730,12 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
 
     Extra keyword arguments set the sender's limits (see SenderConfig) for the process.
     """
-    if resume and not run_id:
+    mode = _RESUME_MODES.get(resume) if isinstance(resume, bool | None) else resume
+    if mode not in ("allow", "must", "never"):
+        raise ValueError(f"runstream.init(resume={resume!r}): pass None/'allow', True/'must' or False/'never'")
+    if mode == "must" and not run_id:
         raise ValueError("runstream.init(resume=True) needs the run_id of the run to continue")
-    if resume and fork_from:
+    if mode == "must" and fork_from:
         raise ValueError("runstream.init: resume continues a run, fork_from starts a new one; pass one of them")
     if fork_from and (fork_step is None or fork_step < 0):
         raise ValueError("runstream.init(fork_from=...) needs fork_step, the parent's step to continue from (>= 0)")
@@ -735,16 +744,22 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
         sender.start()
     else:
         sender = _default_sender(url, token, options)
+    stored: StoredRun | None = None
+    resuming = False
+    if run_id and not fork_from:
+        stored, resuming = _existing(project, run_id, mode, token, sql_url)
     run_id = run_id or uuid.uuid4().hex[:16]
-    name = name or run_id
+    name = name or (stored.name if stored else "") or run_id
     run = Run(sender, project=project, name=name, run_id=run_id, strict=strict)
     now = time.time()
     now_ms = int(now * 1000)
     host = HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
                     platform=platform.platform(), packages_sha256=packages_sha256())
     start = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, created_ms=now_ms)
-    run._step = start_step
-    if resume:
+    run._step = start_step or 0
+    if resuming:
+        if start_step is None and stored is not None and stored.last_step is not None:
+            run._step = min(stored.last_step + 1, MAX_STEP)
         # Above every earlier session's numbers: the processors skip a run's batches at or below the last seq seen.
         run._seq = now_ms * 1000
         run.session, run.session_start_ms = uuid.uuid4().hex[:16], now_ms
@@ -759,7 +774,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
         rs.name, rs.start_ms, rs.parent_run_id = name, now_ms, fork_from or parent_run_id
         if fork_from:
             rs.fork_step = int(fork_step)  # type: ignore[arg-type]  # checked above
-            run._step = max(start_step, int(fork_step) + 1)  # type: ignore[arg-type]
+            run._step = max(start_step or 0, int(fork_step) + 1)  # type: ignore[arg-type]
         rs.config.update(run._checked({k: _param_json(v) for k, v in (config or {}).items()}, "config"))
         for tag in tags or []:  # a tag ingest would refuse would keep the whole run from starting
             problem = name_problem(tag)
@@ -777,6 +792,36 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     run.system = system.start(run._log_system, interval)
     _active.append(run)
     return run
+
+
+_RESUME_MODES: dict[bool | None, str] = {None: "allow", True: "must", False: "never"}
+
+
+class RunExistsError(ValueError):
+    """init(run_id=..., resume="never") named a run the stack already holds."""
+
+
+def _existing(project: str, run_id: str, mode: str, token: str | None, sql_url: str | None) -> tuple[StoredRun | None, bool]:
+    """(the stored run or None, whether to continue it) for init(run_id=...)."""
+    config = client_config()
+    try:
+        stored = stored_run(config, project, run_id, token=resolve(config, token=token)[1], sql_url=sql_url)
+    except LookupFailed as exc:
+        if mode == "must":
+            log.warning("runstream: could not check that run %s exists (%s); continuing it as asked", run_id, exc)
+            return None, True
+        if mode == "allow":
+            log.warning("runstream: could not check whether run %s exists (%s); starting it as a new run. If it "
+                        "exists, its start record is replaced: pass resume=True to continue it, or give this job the "
+                        "SQL endpoint (client.sql_url) and a token with the read scope", run_id, exc)
+        return None, False
+    if stored is not None and mode == "never":
+        raise RunExistsError(f"runstream.init: run {run_id!r} already exists in project {project!r}; pass resume=True "
+                             "to continue it, or another run_id")
+    if stored is None and mode == "must":
+        raise ValueError(f"runstream.init(resume=True): project {project!r} has no run {run_id!r} (stored); pass "
+                         "resume=None to start it if it does not exist")
+    return stored, stored is not None or mode == "must"
 
 
 def _at_exit() -> None:
