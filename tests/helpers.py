@@ -92,3 +92,66 @@ async def produce_events(config: RunstreamConfig, records: Sequence[tuple[bytes,
             await producer.send_and_wait(config.kafka.events_topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
+
+
+class StallingProxy:
+    """A TCP proxy in front of a server that can stall: while ``stalled`` is set it reads and forwards nothing, so
+    a client waits on an answer as it would from a stopped process (SIGSTOP), its connection left open."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.stalled = threading.Event()
+        self.forwarded = 0  # bytes from client to server
+        self._closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.addr = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: object, upstream: object) -> None:
+        import selectors
+        import socket
+        assert isinstance(client, socket.socket) and isinstance(upstream, socket.socket)
+        peer = {client: upstream, upstream: client}
+        sel = selectors.DefaultSelector()
+        for s in peer:
+            sel.register(s, selectors.EVENT_READ)
+        try:
+            while not self._closed.is_set():
+                if self.stalled.is_set():
+                    time.sleep(0.02)
+                    continue
+                for key, _ in sel.select(0.05):
+                    src = key.fileobj
+                    assert isinstance(src, socket.socket)
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    peer[src].sendall(data)
+                    if src is client:
+                        self.forwarded += len(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()

@@ -387,3 +387,71 @@ def test_durable_points_reach_disk_while_the_sender_waits_on_a_stalled_ingest(tm
     assert run.finish(timeout=20)
     assert sorted(s for _, s, _ in t.points()) == list(range(2001))
     assert spool.files(tmp_path, wal=True) == []
+
+
+@pytest.mark.parametrize("ingest", ["healthy", "stalled"])
+def test_durable_kill_9_while_logging_loses_at_most_a_flush_interval(stack: Stack, token: str, tmp_path: Path,
+                                                                     ingest: str) -> None:
+    """A job logging 2,000 points/s with durable=True is killed mid-loop, with ingest answering, or after ingest
+    stopped answering for 2 s (its connection open, as a SIGSTOPped ingest): after `runstream sync` every point
+    but at most one flush interval's (0.5 s) is stored, and none twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import StallingProxy, wait_sink_drained
+    script = """
+import sys, time, runstream
+run = runstream.init("durable-kill", url=sys.argv[2], token=sys.argv[3], spool_dir=sys.argv[1], durable=True,
+                     flush_interval_s=0.5, backoff_max_s=1, system_interval_s=0)
+print(run.id, flush=True)
+i, t0 = 0, time.monotonic()
+while True:
+    run.log({"x": float(i)}, step=i)
+    i += 1
+    if i % 100 == 0:
+        print(i, flush=True)  # points logged so far
+        ahead = i / 2000 - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+"""
+    proxy = StallingProxy(stack.ingest_addr)
+    spool_dir = tmp_path / "spool"
+    env = {**os.environ, "RUNSTREAM_DATA_DIR": str(tmp_path / "home")}
+    err = (tmp_path / "child.err").open("w")
+    child = subprocess.Popen([sys.executable, "-c", script, str(spool_dir), proxy.addr, token], stdout=subprocess.PIPE,
+                             stderr=err, text=True, env=env)
+    assert child.stdout is not None
+    run_id = child.stdout.readline().strip()
+    logged = [0]
+
+    def read() -> None:
+        for line in child.stdout:  # type: ignore[union-attr]
+            logged[0] = int(line)
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_until(lambda: logged[0] >= 4000 and proxy.forwarded > 0, 30, "2 s of logging, delivered")
+        if ingest == "stalled":
+            proxy.stalled.set()
+        mark = logged[0]
+        wait_until(lambda: logged[0] >= mark + 4000, 30, "2 more seconds of logging")
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait(10)
+        child.stdout.close()
+        err.close()
+        proxy.close()
+    last = logged[0]  # at least this many were logged (printed every 100)
+    sync = subprocess.run([sys.executable, "-m", "runstream", "sync", "--spool-dir", str(spool_dir), "--url",
+                           stack.ingest_addr], capture_output=True, text=True, timeout=60,
+                          env={**env, "RUNSTREAM_TOKEN": token})
+    assert sync.returncode == 0, sync.stderr
+    wait_sink_drained(stack.config)
+    (stored, distinct, top), = stack.query("SELECT count(), uniqExact(step), max(step) FROM {db}.metrics "
+                                           "WHERE run_id = {r:String}", r=run_id)
+    assert stored == distinct, "a point stored twice"
+    assert top < last + 100
+    assert last - stored <= 1000 + 200, (ingest, last, stored)  # one flush interval at 2,000/s, plus the pacing's slack
