@@ -35,18 +35,6 @@ from typing import Any
 from aiohttp import web
 
 from runstream.ingest.mlflow_reads import Reads, RunRow
-from runstream.ingest.mlflow_search import (
-    DELETED_TAG,
-    EXPERIMENT_ATTRS,
-    MODEL_AS_RUN,
-    MODEL_ATTRS,
-    MODEL_LABEL,
-    Cond,
-    Order,
-    matches,
-    parse_filter,
-    parse_order_by,
-)
 from runstream.ingest.server import Publisher, run_audit
 from runstream.ingest.validate import validate_batch
 from runstream.server import governance as gov_io
@@ -75,6 +63,18 @@ from runstream.wire.mlflow import (
     project_for_experiment,
 )
 from runstream.wire.names import metric_name_problem
+from runstream.wire.search import (
+    DELETED_TAG,
+    EXPERIMENT_ATTRS,
+    MODEL_AS_RUN,
+    MODEL_ATTRS,
+    MODEL_LABEL,
+    Cond,
+    Order,
+    matches,
+    parse_filter,
+    parse_order_by,
+)
 
 log = logging.getLogger("runstream.mlflow")
 

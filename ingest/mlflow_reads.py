@@ -13,7 +13,10 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from runstream.ingest.mlflow_search import (
+from runstream.wire.config import RunstreamConfig
+from runstream.wire.errors import Unavailable
+from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG
+from runstream.wire.search import (
     DELETED_TAG,
     LATEST,
     MODEL_LABEL,
@@ -22,9 +25,6 @@ from runstream.ingest.mlflow_search import (
     sql_conditions,
     sql_order,
 )
-from runstream.wire.config import RunstreamConfig
-from runstream.wire.errors import Unavailable
-from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG
 from runstream.wire.sql import QueryParams
 
 log = logging.getLogger("runstream.mlflow")

@@ -105,3 +105,73 @@ def test_the_read_api_needs_a_read_token(stack: Stack) -> None:
     nowhere.data_dir = str(stack.config.data_path / "no-stack-here")
     with pytest.raises(RunstreamError, match="no SQL endpoint"):
         runstream.Api(config=nowhere)
+
+
+def test_filters_order_pages_one_run_several_metrics_a_scan_and_artifacts(stack: Stack, token: str, api: runstream.Api,
+                                                                           tmp_path: Path) -> None:
+    """What wandb.Api() and MlflowClient users reach for: MLflow's filter syntax with OR, order_by, pages, name and
+    time filters; one run with its config, tags and summary; several metrics at once; a paged scan of every
+    point; an artifact listed and downloaded with its sha256 checked."""
+    import datetime as dt
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    store = tmp_path / "store"
+
+    def init(name: str, **kw: object) -> runstream.Run:
+        return runstream.init("readmore", name, transport=GrpcTransport(stack.ingest_addr, token),
+                              spool_dir=str(tmp_path / "spool"), system_interval_s=0, **kw)
+
+    ids = {}
+    for i, lr in enumerate((0.3, 0.03, 0.003, 0.0003, 10.0)):
+        run = init(f"sweep-{i}", config={"lr": lr, "opt": "sgd" if i % 2 else "adam", "layers": i + 1},
+                   tags=["best"] if i == 3 else [])
+        for step in range(30):
+            run.log({"loss": 1.0 / (i + 1) + step / 1000, "acc": i / 10}, step=step)
+        if i == 0:
+            model = tmp_path / "model.bin"
+            model.write_bytes(b"w" * 3000)
+            run.log_artifact(model, artifact_dir=store)
+        run.set_tags({"team": "a" if i < 2 else "b"})
+        assert run.finish(timeout=30)
+        ids[i] = run.id
+    assert stack.wait_points(300, where="project = 'readmore'") == 300
+    wait_until(lambda: len(api.runs("readmore", status="finished")) == 5, 30, "five finished runs")
+    names = lambda df: list(df["name"])
+
+    # Typed params in the filter string, OR between groups, tags, attributes.
+    assert sorted(names(api.runs("readmore", filter="params.lr < 0.01"))) == ["sweep-2", "sweep-3"]
+    assert sorted(names(api.runs("readmore", filter="params.lr >= 10 or tags.best IS NOT NULL"))) == ["sweep-3", "sweep-4"]
+    assert sorted(names(api.runs("readmore", filter="params.opt = 'sgd' and metrics.acc > 0.2 or attributes.run_name "
+                                                    "= 'sweep-0'"))) == ["sweep-0", "sweep-3"]
+    assert names(api.runs("readmore", filter="tags.team = 'a'", order_by="metrics.loss ASC")) == ["sweep-1", "sweep-0"]
+    # Params order by number (10 after 0.3, not between "0.0003" and "0.003" as text).
+    assert names(api.runs("readmore", order_by="params.lr DESC")) == [f"sweep-{i}" for i in (4, 0, 1, 2, 3)]
+    assert names(api.runs("readmore", order_by=["params.layers ASC"], limit=2, offset=2)) == ["sweep-2", "sweep-3"]
+    assert len(api.runs("readmore", limit=None)) == 5
+    assert sorted(names(api.runs("readmore", name="sweep-%", started_after=before))) == [f"sweep-{i}" for i in range(5)]
+    assert names(api.runs("readmore", started_before=before)) == []
+    with pytest.raises(ValueError, match="filter.*cannot parse|expected"):
+        api.runs("readmore", filter="params.lr <<< 3")
+
+    one = api.run(ids[3])
+    assert (one.name, one.status, one.project, one.points_acked) == ("sweep-3", "finished", "readmore", 60)
+    assert one.config == {"lr": 0.0003, "opt": "sgd", "layers": 4} and one.tags == {"best": "", "team": "b"}
+    assert one.summary == {"acc": pytest.approx(0.3), "loss": pytest.approx(0.25 + 0.029)}
+    with pytest.raises(LookupError, match="no run"):
+        api.run("no-such-run")
+
+    wide = one.history(["loss", "acc"])
+    assert list(wide.columns) == ["step", "loss", "acc"] and len(wide) == 30
+    assert wide["acc"].tolist() == [pytest.approx(0.3)] * 30 and wide["loss"].iloc[-1] == pytest.approx(0.279)
+    assert len(api.history(ids[3], keys=["loss"], samples=10)) <= 10
+
+    rows = list(one.scan_history(page_size=7))  # 60 points in pages of 7: steps straddle pages
+    assert [r["step"] for r in rows] == list(range(30))
+    assert all(set(r) == {"step", "_ts", "loss", "acc"} for r in rows) and rows[5]["loss"] == pytest.approx(0.255)
+    assert [r["step"] for r in api.scan_history(ids[3], ["acc"], page_size=4)] == list(range(30))
+
+    listed = api.artifacts(ids[0])
+    assert [(Path(a["uri"]).name, a["size"]) for a in listed] == [("model.bin", 3000)]
+    got = api.run(ids[0]).download("model.bin", tmp_path / "down")
+    assert got.read_bytes() == b"w" * 3000
+    with pytest.raises(LookupError, match="no stored artifact"):
+        api.download(ids[1], "model.bin", tmp_path / "down")

@@ -11,13 +11,21 @@ string compares strings, with a bool or None compares those.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+import ssl
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from runstream.wire import search
 from runstream.wire.config import RunstreamConfig, is_loopback
-from runstream.wire.errors import RunstreamError
+from runstream.wire.errors import RunstreamError, ValidationError
 from runstream.wire.sql import QueryParams
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
@@ -65,6 +73,7 @@ class Api:
         token = token if token is not None else (cfg.client.token or info.get("token", ""))
         self.database = database or info.get("database") or cfg.clickhouse.database
         self._forks: dict[tuple[str, str | None], tuple[str, int] | None] = {}
+        self.token, self.tls_ca = token or "", cfg.client.tls_ca
         u = urlparse(url)
         self.client = _client_lib().get_client(
             host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
@@ -83,25 +92,39 @@ class Api:
         self.close()
 
     # -- runs ---------------------------------------------------------------------------------------------
-    def runs(self, project: str | None = None, *, status: str | None = None, params: Mapping[str, Filter] | None = None,
-             tags: Iterable[str] | Mapping[str, Filter] | None = None, metrics: Mapping[str, Filter] | None = None,
-             run_ids: Sequence[str] | None = None, limit: int = 1000) -> Any:
+    def runs(self, project: str | None = None, *, filter: str | None = None, order_by: str | Sequence[str] | None = None,
+             name: str | None = None, started_after: Any = None, started_before: Any = None, status: str | None = None,
+             params: Mapping[str, Filter] | None = None, tags: Iterable[str] | Mapping[str, Filter] | None = None,
+             metrics: Mapping[str, Filter] | None = None, run_ids: Sequence[str] | None = None,
+             limit: int | None = 1000, offset: int = 0) -> Any:
         """Runs, newest first, one row each: the run's fields, ``params.<key>`` (typed), ``tags`` and
-        ``metrics.<name>`` (latest value). Filters: params and latest metrics by value or (op, value); tags by
-        name (list) or name -> value; status; run ids. A pandas DataFrame."""
+        ``metrics.<name>`` (latest value). A pandas DataFrame.
+
+        ``filter``: MLflow's search syntax over ``metrics.``, ``params.``, ``tags.`` and ``attributes.`` (run_id,
+        run_name, status, start_time, end_time), with OR between groups of AND (``metrics.acc > 0.9 and
+        params.optimizer = 'sgd' or tags.best IS NOT NULL``); a param compares as the value given (``params.lr <
+        0.01`` numerically). ``order_by``: MLflow's clauses (``"metrics.val_loss ASC"``, ``"params.lr DESC"``).
+        ``name``: exact, or a LIKE pattern with ``%``. ``started_after``/``started_before``: datetimes or Unix
+        seconds. Keyword filters: params and latest metrics by value or (op, value); tags by name (list) or name ->
+        value; status; run ids. Pages: ``limit`` (None: all) and ``offset``."""
         import pandas as pd
 
         p = QueryParams()
-        where = ["1"]
-        if project is not None:
-            where.append(f"project = {p.add(project, 'String')}")
+        db = f"`{self.database}`"
+        scope = f"project = {p.add(project, 'String')}" if project is not None else "1"
+        where = [scope]
         if status is not None:
             where.append(f"status = {p.add(status, 'String')}")
         if run_ids is not None:
             where.append(f"run_id IN {p.add(list(run_ids), 'Array(String)')}")
+        if name is not None:
+            where.append(f"name {'LIKE' if '%' in name else '='} {p.add(name, 'String')}")
+        for bound, op in ((started_after, ">="), (started_before, "<")):
+            if bound is not None:
+                where.append(f"start_time {op} {p.add(_epoch_ms(bound), 'Int64')}")
         for key, flt in (params or {}).items():
             op, value = _split(flt)
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM params FINAL WHERE key = "
+            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.params FINAL WHERE key = "
                          f"{p.add(key, 'String')} AND {_typed('value', op, value, p)})")
         tag_filters = dict(tags) if isinstance(tags, Mapping) else {t: None for t in (tags or [])}
         for key, flt in tag_filters.items():
@@ -109,16 +132,33 @@ class Api:
             if flt is not None:
                 op, value = _split(flt)
                 cond = f"value {op} {p.add(str(value), 'String')}"
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM tags FINAL WHERE key = "
+            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.tags FINAL WHERE key = "
                          f"{p.add(key, 'String')} AND {cond})")
-        for name, flt in (metrics or {}).items():
+        for metric, flt in (metrics or {}).items():
             op, value = _split(flt)
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM latest WHERE metric = "
-                         f"{p.add(name, 'String')} AND value {op} {p.add(float(value), 'Float64')})")
+            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.latest WHERE metric = "
+                         f"{p.add(metric, 'String')} AND value {op} {p.add(float(value), 'Float64')})")
+        try:
+            groups = search.parse_filter_any(filter, where="filter", typed_params=True)
+            orders = search.parse_order_by([order_by] if isinstance(order_by, str) else list(order_by or ()))
+            if groups:
+                where.append("(" + " OR ".join("(" + " AND ".join(search.sql_conditions(g, db, scope, p, latest=True)
+                                                                  or ["1"]) + ")" for g in groups) + ")")
+            joins, terms = search.sql_order(orders, db, scope, p, latest=True)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from exc
         cols = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step",
                 "points_acked", "sessions"]
-        rows = self.client.query(f"SELECT {', '.join(cols)} FROM runs WHERE {' AND '.join(where)} "
-                                 f"ORDER BY started DESC LIMIT {int(limit)}", parameters=p.values).result_rows
+        run = (f"SELECT {', '.join(cols)}, name AS run_name, status, '' AS user_id, 'active' AS lifecycle_stage, "
+               "toUnixTimestamp64Milli(started) AS start_time, "
+               "if(isNull(ended), NULL, toUnixTimestamp64Milli(assumeNotNull(ended))) AS end_time, '' AS artifact_uri, "
+               f"'' AS model_status FROM {db}.runs")
+        order = ", ".join([*terms, "run.started DESC", "run.run_id ASC"])
+        page = f" LIMIT {int(limit)}" if limit is not None else ""
+        page += f" OFFSET {int(offset)}" if offset else ""
+        rows = self.client.query(f"SELECT {', '.join('run.' + c for c in cols)} FROM (SELECT * FROM ({run}) WHERE "
+                                 f"{' AND '.join(where)}) AS run {' '.join(joins)} ORDER BY {order}{page}",
+                                 parameters=p.values).result_rows
         df = pd.DataFrame(rows, columns=cols)
         if df.empty:
             return df
@@ -139,20 +179,63 @@ class Api:
         wide = pd.DataFrame([extra[r] for r in df.run_id], index=df.index)
         return pd.concat([df, wide[sorted(wide.columns)]], axis=1)
 
+    def run(self, run_id: str, project: str | None = None) -> RunInfo:
+        """One run: its fields, ``config`` (params, typed), ``tags``, ``summary`` (latest value of each metric),
+        lineage and artifacts. Raises LookupError for an unknown run, or a run id two projects hold without
+        ``project``."""
+        p = QueryParams()
+        where = f"run_id = {p.add(run_id, 'String')}" + (f" AND project = {p.add(project, 'String')}" if project else "")
+        cols = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step", "points_acked",
+                "points_dropped", "sessions", "git_commit", "git_branch", "hostname"]
+        rows = self.client.query(f"SELECT {', '.join(cols)} FROM runs WHERE {where} LIMIT 2", parameters=p.values).result_rows
+        if not rows:
+            raise LookupError(f"no run {run_id!r}" + (f" in project {project!r}" if project else ""))
+        if len(rows) > 1:
+            raise LookupError(f"run id {run_id!r} is in projects {rows[0][0]!r} and {rows[1][0]!r}: pass project=")
+        row = dict(zip(cols, rows[0]))
+        scope = {"r": run_id, "p": row["project"]}
+        cond = "project = {p:String} AND run_id = {r:String}"
+        config = {k: _decode(v) for k, v in self.client.query(
+            f"SELECT key, value FROM params FINAL WHERE {cond} ORDER BY key", parameters=scope).result_rows}
+        tags = dict(self.client.query(f"SELECT key, value FROM tags FINAL WHERE {cond} ORDER BY key",
+                                      parameters=scope).result_rows)
+        summary = {m: v for m, v, *_ in self.client.query(
+            f"SELECT metric, value, step FROM latest WHERE {cond} ORDER BY metric", parameters=scope).result_rows}
+        return RunInfo(api=self, id=run_id, project=row["project"], name=row["name"], status=row["status"],
+                       started=row["started"], ended=row["ended"], parent_run_id=row["parent_run_id"],
+                       fork_step=row["fork_step"], points_acked=row["points_acked"],
+                       points_dropped=row["points_dropped"], sessions=row["sessions"], config=config, tags=tags,
+                       summary=summary, git={"commit": row["git_commit"], "branch": row["git_branch"]},
+                       hostname=row["hostname"])
+
     def compare(self, run_ids: Sequence[str], project: str | None = None) -> Any:
         """Runs side by side: one column per run, one row per field, param and latest metric."""
         df = self.runs(project, run_ids=run_ids)
         return df.set_index("run_id").reindex([r for r in run_ids if r in set(df.run_id)]).T
 
     # -- history ------------------------------------------------------------------------------------------
-    def history(self, run_id: str, metric: str, *, project: str | None = None, buckets: int | None = None,
+    def history(self, run_id: str, metric: str | Sequence[str] | None = None, *, keys: Sequence[str] | None = None,
+                project: str | None = None, buckets: int | None = None, samples: int | None = None,
                 include_parent: bool = True, format: str = "pandas") -> Any:
-        """A metric's points by step: columns step, value, ts. With ``buckets``, at most that many rows of
-        min / max / avg (and count) per range of steps, for long series. A fork's history starts with its
+        """A metric's points by step: columns step, value, ts. With ``buckets`` (or ``samples``), at most that many
+        rows of min / max / avg (and count) per range of steps, for long series. A fork's history starts with its
         parent's points up to the fork step (``include_parent``). ``format``: pandas, arrow or numpy (a dict of
-        arrays)."""
+        arrays). Several metrics (``keys=[...]`` or a list): one pandas frame, a row per step, a column per metric
+        (the average of a bucket with ``buckets``)."""
         if format not in ("pandas", "arrow", "numpy"):
             raise ValueError("format must be pandas, arrow or numpy")
+        buckets = buckets or samples
+        names = list(keys) if keys is not None else [metric] if isinstance(metric, str) else list(metric or [])
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError("history() needs a metric name, or keys=[names]")
+        if keys is not None or not isinstance(metric, str):
+            if format != "pandas":
+                raise ValueError("several metrics come as one pandas frame: format='pandas'")
+            import pandas as pd
+            frames = [self.history(run_id, n, project=project, buckets=buckets, include_parent=include_parent)
+                      [["step", "value"]].rename(columns={"value": n}).set_index("step") for n in names]
+            return pd.concat(frames, axis=1).sort_index().reset_index()
+        metric = names[0]
         p = QueryParams()
         parts = [self._segment(run_id, metric, project, None, p)]
         child = run_id
@@ -210,6 +293,88 @@ class Api:
             cond += f" AND step <= {p.add(up_to, 'Int64')}"
         return f"SELECT step, value, ts FROM metrics WHERE {cond}"
 
+    def scan_history(self, run_id: str, keys: Sequence[str] | None = None, *, project: str | None = None,
+                     page_size: int = 10_000, include_parent: bool = True) -> Iterator[dict[str, Any]]:
+        """Every point of a run, a dict per step (``step``, ``_ts`` and one key per metric logged at it), in step
+        order, read in pages of ``page_size`` points so a long run never sits whole in memory. ``keys`` limits the
+        metrics. A fork's scan starts with its parent's points up to the fork step."""
+        chain: list[tuple[str, int | None]] = [(run_id, None)]
+        child = run_id
+        for _ in range(16 if include_parent else 0):
+            parent = self._fork_of(child, project)
+            if parent is None:
+                break
+            child = parent[0]
+            chain.append(parent)
+        row: dict[str, Any] = {}
+        for rid, up_to in reversed(chain):
+            after: tuple[int, str] | None = None
+            while True:
+                p = QueryParams()
+                cond = f"run_id = {p.add(rid, 'String')}"
+                cond += f" AND project = {p.add(project, 'String')}" if project is not None else ""
+                cond += f" AND step <= {p.add(up_to, 'Int64')}" if up_to is not None else ""
+                cond += f" AND metric IN {p.add(list(keys), 'Array(String)')}" if keys is not None else ""
+                if after is not None:
+                    cond += f" AND (step, metric) > ({p.add(after[0], 'Int64')}, {p.add(after[1], 'String')})"
+                page = self.client.query(f"SELECT step, metric, value, ts FROM metrics WHERE {cond} ORDER BY step, metric "
+                                         f"LIMIT {int(page_size)}", parameters=p.values).result_rows
+                for step, name, value, ts in page:
+                    if row and row["step"] != step:
+                        yield row
+                        row = {}
+                    if not row:
+                        row = {"step": step, "_ts": ts}
+                    row[name] = value
+                    row["_ts"] = max(row["_ts"], ts)
+                if len(page) < page_size:
+                    break
+                after = (page[-1][0], page[-1][1])
+        if row:
+            yield row
+
+    # -- artifacts ----------------------------------------------------------------------------------------
+    def artifacts(self, run_id: str, project: str | None = None) -> list[dict[str, Any]]:
+        """What a run logged as artifacts: uri (as logged), stored_uri (where the bytes are kept), size, sha256."""
+        rows = self.client.query(
+            "SELECT uri, any(stored_uri), any(size), sha256 FROM artifacts WHERE run_id = {r:String}"
+            + (" AND project = {p:String}" if project else "") + " GROUP BY uri, sha256 ORDER BY uri",
+            parameters={"r": run_id, "p": project}).result_rows
+        return [dict(zip(("uri", "stored_uri", "size", "sha256"), r)) for r in rows]
+
+    def download(self, run_id: str, name: str, dest: str | Path = ".", *, project: str | None = None) -> Path:
+        """Fetch a run's artifact (by its uri, or the uri's last part) into ``dest`` (a folder) and check its
+        sha256. Bytes kept by the artifact server (uploaded with ``log_artifact``) come over HTTPS/HTTP with this
+        API's token; bytes in a folder this machine sees are copied."""
+        found = [a for a in self.artifacts(run_id, project)
+                 if a["uri"] == name or a["uri"].rstrip("/").rsplit("/", 1)[-1] == name]
+        stored = [a for a in found if a["stored_uri"]]
+        if not stored:
+            raise LookupError(f"run {run_id!r} has no stored artifact {name!r}" + (" (logged, but its bytes were not "
+                              "uploaded or copied anywhere)" if found else ""))
+        art = stored[-1]
+        target = Path(dest) / str(art["uri"]).rstrip("/").rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = art["stored_uri"]
+        if src.startswith(("http://", "https://")):
+            req = urllib.request.Request(src, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+            with urllib.request.urlopen(req, timeout=60, context=self._ssl(src)) as resp, open(target, "wb") as f:
+                shutil.copyfileobj(resp, f, 1 << 20)
+        else:
+            shutil.copyfile(src.removeprefix("file://"), target)
+        digest = hashlib.sha256()
+        with open(target, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if art["sha256"] and digest.hexdigest() != art["sha256"]:
+            target.unlink()
+            raise RunstreamError(f"artifact {name!r} of run {run_id!r}: sha256 {digest.hexdigest()} is not the logged "
+                                 f"{art['sha256']}; the stored copy changed or the download was cut")
+        return target
+
+    def _ssl(self, url: str) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.tls_ca or None) if url.startswith("https://") else None
+
     # -- lineage ------------------------------------------------------------------------------------------
     def lineage(self, run_id: str, project: str | None = None) -> dict[str, Any]:
         """Where a run came from and what it touched: its ancestors (parent / fork chain), datasets it used,
@@ -244,3 +409,50 @@ def _decode(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def _epoch_ms(value: Any) -> int:
+    """A datetime (naive: UTC) or Unix seconds, in milliseconds."""
+    if isinstance(value, datetime):
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value * 1000)
+    raise ValueError(f"started_after/started_before: a datetime or Unix seconds, not {value!r}")
+
+
+@dataclass
+class RunInfo:
+    """One run as ``Api.run`` reads it; ``history``, ``scan_history``, ``artifacts``, ``download`` and ``lineage``
+    read more of it."""
+    api: Api = field(repr=False)
+    id: str
+    project: str
+    name: str
+    status: str
+    started: Any
+    ended: Any
+    parent_run_id: str
+    fork_step: int | None
+    points_acked: int | None
+    points_dropped: int
+    sessions: int
+    config: dict[str, Any]
+    tags: dict[str, str]
+    summary: dict[str, float]
+    git: dict[str, str]
+    hostname: str
+
+    def history(self, keys: str | Sequence[str], **kw: Any) -> Any:
+        return self.api.history(self.id, keys, project=self.project, **kw)
+
+    def scan_history(self, keys: Sequence[str] | None = None, **kw: Any) -> Iterator[dict[str, Any]]:
+        return self.api.scan_history(self.id, keys, project=self.project, **kw)
+
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.api.artifacts(self.id, self.project)
+
+    def download(self, name: str, dest: str | Path = ".") -> Path:
+        return self.api.download(self.id, name, dest, project=self.project)
+
+    def lineage(self) -> dict[str, Any]:
+        return self.api.lineage(self.id, self.project)

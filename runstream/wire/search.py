@@ -1,6 +1,7 @@
 """MLflow's search syntax: a filter (``metrics.acc > 0.9 and params.lr = '0.01'``) and order_by clauses, parsed
 once, then either translated to ClickHouse SQL over runstream's tables (runs) or evaluated in Python (experiments).
-Every value becomes a server-side query parameter: no text of a filter is ever pasted into SQL."""
+Every value becomes a server-side query parameter: no text of a filter is ever pasted into SQL. The MLflow API
+and the read API (which also takes OR between groups of AND) share it."""
 
 from __future__ import annotations
 
@@ -91,9 +92,18 @@ def _value(tok: tuple[str, str], where: str) -> Any:
 
 def parse_filter(text: str | None, *, attrs: dict[str, str] = RUN_ATTRS, where: str = "filter") -> list[Cond]:
     """The conditions of a filter string, all of which must hold (MLflow's syntax has AND only)."""
+    groups = parse_filter_any(text, attrs=attrs, where=where, allow_or=False)
+    return groups[0] if groups else []
+
+
+def parse_filter_any(text: str | None, *, attrs: dict[str, str] = RUN_ATTRS, where: str = "filter",
+                     allow_or: bool = True, typed_params: bool = False) -> list[list[Cond]]:
+    """Groups of conditions, any group of which must hold in full: ``a AND b OR c`` is [[a, b], [c]] (AND binds
+    tighter, as in SQL). Empty for an empty filter."""
     if not text or not text.strip():
         return []
     toks = _tokens(text, where)
+    groups: list[list[Cond]] = []
     conds: list[Cond] = []
     i = 0
 
@@ -137,21 +147,31 @@ def parse_filter(text: str | None, *, attrs: dict[str, str] = RUN_ATTRS, where: 
             op = "!=" if op == "<>" else op
             if i + 1 >= len(toks):
                 raise ValidationError(where, f"{key!r} {op} needs a value")
-            conds.append(_checked(Cond(kind, key, op, _value(toks[i + 1], where)), attrs, where))
+            conds.append(_checked(Cond(kind, key, op, _value(toks[i + 1], where)), attrs, where, typed_params))
             i += 2
         if i < len(toks):
-            if word(i) == "OR":
+            if word(i) == "OR" and not allow_or:
                 raise ValidationError(where, "OR is not supported (MLflow's search syntax joins conditions with AND)")
-            if word(i) != "AND":
-                raise ValidationError(where, f"expected AND, got {toks[i][1]!r}")
+            if word(i) not in ("AND", "OR"):
+                raise ValidationError(where, f"expected AND or OR, got {toks[i][1]!r}")
+            if word(i) == "OR":
+                groups.append(conds)
+                conds = []
             i += 1
             if i >= len(toks):
-                raise ValidationError(where, "ends with AND")
-    return conds
+                raise ValidationError(where, f"ends with {word(i - 1)}")
+    groups.append(conds)
+    return groups
 
 
-def _checked(c: Cond, attrs: dict[str, str], where: str) -> Cond:
+def _checked(c: Cond, attrs: dict[str, str], where: str, typed_params: bool = False) -> Cond:
+    """A comparison fits its key's type; with ``typed_params`` a param compares as the value given (a number as a
+    number, a string as text)."""
     numeric = c.kind == "metric" or (c.kind == "attr" and attrs.get(c.key) == "number")
+    if typed_params and c.kind == "param":
+        if isinstance(c.value, float) and c.op in ("LIKE", "ILIKE"):
+            raise ValidationError(where, f"{c.key!r} LIKE needs a quoted pattern")
+        return c
     if numeric:
         if c.op in ("LIKE", "ILIKE"):
             raise ValidationError(where, f"{c.key!r} is numeric: use =, !=, <, <=, > or >=")
@@ -203,9 +223,10 @@ def _compare(column: str, c: Cond, p: QueryParams) -> str:
     return f"{column} {c.op} {p.add(c.value, 'String')}"
 
 
-def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
+def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> list[str]:
     """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
-    subqueries to the searched projects."""
+    subqueries to the searched projects. ``latest``: a metric's latest value from the `latest` table (sized by
+    runs x metrics; its ties resolve by step only), not from every point."""
     out = []
     for c in conds:
         if c.kind == "attr":
@@ -217,7 +238,10 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> li
                 out.append(_compare(ATTR_COLUMNS[c.key], c, p))
             continue
         key = p.add(c.key, "String")
-        if c.kind == "metric":
+        if c.kind == "metric" and latest:
+            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.latest WHERE {scope} AND metric = {key} "
+                       f"AND {_compare('value', c, p)})")
+        elif c.kind == "metric":
             out.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.metric_points WHERE {scope} AND metric = {key} "
                        f"GROUP BY project, run_id HAVING {_compare(LATEST, c, p)})")
         elif c.kind in ("param", "tag"):
@@ -232,6 +256,8 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> li
             else:
                 if c.op in ("IN", "NOT IN"):
                     raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
+                if isinstance(c.value, float):  # a typed param compared with a number (read API)
+                    text = "toFloat64OrNull(value)"
                 out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
         elif c.kind == "dataset":
             column = {"name": "uri", "digest": "digest"}.get(c.key)
@@ -242,9 +268,9 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> li
     return out
 
 
-def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams) -> tuple[list[str], list[str]]:
+def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> tuple[list[str], list[str]]:
     """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
-    come last, in either direction, as MLflow orders them."""
+    come last, in either direction, as MLflow orders them. ``latest`` as in sql_conditions."""
     joins, terms = [], []
     for i, o in enumerate(orders):
         direction = "ASC" if o.ascending else "DESC"
@@ -253,13 +279,18 @@ def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams) -> tuple
             terms += [f"isNull({column})", f"{column} {direction}"]
             continue
         key = p.add(o.key, "String")
-        if o.kind == "metric":
+        if o.kind == "metric" and latest:
+            sub = f"SELECT project, run_id, value AS v FROM {db}.latest WHERE {scope} AND metric = {key}"
+        elif o.kind == "metric":
             sub = f"SELECT project, run_id, {LATEST} AS v FROM {db}.metric_points WHERE {scope} AND metric = {key} GROUP BY project, run_id"
         else:
             table, text = ("params", PARAM_TEXT) if o.kind == "param" else ("tags", "value")
             sub = f"SELECT project, run_id, {text} AS v FROM {db}.{table} FINAL WHERE {scope} AND key = {key}"
+        numeric = latest and o.kind == "param"  # typed params: numbers in numeric order, before text
+        if numeric:
+            sub = sub.replace(" AS v FROM", " AS v, toFloat64OrNull(value) AS n FROM")
         joins.append(f"LEFT JOIN ({sub}) AS o{i} ON o{i}.project = run.project AND o{i}.run_id = run.run_id")
-        terms += [f"o{i}.run_id = ''", f"o{i}.v {direction}"]
+        terms += [f"o{i}.run_id = ''", *([f"isNull(o{i}.n)", f"o{i}.n {direction}"] if numeric else []), f"o{i}.v {direction}"]
     return joins, terms
 
 
