@@ -982,6 +982,10 @@ class MlflowApi:
                                                                      f"mlflow.max_artifact_bytes ({limit})")
                     digest.update(chunk)
                     f.write(chunk)
+            expected = request.headers.get("X-Runstream-Sha256", "").lower()
+            if expected and expected != digest.hexdigest():  # cut or changed in flight: keep nothing
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact {path[:200]!r}: the bytes received have sha256 "
+                                                             f"{digest.hexdigest()}, not {expected}; send it again")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

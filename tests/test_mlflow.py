@@ -230,6 +230,67 @@ def test_artifacts_up_list_down_with_lineage(ml: MlflowStack, tmp_path: Path) ->
     assert len(rows) == 3
 
 
+def test_sdk_artifacts_are_uploaded_and_any_client_lists_and_downloads_them(ml: MlflowStack, token: str, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """log_artifact streams the bytes to the stack's artifact server (no shared filesystem): MLflow's client lists
+    and downloads them, the read API downloads them with the sha256 checked; bytes that do not match the sha256
+    sent are refused and not kept; a refused upload still leaves the file's digest in the run's lineage."""
+    import hashlib
+
+    import requests
+
+    import runstream
+    from runstream.sdk.transport import GrpcTransport
+    ingest = f"127.0.0.1:{ml.roles.stages['ingest'][0].port}"
+
+    def init(tok: str) -> runstream.Run:
+        return runstream.init("uploads", transport=GrpcTransport(ingest, token), token=tok,
+                              spool_dir=str(tmp_path / "spool"), system_interval_s=0)
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(3 << 20))
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.csv").write_text("0,1.0\n1,0.5\n")
+    run = init(token)
+    run.log({"loss": 1.0})
+    art = run.log_artifact(model, upload=ml.url)  # right after the start: retried until the run is stored
+    run.log_artifact(tmp_path / "plots", upload=ml.url)
+    assert art.uri == f"mlflow-artifacts:/uploads/{run.id}/artifacts/model.bin"
+    assert run.finish(timeout=60)
+
+    c = MlflowClient()
+    assert sorted(f.path for f in c.list_artifacts(run.id)) == ["model.bin", "plots"]
+    assert [f.path for f in c.list_artifacts(run.id, "plots")] == ["plots/loss.csv"]
+    out = Path(mlflow.artifacts.download_artifacts(run_id=run.id, artifact_path="model.bin", dst_path=str(tmp_path / "m")))
+    assert out.read_bytes() == model.read_bytes()
+
+    api = runstream.Api(f"http://{ml.config.sink.sql_listen}", token, database=ml.config.clickhouse.database,
+                        artifact_url=ml.url)
+    listed = wait_until(lambda: len(api.artifacts(run.id)) == 2 and api.artifacts(run.id), 30, "two artifact records")
+    assert isinstance(listed, list)
+    assert {a["uri"].rsplit("/", 1)[1]: a["sha256"] for a in listed} == {
+        "model.bin": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "loss.csv": hashlib.sha256(b"0,1.0\n1,0.5\n").hexdigest()}
+    got = api.download(run.id, "model.bin", tmp_path / "via-api")
+    assert got.read_bytes() == model.read_bytes()
+
+    # The server checks the digest the SDK sends.
+    bad = requests.put(f"{ml.url}/api/2.0/mlflow-artifacts/artifacts/uploads/{run.id}/artifacts/tampered.bin",
+                       data=b"abc", headers={"Authorization": f"Bearer {token}", "X-Runstream-Sha256": "0" * 64},
+                       timeout=30)
+    assert bad.status_code == 400 and "sha256" in bad.json()["message"]
+    assert sorted(f.path for f in c.list_artifacts(run.id)) == ["model.bin", "plots"]
+
+    # A refused upload (a token without access): said in the log, and the lineage keeps the file's digest.
+    other = init("rs_bogus_token")
+    other.log_artifact(model, upload=ml.url)
+    assert other.finish(timeout=60)
+    assert "was not uploaded" in caplog.text
+    rows = wait_until(lambda: ml.query("SELECT uri, sha256 FROM {db}.artifacts WHERE run_id = {r:String}", r=other.id),
+                      30, "the local artifact record")
+    assert rows == [(str(model), hashlib.sha256(model.read_bytes()).hexdigest())]
+
+
 def test_any_experiment_name_and_renames_keep_the_project(ml: MlflowStack) -> None:
     """MLflow's first line, set_experiment("My Experiment"), works; the experiment gets a project of its own (its
     name's letters and digits) and a rename changes only the name people see."""

@@ -64,7 +64,7 @@ class Api:
     (RUNSTREAM_SQL_URL / RUNSTREAM_TOKEN), then the local `runstream up` (its stack.json)."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *, database: str | None = None,
-                 config: RunstreamConfig | None = None) -> None:
+                 config: RunstreamConfig | None = None, artifact_url: str | None = None) -> None:
         cfg = config or RunstreamConfig.load()
         info = cfg.stack_info()
         url = url or cfg.client.sql_url or info.get("sql", "")
@@ -74,6 +74,8 @@ class Api:
         self.database = database or info.get("database") or cfg.clickhouse.database
         self._forks: dict[tuple[str, str | None], tuple[str, int] | None] = {}
         self.token, self.tls_ca = token or "", cfg.client.tls_ca
+        # Where uploaded artifacts' bytes are served (the mlflow role's artifact proxy).
+        self.artifact_url = (artifact_url or cfg.client.artifact_url or str(info.get("mlflow", ""))).rstrip("/")
         u = urlparse(url)
         self.client = _client_lib().get_client(
             host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
@@ -344,8 +346,9 @@ class Api:
 
     def download(self, run_id: str, name: str, dest: str | Path = ".", *, project: str | None = None) -> Path:
         """Fetch a run's artifact (by its uri, or the uri's last part) into ``dest`` (a folder) and check its
-        sha256. Bytes kept by the artifact server (uploaded with ``log_artifact``) come over HTTPS/HTTP with this
-        API's token; bytes in a folder this machine sees are copied."""
+        sha256. Bytes kept by the artifact server (uploaded by ``log_artifact``) come over HTTP(S) with this API's
+        token (``artifact_url``, else ``client.artifact_url``, else the local stack's); bytes in a folder this
+        machine sees are copied."""
         found = [a for a in self.artifacts(run_id, project)
                  if a["uri"] == name or a["uri"].rstrip("/").rsplit("/", 1)[-1] == name]
         stored = [a for a in found if a["stored_uri"]]
@@ -356,6 +359,11 @@ class Api:
         target = Path(dest) / str(art["uri"]).rstrip("/").rsplit("/", 1)[-1]
         target.parent.mkdir(parents=True, exist_ok=True)
         src = art["stored_uri"]
+        if art["uri"].startswith("mlflow-artifacts:/"):  # uploaded: the server that keeps it serves it
+            if not self.artifact_url:
+                raise RunstreamError(f"artifact {name!r} is kept by the artifact server: pass Api(artifact_url=...) "
+                                     "or set client.artifact_url (RUNSTREAM_ARTIFACT_URL)")
+            src = f"{self.artifact_url}/api/2.0/mlflow-artifacts/artifacts/{art['uri'].removeprefix('mlflow-artifacts:/')}"
         if src.startswith(("http://", "https://")):
             req = urllib.request.Request(src, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
             with urllib.request.urlopen(req, timeout=60, context=self._ssl(src)) as resp, open(target, "wb") as f:

@@ -34,8 +34,10 @@ from typing import Any
 from runstream.sdk import spool, system
 from runstream.sdk.lookup import LookupFailed, StoredRun, stored_run
 from runstream.sdk.transport import SendError, Transport, connect, resolve
+from runstream.sdk.upload import Upload, Uploader
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
+from runstream.wire.mlflow import experiment_id
 from runstream.wire.names import MAX_STEP, name_problem, step_of, value_problem
 
 log = logging.getLogger("runstream")
@@ -141,6 +143,7 @@ class Run:
         self._step = 0
         self._seq = 0
         self._finished = False
+        self._token: str | None = None  # init()'s token, for artifact uploads
         self.stats = _RunStats()
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -214,24 +217,54 @@ class Run:
         self._records.append((_LINEAGE, time.time(), DatasetUse(uri=str(uri), digest=digest or "", size=size)))
         return digest or ""
 
-    def log_artifact(self, path_or_uri: str | Path, *, artifact_dir: str | Path | None = None) -> Artifact:
-        """Record something the run made: size and sha256 for local files; the bytes are copied to the
-        artifact directory (``artifact_dir``, else ``client.artifact_dir`` / RUNSTREAM_ARTIFACT_DIR) when one is
-        set, else they stay."""
+    def log_artifact(self, path_or_uri: str | Path, *, artifact_dir: str | Path | None = None,
+                     upload: bool | str | None = None) -> Artifact:
+        """Record something the run made (a file or a folder): its size and sha256, and keep its bytes.
+
+        ``upload``: True, or the artifact server's URL, streams the bytes in the background to the stack's artifact
+        server (the MLflow role; ``client.artifact_url``, else the local stack's), so any client lists and downloads
+        them (read API, MLflow); ``finish()`` waits for the uploads. None (the default) uploads when an artifact
+        server is known and no ``artifact_dir`` is given. Otherwise the bytes are copied to ``artifact_dir`` (else
+        ``client.artifact_dir``) when one is set, else they stay where they are."""
         uri = str(path_or_uri)
         art = Artifact(uri=uri)
         path = _local(uri)
-        if path is not None and path.exists():
-            art.sha256, art.size = file_digest(path)
-            target_dir = artifact_dir or self._sender.artifact_dir
-            if target_dir:
-                dest = Path(target_dir) / art.sha256[:2] / art.sha256 / path.name
-                if not dest.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    (shutil.copytree if path.is_dir() else shutil.copy2)(path, dest)
-                art.stored_uri = str(dest)
+        if path is None or not path.exists():
+            self._records.append((_LINEAGE, time.time(), art))
+            return art
+        art.sha256, art.size = file_digest(path)
+        target_dir = artifact_dir or self._sender.artifact_dir
+        server = upload if isinstance(upload, str) else None
+        if upload is True or (upload is None and not target_dir):
+            server = self._artifact_server(required=upload is True)
+        if server:
+            uploader = _uploader(server, self._token)
+            files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+            for f in files:
+                sha, size = (art.sha256, art.size) if f == path else file_digest(f)
+                local = Artifact(uri=str(f), sha256=sha, size=size)
+                name = path.name if f == path else f"{path.name}/{f.relative_to(path).as_posix()}"
+                # Given up: the run's lineage still names the file and its digest.
+                failed = lambda reason, a=local: self._records.append((_LINEAGE, time.time(), a))
+                uploader.submit(Upload(self.project, self.id, f, name, sha, size, failed))
+            art.uri = f"mlflow-artifacts:/{experiment_id(self.project)}/{self.id}/artifacts/{path.name}"
+            return art  # the server records each file once stored
+        if target_dir:
+            dest = Path(target_dir) / art.sha256[:2] / art.sha256 / path.name
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, dest)
+            art.stored_uri = str(dest)
         self._records.append((_LINEAGE, time.time(), art))
         return art
+
+    def _artifact_server(self, *, required: bool) -> str:
+        cfg = client_config()
+        server = cfg.client.artifact_url or str(cfg.stack_info().get("mlflow", ""))
+        if not server and required:
+            raise ValueError("log_artifact(upload=True): no artifact server known; set client.artifact_url "
+                             "(RUNSTREAM_ARTIFACT_URL) or start `runstream up` with the mlflow role")
+        return server
 
     def _log_system(self, values: dict[str, float]) -> None:
         """System metrics at the run's current step, without moving it (called from the sampler thread)."""
@@ -265,9 +298,12 @@ class Run:
         if self.stats.dropped_points:
             log.warning("runstream: run %s dropped %d points before sending: %s", self.id, self.stats.dropped_points,
                         ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.dropped.items())))
+        deadline = time.monotonic() + timeout
+        for uploader in list(_uploaders.values()):
+            if not uploader.wait(self.id, max(0.0, deadline - time.monotonic())):
+                log.warning("runstream: run %s finishes with artifact uploads still running", self.id)
         self._records.append((_FINISH, time.time(), status))
         self._sender.wake()
-        deadline = time.monotonic() + timeout
         while not self.stats.done.wait(max(0.0, min(5.0, deadline - time.monotonic()))):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -685,6 +721,18 @@ _jitter = random.Random()
 _senders: dict[tuple[str, str | None, str], Sender] = {}  # one per ingest a process logs to
 _sender_lock = threading.Lock()
 _active: list[Run] = []
+_uploaders: dict[tuple[str, str | None], Uploader] = {}
+
+
+def _uploader(server: str, token: str | None) -> Uploader:
+    client = client_config()
+    token = resolve(client, token=token)[1]
+    with _sender_lock:
+        up = _uploaders.get((server, token))
+        if up is None:
+            up = _uploaders[(server, token)] = Uploader(server, token, tls_ca=client.client.tls_ca)
+            up.start()
+        return up
 
 
 def _default_sender(url: str | None, token: str | None, options: Mapping[str, Any]) -> Sender:
@@ -751,6 +799,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     run_id = run_id or uuid.uuid4().hex[:16]
     name = name or (stored.name if stored else "") or run_id
     run = Run(sender, project=project, name=name, run_id=run_id, strict=strict)
+    run._token = token
     now = time.time()
     now_ms = int(now * 1000)
     host = HostInfo(hostname=socket.gethostname(), pid=os.getpid(), python_version=platform.python_version(),
@@ -829,5 +878,8 @@ def _at_exit() -> None:
     for run in list(_active):
         if not run._finished:
             run.finish("failed" if failed else "finished", timeout=10)
+    for uploader in list(_uploaders.values()):
+        if not uploader.wait(None, 60):
+            log.warning("runstream: exiting with artifact uploads unfinished; log them again to keep their bytes")
     for sender in list(_senders.values()):
         sender.close(timeout=10)

@@ -147,7 +147,8 @@ class ClientConfig:
     tls_cert: str = ""             # PEM client certificate, when ingest requires one
     tls_key: str = ""
     spool_dir: str = ""            # empty: <data_dir>/spool
-    artifact_dir: str = ""         # log_artifact copies files here; empty: files stay where they are
+    artifact_dir: str = ""         # log_artifact copies files here (when not uploading); empty: files stay where they are
+    artifact_url: str = ""         # log_artifact uploads to this artifact server (the mlflow role); empty: the local stack's
     sql_url: str = ""              # the read API's SQL endpoint (or a ClickHouse server); empty: the local stack's
     system_interval_s: float = 5.0  # system metrics (sys/...) every so many seconds; 0 turns them off
 
