@@ -389,6 +389,7 @@ def test_durable_points_reach_disk_while_the_sender_waits_on_a_stalled_ingest(tm
     assert spool.files(tmp_path, wal=True) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ingest", ["healthy", "stalled"])
 def test_durable_kill_9_while_logging_loses_at_most_a_flush_interval(stack: Stack, token: str, tmp_path: Path,
                                                                      ingest: str) -> None:
