@@ -51,7 +51,6 @@ class Uploader(threading.Thread):
         self.jobs: queue.Queue[Upload] = queue.Queue()
         self._pending: dict[str, int] = {}  # run id -> uploads not yet done
         self._cond = threading.Condition()
-        self.uploaded = 0
 
     def submit(self, job: Upload) -> None:
         with self._cond:
@@ -93,7 +92,6 @@ class Uploader(threading.Thread):
         while True:
             problem, retry = self._put(job)
             if problem is None:
-                self.uploaded += 1
                 return
             if not retry or time.monotonic() + delay > deadline:
                 log.error("runstream: artifact %s of run %s was not uploaded: %s", job.name, job.run_id, problem)
