@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 import runstream
 from runstream.ops.broker import KafkaCluster, free_port
@@ -69,13 +70,20 @@ async def topic_settings(config: RunstreamConfig) -> dict[str, tuple[int, str]]:
 
 
 async def describe(config: RunstreamConfig, topic: str) -> list[dict]:
-    admin = AIOKafkaAdminClient(**client_args(config))
-    await admin.start()
-    try:
-        (desc,) = await admin.describe_topics([topic])
-        return list(desc["partitions"])
-    finally:
-        await admin.close()
+    # The admin client asks a node of its cached metadata, which can be the broker just killed: ask again.
+    for attempt in range(10):
+        admin = AIOKafkaAdminClient(**client_args(config))
+        try:
+            await admin.start()
+            (desc,) = await admin.describe_topics([topic])
+            return list(desc["partitions"])
+        except KafkaError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    raise AssertionError("unreachable")
 
 
 def leader_of(config: RunstreamConfig, partition: int) -> int:
