@@ -177,6 +177,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         self.publisher = publisher
         self.tokens = tokens
         self.loop_lag = loop_lag
+        self.busy = 0  # requests between their arrival and their answer: what a stop waits for
+        self.draining = False
 
     def _check(self, batch: ingest_pb2.Batch, where: str, token: Token, seqs: dict[str, int]) -> int:
         points = validate_batch(batch, self.config.ingest, where)
@@ -248,6 +250,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         audit_futures: list[asyncio.Future] = []
         points = 0
         seqs: dict[str, int] = {}
+        self.busy += 1
         try:
             token = self.tokens.authenticate(auth)
             async for raw in requests:
@@ -257,6 +260,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
             await self.publisher.wait(futures + audit_futures)
         except RunstreamError as exc:
             await self._refuse(exc, futures, context, method)
+        finally:
+            self.busy -= 1
         self._count(method, len(futures), points, started)
         return ingest_pb2.SendResponse(accepted=len(futures))
 
@@ -283,22 +288,28 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
         try:
             async for raw in request_iterator:
                 started = time.perf_counter()
-                seqs: dict[str, int] = {}  # order is checked per request, as per call: a resend is a new request
-                futures: list[asyncio.Future] = []
-                audit_futures: list[asyncio.Future] = []
+                self.busy += 1  # until its answer is written
                 try:
-                    # Every message is authenticated: a token revoked while the session is open stops it too.
-                    token = self.tokens.authenticate(auth)
-                    request = parse_session_request(raw)
-                    points = await self._publish_batches(request.batches, token, context, seqs, futures, audit_futures)
-                    await self.publisher.wait(futures + audit_futures)
-                except RunstreamError as exc:
-                    await self._refuse(exc, futures, context, "Session")
-                self._count("Session", len(futures), points, started)
-                if self.loop_lag is not None:
-                    self.loop_lag.requests += 1
-                yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
-                                            min_flush_interval_ms=self.flush_hint_ms(points)).SerializeToString()
+                    seqs: dict[str, int] = {}  # order is checked per request, as per call: a resend is a new request
+                    futures: list[asyncio.Future] = []
+                    audit_futures: list[asyncio.Future] = []
+                    try:
+                        # Every message is authenticated: a token revoked while the session is open stops it too.
+                        token = self.tokens.authenticate(auth)
+                        request = parse_session_request(raw)
+                        points = await self._publish_batches(request.batches, token, context, seqs, futures, audit_futures)
+                        await self.publisher.wait(futures + audit_futures)
+                    except RunstreamError as exc:
+                        await self._refuse(exc, futures, context, "Session")
+                    self._count("Session", len(futures), points, started)
+                    if self.loop_lag is not None:
+                        self.loop_lag.requests += 1
+                    yield ingest_pb2.SessionAck(id=request.id, accepted=len(futures),
+                                                min_flush_interval_ms=self.flush_hint_ms(points)).SerializeToString()
+                finally:
+                    self.busy -= 1
+                if self.draining:
+                    return  # the client opens a new session, on another ingest if there is one
         finally:
             tm.INGEST_SESSIONS.dec()
 
@@ -424,7 +435,8 @@ class IngestServer:
         limit = self.config.ingest.max_request_bytes
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024)])
-        self.server.add_generic_rpc_handlers((IngestService(self.config, self.publisher, self.tokens, self.loop_lag).handler(),
+        self.service = IngestService(self.config, self.publisher, self.tokens, self.loop_lag)
+        self.server.add_generic_rpc_handlers((self.service.handler(),
                                               AdminService(self.config, self.tokens).handler(status_for)))
         self.port = self._bind()
         if self.port == 0:
@@ -448,9 +460,15 @@ class IngestServer:
         return self.server.add_secure_port(ic.listen, creds)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Answers the requests in progress (up to ``grace`` seconds), then ends every stream: an idle Session
+        stream would otherwise hold the whole grace, and its client reconnects either way."""
         server, self.server = self.server, None
         if server is not None:
-            await server.stop(grace)
+            deadline = time.monotonic() + grace
+            self.service.draining = True
+            while self.service.busy and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await server.stop(max(0.0, deadline - time.monotonic()) if self.service.busy else 0)
         await self.loop_lag.stop()
         await self.publisher.stop()
         await self.follower.stop()

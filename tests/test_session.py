@@ -66,8 +66,13 @@ def test_a_restarted_ingest_costs_the_client_no_error(config: RunstreamConfig, t
     try:
         stack = Stack(config, roles)
         transport = GrpcTransport(config.ingest.listen, token)
+        open_before = counter("runstream_ingest_sessions")
         transport.send([metric_batch("r-before", 10)])
+        assert counter("runstream_ingest_sessions") == open_before + 1  # the session stays open, idle
+        t0 = time.monotonic()
         roles.stop_role("ingest")
+        # An idle session does not hold the stop's grace (5 s): nothing of it is waiting for an answer.
+        assert time.monotonic() - t0 < 1.5
         roles.start_role("ingest")
         transport.send([metric_batch("r-after", 10)])  # the broken idle session is replaced once, silently
         assert stack.wait_points(20, where="run_id IN ('r-before', 'r-after')") == 20

@@ -57,10 +57,6 @@ class InProcessRoles:
         """Stop every role and the loop (idempotent)."""
         if self.loop.is_closed():
             return
-        for stage in self.stages.get("ingest", []):
-            # The SDK keeps its session stream open after a run finishes, and an idle stream holds ingest's whole
-            # stop grace (5 s): a teardown of in-process roles gives it half a second.
-            self.call(stage.stop(grace=0.5))  # type: ignore[call-arg]
         for role in list(reversed(list(self.stages))):
             self.stop_role(role)
         self.loop.call_soon_threadsafe(self.loop.stop)
