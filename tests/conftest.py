@@ -170,28 +170,35 @@ class BackgroundClient:
 MLFLOW_SERVER = Path(__file__).resolve().parent.parent / ".venv-mlflow" / "bin" / "mlflow"
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite store, artifact proxy), from the venv scripts/setup makes."""
+@pytest.fixture(scope="session")
+def mlflow_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real MLflow tracking server (SQLite store, artifact proxy), from the venv scripts/setup makes: its URL and
+    its SQLite file. One per test process: it takes seconds of CPU to start, and tests use experiments of their own."""
     import subprocess
 
     from runstream.ops.broker import free_port
     from runstream.ops.stack import wait_http
     if not MLFLOW_SERVER.exists():
         pytest.skip("no MLflow server: scripts/setup installs one into .venv-mlflow")
+    home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "wb")
+    log = open(home / "mlflow-server.log", "wb")
     proc = subprocess.Popen([str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                             "--artifacts-destination", str(tmp_path / "mlflow-artifacts")],
+                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                             "--artifacts-destination", str(home / "mlflow-artifacts")],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 120)
         except RuntimeError:
-            raise AssertionError((tmp_path / "mlflow-server.log").read_text()[-3000:]) from None
-        yield f"http://127.0.0.1:{port}"
+            raise AssertionError((home / "mlflow-server.log").read_text()[-3000:]) from None
+        yield f"http://127.0.0.1:{port}", home / "mlflow.db"
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_reference: tuple[str, Path]) -> str:
+    return mlflow_reference[0]

@@ -152,7 +152,7 @@ def test_import_from_a_running_mlflow_server(stack: Stack, token: str, mlflow_se
 
 
 @pytest.mark.slow
-def test_cli_imports_an_mlflow_sql_database(stack: Stack, token: str, mlflow_server: str, tmp_path: Path) -> None:
+def test_cli_imports_an_mlflow_sql_database(stack: Stack, token: str, mlflow_reference: tuple[str, Path]) -> None:
     """`runstream import mlflow --tracking-uri sqlite:///...`: MLflow's SQL store needs full mlflow, so the CLI runs
     with the MLflow server's own venv (runstream's slim SDK on its path)."""
     import os
@@ -163,12 +163,12 @@ def test_cli_imports_an_mlflow_sql_database(stack: Stack, token: str, mlflow_ser
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import MLFLOW_SERVER
+    mlflow_server, db = mlflow_reference
     c = MlflowClient(tracking_uri=mlflow_server)
     exp = c.create_experiment("from-db")
     run = c.create_run(exp, run_name="db-run")
     c.log_batch(run.info.run_id, metrics=[Metric("loss", 1.0 / (s + 1), 1000 + s, s) for s in range(1234)])
     c.set_terminated(run.info.run_id)
-    db = tmp_path / "mlflow.db"  # the server fixture's store (it shares the test's tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), RUNSTREAM_URL=stack.ingest_addr, RUNSTREAM_TOKEN=token)
     python = MLFLOW_SERVER.parent / "python"
