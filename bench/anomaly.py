@@ -34,6 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cpu import CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
 
 KINDS = ("nonfinite", "spike", "divergence", "stall")
 STALL_LIMIT_MS = 5000  # the default stall_min_s: a silence longer than this is a stall, planned or not
@@ -186,6 +187,7 @@ def main() -> int:
     os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg)
     console.print(f"Starting the stack in {home} ...")
+    calib = calibration()
     info = sup.start()
     ch = open_url(f"http://{cfg.sink.sql_listen}", token=info["token"], database=cfg.clickhouse.database)
     try:
@@ -262,6 +264,7 @@ def main() -> int:
         # 1,000-point batches, then with the fleet's own shape (20 points: 2 metrics x 10 steps per flush).
         proc = next(pr for pr in sup.procs if pr.role == "process")
         pps: dict[int, int | None] = {}
+        proc_cpu: dict[int, Any] = {}
         for per_batch in (1000, 20):
             proc.stop()
             console.print(f"Producing a backlog of {args.throughput_points:,} points in {per_batch}-point batches ...")
@@ -270,16 +273,22 @@ def main() -> int:
             proc.start()
             t_first = t_last = None
             n_first = 0.0
+            meter = None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 n = scrape(cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0) - before
                 now = time.monotonic()
                 if n > 0 and t_first is None:
                     t_first, n_first = now, n
+                    # Counted from its first processed batch: the worker's start-up is not per-point work.
+                    meter = CpuMeter({"process": [proc.proc.pid] if proc.proc else []}).start()
                 if n >= args.throughput_points:
                     t_last = now
                     break
                 time.sleep(0.1)
+            if meter is not None:
+                meter.stop()
+                proc_cpu[per_batch] = meter.report(int(args.throughput_points - n_first))
             pps[per_batch] = (round((args.throughput_points - n_first) / (t_last - t_first))
                               if t_first and t_last and t_last > t_first else None)
         out = {
@@ -300,7 +309,9 @@ def main() -> int:
             "log_to_processor_ms_p50_p99": [round(x) for x in split[0]], "processor_to_stored_ms_p50_p99": [round(x) for x in split[1]],
             "points_per_s": pps[1000], "points_per_s_fleet_batches": pps[20],
             "points_per_s_note": "one processor worker on a backlog (1,000-point / 20-point batches), while the sink stores it too",
-            "cpu_cores": os.cpu_count(),
+            "cpu_cores": os.cpu_count(), "calibration": calib,
+            # The processor worker's CPU through each backlog above, per million points processed.
+            "processor_cpu_by_batch_points": proc_cpu,
         }
         print(json.dumps(out))
         return 0

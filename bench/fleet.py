@@ -10,7 +10,8 @@ one Session message (``session``) or one call (``call``); a failed send is retri
 does. Jobs are spread over ``--procs`` client processes (asyncio). Reported per fleet size: points offered,
 acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code, log -> queryable
 p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes the job's
-flush wait), and CPU seconds per second of each role (/proc). Goals (issue #11): all acknowledged, ack p99 <= 1 s,
+flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart).
+Goals (issue #11): all acknowledged, ack p99 <= 1 s,
 log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
 the way bench/fleetload.py does), the processors' lag, a network between machines.
 """
@@ -31,7 +32,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import cpu_seconds, pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
+from cpu import CLIENTS, CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import ingest_batches, pct, role_pids, start_stack  # noqa: E402
 
 GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
 
@@ -126,10 +128,9 @@ def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: A
 def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any) -> dict[str, Any]:
     from runstream.read import Api
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
-    roles = {p.name: p.proc.pid for p in sup.procs if p.proc is not None}
-    if sup.broker is not None and sup.broker.proc is not None:
-        roles["kafka"] = sup.broker.proc.pid
-    cpu0 = {name: cpu_seconds(pid) for name, pid in roles.items()}
+    calib = calibration()
+    batches0 = ingest_batches(sup)
+    meter = CpuMeter(role_pids(sup)).start()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start = time.time() + 3.0  # the processes start their jobs together
@@ -138,15 +139,12 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, stop_at, q)) for n in per]
     for p in procs:
         p.start()
+        meter.add(CLIENTS, p.pid or 0)
     offered = jobs * args.steps * args.metrics / args.flush_s
     console.print(f"{jobs:,} jobs ({args.protocol}), about {offered:,.0f} points/s offered for {args.seconds:.0f} s ...")
     results = [q.get(timeout=args.seconds + 300) for _ in procs]
-    t_end = time.time()
     for p in procs:
         p.join()
-    wall = t_end - (start - 3.0)
-    cpu = {name: round((cpu_seconds(pid) - cpu0[name]) / wall, 2) for name, pid in roles.items()}
-    cpu["clients"] = round(sum(r["cpu_s"] for r in results) / wall, 2)
     intervals = [x for r in results for x in r["intervals"]]
     acked = sum(r["acked"] for r in results)
     sql = Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database).client
@@ -158,6 +156,10 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
         if stored >= acked:
             break
         time.sleep(0.5)
+    # The window: the fleet's start to the last acknowledged point stored (the stack's work for these points).
+    meter.stop()
+    meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
+    cpu = meter.report(stored, ingest_batches(sup) - batches0)
     e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
                     f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]
     # The same by 5 s of log time: whether a backlog is built once (the fleet's start) or all along.
@@ -178,14 +180,16 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
            "acked_per_s": round(acked / args.seconds), "sends": len(lat),
            "ack_p50_ms": pct(lat, 0.5), "ack_p99_ms": pct(lat, 0.99), "ack_max_ms": pct(lat, 1.0),
            "errors": errors, "error_details": details, "e2e_p50_ms": float(e2e[0]), "e2e_p99_ms": float(e2e[1]),
-           "e2e_by_5s": [{"from_s": int(s), "p50_ms": float(q[0]), "p99_ms": float(q[1])} for s, q in by_5s], "cpu_per_s": cpu,
+           "e2e_by_5s": [{"from_s": int(s), "p50_ms": float(q[0]), "p99_ms": float(q[1])} for s, q in by_5s],
+           "cpu": cpu, "calibration": calib,
            "flush_interval_s": {"p50": round(pct(intervals, 0.5), 2), "max": round(pct(intervals, 1.0), 2)}}
     out["meets_goals"] = bool(acked == out["points_offered"] and stored == acked and not errors
                               and out["ack_p99_ms"] <= GOALS["ack_p99_ms"] and out["e2e_p99_ms"] <= GOALS["e2e_p99_ms"])
     console.print(f"  acked {acked:,}/{out['points_offered']:,}, stored {stored:,}; ack p50/p99/max {out['ack_p50_ms']}/"
                   f"{out['ack_p99_ms']}/{out['ack_max_ms']} ms; e2e p50/p99 {out['e2e_p50_ms']:.0f}/{out['e2e_p99_ms']:.0f} ms; "
                   f"flush interval p50/max {out['flush_interval_s']['p50']}/{out['flush_interval_s']['max']} s; "
-                  f"errors {errors or 'none'}; CPU/s {cpu}; goals {'met' if out['meets_goals'] else 'NOT met'}")
+                  f"errors {errors or 'none'}; core-s per M points {cpu['core_s_per_m_points']}; "
+                  f"goals {'met' if out['meets_goals'] else 'NOT met'}")
     return out
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpu import CLIENTS, CpuMeter, calibration
+
 METRICS = ["loss", "acc", "lr", "grad_norm", "throughput", "gpu_util", "val_loss", "val_acc", "epoch", "tokens"]
 
 
@@ -63,8 +65,9 @@ def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.
     logged_until = time.time()
     for run in runs:
         run.finish(timeout=120)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     out.put({"logged": calls * len(METRICS), "acked": sum(r.stats.acked_points for r in runs), "samples": samples,
-             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "logged_until": logged_until,
+             "rss_mib": usage.ru_maxrss / 1024, "logged_until": logged_until, "cpu_s": usage.ru_utime + usage.ru_stime,
              "spooled": runs[0]._sender.spooled_batches if runs else 0})
 
 
@@ -72,15 +75,6 @@ def pct(xs: list[float], q: float, digits: int = 1) -> float:
     """The q-quantile of xs (nearest rank); 0 for no samples."""
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], digits) if xs else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -105,13 +99,15 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=worker, args=(i, n, rate, seconds, env, q)) for i, n in enumerate(per) if n]
+    from runstream.ops.stack import scrape
+    rows_before = scrape(cfg.sink.metrics_port).get("runstream_sink_rows_total{table=metric_points}", 0)  # a warm-up's
+    calib = calibration()  # before the load: the machine's speed now, not its speed under this bench
+    pids = role_pids(sup)
+    batches_before = ingest_batches(sup)
+    meter = CpuMeter(pids).start()
     for pr in procs:
         pr.start()
-    pids = {"sink": [p.proc.pid for p in sup.procs if p.role == "sink"],
-            "ingest": [p.proc.pid for p in sup.procs if p.role == "ingest"],
-            "process": [p.proc.pid for p in sup.procs if p.role == "process"],
-            "kafka": [sup.broker.proc.pid] if sup.broker and sup.broker.proc else []}
-    cpu_before = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
+        meter.add(CLIENTS, pr.pid or 0)
     client = open_url(f"http://{cfg.sink.sql_listen}", token=token, database=cfg.clickhouse.database)
     parts: list[int] = []  # the points table's active parts each second: whether merges keep up with the inserts
 
@@ -128,19 +124,20 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         pr.join(60)
     logged = sum(r["logged"] for r in results)
     acked = sum(r["acked"] for r in results)
-    from runstream.ops.stack import scrape
     # The drain is watched through the sink's own count of point rows inserted, not by counting through its engine:
     # a count over the collapsed view every 0.5 s takes hundreds of MiB in the sink's process and would be read as
     # the sink's memory. The queries below then check what is stored.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and scrape(cfg.sink.metrics_port).get(
-            "runstream_sink_rows_total{table=metric_points}", 0) < acked:
+            "runstream_sink_rows_total{table=metric_points}", 0) - rows_before < acked:
         count_parts()
         time.sleep(0.5)
     count_parts()
     # The sink's high-water mark through ingest and drain, read before this bench's own checks: they run in the
     # sink's engine (exact distinct counts and quantiles over every point) and would count as the sink's memory.
     sink_rss_ingest = peak_rss_mib(pids["sink"][0])
+    meter.stop()
+    meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
     while time.monotonic() < deadline and queries.points_in_project(client, project) < acked:
         time.sleep(0.5)
     stored, distinct, first_ts, last_stored = queries.point_stats(client, project)
@@ -165,7 +162,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         "lost": max(0, logged - distinct), "duplicated": stored - distinct,
         "stored_bytes_per_point": round(disk_bytes / disk_rows, 2) if disk_rows else None,
         "points_parts": {"max": max(parts), "at_drain": parts[-1]},
-        "replayed_rows_collapsed": int(sink_metrics.get("runstream_sink_rows_total{table=metric_points}", 0)) - distinct,
+        "replayed_rows_collapsed": int(sink_metrics.get("runstream_sink_rows_total{table=metric_points}", 0) - rows_before) - distinct,
         "duplicate_batches_skipped": int(sink_metrics.get("runstream_sink_batches_total{outcome=duplicate}", 0)),
         "spooled_batches": sum(r["spooled"] for r in results),
         "peak_rss_mib": {"client_max": round(max(r["rss_mib"] for r in results), 1),
@@ -174,9 +171,28 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
                          "sink_with_bench_checks": round(peak_rss_mib(pids["sink"][0]), 1),
                          "kafka": round(peak_rss_mib(pids["kafka"][0]), 1) if pids["kafka"] else 0.0},
         "cpu_cores": os.cpu_count(),
-        # CPU seconds each role used from the jobs' start to the end of the drain.
-        "cpu_s": {role: [round(cpu_seconds(pid) - cpu_before[pid], 1) for pid in group] for role, group in pids.items()},
+        # Each role's CPU from the jobs' start to the end of the drain, per million points stored and per batch.
+        "cpu": meter.report(distinct, ingest_batches(sup) - batches_before),
+        "calibration": calib,
     }
+
+
+def role_pids(sup: Any) -> dict[str, list[int]]:
+    """The stack's processes by role (a `runstream up` Supervisor), Kafka's JVM as ``kafka``."""
+    pids: dict[str, list[int]] = {}
+    for p in sup.procs:
+        if p.proc is not None:
+            pids.setdefault(p.role, []).append(p.proc.pid)
+    if sup.broker and sup.broker.proc:
+        pids["kafka"] = [sup.broker.proc.pid]
+    return pids
+
+
+def ingest_batches(sup: Any) -> int:
+    """Batches the stack's ingest processes acknowledged so far: the requests CPU per request is counted over."""
+    from runstream.ops.stack import scrape
+    return int(sum(scrape(p.config.ingest.metrics_port).get("runstream_ingest_batches_total", 0)
+                   for p in sup.procs if p.role == "ingest"))
 
 
 def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,

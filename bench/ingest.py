@@ -8,7 +8,11 @@ e2e_p50_ms / e2e_p99_ms (log() call to row stored and queryable), sdk_log_us (me
 log() of 10 metrics in the job's thread), lost and duplicated (as queries see them, after storage's collapse),
 replayed_rows_collapsed (point rows the sink inserted beyond the distinct points: replays storage collapsed) and
 duplicate_batches_skipped (batches the sink recognised as stored and did not insert), peak RSS per process (MiB;
-the sink's through ingest and drain, and separately with this bench's own checks, which run in the sink's engine).
+the sink's through ingest and drain, and separately with this bench's own checks, which run in the sink's engine),
+and CPU per point (bench/cpu.py: each role's core-seconds per million points stored, from the jobs' start to the
+end of the drain; the client processes apart; core-µs per batch acknowledged; the busiest threads by name; a
+calibration figure). The measured load follows ``--warmup-s`` of the same load, unmeasured. Leaves out: the
+stack's start, a long run's larger merges (the store holds seconds of data), a network between machines.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main() -> int:
     p.add_argument("--durable", action="store_true", help="the SDK's durable logging (each batch on disk before it is sent)")
     p.add_argument("--merge-nice", type=int, default=None,
                    help="clickhouse.merge_nice for this run (the embedded engine's merge threads; 0: normal priority)")
+    p.add_argument("--warmup-s", type=float, default=5,
+                   help="load first, unmeasured, for this long: a fresh JVM spends its first seconds compiling (0: none)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -47,9 +53,13 @@ def main() -> int:
         console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
                       f"for {args.seconds:.0f}s ...")
         with console.status("jobs logging...") as status:
+            if args.warmup_s:
+                load(sup, cfg, token, jobs=args.jobs, seconds=args.warmup_s, points_per_s=args.points_per_s,
+                     workers=args.workers, status=status, project="warmup")
             out = load(sup, cfg, token, jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s,
                        workers=args.workers, status=status, durable=args.durable)
         out["durable"] = args.durable
+        out["warmup_s"] = args.warmup_s
         out["merge_nice"] = cfg.clickhouse.merge_nice
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1

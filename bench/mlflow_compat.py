@@ -10,7 +10,9 @@ front of ingest, Kafka, the sink, the embedded store). Measured, per server, wit
   also how long after the last acknowledgement every point was stored (queryable).
 - ``get_metric_history`` of one run's 100,000-point metric (p50 of ``--repeat``).
 - ``search_runs`` over 1,000 runs with a metric and a param filter (p50 of ``--repeat``).
-Prints one JSON line. Leaves out: artifacts, the MLflow UI, a remote network, a PostgreSQL/MySQL MLflow store.
+Each with the server's CPU per million points logged (bench/cpu.py: MLflow's server and its workers; every role of
+runstream's stack, Kafka included, until the points are stored). Prints one JSON line.
+Leaves out: artifacts, the MLflow UI, a remote network, a PostgreSQL/MySQL MLflow store.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
+from cpu import CpuMeter, calibration, with_descendants  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import pct, role_pids, start_stack  # noqa: E402
 
 MLFLOW = ROOT / ".venv-mlflow" / "bin" / "mlflow"
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout carries the JSON line only
@@ -152,12 +155,16 @@ def main() -> None:
     sup, cfg, token = start_stack("runstream-mlflow-compat-", console)
     mlflow_proc, mlflow_url = start_mlflow(home, console)
     result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "repeat": args.repeat,
-                              "mlflow_version": "3.17.2", "cores": os.cpu_count()}
+                              "mlflow_version": "3.17.2", "cores": os.cpu_count(),
+                              "calibration": calibration()}
     try:
         targets = {"mlflow_server": (mlflow_url, ""), "runstream": (f"http://{cfg.mlflow.listen}", token)}
         for name, (uri, tok) in targets.items():
             console.print(f"[bold]{name}[/]: {args.clients} clients logging for {args.seconds:.0f} s ...")
             exp = _client(uri, tok).create_experiment(f"bench-{name}")
+            # The server's CPU through logging (and, for runstream, until every point is stored): per million points.
+            meter = CpuMeter(role_pids(sup) if name == "runstream" else
+                             {"mlflow_server": with_descendants(mlflow_proc.pid)}).start()
             t = throughput(uri, tok, exp, args.clients, args.seconds)
             if name == "runstream":  # every acknowledged point stored (queryable by SQL): how long after the last ack?
                 from runstream.read import Api
@@ -168,6 +175,8 @@ def main() -> None:
                                 f"WHERE run_id IN ('{ids}')").result_rows[0][0] < t["points"]:
                     time.sleep(0.05)
                 t["all_stored_after_s"] = round(time.monotonic() - acked_at, 2)
+            meter.stop()
+            t["cpu"] = meter.report(t["points"])
             del t["runs"]
             console.print(f"  {t['points_per_s']:,} points/s, log_batch p50 {t['log_batch_p50_ms']} ms p99 {t['log_batch_p99_ms']} ms")
             t.update(reads(uri, tok, f"bench-{name}-reads", args.repeat, console))

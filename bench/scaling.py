@@ -36,7 +36,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fleetload import cpu_seconds, pct, peak_rss_mib  # noqa: E402  (bench/ is the script's own directory)
+from cpu import CLIENTS, CpuMeter, calibration, cpu_seconds  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import pct, peak_rss_mib  # noqa: E402
+
+kafka_pids: list[int] = []  # the broker's JVM, counted in every phase
 
 
 async def _stream(addr: str, token: str, args: Any, stop_at: float, out: dict[str, Any]) -> None:
@@ -89,7 +92,9 @@ def _client(addr: str, token: str, args: Any, stop_at_wall: float, q: Any) -> No
         out: dict[str, Any] = {"acked": 0, "latency": [], "errors": {}}
         await asyncio.gather(*(_stream(addr, token, args, stop_at, out) for _ in range(args.streams)))
         return out
-    q.put(asyncio.run(main()))
+    out = asyncio.run(main())
+    out["cpu_s"] = time.process_time()
+    q.put(out)
 
 
 def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, console: Any) -> dict[str, Any]:
@@ -118,10 +123,13 @@ def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, con
         for c in clients:
             c.start()
         time.sleep(max(0.0, start - time.time()))
-        cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
+        meter = CpuMeter({"ingest": [p.proc.pid for p in procs if p.proc], "kafka": kafka_pids}).start()
+        cpu0 = [cpu_seconds(p.proc.pid) or 0.0 for p in procs if p.proc]
         console.print(f"ingest x{replicas}: {args.clients} client processes x {args.streams} streams for {args.seconds:.0f}s ...")
         results = [q.get(timeout=args.seconds + 120) for _ in clients]
-        cpu = [round(cpu_seconds(p.proc.pid) - c0, 1) for p, c0 in zip(procs, cpu0)]
+        meter.stop()
+        cpu = [round((cpu_seconds(p.proc.pid) or 0.0) - c0, 1) for p, c0 in zip(procs, cpu0) if p.proc]
+        meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
         for c in clients:
             c.join(30)
         acked = sum(r["acked"] for r in results)
@@ -136,7 +144,8 @@ def ingest_phase(cfg: Any, token: str, replicas: int, args: Any, logs: Path, con
                 **({"error_example": example} if example else {}),
                 "cpu_per_s": [round(c / args.seconds, 2) for c in cpu],
                 "points_per_cpu_s": round(acked / max(0.1, sum(cpu))),
-                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs]}
+                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs],
+                "cpu": meter.report(acked, len(lat))}
     finally:
         for p in procs:
             p.stop()
@@ -167,7 +176,8 @@ def drain_phase(role: str, cfg: Any, members: int, backlog: int, tmp: Path, logs
     try:
         for p, port in zip(procs, ports):
             wait_http(f"http://127.0.0.1:{port}/metrics", 90, p)
-        cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
+        cpu0 = [cpu_seconds(p.proc.pid) or 0.0 for p in procs if p.proc]
+        meter = CpuMeter({role: [p.proc.pid for p in procs if p.proc], "kafka": kafka_pids}).start()
         samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + 900
         with console.status(f"{role} x{members} draining {backlog:,} points ...") as status:
@@ -178,7 +188,8 @@ def drain_phase(role: str, cfg: Any, members: int, backlog: int, tmp: Path, logs
                 if done >= backlog:
                     break
                 time.sleep(0.25)
-        cpu = [round(cpu_seconds(p.proc.pid) - c0, 1) for p, c0 in zip(procs, cpu0)]
+        meter.stop()
+        cpu = [round((cpu_seconds(p.proc.pid) or 0.0) - c0, 1) for p, c0 in zip(procs, cpu0) if p.proc]
         done = samples[-1][1]
         lo = next(s for s in samples if s[1] >= 0.1 * backlog)
         hi = next((s for s in samples if s[1] >= 0.9 * backlog), samples[-1])
@@ -186,7 +197,7 @@ def drain_phase(role: str, cfg: Any, members: int, backlog: int, tmp: Path, logs
         return {"members": members, "points": int(done), "drained": done >= backlog,
                 "points_per_s": round(rate), "seconds_to_drain": round(samples[-1][0] - t_start, 1),
                 "cpu_s": cpu, "points_per_cpu_s": round(done / max(0.1, sum(cpu))),
-                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs]}
+                "peak_rss_mib": [round(peak_rss_mib(p.proc.pid), 1) for p in procs], "cpu": meter.report(int(done))}
     finally:
         for p in procs:
             p.stop()
@@ -219,7 +230,8 @@ def main() -> int:
         cfg.ingest.listen = f"127.0.0.1:{free_port()}"
         asyncio.run(ensure_topics(cfg, acls=bool(cfg.kafka.credentials_dir)))
         token = ensure_dev_token(cfg.tokens_path)
-        out: dict[str, Any] = {"cores": os.cpu_count(), "partitions": cfg.kafka.partitions,
+        kafka_pids[:] = [broker.proc.pid] if broker.proc else []
+        out: dict[str, Any] = {"calibration": calibration(), "cores": os.cpu_count(), "partitions": cfg.kafka.partitions,
                                "batch_points": args.steps * args.metrics, "seconds": args.seconds,
                                "clients": args.clients, "streams_per_client": args.streams}
         out["ingest"] = [ingest_phase(cfg, token, n, args, logs, console) for n in (1, 2)]

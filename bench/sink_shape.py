@@ -6,7 +6,8 @@ flush), through the sink's own steps on the embedded engine.
 
 Per shape (runs x points per batch, one batch per run), the median over ``--repeat`` polls of: decode (Kafka record
 values to batches), build (batches to the tables' columns) and insert (the sink's Writer: every table, the
-materialized views and skip index included), in ms, and their sum per point in ns. Then the merge those polls'
+materialized views and skip index included), in ms, and their sum per point in ns; the insert's CPU per point
+(every thread: the engine sorts and writes on its own). Then the merge those polls'
 parts cost (merges are held until then; one OPTIMIZE FINAL into one part): CPU ns per point, and the bytes per point
 stored. ``--codec zstd`` stores the points' columns as the schema did before migration 0011 (ZSTD(1)), to compare.
 Leaves out: Kafka, other processes (the machine is otherwise idle), the merge selector's choices (a live sink merges
@@ -77,6 +78,7 @@ def main() -> int:
     for size in (int(s) for s in args.sizes.split(",")):
         runs = args.points // size
         steps: dict[str, list[float]] = {"decode": [], "build": [], "insert": []}
+        insert_cpu: list[float] = []
         client.command(f"SYSTEM STOP MERGES {db}.metric_points")
         for i in range(args.repeat):
             if not args.json:
@@ -87,8 +89,10 @@ def main() -> int:
             t1 = time.perf_counter()
             tables = columns.build([(b, 0, n) for n, b in enumerate(batches)])
             t2 = time.perf_counter()
+            c2 = time.process_time()  # every thread of this process: the engine inserts on its own threads too
             writer.write(tables)
             t3 = time.perf_counter()
+            insert_cpu.append(time.process_time() - c2)
             for name, took in (("decode", t1 - t0), ("build", t2 - t1), ("insert", t3 - t2)):
                 steps[name].append(took * 1000)
         median = {name: round(statistics.median(v), 1) for name, v in steps.items()}
@@ -103,6 +107,7 @@ def main() -> int:
         shapes.append({"runs": runs, "points_per_batch": size, "points": runs * size, **{f"{k}_ms": v for k, v in median.items()},
                        "total_ms": round(sum(median.values()), 1),
                        "ns_per_point": round(sum(median.values()) * 1e6 / (runs * size)),
+                       "insert_cpu_ns_per_point": round(statistics.median(insert_cpu) * 1e9 / (runs * size)),
                        "merge_parts": args.repeat, "merge_cpu_ms": round(merge_cpu * 1000),
                        "merge_ns_per_point": round(merge_cpu * 1e9 / merged_rows),
                        "bytes_per_point": round(merged_bytes / merged_rows, 2)})
