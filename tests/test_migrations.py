@@ -31,7 +31,7 @@ def test_points_codec_migration_rewrites_no_stored_part(chdb_path: Path, monkeyp
     mutations = "SELECT command FROM system.mutations WHERE database = %(d)s ORDER BY create_time"
     mutations_before = client.query(mutations, parameters={"d": db}).result_rows
 
-    monkeypatch.setattr(store, "migrations", every)
+    monkeypatch.setattr(store, "migrations", lambda **kw: [m for m in every(**kw) if m[0] < 12])
     assert migrate(client, db) == ["0011_points_lz4.sql"]
     codecs = dict(client.query("SELECT name, compression_codec FROM system.columns WHERE database = %(d)s AND "
                                "table = 'metric_points'", parameters={"d": db}).result_rows)
@@ -51,4 +51,23 @@ def test_points_codec_migration_rewrites_no_stored_part(chdb_path: Path, monkeyp
     assert client.query(f"SELECT count() FROM system.parts WHERE active AND database = '{db}' "
                         "AND table = 'metric_points'").result_rows[0][0] == 1
     assert client.query(POINTS.format(db=db)).result_rows == expected
+    client.command(f"DROP DATABASE {db}")
+
+
+def test_merge_base_migration_is_a_setting_of_the_points_table(chdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = open_embedded(chdb_path)
+    db = "t_merge_base"
+    every = store.migrations
+    monkeypatch.setattr(store, "migrations", lambda **kw: [m for m in every(**kw) if m[0] < 12])
+    migrate(client, db)
+    insert_points(client, db, "before", 100)
+    setting = ("SELECT value, changed FROM system.merge_tree_settings WHERE name = 'merge_selector_base'",
+               "SELECT create_table_query FROM system.tables WHERE database = %(d)s AND name = 'metric_points'")
+    assert "merge_selector_base" not in client.query(setting[1], parameters={"d": db}).result_rows[0][0]
+    monkeypatch.setattr(store, "migrations", every)
+    assert "0012_merge_amplification.sql" in migrate(client, db)
+    assert "merge_selector_base = 10" in client.query(setting[1], parameters={"d": db}).result_rows[0][0]
+    assert client.query(setting[0]).result_rows[0][0] == "5"  # the engine's default, for every other table
+    insert_points(client, db, "after", 100)
+    assert client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0] == 200
     client.command(f"DROP DATABASE {db}")

@@ -1,0 +1,66 @@
+"""The CPU accounting every bench reports (bench/cpu.py): a process that burns a known share of a core for a known
+time is measured as such, per role, per million points and per request, and a process that exits keeps its CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from cpu import CLIENTS, CpuMeter, calibration, cpu_seconds, thread_seconds, with_descendants
+
+from tests.helpers import wait_until
+
+BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+IDLE = "import time; time.sleep(30)"
+
+
+def test_a_busy_and_an_idle_role_are_told_apart_and_counted_per_point() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0)])
+    idle = subprocess.Popen([sys.executable, "-c", IDLE])
+    try:
+        meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid]}, interval_s=0.25).start()
+        # The busy one burns 1 s of CPU, then sleeps: the window closes once it is asleep.
+        wait_until(lambda: (cpu_seconds(busy.pid) or 0) >= 1.0, 30, "the busy process to burn its second")
+        time.sleep(0.3)
+        meter.stop()
+        secs = meter.seconds()
+        assert 0.7 <= secs["busy"] <= 1.3, secs
+        assert secs["idle"] < 0.2, secs
+        meter.set_total(CLIENTS, 4.0)  # clients report their own CPU, and the stack's figure leaves them out
+        r = meter.report(points=2_000_000, requests=1000)
+        assert r["core_s_per_m_points"]["busy"] == pytest.approx(secs["busy"] / 2, abs=0.01)
+        assert r["core_s_per_m_points"]["stack"] == pytest.approx((secs["busy"] + secs["idle"]) / 2, abs=0.01)
+        assert r["core_s_per_m_points"][CLIENTS] == 2.0
+        assert r["core_us_per_request"]["stack"] == pytest.approx((secs["busy"] + secs["idle"]) * 1000, abs=10)
+        assert r["cores_peak_1s"]["busy"] > 0.1  # sampled as it ran
+    finally:
+        for p in (busy, idle):
+            p.kill()
+            p.wait(10)
+
+
+def test_a_process_that_exits_keeps_its_last_sample_and_threads_and_children_are_found(tmp_path: Path) -> None:
+    short = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.6).replace("time.sleep(30)", "pass")])
+    meter = CpuMeter({"short": [short.pid]}, interval_s=0.1).start()
+    short.wait(10)
+    meter.stop()
+    assert meter.seconds()["short"] >= 0.3  # sampled before it went; gone now, it still counts
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {IDLE!r}])"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(with_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(with_descendants(parent.pid)) == 2
+    finally:
+        for pid in with_descendants(parent.pid)[1:]:
+            subprocess.run(["kill", str(pid)])
+        parent.wait(10)
+    assert thread_seconds(os.getpid())  # this process's threads, by name
+    calib = calibration()
+    assert 1 < calib["python_loop_ns"] < 1000 and calib["numpy_sort_sum_ms"] > 0
