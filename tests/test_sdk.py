@@ -350,14 +350,23 @@ def test_durable_write_ahead_files_go_once_acknowledged(tmp_path: Path) -> None:
 
 def test_a_refused_token_says_to_fix_it_and_not_that_data_is_resent(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    sends = []
+
     def refuse(batches: Sequence[Batch]) -> None:
+        sends.append(len(batches))
         raise SendError("UNAUTHENTICATED", "unknown token", accepted=0, retryable=False)
-    run = runstream.init("p", transport=MockTransport(refuse), spool_dir=str(tmp_path), flush_interval_s=0.01)
+    run = runstream.init("p", transport=MockTransport(refuse), spool_dir=str(tmp_path), flush_interval_s=0.01,
+                         backoff_max_s=0.2)
     run.log({"x": 1.0})
     run.finish(timeout=2)
     wait_until(lambda: list(tmp_path.glob("*.spool")), 10, "the refused batches spooled")
     text = caplog.text
     assert "Fix the token, then run `runstream sync`" in text and "resent automatically" not in text
+    # The sender retries the spool now and then (the token may be fixed on the server), quietly: said once.
+    tried = len(sends)
+    wait_until(lambda: len(sends) >= tried + 3, 20, "three more tries of the spooled data")
+    run._sender.close(timeout=2)
+    assert caplog.text.count("ingest refused spooled data") == 1
 
 
 def test_durable_points_reach_disk_while_the_sender_waits_on_a_stalled_ingest(tmp_path: Path) -> None:

@@ -343,6 +343,7 @@ class Sender(threading.Thread):
         self._wake = threading.Event()
         self._closing = False
         self._down_until = 0.0
+        self._refusal_said = ""  # the refusal of spooled data last logged: said once, retried quietly
         self._backoff = 0.0
         self._flushed = time.monotonic()  # when the last flush began
         self._has_spool = False  # this process wrote spool files not yet resent
@@ -648,10 +649,14 @@ class Sender(threading.Thread):
                 self._backoff = min(self.config.backoff_max_s, max(0.1, self._backoff * 2))
                 self._down_until = time.monotonic() + self._backoff
             else:
-                log.error("runstream: ingest refused spooled data (%s); it stays in %s for `runstream sync`.", exc, self.spool_dir)
+                if str(exc) != self._refusal_said:
+                    self._refusal_said = str(exc)
+                    log.error("runstream: ingest refused spooled data (%s); it stays in %s for `runstream sync`.",
+                              exc, self.spool_dir)
                 self._down_until = time.monotonic() + self.config.backoff_max_s
             return
         self._has_spool = False
+        self._refusal_said = ""
 
 
 def send_spool_file(transport: Transport, path: Path, flight: int = 64, *,
