@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,76 +53,87 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
     vals = np.array(m.values, dtype=np.float64)
     ni = np.array(m.name_index, dtype=np.int64)
     finite = np.isfinite(vals)
+    # Group by (metric, first-resolution window) once, sorted by step inside a group; every coarser window is a
+    # union of such groups, so the groups' aggregates are merged into each resolution's window.
+    r0 = RESOLUTIONS_S[0] * 1000
+    key = ni * (2**40) + (ts - ts % r0) // 1000
+    order = np.lexsort((steps, key))
+    k, st, v, fin = key[order], steps[order], vals[order], finite[order]
+    bounds = np.flatnonzero(np.diff(k)) + 1
+    begins = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(k)]))
+    sums = np.add.reduceat(np.where(fin, v, 0.0), begins)
+    mins = np.minimum.reduceat(np.where(fin, v, np.inf), begins)
+    maxs = np.maximum.reduceat(np.where(fin, v, -np.inf), begins)
+    nonfin = np.add.reduceat((~fin).astype(np.int64), begins)
+    last = ends - 1
+    groups = [(kk >> 40, (kk & (2**40 - 1)) * 1000, n, nf, s, lo, hi, fs, fv, ls, lv) for kk, n, nf, s, lo, hi, fs, fv, ls, lv in zip(
+        k[begins].tolist(), (ends - begins).tolist(), nonfin.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(),
+        st[begins].tolist(), v[begins].tolist(), st[last].tolist(), v[last].tolist())]
+    late = _merge(windows, m.names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
+    return max(watermark_ms, int(ts.max())), late
+
+
+# One first-resolution group: (metric index, window start ms, points, nonfinite, sum of the finite, min, max of the
+# finite (inf / -inf when none), first step, its value, last step, its value)
+Group = tuple[int, int, int, int, float, float, float, int, float, int, float]
+
+
+def _merge(windows: Windows, names: Any, groups: list[Group], *, watermark_ms: int, grace_ms: int) -> int:
+    """Merge groups into the open windows of every resolution; returns the late points (first resolution)."""
     late = 0
-    for res in RESOLUTIONS_S:
-        res_ms = res * 1000
-        start = ts - ts % res_ms
-        # Drop points whose window closed already (by the watermark before this batch).
-        ok = start + res_ms + grace_ms > watermark_ms
-        if res == RESOLUTIONS_S[0]:
-            late = int((~ok).sum())
-        if not ok.all():
-            start, s_steps, s_vals, s_ni, s_fin = start[ok], steps[ok], vals[ok], ni[ok], finite[ok]
-        else:
-            s_steps, s_vals, s_ni, s_fin = steps, vals, ni, finite
-        if not len(start):
-            continue
-        # Group by (metric, window start): sort on a combined key, reduce per run of equal keys.
-        key = s_ni * (2**40) + (start // 1000)
-        order = np.lexsort((s_steps, key))
-        k, st, v, fin = key[order], s_steps[order], s_vals[order], s_fin[order]
-        bounds = np.flatnonzero(np.diff(k)) + 1
-        begins = np.concatenate(([0], bounds))
-        ends = np.concatenate((bounds, [len(k)]))
-        vf = np.where(fin, v, 0.0)
-        sums = np.add.reduceat(vf, begins)
-        mins = np.minimum.reduceat(np.where(fin, v, np.inf), begins)
-        maxs = np.maximum.reduceat(np.where(fin, v, -np.inf), begins)
-        nonfin = np.add.reduceat((~fin).astype(np.int64), begins)
-        for b, e, s, lo, hi, nf in zip(begins.tolist(), ends.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(), nonfin.tolist()):
-            kk = int(k[b])
-            wkey = (m.names[kk >> 40], res, (kk & (2**40 - 1)) * 1000)
+    touched: set[tuple[str, int, int]] = set()
+    for idx, start0, n, nonfinite, total, lo, hi, first_step, first, last_step, last in groups:
+        name = names[idx]
+        for res in RESOLUTIONS_S:
+            res_ms = res * 1000
+            start = start0 - start0 % res_ms  # every resolution is a multiple of the first: one window each
+            if start + res_ms + grace_ms <= watermark_ms:
+                if res == RESOLUTIONS_S[0]:
+                    late += n
+                continue
+            wkey = (name, res, start)
             w = windows.get(wkey)
             if w is None:
                 w = windows[wkey] = Window()
-            w.count += e - b
-            w.nonfinite += nf
-            w.sum += s
-            if lo < w.min:
-                w.min = lo
-            if hi > w.max:
-                w.max = hi
-            # Points are sorted by step inside the group: first and last are at the ends.
-            if int(st[b]) < w.first_step:
-                w.first_step, w.first = int(st[b]), float(v[b])
-            if int(st[e - 1]) > w.last_step:
-                w.last_step, w.last = int(st[e - 1]), float(v[e - 1])
-            w.version += 1
-    return max(watermark_ms, int(ts.max())), late
+            touched.add(wkey)
+            w.count += n
+            w.nonfinite += nonfinite
+            if n > nonfinite:
+                w.sum += total
+                if lo < w.min:
+                    w.min = lo
+                if hi > w.max:
+                    w.max = hi
+            if first_step < w.first_step:
+                w.first_step, w.first = first_step, first
+            if last_step > w.last_step:
+                w.last_step, w.last = last_step, last
+    for wkey in touched:
+        windows[wkey].version += 1
+    return late
 
 
 def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
     m = batch.metrics
-    names = m.names
     r0 = RESOLUTIONS_S[0] * 1000
     # Points grouped by (metric, first-resolution window) in one pass; a fleet's flush is a few such groups, so the
     # windows are updated once per group, not once per point and resolution.
-    groups: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
+    by_key: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
     newest = watermark_ms
     for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
         if t > newest:
             newest = t
         gkey = (idx, t - t % r0)
-        g = groups.get(gkey)
+        g = by_key.get(gkey)
         if g is None:
-            groups[gkey] = ([step], [v])
+            by_key[gkey] = ([step], [v])
         else:
             g[0].append(step)
             g[1].append(v)
-    late = 0
-    touched: set[tuple[str, int, int]] = set()
     isfinite = math.isfinite
-    for (idx, start0), (steps, vals) in groups.items():
+    groups: list[Group] = []
+    for (idx, start0), (steps, vals) in by_key.items():
         total = sum(vals)
         if isfinite(total):  # no NaN or infinity among them (an overflow to inf takes the careful way)
             finite, nonfinite = vals, 0
@@ -132,35 +144,9 @@ def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms:
         lo, hi = (min(finite), max(finite)) if finite else (math.inf, -math.inf)
         # First and last by step: the earliest point holding the lowest / highest step, as per point before.
         first_step, last_step = min(steps), max(steps)
-        first, last = vals[steps.index(first_step)], vals[steps.index(last_step)]
-        name = names[idx]
-        for res in RESOLUTIONS_S:
-            res_ms = res * 1000
-            start = start0 - start0 % res_ms  # every resolution is a multiple of the first: one window each
-            if start + res_ms + grace_ms <= watermark_ms:
-                if res == RESOLUTIONS_S[0]:
-                    late += len(vals)
-                continue
-            key = (name, res, start)
-            w = windows.get(key)
-            if w is None:
-                w = windows[key] = Window()
-            touched.add(key)
-            w.count += len(vals)
-            w.nonfinite += nonfinite
-            if finite:
-                w.sum += total
-                if lo < w.min:
-                    w.min = lo
-                if hi > w.max:
-                    w.max = hi
-            if first_step < w.first_step:
-                w.first_step, w.first = first_step, first
-            if last_step > w.last_step:
-                w.last_step, w.last = last_step, last
-    for key in touched:
-        windows[key].version += 1
-    return newest, late
+        groups.append((idx, start0, len(vals), nonfinite, total, lo, hi, first_step, vals[steps.index(first_step)],
+                       last_step, vals[steps.index(last_step)]))
+    return newest, _merge(windows, m.names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
 
 
 def close(windows: Windows, *, watermark_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], Window]]:

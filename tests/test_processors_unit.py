@@ -20,7 +20,8 @@ def metrics_batch(run_id: str, seq: int, names: list[str], ni, steps, ts, values
                         name_index=ni, steps=steps, timestamps_ms=ts, values=values)
 
 
-def test_rollups_equal_brute_force_per_window() -> None:
+@pytest.mark.parametrize("per_batch", [137, 1000])  # below and above rollups.SMALL_BATCH: both ways of grouping
+def test_rollups_equal_brute_force_per_window(per_batch: int) -> None:
     rng = np.random.default_rng(1)
     n = 5000
     names = ["loss", "acc", "lr"]
@@ -32,8 +33,8 @@ def test_rollups_equal_brute_force_per_window() -> None:
     windows: rollups.Windows = {}
     wm = 0
     emitted = {}
-    for i in range(0, n, 137):  # uneven batches
-        sl = slice(i, i + 137)
+    for i in range(0, n, per_batch):  # uneven batches
+        sl = slice(i, i + per_batch)
         b = metrics_batch("r", i + 1, names, ni[sl].tolist(), steps[sl].tolist(), ts[sl].tolist(), vals[sl].tolist())
         wm, late = rollups.apply(windows, b, watermark_ms=wm, grace_ms=5000)
         assert late == 0  # in order: nothing late
