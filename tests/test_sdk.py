@@ -292,7 +292,7 @@ def test_system_metrics_are_sampled_into_sys_and_the_off_switch_holds(stack: Sta
     assert by["sys/proc_rss_mb"][0] >= 3 and by["sys/proc_rss_mb"][1] > 10  # this process holds more than 10 MiB
     assert 1 <= by["sys/proc_threads"][1] and 0 <= by["sys/cpu_percent"][1] <= by["sys/cpu_percent"][2] <= 100
     assert by["sys/proc_rss_mb"][3] <= 14  # logged at the training step, which it never moves
-    assert stack.count_points(f"run_id = '{on.id}' AND metric = 'loss'") == 15
+    assert stack.wait_points(15, where=f"run_id = '{on.id}' AND metric = 'loss'") == 15
     assert stack.count_points(f"run_id = '{off.id}' AND startsWith(metric, 'sys/')") == 0
 
 
