@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runstream.ops.broker import KafkaBroker
+from runstream.ops.broker import SHORT_LIVED_JVM, KafkaBroker
 from runstream.ops.stack import InProcessRoles, isolated_config
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.wire import topics
@@ -32,7 +32,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker | st
     if os.environ.get("RUNSTREAM_TEST_KAFKA"):
         yield os.environ["RUNSTREAM_TEST_KAFKA"]
         return
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), jvm_options=SHORT_LIVED_JVM)
     broker.start()  # raises with the broker's log tail if it does not come up
     yield broker
     broker.stop()

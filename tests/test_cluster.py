@@ -26,7 +26,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 import runstream
-from runstream.ops.broker import KafkaCluster, free_port
+from runstream.ops.broker import SHORT_LIVED_JVM, KafkaCluster, free_port
 from runstream.ops.stack import InProcessRoles, RoleProcess, scrape, wait_http
 from runstream.sdk.transport import GrpcTransport
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
@@ -43,7 +43,7 @@ PROJECT = "scale"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    c = KafkaCluster(tmp_path_factory.mktemp("cluster"), 3)
+    c = KafkaCluster(tmp_path_factory.mktemp("cluster"), 3, jvm_options=SHORT_LIVED_JVM)
     c.start()
     try:
         yield c

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.ops.broker import KafkaBroker, free_port
+from runstream.ops.broker import SHORT_LIVED_JVM, KafkaBroker, free_port
 from runstream.ops.stack import InProcessRoles, RoleProcess, wait_http
 from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.storage.store import open_url
@@ -156,7 +156,7 @@ def test_bad_requests_get_right_status_and_good_clients_are_unaffected(stack: St
 
 @pytest.mark.slow
 def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chdb_path: Path, token: str) -> None:
-    broker = KafkaBroker(tmp_path / "own-kafka")
+    broker = KafkaBroker(tmp_path / "own-kafka", jvm_options=SHORT_LIVED_JVM)
     broker.start()
     config = make_config(tmp_path / "c", broker, chdb_path)
     config.ingest.publish_timeout_s = 3.0

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -117,6 +118,12 @@ PRINCIPALS = (ADMIN, "ingest", "process", "sink")
 MECHANISM = "SCRAM-SHA-256"
 
 
+# For a broker that lives minutes (tests): the JIT's first tier only. The optimizing compiler costs more CPU in a
+# broker's first minutes than its faster code saves (tests/test_spine.py: 44 -> 35 s of CPU); a long-lived broker
+# keeps the default.
+SHORT_LIVED_JVM = ("-XX:TieredStopAtLevel=1",)
+
+
 class KafkaBroker:
     """One combined broker+controller node on loopback.
 
@@ -131,7 +138,8 @@ class KafkaBroker:
     """
 
     def __init__(self, data_dir: Path, *, port: int = 0, controller_port: int = 0, heap: str = "768m",
-                 secure: bool = True, node_id: int = 1, cluster: KafkaCluster | None = None) -> None:
+                 secure: bool = True, node_id: int = 1, cluster: KafkaCluster | None = None,
+                 jvm_options: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.cluster = cluster  # a member of a multi-node cluster: voters, cluster id and credentials are shared
@@ -151,6 +159,7 @@ class KafkaBroker:
         private_dir(self.data_dir)  # the log holds every acknowledged point and the governance records
         ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
         self.heap = heap
+        self.jvm_options = list(jvm_options)  # e.g. SHORT_LIVED_JVM for a broker that lives minutes
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._started_from = 0
@@ -245,11 +254,11 @@ class KafkaBroker:
             "allow.everyone.if.no.acl.found": "false",
         }
 
-    def _java(self, lib: Path, main: str, *args: str, heap: str) -> list[str]:
+    def _java(self, lib: Path, main: str, *args: str, heap: str, options: Sequence[str] = ()) -> list[str]:
         java = shutil.which("java")
         if java is None:
             raise BrokerError("java is not on PATH; Kafka needs Java 17 or newer.")
-        return [java, f"-Xmx{heap}", f"-Xms{heap}" if heap == self.heap else "-Xms64m", "-XX:+UseG1GC",
+        return [java, f"-Xmx{heap}", f"-Xms{heap}" if heap == self.heap else "-Xms64m", "-XX:+UseG1GC", *options,
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                 "-cp", f"{lib}/*", main, *args]
@@ -273,13 +282,13 @@ class KafkaBroker:
             standalone = ["--standalone"] if self.cluster is None else []
             fmt = subprocess.run(
                 self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
-                           *standalone, *scram, heap="256m"),
+                           *standalone, *scram, heap="256m", options=SHORT_LIVED_JVM),  # a tool: seconds
                 capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"Formatting Kafka storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
         self._log = open(self.log_path, "ab")
         self._started_from = self.log_path.stat().st_size  # "Kafka Server started" counts from here
-        self.proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(config), heap=self.heap),
+        self.proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(config), heap=self.heap, options=self.jvm_options),
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_started(self, timeout: float = 90.0) -> None:
@@ -336,7 +345,7 @@ class KafkaCluster:
     """``n`` combined broker+controller nodes on loopback with a static quorum of all of them, secured like one
     node (the credentials are shared). Tests and benches run 3: replication factor 3, min.insync.replicas 2."""
 
-    def __init__(self, data_dir: Path, n: int = 3, *, heap: str = "512m") -> None:
+    def __init__(self, data_dir: Path, n: int = 3, *, heap: str = "512m", jvm_options: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
         private_dir(self.data_dir)
         id_file = self.data_dir / "cluster.id"
@@ -345,7 +354,8 @@ class KafkaCluster:
         self.cluster_id = id_file.read_text().strip()
         self.nodes: list[KafkaBroker] = []
         for i in range(n):  # ports first: every node's config names every voter
-            self.nodes.append(KafkaBroker(self.data_dir / f"node{i + 1}", heap=heap, node_id=i + 1, cluster=self))
+            self.nodes.append(KafkaBroker(self.data_dir / f"node{i + 1}", heap=heap, node_id=i + 1, cluster=self,
+                                          jvm_options=jvm_options))
 
     @property
     def credentials_dir(self) -> Path:
