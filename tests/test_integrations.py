@@ -35,8 +35,11 @@ def series(stack: Stack, run_id: str, n_metrics: int, per_metric: int) -> dict[s
     return result
 
 
-def params(stack: Stack, run_id: str) -> dict[str, str]:
-    return dict(stack.query("SELECT key, value FROM {db}.params FINAL WHERE run_id = {r:String}", r=run_id))
+def param(stack: Stack, run_id: str, key: str) -> str:
+    """A stored param of the run, once the sink stored it (params travel in batches of their own)."""
+    def stored() -> dict[str, str]:
+        return dict(stack.query("SELECT key, value FROM {db}.params FINAL WHERE run_id = {r:String}", r=run_id))
+    return str(wait_until(lambda: stored().get(key), 30, f"param {key} of {run_id}"))
 
 
 @pytest.fixture
@@ -62,7 +65,7 @@ def test_xgboost(stack: Stack, new_run) -> None:
     rmse = stack.query("SELECT argMax(value, step), argMin(value, step) FROM {db}.metrics WHERE run_id = {r:String} "
                        "AND metric = 'train-rmse'", r=run.id)[0]
     assert rmse[0] < rmse[1]  # it learned
-    assert params(stack, run.id)["xgboost.max_depth"] == "3"  # a number, as the config gave it
+    assert param(stack, run.id, "xgboost.max_depth") == "3"  # a number, as the config gave it
 
 
 def test_lightgbm(stack: Stack, new_run) -> None:
@@ -77,7 +80,7 @@ def test_lightgbm(stack: Stack, new_run) -> None:
                    num_boost_round=15, valid_sets=[valid], valid_names=["valid"], callbacks=[log_evaluation(run)])
     assert run.finish(timeout=30)
     assert series(stack, run.id, 2, 15) == {"valid-l2": list(range(15)), "valid-l1": list(range(15))}
-    assert params(stack, run.id)["lightgbm.num_leaves"] == "7"
+    assert param(stack, run.id, "lightgbm.num_leaves") == "7"
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the MLP's few iterations, on purpose
@@ -112,17 +115,17 @@ def test_sklearn_autolog(stack: Stack, token: str, tmp_path: Path) -> None:
     assert [name for name, _ in runs] == want  # type: ignore[union-attr]
     by_name = dict(runs)  # type: ignore[arg-type]
     ridge = by_name["Ridge"]
-    assert params(stack, ridge)["alpha"] == "0.5"
+    assert param(stack, ridge, "alpha") == "0.5"
     score = series(stack, ridge, 2, 1)
     assert set(score) == {"fit_time_s", "training_score"}
     assert stack.query("SELECT value FROM {db}.metrics WHERE run_id = {r:String} AND metric = 'training_score'",
                        r=ridge)[0][0] > 0.9
     search = by_name["GridSearchCV"]
-    assert params(stack, search)["best.alpha"] in ("0.1", "1.0")
+    assert param(stack, search, "best.alpha") in ("0.1", "1.0")
     assert set(series(stack, search, 4, 1)) == {"fit_time_s", "training_score", "best_score", "candidates"}
     children = stack.query("SELECT name FROM {db}.run_starts WHERE parent_run_id = {r:String} ORDER BY name", r=search)
     assert [c[0] for c in children] == want[1:3]
-    assert params(stack, by_name["GridSearchCV-candidate-1"])["alpha"] == "1.0"
+    assert param(stack, by_name["GridSearchCV-candidate-1"], "alpha") == "1.0"
     assert "mean_test_score" in series(stack, by_name["GridSearchCV-candidate-0"], 5, 1)
     cv = series(stack, by_name["cross_validate-Ridge"], 3, 3)
     assert cv["test_score"] == [0, 1, 2]  # one run, a step per fold
@@ -148,7 +151,7 @@ def test_keras_on_jax(stack: Stack, new_run) -> None:
     got = series(stack, run.id, 6, 3)
     assert {"loss", "mae", "val_loss", "val_mae"} <= set(got) and got["loss"] == [0, 1, 2, 3]
     assert got["batch/loss"] == list(range(2, 25, 2))  # 6 batches per epoch x 4, every second one
-    assert params(stack, run.id)["keras.optimizer.learning_rate"].startswith("0.05")
+    assert param(stack, run.id, "keras.optimizer.learning_rate").startswith("0.05")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None,
@@ -183,7 +186,7 @@ def test_lightning(stack: Stack, new_run) -> None:  # pragma: no cover - needs t
                enable_checkpointing=False).fit(Model(), loader)
     assert run.finish(timeout=30)
     assert len(series(stack, run.id, 1, 16)["train_loss"]) >= 16
-    assert params(stack, run.id)["lr"] == "0.05"
+    assert param(stack, run.id, "lr") == "0.05"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
@@ -210,4 +213,4 @@ def test_transformers(stack: Stack, new_run, tmp_path: Path) -> None:  # pragma:
                       and len(r[0][0]) == 6 and r[0][0], 60, "six loss points")
     assert loss == [1, 2, 3, 4, 5, 6]
     assert "train_runtime" in series(stack, run.id, 1, 1)  # the summary the Trainer logs at the end
-    assert params(stack, run.id)["hf.learning_rate"] == "0.001"
+    assert param(stack, run.id, "hf.learning_rate") == "0.001"
