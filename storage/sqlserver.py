@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import brotli
@@ -183,16 +182,24 @@ def _retrieve(task: asyncio.Future[Result]) -> None:
         task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
 
 
-def _normal_priority(nice: int, keep: int) -> None:
+def _normal_priority(nice: int, keep: int, seen: set[int]) -> set[int]:
     """With no read running, every thread still at the reads' nice goes back to 0 but the endpoint's own (``keep``):
-    threads the engine started during a read inherited its nice and would carry it into the sink's inserts."""
-    for task in Path("/proc/self/task").iterdir():
+    threads the engine started during a read inherited its nice and would carry it into the sink's inserts. Only
+    threads not ``seen`` by the last pass are read (a thread keeps the nice it started with; /proc reads of every
+    thread after every read cost more than a small query). Returns the threads seen now."""
+    tids = set()
+    for name in os.listdir("/proc/self/task"):
+        tid = int(name)
+        tids.add(tid)
+        if tid == keep or tid in seen:
+            continue
         try:
-            tid = int(task.name)
-            if tid != keep and int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) == nice:
-                os.setpriority(os.PRIO_PROCESS, tid, 0)
+            with open(f"/proc/self/task/{name}/stat", "rb") as f:
+                if int(f.read().rsplit(b")", 1)[1].split()[16]) == nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, 0)
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
+    return tids
 
 
 class SqlEndpoint:
@@ -220,6 +227,7 @@ class SqlEndpoint:
         self._query_ids: set[str] = set()  # of the queries running: a server refuses a second one with the same id
         self._running = 0  # queries on worker threads
         self._reniced: int | None = None  # the endpoint's thread, once it runs at sql_thread_nice
+        self._threads_seen: set[int] = set()  # threads the last priority pass found at normal priority
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -305,7 +313,7 @@ class SqlEndpoint:
         self._killer.shutdown(wait=True)
         self._resetter.shutdown(wait=True)
         if self._reniced is not None:  # no reset is scheduled any more: nothing keeps the reads' nice past the endpoint
-            _normal_priority(self.limits.thread_nice, self._reniced)
+            _normal_priority(self.limits.thread_nice, self._reniced, set())
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -486,7 +494,7 @@ class SqlEndpoint:
     def _reset_priority(self) -> None:
         self._reset_queued = False  # first: a read that ends during the pass queues the next one
         if self._reniced is not None:
-            _normal_priority(self.limits.thread_nice, self._reniced)
+            self._threads_seen = _normal_priority(self.limits.thread_nice, self._reniced, self._threads_seen)
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)
