@@ -85,7 +85,6 @@ class Sink:
         self._stopping = asyncio.Event()
         self.recent = RecentIds()
         self._lag_at = 0.0
-        self.stored_points = 0
         self.stored_batches = 0
         self._points_per_record = 1000.0  # EWMA over polls: sizes the next poll
 
@@ -223,7 +222,6 @@ class Sink:
             await self._commit()
             tm.SINK_BATCHES.labels("stored").inc(len(items))
             self.stored_batches += len(items)
-            self.stored_points += tables.point_count
             if items:
                 seen = max(1.0, tables.point_count / records)
                 self._points_per_record = 0.7 * self._points_per_record + 0.3 * seen

@@ -465,3 +465,14 @@ while True:
     assert stored == distinct, "a point stored twice"
     assert top < last + 100
     assert last - stored <= 1000 + 200, (ingest, last, stored)  # one flush interval at 2,000/s, plus the pacing's slack
+
+
+def test_finished_runs_are_not_kept_for_the_exit_handler(tmp_path: Path) -> None:
+    from runstream.sdk import run as run_module
+    runs = [runstream.init("p", transport=MockTransport(lambda batches: None), spool_dir=str(tmp_path),
+                           system_interval_s=0) for _ in range(3)]
+    assert all(r in run_module._active for r in runs)
+    assert runs[0].finish(timeout=10) and runs[2].finish(timeout=10)
+    assert runs[1] in run_module._active and runs[0] not in run_module._active and runs[2] not in run_module._active
+    runs[1].finish(timeout=10)
+    assert runs[1] not in run_module._active

@@ -11,6 +11,7 @@ silently: a batch ingest refuses as invalid is logged with the reason.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -293,6 +294,8 @@ class Run:
         if self._finished:
             return self.stats.done.is_set()
         self._finished = True
+        with contextlib.suppress(ValueError):
+            _active.remove(self)  # the exit handler finishes the runs left open, only those
         if self.system is not None:
             self.system.stop()
         if self.stats.dropped_points:
@@ -347,7 +350,6 @@ class Sender(threading.Thread):
         self._backoff = 0.0
         self._flushed = time.monotonic()  # when the last flush began
         self._has_spool = False  # this process wrote spool files not yet resent
-        self.sent_batches = 0
         self.spooled_batches = 0
         self.dropped_batches = 0
         self._wal: dict[str, Path] = {}     # durable: batch id -> the file holding it until acknowledged
@@ -394,7 +396,7 @@ class Sender(threading.Thread):
         self.transport.close()
 
     # -- batching ----------------------------------------------------------------
-    def drain(self, run: Run, *, force: bool = True) -> None:
+    def drain(self, run: Run) -> None:
         """Move a run's buffered records into pending batches."""
         with self._lock:
             records = run._records
@@ -601,7 +603,6 @@ class Sender(threading.Thread):
                 self._count_acked(b)
 
     def _count_acked(self, b: Batch) -> None:
-        self.sent_batches += 1
         run = self.runs.get(b.run_id)
         if run is not None:
             run.stats.acked_batches += 1

@@ -15,7 +15,7 @@ from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import ControlEvent
 from runstream.wire import audit
 from runstream.wire.config import RunstreamConfig
-from runstream.wire.governance import State, audit_projects, object_id
+from runstream.wire.governance import audit_projects, object_id
 
 log = logging.getLogger("runstream.governance")
 
@@ -39,25 +39,6 @@ async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object =
             await producer.send_and_wait(config.kafka.audit_topic, rec.SerializeToString(), key=project.encode())
     finally:
         await producer.stop()
-
-
-async def read_state(config: RunstreamConfig) -> State:
-    """The current state: the control topic read from the start to its end."""
-    state = State({}, {})
-    tp = TopicPartition(config.kafka.control_topic, 0)
-    consumer = AIOKafkaConsumer(**client_args(config), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for msgs in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                for m in msgs:
-                    state.apply(ControlEvent.FromString(m.value))
-    finally:
-        await consumer.stop()
-    return state
 
 
 class Follower:

@@ -19,9 +19,6 @@ from runstream.v1.ingest_pb2 import AuditRecord
 
 Row = tuple[Any, ...]
 
-FIELDS = ("project", "seq", "at_ms", "actor", "action", "target", "source", "before", "after")
-
-
 def canonical(project: str, seq: int, at_ms: int, actor: str, action: str, target: str, source: str,
               before: str, after: str) -> str:
     return json.dumps([project, seq, at_ms, actor, action, target, source, before, after], separators=(",", ":"))
