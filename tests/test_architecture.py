@@ -75,6 +75,22 @@ def test_import_contracts_hold_on_the_installed_layout(wheel: Path, tmp_path: Pa
     assert "0 broken" in res.stdout or "broken" not in res.stdout
 
 
+SERVER_MODULES = ["runstream.wire.config", "runstream.storage.sink", "runstream.storage.sqlserver",
+                  "runstream.processors.app", "runstream.ingest.server", "runstream.ingest.mlflow_api",
+                  "runstream.ops.supervisor"]
+CLIENT_PREFIXES = ("runstream.sdk", "runstream.read", "psutil")
+
+
+@pytest.mark.parametrize("module", SERVER_MODULES)
+def test_importing_a_server_module_loads_no_client_module(module: str) -> None:
+    """What a role's process holds, measured: a fresh interpreter imports the module, then lists sys.modules."""
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert module in loaded  # the listing is real
+    client = [m for m in loaded if m.startswith(CLIENT_PREFIXES)]
+    assert client == [], f"importing {module} loads {client}"
+
+
 def test_imports_are_at_module_top_except_optional_ones() -> None:
     nested = set()
     for src in SOURCES:
