@@ -189,6 +189,7 @@ def test_revocation_reaches_a_stream_opened_before_it(stack: Stack, token: str) 
     assert after and after[-1] - revoked_at[0] < 5.0, "the stream kept going for 5 s after the revocation"
 
 
+@pytest.mark.slow
 def test_two_sinks_both_apply_governance_and_keep_one_audit_chain(stack: Stack, token: str, tmp_path: Path) -> None:
     """Two sinks in one group: a deletion reaches both (each reads the whole control topic), so neither stores the
     deleted run's late batches; the audit chain stays one gapless sequence when one sink leaves and the other

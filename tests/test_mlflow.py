@@ -377,6 +377,7 @@ def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamCon
 # mlflow's dataset digest calls a pandas API the way pandas 4 will refuse: its warning, not this project's.
 @pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 @pytest.mark.filterwarnings("ignore::UserWarning:mlflow.*")  # its notes on signature inference
+@pytest.mark.slow
 def test_sklearn_autolog_and_datasets(ml: MlflowStack) -> None:
     pytest.importorskip("sklearn")
     import numpy as np
