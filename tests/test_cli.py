@@ -229,3 +229,17 @@ def test_table_output_to_a_pipe_keeps_every_cell_whole(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     for cell in row:
         assert str(cell) in out, f"{cell!r} was cut:\n{out}"
+
+
+def test_cli_flags_reach_the_config_and_not_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runstream.cli.main import build_parser
+    from runstream.cli.output import resolve_config
+    for var in ("RUNSTREAM_DATA_DIR", "RUNSTREAM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    conf = tmp_path / "runstream.yaml"
+    conf.write_text("sink:\n  sql_max_concurrent: 3\n")
+    before = dict(os.environ)
+    args = build_parser().parse_args(["sql", "SELECT 1", "--config", str(conf), "--data-dir", str(tmp_path / "d")])
+    config = resolve_config(args)
+    assert config.data_path == tmp_path / "d" and config.sink.sql_max_concurrent == 3
+    assert dict(os.environ) == before  # nothing passed on to what runs next in this process

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 import runstream
 from runstream.cli.output import print_result, sql_client
 from runstream.ops.supervisor import Supervisor, stack_running
+from runstream.sdk import Transport, connect
 from runstream.storage import queries
 from runstream.wire.config import RunstreamConfig
 
@@ -51,7 +52,7 @@ def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, st
             time.sleep(ahead)
 
 
-def real_training(project: str) -> runstream.Run:
+def real_training(project: str, transport: Transport) -> runstream.Run:
     """A small real model: logistic regression by SGD on scikit-learn's digits data set (ships with the package)."""
     # scikit-learn is the [demo] extra: imported here so the other commands work without it.
     from sklearn.datasets import load_digits
@@ -63,7 +64,8 @@ def real_training(project: str) -> runstream.Run:
     x = x / 16.0
     xtr, xva, ytr, yva = train_test_split(x, y, test_size=0.25, random_state=0)
     config: dict[str, Any] = {"model": "SGDClassifier(log_loss)", "alpha": 1e-4, "epochs": 30, "batch_size": 64}
-    with runstream.init(project=project, name="digits-sgd-real", config=config, tags=["real", "sklearn"]) as run:
+    with runstream.init(project=project, name="digits-sgd-real", config=config, tags=["real", "sklearn"],
+                        transport=transport) as run:
         clf = SGDClassifier(loss="log_loss", alpha=config["alpha"], random_state=0)
         classes = np.unique(y)
         rng = np.random.default_rng(0)
@@ -90,7 +92,9 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
     try:
         project = "demo"
         stop = threading.Event()
-        runs = [runstream.init(project=project, name=f"sim-{i:03d}", config={"job": i, "kind": "simulated"},
+        # The stack this config names (its data dir's stack.json, TLS from its client section), not the environment's.
+        transport = connect(config)
+        runs = [runstream.init(project=project, name=f"sim-{i:03d}", config={"job": i, "kind": "simulated"}, transport=transport,
                                tags=["simulated"]) for i in range(jobs)]
         faults = {1: "nan", 2: "spike"}  # two jobs go wrong, so the anomaly detector has something to find
         threads = [threading.Thread(target=simulated_job, args=(r, seconds, rate, i, stop, faults.get(i, "")), daemon=True)
@@ -100,7 +104,7 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
                       TimeRemainingColumn(), console=console) as progress:
             task = progress.add_task(f"{jobs} simulated jobs + 1 real run", total=seconds, status="")
-            real = real_training(project)
+            real = real_training(project, transport)
             t0 = time.monotonic()
             while any(t.is_alive() for t in threads):
                 acked = sum(r.stats.acked_points for r in runs)

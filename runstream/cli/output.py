@@ -6,7 +6,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,13 +21,11 @@ from runstream.wire.errors import RunstreamError
 
 
 def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
-    """The file (--config or $RUNSTREAM_CONFIG), env vars, then the flags. The SDK used in this process (the
-    demo) sees the same file and data dir."""
-    if getattr(args, "config", None):
-        os.environ["RUNSTREAM_CONFIG"] = args.config
-    if getattr(args, "data_dir", None):
-        os.environ["RUNSTREAM_DATA_DIR"] = args.data_dir
-    return RunstreamConfig.load(flags={"clickhouse.url": getattr(args, "clickhouse_url", None) or None,
+    """The file (--config or $RUNSTREAM_CONFIG), env vars, then the flags. Nothing is passed on through the
+    environment: what this process does with the SDK (the demo) gets a transport made from this config."""
+    return RunstreamConfig.load(getattr(args, "config", None) or None,
+                                flags={"data_dir": getattr(args, "data_dir", None) or None,
+                                       "clickhouse.url": getattr(args, "clickhouse_url", None) or None,
                                        "kafka.bootstrap": getattr(args, "kafka", None) or None})
 
 
