@@ -5,7 +5,6 @@ in storage; `runstream audit log` filters it."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -45,11 +44,10 @@ def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str,
 
     def trail():
         return stack.query("SELECT seq, action, target, source FROM {db}.audit_log WHERE project = 'audited' ORDER BY seq")
-    deadline = time.monotonic() + 30
-    while len(trail()) < 7:
-        assert time.monotonic() < deadline, trail()
-        time.sleep(0.3)
-    rows = trail()
+    def seven() -> list | None:
+        rows = trail()
+        return rows if len(rows) >= 7 else None
+    rows: list = wait_until(seven, 30, "the 7 audit records")  # type: ignore[assignment]
     assert [r[0] for r in rows] == list(range(1, 8))
     actions = [r[1] for r in rows]
     assert actions.count("run.start") == 2 and actions.count("run.finish") == 2

@@ -12,25 +12,35 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from cpu import CLIENTS, CpuMeter, calibration, cpu_seconds, thread_seconds, with_descendants
+from cpu import CLIENTS, CpuMeter, calibration, thread_seconds, with_descendants
 
 from tests.helpers import wait_until
 
-BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+# Processes to measure: one that burns a known CPU time then idles, one that only idles. Their sleeps are what is
+# measured (a process using no CPU), not a wait of the test's; the tests kill them.
+BURN = ("import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
+        "print(time.process_time(), flush=True)\ntime.sleep(30)")
 IDLE = "import time; time.sleep(30)"
 
 
+def asleep(pid: int) -> bool:
+    """The process is in an interruptible sleep (state S in /proc/<pid>/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+
+
 def test_a_busy_and_an_idle_role_are_told_apart_and_counted_per_point() -> None:
-    busy = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0)])
+    busy = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0)], stdout=subprocess.PIPE, text=True)
     idle = subprocess.Popen([sys.executable, "-c", IDLE])
     try:
         meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid]}, interval_s=0.25).start()
-        # The busy one burns 1 s of CPU, then sleeps: the window closes once it is asleep.
-        wait_until(lambda: (cpu_seconds(busy.pid) or 0) >= 1.0, 30, "the busy process to burn its second")
-        time.sleep(0.3)
+        # The busy one burns 1 s of CPU, says how much it used in all, then sleeps: the window closes once it is asleep.
+        assert busy.stdout is not None
+        used = float(busy.stdout.readline())
+        wait_until(lambda: asleep(busy.pid), 30, "the busy process to go to sleep")
         meter.stop()
         secs = meter.seconds()
-        assert 0.7 <= secs["busy"] <= 1.3, secs
+        # All of it but what it used before the meter's first read (its interpreter's start, at most).
+        assert used - 0.3 <= secs["busy"] <= used + 0.05, (secs, used)
         assert secs["idle"] < 0.2, secs
         meter.set_total(CLIENTS, 4.0)  # clients report their own CPU, and the stack's figure leaves them out
         r = meter.report(points=2_000_000, requests=1000)
@@ -42,15 +52,19 @@ def test_a_busy_and_an_idle_role_are_told_apart_and_counted_per_point() -> None:
     finally:
         for p in (busy, idle):
             p.kill()
-            p.wait(10)
+            p.communicate(timeout=10)  # reaps it and closes its pipe
 
 
 def test_a_process_that_exits_keeps_its_last_sample_and_threads_and_children_are_found(tmp_path: Path) -> None:
-    short = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.6).replace("time.sleep(30)", "pass")])
+    short = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.6).replace("time.sleep(30)", "pass")],
+                             stdout=subprocess.PIPE, text=True)
     meter = CpuMeter({"short": [short.pid]}, interval_s=0.1).start()
-    short.wait(10)
+    out, _ = short.communicate(timeout=10)
     meter.stop()
-    assert meter.seconds()["short"] >= 0.3  # sampled before it went; gone now, it still counts
+    # Gone before the meter stopped: what it used up to its last sample still counts (one interval, 0.1 s, may be
+    # missing at the end; its interpreter's start, before the meter's first read, at the beginning).
+    used = float(out)
+    assert used - 0.45 <= meter.seconds()["short"] <= used + 0.05, (meter.seconds(), used)
     parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {IDLE!r}])"])
     try:
         deadline = time.monotonic() + 10

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -80,9 +79,7 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
                           stderr=subprocess.STDOUT, text=True)
     stack_file = tmp_path / "home" / "stack.json"
     try:
-        deadline = time.monotonic() + 90
-        while not stack_file.exists() and up.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: stack_file.exists() or up.poll() is not None, 90, "stack.json (or `up` to exit)")
         assert stack_file.exists(), up.stdout.read() if up.poll() is not None else "stack.json never appeared"
         client = subprocess.run([sys.executable, "-c", CLIENT], env={**env, "RUNSTREAM_ARTIFACT_DIR": str(tmp_path / "art")},
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -90,15 +87,12 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
         run_id, acked = client.stdout.split()
         assert int(acked) == 10_000
 
-        deadline = time.monotonic() + 60
-        rows: list[dict] = []
-        while time.monotonic() < deadline:
+        def stored_and_finished() -> list[dict] | None:
             res = cli(env, "runs", "--format", "json")
             assert res.returncode == 0, res.stderr
             rows = [json.loads(line) for line in res.stdout.splitlines()]
-            if rows and rows[0]["points_stored"] == 10_000 and rows[0]["status"] == "finished":
-                break
-            time.sleep(0.5)
+            return rows if rows and rows[0]["points_stored"] == 10_000 and rows[0]["status"] == "finished" else None
+        rows: list[dict] = wait_until(stored_and_finished, 60, "the run stored and finished")  # type: ignore[assignment]
         assert rows[0]["run_id"] == run_id and rows[0]["points_acked"] == rows[0]["points_stored"] == 10_000
         assert "loss=0.0002" in rows[0]["latest"]
 

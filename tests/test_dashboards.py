@@ -145,6 +145,9 @@ def test_every_clickhouse_query_runs_with_the_columns_its_panel_needs(name: str,
     ctx = Context(from_s=now_ms // 1000 - span_s, to_s=now_ms // 1000, interval_s=interval_s,
                   variables={"project": [project], "run": values["run"][:2], "metric": ["loss"]},
                   all_values=values)
+    # The most any panel value can be: every raw point and every point the fleet windows count, together.
+    ceiling = client.query("SELECT (SELECT count() FROM runstream.metric_points) + "
+                           "(SELECT sum(points) FROM runstream.fleet)").result_rows[0][0]
     checked = 0
     for panel, target in all_targets(build.generate()[name]):
         if "rawSql" not in target:
@@ -159,8 +162,10 @@ def test_every_clickhouse_query_runs_with_the_columns_its_panel_needs(name: str,
             assert cols[0] == "time" and isinstance(rows[0][0], datetime), f"{where}: first column must be the time"
             numeric = [i for i, v in enumerate(rows[0]) if isinstance(v, (int, float)) and not isinstance(v, bool)]
             assert numeric, f"{where}: no numeric column"
-            # Seeded values and counts are never negative, and a panel of zeros would mean it read nothing.
-            assert all(math.isfinite(r[i]) and r[i] >= 0 for r in rows for i in numeric), f"{where}: implausible values"
+            # Seeded values and counts are never negative and no count exceeds every point seeded, and a panel of
+            # zeros would mean it read nothing.
+            bad = [r[i] for r in rows for i in numeric if not (math.isfinite(r[i]) and 0 <= r[i] <= ceiling)]
+            assert not bad, f"{where}: values outside 0..{ceiling}: {bad[:5]}"
             assert any(r[i] > 0 for r in rows for i in numeric), f"{where}: every value is zero"
             assert [r[0] for r in rows] == sorted(r[0] for r in rows), f"{where}: time must be ascending"
         elif kind == "stat":

@@ -33,6 +33,8 @@ def test_tracker_tour(stack: Stack, token: str, tmp_path: Path) -> None:
     # Two sessions; acknowledged (summed over them) equals stored: 100 steps of 2 metrics, plus the system metrics
     # of the first session (sampled each second).
     assert resumed["sessions"] == 2 and resumed["points_acked"] == resumed["points_stored"] >= 200, resumed
-    assert "sgd-lr0.1" in out.split("lr >= 0.05 and val_loss < 1.0:")[1].splitlines()[0]
+    # The param compares as a number: lr=0.1 is in, lr=0.01 is out (its val_loss is under 1.0 as well, once resumed).
+    fast = out.split("lr >= 0.05 and val_loss < 1.0:")[1].splitlines()[0]
+    assert "'sgd-lr0.1'" in fast and "'sgd-lr0.01'" not in fast, fast
     assert "sys/cpu_percent" in out and "sys/proc_rss_mb" in out
     assert (tmp_path / "loss.png").stat().st_size > 5_000
