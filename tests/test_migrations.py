@@ -18,12 +18,19 @@ def insert_points(client, db: str, run: str, n: int) -> None:  # type: ignore[no
                   column_names=["project", "run_id", "metric", "step", "ts", "value", "batch", "idx"])
 
 
+def migrate_up_to(client, db: str, version: int, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The store as it was before migration ``version``: the earlier ones applied, then ``migrate`` applies the rest."""
+    every = store.migrations
+    monkeypatch.setattr(store, "migrations", lambda **kw: [m for m in every(**kw) if m[0] < version])
+    migrate(client, db)
+    monkeypatch.setattr(store, "migrations", every)
+
+
 def test_points_codec_migration_rewrites_no_stored_part(chdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = open_embedded(chdb_path)
     db = "t_codec"
     every = store.migrations
-    monkeypatch.setattr(store, "migrations", lambda **kw: [m for m in every(**kw) if m[0] < 11])
-    migrate(client, db)
+    migrate_up_to(client, db, 11, monkeypatch)
     insert_points(client, db, "before", 1000)
     parts_before = {r[0] for r in client.query("SELECT name FROM system.parts WHERE active AND database = %(d)s "
                                                "AND table = 'metric_points'", parameters={"d": db}).result_rows}
@@ -57,14 +64,11 @@ def test_points_codec_migration_rewrites_no_stored_part(chdb_path: Path, monkeyp
 def test_merge_base_migration_is_a_setting_of_the_points_table(chdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = open_embedded(chdb_path)
     db = "t_merge_base"
-    every = store.migrations
-    monkeypatch.setattr(store, "migrations", lambda **kw: [m for m in every(**kw) if m[0] < 12])
-    migrate(client, db)
+    migrate_up_to(client, db, 12, monkeypatch)
     insert_points(client, db, "before", 100)
     setting = ("SELECT value, changed FROM system.merge_tree_settings WHERE name = 'merge_selector_base'",
                "SELECT create_table_query FROM system.tables WHERE database = %(d)s AND name = 'metric_points'")
     assert "merge_selector_base" not in client.query(setting[1], parameters={"d": db}).result_rows[0][0]
-    monkeypatch.setattr(store, "migrations", every)
     assert "0012_merge_amplification.sql" in migrate(client, db)
     assert "merge_selector_base = 10" in client.query(setting[1], parameters={"d": db}).result_rows[0][0]
     assert client.query(setting[0]).result_rows[0][0] == "5"  # the engine's default, for every other table
