@@ -19,7 +19,6 @@ from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
 from runstream.ops import tls
 from runstream.sdk import connect
-from runstream.sdk.run import file_digest
 from runstream.server import governance as gov_io
 from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
 from runstream.storage import lineage, queries
@@ -28,6 +27,7 @@ from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
 from runstream.wire import audit
 from runstream.wire import governance as gov
 from runstream.wire.errors import RunstreamError
+from runstream.wire.files import file_digest
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ string compares strings, with a bool or None compares those.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import ssl
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 from runstream.wire import search
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import RunstreamError, ValidationError
+from runstream.wire.files import file_digest
 from runstream.wire.sql import QueryParams
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
@@ -67,7 +67,7 @@ class Api:
                  config: RunstreamConfig | None = None, artifact_url: str | None = None) -> None:
         cfg = config or RunstreamConfig.load()
         info = cfg.stack_info()
-        url = url or cfg.client.sql_url or info.get("sql", "")
+        url = url or cfg.sql_url()
         if not url:
             raise RunstreamError("no SQL endpoint: pass Api(url=...), set RUNSTREAM_SQL_URL, or start `runstream up`")
         token = token if token is not None else (cfg.client.token or info.get("token", ""))
@@ -75,7 +75,7 @@ class Api:
         self._forks: dict[tuple[str, str | None], tuple[str, int] | None] = {}
         self.token, self.tls_ca = token or "", cfg.client.tls_ca
         # Where uploaded artifacts' bytes are served (the mlflow role's artifact proxy).
-        self.artifact_url = (artifact_url or cfg.client.artifact_url or str(info.get("mlflow", ""))).rstrip("/")
+        self.artifact_url = artifact_url.rstrip("/") if artifact_url else cfg.artifact_url()
         u = urlparse(url)
         self.client = _client_lib().get_client(
             host=u.hostname or "127.0.0.1", port=u.port or (8443 if u.scheme == "https" else 8123),
@@ -374,13 +374,10 @@ class Api:
                 shutil.copyfileobj(resp, f, 1 << 20)
         else:
             shutil.copyfile(src.removeprefix("file://"), target)
-        digest = hashlib.sha256()
-        with open(target, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if art["sha256"] and digest.hexdigest() != art["sha256"]:
+        digest, _ = file_digest(target)
+        if art["sha256"] and digest != art["sha256"]:
             target.unlink()
-            raise RunstreamError(f"artifact {name!r} of run {run_id!r}: sha256 {digest.hexdigest()} is not the logged "
+            raise RunstreamError(f"artifact {name!r} of run {run_id!r}: sha256 {digest} is not the logged "
                                  f"{art['sha256']}; the stored copy changed or the download was cut")
         return target
 

@@ -37,8 +37,7 @@ def endpoint(config: RunstreamConfig, sql_url: str | None) -> tuple[str, str | N
         return sql_url, None
     if config.client.sql_url:
         return config.client.sql_url, config.clickhouse.database
-    info = config.stack_info()
-    return str(info.get("sql", "")), info.get("database")
+    return config.sql_url(), config.stack_info().get("database")
 
 
 def stored_run(config: RunstreamConfig, project: str, run_id: str, *, token: str | None, sql_url: str | None = None,

@@ -38,6 +38,7 @@ from runstream.sdk.transport import SendError, Transport, connect, resolve
 from runstream.sdk.upload import Upload, Uploader
 from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostInfo, Metrics, RunStatus
 from runstream.wire.config import RunstreamConfig
+from runstream.wire.files import file_digest
 from runstream.wire.mlflow import experiment_id
 from runstream.wire.names import MAX_STEP, name_problem, step_of, value_problem
 
@@ -92,22 +93,6 @@ def packages_sha256() -> str:
         names = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions() if d.metadata["Name"])
         _packages_fingerprint = hashlib.sha256("\n".join(names).encode()).hexdigest()
     return _packages_fingerprint
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory's files (relative path and digest of each, sorted)."""
-    if path.is_dir():
-        h, total = hashlib.sha256(), 0
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            d, n = file_digest(f)
-            h.update(f"{f.relative_to(path)}\0{d}\n".encode())
-            total += n
-        return h.hexdigest(), total
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest(), path.stat().st_size
 
 
 def _local(uri: str) -> Path | None:
@@ -235,11 +220,15 @@ class Run:
             return art
         art.sha256, art.size = file_digest(path)
         target_dir = artifact_dir or self._sender.artifact_dir
+        client = client_config()
         server = upload if isinstance(upload, str) else None
         if upload is True or (upload is None and not target_dir):
-            server = self._artifact_server(required=upload is True)
+            server = client.artifact_url()
+            if not server and upload is True:
+                raise ValueError("log_artifact(upload=True): no artifact server known; set client.artifact_url "
+                                 "(RUNSTREAM_ARTIFACT_URL) or start `runstream up` with the mlflow role")
         if server:
-            uploader = _uploader(server, self._token)
+            uploader = _uploader(server, self._token, client)
             files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
             for f in files:
                 sha, size = (art.sha256, art.size) if f == path else file_digest(f)
@@ -258,14 +247,6 @@ class Run:
             art.stored_uri = str(dest)
         self._records.append((_LINEAGE, time.time(), art))
         return art
-
-    def _artifact_server(self, *, required: bool) -> str:
-        cfg = client_config()
-        server = cfg.client.artifact_url or str(cfg.stack_info().get("mlflow", ""))
-        if not server and required:
-            raise ValueError("log_artifact(upload=True): no artifact server known; set client.artifact_url "
-                             "(RUNSTREAM_ARTIFACT_URL) or start `runstream up` with the mlflow role")
-        return server
 
     def _log_system(self, values: dict[str, float]) -> None:
         """System metrics at the run's current step, without moving it (called from the sampler thread)."""
@@ -730,8 +711,7 @@ _active: list[Run] = []
 _uploaders: dict[tuple[str, str | None], Uploader] = {}
 
 
-def _uploader(server: str, token: str | None) -> Uploader:
-    client = client_config()
+def _uploader(server: str, token: str | None, client: RunstreamConfig) -> Uploader:
     token = resolve(client, token=token)[1]
     with _sender_lock:
         up = _uploaders.get((server, token))

@@ -296,6 +296,15 @@ class RunstreamConfig:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def sql_url(self) -> str:
+        """The read path a client uses: ``client.sql_url``, else the local stack's SQL endpoint; empty: none known."""
+        return self.client.sql_url or str(self.stack_info().get("sql", ""))
+
+    def artifact_url(self) -> str:
+        """The artifact server a client uploads to and downloads from: ``client.artifact_url``, else the local
+        stack's (its mlflow role); empty: none known."""
+        return (self.client.artifact_url or str(self.stack_info().get("mlflow", ""))).rstrip("/")
+
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None,
              flags: Mapping[str, Any] | None = None) -> RunstreamConfig:

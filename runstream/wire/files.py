@@ -1,9 +1,27 @@
-"""Files that hold secrets (tokens, the resolved config, stack.json): 0600 from their first byte, in 0700 dirs."""
+"""Files that hold secrets (tokens, the resolved config, stack.json): 0600 from their first byte, in 0700 dirs; and the
+digest artifacts are recorded and checked by."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, or of a directory's files (relative path and digest of each, sorted)."""
+    if path.is_dir():
+        h, total = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            d, n = file_digest(f)
+            h.update(f"{f.relative_to(path)}\0{d}\n".encode())
+            total += n
+        return h.hexdigest(), total
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest(), path.stat().st_size
 
 
 def private_dir(path: Path, *, tighten: bool = False) -> Path:
