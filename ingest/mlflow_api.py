@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from runstream.ingest.mlflow_reads import Reads, RunRow
+from runstream.ingest.mlflow_ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
 from runstream.ingest.server import Publisher, run_audit
 from runstream.ingest.validate import validate_batch
 from runstream.server import governance as gov_io
@@ -102,7 +103,7 @@ class MlflowError(Exception):
         self.status = status or self.STATUS[code]
 
 
-def error_response(exc: BaseException) -> web.Response:
+def as_mlflow_error(exc: BaseException) -> MlflowError:
     """The one error translator of this boundary: runstream's errors to MLflow's codes and statuses."""
     if isinstance(exc, MlflowError):
         err = exc
@@ -120,6 +121,12 @@ def error_response(exc: BaseException) -> web.Response:
     else:
         log.exception("MLflow API request failed", exc_info=exc)
         err = MlflowError("INTERNAL_ERROR", f"internal error ({type(exc).__name__}); the mlflow role's log has the details")
+    return err
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """An error as MLflow's JSON with its status; a 401 asks for basic auth, so a browser signs in."""
+    err = as_mlflow_error(exc)
     headers = {"WWW-Authenticate": 'Basic realm="runstream"'} if err.status == 401 else None
     return web.json_response({"error_code": err.code, "message": str(err)}, status=err.status, headers=headers)
 
@@ -272,6 +279,10 @@ def model_json(r: RunRow) -> dict[str, Any]:
                                    "metrics": []}}
 
 
+def dataset_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
 def run_json(r: RunRow) -> dict[str, Any]:
     exp_id = experiment_id(r.project)
     tags = {label: "" for label in r.labels}
@@ -285,7 +296,7 @@ def run_json(r: RunRow) -> dict[str, Any]:
                             "lifecycle_stage": r.lifecycle_stage}
     if r.end_time is not None:
         info["end_time"] = r.end_time
-    inputs = [{"tags": [], "dataset": {"name": uri.rstrip("/").rsplit("/", 1)[-1] or uri, "digest": digest,
+    inputs = [{"tags": [], "dataset": {"name": dataset_name(uri), "digest": digest,
                                        "source_type": "runstream", "source": json.dumps({"uri": uri})}}
               for uri, digest in r.datasets]
     return {"info": info,
@@ -994,6 +1005,38 @@ class MlflowApi:
         await self._send(token, request.remote or "", project, run_id, [{"artifact": art}])
         return {}
 
+    async def list_run_artifacts(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """MLflow's artifacts/list: a run's files under ``path``, named from the run's artifact root."""
+        project, run_id = await self._run(body, token, "read")
+        path = str(body.get("path") or "").strip("/")
+        root = f"{experiment_id(project)}/{run_id}/artifacts"
+        _, _, target = self._artifact_target(f"{root}/{path}", token, "read")
+        files = []
+        if target.is_dir():
+            for entry in sorted(target.iterdir(), key=lambda e: e.name):
+                if entry.name.startswith(".") and entry.name.endswith(".part"):
+                    continue
+                name = f"{path}/{entry.name}" if path else entry.name
+                files.append({"path": name, "is_dir": True} if entry.is_dir()
+                             else {"path": name, "is_dir": False, "file_size": entry.stat().st_size})
+        return {"root_uri": f"mlflow-artifacts:/{root}", "files": files}
+
+    async def run_artifact(self, body: dict[str, Any], token: Token) -> Path:
+        """The file behind MLflow's get-artifact (``run_uuid`` or ``run_id``, ``path``)."""
+        project, run_id = await self._run(body, token, "read")
+        path = _str(body, "path").strip("/")
+        _, _, target = self._artifact_target(f"{experiment_id(project)}/{run_id}/artifacts/{path}", token, "read")
+        if not target.is_file():
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"artifact {path[:200]!r} of run {run_id} does not exist")
+        return target
+
+    async def search_datasets(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """The datasets the experiments' runs used (MLflow's experiments/search-datasets)."""
+        projects = self._readable_projects(body, token)
+        rows = await asyncio.to_thread(self.reads.datasets, projects)
+        return {"dataset_summaries": [{"experiment_id": experiment_id(project), "name": dataset_name(uri),
+                                       "digest": digest} for project, uri, digest in rows]}
+
     def list_artifacts(self, path: str, token: Token) -> dict[str, Any]:
         if not path.strip("/"):
             raise MlflowError("INVALID_PARAMETER_VALUE", "path: name '<experiment id>/<run id>/artifacts[/...]'")
@@ -1041,6 +1084,7 @@ class MlflowServer:
         self.tokens = TokenStore(config.tokens_path)
         self.api = MlflowApi(config, self.publisher, self.tokens, Reads(config))
         self.follower = Follower(config, self.api.apply_control)
+        self.ui = MlflowUi(self.api, ui_build_dir())
         self.host, port = config.mlflow.listen.rsplit(":", 1)
         self.port = int(port)
         self._runner: web.AppRunner | None = None
@@ -1071,6 +1115,8 @@ class MlflowServer:
             "runs/delete": ("POST", a.delete_run, True),
             "runs/restore": ("POST", a.restore_run, True),
             "runs/search": ("POST", a.search_runs, False),
+            "artifacts/list": ("GET", a.list_run_artifacts, False),
+            "experiments/search-datasets": ("POST", a.search_datasets, False),
             "runs/log-metric": ("POST", a.log_metric, True),
             "runs/log-parameter": ("POST", a.log_param, True),
             "runs/set-tag": ("POST", a.set_tag, True),
@@ -1124,6 +1170,41 @@ class MlflowServer:
         except Exception as exc:
             return error_response(exc)
 
+    def _ui_route(self, serve: Callable[[web.Request, Token], Awaitable[web.StreamResponse]]
+                  ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """A UI route: the caller's token first (a browser without one is asked for basic auth), errors as MLflow's."""
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                return await serve(request, _token(self.tokens, request))
+            except Exception as exc:
+                return error_response(exc)
+        return handle
+
+    def _ui_routes(self, app: web.Application) -> None:
+        ui = self.ui
+
+        async def page(request: web.Request, _: Token) -> web.StreamResponse:
+            return ui.file(request.match_info.get("path", ""))
+
+        async def artifact(request: web.Request, token: Token) -> web.StreamResponse:
+            target = await self.api.run_artifact(await _fields(request), token)
+            return web.FileResponse(target, headers={"Content-Type": "application/octet-stream",
+                                                     "X-Content-Type-Options": "nosniff"})
+
+        def fixed(answer: dict[str, Any]) -> Callable[[web.Request, Token], Awaitable[web.StreamResponse]]:
+            async def serve(request: web.Request, _: Token) -> web.StreamResponse:
+                return web.json_response(answer)
+            return serve
+
+        app.router.add_get("/", self._ui_route(page))
+        app.router.add_get("/static-files/{path:.+}", self._ui_route(page))
+        app.router.add_post("/graphql", self._ui_route(ui.graphql))
+        for where in ("/get-artifact", "/ajax-api/2.0/mlflow/get-artifact"):
+            app.router.add_get(where, self._ui_route(artifact))
+        for where, answer in EMPTY_ANSWERS.items():
+            app.router.add_route("GET", where, self._ui_route(fixed(answer)))
+            app.router.add_route("POST", where, self._ui_route(fixed(answer)))
+
     async def start(self) -> None:
         await self.follower.start()
         await self.publisher.start()
@@ -1141,6 +1222,7 @@ class MlflowServer:
         app.router.add_route("GET", ARTIFACTS, self._artifact)
         app.router.add_route("GET", ARTIFACTS + "/{path:.+}", self._artifact)
         app.router.add_route("PUT", ARTIFACTS + "/{path:.+}", self._artifact)
+        self._ui_routes(app)
         app.router.add_get("/health", _health)
         app.router.add_get("/version", _version)
         app.router.add_route("*", "/{tail:.*}", self._unknown)

@@ -180,6 +180,14 @@ class Reads:
             if (run := by_key.get((project, run_id))) is not None:
                 run.datasets.append((str(uri), str(digest)))
 
+    def datasets(self, projects: list[str], limit: int = 1000) -> list[tuple[str, str, str]]:
+        """(project, uri, digest) of the datasets runs of ``projects`` used, most recently used first."""
+        p = QueryParams()
+        rows = self.query(f"SELECT project, uri, digest FROM {{db}}.datasets_used WHERE project IN "
+                          f"{p.add(projects, 'Array(String)')} GROUP BY project, uri, digest ORDER BY max(ts) DESC "
+                          f"LIMIT {int(limit)}", p.values)
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     def history(self, project: str, run_id: str, metric: str, *, offset: int, limit: int) -> list[tuple[float, int, int]]:
         """(value, timestamp ms, step) of one metric, by step then time."""
         p = QueryParams()
