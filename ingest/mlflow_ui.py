@@ -16,14 +16,13 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import graphql
 from aiohttp import web
 
+from runstream.ingest.mlflow_http import MlflowError, as_mlflow_error, request_fields
 from runstream.server.auth import Token
-
-if TYPE_CHECKING:
-    from runstream.ingest.mlflow_api import MlflowApi
 
 # MLflow's GraphQL schema (mlflow/server/graphql), the part its UI queries: names and types as MLflow has them.
 SCHEMA = """
@@ -140,6 +139,19 @@ type MlflowSearchDatasetsResponse { datasetSummaries: [MlflowDatasetSummary!] ap
 
 MAX_QUERY_BYTES = 64 * 1024
 
+Body = dict[str, Any]
+
+
+class Handlers(Protocol):
+    """What the UI asks of the tracking API (MlflowApi): its handlers, each taking a request's fields and a token."""
+
+    async def get_experiment(self, body: Body, token: Token) -> Body: ...
+    async def get_run(self, body: Body, token: Token) -> Body: ...
+    async def search_runs(self, body: Body, token: Token) -> Body: ...
+    async def list_run_artifacts(self, body: Body, token: Token) -> Body: ...
+    async def metric_history_bulk_interval(self, body: Body, token: Token) -> Body: ...
+    async def search_datasets(self, body: Body, token: Token) -> Body: ...
+
 
 def ui_build_dir() -> Path | None:
     """The UI's build folder in the installed ``mlflow`` wheel, found without importing mlflow (seconds of imports);
@@ -183,9 +195,9 @@ def _finite(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class MlflowUi:
-    """The UI's files, its UI-only REST calls and ``/graphql``, over :class:`MlflowApi`'s handlers."""
+    """The UI's files and ``/graphql``, over the tracking API's handlers."""
 
-    def __init__(self, api: MlflowApi, build: Path | None) -> None:
+    def __init__(self, api: Handlers, build: Path | None) -> None:
         self.api = api
         self.build = build
         self._schema: Any = None
@@ -194,10 +206,8 @@ class MlflowUi:
 
     def schema(self) -> Any:
         if self._schema is None:
-            import graphql  # the server extra's graphql-core; imported on the first query only
-
             schema = graphql.build_schema(SCHEMA)
-            schema.type_map["LongString"].serialize = lambda v: str(v)  # type: ignore[union-attr]
+            schema.type_map["LongString"].serialize = str  # type: ignore[attr-defined]  # a scalar: MLflow writes longs as strings
             resolvers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
                 "mlflowGetExperiment": self._get_experiment, "mlflowGetRun": self._get_run,
                 "mlflowSearchRuns": self._search_runs, "mlflowListArtifacts": self._list_artifacts,
@@ -216,8 +226,6 @@ class MlflowUi:
     @staticmethod
     def _resolver(call: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
         async def resolve(_root: Any, info: Any, input: dict[str, Any] | None = None) -> dict[str, Any]:
-            from runstream.ingest.mlflow_api import as_mlflow_error
-
             try:
                 return await call(snake(dict(input or {})), info.context["token"])
             except Exception as exc:  # an API error is data in MLflow's schema, beside a null result
@@ -242,6 +250,10 @@ class MlflowUi:
             _finite(run["data"]["metrics"])
             run["experiment"] = exps[r["info"]["experiment_id"]]
             run["modelVersions"] = []  # no model registry yet
+            inputs = run.setdefault("inputs", {})
+            inputs.setdefault("datasetInputs", [])
+            inputs.setdefault("modelInputs", [])
+            run.setdefault("outputs", {"modelOutputs": []})
             out.append(run)
         return out
 
@@ -270,11 +282,7 @@ class MlflowUi:
         return camel(await self.api.search_datasets(body, token))
 
     async def graphql(self, request: web.Request, token: Token) -> web.Response:
-        import graphql
-
-        from runstream.ingest.mlflow_api import MlflowError, _fields
-
-        body = await _fields(request)
+        body = await request_fields(request)
         query = body.get("query")
         if not isinstance(query, str) or len(query) > MAX_QUERY_BYTES:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"query: a GraphQL document of at most {MAX_QUERY_BYTES} bytes")
@@ -292,8 +300,6 @@ class MlflowUi:
 
     def file(self, path: str) -> web.StreamResponse:
         """A file of the UI's build; index.html for the root (the UI routes by the URL's fragment)."""
-        from runstream.ingest.mlflow_api import MlflowError
-
         if self.build is None:
             raise MlflowError("ENDPOINT_NOT_FOUND", "MLflow's web UI is not installed on this server: install "
                                                     "'runstream[mlflow-ui]' (the full mlflow wheel carries the UI)")

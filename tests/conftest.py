@@ -17,7 +17,7 @@ import pytest
 
 from runstream.ops.broker import SHORT_LIVED_JVM, KafkaBroker
 from runstream.ops.stack import InProcessRoles, isolated_config
-from runstream.server.auth import ensure_admin_token, ensure_dev_token
+from runstream.server.auth import ensure_admin_token, ensure_dev_token, ensure_file_token
 from runstream.wire import topics
 from runstream.wire.config import RunstreamConfig
 
@@ -168,6 +168,40 @@ class BackgroundClient:
 
 
 MLFLOW_SERVER = Path(__file__).resolve().parent.parent / ".venv-mlflow" / "bin" / "mlflow"
+
+
+class MlflowStack:
+    """The sink, ingest and the mlflow role in this process; the mlflow client pointed at it with the dev token."""
+
+    def __init__(self, config: RunstreamConfig, roles: InProcessRoles) -> None:
+        self.config = config
+        self.roles = roles
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.roles.stages['mlflow'][0].port}"
+
+    def query(self, sql: str, **params):
+        sink = self.roles.stages["sink"][0]
+        return sink.client.query(sql.replace("{db}", self.config.clickhouse.database), parameters=params).result_rows
+
+
+@pytest.fixture
+def ml(config: RunstreamConfig, token: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowStack]:
+    mlflow = pytest.importorskip("mlflow")
+    ensure_file_token(config.tokens_path, config.mlflow_token_path, "mlflow", ["read"])
+    config.mlflow.listen = "127.0.0.1:0"
+    config.mlflow.metrics_port = 0
+    roles = InProcessRoles(config, ["sink", "ingest", "mlflow"]).start()
+    stack = MlflowStack(config, roles)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    mlflow.set_tracking_uri(stack.url)
+    try:
+        yield stack
+    finally:
+        mlflow.set_tracking_uri(None)
+        roles.stop()
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,17 @@ def metric_batch(run_id: str, n: int = 10, *, project: str = "p", metric: str = 
     return b
 
 
+def narrow_token(config: RunstreamConfig, name: str, projects: list[str]) -> None:
+    """Limit the file token ``name`` to ``projects`` (the roles reload the tokens file within seconds)."""
+    import yaml
+
+    data = yaml.safe_load(config.tokens_path.read_text())
+    for entry in data["tokens"]:
+        if entry["name"] == name:
+            entry["projects"] = projects
+    config.tokens_path.write_text(yaml.safe_dump(data))
+
+
 def counter(name: str, **labels: str) -> float:
     """A counter of this process's registry (in-process roles), 0 before its first increment."""
     return REGISTRY.get_sample_value(name, labels) or 0.0

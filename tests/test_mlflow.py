@@ -6,51 +6,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runstream.ops.stack import InProcessRoles
 from runstream.server.auth import ensure_file_token
 from runstream.wire.config import RunstreamConfig
-from tests.helpers import wait_until
+from tests.conftest import MlflowStack
+from tests.helpers import narrow_token, wait_until
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-class MlflowStack:
-    def __init__(self, config: RunstreamConfig, roles: InProcessRoles) -> None:
-        self.config = config
-        self.roles = roles
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.roles.stages['mlflow'][0].port}"
-
-    def query(self, sql: str, **params):
-        sink = self.roles.stages["sink"][0]
-        return sink.client.query(sql.replace("{db}", self.config.clickhouse.database), parameters=params).result_rows
-
-
-@pytest.fixture
-def ml(config: RunstreamConfig, token: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowStack]:
-    ensure_file_token(config.tokens_path, config.mlflow_token_path, "mlflow", ["read"])
-    config.mlflow.listen = "127.0.0.1:0"
-    config.mlflow.metrics_port = 0
-    roles = InProcessRoles(config, ["sink", "ingest", "mlflow"]).start()
-    stack = MlflowStack(config, roles)
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    mlflow.set_tracking_uri(stack.url)
-    try:
-        yield stack
-    finally:
-        mlflow.set_tracking_uri(None)
-        roles.stop()
 
 
 def test_fluent_run_round_trips_through_the_pipeline(ml: MlflowStack) -> None:
@@ -565,11 +533,7 @@ def test_scopes_run_identity_and_bad_input_as_the_admin_api_has_them(ml: MlflowS
         return requests.post(f"{api}/{path}", headers={"Authorization": f"Bearer {secret}"}, timeout=30, **kwargs)
     jobs = ensure_file_token(config.tokens_path, config.data_path / "jobs.token", "jobs", ["ingest", "read"])
     team_a = ensure_file_token(config.tokens_path, config.data_path / "a.token", "team-a", ["ingest", "read"])
-    data = __import__("yaml").safe_load(config.tokens_path.read_text())
-    for entry in data["tokens"]:
-        if entry["name"] == "team-a":
-            entry["projects"] = ["proj-a"]
-    config.tokens_path.write_text(__import__("yaml").safe_dump(data))
+    narrow_token(config, "team-a", ["proj-a"])
     wait_until(lambda: call("experiments/create", jobs, json={"name": "by-jobs"}).status_code == 403, 10,
                "an ingest-only token to be known and refused")
     assert call("experiments/create", token, json={"name": "proj-b"}).status_code == 200  # the dev token: admin
