@@ -131,14 +131,15 @@ class Limits:
         return cls(sink.sql_max_execution_time_s, sink.sql_max_memory_bytes, sink.sql_max_result_rows,
                    sink.sql_max_result_bytes, sink.sql_max_threads, sink.sql_thread_nice)
 
-    def with_client(self, requested: dict[str, str]) -> dict[str, str]:
-        """The settings one query runs with: the client's allowed ones, never above the configured limits."""
+    def with_client(self, requested: dict[str, str], nice: int | None = None) -> dict[str, str]:
+        """The settings one query runs with: the client's allowed ones, never above the configured limits; its
+        threads at ``nice`` (its workload class's; default: thread_nice)."""
         out = {"readonly": "1", "allow_python_table_function": "0", "allow_introspection_functions": "0",
                "max_execution_time": _num(self.max_execution_time_s), "max_memory_usage": str(self.max_memory_bytes),
                "max_result_rows": str(self.max_result_rows), "max_result_bytes": str(self.max_result_bytes),
                "result_overflow_mode": "throw", "max_threads": str(self.max_threads),
                # The engine's own per-query priority: a no-op without CAP_SYS_NICE.
-               "os_threads_nice_value_query": str(self.thread_nice)}
+               "os_threads_nice_value_query": str(self.thread_nice if nice is None else nice)}
         for name, value in requested.items():
             if name not in CLIENT_SETTINGS:
                 raise QueryError(164, "READONLY", f"Cannot modify '{name}' setting in readonly mode (the runstream "
@@ -313,8 +314,8 @@ class ReadEngine:
         return False
 
     def run(self, stmt: Statement, *, fmt: str, database: str, settings: dict[str, str], params: dict[str, str],
-            marker: str) -> Result:
-        conn = self._connect({**self.limits.with_client(settings), "database": database, "log_comment": marker})
+            marker: str, nice: int | None = None) -> Result:
+        conn = self._connect({**self.limits.with_client(settings, nice), "database": database, "log_comment": marker})
         try:
             res = conn.query(stmt.sql, fmt, params=params or None)
             if res is None:

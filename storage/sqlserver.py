@@ -18,8 +18,12 @@ What a client sees, as a read-only ClickHouse server answers it:
 - ``session_id`` is accepted; a read-only session holds no state, so each query stands alone.
 
 Limits: each query runs in its own read-only session (storage/readonly.py) with ``sql_max_execution_time_s``,
-memory and result caps; ``sql_max_concurrent`` run at once, others wait their turn; a query whose client goes
-away is cancelled. Identical deterministic reads in flight share one run (``sql_share_identical``).
+memory and result caps; a query whose client goes away is cancelled. Workload classes, by the token that asks:
+dashboards (``sql_dashboard_tokens``: Grafana's and the MLflow API's) run ``sql_dashboard_concurrent`` at once at
+``sql_thread_nice``, ahead of ingest; ad-hoc queries (every other token: notebooks, ``runstream sql``) run
+``sql_max_concurrent`` at once at ``sql_adhoc_nice``, behind ingest. Each class queues in its own line, so an
+ad-hoc query never holds a dashboard's slot. The class is in the ``X-Runstream-Workload`` response header.
+Identical deterministic reads in flight share one run (``sql_share_identical``).
 """
 
 from __future__ import annotations
@@ -182,8 +186,17 @@ def _retrieve(task: asyncio.Future[Result]) -> None:
         task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
 
 
-def _normal_priority(nice: int, keep: int, seen: set[int]) -> set[int]:
-    """With no read running, every thread still at the reads' nice goes back to 0 but the endpoint's own (``keep``):
+@dataclass
+class Workload:
+    """A workload class: its own slots (a line of its own) and the nice of its queries' threads."""
+    name: str
+    slots: asyncio.Semaphore
+    nice: int
+    setting: str  # the config key of its concurrency, for errors
+
+
+def _normal_priority(nices: set[int], keep: int, seen: set[int]) -> set[int]:
+    """With no read running, every thread still at a read's nice goes back to 0 but the endpoint's own (``keep``):
     threads the engine started during a read inherited its nice and would carry it into the sink's inserts. Only
     threads not ``seen`` by the last pass are read (a thread keeps the nice it started with; /proc reads of every
     thread after every read cost more than a small query). Returns the threads seen now."""
@@ -195,7 +208,7 @@ def _normal_priority(nice: int, keep: int, seen: set[int]) -> set[int]:
             continue
         try:
             with open(f"/proc/self/task/{name}/stat", "rb") as f:
-                if int(f.read().rsplit(b")", 1)[1].split()[16]) == nice:
+                if int(f.read().rsplit(b")", 1)[1].split()[16]) in nices:
                     os.setpriority(os.PRIO_PROCESS, tid, 0)
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
@@ -216,13 +229,19 @@ class SqlEndpoint:
         self.tokens = tokens or TokenStore(config.tokens_path)
         self.follower: Follower | None = None
         self.engine: ReadEngine | None = None
-        self._pool = ThreadPoolExecutor(max_workers=max(1, sink.sql_max_concurrent), thread_name_prefix="sql-read")
+        self._pool = ThreadPoolExecutor(max_workers=sink.sql_max_concurrent + sink.sql_dashboard_concurrent,
+                                        thread_name_prefix="sql-read")
         self._killer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-kill")  # never queued behind reads
         # Priority resets on a thread of their own, at most one queued: a pass over a process with many threads takes
         # a while, and a kill must never wait behind a queue of them.
         self._resetter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-nice")
         self._reset_queued = False
-        self._slots = asyncio.Semaphore(max(1, sink.sql_max_concurrent))
+        self.dashboard_tokens = {t.strip() for t in sink.sql_dashboard_tokens.split(",") if t.strip()}
+        self.workloads = {
+            "dashboard": Workload("dashboard", asyncio.Semaphore(max(1, sink.sql_dashboard_concurrent)),
+                                  sink.sql_thread_nice, "sink.sql_dashboard_concurrent"),
+            "adhoc": Workload("adhoc", asyncio.Semaphore(max(1, sink.sql_max_concurrent)), sink.sql_adhoc_nice,
+                              "sink.sql_max_concurrent")}
         self._inflight: dict[tuple[Any, ...], _Execution] = {}
         self._query_ids: set[str] = set()  # of the queries running: a server refuses a second one with the same id
         self._running = 0  # queries on worker threads
@@ -313,7 +332,7 @@ class SqlEndpoint:
         self._killer.shutdown(wait=True)
         self._resetter.shutdown(wait=True)
         if self._reniced is not None:  # no reset is scheduled any more: nothing keeps the reads' nice past the endpoint
-            _normal_priority(self.limits.thread_nice, self._reniced, set())
+            _normal_priority(self._read_nices(), self._reniced, set())
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -364,7 +383,9 @@ class SqlEndpoint:
         try:
             if request.method in ("GET", "HEAD") and "query" not in params and not request.can_read_body:
                 return web.Response(text="Ok.\n", headers=headers)  # a server's liveness answer, as for /ping
-            self._authenticate(request, params)
+            workload = self.workloads["dashboard" if self._authenticate(request, params) in self.dashboard_tokens
+                                      else "adhoc"]
+            headers["X-Runstream-Workload"] = workload.name
             if query_id in self._query_ids:
                 raise QueryError(216, "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING", f"Query with id = {query_id} is already running")
             body = b""
@@ -387,14 +408,14 @@ class SqlEndpoint:
                 raise QueryError(62, "SYNTAX_ERROR", "Empty query")
             self._query_ids.add(query_id)
             try:
-                return await self._query(request, params, sql.strip(), headers)
+                return await self._query(request, params, sql.strip(), headers, workload)
             finally:
                 self._query_ids.discard(query_id)
         except QueryError as exc:
             return self._error(exc, headers)
 
     async def _query(self, request: web.Request, params: Mapping[str, str], sql: str,
-                     headers: dict[str, str]) -> web.StreamResponse:
+                     headers: dict[str, str], workload: Workload) -> web.StreamResponse:
         assert self.engine is not None
         fmt = params.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated"
         database = params.get("database") or request.headers.get("X-ClickHouse-Database") or self.database
@@ -404,17 +425,18 @@ class SqlEndpoint:
         started = time.perf_counter()
         stmt = self.engine.known(sql)
         if stmt is None:
-            stmt = await self._in_slot(self.engine.check, sql, query_params)
+            stmt = await self._in_slot(workload, self.engine.check, sql, query_params)
         # Identical deterministic reads in flight share one execution: dashboards that several people (or a wall
         # screen) watch send the same panel queries at the same moment.
         key = None
         if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() not in SYSTEM_DATABASES:
-            key = (stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
+            key = (workload.name, stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
         run = self._inflight.get(key) if key is not None else None
         if run is None:
             marker = self.engine.marker()
-            task = asyncio.ensure_future(self._in_slot(lambda: self.engine.run(  # type: ignore[union-attr]
-                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker)))
+            task = asyncio.ensure_future(self._in_slot(workload, lambda: self.engine.run(  # type: ignore[union-attr]
+                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker,
+                nice=workload.nice)))
             run = _Execution(task, marker)
             task.add_done_callback(_retrieve)
             if key is not None:
@@ -464,19 +486,19 @@ class SqlEndpoint:
         if self._inflight.get(key) is run:
             del self._inflight[key]
 
-    async def _in_slot(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn`` on a worker thread once one of the ``sql_max_concurrent`` slots is free."""
+    async def _in_slot(self, workload: Workload, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread once one of its workload class's slots is free."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.max_execution_time_s)
+            await asyncio.wait_for(workload.slots.acquire(), self.limits.max_execution_time_s)
         except TimeoutError:
             raise QueryError(202, "TOO_MANY_SIMULTANEOUS_QUERIES",
-                             f"{self.config.sink.sql_max_concurrent} queries are running and none finished within "
+                             f"{workload.name} queries fill their {workload.setting} slots and none finished within "
                              f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
         self._running += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
-            self._slots.release()
+            workload.slots.release()
             self._running -= 1
             if self._running == 0 and self._reniced is not None and not self._reset_queued:
                 self._reset_queued = True
@@ -494,7 +516,10 @@ class SqlEndpoint:
     def _reset_priority(self) -> None:
         self._reset_queued = False  # first: a read that ends during the pass queues the next one
         if self._reniced is not None:
-            self._threads_seen = _normal_priority(self.limits.thread_nice, self._reniced, self._threads_seen)
+            self._threads_seen = _normal_priority(self._read_nices(), self._reniced, self._threads_seen)
+
+    def _read_nices(self) -> set[int]:
+        return {w.nice for w in self.workloads.values()} - {0}
 
     def _error(self, exc: QueryError, headers: dict[str, str]) -> web.Response:
         status = STATUS_BY_NAME.get(exc.name, 500)

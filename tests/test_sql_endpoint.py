@@ -43,7 +43,7 @@ from prometheus_client import REGISTRY
 from runstream.dashboards import build
 from runstream.ops.broker import KafkaBroker
 from runstream.ops.stack import InProcessRoles
-from runstream.server.auth import ensure_dev_token
+from runstream.server.auth import ensure_dev_token, ensure_file_token
 from runstream.storage.sqlserver import SqlEndpoint, may_raise_priority
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError
@@ -496,8 +496,8 @@ def test_a_long_query_neither_blocks_readers_nor_outlives_its_client(endpoint: E
     assert status == 408 and headers["X-ClickHouse-Exception-Code"] == "159" and time.monotonic() - t0 < 5
 
 
-def engine_threads_at(nice: int, keep: int) -> set[str]:
-    """The sink process's threads at a nice value but the endpoint's own loop (``keep``): the engine's, and the
+def engine_threads_at(nices: set[int], keep: int) -> set[str]:
+    """The sink process's threads at any of ``nices`` but the endpoint's own loop (``keep``): the engine's, and the
     workers that call it."""
     out = set()
     for task in Path("/proc/self/task").iterdir():
@@ -505,44 +505,84 @@ def engine_threads_at(nice: int, keep: int) -> set[str]:
             stat = (task / "stat").read_text()
         except OSError:
             continue  # the thread ended meanwhile
-        if task.name != str(keep) and int(stat.rsplit(")", 1)[1].split()[16]) == nice:  # field 19: nice
+        if task.name != str(keep) and int(stat.rsplit(")", 1)[1].split()[16]) in nices:  # field 19: nice
             out.add(task.name)
     return out
 
 
+def dashboard_token(ep: Endpoint) -> str:
+    """Grafana's read token as `runstream up` makes it, once the endpoint knows it (it reloads the token file)."""
+    secret = ensure_file_token(ep.config.tokens_path, ep.config.dashboard_token_path, "grafana", ["read"])
+    wait_until(lambda: ep.http("SELECT 1", headers={"X-ClickHouse-Key": secret})[0] == 200, 10, "Grafana's token")
+    return secret
+
+
 @pytest.mark.skipif(not may_raise_priority(), reason="needs CAP_SYS_NICE (root here and in CI)")
-def test_reads_run_ahead_of_the_sinks_work(endpoint: Endpoint) -> None:
+def test_dashboards_run_ahead_of_the_sinks_work_and_ad_hoc_reads_behind_it(endpoint: Endpoint) -> None:
     ep = endpoint
-    nice = ep.config.sink.sql_thread_nice
-    assert nice < 0
+    ahead, behind = ep.config.sink.sql_thread_nice, ep.config.sink.sql_adhoc_nice
+    assert ahead < 0 < behind
     thread = ep.server._thread
     assert thread is not None and thread.native_id is not None
     keep = thread.native_id
-    assert os.getpriority(os.PRIO_PROCESS, keep) == nice  # the endpoint's own loop
+    assert os.getpriority(os.PRIO_PROCESS, keep) == ahead  # the endpoint's own loop
+    grafana = dashboard_token(ep)
 
     def settled(what: str) -> None:
         # One read, then no more: the reset follows the last read on its own thread (it also covers threads an earlier
         # endpoint of this process left behind), and a read per poll would race it every time.
         assert ep.http("SELECT 1")[0] == 200
         try:
-            wait_until(lambda: not engine_threads_at(nice, keep), 10, what)
+            wait_until(lambda: not engine_threads_at({ahead, behind}, keep), 10, what)
         except AssertionError as e:
-            names = {t: (Path("/proc/self/task") / t / "comm").read_text().strip() for t in engine_threads_at(nice, keep)}
-            raise AssertionError(f"{e}; still at {nice}: {names}") from None
+            at = engine_threads_at({ahead, behind}, keep)
+            names = {t: (Path("/proc/self/task") / t / "comm").read_text().strip() for t in at}
+            raise AssertionError(f"{e}; still at {ahead} or {behind}: {names}") from None
 
     # Threads the engine started during earlier reads inherited their nice until the endpoint reset them, when no read
     # ran any more: none is left at it.
-    settled("no engine thread at the read nice between reads")
-    # Each query's threads run at it too: the engine's own per-query setting (what the threads of a query get from it
-    # is the engine's documented behaviour; sampling them from here proved too racy to be a test).
-    status, _, body = ep.http("SELECT getSetting('os_threads_nice_value_query')")
-    assert (status, body) == (200, f"{nice}\n".encode())
+    settled("no engine thread at a read's nice between reads")
+    # Each query's threads run at its class's nice: the engine's own per-query setting (what the threads of a query get
+    # from it is the engine's documented behaviour; sampling them from here proved too racy to be a test).
+    nice_sql = "SELECT getSetting('os_threads_nice_value_query')"
+    status, headers, body = ep.http(nice_sql, headers={"X-ClickHouse-Key": grafana})
+    assert (status, headers["X-Runstream-Workload"], body) == (200, "dashboard", f"{ahead}\n".encode())
+    status, headers, body = ep.http(nice_sql)  # the dev token: a notebook's, ad-hoc
+    assert (status, headers["X-Runstream-Workload"], body) == (200, "adhoc", f"{behind}\n".encode())
     # A read at a client's own priority is not one of the settings a client may send.
     status, _, body = ep.http("SELECT 1", params={"os_threads_nice_value_query": "0"})
     assert status != 200 and b"os_threads_nice_value_query" in body
-    # Once no read runs, no thread keeps the reads' priority (one started during a read inherits it).
+    # Once no read runs, no thread keeps a read's priority (one started during a read inherits it).
     settled("every engine thread back at the normal priority")
-    assert os.getpriority(os.PRIO_PROCESS, keep) == nice
+    assert os.getpriority(os.PRIO_PROCESS, keep) == ahead
+
+
+def test_ad_hoc_queries_never_hold_a_dashboards_slot(endpoint: Endpoint) -> None:
+    """Every ad-hoc slot busy with a slow notebook query: a dashboard's query still answers at once, in its own line,
+    while they run."""
+    ep = endpoint
+    grafana = dashboard_token(ep)
+    tag = 10**12 + time.time_ns() % 10**9
+    slow = f"SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) != {tag}"
+    running = f"SELECT count() FROM system.processes WHERE query LIKE '%{tag}%' AND query NOT LIKE '%processes%'"
+    n = ep.config.sink.sql_max_concurrent
+    answers: list[int] = []
+    notebooks = [threading.Thread(target=lambda: answers.append(ep.http(slow, params={"max_execution_time": "8"})[0]))
+                 for _ in range(n)]
+    for t in notebooks:
+        t.start()
+    as_dashboard = {"X-ClickHouse-Key": grafana}
+    wait_until(lambda: ep.http(running, headers=as_dashboard)[2] == f"{n}\n".encode(), 10, f"{n} slow notebook queries")
+    t0 = time.monotonic()
+    status, headers, body = ep.http("SELECT 1", headers=as_dashboard)
+    waited = time.monotonic() - t0
+    assert (status, headers["X-Runstream-Workload"], body) == (200, "dashboard", b"1\n")
+    assert waited < 2.0, waited
+    # They still ran when it answered: it did not wait for a slot one of them gave back.
+    assert ep.http(running, headers=as_dashboard)[2] == f"{n}\n".encode()
+    for t in notebooks:
+        t.join(60)
+    assert answers == [408] * n  # each ran to its own time limit
 
 
 def executions() -> dict[str, float]:

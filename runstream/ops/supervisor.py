@@ -92,6 +92,8 @@ class Supervisor:
         ensure_admin_token(c.tokens_path, c.admin_token_path)
         if c.mlflow.listen and not c.clickhouse.url:  # the MLflow API reads through the sink's endpoint with it
             ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
+        if c.sink.sql_listen and not c.clickhouse.url:  # Grafana's: its queries get the dashboards' workload class
+            ensure_file_token(c.tokens_path, c.dashboard_token_path, "grafana", ["read"])
         waiting: list[tuple[str, RoleProcess]] = []
         for role, n in self.roles:
             for i in range(n):

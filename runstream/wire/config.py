@@ -92,7 +92,7 @@ class SinkConfig:
     audit_key_file: str = ""       # the key that signs audit records; empty: <data_dir>/audit.key (made 0600)
     sql_tls_cert: str = ""         # PEM certificate chain for the SQL endpoint; required beyond loopback
     sql_tls_key: str = ""
-    sql_max_concurrent: int = 4    # queries running at once; more wait their turn
+    sql_max_concurrent: int = 4    # ad-hoc queries (notebooks, `runstream sql`, BI tools) running at once; more queue
     sql_max_execution_time_s: float = 60.0  # per query; a client may ask for less
     sql_max_memory_bytes: int = 2_000_000_000  # per query (max_memory_usage)
     sql_max_result_rows: int = 10_000_000
@@ -100,7 +100,12 @@ class SinkConfig:
     sql_max_threads: int = 2       # engine threads per query, so readers never starve the sink's inserts
     sql_max_request_bytes: int = 16 * 1024 * 1024
     sql_share_identical: bool = True  # identical deterministic reads in flight share one engine run
-    sql_thread_nice: int = -10     # Linux nice of the endpoint's threads (needs CAP_SYS_NICE, else no effect)
+    sql_thread_nice: int = -10     # Linux nice of the endpoint's and dashboards' query threads (needs CAP_SYS_NICE)
+    # Workload classes: queries of these tokens (names, comma-separated) are dashboards': slots of their own and
+    # sql_thread_nice, ahead of ingest; every other token's are ad-hoc, at sql_adhoc_nice, behind it.
+    sql_dashboard_tokens: str = "grafana,mlflow"  # the MLflow API and UI read as an interactive viewer does
+    sql_dashboard_concurrent: int = 4  # dashboard queries running at once, never waiting behind an ad-hoc one
+    sql_adhoc_nice: int = 10       # Linux nice of ad-hoc queries' threads: ingest's work (nice 0) goes first
 
 
 @dataclass
@@ -199,6 +204,11 @@ class RunstreamConfig:
         return self._under_data(self.mlflow.sql_token_file, "mlflow.token")
 
     @property
+    def dashboard_token_path(self) -> Path:
+        """The read token `runstream up` makes for Grafana (named ``grafana``: its queries are dashboards')."""
+        return self.data_path / "grafana.token"
+
+    @property
     def mlflow_artifact_path(self) -> Path:
         return self._under_data(self.mlflow.artifact_dir, "artifacts")
 
@@ -261,8 +271,11 @@ class RunstreamConfig:
             problems.append("metrics_tls_cert / metrics_tls_key: set both (PEM files) or neither")
         if self.sink.sql_max_concurrent < 1:
             problems.append("sink.sql_max_concurrent: must be at least 1")
-        if not -20 <= self.sink.sql_thread_nice <= 19:
-            problems.append(f"sink.sql_thread_nice: {self.sink.sql_thread_nice} is not a Linux nice value (-20 to 19)")
+        if self.sink.sql_dashboard_concurrent < 1:
+            problems.append("sink.sql_dashboard_concurrent: must be at least 1")
+        for key in ("sql_thread_nice", "sql_adhoc_nice"):
+            if not -20 <= getattr(self.sink, key) <= 19:
+                problems.append(f"sink.{key}: {getattr(self.sink, key)} is not a Linux nice value (-20 to 19)")
         if not 0 <= self.clickhouse.merge_nice <= 19:
             problems.append(f"clickhouse.merge_nice: {self.clickhouse.merge_nice} is not 0 (off) to 19 (merges run last)")
         if self.sink.memory_purge_interval_s < 0:
