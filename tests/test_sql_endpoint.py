@@ -563,12 +563,14 @@ def test_ad_hoc_queries_never_hold_a_dashboards_slot(endpoint: Endpoint) -> None
     ep = endpoint
     grafana = dashboard_token(ep)
     tag = 10**12 + time.time_ns() % 10**9
-    slow = f"SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) != {tag}"
     running = f"SELECT count() FROM system.processes WHERE query LIKE '%{tag}%' AND query NOT LIKE '%processes%'"
     n = ep.config.sink.sql_max_concurrent
     answers: list[int] = []
-    notebooks = [threading.Thread(target=lambda: answers.append(ep.http(slow, params={"max_execution_time": "8"})[0]))
-                 for _ in range(n)]
+
+    def notebook(i: int) -> None:  # each its own query: identical ones would share one run
+        slow = f"SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) != {tag} AND number != {i}"
+        answers.append(ep.http(slow, params={"max_execution_time": "5"})[0])
+    notebooks = [threading.Thread(target=notebook, args=(i,)) for i in range(n)]
     for t in notebooks:
         t.start()
     as_dashboard = {"X-ClickHouse-Key": grafana}
