@@ -131,6 +131,7 @@ def main() -> int:
     p.add_argument("--dashboards", type=int, default=0, help="mixed readers: dashboard readers (Grafana's token)")
     p.add_argument("--notebooks", type=int, default=0, help="mixed readers: notebook readers (ad-hoc, back to back)")
     p.add_argument("--one-class", action="store_true", help="every token in one workload class (as before classes)")
+    p.add_argument("--adhoc-nice", type=int, default=None, help="sink.sql_adhoc_nice (default: the config's)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
     if args.dashboards or args.notebooks:
@@ -222,6 +223,8 @@ def mixed(args: argparse.Namespace) -> int:
 
     def configure(c: Any) -> None:
         c.sink.sql_share_identical = False  # every query counted is an engine run
+        if args.adhoc_nice is not None:
+            c.sink.sql_adhoc_nice = args.adhoc_nice
         if args.one_class:
             c.sink.sql_dashboard_tokens = ""
             c.sink.sql_adhoc_nice = c.sink.sql_thread_nice
