@@ -1,0 +1,191 @@
+"""MLflow's own REST tracking tests against runstream: `tests/tracking/test_rest_tracking.py` from a checkout of the
+MLflow repository, its test bodies unchanged, with only its server fixture (``mlflow_client``) replaced by one that
+starts a runstream stack (a real Kafka broker, the sink, ingest and the mlflow role, a fresh database and topics per
+test) and points ``MlflowClient`` at the mlflow role.
+
+    python bench/mlflow_rest_tests.py --mlflow-src /path/to/mlflow [--out bench/results/mlflow-rest-tests.json]
+
+Nothing of MLflow's is kept here: the test file and the helpers it imports are copied from the checkout into a
+temporary folder for the run. Prints progress per test, then one JSON document: passed/failed/skipped per area
+(experiments, runs, logging, search, history, artifacts, inputs, logged models, GraphQL, and the areas runstream does
+not serve: traces, model registry, AI gateway, secrets, ...), each failure's first line, and the versions used.
+
+Leaves out: the tests' `file` store parameter (MLflow skips it itself); anything outside test_rest_tracking.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What the test module imports from MLflow's own tests folder.
+HELPERS = ("tests/__init__.py", "tests/helper_functions.py", "tests/integration/__init__.py",
+           "tests/integration/utils.py", "tests/tracking/__init__.py", "tests/tracking/integration_test_utils.py")
+TEST_FILE = "tests/tracking/test_rest_tracking.py"
+
+# Areas, by the test's name (first match wins). The last group is what runstream does not serve.
+AREAS: list[tuple[str, str]] = [
+    ("graphql", r"graphql"),
+    ("logged models", r"logged_model|log_outputs|log_model\b|test_log_model$|test_log_metric_model|inputs_model"),
+    ("model registry (not served)", r"model_version|registered_model|logging_model_with_local"),
+    ("traces (not served)", r"trace|span|otel|assessment"),
+    ("AI gateway and secrets (not served)", r"gateway|endpoint|secret|provider|model_definition|bindings|list_models"),
+    ("GenAI datasets, scorers, issues, prompts (not served)",
+     r"evaluation_dataset|dataset_to_experiments|dataset_from_experiments|experiments_at_once|idempotent_|"
+     r"client_api_add_remove|dataset_experiment_association|scorer|online_scoring|issue|promptlab"),
+    ("history", r"metric_history"),
+    ("inputs and datasets", r"log_input|search_dataset"),
+    ("artifacts", r"artifact"),
+    ("search", r"search"),
+    ("experiments", r"experiment"),
+    ("runs", r"run|terminated"),
+    ("logging: metrics, params, tags, batches", r"log_|tag|param|metric|batch|path_validation"),
+]
+
+FIXTURE = '''
+
+# ---- runstream: the server fixture, replaced (bench/mlflow_rest_tests.py) ----
+@pytest.fixture
+def mlflow_client(runstream_mlflow_url):
+    """An MLflow Tracking API client pointed at a runstream stack's mlflow role."""
+    return MlflowClient(runstream_mlflow_url)
+'''
+
+CONFTEST = '''"""runstream's stack for MLflow's REST tests: one Kafka broker per session; per test a fresh database, topics and
+roles (the sink, ingest and the mlflow role), as MLflow's fixture gives each test a fresh store."""
+
+import os
+import uuid
+
+import pytest
+
+from runstream.ops.broker import SHORT_LIVED_JVM, KafkaBroker
+from runstream.ops.stack import InProcessRoles, isolated_config
+from runstream.server.auth import ensure_admin_token, ensure_dev_token, ensure_file_token
+from runstream.wire import topics
+
+
+@pytest.fixture(scope="session")
+def runstream_kafka(tmp_path_factory):
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), jvm_options=SHORT_LIVED_JVM)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def runstream_chdb(tmp_path_factory):
+    return tmp_path_factory.mktemp("clickhouse")
+
+
+@pytest.fixture
+def runstream_mlflow_url(runstream_kafka, runstream_chdb, tmp_path, monkeypatch):
+    tag = uuid.uuid4().hex[:10]
+    c = runstream_kafka.client_config(isolated_config(tmp_path / "runstream"))
+    for topic in topics.TOPICS:
+        setattr(c.kafka, f"{topic.kind}_topic", f"{topic.kind}-{tag}")
+    c.kafka.partitions = 2
+    c.sink.group_id = f"sink-{tag}"
+    c.clickhouse.path = str(runstream_chdb)
+    c.clickhouse.database = f"t_{tag}"
+    token = ensure_dev_token(c.tokens_path)
+    ensure_admin_token(c.tokens_path, c.admin_token_path)
+    ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
+    roles = InProcessRoles(c, ["sink", "ingest", "mlflow"]).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    try:
+        yield f"http://127.0.0.1:{roles.stages['mlflow'][0].port}"
+    finally:
+        roles.stop()
+'''
+
+
+def area_of(name: str) -> str:
+    base = name.split("[")[0]
+    for area, pattern in AREAS:
+        if re.search(pattern, base):
+            return area
+    return "other"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mlflow-src", required=True, type=Path, help="a checkout of the MLflow repository (its tests/)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("-k", default="", help="only the tests pytest's -k selects")
+    p.add_argument("--timeout", type=int, default=120, help="seconds per test")
+    args = p.parse_args()
+    missing = [f for f in (TEST_FILE, *HELPERS) if not (args.mlflow_src / f).is_file()]
+    if missing:
+        print(f"{args.mlflow_src} is not an MLflow checkout with its tests: missing {', '.join(missing)}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="mlflow-rest-"))
+    try:
+        for rel in (TEST_FILE, *HELPERS):
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(args.mlflow_src / rel, work / rel)
+        test = work / TEST_FILE
+        test.write_text(test.read_text() + FIXTURE)  # a later definition of the fixture wins in the module
+        (work / "conftest.py").write_text(CONFTEST)
+        report = work / "report.xml"
+        cmd = [sys.executable, "-m", "pytest", TEST_FILE, "-p", "no:cacheprovider", "-q", "-rN",
+               f"--timeout={args.timeout}", f"--junitxml={report}", "-o", "junit_family=xunit2"]
+        if args.k:
+            cmd += ["-k", args.k]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "MLFLOW_"))}
+        env["PYTHONPATH"] = str(work)
+        print(f"Running MLflow's REST tracking tests against runstream in {work} ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=work, env=env, stdout=sys.stderr, stderr=subprocess.STDOUT)
+        elapsed = time.monotonic() - t0
+        if not report.exists():
+            print(f"pytest wrote no report (exit {proc.returncode}): the module did not load; see above", file=sys.stderr)
+            return 1
+        areas: dict[str, dict[str, int]] = {}
+        failures: dict[str, str] = {}
+        for case in ET.parse(report).getroot().iter("testcase"):
+            name = case.get("name", "")
+            outcome = "passed"
+            for child in case:
+                if child.tag in ("failure", "error"):
+                    outcome = "failed"
+                    failures[name] = (child.get("message") or "").splitlines()[0][:300] if child.get("message") else ""
+                elif child.tag == "skipped":
+                    outcome = "skipped"
+            counts = areas.setdefault(area_of(name), {"passed": 0, "failed": 0, "skipped": 0})
+            counts[outcome] += 1
+        import mlflow
+
+        out = {
+            "command": "python bench/mlflow_rest_tests.py --mlflow-src <MLflow checkout>",
+            "mlflow_tests_version": re.search(r'VERSION = "([^"]+)"',
+                                              (args.mlflow_src / "mlflow/version.py").read_text()).group(1)
+            if (args.mlflow_src / "mlflow/version.py").exists() else "unknown",
+            "mlflow_client_version": mlflow.__version__,
+            "seconds": round(elapsed),
+            "areas": dict(sorted(areas.items())),
+            "total": {k: sum(a[k] for a in areas.values()) for k in ("passed", "failed", "skipped")},
+            "failures": dict(sorted(failures.items())),
+        }
+        text = json.dumps(out, indent=1)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
