@@ -104,6 +104,7 @@ def runstream_mlflow_url(runstream_kafka, runstream_chdb, tmp_path, monkeypatch)
     ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
     roles = InProcessRoles(c, ["sink", "ingest", "mlflow"]).start()
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a 5xx fails at once instead of after minutes of backoff
     try:
         yield f"http://127.0.0.1:{roles.stages['mlflow'][0].port}"
     finally:

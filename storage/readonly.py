@@ -23,6 +23,7 @@ cancelled by the marker it carries in ``log_comment``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections import OrderedDict
@@ -115,6 +116,68 @@ class Result:
     bytes_read: int
     result_rows: int
     elapsed_s: float
+
+
+STREAMED_KINDS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery")
+
+
+class _Once:
+    """A whole result as a stream of one chunk."""
+
+    def __init__(self, res: Any) -> None:
+        self._res = res
+
+    def fetch(self) -> Any:
+        res, self._res = self._res, None
+        return res
+
+    def cancel(self) -> None:
+        pass
+
+
+class Stream:
+    """A query's output in the engine's chunks (whole blocks each, in the requested format), with what it has read so
+    far. Closed once read to its end, on an error, or by :meth:`close` (which cancels the rest)."""
+
+    def __init__(self, conn: Any, res: Any) -> None:
+        self._conn, self._res = conn, res
+        self.rows_read = self.bytes_read = self.result_rows = 0
+        self.elapsed_s = 0.0
+        self.done = False
+        self._lock = threading.Lock()  # a close waits for a fetch in progress on another thread
+
+    def next(self) -> bytes | None:
+        """The next chunk; None at the end. Raises the engine's error (QueryError) when the query fails."""
+        with self._lock:
+            if self.done:
+                return None
+            try:
+                chunk = self._res.fetch()
+            except Exception as exc:
+                self._close()
+                raise engine_error(exc) from None
+            if chunk is None:
+                self._close()
+                return None
+        self.rows_read += int(chunk.storage_rows_read())
+        self.bytes_read += int(chunk.storage_bytes_read())
+        self.result_rows += int(chunk.rows_read())
+        self.elapsed_s += float(chunk.elapsed())
+        return bytes(chunk.bytes())
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            with contextlib.suppress(Exception):  # the engine's work ends with the connection either way
+                self._res.cancel()
+        finally:
+            self._conn.close()
 
 
 @dataclass
@@ -328,6 +391,20 @@ class ReadEngine:
         finally:
             conn.close()
 
+    def start(self, stmt: Statement, *, fmt: str, database: str, settings: dict[str, str], params: dict[str, str],
+              marker: str, nice: int | None = None, chunked: bool = True) -> Stream:
+        """The query running, its output read chunk by chunk as the engine produces it (:class:`Stream`); with
+        ``chunked`` False (or a statement the engine does not stream) the whole output as one chunk. The engine writes
+        each chunk as a document of its own (headers, footers): a reader joins them only for formats without any."""
+        conn = self._connect({**self.limits.with_client(settings, nice), "database": database, "log_comment": marker})
+        try:
+            if chunked and stmt.kind in STREAMED_KINDS:
+                return Stream(conn, conn.send_query(stmt.sql, fmt, params=params or None))
+            return Stream(conn, _Once(conn.query(stmt.sql, fmt, params=params or None)))  # the engine streams SELECTs only
+        except Exception as exc:
+            conn.close()
+            raise engine_error(exc) from None
+
     def kill(self, marker: str) -> int:
         """Cancel the query that carries ``marker`` (its client went away); how many queries the engine found."""
         conn = self._connect({})  # a connection of its own: a kill never waits on another caller's
@@ -363,7 +440,7 @@ def _escaped(text: str) -> str:
 
 def engine_error(exc: Exception) -> QueryError:
     """The engine's exception as (code, name, message): its text is "Code: N. DB::Exception: ... (NAME)"."""
-    text = str(exc).strip()
+    text = str(exc).strip().removeprefix("Streaming query failed: ")
     code, name = 1000, "UNKNOWN_EXCEPTION"
     if text.startswith("Code: "):
         head, _, rest = text[6:].partition(". ")

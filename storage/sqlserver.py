@@ -24,6 +24,11 @@ dashboards (``sql_dashboard_tokens``: Grafana's and the MLflow API's) run ``sql_
 ``sql_max_concurrent`` at once at ``sql_adhoc_nice``, behind ingest. Each class queues in its own line, so an
 ad-hoc query never holds a dashboard's slot. The class is in the ``X-Runstream-Workload`` response header.
 Identical deterministic reads in flight share one run (``sql_share_identical``).
+
+Results: up to STREAM_AFTER_BYTES a result is answered whole, with its complete summary; a larger one in a format
+that is a plain concatenation of blocks (STREAMED_FORMATS: TSV, CSV, JSONEachRow, Native, RowBinary, ...) is sent on
+chunk by chunk as the engine produces it (chunked transfer, each chunk encoded as the client asked), so it never sits
+whole in the sink's memory; ``wait_end_of_query=1`` asks for the whole answer first, as a server does.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from runstream.server.auth import TokenStore
 from runstream.server.governance import Follower
 from runstream.server.telemetry import SQL_QUERIES
 from runstream.storage import native
-from runstream.storage.readonly import SYSTEM_DATABASES, Limits, QueryError, ReadEngine, Result, Statement
+from runstream.storage.readonly import SYSTEM_DATABASES, Limits, QueryError, ReadEngine, Result, Statement, Stream
 from runstream.storage.store import may_raise_priority
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import AuthError, ConfigError
@@ -97,6 +102,15 @@ CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "TS
                  "Arrow": "application/octet-stream", "ArrowStream": "application/octet-stream"}
 ENCODINGS = ("zstd", "br", "gzip", "deflate", "lz4")
 COMPRESSED_BLOCK = 1 << 20  # uncompressed bytes per block with compress=1 (max_compress_block_size)
+# A result up to this size is answered whole (with the complete X-ClickHouse-Summary, and shared with identical reads);
+# beyond it the rest is sent on as the engine produces it, so a large result never sits whole in the sink's memory.
+STREAM_AFTER_BYTES = 1 << 20
+# Formats whose output is the plain concatenation of its blocks' (no header, footer or separator between blocks): the
+# engine writes each streamed chunk as a document of its own, so only these are sent on chunk by chunk.
+STREAMED_FORMATS = frozenset(f.lower() for f in (
+    "TabSeparated", "TSV", "TabSeparatedRaw", "TSVRaw", "CSV", "JSONEachRow", "JSONLines", "NDJSON",
+    "JSONCompactEachRow", "JSONStringsEachRow", "JSONCompactStringsEachRow", "Native", "RowBinary", "TSKV", "MsgPack",
+    "BSONEachRow", "LineAsString", "CustomSeparated", "Raw"))
 
 
 async def _form_fields(request: web.Request) -> dict[str, str]:
@@ -174,14 +188,67 @@ def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
 
 
 @dataclass
+class _Streaming:
+    """A result larger than STREAM_AFTER_BYTES: its first chunks, and the query still running (its slot held) for
+    the request that sends it on as the engine produces it."""
+    stream: Stream
+    chunks: list[bytes]
+    workload: Workload
+    taken: bool = False
+
+
+@dataclass
 class _Execution:
     """One engine run of a query and how many requests wait for its result."""
-    task: asyncio.Future[Result]
+    task: asyncio.Future[Result | _Streaming]
     marker: str
     waiters: int = 0
 
 
-def _retrieve(task: asyncio.Future[Result]) -> None:
+class _Encoder:
+    """A streamed result's chunks as the client asked for them: Native at its revision, ClickHouse's compressed
+    blocks (``compress=1``) or an HTTP Content-Encoding, one chunk at a time."""
+
+    def __init__(self, native_revision: int | None, blocks: str | None, encoding: str, level: int) -> None:
+        self.native_revision, self.blocks, self.encoding = native_revision, blocks, encoding
+        self._z: Any = None
+        if encoding == "gzip":
+            self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        elif encoding == "deflate":
+            self._z = zlib.compressobj(level)
+        elif encoding == "br":
+            self._z = brotli.Compressor(quality=min(level, 11))
+        elif encoding == "zstd":
+            self._z = zstandard.ZstdCompressor(level=level).compressobj()
+        elif encoding == "lz4":
+            self._z = lz4.frame.LZ4FrameCompressor()
+            self._head = self._z.begin()
+
+    def encode(self, data: bytes) -> bytes:
+        if self.native_revision is not None:
+            data = native.transcode(data, self.native_revision)
+        if self.blocks is not None:
+            return compress_blocks(data, self.blocks)
+        if self._z is None:
+            return data
+        if self.encoding == "br":
+            return bytes(self._z.process(data))
+        if self.encoding == "lz4":
+            head, self._head = self._head, b""
+            return bytes(head + self._z.compress(data))
+        return bytes(self._z.compress(data))
+
+    def flush(self) -> bytes:
+        if self._z is None:
+            return b""
+        if self.encoding == "br":
+            return bytes(self._z.finish())
+        if self.encoding == "lz4":
+            return bytes(self._head + self._z.flush())
+        return bytes(self._z.flush())
+
+
+def _retrieve(task: asyncio.Future[Result | _Streaming]) -> None:
     if not task.cancelled():
         task.exception()  # each waiter gets the error; retrieved here so none is reported as lost
 
@@ -431,12 +498,16 @@ class SqlEndpoint:
         key = None
         if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() not in SYSTEM_DATABASES:
             key = (workload.name, stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
+        out_fmt = stmt.output_format or fmt
+        whole = params.get("wait_end_of_query") == "1" or out_fmt.lower() not in STREAMED_FORMATS
+        if params.get("wait_end_of_query") == "1":
+            key = None  # the whole result first, as a server buffers it: never a stream another request could take
         run = self._inflight.get(key) if key is not None else None
         if run is None:
             marker = self.engine.marker()
-            task = asyncio.ensure_future(self._in_slot(workload, lambda: self.engine.run(  # type: ignore[union-attr]
-                stmt, fmt=fmt, database=database, settings=settings, params=query_params, marker=marker,
-                nice=workload.nice)))
+            stream_after = None if whole else STREAM_AFTER_BYTES
+            task = asyncio.ensure_future(self._begin(workload, stmt, fmt, database, settings, query_params, marker,
+                                                     stream_after))
             run = _Execution(task, marker)
             task.add_done_callback(_retrieve)
             if key is not None:
@@ -447,18 +518,28 @@ class SqlEndpoint:
             SQL_QUERIES.labels("shared").inc()
         run.waiters += 1
         try:
-            result = await asyncio.shield(run.task)
+            result: Result | _Streaming = await asyncio.shield(run.task)
         except asyncio.CancelledError:
             if run.waiters == 1 and not run.task.done():  # nobody else waits for it: stop the engine's work
                 if key is not None:
                     self._forget(key, run)  # a request arriving now starts afresh
                 run.task.cancel()
                 self._killer.submit(self._kill, run.marker)
+            elif run.waiters == 1 and not run.task.cancelled() and run.task.exception() is None:
+                done = run.task.result()  # a stream nobody will send on: stop it and free its slot
+                if isinstance(done, _Streaming) and not done.taken:
+                    done.taken = True
+                    self._killer.submit(self._kill, run.marker)
+                    self._finish_stream(done.stream, done.workload)
             log.info("Query %s cancelled: its client went away.", headers["X-ClickHouse-Query-Id"])
             raise
         finally:
             run.waiters -= 1
-        out_fmt = stmt.output_format or fmt
+        if isinstance(result, _Streaming):
+            if result.taken:  # another request that shared this run sends it: this one runs the query on its own
+                return await self._query(request, {**params, "wait_end_of_query": "1"}, sql, headers, workload)
+            result.taken = True
+            return await self._send_stream(request, params, headers, result, out_fmt, run.marker, started)
         data = result.data
         summary = {"read_rows": str(result.rows_read), "read_bytes": str(result.bytes_read), "written_rows": "0",
                    "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_rows": str(result.result_rows),
@@ -486,8 +567,8 @@ class SqlEndpoint:
         if self._inflight.get(key) is run:
             del self._inflight[key]
 
-    async def _in_slot(self, workload: Workload, fn: Callable[..., T], *args: Any) -> T:
-        """``fn`` on a worker thread once one of its workload class's slots is free."""
+    async def _acquire(self, workload: Workload) -> None:
+        """One of the workload class's slots, waiting in its line up to the execution time limit."""
         try:
             await asyncio.wait_for(workload.slots.acquire(), self.limits.max_execution_time_s)
         except TimeoutError:
@@ -495,15 +576,103 @@ class SqlEndpoint:
                              f"{workload.name} queries fill their {workload.setting} slots and none finished within "
                              f"{self.limits.max_execution_time_s:.0f}s; retry later") from None
         self._running += 1
+
+    def _release(self, workload: Workload) -> None:
+        workload.slots.release()
+        self._running -= 1
+        if self._running == 0 and self._reniced is not None and not self._reset_queued:
+            self._reset_queued = True
+            with contextlib.suppress(RuntimeError):  # the endpoint is stopping: its reset thread is gone
+                self._resetter.submit(self._reset_priority)
+
+    async def _in_slot(self, workload: Workload, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread once one of its workload class's slots is free."""
+        await self._acquire(workload)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
-            workload.slots.release()
-            self._running -= 1
-            if self._running == 0 and self._reniced is not None and not self._reset_queued:
-                self._reset_queued = True
-                with contextlib.suppress(RuntimeError):  # the endpoint is stopping: its reset thread is gone
-                    self._resetter.submit(self._reset_priority)
+            self._release(workload)
+
+    async def _begin(self, workload: Workload, stmt: Statement, fmt: str, database: str, settings: dict[str, str],
+                     params: dict[str, str], marker: str, stream_after: int | None) -> Result | _Streaming:
+        """Run the query in a slot of its class: its whole result when it ends within ``stream_after`` bytes (or
+        ``stream_after`` is None), else its first chunks with the query still running and its slot still held."""
+        assert self.engine is not None
+        engine, loop = self.engine, asyncio.get_running_loop()
+        await self._acquire(workload)
+        running: Stream | None = None
+        handed = False  # the stream and its slot went on to the request that sends it
+        try:
+            live: Stream = await loop.run_in_executor(self._pool, lambda: engine.start(
+                stmt, fmt=fmt, database=database, settings=settings, params=params, marker=marker, nice=workload.nice,
+                chunked=stream_after is not None))
+            running = live
+            chunks: list[bytes] = []
+            size = 0
+            while stream_after is None or size <= stream_after:
+                chunk = await loop.run_in_executor(self._pool, live.next)
+                if chunk is None:
+                    return Result(b"".join(chunks), live.rows_read, live.bytes_read, live.result_rows, live.elapsed_s)
+                chunks.append(chunk)
+                size += len(chunk)
+            handed = True
+            return _Streaming(live, chunks, workload)
+        finally:
+            if handed:
+                pass
+            elif running is None:  # it never started
+                self._release(workload)
+            else:  # ended, failed or cancelled: nothing runs on; the slot is free again
+                self._finish_stream(running, workload)
+
+    def _finish_stream(self, stream: Stream, workload: Workload) -> None:
+        self._release(workload)
+        if not stream.done:  # cancelled mid-fetch: the close waits for that fetch, on a thread of its own
+            self._killer.submit(stream.close)
+
+    async def _send_stream(self, request: web.Request, params: Mapping[str, str], headers: dict[str, str],
+                           result: _Streaming, out_fmt: str, marker: str, started: float) -> web.StreamResponse:
+        """A large result sent on as the engine produces it; its summary counts what was read before the first byte.
+        An error after that ends the body with the engine's message, as a server's HTTP interface does."""
+        stream = result.stream
+        encoding = ""
+        if params.get("compress") != "1" and params.get("enable_http_compression") == "1":
+            accepted = {e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")}
+            encoding = next((e for e in ENCODINGS if e in accepted), "")
+        encoder = _Encoder(int(params.get("client_protocol_version", "0") or 0) if out_fmt == "Native" else None,
+                           params.get("network_compression_method", "lz4").lower() if params.get("compress") == "1"
+                           else None, encoding, int(params.get("http_zlib_compression_level", "3") or 3))
+        summary = {"read_rows": str(stream.rows_read), "read_bytes": str(stream.bytes_read), "written_rows": "0",
+                   "written_bytes": "0", "total_rows_to_read": str(stream.rows_read),
+                   "result_rows": str(stream.result_rows), "result_bytes": str(sum(map(len, result.chunks))),
+                   "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
+        headers.update({"X-ClickHouse-Format": out_fmt, "Content-Type": _content_type(out_fmt),
+                        "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":"))})
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        response = web.StreamResponse(headers=headers)
+        loop = asyncio.get_running_loop()
+        try:
+            await response.prepare(request)
+            for chunk in result.chunks:
+                await response.write(encoder.encode(chunk))
+            result.chunks.clear()
+            try:
+                while (chunk := await loop.run_in_executor(self._pool, stream.next)) is not None:
+                    await response.write(encoder.encode(chunk))
+            except QueryError as exc:
+                log.info("Query %s failed after its first %d result rows: %s", headers["X-ClickHouse-Query-Id"],
+                         stream.result_rows, exc)
+                await response.write(encoder.encode(f"\n{exc}\n".encode()))
+            await response.write(encoder.flush())
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            if not stream.done:  # the client went away: stop the engine's work
+                self._killer.submit(self._kill, marker)
+            raise
+        finally:
+            self._finish_stream(stream, result.workload)
+        return response
 
     def _kill(self, marker: str) -> None:
         assert self.engine is not None

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -585,6 +586,47 @@ def test_ad_hoc_queries_never_hold_a_dashboards_slot(endpoint: Endpoint) -> None
     for t in notebooks:
         t.join(60)
     assert answers == [408] * n  # each ran to its own time limit
+
+
+def test_a_large_result_is_sent_as_the_engine_produces_it(endpoint: Endpoint) -> None:
+    """Past STREAM_AFTER_BYTES the rest of a result goes out chunk by chunk (chunked transfer, no Content-Length):
+    the same bytes as the whole answer a server gives with wait_end_of_query=1, in every encoding a client may ask
+    for, read row for row by clickhouse-connect; an error after the first rows ends the body with the engine's
+    message, as a server's HTTP interface does."""
+    import lz4.frame
+
+    from runstream.storage.sqlserver import STREAM_AFTER_BYTES
+
+    ep = endpoint
+    n = 2_000_000
+    sql = f"SELECT number FROM numbers({n})"
+    expected = "".join(f"{i}\n" for i in range(n)).encode()
+    assert len(expected) > 4 * STREAM_AFTER_BYTES
+    host, port = ep.config.sink.sql_listen.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("GET", "/?" + urllib.parse.urlencode({"query": sql, "database": ep.db}),
+                 headers={"X-ClickHouse-Key": ep.token})
+    res = conn.getresponse()
+    assert res.status == 200 and res.getheader("Transfer-Encoding") == "chunked"
+    assert res.getheader("Content-Length") is None
+    assert res.read() == expected
+    conn.close()
+    status, headers, whole = ep.http(sql, params={"wait_end_of_query": "1"})
+    assert (status, whole, headers["Content-Length"]) == (200, expected, str(len(expected)))
+    for enc, decode in (("gzip", gzip.decompress), ("deflate", zlib.decompress), ("br", brotli.decompress),
+                        ("zstd", lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)),
+                        ("lz4", lz4.frame.decompress)):
+        status, headers, body = ep.http(sql, params={"enable_http_compression": "1"}, headers={"Accept-Encoding": enc})
+        assert (status, headers.get("Content-Encoding"), headers.get("Transfer-Encoding")) == (200, enc, "chunked"), enc
+        assert decode(body) == expected, enc
+    # clickhouse-connect: Native at its revision, in ClickHouse's compressed blocks.
+    client = ep.client(compress="lz4")
+    got = client.query_np(sql)
+    assert len(got) == n and int(got[0][0]) == 0 and int(got[-1][0]) == n - 1
+    client.close()
+    # A failure past the first chunks: the rows sent, then the error.
+    status, _, body = ep.http(f"SELECT throwIf(number = {n - 10}) FROM numbers({n})")
+    assert status == 200 and body.rstrip().splitlines()[-1].startswith(b"Code: 395. DB::Exception:")
 
 
 def executions() -> dict[str, float]:
