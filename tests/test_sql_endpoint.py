@@ -697,3 +697,42 @@ def test_without_the_capability_reads_keep_the_normal_priority_and_say_so(tmp_pa
     assert os.getpriority(os.PRIO_PROCESS, t.native_id) == 0
     assert "needs CAP_SYS_NICE" in caplog.text and "normal CPU priority" in caplog.text
     t.join()
+
+
+def test_panels_read_rows_by_runs_not_by_the_points_table(endpoint: Endpoint) -> None:
+    """Every provisioned panel's query reads rows by the runs, metrics and windows it shows: 400k more points in runs
+    it does not show add next to nothing to what it reads (X-ClickHouse-Summary's read_rows), where a scan of the
+    points table would add them all. Last in this module: it adds data the tests above do not expect."""
+    from runstream.storage import columns
+    from runstream.storage.governance import GovernanceApplier
+    from runstream.storage.writer import Writer
+    from runstream.v1.ingest_pb2 import Batch
+
+    ep = endpoint
+
+    def reads() -> dict[str, int]:
+        out = {}
+        for name, sql in panel_queries(ep):
+            status, headers, body = ep.http(sql)
+            assert status == 200, (name, body[:300])
+            out[name] = int(json.loads(headers["X-ClickHouse-Summary"])["read_rows"])
+        return out
+    before = reads()
+    sink_client = clickhouse_connect.get_client(interface="chdb", path=str(ep.config.clickhouse_path))  # the sink's engine
+    items, tables = [], columns.Tables()
+    runs, steps = 40, 5000
+    for i in range(runs):
+        b = Batch(batch_id=uuid.uuid4().hex, project="bulk", run_id=f"bulk-{i}", seq=2, created_ms=ep.now_ms - 600_000)
+        b.metrics.names.extend(["loss", "acc"])
+        b.metrics.name_index.extend([0, 1] * steps)
+        b.metrics.steps.extend([s for s in range(steps) for _ in (0, 1)])
+        b.metrics.timestamps_ms.extend([ep.now_ms - 600_000 + s * 100 for s in range(steps) for _ in (0, 1)])
+        b.metrics.values.extend([0.5] * (2 * steps))
+        items.append((b, 0, i))
+    columns.build(items, tables)
+    Writer(sink_client, ep.db, GovernanceApplier(sink_client, ep.db)).write(tables)
+    added = runs * steps * 2
+    assert ep.http("SELECT count() FROM metric_points WHERE project = 'bulk'")[2] == f"{added}\n".encode()
+    after = reads()
+    grew = {name: after[name] - before[name] for name in before}
+    assert max(grew.values()) < added // 20, sorted(grew.items(), key=lambda kv: -kv[1])[:5]
