@@ -119,20 +119,20 @@ def runstream_mlflow_url(runstream_kafka, runstream_chdb, runstream_mlflow_liste
     ensure_admin_token(c.tokens_path, c.admin_token_path)
     ensure_file_token(c.tokens_path, c.mlflow_token_path, "mlflow", ["read"])
     roles = InProcessRoles(c, ["sink", "ingest", "mlflow"]).start()
-    url = f"http://127.0.0.1:{roles.stages['mlflow'][0].port}"
+    base = f"http://127.0.0.1:{roles.stages['mlflow'][0].port}"
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
     # The tests' own raw HTTP calls (requests) carry the token too: MLflow's test server has no auth, runstream's
     # every surface has. Only requests to this stack get it.
     send = requests.Session.request
 
-    def with_token(self, method, target, *args, **kwargs):
-        if str(target).startswith(url):
+    def with_token(self, method, url, *args, **kwargs):
+        if str(url).startswith(base):
             kwargs["headers"] = {"Authorization": f"Bearer {token}", **(kwargs.get("headers") or {})}
-        return send(self, method, target, *args, **kwargs)
+        return send(self, method, url, *args, **kwargs)
     monkeypatch.setattr(requests.Session, "request", with_token)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a 5xx fails at once instead of after minutes of backoff
     try:
-        yield url
+        yield base
     finally:
         roles.stop()
 
