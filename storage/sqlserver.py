@@ -658,8 +658,11 @@ class SqlEndpoint:
                 await response.write(encoder.encode(chunk))
             result.chunks.clear()
             try:
-                while (chunk := await loop.run_in_executor(self._pool, stream.next)) is not None:
-                    await response.write(encoder.encode(chunk))
+                while True:
+                    more: bytes | None = await loop.run_in_executor(self._pool, stream.next)
+                    if more is None:
+                        break
+                    await response.write(encoder.encode(more))
             except QueryError as exc:
                 log.info("Query %s failed after its first %d result rows: %s", headers["X-ClickHouse-Query-Id"],
                          stream.result_rows, exc)
