@@ -59,7 +59,7 @@ def _non_default(config: RunstreamConfig) -> RunstreamConfig:
              "sink.sql_listen": "127.0.0.1:6002", "mlflow.listen": "127.0.0.1:6003",
              "clickhouse.url": "http://ch.example:8123", "clickhouse.database": "rt_db", "clickhouse.cluster": "rt_cluster",
              "processors.log_level": "INFO", "client.url": "ingest.example:443",
-             "kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "SCRAM-SHA-512"}
+             "kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "SCRAM-SHA-512", "sink.sql_adhoc_nice": 12}
     for section in [None, *(f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name)))]:
         target = getattr(config, section) if section else config
         for f in dataclasses.fields(target):
