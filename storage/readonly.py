@@ -121,20 +121,6 @@ class Result:
 STREAMED_KINDS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery")
 
 
-class _Once:
-    """A whole result as a stream of one chunk."""
-
-    def __init__(self, res: Any) -> None:
-        self._res = res
-
-    def fetch(self) -> Any:
-        res, self._res = self._res, None
-        return res
-
-    def cancel(self) -> None:
-        pass
-
-
 class Stream:
     """A query's output in the engine's chunks (whole blocks each, in the requested format), with what it has read so
     far. Closed once read to its end, on an error, or by :meth:`close` (which cancels the rest)."""
@@ -392,15 +378,13 @@ class ReadEngine:
             conn.close()
 
     def start(self, stmt: Statement, *, fmt: str, database: str, settings: dict[str, str], params: dict[str, str],
-              marker: str, nice: int | None = None, chunked: bool = True) -> Stream:
-        """The query running, its output read chunk by chunk as the engine produces it (:class:`Stream`); with
-        ``chunked`` False (or a statement the engine does not stream) the whole output as one chunk. The engine writes
-        each chunk as a document of its own (headers, footers): a reader joins them only for formats without any."""
+              marker: str, nice: int | None = None) -> Stream:
+        """The query running, its output read chunk by chunk as the engine produces it (:class:`Stream`). The engine
+        streams STREAMED_KINDS only, and writes each chunk as a document of its own (headers, footers): a reader joins
+        chunks only for formats without any."""
         conn = self._connect({**self.limits.with_client(settings, nice), "database": database, "log_comment": marker})
         try:
-            if chunked and stmt.kind in STREAMED_KINDS:
-                return Stream(conn, conn.send_query(stmt.sql, fmt, params=params or None))
-            return Stream(conn, _Once(conn.query(stmt.sql, fmt, params=params or None)))  # the engine streams SELECTs only
+            return Stream(conn, conn.send_query(stmt.sql, fmt, params=params or None))
         except Exception as exc:
             conn.close()
             raise engine_error(exc) from None

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import logging
 import os
@@ -61,7 +60,16 @@ from runstream.server.auth import TokenStore
 from runstream.server.governance import Follower
 from runstream.server.telemetry import SQL_QUERIES
 from runstream.storage import native
-from runstream.storage.readonly import SYSTEM_DATABASES, Limits, QueryError, ReadEngine, Result, Statement, Stream
+from runstream.storage.readonly import (
+    STREAMED_KINDS,
+    SYSTEM_DATABASES,
+    Limits,
+    QueryError,
+    ReadEngine,
+    Result,
+    Statement,
+    Stream,
+)
 from runstream.storage.store import may_raise_priority
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import AuthError, ConfigError
@@ -160,18 +168,6 @@ def _decode_body(body: bytes, encoding: str, limit: int) -> bytes:
     return bytes(out)
 
 
-def _encode_body(data: bytes, encoding: str, level: int) -> bytes:
-    if encoding == "gzip":
-        return gzip.compress(data, compresslevel=level)
-    if encoding == "deflate":
-        return zlib.compress(data, level)
-    if encoding == "br":
-        return bytes(brotli.compress(data, quality=min(level, 11)))
-    if encoding == "zstd":
-        return zstandard.ZstdCompressor(level=level).compress(data)
-    return bytes(lz4.frame.compress(data))
-
-
 def compress_blocks(data: bytes, method: str = "lz4") -> bytes:
     """ClickHouse's compressed blocks: CityHash128 of the rest, method byte, sizes with the header, data."""
     out = bytearray()
@@ -246,6 +242,29 @@ class _Encoder:
         if self.encoding == "lz4":
             return bytes(self._head + self._z.flush())
         return bytes(self._z.flush())
+
+    def whole(self, data: bytes) -> bytes:
+        return self.encode(data) + self.flush()
+
+    @staticmethod
+    def for_request(request: web.Request, params: Mapping[str, str], out_fmt: str) -> _Encoder:
+        """What the client asked for: Native at its revision, compressed blocks (``compress=1``), else with
+        ``enable_http_compression=1`` the first encoding it accepts, in ENCODINGS' order."""
+        encoding = ""
+        if params.get("compress") != "1" and params.get("enable_http_compression") == "1":
+            accepted = {e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")}
+            encoding = next((e for e in ENCODINGS if e in accepted), "")
+        return _Encoder(int(params.get("client_protocol_version", "0") or 0) if out_fmt == "Native" else None,
+                        params.get("network_compression_method", "lz4").lower() if params.get("compress") == "1"
+                        else None, encoding, int(params.get("http_zlib_compression_level", "3") or 3))
+
+
+def _summary(rows_read: int, bytes_read: int, result_rows: int, result_bytes: int, started: float) -> str:
+    """X-ClickHouse-Summary as a server writes it."""
+    return json.dumps({"read_rows": str(rows_read), "read_bytes": str(bytes_read), "written_rows": "0",
+                       "written_bytes": "0", "total_rows_to_read": str(rows_read), "result_rows": str(result_rows),
+                       "result_bytes": str(result_bytes), "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))},
+                      separators=(",", ":"))
 
 
 def _retrieve(task: asyncio.Future[Result | _Streaming]) -> None:
@@ -499,8 +518,9 @@ class SqlEndpoint:
         if self.config.sink.sql_share_identical and stmt.deterministic and database.lower() not in SYSTEM_DATABASES:
             key = (workload.name, stmt.sql, fmt, database, tuple(sorted(settings.items())), tuple(sorted(query_params.items())))
         out_fmt = stmt.output_format or fmt
-        whole = params.get("wait_end_of_query") == "1" or out_fmt.lower() not in STREAMED_FORMATS
-        if params.get("wait_end_of_query") == "1":
+        wait_end = params.get("wait_end_of_query") == "1"
+        whole = wait_end or out_fmt.lower() not in STREAMED_FORMATS or stmt.kind not in STREAMED_KINDS
+        if wait_end:
             key = None  # the whole result first, as a server buffers it: never a stream another request could take
         run = self._inflight.get(key) if key is not None else None
         if run is None:
@@ -540,27 +560,18 @@ class SqlEndpoint:
                 return await self._query(request, {**params, "wait_end_of_query": "1"}, sql, headers, workload)
             result.taken = True
             return await self._send_stream(request, params, headers, result, out_fmt, run.marker, started)
-        data = result.data
-        summary = {"read_rows": str(result.rows_read), "read_bytes": str(result.bytes_read), "written_rows": "0",
-                   "written_bytes": "0", "total_rows_to_read": str(result.rows_read), "result_rows": str(result.result_rows),
-                   "result_bytes": str(len(data)), "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
-        if out_fmt == "Native":
-            revision = int(params.get("client_protocol_version", "0") or 0)
-            try:
-                data = native.transcode(data, revision)
-            except native.NativeError as exc:
-                raise QueryError(48, "NOT_IMPLEMENTED", str(exc)) from None
+        encoder = _Encoder.for_request(request, params, out_fmt)
         headers.update({"X-ClickHouse-Format": out_fmt, "Content-Type": _content_type(out_fmt),
-                        "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":"))})
-        if params.get("compress") == "1":
-            data = compress_blocks(data, params.get("network_compression_method", "lz4").lower())
-        elif params.get("enable_http_compression") == "1":
-            accepted = {e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")}
-            encoding = next((e for e in ENCODINGS if e in accepted), "")
-            if encoding:
-                level = int(params.get("http_zlib_compression_level", "3") or 3)
-                data = await loop.run_in_executor(self._pool, _encode_body, data, encoding, level)
-                headers["Content-Encoding"] = encoding
+                        "X-ClickHouse-Summary": _summary(result.rows_read, result.bytes_read, result.result_rows,
+                                                         len(result.data), started)})
+        try:
+            if encoder.encoding:
+                data = await loop.run_in_executor(self._pool, encoder.whole, result.data)
+                headers["Content-Encoding"] = encoder.encoding
+            else:
+                data = encoder.whole(result.data)
+        except native.NativeError as exc:
+            raise QueryError(48, "NOT_IMPLEMENTED", str(exc)) from None
         return web.Response(body=data, headers=headers)
 
     def _forget(self, key: tuple[Any, ...], run: _Execution) -> None:
@@ -599,17 +610,19 @@ class SqlEndpoint:
         ``stream_after`` is None), else its first chunks with the query still running and its slot still held."""
         assert self.engine is not None
         engine, loop = self.engine, asyncio.get_running_loop()
+        if stream_after is None:
+            return await self._in_slot(workload, lambda: engine.run(
+                stmt, fmt=fmt, database=database, settings=settings, params=params, marker=marker, nice=workload.nice))
         await self._acquire(workload)
         running: Stream | None = None
         handed = False  # the stream and its slot went on to the request that sends it
         try:
             live: Stream = await loop.run_in_executor(self._pool, lambda: engine.start(
-                stmt, fmt=fmt, database=database, settings=settings, params=params, marker=marker, nice=workload.nice,
-                chunked=stream_after is not None))
+                stmt, fmt=fmt, database=database, settings=settings, params=params, marker=marker, nice=workload.nice))
             running = live
             chunks: list[bytes] = []
             size = 0
-            while stream_after is None or size <= stream_after:
+            while size <= stream_after:
                 chunk = await loop.run_in_executor(self._pool, live.next)
                 if chunk is None:
                     return Result(b"".join(chunks), live.rows_read, live.bytes_read, live.result_rows, live.elapsed_s)
@@ -635,21 +648,12 @@ class SqlEndpoint:
         """A large result sent on as the engine produces it; its summary counts what was read before the first byte.
         An error after that ends the body with the engine's message, as a server's HTTP interface does."""
         stream = result.stream
-        encoding = ""
-        if params.get("compress") != "1" and params.get("enable_http_compression") == "1":
-            accepted = {e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")}
-            encoding = next((e for e in ENCODINGS if e in accepted), "")
-        encoder = _Encoder(int(params.get("client_protocol_version", "0") or 0) if out_fmt == "Native" else None,
-                           params.get("network_compression_method", "lz4").lower() if params.get("compress") == "1"
-                           else None, encoding, int(params.get("http_zlib_compression_level", "3") or 3))
-        summary = {"read_rows": str(stream.rows_read), "read_bytes": str(stream.bytes_read), "written_rows": "0",
-                   "written_bytes": "0", "total_rows_to_read": str(stream.rows_read),
-                   "result_rows": str(stream.result_rows), "result_bytes": str(sum(map(len, result.chunks))),
-                   "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
+        encoder = _Encoder.for_request(request, params, out_fmt)
         headers.update({"X-ClickHouse-Format": out_fmt, "Content-Type": _content_type(out_fmt),
-                        "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":"))})
-        if encoding:
-            headers["Content-Encoding"] = encoding
+                        "X-ClickHouse-Summary": _summary(stream.rows_read, stream.bytes_read, stream.result_rows,
+                                                         sum(map(len, result.chunks)), started)})
+        if encoder.encoding:
+            headers["Content-Encoding"] = encoder.encoding
         response = web.StreamResponse(headers=headers)
         loop = asyncio.get_running_loop()
         try:
