@@ -961,27 +961,24 @@ class MlflowApi:
         await self._send(token, request.remote or "", project, run_id, [{"artifact": art}])
         return {}
 
+    async def _run_artifact_path(self, body: dict[str, Any], token: Token, path: str) -> tuple[str, Path]:
+        """(the run's artifact root as '<experiment id>/<run id>/artifacts', the file or folder ``path`` under it) of
+        the request's run, readable by the token."""
+        project, run_id = await self._run(body, token, "read")
+        root = f"{experiment_id(project)}/{run_id}/artifacts"
+        return root, self._artifact_target(f"{root}/{path}", token, "read")[2]
+
     async def list_run_artifacts(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """MLflow's artifacts/list: a run's files under ``path``, named from the run's artifact root."""
-        project, run_id = await self._run(body, token, "read")
         path = str(body.get("path") or "").strip("/")
-        root = f"{experiment_id(project)}/{run_id}/artifacts"
-        _, _, target = self._artifact_target(f"{root}/{path}", token, "read")
-        files = []
-        if target.is_dir():
-            for entry in sorted(target.iterdir(), key=lambda e: e.name):
-                if entry.name.startswith(".") and entry.name.endswith(".part"):
-                    continue
-                name = f"{path}/{entry.name}" if path else entry.name
-                files.append({"path": name, "is_dir": True} if entry.is_dir()
-                             else {"path": name, "is_dir": False, "file_size": entry.stat().st_size})
-        return {"root_uri": f"mlflow-artifacts:/{root}", "files": files}
+        root, target = await self._run_artifact_path(body, token, path)
+        return {"root_uri": f"mlflow-artifacts:/{root}", "files": _listing(target, f"{path}/" if path else "")}
 
     async def run_artifact(self, body: dict[str, Any], token: Token) -> Path:
         """The file behind MLflow's get-artifact (``run_uuid`` or ``run_id``, ``path``)."""
-        project, run_id = await self._run(body, token, "read")
         path = _str(body, "path").strip("/")
-        _, _, target = self._artifact_target(f"{experiment_id(project)}/{run_id}/artifacts/{path}", token, "read")
+        _, target = await self._run_artifact_path(body, token, path)
+        run_id = _str(body, "run_id", "run_uuid")
         if not target.is_file():
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"artifact {path[:200]!r} of run {run_id} does not exist")
         return target
@@ -999,15 +996,22 @@ class MlflowApi:
         _, _, target = self._artifact_target(path, token, "read")
         if not target.is_dir():
             return {}
-        files = []
-        for entry in sorted(target.iterdir(), key=lambda e: e.name):
-            if entry.name.startswith(".") and entry.name.endswith(".part"):
-                continue
-            if entry.is_dir():
-                files.append({"path": entry.name, "is_dir": True})
-            else:
-                files.append({"path": entry.name, "is_dir": False, "file_size": entry.stat().st_size})
-        return {"files": files}
+        return {"files": _listing(target)}
+
+
+def _listing(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
+    """A folder's entries as MLflow lists files (path, is_dir, file_size), named ``prefix`` + name; uploads still in
+    flight (.part files) left out; an absent folder lists nothing."""
+    if not folder.is_dir():
+        return []
+    files: list[dict[str, Any]] = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.startswith(".") and entry.name.endswith(".part"):
+            continue
+        name = prefix + entry.name
+        files.append({"path": name, "is_dir": True} if entry.is_dir()
+                     else {"path": name, "is_dir": False, "file_size": entry.stat().st_size})
+    return files
 
 
 def _list(value: Any) -> list[Any]:
