@@ -139,7 +139,6 @@ def main() -> int:
 
     from rich.console import Console
 
-    from runstream.storage.store import open_url
 
     console = Console(stderr=True, quiet=args.json)
     def configure(c: Any) -> None:
@@ -151,11 +150,7 @@ def main() -> int:
     sup, cfg, token = start_stack("runstream-readers-", console, configure)
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
-        with console.status("phase 1: ingest alone ...") as status:
-            solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
-        url = f"http://{cfg.sink.sql_listen}"
-        client = open_url(url, token=token, database=cfg.clickhouse.database)
-        runs = [r[0] for r in client.query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
+        solo, url, _, runs = phase_one(console, sup, cfg, token, load)
         fixed = dashboard(runs)
         rng = random.Random(1)
         start_at = time.time() + 5  # once every reader process has started
@@ -167,17 +162,8 @@ def main() -> int:
         readers = [ctx.Process(target=reader, args=(url, grafana, cfg.clickhouse.database, runs,
                                                     None if args.stagger else fixed, args.refresh_s, start, stop,
                                                     results), daemon=True) for start in starts]
-        for r in readers:
-            r.start()
-        time.sleep(max(0.0, start_at - time.time()))
-        t0 = time.monotonic()
-        with console.status(f"phase 2: ingest with {args.readers} readers ...") as status:
-            busy = fleet_load(sup, cfg, token, project="busy", status=status, **load)
-        stop.set()
-        answers = [results.get(timeout=120) for _ in readers]
-        for r in readers:
-            r.join(30)
-        elapsed = time.monotonic() - t0
+        busy, answers, elapsed = phase_two(console, sup, cfg, token, load, readers, start_at, stop, results,
+                                           f"{args.readers} readers", timeout=120)
         after = scrape(cfg.sink.metrics_port)
         executions = {e: round(after.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)
                                - before.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)) for e in ("ran", "shared")}
@@ -207,6 +193,35 @@ def main() -> int:
         sup.stop()
 
 
+def phase_one(console: Any, sup: Any, cfg: Any, token: str, load: dict[str, Any]) -> tuple[Any, str, Any, list[str]]:
+    """The load alone (project ``solo``); then (its figures, the endpoint's URL, a client, the runs it made)."""
+    from runstream.storage.store import open_url
+
+    with console.status("phase 1: ingest alone ...") as status:
+        solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
+    url = f"http://{cfg.sink.sql_listen}"
+    client = open_url(url, token=token, database=cfg.clickhouse.database)
+    runs = [r[0] for r in client.query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
+    return solo, url, client, runs
+
+
+def phase_two(console: Any, sup: Any, cfg: Any, token: str, load: dict[str, Any], readers: list[Any], start_at: float,
+              stop: Any, results: Any, label: str, *, timeout: float) -> tuple[Any, list[Any], float]:
+    """The same load (project ``busy``) while ``readers`` read from ``start_at``; then (its figures, each reader's
+    answer, the seconds from the readers' start to their end)."""
+    for r in readers:
+        r.start()
+    time.sleep(max(0.0, start_at - time.time()))  # the readers begin at start_at: the load starts with them
+    t0 = time.monotonic()
+    with console.status(f"phase 2: ingest with {label} ...") as status:
+        busy = fleet_load(sup, cfg, token, project="busy", status=status, **load)
+    stop.set()
+    answers = [results.get(timeout=timeout) for _ in readers]
+    for r in readers:
+        r.join(30)
+    return busy, answers, time.monotonic() - t0
+
+
 def summary(lat: dict[str, list[float]]) -> dict[str, Any]:
     every = [v for vs in lat.values() for v in vs]
     return {"queries": len(every), "p50_ms": pct(every, 0.5), "p99_ms": pct(every, 0.99),
@@ -217,7 +232,6 @@ def mixed(args: argparse.Namespace) -> int:
     """Dashboards and notebooks at once, each class in its own line (or in one, ``--one-class``)."""
     from rich.console import Console
 
-    from runstream.storage.store import open_url
 
     console = Console(stderr=True, quiet=args.json)
 
@@ -232,11 +246,7 @@ def mixed(args: argparse.Namespace) -> int:
     grafana = cfg.dashboard_token_path.read_text().strip()
     load = dict(jobs=args.jobs, seconds=args.seconds, points_per_s=args.points_per_s, workers=args.workers)
     try:
-        with console.status("phase 1: ingest alone ...") as status:
-            solo = fleet_load(sup, cfg, token, project="solo", status=status, **load)
-        url = f"http://{cfg.sink.sql_listen}"
-        client = open_url(url, token=token, database=cfg.clickhouse.database)
-        runs = [r[0] for r in client.query("SELECT run_id FROM runs WHERE project = 'solo' ORDER BY run_id").result_rows]
+        solo, url, client, runs = phase_one(console, sup, cfg, token, load)
         points = int(client.query("SELECT count() FROM metric_points WHERE project = 'solo'").result_rows[0][0])
         rng = random.Random(1)
         start_at = time.time() + 5  # once every reader process has started
@@ -247,17 +257,8 @@ def mixed(args: argparse.Namespace) -> int:
                                                     "dashboard"), daemon=True) for _ in range(args.dashboards)]
         readers += [ctx.Process(target=reader, args=(url, token, cfg.clickhouse.database, runs, None, 0.0, start_at, stop,
                                                      results, "notebook"), daemon=True) for _ in range(args.notebooks)]
-        for r in readers:
-            r.start()
-        time.sleep(max(0.0, start_at - time.time()))
-        t0 = time.monotonic()
-        with console.status(f"phase 2: ingest with {args.dashboards} dashboards, {args.notebooks} notebooks ...") as st:
-            busy = fleet_load(sup, cfg, token, project="busy", status=st, **load)
-        stop.set()
-        answers = [results.get(timeout=180) for _ in readers]
-        for r in readers:
-            r.join(30)
-        elapsed = time.monotonic() - t0
+        busy, answers, elapsed = phase_two(console, sup, cfg, token, load, readers, start_at, stop, results,
+                                           f"{args.dashboards} dashboards, {args.notebooks} notebooks", timeout=180)
         by_kind: dict[str, dict[str, list[float]]] = {"dashboard": {}, "notebook": {}}
         errors: dict[str, list[str]] = {"dashboard": [], "notebook": []}
         for kind, lat, _server, errs in answers:

@@ -170,20 +170,12 @@ class BackgroundClient:
 MLFLOW_SERVER = Path(__file__).resolve().parent.parent / ".venv-mlflow" / "bin" / "mlflow"
 
 
-class MlflowStack:
+class MlflowStack(Stack):
     """The sink, ingest and the mlflow role in this process; the mlflow client pointed at it with the dev token."""
-
-    def __init__(self, config: RunstreamConfig, roles: InProcessRoles) -> None:
-        self.config = config
-        self.roles = roles
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.roles.stages['mlflow'][0].port}"
-
-    def query(self, sql: str, **params):
-        sink = self.roles.stages["sink"][0]
-        return sink.client.query(sql.replace("{db}", self.config.clickhouse.database), parameters=params).result_rows
 
 
 @pytest.fixture
