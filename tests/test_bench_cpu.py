@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,12 @@ from cpu import CLIENTS, CpuMeter, calibration, thread_seconds, with_descendants
 
 from tests.helpers import wait_until
 
-# Processes to measure: one that burns a known CPU time then idles, one that only idles. Their sleeps are what is
-# measured (a process using no CPU), not a wait of the test's; the tests kill them.
-BURN = ("import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
-        "print(time.process_time(), flush=True)\ntime.sleep(30)")
-IDLE = "import time; time.sleep(30)"
+# Processes to measure: one that burns a known CPU time and says how much it used, then idles (blocked reading its
+# stdin, which the test holds open until it is done with it), one that only idles.
+BURN_ONLY = ("import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
+             "print(time.process_time(), flush=True)\n")
+IDLE = "import sys; sys.stdin.read()"
+BURN = BURN_ONLY + IDLE
 
 
 def asleep(pid: int) -> bool:
@@ -29,8 +29,9 @@ def asleep(pid: int) -> bool:
 
 
 def test_a_busy_and_an_idle_role_are_told_apart_and_counted_per_point() -> None:
-    busy = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0)], stdout=subprocess.PIPE, text=True)
-    idle = subprocess.Popen([sys.executable, "-c", IDLE])
+    busy = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    idle = subprocess.Popen([sys.executable, "-c", IDLE], stdin=subprocess.PIPE)
     try:
         meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid]}, interval_s=0.25).start()
         # The busy one burns 1 s of CPU, says how much it used in all, then sleeps: the window closes once it is asleep.
@@ -56,8 +57,7 @@ def test_a_busy_and_an_idle_role_are_told_apart_and_counted_per_point() -> None:
 
 
 def test_a_process_that_exits_keeps_its_last_sample_and_threads_and_children_are_found(tmp_path: Path) -> None:
-    short = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.6).replace("time.sleep(30)", "pass")],
-                             stdout=subprocess.PIPE, text=True)
+    short = subprocess.Popen([sys.executable, "-c", BURN_ONLY.format(s=0.6)], stdout=subprocess.PIPE, text=True)
     meter = CpuMeter({"short": [short.pid]}, interval_s=0.1).start()
     out, _ = short.communicate(timeout=10)
     meter.stop()
@@ -65,16 +65,14 @@ def test_a_process_that_exits_keeps_its_last_sample_and_threads_and_children_are
     # missing at the end; its interpreter's start, before the meter's first read, at the beginning).
     used = float(out)
     assert used - 0.45 <= meter.seconds()["short"] <= used + 0.05, (meter.seconds(), used)
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {IDLE!r}])"])
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {IDLE!r}])"],
+                              stdin=subprocess.PIPE)  # its child idles reading the same stdin
     try:
-        deadline = time.monotonic() + 10
-        while len(with_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(with_descendants(parent.pid)) == 2
+        wait_until(lambda: len(with_descendants(parent.pid)) == 2, 10, "the parent's child to start")
     finally:
         for pid in with_descendants(parent.pid)[1:]:
             subprocess.run(["kill", str(pid)])
-        parent.wait(10)
+        parent.communicate(timeout=10)  # reaps it and closes its stdin
     assert thread_seconds(os.getpid())  # this process's threads, by name
     calib = calibration()
     assert 1 < calib["python_loop_ns"] < 1000 and calib["numpy_sort_sum_ms"] > 0

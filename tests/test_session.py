@@ -205,7 +205,7 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
 
     async def hog() -> None:
         while hogging:
-            time.sleep(0.08)  # blocking the loop is the point
+            time.sleep(0.08)  # the load, not a wait: a blocking call holds ingest's loop 80 ms, as a saturated CPU would
             await asyncio.sleep(0.02)
 
     try:
@@ -224,7 +224,7 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
         while transport.min_flush_interval_s > 0 and time.monotonic() < deadline:
             transport.send([metric_batch(f"hint-{sent}", 4)])
             sent += 1
-            time.sleep(0.2)
+            time.sleep(0.2)  # a job's flush pace; the loop ends on the signal asserted below
         assert transport.min_flush_interval_s == 0
         assert stack.wait_points(4 * sent, where="run_id LIKE 'hint-%'") == 4 * sent
     finally:
