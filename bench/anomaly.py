@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import sdk_target  # noqa: E402
 
 KINDS = ("nonfinite", "spike", "divergence", "stall")
 STALL_LIMIT_MS = 5000  # the default stall_min_s: a silence longer than this is a stall, planned or not
@@ -65,8 +66,7 @@ def loss_at(r: dict, step: int, steps: int, rng: random.Random, state: dict) -> 
     return loss
 
 
-def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) -> None:
-    os.environ.update(env)
+def worker(runs: list[dict], steps: int, rate: float, target: dict, out: mp.Queue) -> None:
     import runstream
     handles = []
     for r in runs:
@@ -74,7 +74,7 @@ def worker(runs: list[dict], steps: int, rate: float, env: dict, out: mp.Queue) 
         st = {"floor": rng.uniform(0.05, 0.6), "speed": rng.uniform(2, 8), "noise": rng.uniform(0.02, 0.15),
               "eval_every": rng.choice([0, steps // 4, steps // 5]), "rng": rng}
         run = runstream.init(project="anomaly-bench", name=f"run-{r['i']:04d}", config={"label": r["kind"]},
-                             system_interval_s=0)
+                             system_interval_s=0, **target)
         handles.append((r, run, st))
     t0 = time.monotonic()
     paused_until: dict[int, float] = {}
@@ -176,15 +176,15 @@ def main() -> int:
     from rich.console import Console
     console = Console(stderr=True, quiet=args.json)
 
+    import stored as queries
+
     from runstream.ops.stack import isolated_config, scrape
     from runstream.ops.supervisor import Supervisor
-    from runstream.storage import queries
     from runstream.storage.store import open_url
 
     home = Path(tempfile.mkdtemp(prefix="runstream-anomaly-"))
     cfg = isolated_config(home)
     cfg.processors.tick_s = 0.25
-    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     sup = Supervisor(cfg)
     console.print(f"Starting the stack in {home} ...")
     calib = calibration()
@@ -195,7 +195,7 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         chunks = [runs[i::args.workers] for i in range(args.workers)]
-        procs = [ctx.Process(target=worker, args=(c, args.steps, args.rate, {"RUNSTREAM_DATA_DIR": str(home)}, q)) for c in chunks]
+        procs = [ctx.Process(target=worker, args=(c, args.steps, args.rate, sdk_target(cfg, info["token"]), q)) for c in chunks]
         console.print(f"{args.runs} runs ({args.anomalous:.0%} with one anomaly each) x {args.steps} steps at {args.rate:.0f} steps/s ...")
         for pr in procs:
             pr.start()

@@ -26,17 +26,23 @@ def metric_values(step: int, rng: Any) -> dict[str, float]:
             "gpu_util": 0.93, "val_loss": loss * 1.1, "val_acc": 0.9, "epoch": step / 1000, "tokens": step * 4096.0}
 
 
-def worker(idx: int, jobs: int, rate: float, seconds: float, env: dict, out: mp.Queue) -> None:
-    """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second."""
-    os.environ.update(env)
+def sdk_target(cfg: Any, token: str) -> dict[str, str]:
+    """What a bench's job process passes to ``runstream.init`` to reach the bench's own stack (never the
+    environment): ingest, the token, the read path and the stack's spool folder."""
+    return {"url": cfg.ingest.listen, "token": token, "sql_url": f"http://{cfg.sink.sql_listen}",
+            "spool_dir": str(cfg.spool_path)}
+
+
+def worker(idx: int, jobs: int, rate: float, seconds: float, target: dict, project: str, durable: bool,
+           out: mp.Queue) -> None:
+    """One client process running ``jobs`` simulated jobs, each ``rate`` log() calls per second, against ``target``
+    (see sdk_target)."""
     import random
 
     import runstream
-    project = os.environ.pop("BENCH_PROJECT", "bench")
     # No sys/ metrics: stored points are compared with the points these jobs logged.
-    durable = bool(os.environ.pop("BENCH_DURABLE", ""))
-    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}, system_interval_s=0, durable=durable)
-            for j in range(jobs)]
+    runs = [runstream.init(project=project, name=f"w{idx}-job{j}", config={"job": j}, system_interval_s=0, durable=durable,
+                           **target) for j in range(jobs)]
     rng = random.Random(idx)
     samples: list[int] = []
     pc = time.perf_counter_ns
@@ -90,15 +96,16 @@ def peak_rss_mib(pid: int) -> float:
 def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_per_s: float, workers: int,
          project: str = "bench", status: Any = None, durable: bool = False) -> dict[str, Any]:
     """Run the simulated jobs against a started Supervisor and measure what was stored for ``project``."""
-    from runstream.storage import queries
+    import stored as queries
+
     from runstream.storage.store import open_url
 
-    env = {"RUNSTREAM_DATA_DIR": str(cfg.data_path), "BENCH_PROJECT": project, "BENCH_DURABLE": "1" if durable else ""}
+    target = sdk_target(cfg, token)
     rate = points_per_s / jobs / len(METRICS)
     per = [jobs // workers + (1 if i < jobs % workers else 0) for i in range(workers)]
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(i, n, rate, seconds, env, q)) for i, n in enumerate(per) if n]
+    procs = [ctx.Process(target=worker, args=(i, n, rate, seconds, target, project, durable, q)) for i, n in enumerate(per) if n]
     from runstream.ops.stack import scrape
     rows_before = scrape(cfg.sink.metrics_port).get("runstream_sink_rows_total{table=metric_points}", 0)  # a warm-up's
     calib = calibration()  # before the load: the machine's speed now, not its speed under this bench
@@ -210,7 +217,6 @@ def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | No
         # A run leaves gigabytes (Kafka's log, the store): removed when the bench exits, after the stack stopped.
         atexit.register(shutil.rmtree, home, True)
     cfg = isolated_config(home)
-    os.environ["RUNSTREAM_DATA_DIR"] = str(home)
     if configure is not None:
         configure(cfg)
     sup = Supervisor(cfg, **supervisor)

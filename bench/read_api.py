@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import pct, start_stack  # noqa: E402
+from fleetload import pct, sdk_target, start_stack  # noqa: E402
 
 
 def main() -> None:
@@ -39,19 +39,20 @@ def main() -> None:
     sup, cfg, token = start_stack("runstream-readapi-", console)
     try:
         console.print(f"Logging a {args.points:,}-point series and {args.runs:,} small runs ...")
-        long = runstream.init("bench", name="long", token=token, url=cfg.ingest.listen, system_interval_s=0)
+        target = sdk_target(cfg, token)
+        long = runstream.init("bench", name="long", system_interval_s=0, **target)
         for step in range(args.points):
             long.log({"loss": 1.0 / (step + 1)}, step=step)
         model = Path(cfg.data_path) / "bench-model.bin"
         model.write_bytes(b"w" * 1_000_000)
-        long.log_artifact(str(model))
+        long.log_artifact(str(model), upload=f"http://{cfg.mlflow.listen}")
         assert long.finish(timeout=120)
         for i in range(args.runs):
             r = runstream.init("bench", name=f"sweep-{i}", config={"lr": 10 ** -(1 + i % 4), "optimizer": ["sgd", "adam"][i % 2]},
-                               token=token, url=cfg.ingest.listen, system_interval_s=0)
+                               system_interval_s=0, **target)
             r.log({"val_loss": (i % 100) / 100})
             r.finish(timeout=0)
-        assert runstream.init("bench", name="last", token=token, url=cfg.ingest.listen, system_interval_s=0).finish(timeout=120)
+        assert runstream.init("bench", name="last", system_interval_s=0, **target).finish(timeout=120)
         api = runstream.Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database)
         deadline = time.monotonic() + 300
         while len(api.history(long.id, "loss")) < args.points or len(api.runs("bench", status="finished", limit=10**6)) < args.runs + 2:

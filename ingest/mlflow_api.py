@@ -65,7 +65,6 @@ from runstream.wire.names import metric_name_problem
 from runstream.wire.search import (
     DELETED_TAG,
     EXPERIMENT_ATTRS,
-    MODEL_AS_RUN,
     MODEL_ATTRS,
     MODEL_LABEL,
     Cond,
@@ -74,6 +73,7 @@ from runstream.wire.search import (
     parse_filter,
     parse_order_by,
 )
+from runstream.wire.views import MODEL_AS_RUN
 
 log = logging.getLogger("runstream.mlflow")
 

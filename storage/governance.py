@@ -10,7 +10,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage import access, columns, queries
+from runstream.storage import access, columns
 from runstream.storage.cluster import Layout
 from runstream.storage.store import is_embedded, map_clickhouse_errors
 from runstream.storage.tables import RUN_TABLES
@@ -33,10 +33,15 @@ class GovernanceApplier:
         self.stored_offset = -1  # the newest control record already in storage (its effects applied)
         self.deletions: list[tuple[str, str]] = []  # in the order applied: a poll built before one re-applies it
 
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The sink's own reads of what it decided (the store it writes, at start)."""
+        return [tuple(r) for r in self.client.query(sql.replace("{db}", self.db)).result_rows]
+
     def load(self) -> None:
         """Deletions, retention and audit heads already decided (a restart, or a replay into a new store)."""
         with map_clickhouse_errors("reading governance history"):
-            history = queries.governance_history(self.client, self.db)
+            history = self._rows("SELECT action, object, record FROM {db}.governance_events FINAL "
+                                 "WHERE action IN ('run.delete', 'retention.set') ORDER BY partition, offset")
         self.load_heads()
         for action, obj, record in history:
             if action == "run.delete":
@@ -45,13 +50,14 @@ class GovernanceApplier:
                 r = json.loads(record)
                 self.retention[obj] = (int(r.get("raw_days", 0)), int(r.get("rollup_days", 0)))
         with map_clickhouse_errors("reading the governance offset"):
-            self.stored_offset = queries.governance_offset(self.client, self.db)
+            self.stored_offset = int(self._rows("SELECT if(count() = 0, -1, toInt64(max(offset))) FROM {db}.governance_events")[0][0])
 
     def load_heads(self) -> None:
         """The audit chains' heads as stored (at start, and when this sink is given audit partitions another
         sink was chaining)."""
         with map_clickhouse_errors("reading the audit trail heads"):
-            heads = queries.audit_heads(self.client, self.db)
+            heads = self._rows("SELECT project, max(seq), argMax(hash, seq), argMax(offset, seq) FROM {db}.audit_log "
+                               "GROUP BY project")
         self.audit_heads = {p: (int(seq), h, int(off)) for p, seq, h, off in heads}
 
     def remember(self, ev: ControlEvent) -> None:

@@ -1,4 +1,5 @@
-"""Lineage queries: which runs used a dataset, what produced an artifact, and a run's upstream graph.
+"""Lineage: which runs used a dataset, what produced an artifact, and a run's upstream graph (the statements are
+runstream.wire.views').
 
 A run's upstream is its parent runs (resume, sweeps) and, for every dataset it read, the runs that
 produced an artifact with the same content (dataset digest = artifact sha256), recursively.
@@ -9,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runstream.storage.queries import Row, rows
+from runstream.wire import views
+from runstream.wire.views import Row
 
 
 @dataclass
@@ -21,14 +23,12 @@ class Graph:
 
 def runs_using(client: Any, dataset: str, database: str = "runstream") -> list[Row]:
     """Runs that read a dataset, by URI or digest."""
-    return rows(client, f"SELECT DISTINCT project, run_id, uri, digest FROM {database}.datasets_used FINAL "
-                        "WHERE uri = %(d)s OR digest = %(d)s ORDER BY run_id", d=dataset)
+    return views.rows(client, views.runs_using(database, dataset))
 
 
 def producers_of(client: Any, artifact: str, database: str = "runstream") -> list[Row]:
     """Runs that made an artifact, by URI, stored URI or sha256."""
-    return rows(client, f"SELECT DISTINCT project, run_id, uri, sha256 FROM {database}.artifacts FINAL "
-                        "WHERE uri = %(a)s OR stored_uri = %(a)s OR sha256 = %(a)s ORDER BY run_id", a=artifact)
+    return views.rows(client, views.producers_of(database, artifact))
 
 
 class AmbiguousRun(ValueError):
@@ -36,8 +36,7 @@ class AmbiguousRun(ValueError):
 
 
 def run_projects(client: Any, run_id: str, database: str = "runstream") -> list[str]:
-    return [r[0] for r in client.query(f"SELECT DISTINCT project FROM {database}.run_starts WHERE run_id = %(r)s "
-                                       "ORDER BY project", parameters={"r": run_id}).result_rows]
+    return [r[0] for r in views.rows(client, views.run_projects(database, run_id))]
 
 
 def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: int = 50, *,
@@ -56,9 +55,7 @@ def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: i
     for _ in range(max_depth):
         if not frontier:
             break
-        info = client.query(
-            f"SELECT run_id, project, name, git_commit, git_dirty, git_diff_sha256, packages_sha256, parent_run_id "
-            f"FROM {database}.run_starts FINAL WHERE (project, run_id) IN %(ids)s", parameters={"ids": frontier}).result_rows
+        info = views.rows(client, views.start_records(database, frontier))
         nxt: list[tuple[str, str]] = []
         for rid, proj, name, commit, dirty, diff, pkgs, parent in info:
             g.runs[rid] = {"project": proj, "name": name, "git_commit": commit, "git_dirty": dirty,
@@ -66,10 +63,7 @@ def upstream(client: Any, run_id: str, database: str = "runstream", max_depth: i
             if parent:
                 g.edges.append((f"run:{rid}", "child of", f"run:{parent}"))
                 nxt.append((proj, parent))
-        used = client.query(
-            f"SELECT d.run_id, d.uri, d.digest, a.project, a.run_id FROM {database}.datasets_used AS d FINAL "
-            f"LEFT JOIN (SELECT DISTINCT project, run_id, sha256 FROM {database}.artifacts FINAL WHERE sha256 != '') AS a "
-            "ON a.sha256 = d.digest WHERE (d.project, d.run_id) IN %(ids)s", parameters={"ids": frontier}).result_rows
+        used = views.rows(client, views.inputs_and_producers(database, frontier))
         for rid, uri, digest, producer_project, producer in used:
             node = f"dataset:{uri}@{digest[:12]}" if digest else f"dataset:{uri}"
             g.edges.append((f"run:{rid}", "used", node))

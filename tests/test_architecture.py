@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import subprocess
 import sys
 import venv
@@ -21,7 +22,7 @@ from runstream.cli.main import ROLE_HELP, build_parser
 from runstream.ops.roles import ROLES
 from runstream.storage import tables
 from runstream.storage.store import migrate, open_embedded
-from runstream.wire import topics
+from runstream.wire import topics, views
 from runstream.wire.config import KafkaConfig, RunstreamConfig
 from tests.conftest import Stack
 
@@ -112,6 +113,41 @@ def test_imports_are_at_module_top_except_optional_ones() -> None:
                     for m in mods:
                         assert m.split(".")[0] not in {"ingest", "processors", "storage", "dashboards"}, (rel, m)
     assert nested <= NESTED_IMPORTS_ALLOWED, sorted(nested - NESTED_IMPORTS_ALLOWED)
+
+
+# The stored views readers read, and a statement over one of them (an f-string's values read as {}).
+READ_VIEWS = ("runs", "run_starts", "metrics", "metric_points", "latest", "metric_latest", "params", "tags", "artifacts",
+              "datasets_used", "batches", "alerts", "fleet", "audit_log")
+VIEW_STATEMENT = re.compile(r"\b(?:FROM|JOIN)\s+(?:`?[\w{}]+`?\.)?(?:" + "|".join(READ_VIEWS) + r")\b")
+# Where such a statement may be written: the one module, the Grafana panels (their own macros, shipped as JSON), and
+# the sink's start-up read of the audit heads it continues.
+STATEMENTS_ALLOWED = {"runstream/wire/views.py", "dashboards/build.py", "storage/governance.py"}
+
+
+def _string_texts(tree: ast.AST) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            out.append("".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append(node.value)
+    return out
+
+
+def test_sql_over_the_stored_views_is_written_in_one_module() -> None:
+    # The detector sees the statements the module builds, and the SQL the code held before the module existed.
+    assert VIEW_STATEMENT.search(views.artifacts("runstream", "r").sql)
+    assert VIEW_STATEMENT.search(views.history("", [("r", None)], "loss", None, 100).sql)
+    assert _string_texts(ast.parse('f"SELECT uri FROM {db}.artifacts WHERE run_id = %(r)s"'))[0] == \
+        "SELECT uri FROM {}.artifacts WHERE run_id = %(r)s"
+    found = []
+    for src in SOURCES:
+        for path in (ROOT / src).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in STATEMENTS_ALLOWED or rel.startswith("runstream/v1/"):
+                continue
+            found += [(rel, t[:80]) for t in _string_texts(ast.parse(path.read_text())) if VIEW_STATEMENT.search(t)]
+    assert found == [], f"SQL over the stored views outside runstream.wire.views: {found}"
 
 
 def test_registries_agree_with_their_users() -> None:

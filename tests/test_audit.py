@@ -12,8 +12,7 @@ import pytest
 import runstream
 from runstream.ops.stack import kafka_auth, write_stack_file
 from runstream.sdk.transport import GrpcTransport
-from runstream.storage import queries
-from runstream.wire import audit
+from runstream.wire import audit, views
 from tests.conftest import Stack
 from tests.helpers import wait_until
 from tests.test_governance import cli
@@ -77,7 +76,7 @@ def test_audit_trail_is_chained_and_tampering_is_found(stack: Stack, token: str,
 def trail_of(stack: Stack, project: str) -> list:
     """A project's stored trail once it holds its project and token records."""
     def two() -> list | None:
-        rows = queries.audit_chain(stack.sink.client, stack.config.clickhouse.database, project)
+        rows = views.rows(stack.sink.client, views.audit_chain(stack.config.clickhouse.database, project))
         return rows if len(rows) >= 2 else None
     return wait_until(two, 30, f"the trail of {project}")  # type: ignore[return-value]
 
@@ -98,7 +97,7 @@ def test_audit_trail_cut_short_or_rechained_is_found(stack: Stack, token: str) -
     # Cut short: the newest record deleted; what remains chains correctly.
     stack.sink.client.command(f"ALTER TABLE {db}.audit_log DELETE WHERE project = 'cut-p1' AND seq = {len(rows)} "
                               "SETTINGS mutations_sync = 2")
-    assert not audit.verify(queries.audit_chain(stack.sink.client, db, "cut-p1"))  # the public rule sees nothing
+    assert not audit.verify(views.rows(stack.sink.client, views.audit_chain(db, "cut-p1")))  # the public rule sees nothing
     cut = run_cli(stack, "audit", "verify", "--project", "cut-p1")
     assert cut.returncode == 1 and "is missing from the trail" in cut.stderr, cut.stderr
     # Re-chained: record 1 altered, every hash recomputed with the public rule (the signatures cannot be).
@@ -111,6 +110,6 @@ def test_audit_trail_cut_short_or_rechained_is_found(stack: Stack, token: str) -
                                   f"WHERE project = 'cut-p2' AND seq = {seq} SETTINGS mutations_sync = 2",
                                   parameters={"a": actor, "p": prev, "h": h})
         prev = h
-    assert not audit.verify(queries.audit_chain(stack.sink.client, db, "cut-p2"))  # consistent by the public rule
+    assert not audit.verify(views.rows(stack.sink.client, views.audit_chain(db, "cut-p2")))  # consistent by the public rule
     forged = run_cli(stack, "audit", "verify", "--project", "cut-p2")
     assert forged.returncode == 1 and "signature does not match" in forged.stderr, forged.stderr

@@ -31,8 +31,7 @@ from runstream.ops.stack import InProcessRoles, RoleProcess, scrape, wait_http
 from runstream.sdk.transport import GrpcTransport
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.server.kafka import client_args
-from runstream.storage import queries
-from runstream.wire import audit
+from runstream.wire import audit, views
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack, make_config
 from tests.helpers import metric_batch, wait_group_drained, wait_sink_drained, wait_until
@@ -280,7 +279,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         wait_until(lambda: stack.query(f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'")[0][0] == total,
                    60, f"the fleet view to count {total} points")
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.
-        chain = queries.audit_chain(stack.sink.client, config.clickhouse.database, PROJECT)
+        chain = views.rows(stack.sink.client, views.audit_chain(config.clickhouse.database, PROJECT))
         assert len(chain) >= 2 * len(jobs)
         assert [r[0] for r in chain] == list(range(1, len(chain) + 1)) and not audit.verify(chain)
         print(f"{total} points in {ledger[0]} batches stored once; {len(chain)} audit records chained")

@@ -25,9 +25,8 @@ import runstream
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.server.auth import ensure_file_token
-from runstream.storage import queries
 from runstream.v1.ingest_pb2 import SendRequest
-from runstream.wire import audit
+from runstream.wire import audit, views
 from tests.conftest import BackgroundClient, Stack
 from tests.helpers import counter, metric_batch, wait_until
 
@@ -217,8 +216,8 @@ def test_two_sinks_both_apply_governance_and_keep_one_audit_chain(stack: Stack, 
         other.stop()  # the first sink takes the audit partitions over from the heads the second stored
         cli(stack, "token", "create", "--project", "twosinks", "--scope", "ingest")
         db = stack.config.clickhouse.database
-        wait_until(lambda: len(queries.audit_chain(stack.sink.client, db, "twosinks")) >= 4, 60, "the audit records")
-        chain = queries.audit_chain(stack.sink.client, db, "twosinks")
+        wait_until(lambda: len(views.rows(stack.sink.client, views.audit_chain(db, "twosinks"))) >= 4, 60, "the audit records")
+        chain = views.rows(stack.sink.client, views.audit_chain(db, "twosinks"))
         assert [r[0] for r in chain] == list(range(1, len(chain) + 1)) and not audit.verify(chain)
     finally:
         other.stop()

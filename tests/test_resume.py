@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import runstream
+from runstream.cli.output import runs_summary
 from runstream.sdk.transport import GrpcTransport
-from runstream.storage import queries
 from tests.conftest import Stack
 from tests.helpers import wait_until
 
@@ -51,7 +51,7 @@ def test_resume_keeps_the_start_record_and_counts_add_up(stack: Stack, token: st
     # The steps continued where the first session stopped: 0..200, each once.
     steps = stack.query("SELECT min(step), max(step), uniqExact(step) FROM {db}.metrics WHERE run_id = {r:String}", r=first.id)
     assert steps == [(0, 200, 201)]
-    header, rows = queries.runs_summary(stack.sink.client, project="resumable", database=stack.config.clickhouse.database)
+    header, rows = runs_summary(stack.sink.client, stack.config.clickhouse.database, project="resumable")
     acked, stored = header.index("points_acked"), header.index("points_stored")
     assert [(r[acked], r[stored]) for r in rows if r[0] == first.id] == [(201, 201)]
 

@@ -14,17 +14,17 @@ import grpc
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from runstream.cli.demo import run_demo
-from runstream.cli.output import print_result, resolve_config, sql_client
+from runstream.cli.output import print_result, resolve_config, runs_summary, sql_client
 from runstream.dashboards import build as dashboards_build
 from runstream.dashboards.push import push as dashboards_push
 from runstream.ops import tls
 from runstream.sdk import connect
 from runstream.server import governance as gov_io
 from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
-from runstream.storage import lineage, queries
+from runstream.storage import lineage
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
-from runstream.wire import audit
+from runstream.wire import audit, views
 from runstream.wire import governance as gov
 from runstream.wire.errors import RunstreamError
 from runstream.wire.files import file_digest
@@ -41,7 +41,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    cols, rows = queries.runs_summary(sql_client(resolve_config(args)), project=args.project, limit=args.limit)
+    cols, rows = runs_summary(sql_client(resolve_config(args)), project=args.project, limit=args.limit)
     print_result(cols, rows, args.format)
     return 0
 
@@ -128,7 +128,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     client = sql_client(config)
     db = config.clickhouse.database
     if args.action == "verify":
-        rows = queries.audit_chain(client, db, args.project)
+        rows = views.rows(client, views.audit_chain(db, args.project))
         key = bytes.fromhex(config.audit_key_path.read_text().strip()) if config.audit_key_path.exists() else None
         if key is None:
             print(f"audit verify: signatures not checked: the sink's key ({config.audit_key_path}) is not readable here",
@@ -150,8 +150,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 1
         print(f"audit trail of {args.project}: {len(rows)} records, chain intact.")
         return 0
-    cols, rows = queries.audit_log(client, db, args.project, action=args.action_filter, target=args.target, limit=args.limit)
-    print_result(cols, rows, args.format)
+    rows = views.rows(client, views.audit_log(db, args.project, action=args.action_filter, target=args.target,
+                                              limit=args.limit))
+    print_result(views.AUDIT_COLUMNS, rows, args.format)
     return 0
 
 
@@ -162,8 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except RunstreamError:
             client = None
             print("runstream run: storage is not reachable from here, so the run id is not checked", file=sys.stderr)
-        if client is not None and not queries.rows(client, "SELECT count() FROM batches WHERE project = %(p)s AND "
-                                                           "run_id = %(r)s", p=args.project, r=args.run_id)[0][0]:
+        if client is not None and not views.rows(client, views.batch_count("", args.project, args.run_id))[0][0]:
             raise RunstreamError(f"no run {args.run_id!r} in project {args.project!r} is stored; check the id "
                                  "(`runstream runs --project ...`), or pass --force to record the deletion anyway")
     res = _admin(args, ingest_pb2.AdminRequest(delete_run=RunDeletion(project=args.project, run_id=args.run_id,
@@ -210,9 +210,9 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
         held = lineage.run_projects(client, args.run_id, config.clickhouse.database)
         if len(held) > 1:
             raise RunstreamError(f"run {args.run_id!r} is in several projects ({', '.join(held)}): name one with --project")
-    found = queries.artifacts(client, config.clickhouse.database, args.run_id, project)
+    found = views.rows(client, views.artifacts(config.clickhouse.database, args.run_id, project))
     if args.action == "list":
-        print_result(queries.ARTIFACT_COLUMNS, found, args.format)
+        print_result(views.ARTIFACT_COLUMNS, found, args.format)
         return 0
     chosen = [a for a in found if not args.name or Path(a[0]).name == args.name]
     if not chosen:

@@ -14,11 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import runstream
-from runstream.cli.output import print_result, sql_client
+from runstream.cli.output import print_result, runs_summary, sql_client
 from runstream.ops.supervisor import Supervisor, stack_running
 from runstream.sdk import Transport, connect
-from runstream.storage import queries
+from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
+
+ALERT_COLUMNS = ["name", "kind", "severity", "step", "status", "message"]
+FLEET_COLUMNS = ["window_start", "active_runs", "points", "runs_started", "runs_finished", "runs_failed"]
 
 
 def simulated_job(run: runstream.Run, seconds: float, rate: float, seed: int, stop: threading.Event,
@@ -119,22 +122,23 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         deadline = time.monotonic() + 60
         stored = 0
         while time.monotonic() < deadline:
-            stored = queries.points_stored(client, project, [r.id for r in runs] + [real.id])
+            stored = views.rows(client, views.points_stored("", project, [r.id for r in runs] + [real.id]))[0][0]
             if stored >= acked:
                 break
             time.sleep(0.5)
         console.rule("Runs (points acknowledged by ingest vs stored in ClickHouse)")
-        cols, rows = queries.runs_summary(client, project=project, limit=8)
+        cols, rows = runs_summary(client, project=project, limit=8)
         print_result(cols, rows, "table")
         console.rule("The real run: validation accuracy by epoch (every 5th)")
-        cols, rows = queries.series(client, real.id, "val_acc")
+        cols, rows = ["step", "value"], views.rows(client, views.series("", real.id, "val_acc"))
         print_result(cols, rows[::5] + rows[-1:], "table")
         console.rule("Best simulated runs by final val_acc, with their learning rate")
-        print_result(*queries.best_runs(client, project, "val_acc", "lr", "simulated"), "table")
+        print_result(["name", "final_val_acc", "lr"], views.rows(client, views.best_runs("", project, "val_acc", "lr", "simulated")),
+                     "table")
         console.rule("Alerts raised by the stream processors")
         deadline = time.monotonic() + 15
         while True:
-            cols, alerts = queries.alerts(client, project)
+            cols, alerts = ALERT_COLUMNS, views.rows(client, views.alerts("", project))
             if sum(1 for a in alerts if a[1] in ("nonfinite", "spike")) >= min(2, max(0, jobs - 1)) \
                     or time.monotonic() > deadline:
                 break
@@ -144,7 +148,7 @@ def run_demo(config: RunstreamConfig, *, jobs: int, seconds: float, rate: float)
         with console.status("waiting for the fleet windows to close (10 s grace)..."):
             deadline = time.monotonic() + 30
             while True:
-                cols, windows = queries.busiest_fleet_windows(client, project)
+                cols, windows = FLEET_COLUMNS, views.rows(client, views.busiest_fleet_windows("", project))
                 if windows or time.monotonic() > deadline:
                     break
                 time.sleep(1)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from runstream.ops.supervisor import stack_running
 from runstream.storage.store import open_embedded, open_url
+from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
 
@@ -76,3 +77,24 @@ def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str
             table.add_row(*r)
         # A pipe or a file has no width: every cell whole on its line (a terminal folds long text instead).
         Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
+RUNS_SUMMARY_COLUMNS = ["run_id", "name", "status", "started", "points_acked", "points_stored", "latest"]
+
+
+def runs_summary(client: Client, db: str = "", *, project: str | None = None, limit: int = 20) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Recent runs with their latest metrics, and points acknowledged (by the SDK's count) vs stored."""
+    runs = views.rows(client, views.recent_runs(db, project, limit))
+    if not runs:
+        return RUNS_SUMMARY_COLUMNS, []
+    stored: dict[str, int] = {}
+    latest: dict[str, list[tuple[int, str]]] = {}
+    for run_id, metric, value, count in views.rows(client, views.metric_counts(db, [r[1] for r in runs])):
+        stored[run_id] = stored.get(run_id, 0) + count
+        # Loss- and accuracy-like metrics first: they are what people look for.
+        rank = 0 if ("loss" in metric or "acc" in metric) else 1
+        latest.setdefault(run_id, []).append((rank, f"{metric}={value:.4g}"))
+    rows = [(rid, name, status, started.strftime("%m-%d %H:%M:%S"), acked, stored.get(rid, 0),
+             " ".join(text for _, text in sorted(latest.get(rid, []))[:3]))
+            for _, rid, name, status, started, acked in runs]
+    return RUNS_SUMMARY_COLUMNS, rows

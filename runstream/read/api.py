@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from runstream.wire import search
+from runstream.wire import search, views
 from runstream.wire.config import RunstreamConfig, is_loopback
 from runstream.wire.errors import RunstreamError, ValidationError
 from runstream.wire.files import file_digest
-from runstream.wire.sql import QueryParams
 
-OPS = ("=", "!=", "<", "<=", ">", ">=")
-Filter = Any  # a value (equality) or (op, value) with op in OPS
+Filter = views.Filter  # a value (equality) or (op, value) with op in views.OPS
 
 
 def _client_lib() -> Any:
@@ -38,24 +36,6 @@ def _client_lib() -> Any:
     except ModuleNotFoundError as exc:
         raise RunstreamError("the read API needs clickhouse-connect: pip install 'runstream[read]'") from exc
     return clickhouse_connect
-
-
-def _split(flt: Filter) -> tuple[str, Any]:
-    if isinstance(flt, tuple) and len(flt) == 2 and flt[0] in OPS:
-        return flt[0], flt[1]
-    return "=", flt
-
-
-def _typed(column: str, op: str, value: Any, p: QueryParams) -> str:
-    """A comparison of a JSON-encoded ``column`` with a Python value, by the value's type."""
-    if value is None:
-        return f"{column} {'!=' if op == '!=' else '='} 'null'"
-    if isinstance(value, bool):
-        return f"{column} {op} {p.add('true' if value else 'false', 'String')}"
-    if isinstance(value, int | float):
-        # JSON numbers parse as numbers; a JSON string ("0.1" quoted) is NULL here and matches nothing.
-        return f"toFloat64OrNull({column}) {op} {p.add(float(value), 'Float64')}"
-    return f"JSONExtractString({column}) {op} {p.add(str(value), 'String')}"
 
 
 class Api:
@@ -111,71 +91,30 @@ class Api:
         value; status; run ids. Pages: ``limit`` (None: all) and ``offset``."""
         import pandas as pd
 
-        p = QueryParams()
-        db = f"`{self.database}`"
-        scope = f"project = {p.add(project, 'String')}" if project is not None else "1"
-        where = [scope]
-        if status is not None:
-            where.append(f"status = {p.add(status, 'String')}")
-        if run_ids is not None:
-            where.append(f"run_id IN {p.add(list(run_ids), 'Array(String)')}")
-        if name is not None:
-            where.append(f"name {'LIKE' if '%' in name else '='} {p.add(name, 'String')}")
-        for bound, op in ((started_after, ">="), (started_before, "<")):
-            if bound is not None:
-                where.append(f"start_time {op} {p.add(_epoch_ms(bound), 'Int64')}")
-        for key, flt in (params or {}).items():
-            op, value = _split(flt)
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.params FINAL WHERE key = "
-                         f"{p.add(key, 'String')} AND {_typed('value', op, value, p)})")
         tag_filters = dict(tags) if isinstance(tags, Mapping) else {t: None for t in (tags or [])}
-        for key, flt in tag_filters.items():
-            cond = "1"
-            if flt is not None:
-                op, value = _split(flt)
-                cond = f"value {op} {p.add(str(value), 'String')}"
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.tags FINAL WHERE key = "
-                         f"{p.add(key, 'String')} AND {cond})")
-        for metric, flt in (metrics or {}).items():
-            op, value = _split(flt)
-            where.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.latest WHERE metric = "
-                         f"{p.add(metric, 'String')} AND value {op} {p.add(float(value), 'Float64')})")
         try:
             groups = search.parse_filter_any(filter, where="filter", typed_params=True)
             orders = search.parse_order_by([order_by] if isinstance(order_by, str) else list(order_by or ()))
-            if groups:
-                where.append("(" + " OR ".join("(" + " AND ".join(search.sql_conditions(g, db, scope, p, latest=True)
-                                                                  or ["1"]) + ")" for g in groups) + ")")
-            joins, terms = search.sql_order(orders, db, scope, p, latest=True)
+            statement = views.runs(
+                self.database, project, groups=groups, orders=orders, status=status, run_ids=run_ids, name=name,
+                started_after_ms=None if started_after is None else _epoch_ms(started_after),
+                started_before_ms=None if started_before is None else _epoch_ms(started_before),
+                params=params, tags=tag_filters, metrics=metrics, limit=limit, offset=offset)
         except ValidationError as exc:
             raise ValueError(str(exc)) from exc
-        cols = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step",
-                "points_acked", "sessions"]
-        run = (f"SELECT {', '.join(cols)}, name AS run_name, status, '' AS user_id, 'active' AS lifecycle_stage, "
-               "toUnixTimestamp64Milli(started) AS start_time, "
-               "if(isNull(ended), NULL, toUnixTimestamp64Milli(assumeNotNull(ended))) AS end_time, '' AS artifact_uri, "
-               f"'' AS model_status FROM {db}.runs")
-        order = ", ".join([*terms, "run.started DESC", "run.run_id ASC"])
-        page = f" LIMIT {int(limit)}" if limit is not None else ""
-        page += f" OFFSET {int(offset)}" if offset else ""
-        rows = self.client.query(f"SELECT {', '.join('run.' + c for c in cols)} FROM (SELECT * FROM ({run}) WHERE "
-                                 f"{' AND '.join(where)}) AS run {' '.join(joins)} ORDER BY {order}{page}",
-                                 parameters=p.values).result_rows
+        cols = views.RUN_COLUMNS
+        rows = self._rows(statement)
         df = pd.DataFrame(rows, columns=cols)
         if df.empty:
             return df
-        keys = {"ids": list(df.run_id), "projects": sorted(set(df.project))}
-        scope = "project IN {projects:Array(String)} AND run_id IN {ids:Array(String)}"
+        projects, ids = list(df.project), list(df.run_id)
         extra: dict[str, dict[str, Any]] = {rid: {} for rid in df.run_id}
-        for rid, key, value in self.client.query(f"SELECT run_id, key, value FROM params FINAL WHERE {scope}",
-                                                 parameters=keys).result_rows:
+        for _, rid, key, value in self._rows(views.current_params(self.database, projects, ids)):
             extra[rid][f"params.{key}"] = _decode(value)
         tag_lists: dict[str, list[str]] = {rid: [] for rid in df.run_id}
-        for rid, key in self.client.query(f"SELECT run_id, key FROM tags FINAL WHERE {scope} ORDER BY key",
-                                          parameters=keys).result_rows:
+        for _, rid, key, _ in self._rows(views.current_tags(self.database, projects, ids)):
             tag_lists[rid].append(key)
-        for rid, metric, value in self.client.query(f"SELECT run_id, metric, value FROM latest WHERE {scope}",
-                                                    parameters=keys).result_rows:
+        for _, rid, metric, value in self._rows(views.latest_metrics(self.database, projects, ids)):
             extra[rid][f"metrics.{metric}"] = value
         df["tags"] = [tag_lists[r] for r in df.run_id]
         wide = pd.DataFrame([extra[r] for r in df.run_id], index=df.index)
@@ -185,19 +124,8 @@ class Api:
         """One run: its fields, ``config`` (params, typed), ``tags``, ``summary`` (latest value of each metric),
         lineage and artifacts. Raises LookupError for an unknown run, or a run id two projects hold without
         ``project``."""
-        p = QueryParams()
-        where = f"run_id = {p.add(run_id, 'String')}" + (f" AND project = {p.add(project, 'String')}" if project else "")
-        cols = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step", "points_acked",
-                "points_dropped", "sessions", "git_commit", "git_branch", "hostname"]
-        # One query (each costs the read endpoint ~10 ms of CPU at least): the run's row with its params, tags and
-        # latest metrics as arrays.
-        # (Scalar subqueries by the same condition, not correlated ones, which ClickHouse servers before 25.x lack; a
-        # run id two projects hold is refused below either way.)
-        kv = "(SELECT groupArray((key, value)) FROM {t} FINAL WHERE {where})"
-        latest = f"(SELECT groupArray((metric, value)) FROM latest WHERE {where})"
-        rows = self.client.query(
-            f"SELECT {', '.join(cols)}, {kv.format(t='params', where=where)}, {kv.format(t='tags', where=where)}, "
-            f"{latest} FROM runs WHERE {where} LIMIT 2", parameters=p.values).result_rows
+        cols = views.RUN_RECORD_COLUMNS
+        rows = self._rows(views.run_record(self.database, run_id, project))
         if not rows:
             raise LookupError(f"no run {run_id!r}" + (f" in project {project!r}" if project else ""))
         if len(rows) > 1:
@@ -242,31 +170,17 @@ class Api:
                       [["step", "value"]].rename(columns={"value": n}).set_index("step") for n in names]
             return pd.concat(frames, axis=1).sort_index().reset_index()
         metric = names[0]
-        p = QueryParams()
-        parts = [self._segment(run_id, metric, project, None, p)]
+        chain: list[tuple[str, int | None]] = [(run_id, None)]
         child = run_id
         for _ in range(16 if include_parent else 0):  # forks of forks, bounded
             parent = self._fork_of(child, project)
             if parent is None:
                 break
-            child, fork_step = parent
-            parts.append(self._segment(child, metric, project, fork_step, p))
-        series = " UNION ALL ".join(parts)
-        if buckets:
-            # Bucket width from the run's newest step (metric_latest: no second pass over the series); a fork's
-            # parent segment lies below its own steps.
-            scope = self._scope(run_id, metric, project, p)
-            sql = (f"WITH (SELECT greatest(1, intDiv(ifNull(max(last_step), 0), {int(buckets)}) + 1) FROM metric_latest "
-                   f"WHERE {scope}) AS w "
-                   f"SELECT min(st) AS step, avg(v) AS value, min(v) AS min, max(v) AS max, count() AS count, "
-                   f"max(t) AS ts FROM (SELECT step AS st, value AS v, ts AS t FROM ({series})) "
-                   f"GROUP BY intDiv(st, w) ORDER BY step")
-        elif len(parts) == 1:
-            sql = f"{series} ORDER BY step"
-        else:
-            sql = f"SELECT step, value, ts FROM ({series}) ORDER BY step"
+            child = parent[0]
+            chain.append(parent)
+        statement = views.history(self.database, chain, metric, project, buckets)
         # Arrow all the way (pandas and numpy from it): clickhouse-connect's own DataFrame path is slower.
-        table = self.client.query_arrow(sql, parameters=p.values)
+        table = self.client.query_arrow(statement.sql, parameters=statement.params)
         if format == "arrow":
             return table
         if format == "numpy":
@@ -277,27 +191,15 @@ class Api:
         """(parent, fork step) of a fork, else None. Start records never change: remembered once read."""
         key = (run_id, project)
         if key not in self._forks:
-            found = self.client.query("SELECT parent_run_id, fork_step FROM run_starts WHERE run_id = {r:String}"
-                                      + (" AND project = {pr:String}" if project else "") + " LIMIT 1",
-                                      parameters={"r": run_id, "pr": project}).result_rows
+            found = self._rows(views.fork_of(self.database, run_id, project))
             if not found:
                 return None  # not stored yet: ask again next time
             parent, step = found[0]
             self._forks[key] = (parent, int(step)) if parent and step is not None else None
         return self._forks[key]
 
-    @staticmethod
-    def _scope(run_id: str, metric: str, project: str | None, p: QueryParams) -> str:
-        """One run's metric (in one project, when given)."""
-        cond = f"run_id = {p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')}"
-        return cond + (f" AND project = {p.add(project, 'String')}" if project is not None else "")
-
-    @classmethod
-    def _segment(cls, run_id: str, metric: str, project: str | None, up_to: int | None, p: QueryParams) -> str:
-        cond = cls._scope(run_id, metric, project, p)
-        if up_to is not None:
-            cond += f" AND step <= {p.add(up_to, 'Int64')}"
-        return f"SELECT step, value, ts FROM metrics WHERE {cond}"
+    def _rows(self, statement: views.Statement) -> list[tuple[Any, ...]]:
+        return views.rows(self.client, statement)
 
     def scan_history(self, run_id: str, keys: Sequence[str] | None = None, *, project: str | None = None,
                      page_size: int = 10_000, include_parent: bool = True) -> Iterator[dict[str, Any]]:
@@ -316,15 +218,8 @@ class Api:
         for rid, up_to in reversed(chain):
             after: tuple[int, str] | None = None
             while True:
-                p = QueryParams()
-                cond = f"run_id = {p.add(rid, 'String')}"
-                cond += f" AND project = {p.add(project, 'String')}" if project is not None else ""
-                cond += f" AND step <= {p.add(up_to, 'Int64')}" if up_to is not None else ""
-                cond += f" AND metric IN {p.add(list(keys), 'Array(String)')}" if keys is not None else ""
-                if after is not None:
-                    cond += f" AND (step, metric) > ({p.add(after[0], 'Int64')}, {p.add(after[1], 'String')})"
-                page = self.client.query(f"SELECT step, metric, value, ts FROM metrics WHERE {cond} ORDER BY step, metric "
-                                         f"LIMIT {int(page_size)}", parameters=p.values).result_rows
+                page = self._rows(views.history_page(self.database, rid, project, up_to=up_to, keys=keys, after=after,
+                                                     page_size=page_size))
                 for step, name, value, ts in page:
                     if row and row["step"] != step:
                         yield row
@@ -342,11 +237,8 @@ class Api:
     # -- artifacts ----------------------------------------------------------------------------------------
     def artifacts(self, run_id: str, project: str | None = None) -> list[dict[str, Any]]:
         """What a run logged as artifacts: uri (as logged), stored_uri (where the bytes are kept), size, sha256."""
-        rows = self.client.query(
-            "SELECT uri, any(stored_uri), any(size), sha256 FROM artifacts WHERE run_id = {r:String}"
-            + (" AND project = {p:String}" if project else "") + " GROUP BY uri, sha256 ORDER BY uri",
-            parameters={"r": run_id, "p": project}).result_rows
-        return [dict(zip(("uri", "stored_uri", "size", "sha256"), r)) for r in rows]
+        rows = self._rows(views.artifacts(self.database, run_id, project))
+        return [dict(zip(("uri", "stored_uri", "size", "sha256", "logged"), r)) for r in rows]
 
     def download(self, run_id: str, name: str, dest: str | Path = ".", *, project: str | None = None) -> Path:
         """Fetch a run's artifact (by its uri, or the uri's last part) into ``dest`` (a folder) and check its
@@ -388,28 +280,20 @@ class Api:
     def lineage(self, run_id: str, project: str | None = None) -> dict[str, Any]:
         """Where a run came from and what it touched: its ancestors (parent / fork chain), datasets it used,
         artifacts it made, and runs that used its artifacts."""
-        scope = {"r": run_id, "pr": project}
-        pfilter = " AND project = {pr:String}" if project else ""
         ancestors: list[dict[str, Any]] = []
         child = run_id
         for _ in range(64):
-            row = self.client.query("SELECT parent_run_id, fork_step FROM runs WHERE run_id = {r:String}" + pfilter
-                                    + " LIMIT 1", parameters={**scope, "r": child}).result_rows
+            row = self._rows(views.parent_of(self.database, child, project))
             if not row or not row[0][0]:
                 break
             child = row[0][0]
             ancestors.append({"run_id": child, "fork_step": row[0][1]})
-        datasets = self.client.query("SELECT uri, digest, size FROM datasets_used WHERE run_id = {r:String}" + pfilter
-                                     + " ORDER BY uri", parameters=scope).result_rows
-        artifacts = self.client.query("SELECT uri, stored_uri, size, sha256 FROM artifacts WHERE run_id = {r:String}"
-                                      + pfilter + " ORDER BY uri", parameters=scope).result_rows
-        consumers = self.client.query(
-            "SELECT DISTINCT run_id FROM datasets_used WHERE digest != '' AND digest IN "
-            "(SELECT sha256 FROM artifacts WHERE run_id = {r:String}" + pfilter + ") ORDER BY run_id",
-            parameters=scope).result_rows
+        datasets = self._rows(views.run_datasets(self.database, run_id, project))
+        artifacts = self.artifacts(run_id, project)
+        consumers = self._rows(views.consumers(self.database, run_id, project))
         return {"run_id": run_id, "ancestors": ancestors,
                 "datasets": [dict(zip(("uri", "digest", "size"), d)) for d in datasets],
-                "artifacts": [dict(zip(("uri", "stored_uri", "size", "sha256"), a)) for a in artifacts],
+                "artifacts": artifacts,
                 "used_by": [c[0] for c in consumers]}
 
 

@@ -15,10 +15,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
 
-QUERY = ("SELECT name, (SELECT maxOrNull(last_step) FROM metric_latest WHERE project = {p:String} AND run_id = {r:String}) "
-         "AS last_step FROM run_starts WHERE project = {p:String} AND run_id = {r:String} LIMIT 1 FORMAT JSONEachRow")
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,10 @@ def stored_run(config: RunstreamConfig, project: str, run_id: str, *, token: str
         raise LookupFailed("no SQL endpoint known (set client.sql_url / RUNSTREAM_SQL_URL, or start `runstream up`)")
     if "://" not in url:
         url = "http://" + url
-    args = {"param_p": project, "param_r": run_id, **({"database": database} if database else {})}
-    req = urllib.request.Request(url.rstrip("/") + "/?" + urllib.parse.urlencode(args), data=QUERY.encode(), method="POST")
+    statement = views.resume_point("", project, run_id)
+    args = {**{f"param_{k}": v for k, v in statement.params.items()}, **({"database": database} if database else {})}
+    req = urllib.request.Request(url.rstrip("/") + "/?" + urllib.parse.urlencode(args),
+                                 data=(statement.sql + " FORMAT JSONEachRow").encode(), method="POST")
     if token:
         req.add_header("Authorization", "Basic " + base64.b64encode(f"runstream:{token}".encode()).decode())
     context = None

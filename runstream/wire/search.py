@@ -1,17 +1,15 @@
 """MLflow's search syntax: a filter (``metrics.acc > 0.9 and params.lr = '0.01'``) and order_by clauses, parsed
-once, then either translated to ClickHouse SQL over runstream's tables (runs) or evaluated in Python (experiments).
-Every value becomes a server-side query parameter: no text of a filter is ever pasted into SQL. The MLflow API
-and the read API (which also takes OR between groups of AND) share it."""
+once, then either translated to SQL over runstream's tables (runs: runstream.wire.views, where every value becomes a
+server-side query parameter) or evaluated in Python (experiments). The MLflow API and the read API (which also takes
+OR between groups of AND) share it."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from runstream.wire.errors import ValidationError
-from runstream.wire.sql import QueryParams
 
 # Tag values written by delete-tag: the tags table keeps the latest value per key, so a deletion is a value.
 DELETED_TAG = "\x00deleted"
@@ -199,99 +197,6 @@ def parse_order_by(clauses: list[str], *, attrs: dict[str, str] = RUN_ATTRS, whe
             raise ValidationError(where, f"{clause!r}: the direction must be ASC or DESC")
         out.append(Order(kind, key, direction == "ASC"))
     return out
-
-
-# The value MLflow sees of a stored param: params are stored JSON-encoded; a JSON string shows as its text.
-PARAM_TEXT = "if(startsWith(value, '\"'), JSONExtractString(value), value)"
-LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the largest step, then time, then value
-# The columns of the `run` subquery a filter's attribute conditions refer to.
-ATTR_COLUMNS = {"run_id": "run_id", "run_name": "run_name", "status": "status", "user_id": "user_id",
-                "lifecycle_stage": "lifecycle_stage", "start_time": "start_time", "created": "start_time",
-                "end_time": "end_time", "artifact_uri": "artifact_uri", "parent_run_id": "parent_run_id",
-                "model_status": "model_status"}
-MODEL_AS_RUN = {"name": "run_name", "model_id": "run_id", "source_run_id": "parent_run_id", "status": "model_status",
-                "creation_timestamp": "start_time", "creation_time": "start_time"}
-
-
-def _compare(column: str, c: Cond, p: QueryParams) -> str:
-    if c.op in ("IN", "NOT IN"):
-        return f"{column} {c.op} {p.add(list(c.value), 'Array(String)')}"
-    if isinstance(c.value, float):
-        if math.isnan(c.value):
-            return "0"
-        return f"{column} {c.op} {p.add(c.value, 'Float64')}"
-    return f"{column} {c.op} {p.add(c.value, 'String')}"
-
-
-def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> list[str]:
-    """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
-    subqueries to the searched projects. ``latest``: a metric's latest value from the `latest` table (sized by
-    runs x metrics; its ties resolve by step only), not from every point."""
-    out = []
-    for c in conds:
-        if c.kind == "attr":
-            if c.op in ("IN", "NOT IN") and c.key != "run_id":
-                raise ValidationError("filter", f"{c.op} applies to attributes.run_id only")
-            if c.key == "end_time" and c.op != "!=":
-                out.append(f"end_time IS NOT NULL AND {_compare('end_time', c, p)}")
-            else:
-                out.append(_compare(ATTR_COLUMNS[c.key], c, p))
-            continue
-        key = p.add(c.key, "String")
-        if c.kind == "metric" and latest:
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.latest WHERE {scope} AND metric = {key} "
-                       f"AND {_compare('value', c, p)})")
-        elif c.kind == "metric":
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.metric_points WHERE {scope} AND metric = {key} "
-                       f"GROUP BY project, run_id HAVING {_compare(LATEST, c, p)})")
-        elif c.kind in ("param", "tag"):
-            table = "params" if c.kind == "param" else "tags"
-            text = PARAM_TEXT if c.kind == "param" else "value"
-            live = f" AND value != {p.add(DELETED_TAG, 'String')}" if c.kind == "tag" else ""
-            sub = f"SELECT project, run_id FROM {db}.{table} FINAL WHERE {scope} AND key = {key}{live}"
-            if c.op == "IS NULL":
-                out.append(f"(project, run_id) NOT IN ({sub})")
-            elif c.op == "IS NOT NULL":
-                out.append(f"(project, run_id) IN ({sub})")
-            else:
-                if c.op in ("IN", "NOT IN"):
-                    raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
-                if isinstance(c.value, float):  # a typed param compared with a number (read API)
-                    text = "toFloat64OrNull(value)"
-                out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
-        elif c.kind == "dataset":
-            column = {"name": "uri", "digest": "digest"}.get(c.key)
-            if column is None:
-                raise ValidationError("filter", f"datasets.{c.key}: runstream filters datasets by name (its URI) or digest")
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {db}.datasets_used WHERE {scope} "
-                       f"AND {_compare(column, c, p)})")
-    return out
-
-
-def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> tuple[list[str], list[str]]:
-    """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
-    come last, in either direction, as MLflow orders them. ``latest`` as in sql_conditions."""
-    joins, terms = [], []
-    for i, o in enumerate(orders):
-        direction = "ASC" if o.ascending else "DESC"
-        if o.kind == "attr":
-            column = f"run.{ATTR_COLUMNS[o.key]}"
-            terms += [f"isNull({column})", f"{column} {direction}"]
-            continue
-        key = p.add(o.key, "String")
-        if o.kind == "metric" and latest:
-            sub = f"SELECT project, run_id, value AS v FROM {db}.latest WHERE {scope} AND metric = {key}"
-        elif o.kind == "metric":
-            sub = f"SELECT project, run_id, {LATEST} AS v FROM {db}.metric_points WHERE {scope} AND metric = {key} GROUP BY project, run_id"
-        else:
-            table, text = ("params", PARAM_TEXT) if o.kind == "param" else ("tags", "value")
-            sub = f"SELECT project, run_id, {text} AS v FROM {db}.{table} FINAL WHERE {scope} AND key = {key}"
-        numeric = latest and o.kind == "param"  # typed params: numbers in numeric order, before text
-        if numeric:
-            sub = sub.replace(" AS v FROM", " AS v, toFloat64OrNull(value) AS n FROM")
-        joins.append(f"LEFT JOIN ({sub}) AS o{i} ON o{i}.project = run.project AND o{i}.run_id = run.run_id")
-        terms += [f"o{i}.run_id = ''", *([f"isNull(o{i}.n)", f"o{i}.n {direction}"] if numeric else []), f"o{i}.v {direction}"]
-    return joins, terms
 
 
 def like(pattern: str, text: str, *, case: bool = True) -> bool:

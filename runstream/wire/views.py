@@ -1,0 +1,614 @@
+"""Every SQL statement runstream's readers run over the stored views (runs, run_starts, metrics, metric_points,
+latest, metric_latest, params, tags, artifacts, datasets_used, batches, alerts, fleet, audit_log). The read API, the
+MLflow role, the CLI and the demo build their statements here and run them through their own ClickHouse client (the
+sink's read endpoint or a ClickHouse server), so one view's columns and semantics are written down once.
+
+Each builder returns a Statement: SQL with every value a server-side parameter ({name:Type}), never pasted into the
+text, and the parameters for the client. ``db`` names the database; "" reads the client's own."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from runstream.wire.errors import ValidationError
+from runstream.wire.mlflow import DEFAULT_PROJECT, LIFECYCLE_TAG
+from runstream.wire.search import DELETED_TAG, MODEL_LABEL, Cond, Order
+from runstream.wire.sql import QueryParams
+
+Row = tuple[Any, ...]
+
+
+class Statement(NamedTuple):
+    sql: str
+    params: dict[str, Any]
+
+
+class Client(Protocol):
+    """What runs a statement: clickhouse-connect's client (its ``query`` returns ``result_rows``)."""
+
+    def query(self, query: str, parameters: Any = None) -> Any: ...
+
+
+def rows(client: Client, statement: Statement) -> list[Row]:
+    """A statement's rows as tuples, through a clickhouse-connect client."""
+    return [tuple(r) for r in client.query(statement.sql, parameters=statement.params).result_rows]
+
+
+def table(db: str, name: str) -> str:
+    return f"`{db}`.{name}" if db else name
+
+
+def _run_in(db: str, run_id: str, project: str | None, p: QueryParams) -> str:
+    """One run (in one project, when given)."""
+    return f"run_id = {p.add(run_id, 'String')}" + (f" AND project = {p.add(project, 'String')}" if project is not None else "")
+
+
+# ---- filters: MLflow's search syntax (parsed by runstream.wire.search) as conditions over the `run` subquery ----
+
+# The value MLflow sees of a stored param: params are stored JSON-encoded; a JSON string shows as its text.
+PARAM_TEXT = "if(startsWith(value, '\"'), JSONExtractString(value), value)"
+LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the largest step, then time, then value
+# The columns of the `run` subquery a filter's attribute conditions refer to.
+ATTR_COLUMNS = {"run_id": "run_id", "run_name": "run_name", "status": "status", "user_id": "user_id",
+                "lifecycle_stage": "lifecycle_stage", "start_time": "start_time", "created": "start_time",
+                "end_time": "end_time", "artifact_uri": "artifact_uri", "parent_run_id": "parent_run_id",
+                "model_status": "model_status"}
+MODEL_AS_RUN = {"name": "run_name", "model_id": "run_id", "source_run_id": "parent_run_id", "status": "model_status",
+                "creation_timestamp": "start_time", "creation_time": "start_time"}
+
+
+def _compare(column: str, c: Cond, p: QueryParams) -> str:
+    if c.op in ("IN", "NOT IN"):
+        return f"{column} {c.op} {p.add(list(c.value), 'Array(String)')}"
+    if isinstance(c.value, float):
+        if math.isnan(c.value):
+            return "0"
+        return f"{column} {c.op} {p.add(c.value, 'Float64')}"
+    return f"{column} {c.op} {p.add(c.value, 'String')}"
+
+
+def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> list[str]:
+    """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
+    subqueries to the searched projects. ``latest``: a metric's latest value from the `latest` table (sized by
+    runs x metrics; its ties resolve by step only), not from every point."""
+    out = []
+    for c in conds:
+        if c.kind == "attr":
+            if c.op in ("IN", "NOT IN") and c.key != "run_id":
+                raise ValidationError("filter", f"{c.op} applies to attributes.run_id only")
+            if c.key == "end_time" and c.op != "!=":
+                out.append(f"end_time IS NOT NULL AND {_compare('end_time', c, p)}")
+            else:
+                out.append(_compare(ATTR_COLUMNS[c.key], c, p))
+            continue
+        key = p.add(c.key, "String")
+        if c.kind == "metric" and latest:
+            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'latest')} WHERE {scope} "
+                       f"AND metric = {key} AND {_compare('value', c, p)})")
+        elif c.kind == "metric":
+            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'metric_points')} WHERE {scope} "
+                       f"AND metric = {key} GROUP BY project, run_id HAVING {_compare(LATEST, c, p)})")
+        elif c.kind in ("param", "tag"):
+            name = "params" if c.kind == "param" else "tags"
+            text = PARAM_TEXT if c.kind == "param" else "value"
+            live = f" AND value != {p.add(DELETED_TAG, 'String')}" if c.kind == "tag" else ""
+            sub = f"SELECT project, run_id FROM {table(db, name)} FINAL WHERE {scope} AND key = {key}{live}"
+            if c.op == "IS NULL":
+                out.append(f"(project, run_id) NOT IN ({sub})")
+            elif c.op == "IS NOT NULL":
+                out.append(f"(project, run_id) IN ({sub})")
+            else:
+                if c.op in ("IN", "NOT IN"):
+                    raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
+                if isinstance(c.value, float):  # a typed param compared with a number (read API)
+                    text = "toFloat64OrNull(value)"
+                out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
+        elif c.kind == "dataset":
+            column = {"name": "uri", "digest": "digest"}.get(c.key)
+            if column is None:
+                raise ValidationError("filter", f"datasets.{c.key}: runstream filters datasets by name (its URI) or digest")
+            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE {scope} "
+                       f"AND {_compare(column, c, p)})")
+    return out
+
+
+def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> tuple[list[str], list[str]]:
+    """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
+    come last, in either direction, as MLflow orders them. ``latest`` as in sql_conditions."""
+    joins, terms = [], []
+    for i, o in enumerate(orders):
+        direction = "ASC" if o.ascending else "DESC"
+        if o.kind == "attr":
+            column = f"run.{ATTR_COLUMNS[o.key]}"
+            terms += [f"isNull({column})", f"{column} {direction}"]
+            continue
+        key = p.add(o.key, "String")
+        if o.kind == "metric" and latest:
+            sub = f"SELECT project, run_id, value AS v FROM {table(db, 'latest')} WHERE {scope} AND metric = {key}"
+        elif o.kind == "metric":
+            sub = (f"SELECT project, run_id, {LATEST} AS v FROM {table(db, 'metric_points')} WHERE {scope} "
+                   f"AND metric = {key} GROUP BY project, run_id")
+        else:
+            name, text = ("params", PARAM_TEXT) if o.kind == "param" else ("tags", "value")
+            sub = f"SELECT project, run_id, {text} AS v FROM {table(db, name)} FINAL WHERE {scope} AND key = {key}"
+        numeric = latest and o.kind == "param"  # typed params: numbers in numeric order, before text
+        if numeric:
+            sub = sub.replace(" AS v FROM", " AS v, toFloat64OrNull(value) AS n FROM")
+        joins.append(f"LEFT JOIN ({sub}) AS o{i} ON o{i}.project = run.project AND o{i}.run_id = run.run_id")
+        terms += [f"o{i}.run_id = ''", *([f"isNull(o{i}.n)", f"o{i}.n {direction}"] if numeric else []), f"o{i}.v {direction}"]
+    return joins, terms
+
+
+# ---- runs ----
+
+def run_projects(db: str, run_id: str) -> Statement:
+    """Every project holding a run with this id (ids are unique within a project, not across projects)."""
+    p = QueryParams()
+    return Statement(f"SELECT DISTINCT project FROM {table(db, 'run_starts')} WHERE run_id = {p.add(run_id, 'String')} "
+                     "ORDER BY project LIMIT 100", p.values)
+
+
+def stored_projects(db: str) -> Statement:
+    """Projects with runs, and when their first run started (ms)."""
+    return Statement(f"SELECT project, toUnixTimestamp64Milli(min(started)) FROM {table(db, 'run_starts')} GROUP BY project", {})
+
+
+def run_status(db: str, project: str, run_id: str) -> Statement:
+    p = QueryParams()
+    return Statement(f"SELECT status FROM {table(db, 'runs')} WHERE {_run_in(db, run_id, project, p)}", p.values)
+
+
+def fork_of(db: str, run_id: str, project: str | None) -> Statement:
+    """(parent run id, fork step) from a run's start record."""
+    p = QueryParams()
+    return Statement(f"SELECT parent_run_id, fork_step FROM {table(db, 'run_starts')} WHERE {_run_in(db, run_id, project, p)} "
+                     "LIMIT 1", p.values)
+
+
+def resume_point(db: str, project: str, run_id: str) -> Statement:
+    """(name, last_step) of a run: its start record's name and the highest step stored for any of its metrics (NULL
+    before its first point); no row for a run the store does not hold."""
+    p = QueryParams()
+    where = _run_in(db, run_id, project, p)
+    return Statement(f"SELECT name, (SELECT maxOrNull(last_step) FROM {table(db, 'metric_latest')} WHERE {where}) "
+                     f"AS last_step FROM {table(db, 'run_starts')} WHERE {where} LIMIT 1", p.values)
+
+
+def parent_of(db: str, run_id: str, project: str | None) -> Statement:
+    """(parent run id, fork step) from a run's row."""
+    p = QueryParams()
+    return Statement(f"SELECT parent_run_id, fork_step FROM {table(db, 'runs')} WHERE {_run_in(db, run_id, project, p)} "
+                     "LIMIT 1", p.values)
+
+
+Filter = Any  # a value (equality) or (op, value) with op in OPS
+OPS = ("=", "!=", "<", "<=", ">", ">=")
+RUN_COLUMNS = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step", "points_acked",
+               "sessions"]
+
+
+def split_filter(flt: Filter) -> tuple[str, Any]:
+    if isinstance(flt, tuple) and len(flt) == 2 and flt[0] in OPS:
+        return flt[0], flt[1]
+    return "=", flt
+
+
+def _typed(column: str, op: str, value: Any, p: QueryParams) -> str:
+    """A comparison of a JSON-encoded ``column`` with a Python value, by the value's type."""
+    if value is None:
+        return f"{column} {'!=' if op == '!=' else '='} 'null'"
+    if isinstance(value, bool):
+        return f"{column} {op} {p.add('true' if value else 'false', 'String')}"
+    if isinstance(value, int | float):
+        # JSON numbers parse as numbers; a JSON string ("0.1" quoted) is NULL here and matches nothing.
+        return f"toFloat64OrNull({column}) {op} {p.add(float(value), 'Float64')}"
+    return f"JSONExtractString({column}) {op} {p.add(str(value), 'String')}"
+
+
+def runs(db: str, project: str | None, *, groups: list[list[Cond]], orders: list[Order], status: str | None = None,
+         run_ids: Sequence[str] | None = None, name: str | None = None, started_after_ms: int | None = None,
+         started_before_ms: int | None = None, params: Mapping[str, Filter] | None = None,
+         tags: Mapping[str, Filter | None] | None = None, metrics: Mapping[str, Filter] | None = None,
+         limit: int | None = 1000, offset: int = 0) -> Statement:
+    """The read API's runs (RUN_COLUMNS), newest first unless ``orders`` say otherwise: ``groups`` of conditions
+    (OR between groups, AND within), then keyword filters; params compare by the Python value's type, metrics by
+    their latest value."""
+    p = QueryParams()
+    scope = f"project = {p.add(project, 'String')}" if project is not None else "1"
+    where = [scope]
+    if status is not None:
+        where.append(f"status = {p.add(status, 'String')}")
+    if run_ids is not None:
+        where.append(f"run_id IN {p.add(list(run_ids), 'Array(String)')}")
+    if name is not None:
+        where.append(f"name {'LIKE' if '%' in name else '='} {p.add(name, 'String')}")
+    for bound, op in ((started_after_ms, ">="), (started_before_ms, "<")):
+        if bound is not None:
+            where.append(f"start_time {op} {p.add(bound, 'Int64')}")
+    for key, flt in (params or {}).items():
+        op, value = split_filter(flt)
+        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'params')} FINAL WHERE key = "
+                     f"{p.add(key, 'String')} AND {_typed('value', op, value, p)})")
+    for key, flt in (tags or {}).items():
+        cond = "1"
+        if flt is not None:
+            op, value = split_filter(flt)
+            cond = f"value {op} {p.add(str(value), 'String')}"
+        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'tags')} FINAL WHERE key = "
+                     f"{p.add(key, 'String')} AND {cond})")
+    for metric, flt in (metrics or {}).items():
+        op, value = split_filter(flt)
+        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'latest')} WHERE metric = "
+                     f"{p.add(metric, 'String')} AND value {op} {p.add(float(value), 'Float64')})")
+    if groups:
+        where.append("(" + " OR ".join("(" + " AND ".join(sql_conditions(g, db, scope, p, latest=True) or ["1"]) + ")"
+                                       for g in groups) + ")")
+    joins, terms = sql_order(orders, db, scope, p, latest=True)
+    run = (f"SELECT {', '.join(RUN_COLUMNS)}, name AS run_name, status, '' AS user_id, 'active' AS lifecycle_stage, "
+           "toUnixTimestamp64Milli(started) AS start_time, "
+           "if(isNull(ended), NULL, toUnixTimestamp64Milli(assumeNotNull(ended))) AS end_time, '' AS artifact_uri, "
+           f"'' AS model_status FROM {table(db, 'runs')}")
+    order = ", ".join([*terms, "run.started DESC", "run.run_id ASC"])
+    page = f" LIMIT {int(limit)}" if limit is not None else ""
+    page += f" OFFSET {int(offset)}" if offset else ""
+    return Statement(f"SELECT {', '.join('run.' + c for c in RUN_COLUMNS)} FROM (SELECT * FROM ({run}) WHERE "
+                     f"{' AND '.join(where)}) AS run {' '.join(joins)} ORDER BY {order}{page}", p.values)
+
+
+def _keys_in(projects: Sequence[str], run_ids: Sequence[str], p: QueryParams) -> str:
+    return (f"project IN {p.add(sorted(set(projects)), 'Array(String)')} "
+            f"AND run_id IN {p.add(sorted(set(run_ids)), 'Array(String)')}")
+
+
+def current_params(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, key, value) of these runs' params, each key's last value (JSON-encoded)."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, key, value FROM {table(db, 'params')} FINAL "
+                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY key", p.values)
+
+
+def current_tags(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, key, value) of these runs' tags, each key's last value (DELETED_TAG for a deleted one)."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, key, value FROM {table(db, 'tags')} FINAL "
+                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY key", p.values)
+
+
+def latest_metrics(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, metric, value) of these runs' metrics, each metric's latest value."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, metric, value FROM {table(db, 'latest')} "
+                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY metric", p.values)
+
+
+RUN_RECORD_COLUMNS = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step",
+                      "points_acked", "points_dropped", "sessions", "git_commit", "git_branch", "hostname"]
+
+
+def run_record(db: str, run_id: str, project: str | None) -> Statement:
+    """One run's row (RUN_RECORD_COLUMNS), then its params, tags and latest metrics as arrays of pairs; at most
+    two rows (a run id two projects hold, without ``project``). One query: each costs the read endpoint ~10 ms of
+    CPU at least. Scalar subqueries by the same condition, not correlated ones, which ClickHouse servers before
+    25.x lack."""
+    p = QueryParams()
+    where = _run_in(db, run_id, project, p)
+    kv = "(SELECT groupArray((key, value)) FROM {t} FINAL WHERE {where})"
+    latest = f"(SELECT groupArray((metric, value)) FROM {table(db, 'latest')} WHERE {where})"
+    return Statement(f"SELECT {', '.join(RUN_RECORD_COLUMNS)}, {kv.format(t=table(db, 'params'), where=where)}, "
+                     f"{kv.format(t=table(db, 'tags'), where=where)}, {latest} FROM {table(db, 'runs')} "
+                     f"WHERE {where} LIMIT 2", p.values)
+
+
+# ---- the MLflow API's runs: MLflow's columns, its tags (mlflow.runName, mlflow.user, lifecycle) applied ----
+
+MLFLOW_RUN_COLUMNS = ("project", "run_id", "run_name", "status", "user_id", "lifecycle_stage", "start_time", "end_time",
+                      "labels", "parent_run_id")
+
+
+def mlflow_runs(db: str, projects: list[str], conds: list[Cond], orders: list[Order], *, view: str, offset: int,
+                limit: int, models: bool | None) -> Statement:
+    """One page of runs as MLflow shows them (MLFLOW_RUN_COLUMNS). ``view``: ACTIVE_ONLY, DELETED_ONLY or ALL;
+    ``models``: only logged models (True), only runs (False), or both (None)."""
+    p = QueryParams()
+    scope_value = p.add(projects, "Array(String)")
+    scope = f"project IN {scope_value}"
+    conditions = sql_conditions(conds, db, scope, p)
+    if models is not None:
+        conditions.append(f"{'' if models else 'NOT '}has(labels, {p.add(MODEL_LABEL, 'String')})")
+    if view == "ACTIVE_ONLY":
+        conditions.append("lifecycle_stage = 'active'")
+    elif view == "DELETED_ONLY":
+        conditions.append("lifecycle_stage = 'deleted'")
+    joins, terms = sql_order(orders, db, scope, p)
+    keys = p.add(["mlflow.runName", "mlflow.user", LIFECYCLE_TAG, "mlflow.model.status"], "Array(String)")
+    deleted = p.add(DELETED_TAG, "String")
+    life = p.add(LIFECYCLE_TAG, "String")
+    default = p.add(DEFAULT_PROJECT, "String")
+    run = f"""
+        SELECT r.project AS project, r.run_id AS run_id,
+               if(t.name_tag != '' AND t.name_tag != {deleted}, t.name_tag, r.name) AS run_name,
+               upper(r.status) AS status, if(t.user != {deleted}, t.user, '') AS user_id,
+               if(t.life = 'deleted', 'deleted', 'active') AS lifecycle_stage,
+               toUnixTimestamp64Milli(r.started) AS start_time,
+               if(isNull(r.ended), NULL, toUnixTimestamp64Milli(assumeNotNull(r.ended))) AS end_time,
+               concat('mlflow-artifacts:/', if(r.project = {default}, '0', r.project), '/', r.run_id,
+                      '/artifacts') AS artifact_uri,
+               r.tags AS labels, r.parent_run_id AS parent_run_id, t.model_status AS model_status
+        FROM {table(db, 'runs')} AS r
+        LEFT JOIN (
+            SELECT project, run_id, argMaxIf(value, ts, key = 'mlflow.runName') AS name_tag,
+                   argMaxIf(value, ts, key = 'mlflow.user') AS user, argMaxIf(value, ts, key = {life}) AS life,
+                   argMaxIf(value, ts, key = 'mlflow.model.status') AS model_status
+            FROM {table(db, 'tags')} WHERE {scope} AND key IN {keys} GROUP BY project, run_id
+        ) AS t ON t.project = r.project AND t.run_id = r.run_id
+        WHERE r.project IN {scope_value}"""
+    where = " AND ".join(conditions) or "1"
+    columns = ", ".join(f"run.{c}" for c in MLFLOW_RUN_COLUMNS)
+    order = ", ".join([*terms, "run.start_time DESC", "run.run_id ASC"])
+    return Statement(f"SELECT {columns} FROM (SELECT * FROM ({run}) WHERE {where}) AS run {' '.join(joins)} "
+                     f"ORDER BY {order} LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
+
+
+def tag_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, key, value) of these runs' tags, each key's newest value by time (MLflow's rule)."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, key, argMax(value, ts) FROM {table(db, 'tags')} "
+                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, key", p.values)
+
+
+def param_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, key, value) of these runs' params, each key's newest value by time."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, key, argMax(value, ts) FROM {table(db, 'params')} "
+                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, key", p.values)
+
+
+def mlflow_latest(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, metric, value, timestamp ms, step) of MLflow's latest point per metric (LATEST)."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, metric, {LATEST}, argMax(toUnixTimestamp64Milli(ts), (step, ts, value)), "
+                     f"max(step) FROM {table(db, 'metric_points')} WHERE {_keys_in(projects, run_ids, p)} "
+                     "GROUP BY project, run_id, metric ORDER BY metric", p.values)
+
+
+def datasets_of(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, uri, digest) of the datasets these runs used, first used first."""
+    p = QueryParams()
+    return Statement(f"SELECT project, run_id, uri, digest FROM {table(db, 'datasets_used')} "
+                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, uri, digest ORDER BY min(ts)",
+                     p.values)
+
+
+def datasets(db: str, projects: list[str], limit: int = 1000) -> Statement:
+    """(project, uri, digest) of the datasets runs of ``projects`` used, most recently used first."""
+    p = QueryParams()
+    return Statement(f"SELECT project, uri, digest FROM {table(db, 'datasets_used')} WHERE project IN "
+                     f"{p.add(projects, 'Array(String)')} GROUP BY project, uri, digest ORDER BY max(ts) DESC "
+                     f"LIMIT {int(limit)}", p.values)
+
+
+def stored_batches(db: str, projects: list[str], batch_ids: list[str]) -> Statement:
+    """Which of these batches storage holds (the batch ledger is written after a poll's rows)."""
+    p = QueryParams()
+    return Statement(f"SELECT batch_id FROM {table(db, 'batches')} WHERE project IN {p.add(projects, 'Array(String)')} "
+                     f"AND batch_id IN {p.add(batch_ids, 'Array(String)')}", p.values)
+
+
+def batch_count(db: str, project: str, run_id: str) -> Statement:
+    """How many batches of one run storage holds."""
+    p = QueryParams()
+    return Statement(f"SELECT count() FROM {table(db, 'batches')} WHERE {_run_in(db, run_id, project, p)}", p.values)
+
+
+# ---- metric history ----
+
+def points(db: str, project: str, run_id: str, metric: str, *, offset: int, limit: int) -> Statement:
+    """(value, timestamp ms, step) of one metric, by step then time, one page."""
+    p = QueryParams()
+    return Statement(f"SELECT value, toUnixTimestamp64Milli(ts), step FROM {table(db, 'metrics')} "
+                     f"WHERE {_run_in(db, run_id, project, p)} AND metric = {p.add(metric, 'String')} ORDER BY step, ts "
+                     f"LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
+
+
+def points_of_runs(db: str, pairs: list[tuple[str, str]], metric: str, start_step: int | None = None,
+                   end_step: int | None = None) -> Statement:
+    """(project, run id, value, timestamp ms, step) of one metric of several (project, run) pairs, within a step
+    range; the rows may include other pairs of the same projects and ids (the caller keeps its own)."""
+    p = QueryParams()
+    where = (f"{_keys_in([a for a, _ in pairs], [b for _, b in pairs], p)} AND metric = {p.add(metric, 'String')}")
+    if start_step is not None:
+        where += f" AND step >= {p.add(start_step, 'Int64')}"
+    if end_step is not None:
+        where += f" AND step <= {p.add(end_step, 'Int64')}"
+    return Statement(f"SELECT project, run_id, value, toUnixTimestamp64Milli(ts), step FROM {table(db, 'metrics')} "
+                     f"WHERE {where} ORDER BY run_id, step, ts", p.values)
+
+
+def history(db: str, chain: list[tuple[str, int | None]], metric: str, project: str | None,
+            buckets: int | None) -> Statement:
+    """A metric's points (step, value, ts) by step along a fork chain: ``chain`` is the run (up to None), then its
+    parent up to the fork step, and so on. With ``buckets``, at most that many rows of min / max / avg (and count)
+    per range of steps."""
+    p = QueryParams()
+    parts = []
+    for run_id, up_to in chain:
+        cond = f"{_run_in(db, run_id, project, p)} AND metric = {p.add(metric, 'String')}"
+        if up_to is not None:
+            cond += f" AND step <= {p.add(up_to, 'Int64')}"
+        parts.append(f"SELECT step, value, ts FROM {table(db, 'metrics')} WHERE {cond}")
+    series = " UNION ALL ".join(parts)
+    if buckets:
+        # Bucket width from the run's newest step (metric_latest: no second pass over the series); a fork's
+        # parent segment lies below its own steps.
+        scope = f"{_run_in(db, chain[0][0], project, p)} AND metric = {p.add(metric, 'String')}"
+        return Statement(f"WITH (SELECT greatest(1, intDiv(ifNull(max(last_step), 0), {int(buckets)}) + 1) FROM "
+                         f"{table(db, 'metric_latest')} WHERE {scope}) AS w "
+                         "SELECT min(st) AS step, avg(v) AS value, min(v) AS min, max(v) AS max, count() AS count, "
+                         f"max(t) AS ts FROM (SELECT step AS st, value AS v, ts AS t FROM ({series})) "
+                         "GROUP BY intDiv(st, w) ORDER BY step", p.values)
+    if len(parts) == 1:
+        return Statement(f"{series} ORDER BY step", p.values)
+    return Statement(f"SELECT step, value, ts FROM ({series}) ORDER BY step", p.values)
+
+
+def history_page(db: str, run_id: str, project: str | None, *, up_to: int | None, keys: Sequence[str] | None,
+                 after: tuple[int, str] | None, page_size: int) -> Statement:
+    """(step, metric, value, ts) of a run's points after (step, metric) ``after``, in that order, one page."""
+    p = QueryParams()
+    cond = _run_in(db, run_id, project, p)
+    cond += f" AND step <= {p.add(up_to, 'Int64')}" if up_to is not None else ""
+    cond += f" AND metric IN {p.add(list(keys), 'Array(String)')}" if keys is not None else ""
+    if after is not None:
+        cond += f" AND (step, metric) > ({p.add(after[0], 'Int64')}, {p.add(after[1], 'String')})"
+    return Statement(f"SELECT step, metric, value, ts FROM {table(db, 'metrics')} WHERE {cond} ORDER BY step, metric "
+                     f"LIMIT {int(page_size)}", p.values)
+
+
+def series(db: str, run_id: str, metric: str) -> Statement:
+    """One run's metric by step (value to 4 places): the demo's table."""
+    p = QueryParams()
+    return Statement(f"SELECT step, round(value, 4) AS value FROM {table(db, 'metrics')} WHERE run_id = "
+                     f"{p.add(run_id, 'String')} AND metric = {p.add(metric, 'String')} ORDER BY step", p.values)
+
+
+# ---- artifacts and lineage ----
+
+ARTIFACT_COLUMNS = ["uri", "stored_uri", "size", "sha256", "logged"]
+
+
+def artifacts(db: str, run_id: str, project: str | None = None) -> Statement:
+    """A run's artifacts (ARTIFACT_COLUMNS), one row per uri and content, oldest first: where each was made, where
+    its bytes are kept, size, sha256, when it was first logged."""
+    p = QueryParams()
+    return Statement(f"SELECT uri, any(stored_uri), any(size), sha256, min(ts) AS logged FROM {table(db, 'artifacts')} "
+                     f"WHERE {_run_in(db, run_id, project, p)} GROUP BY uri, sha256 ORDER BY logged, uri", p.values)
+
+
+def run_datasets(db: str, run_id: str, project: str | None) -> Statement:
+    """(uri, digest, size) of what a run read."""
+    p = QueryParams()
+    return Statement(f"SELECT uri, digest, size FROM {table(db, 'datasets_used')} WHERE {_run_in(db, run_id, project, p)} "
+                     "ORDER BY uri", p.values)
+
+
+def consumers(db: str, run_id: str, project: str | None) -> Statement:
+    """Runs that read an artifact of this run (a dataset digest equal to its sha256)."""
+    p = QueryParams()
+    return Statement(f"SELECT DISTINCT run_id FROM {table(db, 'datasets_used')} WHERE digest != '' AND digest IN "
+                     f"(SELECT sha256 FROM {table(db, 'artifacts')} WHERE {_run_in(db, run_id, project, p)}) "
+                     "ORDER BY run_id", p.values)
+
+
+def runs_using(db: str, dataset: str) -> Statement:
+    """(project, run_id, uri, digest) of runs that read a dataset, by URI or digest."""
+    p = QueryParams()
+    d = p.add(dataset, "String")
+    return Statement(f"SELECT DISTINCT project, run_id, uri, digest FROM {table(db, 'datasets_used')} FINAL "
+                     f"WHERE uri = {d} OR digest = {d} ORDER BY run_id", p.values)
+
+
+def producers_of(db: str, artifact: str) -> Statement:
+    """(project, run_id, uri, sha256) of runs that made an artifact, by URI, stored URI or sha256."""
+    p = QueryParams()
+    a = p.add(artifact, "String")
+    return Statement(f"SELECT DISTINCT project, run_id, uri, sha256 FROM {table(db, 'artifacts')} FINAL "
+                     f"WHERE uri = {a} OR stored_uri = {a} OR sha256 = {a} ORDER BY run_id", p.values)
+
+
+def start_records(db: str, keys: list[tuple[str, str]]) -> Statement:
+    """(run_id, project, name, git_commit, git_dirty, git_diff_sha256, packages_sha256, parent_run_id) of these
+    (project, run) pairs."""
+    p = QueryParams()
+    return Statement("SELECT run_id, project, name, git_commit, git_dirty, git_diff_sha256, packages_sha256, parent_run_id "
+                     f"FROM {table(db, 'run_starts')} FINAL WHERE (project, run_id) IN "
+                     f"{p.add(keys, 'Array(Tuple(String, String))')}", p.values)
+
+
+def inputs_and_producers(db: str, keys: list[tuple[str, str]]) -> Statement:
+    """(run_id, uri, digest, producer project, producer run) for each dataset these runs read, with the runs that
+    made an artifact of the same content ('' when none)."""
+    p = QueryParams()
+    return Statement(f"SELECT d.run_id, d.uri, d.digest, a.project, a.run_id FROM {table(db, 'datasets_used')} AS d FINAL "
+                     f"LEFT JOIN (SELECT DISTINCT project, run_id, sha256 FROM {table(db, 'artifacts')} FINAL "
+                     "WHERE sha256 != '') AS a ON a.sha256 = d.digest WHERE (d.project, d.run_id) IN "
+                     f"{p.add(keys, 'Array(Tuple(String, String))')}", p.values)
+
+
+# ---- the CLI and the demo ----
+
+def recent_runs(db: str, project: str | None, limit: int) -> Statement:
+    """(project, run_id, name, status, started, points_acked) of the newest runs."""
+    p = QueryParams()
+    where = f"WHERE project = {p.add(project, 'String')} " if project else ""
+    return Statement(f"SELECT project, run_id, name, status, started, points_acked FROM {table(db, 'runs')} {where}"
+                     f"ORDER BY started DESC LIMIT {int(limit)}", p.values)
+
+
+def metric_counts(db: str, run_ids: list[str]) -> Statement:
+    """(run_id, metric, latest value, points stored) of these runs' metrics."""
+    p = QueryParams()
+    ids = p.add(run_ids, "Array(String)")
+    return Statement(f"SELECT c.run_id, c.metric, l.value, c.n FROM (SELECT run_id, metric, count() AS n FROM "
+                     f"{table(db, 'metrics')} WHERE run_id IN {ids} GROUP BY run_id, metric) AS c LEFT JOIN "
+                     f"(SELECT run_id, metric, value FROM {table(db, 'latest')} WHERE run_id IN {ids}) AS l "
+                     "ON l.run_id = c.run_id AND l.metric = c.metric ORDER BY c.run_id, c.metric", p.values)
+
+
+def points_stored(db: str, project: str, run_ids: list[str]) -> Statement:
+    """Points stored (each once) for these runs."""
+    p = QueryParams()
+    return Statement(f"SELECT count() FROM {table(db, 'metrics')} WHERE project = {p.add(project, 'String')} "
+                     f"AND run_id IN {p.add(run_ids, 'Array(String)')}", p.values)
+
+
+def best_runs(db: str, project: str, metric: str, param: str, tag: str, limit: int = 5) -> Statement:
+    """(name, final value, param) of runs with ``tag``, ranked by the last value of ``metric``."""
+    p = QueryParams()
+    return Statement(
+        f"SELECT r.name, round(argMax(m.value, m.step), 4) AS final, any(p.value) AS param "
+        f"FROM {table(db, 'metrics')} AS m INNER JOIN {table(db, 'runs')} AS r ON r.run_id = m.run_id "
+        f"LEFT JOIN (SELECT run_id, value FROM {table(db, 'params')} FINAL WHERE key = {p.add(param, 'String')}) AS p "
+        f"ON p.run_id = m.run_id WHERE m.project = {p.add(project, 'String')} AND m.metric = {p.add(metric, 'String')} "
+        f"AND has(r.tags, {p.add(tag, 'String')}) GROUP BY r.name ORDER BY final DESC LIMIT {int(limit)}", p.values)
+
+
+def alerts(db: str, project: str) -> Statement:
+    """(name, kind, severity, step, status, message) of a project's alerts with their run names, oldest first."""
+    p = QueryParams()
+    return Statement(f"SELECT r.name, a.kind, a.severity, a.step, a.status, a.message FROM {table(db, 'alerts')} AS a "
+                     f"INNER JOIN {table(db, 'runs')} AS r ON r.run_id = a.run_id WHERE a.project = "
+                     f"{p.add(project, 'String')} ORDER BY a.detected_at", p.values)
+
+
+def busiest_fleet_windows(db: str, project: str, limit: int = 3) -> Statement:
+    """The fleet view's windows with the most points."""
+    p = QueryParams()
+    return Statement("SELECT window_start, active_runs, points, runs_started, runs_finished, runs_failed "
+                     f"FROM {table(db, 'fleet')} WHERE project = {p.add(project, 'String')} ORDER BY points DESC "
+                     f"LIMIT {int(limit)}", p.values)
+
+
+AUDIT_COLUMNS = ["seq", "at", "actor", "action", "target", "source", "after"]
+
+
+def audit_chain(db: str, project: str) -> Statement:
+    """A project's audit records in chain order, in the column order runstream.wire.audit.verify reads."""
+    p = QueryParams()
+    return Statement("SELECT seq, toUnixTimestamp64Milli(at), actor, action, target, source, before, after, prev_hash, "
+                     f"hash, project, partition, offset, sig FROM {table(db, 'audit_log')} WHERE project = "
+                     f"{p.add(project, 'String')} ORDER BY seq", p.values)
+
+
+def audit_log(db: str, project: str, *, action: str | None = None, target: str | None = None,
+              limit: int = 100) -> Statement:
+    """The newest audit records of a project (AUDIT_COLUMNS), optionally of one action or target."""
+    p = QueryParams()
+    where = [f"project = {p.add(project, 'String')}"]
+    if action:
+        where.append(f"action = {p.add(action, 'String')}")
+    if target:
+        where.append(f"target = {p.add(target, 'String')}")
+    return Statement(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM {table(db, 'audit_log')} WHERE {' AND '.join(where)} "
+                     f"ORDER BY seq DESC LIMIT {int(limit)}", p.values)
