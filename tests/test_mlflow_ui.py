@@ -20,6 +20,9 @@ from tests.helpers import narrow_token, wait_until
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+# A real browser and MLflow's own server take ~40 s of a worker: the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # What a browser on this closed network needs (it would otherwise keep calling Google's services).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -19,7 +19,6 @@ from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
 
 
-
 @dataclass(frozen=True)
 class StoredRun:
     name: str
