@@ -94,6 +94,17 @@ def project_of(exp_id: str, where: str = "experiment_id") -> str:
 
 
 MAX_EXPERIMENT_NAME = 500
+MAX_DATASET_EXPERIMENTS = 20  # MLflow's limit for experiments/search-datasets
+MAX_HISTORY_BULK = 25_000  # MLflow's limit for metrics/get-history-bulk
+
+
+def invalid_value(value: Any, field: str, why: str) -> MlflowError:
+    """MLflow's own wording for a field of the wrong kind or range (its clients and tests match on it)."""
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    return MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {shown[:60]} for parameter '{field}' supplied: {why}")
 
 
 def checked_experiment_name(value: Any, field: str = "name") -> str:
@@ -101,8 +112,7 @@ def checked_experiment_name(value: Any, field: str = "name") -> str:
     if value is None or value == "":
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid experiment name: '{value or ''}'")
     if not isinstance(value, str):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(value)[:40]!r} for parameter '{field}' supplied: "
-                                                     "expected a string")
+        raise invalid_value(value, field, "expected a string")
     if len(value) > MAX_EXPERIMENT_NAME or "\x00" in value:
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid experiment name {value[:60]!r}: at most "
                                                      f"{MAX_EXPERIMENT_NAME} characters, no NUL")
@@ -157,8 +167,7 @@ def _items(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
     if value is None or value == "":
         return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {str(value)[:60]!r} for parameter '{key}': "
-                                                     "expected a list of objects")
+        raise invalid_value(value, key, "expected a list of objects")
     return value
 
 
@@ -224,7 +233,7 @@ class RunMemory:
 
 def model_json(r: RunRow) -> dict[str, Any]:
     exp_id = experiment_id(r.project)
-    tags = {k: v for k, v in r.tags.items() if not k.startswith("mlflow.model.")}
+    tags = {k: v for k, v in r.tags.items() if not k.startswith("mlflow.model.") and k != MODEL_LABEL}
     info: dict[str, Any] = {
         "model_id": r.run_id, "experiment_id": exp_id, "name": r.run_name,
         "artifact_uri": f"mlflow-artifacts:/{exp_id}/{r.run_id}/artifacts", "creation_timestamp_ms": r.start_time,
@@ -493,8 +502,7 @@ class MlflowApi:
         several projects the token can see hold is refused: it would otherwise pick one of them silently."""
         run_id = _str(body, "run_id", "run_uuid")
         if not isinstance(body.get("run_id", body.get("run_uuid")), str):
-            raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid value {run_id[:40]!r} for parameter 'run_id' "
-                                                         "supplied: expected a string")
+            raise invalid_value(body.get("run_id", body.get("run_uuid")), "run_id", "expected a string")
         known = self.run_projects.get(run_id)
         if known is None or time.monotonic() - known[0] > self.RUN_LOOKUP_S:
             stored = await asyncio.to_thread(self.reads.run_projects, run_id)
@@ -627,6 +635,9 @@ class MlflowApi:
         project, run_id = await self._run(body, token, "ingest")
         key = _str(body, "key")
         rows = await self._rows(project, [run_id])
+        if rows and rows[0].lifecycle_stage == "deleted":
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"The run {run_id} must be in the 'active' state. Current state "
+                                                         "is deleted.")
         if not rows or key not in rows[0].tags:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in run with id {run_id}")
         await self._send(token, source, project, run_id, [{"tags": ingest_pb2.Tags(values={key: DELETED_TAG})}])
@@ -855,7 +866,7 @@ class MlflowApi:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"run_view_type {view!r} is not ACTIVE_ONLY, DELETED_ONLY or ALL")
         limit = _int(body.get("max_results"), "max_results", 1000)
         if not 0 < limit <= MAX_RESULTS:
-            raise MlflowError("INVALID_PARAMETER_VALUE", f"max_results: {limit} is not between 1 and {MAX_RESULTS}")
+            raise invalid_value(limit, "max_results", f"it must be between 1 and {MAX_RESULTS}")
         offset = _page(body.get("page_token"))
         rows, token_out = await self._page(projects, conds, orders, view=view, offset=offset, limit=limit, models=False)
         return {"runs": [run_json(r) for r in rows], **token_out}
@@ -873,12 +884,38 @@ class MlflowApi:
             out["next_page_token"] = _next_page(offset + limit)
         return out
 
+    async def metric_history_bulk(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """Several runs' full history of one metric (MLflow's ajax get-history-bulk): by run id, each run's points by
+        time, step and value, at most ``max_results`` in all."""
+        run_ids = sorted({str(r) for r in _list(body.get("run_id"))})
+        if not run_ids:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulk request must specify at least one run_id.")
+        if len(run_ids) > 100:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulk request cannot specify more than 100 "
+                                                         f"run_ids. Received {len(run_ids)} run_ids.")
+        if body.get("metric_key") is None:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulk request must specify a metric_key.")
+        key = str(body["metric_key"])
+        limit = min(_int(body.get("max_results"), "max_results", MAX_HISTORY_BULK), MAX_HISTORY_BULK)
+        pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
+        await self._settle(pairs)
+        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None, None)
+        by_run: dict[str, list[tuple[str, float, int, int]]] = {}
+        for p in points:
+            by_run.setdefault(p[0], []).append(p)
+        out = [{"key": key, "value": _num(v), "timestamp": ts, "step": s, "run_id": r}
+               for run_id in run_ids for r, v, ts, s in sorted(by_run.get(run_id, []), key=lambda p: (p[2], p[3], p[1]))]
+        return {"metrics": out[:limit]}
+
     async def metric_history_bulk_interval(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """Several runs' history of one metric at a sample of steps, as MLflow samples them (the UI's charts): about
         ``max_results`` steps spread over the union of the runs' steps in the range, plus each run's first and last."""
         run_ids = [str(r) for r in _list(body.get("run_ids"))]
-        if not run_ids or len(run_ids) > 100:
-            raise MlflowError("INVALID_PARAMETER_VALUE", "run_ids: name 1 to 100 runs")
+        if not run_ids:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Missing value for required parameter 'run_ids'.")
+        if len(run_ids) > 100:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulkInterval request must specify at most 100 "
+                                                         f"run_ids. Received {len(run_ids)} run_ids.")
         key = _str(body, "metric_key")
         limit = _int(body.get("max_results"), "max_results", 320)
         if not 1 <= limit <= 2500:
@@ -985,6 +1022,11 @@ class MlflowApi:
 
     async def search_datasets(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """The datasets the experiments' runs used (MLflow's experiments/search-datasets)."""
+        if not _list(body.get("experiment_ids")):
+            raise MlflowError("INVALID_PARAMETER_VALUE", "SearchDatasets request must specify at least one experiment_id.")
+        if (n := len(_list(body.get("experiment_ids")))) > MAX_DATASET_EXPERIMENTS:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "SearchDatasets request cannot specify more than "
+                                                         f"{MAX_DATASET_EXPERIMENTS} experiment_ids. Received {n} experiment_ids.")
         projects = self._readable_projects(body, token)
         rows = await asyncio.to_thread(self.reads.datasets, projects)
         return {"dataset_summaries": [{"experiment_id": experiment_id(project), "name": dataset_name(uri),
@@ -1086,6 +1128,7 @@ class MlflowServer:
             "runs/log-model": ("POST", a.log_model, True),
             "metrics/get-history": ("GET", a.metric_history, False),
             "metrics/get-history-bulk-interval": ("GET", a.metric_history_bulk_interval, False),
+            "metrics/get-history-bulk": ("GET", a.metric_history_bulk, False),
             "runs/outputs": ("POST", a.log_outputs, True),
             "logged-models": ("POST", a.create_logged_model, True),
             "logged-models/search": ("POST", a.search_logged_models, False),

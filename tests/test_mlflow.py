@@ -448,7 +448,43 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
             "missing experiment": error(lambda: c.get_experiment_by_name("nope")),
         },
     }
+    # Raw calls the UI and MLflow's own tests make, with the wording its clients match on (up to MLflow's pointers
+    # to its docs and the type hints after "supplied").
+    import requests
+    ajax = f"{uri}/ajax-api/2.0/mlflow"
+    auth = {"Authorization": f"Bearer {os.environ.get('MLFLOW_TRACKING_TOKEN', '')}"}
+
+    def answer(method: str, path: str, **kw: object) -> tuple[int, str, str]:
+        r = requests.request(method, f"{ajax}/{path}", headers=auth, timeout=30, **kw)  # type: ignore[arg-type]
+        body = r.json()
+        text = str(body.get("message", "")).split(" See the API docs")[0].split(" supplied")[0]
+        return r.status_code, body.get("error_code", "ok"), text.replace(child.info.run_id, "<child>")
+
+    bulk = requests.get(f"{ajax}/metrics/get-history-bulk", params={"run_id": list(names), "metric_key": "acc"},
+                        headers=auth, timeout=30).json()["metrics"]
+    by_run: dict[str, list[tuple]] = {}
+    for m in bulk:
+        by_run.setdefault(names[m["run_id"]], []).append((m["step"], m["value"], m["timestamp"], m["key"]))
+    out["history bulk"] = by_run
+    out["history bulk, 3 points"] = len(requests.get(f"{ajax}/metrics/get-history-bulk", params={
+        "run_id": list(names), "metric_key": "acc", "max_results": 3}, headers=auth, timeout=30).json()["metrics"])
+    first = next(iter(names))
+    out["wording"] = {
+        "bulk without run_id": answer("GET", "metrics/get-history-bulk", params={"metric_key": "acc"}),
+        "bulk without metric_key": answer("GET", "metrics/get-history-bulk", params={"run_id": first}),
+        "bulk, 101 runs": answer("GET", "metrics/get-history-bulk", params={"run_id": [f"r{i}" for i in range(101)],
+                                                                            "metric_key": "acc"}),
+        "interval without run_ids": answer("GET", "metrics/get-history-bulk-interval", params={"metric_key": "acc"}),
+        "datasets without experiments": answer("POST", "experiments/search-datasets", json={}),
+        "datasets, 21 experiments": answer("POST", "experiments/search-datasets", json={"experiment_ids": [exp] * 21}),
+        "max_results too large": answer("POST", "runs/search", json={"experiment_ids": [exp], "max_results": 123456789}),
+        "run_id a number": answer("POST", "runs/log-parameter", json={"run_id": 31, "key": "a", "value": "b"}),
+        "metrics not a list": answer("POST", "runs/log-batch", json={"run_id": first, "metrics": "foo"}),
+        "name a number": answer("POST", "experiments/create", json={"name": 123}),
+    }
     c.delete_run(child.info.run_id)
+    out["wording"]["delete tag of a deleted run"] = answer("POST", "runs/delete-tag", json={
+        "run_id": child.info.run_id, "key": "family"})
     out["after delete"] = (search(), c.get_run(child.info.run_id).info.lifecycle_stage)
     # Experiment names MLflow accepts, and renames (ids differ by nature: compared by what they name).
     spaced = c.create_experiment("My Experiment", tags={"t": "1"})
