@@ -110,7 +110,7 @@ def invalid_value(value: Any, field: str, why: str) -> MlflowError:
 def checked_experiment_name(value: Any, field: str = "name") -> str:
     """An experiment name as MLflow accepts it: a non-empty string (runstream also caps its length)."""
     if value is None or value == "":
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid experiment name: '{value or ''}'")
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{field}'.")
     if not isinstance(value, str):
         raise invalid_value(value, field, "expected a string")
     if len(value) > MAX_EXPERIMENT_NAME or "\x00" in value:
@@ -144,7 +144,7 @@ def _float(value: Any, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {value!r} is not a number") from None
+        raise invalid_value(value, where, "expected a number") from None
 
 
 def _int(value: Any, where: str, default: int | None = None) -> int:
@@ -155,7 +155,7 @@ def _int(value: Any, where: str, default: int | None = None) -> int:
     try:
         out = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {str(value)[:40]!r} is not an integer") from None
+        raise invalid_value(value, where, "expected an integer") from None
     if not INT64_MIN <= out <= INT64_MAX:
         raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}: {str(value)[:40]} is out of the 64-bit integer range")
     return out
@@ -175,9 +175,12 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> str:
+    """A string field (MLflow refuses a number or a list where it expects a string, naming the field)."""
     for k in (key, *alts):
         if body.get(k) not in (None, ""):
-            return str(body[k])
+            if not isinstance(body[k], str):
+                raise invalid_value(body[k], k, "expected a string")
+            return body[k]
     if required:
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Missing value for required parameter '{key}'.")
     return ""
@@ -587,18 +590,19 @@ class MlflowApi:
         names: dict[str, int] = {}
         m = ingest_pb2.Metrics()
         for i, item in enumerate(items):
-            key = str(item.get("key") or "")
+            field = (lambda name: f"{where}[{i}].{name}") if where else (lambda name: name)  # noqa: B023
+            key = _str(item, "key") if not where else str(item.get("key") or "")
             problem = metric_name_problem(key)
             if problem:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].key: {problem}")
-            step = _int(item.get("step"), f"{where}[{i}].step", 0)
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{field('key')}: {problem}")
+            step = _int(item.get("step"), field("step"), 0)
             if step < 0:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].step: {step} is negative; runstream keeps "
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{field('step')}: {step} is negative; runstream keeps "
                                                              "steps from 0")
             m.name_index.append(names.setdefault(key, len(names)))
             m.steps.append(step)
-            m.timestamps_ms.append(_int(item.get("timestamp"), f"{where}[{i}].timestamp", int(time.time() * 1000)))
-            m.values.append(_float(item.get("value"), f"{where}[{i}].value"))
+            m.timestamps_ms.append(_int(item.get("timestamp"), field("timestamp")))  # required, as MLflow has it
+            m.values.append(_float(item.get("value"), field("value")))
         m.names.extend(names)
         return m
 
@@ -606,28 +610,26 @@ class MlflowApi:
     def _pairs(items: list[dict[str, Any]], where: str) -> dict[str, str]:
         out = {}
         for i, item in enumerate(items):
-            key = str(item.get("key") or "")
-            if not key:
+            if item.get("key") in (None, ""):
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"{where}[{i}].key: Missing value for required parameter 'key'.")
-            out[key] = str(item.get("value", ""))
+            out[_str(item, "key")] = _str(item, "value", required=False)
         return out
 
     async def log_metric(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
-        _str(body, "key")
-        await self._send(token, source, project, run_id, [{"metrics": self._metrics([body], "metric")}])
+        await self._send(token, source, project, run_id, [{"metrics": self._metrics([body], "")}])
         return {}
 
     async def log_param(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
         key = _str(body, "key")
-        values = {key: param_json(str(body.get("value", "")))}
+        values = {key: param_json(_str(body, "value", required=False))}
         await self._send(token, source, project, run_id, [{"params": ingest_pb2.Params(values=values)}])
         return {}
 
     async def set_tag(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
-        values = {_str(body, "key"): str(body.get("value", ""))}
+        values = {_str(body, "key"): _str(body, "value", required=False)}
         await self._send(token, source, project, run_id, [{"tags": ingest_pb2.Tags(values=values)}])
         return {}
 
@@ -753,6 +755,8 @@ class MlflowApi:
     async def delete_logged_model_tag(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         row = await self._model(body, token, "ingest")
         key = _str(body, "tag_key")
+        if key not in row.tags or key.startswith("mlflow.model.") or key == MODEL_LABEL:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"No tag with key {key!r} found for model with ID {row.run_id!r}.")
         await self._send(token, source, row.project, row.run_id, [{"tags": ingest_pb2.Tags(values={key: DELETED_TAG})}])
         return {}
 
@@ -924,6 +928,9 @@ class MlflowApi:
         if (start is None) != (end is None):
             raise MlflowError("INVALID_PARAMETER_VALUE", "If either start step or end step are specified, both must be "
                                                          "specified.")
+        if start is not None and _int(start, "start_step") > _int(end, "end_step"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"end_step must be greater than start_step. Found "
+                                                         f"start_step={start} and end_step={end}.")
         pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
         await self._settle(pairs)
         points = await asyncio.to_thread(self.reads.history_range, pairs, key, None, None)
@@ -1229,7 +1236,8 @@ class MlflowServer:
         app.router.add_get("/health", _health)
         app.router.add_get("/version", _version)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A request line of up to 64 KiB: the UI's and MLflow's bulk calls name up to 100 runs in the query string.
+        self._runner = web.AppRunner(app, access_log=None, max_line_size=65536)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
         await site.start()

@@ -481,7 +481,22 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
         "run_id a number": answer("POST", "runs/log-parameter", json={"run_id": 31, "key": "a", "value": "b"}),
         "metrics not a list": answer("POST", "runs/log-batch", json={"run_id": first, "metrics": "foo"}),
         "name a number": answer("POST", "experiments/create", json={"name": 123}),
+        "no name": answer("POST", "experiments/create", json={}),
+        "metric key a number": answer("POST", "runs/log-metric", json={"run_id": first, "key": 31, "value": 1,
+                                                                     "timestamp": 5, "step": 1}),
+        "metric step a word": answer("POST", "runs/log-metric", json={"run_id": first, "key": "m", "value": 1,
+                                                                    "timestamp": 5, "step": "foo"}),
+        "metric without timestamp": answer("POST", "runs/log-batch", json={"run_id": first,
+                                                                         "metrics": [{"key": "m", "value": 1}]}),
+        "tag value a number": answer("POST", "runs/set-tag", json={"run_id": first, "key": "t", "value": 41}),
+        "interval ending before it starts": answer("GET", "metrics/get-history-bulk-interval", params={
+            "run_ids": ["no-such-run"], "metric_key": "acc", "start_step": 1, "end_step": 0}),
     }
+    model = c.create_logged_model(exp)
+    c.set_logged_model_tags(model.model_id, {"a": "1", "b": "2"})
+    c.delete_logged_model_tag(model.model_id, "a")
+    out["logged model tags"] = (c.get_logged_model(model.model_id).tags, error(
+        lambda: c.delete_logged_model_tag(model.model_id, "a")))
     c.delete_run(child.info.run_id)
     out["wording"]["delete tag of a deleted run"] = answer("POST", "runs/delete-tag", json={
         "run_id": child.info.run_id, "key": "family"})
