@@ -351,12 +351,14 @@ class MlflowApi:
 
     async def create_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         name = checked_experiment_name(body.get("name"))
+        _str(body, "artifact_location", required=False)  # typed as MLflow types it; runstream keeps artifacts itself
+        tags = self._pairs(_items(body, "tags"), "tags")
         known = await self._all_experiments()
         if any(e.name == name for e in known.values()):
             raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) already exists.")
         project = project_for_name(name, set(known))
         authorize(token, project, "admin")  # an experiment is a project: made, renamed, deleted as the admin API does
-        exp = Experiment(project, tags={t["key"]: str(t.get("value", "")) for t in body.get("tags") or []},
+        exp = Experiment(project, tags=tags,
                          title="" if name == experiment_name(project) else name)
         await self._publish_project(token, "project.create", exp)
         return {"experiment_id": experiment_id(project)}

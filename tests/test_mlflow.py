@@ -482,6 +482,8 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
         "metrics not a list": answer("POST", "runs/log-batch", json={"run_id": first, "metrics": "foo"}),
         "name a number": answer("POST", "experiments/create", json={"name": 123}),
         "no name": answer("POST", "experiments/create", json={}),
+        "artifact location a number": answer("POST", "experiments/create", json={"name": "typed", "artifact_location": 9.0}),
+        "tags not a list": answer("POST", "experiments/create", json={"name": "typed", "tags": "5"}),
         "metric key a number": answer("POST", "runs/log-metric", json={"run_id": first, "key": 31, "value": 1,
                                                                      "timestamp": 5, "step": 1}),
         "metric step a word": answer("POST", "runs/log-metric", json={"run_id": first, "key": "m", "value": 1,

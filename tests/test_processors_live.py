@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from runstream.ops.broker import free_port
 from runstream.ops.stack import RoleProcess, scrape, wait_http
@@ -147,7 +148,9 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
             m = scrape(stack.config.processors.metrics_port)
             raise AssertionError(
                 f"{e}: {stack.query(windows)[0][0]} stored; worker alive {proc.alive()}, ready "
-                f"{m.get('runstream_processor_ready')}, points {m.get('runstream_processor_points_total')}; "
+                f"{m.get('runstream_processor_ready')}, points {m.get('runstream_processor_points_total')}, rollup "
+                f"windows it emitted {m.get('runstream_processor_windows_emitted_total{view=rollup}')}, rollup rows "
+                f"the sinks of this test process wrote {REGISTRY.get_sample_value('runstream_sink_rows_total', {'table': 'rollups'})}; "
                 f"its log:\n{proc.log_tail(40)}") from None
         # Every event applied by the processors, and every window they emitted stored by the sink.
         wait_group_drained(stack.config, stack.config.processors.app_id)
