@@ -135,6 +135,7 @@ def test_sklearn_autolog(stack: Stack, token: str, tmp_path: Path) -> None:
 
 
 # Raised inside JAX's array conversion, not by anything of ours.
+@pytest.mark.slow  # trains a JAX model
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_keras_on_jax(stack: Stack, new_run) -> None:
     import keras

@@ -91,6 +91,7 @@ def test_a_stage_whose_task_dies_makes_its_role_exit_non_zero(config: RunstreamC
     assert asyncio.run(asyncio.wait_for(roles.run_role("dying", config), 60)) == 1
 
 
+@pytest.mark.slow  # waits out a readiness deadline
 def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A worker whose first join never completes ends its role with exit code 1 after processors.join_timeout_s,

@@ -296,6 +296,7 @@ def test_system_metrics_are_sampled_into_sys_and_the_off_switch_holds(stack: Sta
     assert stack.count_points(f"run_id = '{off.id}' AND startsWith(metric, 'sys/')") == 0
 
 
+@pytest.mark.slow  # kill -9 and a restart
 def test_durable_logging_survives_kill_9_and_sync_delivers(stack: Stack, token: str, tmp_path: Path) -> None:
     """durable=True: batches are on disk before they are sent. A process killed while ingest is unreachable
     leaves them in the spool dir and `runstream sync` delivers every point; without it they are gone."""

@@ -47,6 +47,7 @@ def log_client(addr: str, token: str, client: int, steps: int, project: str, spo
     run.finish(timeout=120)
 
 
+@pytest.mark.slow  # a million points
 def test_million_points_from_50_clients_exactly_once(stack: Stack, token: str, tmp_path: Path) -> None:
     runs: dict[int, runstream.Run] = {}
     threads = [threading.Thread(target=log_client, args=(stack.ingest_addr, token, c, 2000, "fleet", str(tmp_path), runs))

@@ -60,6 +60,7 @@ def busy_merge_nices(tmp_path: Path, nice: int) -> list[int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # merges under load take ~8 s
 @pytest.mark.skipif(not may_raise_priority(), reason="the engine sets a nice only with CAP_SYS_NICE (root here and in CI)")
 def test_merges_run_at_the_configured_nice(tmp_path: Path) -> None:
     # A sample can land just after a merge task ended and the engine put its thread back to 0: most are at 10.
