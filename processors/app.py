@@ -195,22 +195,28 @@ class Processors:
                 fleets_dirty[fkey] = (partition, fs)
         if acks:
             await asyncio.gather(*acks)
-        # Changelog records go to the partition of the events they come from (co-partitioned tables).
+        # Changelog records go to the partition of the events they come from (co-partitioned tables). Awaited: the
+        # group's events are acknowledged (and their offsets committed) only after its states are in Kafka, so a
+        # kill never leaves the committed offsets ahead of the recoverable state (the events in between were lost
+        # to the rollups).
+        written = []
         for key, (partition, st) in runs_dirty.items():
             if st.finished:
                 self._run_cache.pop(key, None)
                 self._stalled.pop(key.decode(), None)
                 self._partition_of.pop(key.decode(), None)
                 self.runs.data.pop(key, None)
-                self.runs.send_changelog(partition, key, None, value_serializer="raw")
+                written.append(self.runs.send_changelog(partition, key, None, value_serializer="raw"))
             else:
                 raw = STATE_CODEC.dumps(st)
                 self.runs.data[key] = raw
-                self.runs.send_changelog(partition, key, raw)
+                written.append(self.runs.send_changelog(partition, key, raw))
         for fkey, (partition, fs) in fleets_dirty.items():
             raw = STATE_CODEC.dumps(fs)
             self.fleet.data[fkey] = raw
-            self.fleet.send_changelog(partition, fkey, raw)
+            written.append(self.fleet.send_changelog(partition, fkey, raw))
+        if written:
+            await asyncio.gather(*written)
 
     def _events_tps(self) -> list[Any]:
         """The events partitions this worker holds now; none while the consumer cannot tell."""
