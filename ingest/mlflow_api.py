@@ -592,19 +592,19 @@ class MlflowApi:
         names: dict[str, int] = {}
         m = ingest_pb2.Metrics()
         for i, item in enumerate(items):
-            field = (lambda name: f"{where}[{i}].{name}") if where else (lambda name: name)  # noqa: B023
+            prefix = f"{where}[{i}]." if where else ""
             key = _str(item, "key") if not where else str(item.get("key") or "")
             problem = metric_name_problem(key)
             if problem:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"{field('key')}: {problem}")
-            step = _int(item.get("step"), field("step"), 0)
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{prefix}key: {problem}")
+            step = _int(item.get("step"), prefix + "step", 0)
             if step < 0:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"{field('step')}: {step} is negative; runstream keeps "
+                raise MlflowError("INVALID_PARAMETER_VALUE", f"{prefix}step: {step} is negative; runstream keeps "
                                                              "steps from 0")
             m.name_index.append(names.setdefault(key, len(names)))
             m.steps.append(step)
-            m.timestamps_ms.append(_int(item.get("timestamp"), field("timestamp")))  # required, as MLflow has it
-            m.values.append(_float(item.get("value"), field("value")))
+            m.timestamps_ms.append(_int(item.get("timestamp"), prefix + "timestamp"))  # required, as MLflow has it
+            m.values.append(_float(item.get("value"), prefix + "value"))
         m.names.extend(names)
         return m
 
@@ -890,6 +890,16 @@ class MlflowApi:
             out["next_page_token"] = _next_page(offset + limit)
         return out
 
+    async def _histories(self, run_ids: list[str], key: str, token: Token) -> dict[str, list[tuple[str, float, int, int]]]:
+        """By run id, (run id, value, timestamp, step) of one metric of each run the token may read, once this role's
+        pending writes to them are stored."""
+        pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
+        await self._settle(pairs)
+        by_run: dict[str, list[tuple[str, float, int, int]]] = {}
+        for p in await asyncio.to_thread(self.reads.history_range, pairs, key, None, None):
+            by_run.setdefault(p[0], []).append(p)
+        return by_run
+
     async def metric_history_bulk(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """Several runs' full history of one metric (MLflow's ajax get-history-bulk): by run id, each run's points by
         time, step and value, at most ``max_results`` in all."""
@@ -903,12 +913,7 @@ class MlflowApi:
             raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulk request must specify a metric_key.")
         key = str(body["metric_key"])
         limit = min(_int(body.get("max_results"), "max_results", MAX_HISTORY_BULK), MAX_HISTORY_BULK)
-        pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
-        await self._settle(pairs)
-        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None, None)
-        by_run: dict[str, list[tuple[str, float, int, int]]] = {}
-        for p in points:
-            by_run.setdefault(p[0], []).append(p)
+        by_run = await self._histories(run_ids, key, token)
         out = [{"key": key, "value": _num(v), "timestamp": ts, "step": s, "run_id": r}
                for run_id in run_ids for r, v, ts, s in sorted(by_run.get(run_id, []), key=lambda p: (p[2], p[3], p[1]))]
         return {"metrics": out[:limit]}
@@ -933,13 +938,8 @@ class MlflowApi:
         if start is not None and _int(start, "start_step") > _int(end, "end_step"):
             raise MlflowError("INVALID_PARAMETER_VALUE", f"end_step must be greater than start_step. Found "
                                                          f"start_step={start} and end_step={end}.")
-        pairs = [await self._run({"run_id": r}, token, "read") for r in run_ids]
-        await self._settle(pairs)
-        points = await asyncio.to_thread(self.reads.history_range, pairs, key, None, None)
-        by_run: dict[str, list[tuple[str, float, int, int]]] = {}
-        for p in points:
-            by_run.setdefault(p[0], []).append(p)
-        steps = sorted({p[3] for p in points})
+        by_run = await self._histories(run_ids, key, token)
+        steps = sorted({p[3] for points in by_run.values() for p in points})
         lo = _int(start, "start_step") if start is not None else 0
         hi = _int(end, "end_step") if end is not None else (steps[-1] if steps else 0)
         if lo > hi:

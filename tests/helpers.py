@@ -57,7 +57,7 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> object
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval: this loop is the wait for the signal ``check`` reads
 
 
 async def _lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int:
@@ -146,7 +146,7 @@ class StallingProxy:
         try:
             while not self._closed.is_set():
                 if self.stalled.is_set():
-                    time.sleep(0.02)
+                    self._closed.wait(0.02)  # holding the bytes while stalled; a close ends the wait at once
                     continue
                 for key, _ in sel.select(0.05):
                     src = key.fileobj

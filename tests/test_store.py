@@ -48,7 +48,7 @@ while time.monotonic() < deadline and not (done.is_set() and nices):
         if used > cpu.get(task, used):
             nices.append(int(fields[16]))
         cpu[task] = used
-    time.sleep(0.02)
+    time.sleep(0.02)  # the sampling period of the merge threads' nice, not a wait for a signal
 print(json.dumps(nices))
 """
 

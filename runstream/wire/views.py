@@ -262,25 +262,25 @@ def _keys_in(projects: Sequence[str], run_ids: Sequence[str], p: QueryParams) ->
             f"AND run_id IN {p.add(sorted(set(run_ids)), 'Array(String)')}")
 
 
+def _of_runs(columns: str, source: str, projects: Sequence[str], run_ids: Sequence[str], tail: str) -> Statement:
+    """``columns`` of ``source`` for these (project, run) keys, then ``tail`` (GROUP BY / ORDER BY)."""
+    p = QueryParams()
+    return Statement(f"SELECT {columns} FROM {source} WHERE {_keys_in(projects, run_ids, p)} {tail}", p.values)
+
+
 def current_params(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, key, value) of these runs' params, each key's last value (JSON-encoded)."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, key, value FROM {table(db, 'params')} FINAL "
-                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY key", p.values)
+    return _of_runs("project, run_id, key, value", f"{table(db, 'params')} FINAL", projects, run_ids, "ORDER BY key")
 
 
 def current_tags(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, key, value) of these runs' tags, each key's last value (DELETED_TAG for a deleted one)."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, key, value FROM {table(db, 'tags')} FINAL "
-                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY key", p.values)
+    return _of_runs("project, run_id, key, value", f"{table(db, 'tags')} FINAL", projects, run_ids, "ORDER BY key")
 
 
 def latest_metrics(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, metric, value) of these runs' metrics, each metric's latest value."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, metric, value FROM {table(db, 'latest')} "
-                     f"WHERE {_keys_in(projects, run_ids, p)} ORDER BY metric", p.values)
+    return _of_runs("project, run_id, metric, value", table(db, "latest"), projects, run_ids, "ORDER BY metric")
 
 
 RUN_RECORD_COLUMNS = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step",
@@ -353,32 +353,26 @@ def mlflow_runs(db: str, projects: list[str], conds: list[Cond], orders: list[Or
 
 def tag_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, key, value) of these runs' tags, each key's newest value by time (MLflow's rule)."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, key, argMax(value, ts) FROM {table(db, 'tags')} "
-                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, key", p.values)
+    return _of_runs("project, run_id, key, argMax(value, ts)", table(db, "tags"), projects, run_ids,
+                    "GROUP BY project, run_id, key")
 
 
 def param_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, key, value) of these runs' params, each key's newest value by time."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, key, argMax(value, ts) FROM {table(db, 'params')} "
-                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, key", p.values)
+    return _of_runs("project, run_id, key, argMax(value, ts)", table(db, "params"), projects, run_ids,
+                    "GROUP BY project, run_id, key")
 
 
 def mlflow_latest(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, metric, value, timestamp ms, step) of MLflow's latest point per metric (LATEST)."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, metric, {LATEST}, argMax(toUnixTimestamp64Milli(ts), (step, ts, value)), "
-                     f"max(step) FROM {table(db, 'metric_points')} WHERE {_keys_in(projects, run_ids, p)} "
-                     "GROUP BY project, run_id, metric ORDER BY metric", p.values)
+    return _of_runs(f"project, run_id, metric, {LATEST}, argMax(toUnixTimestamp64Milli(ts), (step, ts, value)), max(step)",
+                    table(db, "metric_points"), projects, run_ids, "GROUP BY project, run_id, metric ORDER BY metric")
 
 
 def datasets_of(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
     """(project, run_id, uri, digest) of the datasets these runs used, first used first."""
-    p = QueryParams()
-    return Statement(f"SELECT project, run_id, uri, digest FROM {table(db, 'datasets_used')} "
-                     f"WHERE {_keys_in(projects, run_ids, p)} GROUP BY project, run_id, uri, digest ORDER BY min(ts)",
-                     p.values)
+    return _of_runs("project, run_id, uri, digest", table(db, "datasets_used"), projects, run_ids,
+                    "GROUP BY project, run_id, uri, digest ORDER BY min(ts)")
 
 
 def datasets(db: str, projects: list[str], limit: int = 1000) -> Statement:
