@@ -1,9 +1,12 @@
-"""MLflow's own REST tracking tests against runstream: `tests/tracking/test_rest_tracking.py` from a checkout of the
-MLflow repository, its test bodies unchanged, with only its server fixture (``mlflow_client``) replaced by one that
-starts a runstream stack (a real Kafka broker, the sink, ingest and the mlflow role, a fresh database and topics per
-test) and points ``MlflowClient`` at the mlflow role.
+"""MLflow's own REST tests against runstream: `tests/tracking/test_rest_tracking.py` (``--suite tracking``) or
+`tests/tracking/test_model_registry.py` (``--suite registry``) from a checkout of the MLflow repository, its test
+bodies unchanged, with only its server fixture (``mlflow_client``, or the registry tests' ``client``) replaced by one
+that starts a runstream stack (a real Kafka broker, the sink, ingest and the mlflow role, a fresh database and topics
+per test) and points ``MlflowClient`` at the mlflow role.
 
     python bench/mlflow_rest_tests.py --mlflow-src /path/to/mlflow [--out bench/results/mlflow-rest-tests.json]
+    python bench/mlflow_rest_tests.py --suite registry --mlflow-src /path/to/mlflow \
+        [--out bench/results/mlflow-registry-tests.json]
 
 Nothing of MLflow's is kept here: the test file and the helpers it imports are copied from the checkout into a
 temporary folder for the run. Prints progress per test, then one JSON document: passed/failed/skipped per area
@@ -11,7 +14,7 @@ temporary folder for the run. Prints progress per test, then one JSON document: 
 not serve: traces, model registry, AI gateway, secrets, ...), each failure's first line, and the versions used.
 
 Leaves out: the tests' `file` store parameter (MLflow skips it itself); tests that start an MLflow server of their
-own in their body (listed in the JSON: they measure MLflow); anything outside test_rest_tracking.py.
+own in their body (listed in the JSON: they measure MLflow); anything outside those two files.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HELPERS = ("tests/__init__.py", "tests/helper_functions.py", "tests/integration/__init__.py",
            "tests/integration/utils.py", "tests/tracking/__init__.py", "tests/tracking/integration_test_utils.py")
 TEST_FILE = "tests/tracking/test_rest_tracking.py"
+REGISTRY_FILE = "tests/tracking/test_model_registry.py"
 
 # Areas, by the test's name (first match wins). The last group is what runstream does not serve.
 AREAS: list[tuple[str, str]] = [
@@ -67,6 +71,25 @@ def mlflow_client(runstream_mlflow_url):
 def mlflow_client_with_secrets(runstream_mlflow_url):
     return MlflowClient(runstream_mlflow_url)
 '''
+
+REGISTRY_AREAS: list[tuple[str, str]] = [
+    ("aliases", r"alias"),
+    ("model versions", r"model_version|latest_models"),
+    ("registered models", r"registered_model"),
+]
+
+REGISTRY_FIXTURE = '''
+
+# ---- runstream: the server fixture, replaced (bench/mlflow_rest_tests.py) ----
+@pytest.fixture(params=["file", "sqlalchemy"])
+def client(request):
+    """An MLflow client pointed at a runstream stack's mlflow role (the "file" case is skipped, as MLflow does)."""
+    if request.param == "file":
+        pytest.skip("FileStore is no longer supported.")
+    return MlflowClient(request.getfixturevalue("runstream_mlflow_url"))
+'''
+
+SUITES = {"tracking": (TEST_FILE, FIXTURE, AREAS), "registry": (REGISTRY_FILE, REGISTRY_FIXTURE, REGISTRY_AREAS)}
 
 CONFTEST = '''"""runstream's stack for MLflow's REST tests: one Kafka broker per session; per test a fresh database, topics and
 roles (the sink, ingest and the mlflow role), as MLflow's fixture gives each test a fresh store."""
@@ -162,9 +185,9 @@ def own_servers(source: str) -> list[str]:
     return out
 
 
-def area_of(name: str) -> str:
+def area_of(name: str, areas: list[tuple[str, str]]) -> str:
     base = name.split("[")[0]
-    for area, pattern in AREAS:
+    for area, pattern in areas:
         if re.search(pattern, base):
             return area
     return "other"
@@ -173,33 +196,35 @@ def area_of(name: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mlflow-src", required=True, type=Path, help="a checkout of the MLflow repository (its tests/)")
+    p.add_argument("--suite", choices=sorted(SUITES), default="tracking", help="which of MLflow's test files")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("-k", default="", help="only the tests pytest's -k selects")
     p.add_argument("--timeout", type=int, default=120, help="seconds per test")
     args = p.parse_args()
-    missing = [f for f in (TEST_FILE, *HELPERS) if not (args.mlflow_src / f).is_file()]
+    test_file, fixture, area_patterns = SUITES[args.suite]
+    missing = [f for f in (test_file, *HELPERS) if not (args.mlflow_src / f).is_file()]
     if missing:
         print(f"{args.mlflow_src} is not an MLflow checkout with its tests: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="mlflow-rest-"))
     try:
-        for rel in (TEST_FILE, *HELPERS):
+        for rel in (test_file, *HELPERS):
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(args.mlflow_src / rel, work / rel)
-        test = work / TEST_FILE
+        test = work / test_file
         excluded = own_servers(test.read_text())
-        test.write_text(test.read_text() + FIXTURE)  # a later definition of the fixture wins in the module
+        test.write_text(test.read_text() + fixture)  # a later definition of the fixture wins in the module
         (work / "conftest.py").write_text(CONFTEST)
         report = work / "report.xml"
-        cmd = [sys.executable, "-m", "pytest", TEST_FILE, "-p", "no:cacheprovider", "-q", "-rN",
+        cmd = [sys.executable, "-m", "pytest", test_file, "-p", "no:cacheprovider", "-q", "-rN",
                f"--timeout={args.timeout}", f"--junitxml={report}", "-o", "junit_family=xunit2"]
         if args.k:
             cmd += ["-k", args.k]
         for name in excluded:
-            cmd += ["--deselect", f"{TEST_FILE}::{name}"]
+            cmd += ["--deselect", f"{test_file}::{name}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "MLFLOW_"))}
         env["PYTHONPATH"] = str(work)
-        print(f"Running MLflow's REST tracking tests against runstream in {work} ...", file=sys.stderr, flush=True)
+        print(f"Running MLflow's {test_file} against runstream in {work} ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         proc = subprocess.run(cmd, cwd=work, env=env, stdout=sys.stderr, stderr=subprocess.STDOUT)
         elapsed = time.monotonic() - t0
@@ -217,12 +242,13 @@ def main() -> int:
                     failures[name] = (child.get("message") or "").splitlines()[0][:300] if child.get("message") else ""
                 elif child.tag == "skipped":
                     outcome = "skipped"
-            counts = areas.setdefault(area_of(name), {"passed": 0, "failed": 0, "skipped": 0})
+            counts = areas.setdefault(area_of(name, area_patterns), {"passed": 0, "failed": 0, "skipped": 0})
             counts[outcome] += 1
         import mlflow
 
         out = {
-            "command": "python bench/mlflow_rest_tests.py --mlflow-src <MLflow checkout>",
+            "command": f"python bench/mlflow_rest_tests.py --suite {args.suite} --mlflow-src <MLflow checkout>",
+            "test_file": test_file,
             "mlflow_tests_version": re.search(r'VERSION = "([^"]+)"',
                                               (args.mlflow_src / "mlflow/version.py").read_text()).group(1)
             if (args.mlflow_src / "mlflow/version.py").exists() else "unknown",

@@ -34,8 +34,9 @@ from typing import Any
 
 from aiohttp import web
 
-from runstream.ingest.mlflow_http import MlflowError, error_response, request_fields
+from runstream.ingest.mlflow_http import MlflowError, error_response, next_page, page_offset, request_fields
 from runstream.ingest.mlflow_reads import Reads, RunRow
+from runstream.ingest.mlflow_registry import Registry
 from runstream.ingest.mlflow_ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
 from runstream.ingest.server import Publisher, run_audit
 from runstream.ingest.validate import validate_batch
@@ -186,17 +187,6 @@ def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> s
     return ""
 
 
-def _page(token: str | None) -> int:
-    if not token:
-        return 0
-    try:
-        return int(json.loads(base64.b64decode(token))["offset"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise MlflowError("INVALID_PARAMETER_VALUE", f"page_token {token[:40]!r} is not one this server gave") from None
-
-
-def _next_page(offset: int) -> str:
-    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
 
 
 @dataclass
@@ -290,6 +280,7 @@ class MlflowApi:
         self.run_projects: dict[str, tuple[float, frozenset[str]]] = {}
         self._stored: tuple[float, dict[str, int]] = (0.0, {})
         self.artifact_root = config.mlflow_artifact_path
+        self.registry = Registry(self)
 
     # ---- governance: experiments are projects ----
 
@@ -303,6 +294,7 @@ class MlflowApi:
             self._published.discard(key)
             return
         self.tokens.apply_control(ev)
+        self.registry.apply(ev)
         if ev.HasField("project"):
             rec = ev.project
             exp = self.experiments.get(rec.name)
@@ -336,11 +328,27 @@ class MlflowApi:
         ev = gov.event(action, project=ingest_pb2.ProjectRecord(name=exp.project, tags=exp.tags, deleted=exp.deleted,
                                                                  title=exp.title))
         ev.actor = f"token:{token.name}"
+        await self.publish_control(ev)
+
+    async def publish_control(self, ev: ingest_pb2.ControlEvent) -> None:
+        """A governance change (an experiment's, a registered model's) with its audit record; this replica answers
+        from it at once."""
         try:
-            await gov_io.publish(self.config, ev)
+            await gov_io.publish(self.config, ev, producer=self.publisher.producer)
         except Exception as exc:  # aiokafka's errors: Kafka is down or refused
-            raise Unavailable(f"Kafka did not take the experiment change ({type(exc).__name__}); retry") from exc
-        self.apply_control(ev, local=True)  # this replica answers from it at once
+            raise Unavailable(f"Kafka did not take the {ev.action} change ({type(exc).__name__}); retry") from exc
+        self.apply_control(ev, local=True)
+
+    async def run_project_for_lineage(self, run_id: str, token: Token) -> str:
+        """The project holding ``run_id`` where the token may read it; "" when no run of that id is visible (MLflow
+        registers versions of runs it does not know, so runstream does too, without a project to link)."""
+        try:
+            project, _ = await self._run({"run_id": run_id}, token, "read")
+        except MlflowError as exc:
+            if exc.code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return ""
+        return project
 
     async def _named(self, name: str) -> Experiment | None:
         """The experiment (deleted or not) called ``name``: names are unique, as in MLflow."""
@@ -396,10 +404,10 @@ class MlflowApi:
             if o.kind != "attr":
                 raise MlflowError("INVALID_PARAMETER_VALUE", "experiments are ordered by attributes only")
             found.sort(key=lambda d: d[o.key], reverse=not o.ascending)
-        offset = _page(body.get("page_token"))
+        offset = page_offset(body.get("page_token"))
         out: dict[str, Any] = {"experiments": found[offset:offset + limit]}
         if offset + limit < len(found):
-            out["next_page_token"] = _next_page(offset + limit)
+            out["next_page_token"] = next_page(offset + limit)
         return out
 
     async def update_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
@@ -785,7 +793,7 @@ class MlflowApi:
                 key = MODEL_AS_RUN.get(key, key)
             orders.append(Order(kind, key, bool(o.get("ascending", True))))
         limit = min(_int(body.get("max_results"), "max_results", 100), MAX_RESULTS)
-        offset = _page(body.get("page_token"))
+        offset = page_offset(body.get("page_token"))
         rows, token_out = await self._page(projects, conds, orders, view="ACTIVE_ONLY", offset=offset, limit=limit, models=True)
         return {"models": [model_json(r) for r in rows], **token_out}
 
@@ -861,7 +869,7 @@ class MlflowApi:
         more = len(rows) > limit
         rows = rows[:limit]
         await asyncio.to_thread(self.reads.details, rows)
-        return rows, ({"next_page_token": _next_page(offset + limit)} if more else {})
+        return rows, ({"next_page_token": next_page(offset + limit)} if more else {})
 
     async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         projects = self._readable_projects(body, token)
@@ -873,7 +881,7 @@ class MlflowApi:
         limit = _int(body.get("max_results"), "max_results", 1000)
         if not 0 < limit <= MAX_RESULTS:
             raise invalid_value(limit, "max_results", f"it must be between 1 and {MAX_RESULTS}")
-        offset = _page(body.get("page_token"))
+        offset = page_offset(body.get("page_token"))
         rows, token_out = await self._page(projects, conds, orders, view=view, offset=offset, limit=limit, models=False)
         return {"runs": [run_json(r) for r in rows], **token_out}
 
@@ -881,13 +889,13 @@ class MlflowApi:
         project, run_id = await self._run(body, token, "read")
         key = _str(body, "metric_key")
         limit = min(_int(body.get("max_results"), "max_results", 25_000_000), 25_000_000)
-        offset = _page(body.get("page_token"))
+        offset = page_offset(body.get("page_token"))
         await self._settle([(project, run_id)])
         points = await asyncio.to_thread(self.reads.history, project, run_id, key, offset=offset, limit=limit + 1)
         out: dict[str, Any] = {"metrics": [{"key": key, "value": _num(v), "timestamp": ts, "step": s}
                                            for v, ts, s in points[:limit]]}
         if len(points) > limit:
-            out["next_page_token"] = _next_page(offset + limit)
+            out["next_page_token"] = next_page(offset + limit)
         return out
 
     async def _histories(self, run_ids: list[str], key: str, token: Token) -> dict[str, list[tuple[str, float, int, int]]]:
@@ -1095,6 +1103,7 @@ class MlflowServer:
         self.tokens = TokenStore(config.tokens_path)
         self.api = MlflowApi(config, self.publisher, self.tokens, Reads(config))
         self.follower = Follower(config, self.api.apply_control)
+        self.api.registry.caught_up = self.follower.caught_up
         self.ui = MlflowUi(self.api, ui_build_dir())
         self.host, port = config.mlflow.listen.rsplit(":", 1)
         self.port = int(port)
@@ -1147,6 +1156,33 @@ class MlflowServer:
             "logged-models/{model_id}/tags": ("PATCH", a.set_logged_model_tags, True),
             "logged-models/{model_id}/tags/{tag_key}": ("DELETE", a.delete_logged_model_tag, True),
             "logged-models/{model_id}/params": ("POST", a.log_logged_model_params, True),
+            **self.registry_routes(),
+        }
+
+    def registry_routes(self) -> dict[str, tuple[str, Handler, bool]]:
+        r = self.api.registry
+        return {
+            "registered-models/create": ("POST", r.create_model, False),
+            "registered-models/get": ("GET", r.get_model, False),
+            "registered-models/rename": ("POST", r.rename_model, False),
+            "registered-models/update PATCH": ("PATCH", r.update_model, False),
+            "registered-models/delete DELETE": ("DELETE", r.delete_model, False),
+            "registered-models/search": ("GET", r.search_models, False),
+            "registered-models/get-latest-versions": ("POST", r.latest_versions, False),
+            "registered-models/set-tag": ("POST", r.set_model_tag, False),
+            "registered-models/delete-tag DELETE": ("DELETE", r.delete_model_tag, False),
+            "registered-models/alias POST": ("POST", r.set_alias, False),
+            "registered-models/alias DELETE": ("DELETE", r.delete_alias, False),
+            "registered-models/alias GET": ("GET", r.version_by_alias, False),
+            "model-versions/create": ("POST", r.create_version, False),
+            "model-versions/get": ("GET", r.get_version, False),
+            "model-versions/update PATCH": ("PATCH", r.update_version, False),
+            "model-versions/transition-stage": ("POST", r.transition_stage, False),
+            "model-versions/delete DELETE": ("DELETE", r.delete_version, False),
+            "model-versions/search": ("GET", r.search_versions, False),
+            "model-versions/get-download-uri": ("GET", r.download_uri, False),
+            "model-versions/set-tag": ("POST", r.set_version_tag, False),
+            "model-versions/delete-tag DELETE": ("DELETE", r.delete_version_tag, False),
         }
 
     def _endpoint(self, name: str, method: str, handler: Handler, with_source: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -1225,7 +1261,7 @@ class MlflowServer:
             for name, (method, handler, with_source) in self.routes().items():
                 path = name.split(" ")[0]
                 serve = self._endpoint(path, method, handler, with_source)
-                if method in ("GET", "POST"):
+                if method in ("GET", "POST") and " " not in name:
                     # Clients send GET endpoints' fields as a query string, and some send POST bodies to GET endpoints.
                     app.router.add_route("GET", f"{prefix}/{path}", serve)
                     app.router.add_route("POST", f"{prefix}/{path}", serve)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from typing import Any
@@ -77,3 +79,17 @@ async def request_fields(request: web.Request) -> dict[str, Any]:
         values = request.query.getall(key)
         out[key] = values if len(values) > 1 or key.endswith("_ids") else values[0]
     return out
+
+
+def page_offset(token: str | None) -> int:
+    """The offset a search's page token carries (every search here pages by offset)."""
+    if not token:
+        return 0
+    try:
+        return int(json.loads(base64.b64decode(token))["offset"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"page_token {token[:40]!r} is not one this server gave") from None
+
+
+def next_page(offset: int) -> str:
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()

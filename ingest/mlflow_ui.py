@@ -324,7 +324,5 @@ EMPTY_ANSWERS: dict[str, dict[str, Any]] = {
     "/ajax-api/3.0/mlflow/assistant/providers": {"providers": []},
     "/ajax-api/3.0/mlflow/traces/metrics": {},
     "/ajax-api/2.0/mlflow/gateway-proxy": {"endpoints": []},
-    "/ajax-api/2.0/mlflow/model-versions/search": {},
-    "/ajax-api/2.0/mlflow/registered-models/search": {},
 }
 

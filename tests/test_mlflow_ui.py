@@ -156,6 +156,12 @@ def test_mlflow_ui_browses_runs_from_mlflow_and_the_sdk(ml: MlflowStack, token: 
           "resnet-ui", "resnet-other")
     # The SDK's run on its own page: its config is a param.
     visit(f"experiments/sdk-team/runs/{sdk.id}", "sdk-run", "sdk-run", "batch_size", "64")
+    # The model registry: a version of the run's files, its alias on the version page.
+    client.create_registered_model("Vision Ranker", description="ranks shards")
+    client.create_model_version("Vision Ranker", f"runs:/{run_id}/notes.txt", run_id)
+    client.set_registered_model_alias("Vision Ranker", "champion", "1")
+    visit("models", "models", "Vision Ranker")
+    visit("models/Vision%20Ranker/versions/1", "model-version", "resnet-ui", contains=("champion",))
     assert not failed, failed
     ctx.close()
 

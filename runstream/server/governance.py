@@ -20,8 +20,10 @@ from runstream.wire.governance import audit_projects, object_id
 log = logging.getLogger("runstream.governance")
 
 
-async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object = None) -> None:
-    """The control event, and its audit record in every project it touches (``before``: the state it changes)."""
+async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object = None,
+                  producer: AIOKafkaProducer | None = None) -> None:
+    """The control event, and its audit record in every project it touches (``before``: the state it changes).
+    ``producer``: a started idempotent producer to send with (a role that publishes often); else one for this call."""
     key = object_id(ev).encode()
     body = getattr(ev, ev.WhichOneof("body") or "project")
     def plain(msg: Any) -> dict[str, Any]:
@@ -30,15 +32,18 @@ async def publish(config: RunstreamConfig, ev: ControlEvent, *, before: object =
         return d
     after = plain(body)
     before_dict = plain(before) if before is not None else None
-    producer = AIOKafkaProducer(**client_args(config), acks="all", enable_idempotence=True)
-    await producer.start()
+    own = producer is None
+    if producer is None:
+        producer = AIOKafkaProducer(**client_args(config), acks="all", enable_idempotence=True)
+        await producer.start()
     try:
         await producer.send_and_wait(config.kafka.control_topic, ev.SerializeToString(), key=key)
         for project in audit_projects(ev):
             rec = audit.record(project, ev.actor, ev.action, object_id(ev), after=after, before=before_dict, at_ms=ev.at_ms)
             await producer.send_and_wait(config.kafka.audit_topic, rec.SerializeToString(), key=project.encode())
     finally:
-        await producer.stop()
+        if own:
+            await producer.stop()
 
 
 class Follower:
@@ -52,6 +57,8 @@ class Follower:
         self.on_record = on_record
         self._task: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.caught_up = asyncio.Event()  # set once every event published before start() was applied
+        self._end = 0
 
     async def start(self) -> None:
         tp = TopicPartition(self.config.kafka.control_topic, 0)
@@ -60,6 +67,9 @@ class Follower:
         await self.consumer.start()
         self.consumer.assign([tp])
         await self.consumer.seek_to_beginning(tp)
+        self._end = (await self.consumer.end_offsets([tp]))[tp]
+        if self._end == 0:
+            self.caught_up.set()
         self._task = asyncio.create_task(self._run(), name="control-follower")
 
     async def _run(self) -> None:
@@ -75,6 +85,8 @@ class Follower:
                             self.on_event(ControlEvent.FromString(m.value))
                     except Exception as exc:  # a bad control record must not stop authentication or storage
                         log.error("Skipping an unreadable control record at offset %d: %s", m.offset, exc)
+                    if m.offset + 1 >= self._end:
+                        self.caught_up.set()
 
     async def stop(self) -> None:
         if self._task is not None:

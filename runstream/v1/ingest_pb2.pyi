@@ -375,7 +375,7 @@ class TokenRecord(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., created_ms: _Optional[int] = ..., expires_ms: _Optional[int] = ..., revoked: _Optional[bool] = ..., revoked_ms: _Optional[int] = ...) -> None: ...
 
 class ControlEvent(_message.Message):
-    __slots__ = ("actor", "at_ms", "action", "project", "token", "run_delete", "retention")
+    __slots__ = ("actor", "at_ms", "action", "project", "token", "run_delete", "retention", "registered_model", "model_version")
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -383,6 +383,8 @@ class ControlEvent(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     RUN_DELETE_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     actor: str
     at_ms: int
     action: str
@@ -390,7 +392,90 @@ class ControlEvent(_message.Message):
     token: TokenRecord
     run_delete: RunDeletion
     retention: RetentionPolicy
-    def __init__(self, actor: _Optional[str] = ..., at_ms: _Optional[int] = ..., action: _Optional[str] = ..., project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., token: _Optional[_Union[TokenRecord, _Mapping]] = ..., run_delete: _Optional[_Union[RunDeletion, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ...) -> None: ...
+    registered_model: RegisteredModelRecord
+    model_version: ModelVersionRecord
+    def __init__(self, actor: _Optional[str] = ..., at_ms: _Optional[int] = ..., action: _Optional[str] = ..., project: _Optional[_Union[ProjectRecord, _Mapping]] = ..., token: _Optional[_Union[TokenRecord, _Mapping]] = ..., run_delete: _Optional[_Union[RunDeletion, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., registered_model: _Optional[_Union[RegisteredModelRecord, _Mapping]] = ..., model_version: _Optional[_Union[ModelVersionRecord, _Mapping]] = ...) -> None: ...
+
+class RegisteredModelRecord(_message.Message):
+    __slots__ = ("model_key", "name", "project", "description", "tags", "aliases", "created_ms", "updated_ms", "deleted", "user_id")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    model_key: str
+    name: str
+    project: str
+    description: str
+    tags: _containers.ScalarMap[str, str]
+    aliases: _containers.ScalarMap[str, int]
+    created_ms: int
+    updated_ms: int
+    deleted: bool
+    user_id: str
+    def __init__(self, model_key: _Optional[str] = ..., name: _Optional[str] = ..., project: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., deleted: _Optional[bool] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ModelVersionRecord(_message.Message):
+    __slots__ = ("model_key", "project", "version", "source", "storage_location", "run_id", "run_project", "run_link", "model_id", "description", "tags", "stage", "created_ms", "updated_ms", "deleted", "user_id")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_PROJECT_FIELD_NUMBER: _ClassVar[int]
+    RUN_LINK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    model_key: str
+    project: str
+    version: int
+    source: str
+    storage_location: str
+    run_id: str
+    run_project: str
+    run_link: str
+    model_id: str
+    description: str
+    tags: _containers.ScalarMap[str, str]
+    stage: str
+    created_ms: int
+    updated_ms: int
+    deleted: bool
+    user_id: str
+    def __init__(self, model_key: _Optional[str] = ..., project: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., storage_location: _Optional[str] = ..., run_id: _Optional[str] = ..., run_project: _Optional[str] = ..., run_link: _Optional[str] = ..., model_id: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., stage: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., deleted: _Optional[bool] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class RunDeletion(_message.Message):
     __slots__ = ("project", "run_id", "reason")

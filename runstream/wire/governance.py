@@ -59,7 +59,9 @@ def event(action: str, **body: object) -> ControlEvent:
 def object_id(ev: ControlEvent) -> str:
     kind = ev.WhichOneof("body")
     return {"project": lambda: ev.project.name, "token": lambda: ev.token.token_id,
-            "run_delete": lambda: ev.run_delete.run_id, "retention": lambda: ev.retention.project}[kind]()
+            "run_delete": lambda: ev.run_delete.run_id, "retention": lambda: ev.retention.project,
+            "registered_model": lambda: ev.registered_model.model_key,
+            "model_version": lambda: f"{ev.model_version.model_key}/{ev.model_version.version}"}[kind]()
 
 
 @dataclass
@@ -80,7 +82,7 @@ def audit_projects(ev: ControlEvent) -> list[str]:
     kind = ev.WhichOneof("body")
     if kind == "token":
         return list(ev.token.projects) or ["*"]
-    return [{"project": ev.project.name, "run_delete": ev.run_delete.project,
-             "retention": ev.retention.project}[kind]]
+    return [{"project": ev.project.name, "run_delete": ev.run_delete.project, "retention": ev.retention.project,
+             "registered_model": ev.registered_model.project, "model_version": ev.model_version.project}[kind]]
 
 

@@ -205,18 +205,20 @@ def like(pattern: str, text: str, *, case: bool = True) -> bool:
     return re.fullmatch(rx, text, 0 if case else re.IGNORECASE) is not None
 
 
-def matches(conds: list[Cond], attrs: dict[str, Any], tags: dict[str, str]) -> bool:
-    """Evaluate conditions on one object in Python (experiments: attributes and tags)."""
+def matches(conds: list[Cond], attrs: dict[str, Any], tags: dict[str, str], *, absent_differs: bool = False) -> bool:
+    """Evaluate conditions on one object in Python (experiments, registered models and their versions: attributes and
+    tags). ``absent_differs``: a missing tag satisfies ``!=`` (MLflow's registry: its clients filter out prompts with
+    ``tags.`mlflow.prompt.is_prompt` != 'true'``)."""
     for c in conds:
         got = attrs.get(c.key) if c.kind == "attr" else tags.get(c.key) if c.kind == "tag" else None
         if c.kind not in ("attr", "tag"):
-            raise ValidationError("filter", f"experiments are filtered by attributes and tags, not {c.kind}s")
+            raise ValidationError("filter", f"only attributes and tags filter these, not {c.kind}s")
         if c.op == "IS NULL":
             ok = got is None
         elif c.op == "IS NOT NULL":
             ok = got is not None
         elif got is None:
-            ok = False
+            ok = absent_differs and c.op == "!="
         elif c.op == "LIKE":
             ok = like(c.value, str(got))
         elif c.op == "ILIKE":
