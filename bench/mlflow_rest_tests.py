@@ -43,7 +43,7 @@ REGISTRY_FILE = "tests/tracking/test_model_registry.py"
 AREAS: list[tuple[str, str]] = [
     ("graphql", r"graphql"),
     ("logged models", r"logged_model|log_outputs|log_model\b|test_log_model$|test_log_metric_model|inputs_model"),
-    ("model registry (not served)", r"model_version|registered_model|logging_model_with_local"),
+    ("model registry", r"model_version|registered_model|logging_model_with_local"),
     ("traces (not served)", r"trace|span|otel|assessment"),
     ("AI gateway and secrets (not served)", r"gateway|endpoint|secret|provider|model_definition|bindings|list_models"),
     ("GenAI datasets, scorers, issues, prompts (not served)",

@@ -16,7 +16,11 @@ could both number the next version alike (one mlflow replica per stack, the defa
 from __future__ import annotations
 
 import asyncio
+import json
+import posixpath
+import re
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,6 +283,7 @@ class Registry:
         if not source:
             raise MlflowError("INVALID_PARAMETER_VALUE", "Missing value for required parameter 'source'.")
         run_id, model_id = _text(body, "run_id"), _text(body, "model_id")
+        checked_source(source, "model_id" if model_id else "run_id")
         storage = source
         if source.startswith("models:/"):
             storage, found_run = await self._resolve(source, token)
@@ -295,7 +300,21 @@ class Registry:
         rec.CopyFrom(model.rec)
         rec.updated_ms = now
         await self._save_version(token, "model_version.create", mv, rec)
+        if model_id:
+            await self._note_on_logged_model(model_id, model.rec.name, number, token)
         return {"model_version": self.version_json(model, mv)}
+
+    async def _note_on_logged_model(self, model_id: str, name: str, number: int, token: Token) -> None:
+        """The logged model lists its registered versions in its ``mlflow.modelVersions`` tag, as MLflow keeps it."""
+        logged = (await self.api.get_logged_model({"model_id": model_id}, token))["model"]["info"]
+        tags = {t["key"]: t["value"] for t in logged["tags"]}
+        try:
+            versions = json.loads(tags.get("mlflow.modelVersions") or "[]")
+        except ValueError:
+            versions = []
+        versions.append({"name": name, "version": number})
+        await self.api.set_logged_model_tags({"model_id": model_id, "tags": [
+            {"key": "mlflow.modelVersions", "value": json.dumps(versions)}]}, token, "")
 
     async def _resolve(self, source: str, token: Token) -> tuple[str, str]:
         """A ``models:/`` source's files: a registered version's (``models:/name/3``, ``models:/name@alias``) or a
@@ -406,6 +425,26 @@ class Registry:
 
 
 # ---- field helpers (MLflow's wording) ----
+
+def checked_source(source: str, by: str) -> None:
+    """A version's source as MLflow's server checks it: never a local path (runstream keeps a run's files behind the
+    artifact proxy, so no local path is inside a run's artifacts) and never a path that climbs with '..' or hides
+    a NUL, however percent-encoded."""
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # a path, a file: URI, a Windows drive
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid model version source: '{source}'. To use a local path as "
+                          f"a model version source, the {by} request parameter has to be specified and the local path "
+                          f"has to be contained within the artifact directory of the run specified by the {by}.")
+    text = source
+    while (unquoted := urllib.parse.unquote_plus(text)) != text:
+        text = unquoted
+    path = re.sub(r"/+", "/", urllib.parse.urlparse(text).path.rstrip("/"))
+    if "\x00" in path or ".." in text.split("/") or posixpath.normpath(path or "/") != (path or "/"):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid model version source: '{source}'. If supplying a source "
+                          "as an http, https, local file path, ftp, objectstore, or mlflow-artifacts uri, an absolute "
+                          "path must be provided without relative path references present. Please provide an "
+                          "absolute path.")
+
 
 def _name(value: Any, field: str = "name") -> str:
     if value is None or value == "":

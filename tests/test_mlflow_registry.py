@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runstream.server.auth import ensure_file_token
 from runstream.wire.config import RunstreamConfig
@@ -140,3 +142,27 @@ def test_version_tags_descriptions_and_search_order(ml: MlflowStack) -> None:
     page = c.search_registered_models(max_results=1)
     assert [m.name for m in page] == ["a-model"] and page.token
     assert [m.name for m in c.search_registered_models(max_results=1, page_token=page.token)] == ["b-model"]
+
+
+@given(st.lists(st.sampled_from(["models", "..", ".", "%2e%2e", "%252e%252e", "a", "", "%00", "b c"]), max_size=6),
+       st.sampled_from(["mlflow-artifacts:/", "mlflow-artifacts://host:9000/", "s3://bucket/", "https://h/", "runs:/r/",
+                        "", "file:///", "/"]))
+def test_a_version_source_never_climbs_or_points_at_a_local_path(parts: list[str], prefix: str) -> None:
+    import urllib.parse
+
+    from runstream.ingest.mlflow_http import MlflowError
+    from runstream.ingest.mlflow_registry import checked_source
+
+    source = prefix + "/".join(parts)
+    decoded = source
+    while (d := urllib.parse.unquote_plus(decoded)) != decoded:
+        decoded = d
+    local = prefix in ("", "file:///", "/")
+    climbs = any(seg in ("..", ".") for seg in decoded.split("/")) or "\x00" in decoded
+    try:
+        checked_source(source, "run_id")
+        accepted = True
+    except MlflowError as exc:
+        assert exc.code == "INVALID_PARAMETER_VALUE" and source in str(exc)
+        accepted = False
+    assert accepted == (not local and not climbs), source
