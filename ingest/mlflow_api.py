@@ -606,9 +606,6 @@ class MlflowApi:
             if problem:
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"{prefix}key: {problem}")
             step = _int(item.get("step"), prefix + "step", 0)
-            if step < 0:
-                raise MlflowError("INVALID_PARAMETER_VALUE", f"{prefix}step: {step} is negative; runstream keeps "
-                                                             "steps from 0")
             m.name_index.append(names.setdefault(key, len(names)))
             m.steps.append(step)
             m.timestamps_ms.append(_int(item.get("timestamp"), prefix + "timestamp"))  # required, as MLflow has it

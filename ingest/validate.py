@@ -73,8 +73,6 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
                 raise ValidationError(f"{where}.metrics.names[{i}]", problem)
         if max(m.name_index) >= len(m.names):
             raise ValidationError(f"{where}.metrics.name_index", f"refers to name {max(m.name_index)} but there are {len(m.names)} names")
-        if min(m.steps) < 0:
-            raise ValidationError(f"{where}.metrics.steps", "must not be negative")
         for ms in (min(m.timestamps_ms), max(m.timestamps_ms)):
             _time(f"{where}.metrics.timestamps_ms", ms)
         return n

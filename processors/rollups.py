@@ -97,6 +97,7 @@ def _merge(windows: Windows, names: Any, groups: list[Group], *, watermark_ms: i
             if w is None:
                 w = windows[wkey] = Window()
             touched.add(wkey)
+            fresh = w.count == 0
             w.count += n
             w.nonfinite += nonfinite
             if n > nonfinite:
@@ -105,9 +106,9 @@ def _merge(windows: Windows, names: Any, groups: list[Group], *, watermark_ms: i
                     w.min = lo
                 if hi > w.max:
                     w.max = hi
-            if first_step < w.first_step:
+            if fresh or first_step < w.first_step:  # steps may be any int64, negative ones too
                 w.first_step, w.first = first_step, first
-            if last_step > w.last_step:
+            if fresh or last_step > w.last_step:
                 w.last_step, w.last = last_step, last
     for wkey in touched:
         windows[wkey].version += 1

@@ -149,7 +149,8 @@ def test_nested_runs_history_and_bulk_interval(ml: MlflowStack) -> None:
         for step in range(0, 1000, 10):
             mlflow.log_metric("loss", 1000 - step, step=step)
         with mlflow.start_run(run_name="child", nested=True) as child:
-            mlflow.log_metric("loss", 1.0, step=0)
+            for step in range(-50, 1, 5):  # negative steps: MLflow keeps them, so does runstream
+                mlflow.log_metric("loss", 1.0 - step, step=step)
     c = MlflowClient()
     got = c.get_run(child.info.run_id)
     assert got.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -163,7 +164,8 @@ def test_nested_runs_history_and_bulk_interval(ml: MlflowStack) -> None:
     import requests
     from mlflow.tracking._tracking_service.utils import _get_store
     run_ids = [parent.info.run_id, child.info.run_id]
-    for window in [{}, {"start_step": 0, "end_step": 500}]:
+    assert [m.step for m in c.get_metric_history(child.info.run_id, "loss")] == list(range(-50, 1, 5))
+    for window in [{}, {"start_step": 0, "end_step": 500}, {"start_step": -30, "end_step": 100}]:
         reference = _get_store().get_metric_history_bulk_interval(run_ids, "loss", max_results=10,
                                                                   start_step=window.get("start_step"),
                                                                   end_step=window.get("end_step"))
@@ -311,9 +313,9 @@ def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamCon
         c.create_experiment("x" * 501)
     assert bad_name.value.error_code == "INVALID_PARAMETER_VALUE" and "500 characters" in str(bad_name.value)
     run = c.create_run("0")
-    with pytest.raises(MlflowException) as bad_value:
-        c.log_metric(run.info.run_id, "loss", 1.0, step=-1)
-    assert bad_value.value.error_code == "INVALID_PARAMETER_VALUE" and "step" in str(bad_value.value)
+    c.log_metric(run.info.run_id, "loss", 0.5, step=-3)  # MLflow keeps negative steps; so does runstream
+    c.log_metric(run.info.run_id, "loss", 0.25, step=2)
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "loss")] == [(-3, 0.5), (2, 0.25)]
 
     api = f"{ml.url}/api/2.0/mlflow"
     r = requests.get(f"{api}/experiments/get", params={"experiment_id": "0"}, timeout=10)
@@ -323,6 +325,9 @@ def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamCon
     dev = config.tokens_path.read_text().split("token: ")[1].split()[0]
     r = requests.get(f"{api}/experiments/get", params={"experiment_id": "0"}, auth=("anyone", dev), timeout=10)
     assert r.status_code == 200 and r.json()["experiment"]["name"] == "Default"
+    r = requests.post(f"{api}/runs/log-metric", auth=("anyone", dev), timeout=10, json={
+        "run_id": run.info.run_id, "key": "loss", "value": 1.0, "timestamp": 1, "step": 2**63})  # past int64
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "step" in r.json()["message"]
     r = requests.post(f"{api}/runs/no-such-endpoint", json={}, headers={"Authorization": f"Bearer {dev}"}, timeout=10)
     assert r.status_code == 404 and r.json()["error_code"] == "ENDPOINT_NOT_FOUND"
     r = requests.post(f"{api}/runs/log-batch", data=b"{not json", headers={"Authorization": f"Bearer {dev}"}, timeout=10)

@@ -21,13 +21,14 @@ def metrics_batch(run_id: str, seq: int, names: list[str], ni, steps, ts, values
 
 
 @pytest.mark.parametrize("per_batch", [137, 1000])  # below and above rollups.SMALL_BATCH: both ways of grouping
-def test_rollups_equal_brute_force_per_window(per_batch: int) -> None:
+@pytest.mark.parametrize("first_step", [0, -10_000])  # negative steps (MLflow's) too
+def test_rollups_equal_brute_force_per_window(per_batch: int, first_step: int) -> None:
     rng = np.random.default_rng(1)
     n = 5000
     names = ["loss", "acc", "lr"]
     ni = rng.integers(0, 3, n)
     ts = np.sort(rng.integers(1_700_000_000_000, 1_700_000_000_000 + 300_000, n))
-    steps = np.arange(n)
+    steps = np.arange(n) + first_step
     vals = rng.standard_normal(n)
     vals[rng.integers(0, n, 20)] = np.nan
     windows: rollups.Windows = {}

@@ -240,20 +240,23 @@ def test_context_manager_marks_failure(tmp_path: Path) -> None:
 def test_bad_names_steps_and_values_are_dropped_at_log_and_the_rest_is_stored(stack: Stack, token: str, tmp_path: Path,
                                                                              caplog: pytest.LogCaptureFixture) -> None:
     """What ingest would refuse never reaches it: a 300-character name, an empty one, a non-string key, a string
-    value and a negative step are dropped here (one warning per name, counted by reason), and every good point
-    beside them is stored; the run finishes with its acked count equal to what was stored."""
+    value and a step beyond int64 are dropped here (one warning per name, counted by reason), and every good point
+    beside them is stored, a negative step's too (MLflow keeps them); the run finishes with its acked count equal to
+    what was stored."""
     long_name = "x" * 300
     run = runstream.init("validate", transport=GrpcTransport(stack.ingest_addr, token), spool_dir=str(tmp_path))
     for step in range(100):
         run.log({"loss": 1.0 / (step + 1), long_name: 1.0, "": 2.0, 7: 3.0, "acc": "high" if step % 10 == 0 else 0.5},
                 step=step)
     run.log({"loss": 9.0}, step=-1)
+    run.log({"loss": 8.0}, step=2**63)
     assert run.finish(timeout=30)
     summary = run.summary()
     assert summary["dropped"] == {"name too long": 100, "name empty": 100, "name not a string": 100,
-                                  "not a number": 10, "negative step": 1}
-    assert summary["dropped_points"] == 311 and summary["acked_points"] == 190
-    assert stack.wait_points(190, where=f"run_id = '{run.id}'") == 190
+                                  "not a number": 10, "step not an int64": 1}
+    assert summary["dropped_points"] == 311 and summary["acked_points"] == 191
+    assert stack.wait_points(191, where=f"run_id = '{run.id}'") == 191
+    assert stack.query("SELECT value FROM {db}.metrics WHERE run_id = {r:String} AND step = -1", r=run.id) == [(9.0,)]
     assert stack.count_points(f"run_id = '{run.id}' AND metric = 'acc'") == 90
     warnings = [r.getMessage() for r in caplog.records if "drops points of" in r.getMessage()]
     assert len(warnings) == 5, warnings  # once per name / kind, not once per point
@@ -262,8 +265,8 @@ def test_bad_names_steps_and_values_are_dropped_at_log_and_the_rest_is_stored(st
                             strict=True)
     with pytest.raises(ValueError, match="is 300 characters; the limit is 250"):
         strict.log({long_name: 1.0})
-    with pytest.raises(ValueError, match="negative"):
-        strict.log({"loss": 1.0}, step=-5)
+    with pytest.raises(ValueError, match=r"not an integer step in -2\*\*63..2\*\*63-1"):
+        strict.log({"loss": 1.0}, step=2.5)
     with pytest.raises(ValueError):
         strict.log({"loss": "high"})
     strict.log({"loss": 1.0})

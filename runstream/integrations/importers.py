@@ -50,13 +50,11 @@ class ImportReport:
     points_source: int = 0     # points read from the source
     points_acked: int = 0      # points ingest acknowledged
     batches: int = 0
-    points_skipped: int = 0    # points runstream cannot keep (a negative step)
     projects: dict[str, str] = field(default_factory=dict)  # source experiment / directory -> project
 
     def summary(self) -> str:
-        skipped = f"; {self.points_skipped:,} skipped (negative steps)" if self.points_skipped else ""
         return (f"Imported {self.runs} runs: {self.points_acked:,} of {self.points_source:,} points acknowledged "
-                f"({self.batches:,} batches){skipped} into {', '.join(sorted(set(self.projects.values()))) or 'no project'}.")
+                f"({self.batches:,} batches) into {', '.join(sorted(set(self.projects.values()))) or 'no project'}.")
 
 
 class _Run:
@@ -72,11 +70,8 @@ class _Run:
         self.batches.append(Batch(batch_id=bid, project=self.project, run_id=self.run_id, seq=len(self.batches) + 1,
                                   created_ms=self.created_ms, **body))
 
-    def metrics(self, points: list[tuple[str, int, int, float]]) -> int:
-        """(name, step, timestamp ms, value) points, in a fixed order, in chunks; returns how many it skipped."""
-        kept = [p for p in points if p[1] >= 0]
-        skipped = len(points) - len(kept)
-        points = kept
+    def metrics(self, points: list[tuple[str, int, int, float]]) -> None:
+        """(name, step, timestamp ms, value) points, in a fixed order, in chunks."""
         points.sort(key=lambda p: (p[0], p[1], p[2], repr(p[3])))
         for start in range(0, len(points), CHUNK_POINTS):
             chunk = points[start:start + CHUNK_POINTS]
@@ -86,7 +81,6 @@ class _Run:
             m.names.extend(names)
             self.add(f"metrics-{start // CHUNK_POINTS}", metrics=m)
         self.points += len(points)
-        return skipped
 
 
 def _send(transport: Transport, run: _Run, report: ImportReport) -> None:
@@ -169,7 +163,7 @@ def import_mlflow(tracking_uri: str, transport: Transport, *, experiments: list[
             points = [(key, m.step, m.timestamp, m.value) for key in sorted(data.metrics)
                       for m in client.get_metric_history(info.run_id, key)]
             report.points_source += len(points)
-            report.points_skipped += run.metrics(points)
+            run.metrics(points)
             for d in (r.inputs.dataset_inputs if r.inputs else []):
                 uri = dataset_uri(d.dataset.name, d.dataset.source_type, d.dataset.source)
                 if uri:
@@ -227,7 +221,7 @@ def import_tensorboard(logdir: str, transport: Transport, *, project: str, progr
         run = _Run(f"tensorboard:{root}", project, run_id, min(times))
         run.add("start", run_start=RunStart(name=name, start_ms=min(times), tags=["tensorboard"]))
         run.add("tags", tags=Tags(values={"tensorboard.logdir": str(d)}))
-        report.points_skipped += run.metrics(points)
+        run.metrics(points)
         run.add("finish", run_finish=RunFinish(status=RUN_STATUS_FINISHED, end_ms=max(times), points_acked=run.points,
                                                batches_acked=len(run.batches) + 1))
         _send(transport, run, report)

@@ -146,14 +146,12 @@ class Run:
             if step > MAX_STEP:  # the step after 2**63-1
                 self._drop(len(values), "step not an int64", f"step {step}")
                 return
-        elif type(step) is not int or not 0 <= step <= 0x7FFF_FFFF_FFFF_FFFF:  # MAX_STEP, inlined: log() is hot
+        elif type(step) is not int or not -0x8000_0000_0000_0000 <= step <= 0x7FFF_FFFF_FFFF_FFFF:  # inlined: hot
             given, step = step, step_of(step)
-            if step is None:  # 2.5, -1, 2**63, "3": dropped here, so the sender only ever sees int64 steps
-                reason = "negative step" if isinstance(given, (int, float)) and given < 0 else "step not an int64"
+            if step is None:  # 2.5, 2**63, "3": dropped here, so the sender only ever sees int64 steps
                 if self.strict:
-                    raise ValueError(f"runstream: step {str(given)[:40]} is "
-                                     f"{'negative' if reason == 'negative step' else 'not an integer step in 0..2**63-1'}")
-                self._drop(len(values), reason, f"step {str(given)[:40]}")
+                    raise ValueError(f"runstream: step {str(given)[:40]} is not an integer step in -2**63..2**63-1")
+                self._drop(len(values), "step not an int64", f"step {str(given)[:40]}")
                 return
         if self.strict:
             for k, v in values.items():

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 MAX_NAME_LENGTH = 250  # ingest.max_name_length's default
 MAX_VALUE_LENGTH = 64 * 1024  # a param's, tag's or config entry's value, in characters
-MAX_STEP = (1 << 63) - 1  # steps are int64
+MAX_STEP = (1 << 63) - 1  # steps are int64, negative ones too (MLflow keeps them)
+MIN_STEP = -(1 << 63)
 
 
 def step_of(step: object) -> int | None:
-    """``step`` as an int step, or None when it is not one: ints, numpy integers and integral floats in 0..2**63-1."""
+    """``step`` as an int step, or None when it is not one: ints, numpy integers and integral floats in the int64
+    range."""
     if type(step) is not int:
         if isinstance(step, bool):
             return None
@@ -23,7 +25,7 @@ def step_of(step: object) -> int | None:
             if not f.is_integer():
                 return None
             step = int(f)
-    return step if 0 <= step <= MAX_STEP else None  # type: ignore[operator,return-value]
+    return step if MIN_STEP <= step <= MAX_STEP else None  # type: ignore[operator,return-value]
 
 
 def value_problem(key: object, value: object, limit: int = MAX_NAME_LENGTH) -> str | None:
