@@ -73,6 +73,7 @@ from runstream.wire.search import (
     matches,
     parse_filter,
     parse_order_by,
+    parse_run_filter,
 )
 from runstream.wire.views import MODEL_AS_RUN
 
@@ -870,7 +871,7 @@ class MlflowApi:
 
     async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         projects = self._readable_projects(body, token)
-        conds = parse_filter(body.get("filter"))
+        conds = parse_run_filter(body.get("filter"))
         orders = parse_order_by(_list(body.get("order_by")))
         view = str(body.get("run_view_type") or "ACTIVE_ONLY")
         if view not in ("ACTIVE_ONLY", "DELETED_ONLY", "ALL"):

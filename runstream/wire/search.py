@@ -94,6 +94,49 @@ def parse_filter(text: str | None, *, attrs: dict[str, str] = RUN_ATTRS, where: 
     return groups[0] if groups else []
 
 
+# MLflow's rules for a run filter beyond the shared grammar (mlflow.utils.search_utils and its stores; checked case
+# by case against MLflow's own parser in tests/test_search_grammar.py).
+MLFLOW_RUN_ATTRS = {**{k: v for k, v in RUN_ATTRS.items() if k != "lifecycle_stage"}, "Created": "number"}
+DATASET_KEYS = ("name", "digest", "context")
+_NUMERIC_OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
+_TEXT_OPS = frozenset({"=", "!=", "LIKE", "ILIKE"})
+_NULL_OPS = frozenset({"IS NULL", "IS NOT NULL"})
+_LIST_OPS = frozenset({"IN", "NOT IN"})
+_PLAIN_KEY = re.compile(r"[\w.]+\Z")
+
+
+def parse_run_filter(text: str | None, where: str = "filter") -> list[Cond]:
+    """A run filter exactly as MLflow takes it (its search_runs): the shared grammar, then MLflow's limits: an
+    unquoted key of word characters and dots, its attributes only, IS [NOT] NULL on tags and params, IN on run_id
+    and datasets, metrics compared as numbers, datasets by name, digest or context."""
+    conds = parse_filter(text, attrs=MLFLOW_RUN_ATTRS, where=where)
+    for kind, raw in _tokens(text or "", where) if conds else []:
+        if kind == "ident":
+            key = raw.split(".", 1)[1]
+            if key[:1] not in "`\"" and not _PLAIN_KEY.match(key):
+                raise ValidationError(where, f"invalid identifier {raw!r}: quote a key with characters other than "
+                                             "letters, digits, '_' and '.' (metrics.`loss/val`)")
+    out = []
+    for c in conds:
+        if c.kind == "metric":
+            allowed = _NUMERIC_OPS
+        elif c.kind in ("param", "tag"):
+            allowed = _TEXT_OPS | _NULL_OPS
+        elif c.kind == "dataset":
+            if c.key not in DATASET_KEYS:
+                raise ValidationError(where, f"invalid dataset key {c.key!r}; valid: {', '.join(DATASET_KEYS)}")
+            allowed = _TEXT_OPS | _LIST_OPS
+        elif MLFLOW_RUN_ATTRS[c.key] == "number":
+            allowed = _NUMERIC_OPS
+        else:
+            allowed = _TEXT_OPS | (_LIST_OPS if c.key == "run_id" else frozenset())
+        if c.op not in allowed:
+            raise ValidationError(where, f"{c.op} is not supported on {c.kind} {c.key!r} in MLflow's search syntax "
+                                         f"(use {', '.join(sorted(allowed))})")
+        out.append(Cond(c.kind, "created" if c.key == "Created" else c.key, c.op, c.value))
+    return out
+
+
 def parse_filter_any(text: str | None, *, attrs: dict[str, str] = RUN_ATTRS, where: str = "filter",
                      allow_or: bool = True, typed_params: bool = False) -> list[list[Cond]]:
     """Groups of conditions, any group of which must hold in full: ``a AND b OR c`` is [[a, b], [c]] (AND binds
