@@ -27,7 +27,8 @@ from runstream.wire.config import KafkaConfig, RunstreamConfig
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["runstream", "ingest", "processors", "storage", "dashboards"]
+SOURCES = ["runstream", "ingest", "mlflow_api", "processors", "storage", "dashboards"]
+INSTALLED_AS = {"mlflow_api": "mlflow"}  # a root folder named mlflow would shadow the mlflow client
 # Imports inside functions, each for a reason: an optional dependency, or the CLI's lazy dispatch.
 NESTED_IMPORTS_ALLOWED = {
     ("runstream/cli/demo.py", "sklearn.datasets"), ("runstream/cli/demo.py", "sklearn.linear_model"),
@@ -59,14 +60,15 @@ def test_wheel_installs_only_the_runstream_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"runstream", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}, top
-    for sub in ("ingest/server.py", "processors/app.py", "storage/sink.py", "storage/migrations/0001_init.sql",
+    for sub in ("ingest/server.py", "mlflow/api.py", "processors/app.py", "storage/sink.py", "storage/migrations/0001_init.sql",
                 "dashboards/json/fleet-overview.json", "ops/broker/pom.xml", "v1/ingest_pb2.py"):
         assert f"runstream/{sub}" in names, sub
     # Every package directory in the source is in the wheel (a new folder not listed in pyproject is caught).
     for src in SOURCES:
         for init in (ROOT / src).rglob("__init__.py"):
             rel = init.relative_to(ROOT)
-            installed = rel.as_posix() if src == "runstream" else f"runstream/{rel.as_posix()}"
+            inside = rel.relative_to(src).as_posix()
+            installed = f"runstream/{INSTALLED_AS.get(src, src)}/{inside}" if src != "runstream" else rel.as_posix()
             assert installed in names, f"{rel} is not packaged: add it to [tool.setuptools] packages"
 
 
@@ -80,7 +82,7 @@ def test_import_contracts_hold_on_the_installed_layout(wheel: Path, tmp_path: Pa
 
 
 SERVER_MODULES = ["runstream.wire.config", "runstream.storage.sink", "runstream.storage.sqlserver",
-                  "runstream.processors.app", "runstream.ingest.server", "runstream.ingest.mlflow_api",
+                  "runstream.processors.app", "runstream.ingest.server", "runstream.mlflow.api",
                   "runstream.ops.supervisor"]
 CLIENT_PREFIXES = ("runstream.sdk", "runstream.read", "psutil")
 
@@ -114,7 +116,7 @@ def test_imports_are_at_module_top_except_optional_ones() -> None:
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                     for m in mods:
-                        assert m.split(".")[0] not in {"ingest", "processors", "storage", "dashboards"}, (rel, m)
+                        assert m.split(".")[0] not in {"ingest", "mlflow_api", "processors", "storage", "dashboards"}, (rel, m)
     assert nested <= NESTED_IMPORTS_ALLOWED, sorted(nested - NESTED_IMPORTS_ALLOWED)
 
 
@@ -212,7 +214,7 @@ def test_slim_sdk_install_logs_to_a_running_stack(wheel: Path, stack: Stack, tok
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     ours = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", ".pth")) and p.name != "__pycache__"}
-    assert "runstream" in ours and not ours & {"ingest", "storage", "processors", "dashboards"}, ours
+    assert "runstream" in ours and not ours & {"ingest", "mlflow_api", "storage", "processors", "dashboards"}, ours
     script = f"""
 import importlib.util, runstream
 import runstream.wire.errors as runstream_errors

@@ -537,7 +537,7 @@ def test_same_answers_as_a_real_mlflow_server(ml: MlflowStack, mlflow_server: st
 
 
 def test_the_api_forgets_idle_runs_but_not_pending_ones(tmp_path: Path) -> None:
-    from runstream.ingest.mlflow_api import MlflowApi
+    from runstream.mlflow.api import MlflowApi
     from runstream.server.auth import TokenStore
     api = MlflowApi(RunstreamConfig(), None, TokenStore(tmp_path / "t.yaml"), None)  # type: ignore[arg-type]
     api.MEMORY_RUNS = 3

@@ -150,8 +150,8 @@ def test_version_tags_descriptions_and_search_order(ml: MlflowStack) -> None:
 def test_a_version_source_never_climbs_or_points_at_a_local_path(parts: list[str], prefix: str) -> None:
     import urllib.parse
 
-    from runstream.ingest.mlflow_http import MlflowError
-    from runstream.ingest.mlflow_registry import checked_source
+    from runstream.mlflow.protocol import MlflowError
+    from runstream.mlflow.registry import checked_source
 
     source = prefix + "/".join(parts)
     decoded = source

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from runstream.ingest.mlflow_ui import ui_build_dir
+from runstream.mlflow.ui import ui_build_dir
 from runstream.server.auth import ensure_file_token
 from tests.conftest import MlflowStack
 from tests.helpers import narrow_token, wait_until

@@ -100,7 +100,7 @@ ROLES: dict[str, Role] = {r.name: r for r in (
          "runstream.processors.app:stages", "processors.metrics_port"),
     # An edge of ingest (it validates and publishes the same batches), so it signs in to Kafka as ingest.
     Role("mlflow", "serve the MLflow tracking REST API (MLflow clients log into the pipeline through it)",
-         "runstream.ingest.mlflow_api:stages", "mlflow.metrics_port", principal="ingest",
+         "runstream.mlflow.api:stages", "mlflow.metrics_port", principal="ingest",
          enabled=lambda c: bool(c.mlflow.listen), ready=_mlflow_ready, writer=True),
 )}
 

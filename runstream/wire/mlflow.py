@@ -1,4 +1,4 @@
-"""MLflow's model in runstream's terms: shared by the MLflow API (runstream.ingest.mlflow_api) and the importer
+"""MLflow's model in runstream's terms: shared by the MLflow API (runstream.mlflow.api) and the importer
 (runstream.integrations.importers), so a run logged through one reads back the same as a run imported by the other."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import graphql
 from aiohttp import web
 
-from runstream.ingest.mlflow_http import MlflowError, as_mlflow_error, request_fields
+from runstream.mlflow.protocol import MlflowError, as_mlflow_error, request_fields
 from runstream.server.auth import Token
 
 # MLflow's GraphQL schema (mlflow/server/graphql), the part its UI queries: names and types as MLflow has them.

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from runstream.ingest.mlflow_http import MlflowError, next_page, page_offset
+from runstream.mlflow.protocol import MlflowError, next_page, page_offset
 from runstream.server.auth import Token, authorize
 from runstream.v1 import ingest_pb2
 from runstream.wire.mlflow import DEFAULT_PROJECT

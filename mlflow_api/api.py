@@ -34,12 +34,12 @@ from typing import Any
 
 from aiohttp import web
 
-from runstream.ingest.mlflow_http import MlflowError, error_response, next_page, page_offset, request_fields
-from runstream.ingest.mlflow_reads import Reads, RunRow
-from runstream.ingest.mlflow_registry import Registry
-from runstream.ingest.mlflow_ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
 from runstream.ingest.server import Publisher, run_audit
 from runstream.ingest.validate import validate_batch
+from runstream.mlflow.protocol import MlflowError, error_response, next_page, page_offset, request_fields
+from runstream.mlflow.reads import Reads, RunRow
+from runstream.mlflow.registry import Registry
+from runstream.mlflow.ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
 from runstream.server import governance as gov_io
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
