@@ -51,7 +51,7 @@ class Processors:
         # What the timer already emitted for still-open windows / stalls (memory only: a restart re-emits,
         # and storage keeps one row per window version / alert id).
         self._emitted: dict[Any, int] = {}
-        self._stalled: dict[str, str] = {}
+        self._stalled: dict[str, int] = {}  # run id -> the last client time before the stall the timer opened
         self._was_unready = False  # the timer saw the worker not ready since it last dropped the caches
         # Decoded mirror of the tables for the partitions this worker owns; the tables (bytes, with
         # changelogs) stay the source of truth and refill it after a restart or a rebalance.
@@ -161,6 +161,12 @@ class Processors:
             fkey = f"{partition}:{batch.project}".encode()
             st = self._run_state(key, batch.project)
             out = state.apply(st, batch, self.rules, grace_ms=self.grace_ms, now_ms=now_ms)
+            opened = self._stalled.get(batch.run_id)
+            if opened is not None and not out.duplicate and not any(a.kind == "stall" for a in out.alerts):
+                # The timer's stall, judged on the stream's clock, is over whatever the client's own gap says (a
+                # batch, its finish too, written before the limit and read after it).
+                out.alerts.append(anomaly.stall_resolved(batch.project, batch.run_id, opened,
+                                                         max(0.0, (batch.created_ms - opened) / 1000), now_ms))
             fs = self._fleet_state(fkey)
             counted = fleet.apply(fs, batch, grace_ms=self.grace_ms)
             if counted == fleet.DROPPED:
@@ -292,7 +298,7 @@ class Processors:
             clock = min(clocks.get(self._partition_of.get(run_id, -1), fallback), now_ms)
             silent_s = (clock - cad.last_ms) / 1000
             if clock and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
-                self._stalled[run_id] = anomaly.alert_id(run_id, "", "stall", cad.last_ms)
+                self._stalled[run_id] = cad.last_ms
                 await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms, silent_s=silent_s))
             quiet = state.quiet_windows(st, now_ms=now_ms, grace_ms=self.grace_ms)
             fresh = [(k, w) for k, w in quiet if self._emitted.get((key, k)) != w.version]

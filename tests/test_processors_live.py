@@ -205,23 +205,29 @@ def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, to
         send_curve(clean, curve(2000))
         for r in (nan_run, spike_run, div_run, clean):
             r.finish(now + 3000)  # finished runs are not stalled
-        # A run sending a batch every 0.4 s, then silent for 3x longer than the limit, then back.
-        stall = Sender(t, "anom", "stall")
+        # A run sending a batch every 0.4 s, then silent for 3x longer than the limit, then back. Beside it, one
+        # whose finish was written 0.1 s after its last batch but reaches the processor once the stall is open (a
+        # client's clock gap under the limit; the stall, judged on the stream's clock, must still resolve).
+        stall, late = Sender(t, "anom", "stall"), Sender(t, "anom", "late")
         stall.start(int(time.time() * 1000))
+        late.start(int(time.time() * 1000))
         for i in range(12):
             ms = int(time.time() * 1000)
             stall.points(["loss"], [0], [i], [ms], [1.0])
+            late.points(["loss"], [0], [i], [ms], [1.0])
             time.sleep(0.4)
-        time.sleep(3.0)
-        ms = int(time.time() * 1000)
-        stall.points(["loss"], [0], [12], [ms], [1.0])
-        stall.finish(ms + 100)
 
         def alerts():
             return stack.query("SELECT run_id, kind, step, status FROM {db}.alerts WHERE project = 'anom' ORDER BY run_id, kind")
+        wait_for(lambda: ("late", "stall", 0, "open") in [(r[0], r[1], 0, r[3]) for r in alerts()], 30, "the late run's stall")
+        late.finish(ms + 100)
+        time.sleep(max(0.0, 3.0 - (time.time() * 1000 - ms) / 1000))  # the stall run: silent for 3 s in all
+        ms = int(time.time() * 1000)
+        stall.points(["loss"], [0], [12], [ms], [1.0])
+        stall.finish(ms + 100)
         try:
-            got = wait_for(lambda: (a := alerts()) and len(a) >= 4 and any(r[0] == "stall" and r[3] == "resolved" for r in a)
-                           and a, 60, "alerts")
+            got = wait_for(lambda: (a := alerts()) and len(a) >= 5 and all(r[3] == "resolved" for r in a
+                                                                           if r[1] == "stall") and a, 60, "alerts")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; stored: {alerts()}; processor: {scrape(stack.config.processors.metrics_port)}") from None
         wait_group_drained(stack.config, stack.config.processors.app_id)  # the clean run's every batch judged
@@ -231,9 +237,9 @@ def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, to
         assert kinds[("nan", "nonfinite")][2] == 500
         assert kinds[("spike", "spike")][2] == 800
         assert 1200 < kinds[("div", "divergence")][2] < 1500
-        assert kinds[("stall", "stall")][3] == "resolved"
+        assert kinds[("stall", "stall")][3] == "resolved" and kinds[("late", "stall")][3] == "resolved"
         assert not [r for r in got if r[0] == "clean"]
-        assert len(got) == 4, got
+        assert len(got) == 5, got
         # Alert ids derive from (run, metric, kind, step): a replayed detection collapses onto the same row.
         ids = {r[0]: r[1] for r in stack.query("SELECT run_id, alert_id FROM {db}.alerts WHERE project = 'anom'")}
         assert ids["nan"] == anomaly.alert_id("nan", "loss", "nonfinite", 500)
