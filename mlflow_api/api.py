@@ -1016,6 +1016,8 @@ class MlflowApi:
     async def _run_artifact_path(self, body: dict[str, Any], token: Token, path: str) -> tuple[str, Path]:
         """(the run's artifact root as '<experiment id>/<run id>/artifacts', the file or folder ``path`` under it) of
         the request's run, readable by the token."""
+        if any(p in ("..", ".") for p in path.split("/")) or "\x00" in path or path.startswith("/"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid path")  # MLflow's words for a path that climbs
         project, run_id = await self._run(body, token, "read")
         root = f"{experiment_id(project)}/{run_id}/artifacts"
         return root, self._artifact_target(f"{root}/{path}", token, "read")[2]
@@ -1025,6 +1027,21 @@ class MlflowApi:
         path = str(body.get("path") or "").strip("/")
         root, target = await self._run_artifact_path(body, token, path)
         return {"root_uri": f"mlflow-artifacts:/{root}", "files": _listing(target, f"{path}/" if path else "")}
+
+    async def version_artifact(self, body: dict[str, Any], token: Token) -> Path:
+        """The file behind MLflow's model-versions/get-artifact (``name``, ``version``, ``path``): ``path`` under the
+        version's files where they are a run's or a logged model's (runs:/, mlflow-artifacts:/ or models:/m-...)."""
+        path = _str(body, "path")
+        if any(p in ("..", ".") for p in path.split("/")) or "\x00" in path or path.startswith("/"):
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid path")
+        where = (await self.registry.download_uri(body, token))["artifact_uri"]
+        if where.startswith("runs:/"):
+            run_id, _, sub = where[len("runs:/"):].partition("/")
+        elif m := re.match(r"mlflow-artifacts:/+[^/]+/([^/]+)/artifacts/?(.*)\Z", where):
+            run_id, sub = m.group(1), m.group(2)
+        else:
+            raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"model version files at {where[:200]!r} are not kept by runstream")
+        return await self.run_artifact({"run_id": run_id, "path": f"{sub.strip('/')}/{path}".strip("/")}, token)
 
     async def run_artifact(self, body: dict[str, Any], token: Token) -> Path:
         """The file behind MLflow's get-artifact (``run_uuid`` or ``run_id``, ``path``)."""
@@ -1245,8 +1262,15 @@ class MlflowServer:
         app.router.add_get("/", self._ui_route(page))
         app.router.add_get("/static-files/{path:.+}", self._ui_route(page))
         app.router.add_post("/graphql", self._ui_route(ui.graphql))
+        async def version_artifact(request: web.Request, token: Token) -> web.StreamResponse:
+            target = await self.api.version_artifact(await request_fields(request), token)
+            return web.FileResponse(target, headers={"Content-Type": "application/octet-stream",
+                                                     "X-Content-Type-Options": "nosniff"})
+
         for where in ("/get-artifact", "/ajax-api/2.0/mlflow/get-artifact"):
             app.router.add_get(where, self._ui_route(artifact))
+        for where in ("/model-versions/get-artifact", "/ajax-api/2.0/mlflow/model-versions/get-artifact"):
+            app.router.add_get(where, self._ui_route(version_artifact))
         for where, answer in EMPTY_ANSWERS.items():
             app.router.add_route("GET", where, self._ui_route(fixed(answer)))
             app.router.add_route("POST", where, self._ui_route(fixed(answer)))

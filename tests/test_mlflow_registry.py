@@ -49,6 +49,17 @@ def test_register_promote_and_load_a_model_by_alias(ml: MlflowStack) -> None:
     assert copy.version == "2" and copy.run_id == run.info.run_id
     assert c.get_model_version_download_uri("fraud detector", "2") == c.get_model_version_download_uri("fraud detector", "1")
     assert [v.version for v in c.search_model_versions(f"run_id = '{run.info.run_id}'")] == ["2", "1"]
+    # The UI's view of a version's files, and MLflow's answer to a path that climbs.
+    import os
+
+    import requests
+    auth = {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    got = requests.get(f"{ml.url}/model-versions/get-artifact", headers=auth, timeout=10,
+                       params={"name": "fraud detector", "version": "2", "path": "MLmodel"})
+    assert got.status_code == 200 and "sklearn" in got.text
+    bad = requests.get(f"{ml.url}/model-versions/get-artifact", headers=auth, timeout=10,
+                       params={"name": "fraud detector", "version": "2", "path": "../MLmodel"})
+    assert bad.status_code == 400 and bad.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid path"}
 
     # Every change is an audit record in the model's project, naming the run and its project.
     def trail() -> list[tuple[str, str]]:
