@@ -1278,7 +1278,7 @@ class MlflowServer:
     async def start(self) -> None:
         await self.follower.start()
         await self.publisher.start()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[_merge_slashes])
         for prefix in API_PREFIXES:
             for name, (method, handler, with_source) in self.routes().items():
                 path = name.split(" ")[0]
@@ -1316,6 +1316,15 @@ class MlflowServer:
             await runner.cleanup()
         await self.publisher.stop()
         await self.follower.stop()
+
+
+@web.middleware
+async def _merge_slashes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """'//model-versions/...' as MLflow's clients and tests send it: redirected (method kept) to the single-slash path."""
+    if "//" in request.path:
+        query = f"?{request.query_string}" if request.query_string else ""
+        raise web.HTTPPermanentRedirect(re.sub("/+", "/", request.raw_path.split("?", 1)[0]) + query)
+    return await handler(request)
 
 
 async def _health(_: web.Request) -> web.Response:

@@ -57,7 +57,7 @@ def test_register_promote_and_load_a_model_by_alias(ml: MlflowStack) -> None:
     got = requests.get(f"{ml.url}/model-versions/get-artifact", headers=auth, timeout=10,
                        params={"name": "fraud detector", "version": "2", "path": "MLmodel"})
     assert got.status_code == 200 and "sklearn" in got.text
-    bad = requests.get(f"{ml.url}/model-versions/get-artifact", headers=auth, timeout=10,
+    bad = requests.get(f"{ml.url}//model-versions/get-artifact", headers=auth, timeout=10,  # '//' as MLflow's tests send
                        params={"name": "fraud detector", "version": "2", "path": "../MLmodel"})
     assert bad.status_code == 400 and bad.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid path"}
 
