@@ -1319,7 +1319,8 @@ class MlflowServer:
 
 
 @web.middleware
-async def _merge_slashes(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _merge_slashes(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """'//model-versions/...' as MLflow's clients and tests send it: redirected (method kept) to the single-slash path."""
     if "//" in request.path:
         query = f"?{request.query_string}" if request.query_string else ""
