@@ -74,7 +74,7 @@ def same_value(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(clause(), min_size=1, max_size=3))
 def test_filters_parse_as_mlflows_parser_parses_them(clauses: list[str]) -> None:
     text = " and ".join(clauses)
