@@ -53,7 +53,7 @@ def wait_for(fn, timeout: float = 60.0, what: str = "condition"):
         got = fn()
         if got:
             return got
-        time.sleep(0.3)
+        time.sleep(0.3)  # the poll interval; the loop ends on the condition itself
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -132,7 +132,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
             if k == n_batches // 2:
                 wait_for(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total", 0) > 0,
                          what="the processor to start processing")
-                time.sleep(1.5)
+                time.sleep(1.5)  # the load, not a wait: the worker processes on for a while so the kill lands mid-stream
                 proc.kill()  # mid-stream: state in the changelog, offsets partly committed
                 proc.start()
         end = t0 + n_batches * per * 200 + 60_000

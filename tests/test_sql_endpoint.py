@@ -463,8 +463,7 @@ def test_credentials_and_scopes(endpoint: Endpoint) -> None:
     limited, ingest_only = "rs_" + uuid.uuid4().hex, "rs_" + uuid.uuid4().hex
     data["tokens"] += [{"token": limited, "name": "team", "projects": ["vision"], "scopes": ["read"]},
                        {"token": ingest_only, "name": "ci", "projects": ["*"], "scopes": ["ingest"]}]
-    ep.config.tokens_path.write_text(yaml.safe_dump(data))
-    time.sleep(0.01)
+    ep.config.tokens_path.write_text(yaml.safe_dump(data))  # reloaded by the endpoint: waited for below
 
     def refused(secret: str, needle: bytes) -> bool:
         status, _, body = ep.http("SELECT 1", headers={"X-ClickHouse-Key": secret})
