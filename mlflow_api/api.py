@@ -36,7 +36,7 @@ from aiohttp import web
 
 from runstream.ingest.server import Publisher, run_audit
 from runstream.ingest.validate import validate_batch
-from runstream.mlflow.protocol import MlflowError, error_response, next_page, page_offset, request_fields
+from runstream.mlflow.protocol import MlflowError, as_list, error_response, next_page, page_offset, request_fields
 from runstream.mlflow.reads import Reads, RunRow
 from runstream.mlflow.registry import Registry
 from runstream.mlflow.ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
@@ -388,7 +388,7 @@ class MlflowApi:
 
     async def search_experiments(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         conds = parse_filter(body.get("filter"), attrs=EXPERIMENT_ATTRS)
-        orders = parse_order_by(_list(body.get("order_by")), attrs=EXPERIMENT_ATTRS)
+        orders = parse_order_by(as_list(body.get("order_by")), attrs=EXPERIMENT_ATTRS)
         view = str(body.get("view_type") or "ACTIVE_ONLY")
         limit = min(_int(body.get("max_results"), "max_results", 1000), MAX_RESULTS)
         found = []
@@ -849,7 +849,7 @@ class MlflowApi:
     def _readable_projects(self, body: dict[str, Any], token: Token) -> list[str]:
         """The projects of the request's experiment_ids, each readable by the token."""
         projects = []
-        for exp_id in _list(body.get("experiment_ids")):
+        for exp_id in as_list(body.get("experiment_ids")):
             project = project_of(str(exp_id))
             authorize(token, project, "read")
             projects.append(project)
@@ -872,7 +872,7 @@ class MlflowApi:
     async def search_runs(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         projects = self._readable_projects(body, token)
         conds = parse_run_filter(body.get("filter"))
-        orders = parse_order_by(_list(body.get("order_by")))
+        orders = parse_order_by(as_list(body.get("order_by")))
         view = str(body.get("run_view_type") or "ACTIVE_ONLY")
         if view not in ("ACTIVE_ONLY", "DELETED_ONLY", "ALL"):
             raise MlflowError("INVALID_PARAMETER_VALUE", f"run_view_type {view!r} is not ACTIVE_ONLY, DELETED_ONLY or ALL")
@@ -909,7 +909,7 @@ class MlflowApi:
     async def metric_history_bulk(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """Several runs' full history of one metric (MLflow's ajax get-history-bulk): by run id, each run's points by
         time, step and value, at most ``max_results`` in all."""
-        run_ids = sorted({str(r) for r in _list(body.get("run_id"))})
+        run_ids = sorted({str(r) for r in as_list(body.get("run_id"))})
         if not run_ids:
             raise MlflowError("INVALID_PARAMETER_VALUE", "GetMetricHistoryBulk request must specify at least one run_id.")
         if len(run_ids) > 100:
@@ -927,7 +927,7 @@ class MlflowApi:
     async def metric_history_bulk_interval(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """Several runs' history of one metric at a sample of steps, as MLflow samples them (the UI's charts): about
         ``max_results`` steps spread over the union of the runs' steps in the range, plus each run's first and last."""
-        run_ids = [str(r) for r in _list(body.get("run_ids"))]
+        run_ids = [str(r) for r in as_list(body.get("run_ids"))]
         if not run_ids:
             raise MlflowError("INVALID_PARAMETER_VALUE", "Missing value for required parameter 'run_ids'.")
         if len(run_ids) > 100:
@@ -1054,9 +1054,9 @@ class MlflowApi:
 
     async def search_datasets(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """The datasets the experiments' runs used (MLflow's experiments/search-datasets)."""
-        if not _list(body.get("experiment_ids")):
+        if not as_list(body.get("experiment_ids")):
             raise MlflowError("INVALID_PARAMETER_VALUE", "SearchDatasets request must specify at least one experiment_id.")
-        if (n := len(_list(body.get("experiment_ids")))) > MAX_DATASET_EXPERIMENTS:
+        if (n := len(as_list(body.get("experiment_ids")))) > MAX_DATASET_EXPERIMENTS:
             raise MlflowError("INVALID_PARAMETER_VALUE", "SearchDatasets request cannot specify more than "
                                                          f"{MAX_DATASET_EXPERIMENTS} experiment_ids. Received {n} experiment_ids.")
         projects = self._readable_projects(body, token)
@@ -1086,12 +1086,6 @@ def _listing(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
         files.append({"path": name, "is_dir": True} if entry.is_dir()
                      else {"path": name, "is_dir": False, "file_size": entry.stat().st_size})
     return files
-
-
-def _list(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 def _token(tokens: TokenStore, request: web.Request) -> Token:

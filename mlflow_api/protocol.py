@@ -93,3 +93,10 @@ def page_offset(token: str | None) -> int:
 
 def next_page(offset: int) -> str:
     return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def as_list(value: Any) -> list[Any]:
+    """A repeated field as a list: absent or empty is none, a single value (a query string's one key) is one."""
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from runstream.mlflow.protocol import MlflowError, next_page, page_offset
+from runstream.mlflow.protocol import MlflowError, as_list, next_page, page_offset
 from runstream.server.auth import Token, authorize
 from runstream.v1 import ingest_pb2
 from runstream.wire.mlflow import DEFAULT_PROJECT
@@ -97,6 +97,11 @@ class Registry:
             except TimeoutError:
                 raise MlflowError("TEMPORARILY_UNAVAILABLE", "the model registry is still reading its history from "
                                                              "Kafka; retry in a moment") from None
+
+    def _visible(self, token: Token) -> list[Model]:
+        """The live models whose project the token may read (or write to)."""
+        return [m for m in map(self.models.__getitem__, self.names.values())
+                if token.allows(m.rec.project, "read") or token.allows(m.rec.project, "ingest")]
 
     async def _model(self, given: Any, token: Token, scope: str = "read") -> Model:
         await self._ready()
@@ -204,14 +209,11 @@ class Registry:
     async def search_models(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         await self._ready()
         conds = parse_filter(body.get("filter"), attrs=MODEL_ATTRS)
-        orders = parse_order_by(_list(body.get("order_by")), attrs=MODEL_ATTRS)
+        orders = parse_order_by(as_list(body.get("order_by")), attrs=MODEL_ATTRS)
         limit = _limit(body, MODELS_DEFAULT, MODELS_MAX)
         found = []
-        for key in self.names.values():
-            model = self.models[key]
+        for model in self._visible(token):
             rec = model.rec
-            if not (token.allows(rec.project, "read") or token.allows(rec.project, "ingest")):
-                continue
             attrs = {"name": rec.name, "creation_timestamp": rec.created_ms, "last_updated_timestamp": rec.updated_ms,
                      "timestamp": rec.updated_ms}
             if matches(conds, attrs, dict(rec.tags), absent_differs=True):
@@ -222,7 +224,7 @@ class Registry:
 
     async def latest_versions(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         model = await self._model(body.get("name"), token)
-        stages = {_stage(s) for s in _list(body.get("stages"))}
+        stages = {_stage(s) for s in as_list(body.get("stages"))}
         latest: dict[str, ingest_pb2.ModelVersionRecord] = {}
         for mv in model.live():
             if not stages or (mv.stage or "None") in stages:
@@ -405,13 +407,10 @@ class Registry:
     async def search_versions(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         await self._ready()
         conds = parse_filter(body.get("filter"), attrs=VERSION_ATTRS)
-        orders = parse_order_by(_list(body.get("order_by")), attrs=VERSION_ATTRS)
+        orders = parse_order_by(as_list(body.get("order_by")), attrs=VERSION_ATTRS)
         limit = _limit(body, VERSIONS_DEFAULT, VERSIONS_MAX)
         found = []
-        for key in self.names.values():
-            model = self.models[key]
-            if not (token.allows(model.rec.project, "read") or token.allows(model.rec.project, "ingest")):
-                continue
+        for model in self._visible(token):
             for mv in model.live():
                 attrs = {"name": model.rec.name, "run_id": mv.run_id, "source_path": mv.source,
                          "version_number": mv.version, "model_id": mv.model_id, "creation_timestamp": mv.created_ms,
@@ -508,12 +507,6 @@ def _tags(body: dict[str, Any]) -> dict[str, str]:
         raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid value for parameter 'tags' supplied: expected a list "
                                                      "of {key, value} objects")
     return _pairs(tags)
-
-
-def _list(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 def _limit(body: dict[str, Any], default: int, most: int) -> int:
