@@ -21,10 +21,12 @@ import fnmatch
 import functools
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from runstream.v1.ingest_pb2 import Alert
@@ -135,12 +137,80 @@ def _diverges(metric: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(metric, g) for g in globs)
 
 
+# Below this many points of a metric in one batch the per-point loop beats numpy's per-call overhead.
+VECTOR_MIN = 32
+_BLOCK = 512  # points per closed-form block: (1 - alpha) ** -512 stays far from overflow for alpha <= 0.5
+
+
+@functools.lru_cache(maxsize=64)
+def _powers(a: float) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(1, _BLOCK + 1, dtype=np.float64)
+    return (1.0 - a) ** -k, (1.0 - a) ** k
+
+
+def _ewma(x: np.ndarray, y0: float, a: float) -> np.ndarray:
+    """Every y_k = y_(k-1) + a * (x_k - y_(k-1)) from y0, as the per-point loop updates it, in closed form:
+    y_k = r^k * (y0 + a * sum_(j<=k) r^-j * x_j) with r = 1 - a, block by block."""
+    grow, shrink = _powers(a)
+    if len(x) <= _BLOCK:
+        m = len(x)
+        return shrink[:m] * (y0 + a * np.cumsum(x * grow[:m]))
+    out = np.empty(len(x))
+    for b in range(0, len(x), _BLOCK):
+        xs = x[b:b + _BLOCK]
+        m = len(xs)
+        out[b:b + m] = shrink[:m] * (y0 + a * np.cumsum(xs * grow[:m]))
+        y0 = float(out[b + m - 1])
+    return out
+
+
+def _observe_quiet(st: MetricState, rules: Rules, diverge: bool, steps: np.ndarray, values: np.ndarray) -> bool:
+    """The detectors over a batch in which nothing happens, with whole-array arithmetic: updates the state and
+    returns True if no point would open or resolve an alert (the usual batch), else leaves the state as it was and
+    returns False so that the per-point loop runs."""
+    alpha, beta = 2.0 / (rules.span + 1), 2.0 / (rules.divergence_span + 1)
+    if (st.open or st.n < max(1, rules.warmup_points) or int(steps[0]) < rules.min_step
+            or alpha > 0.5 or beta > 0.5 or not np.isfinite(values).all()):
+        return False
+    with np.errstate(all="ignore"):
+        mean = _ewma(values, st.mean, alpha)
+        before = np.concatenate(([st.mean], mean[:-1]))  # the level each point is judged against
+        dev = np.abs(values - before)
+        mad = _ewma(dev, st.mad, alpha)
+        sigma = 1.2533 * np.concatenate(([st.mad], mad[:-1]))
+        if not (np.isfinite(mean[-1]) and np.isfinite(mad[-1])):
+            return False
+        if ((dev > rules.spike_z * sigma) & (dev > rules.spike_ratio * np.maximum(np.abs(before), sigma))).any():
+            return False
+        if diverge:
+            slow = _ewma(values, st.slow, beta)
+            slow_n = st.slow_n + np.arange(1, len(values) + 1)
+            best = np.minimum(st.slow_best, np.minimum.accumulate(
+                np.where(slow_n >= rules.divergence_min_points // 2, slow, np.inf)))
+            if not np.isfinite(slow[-1]):
+                return False
+            if ((slow_n >= rules.divergence_min_points) & (best < st.slow_first * 0.9)
+                    & (slow > best * (1 + rules.divergence_ratio)) & (best > 0)).any():
+                return False
+            st.slow, st.slow_best, st.slow_n = float(slow[-1]), float(best[-1]), int(slow_n[-1])
+    st.n += len(values)
+    st.mean, st.mad = float(mean[-1]), float(mad[-1])
+    return True
+
+
 def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
-            steps: list[int], values: list[float], ts: list[int], now_ms: int) -> list[Alert]:
+            steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, ts: Sequence[int] | np.ndarray,
+            now_ms: int) -> list[Alert]:
     """Run the metric's detectors over its points of one batch (in step order); returns alerts opened or resolved."""
     out: list[Alert] = []
     if not rules.enabled:
         return out
+    if isinstance(values, np.ndarray):
+        assert isinstance(steps, np.ndarray) and isinstance(ts, np.ndarray)
+        if len(values) >= VECTOR_MIN and _observe_quiet(st, rules, _diverges(metric, rules.divergence_metrics),
+                                                        steps, values):
+            return out
+        steps, values, ts = steps.tolist(), values.tolist(), ts.tolist()
     alpha = 2.0 / (rules.span + 1)
     beta = 2.0 / (rules.divergence_span + 1)
     diverge = _diverges(metric, rules.divergence_metrics)

@@ -104,8 +104,9 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
     return out
 
 
-def _per_metric(m: Metrics) -> list[tuple[str, list[int], list[float], list[int]]]:
-    """A batch's points split by metric, each in step order."""
+def _per_metric(m: Metrics) -> list[tuple[str, Any, Any, Any]]:
+    """A batch's points split by metric, each in step order: lists for a small batch, numpy arrays for a large one
+    (the detectors take either)."""
     if len(m.values) <= rollups.SMALL_BATCH:
         groups: dict[int, tuple[list[int], list[float], list[int]]] = {}
         for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
@@ -130,7 +131,7 @@ def _per_metric(m: Metrics) -> list[tuple[str, list[int], list[float], list[int]
     vals_a = np.array(m.values, dtype=np.float64)[perm]
     ts_a = np.array(m.timestamps_ms, dtype=np.int64)[perm]
     steps_a = steps_a[perm]
-    return [(m.names[int(ni_s[b])], steps_a[b:e].tolist(), vals_a[b:e].tolist(), ts_a[b:e].tolist())
+    return [(m.names[int(ni_s[b])], steps_a[b:e], vals_a[b:e], ts_a[b:e])
             for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 
 

@@ -8,6 +8,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.processors.app import STATE_CODEC
@@ -268,3 +270,45 @@ def test_stalls_are_judged_on_the_streams_clock_not_the_wall_clock() -> None:
     # Behind, with nothing new read: the stream's clock stands still (lag, not a stall).
     assert stream_clock(9_500, since_last_s=30.0, caught_up=False) == 9_500
     assert stream_clock(0, since_last_s=30.0, caught_up=True) == 0  # nothing read yet: no clock
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=hst.integers(0, 2**32 - 1), per_batch=hst.integers(1, 400), spikes=hst.lists(hst.integers(0, 2999), max_size=3),
+       nans=hst.lists(hst.integers(0, 2999), max_size=2), diverge_at=hst.none() | hst.integers(1000, 2800),
+       span=hst.integers(2, 60))
+def test_the_detectors_whole_batch_arithmetic_agrees_with_the_per_point_loop(seed, per_batch, spikes, nans, diverge_at,
+                                                                            span) -> None:
+    """Batches of numpy arrays take the closed-form path where nothing happens and the per-point loop elsewhere;
+    lists always take the loop. Both find the same alerts at the same steps and end in the same state."""
+    rng = random.Random(seed)
+    series = clean_run(rng)
+    loss = series["loss"]
+    for i in spikes:
+        loss[i] *= 10
+    for i in nans:
+        loss[i] = float("nan")
+    if diverge_at is not None:
+        loss[diverge_at:] = [loss[diverge_at] * math.exp(i / 300) for i in range(3000 - diverge_at)]
+    rules = anomaly.Rules(span=span, warmup_points=rng.choice([0, 1, 30]))
+    found = []
+    for as_arrays in (False, True):
+        alerts = []
+        states = {name: anomaly.MetricState() for name in series}
+        for name, values in series.items():
+            for i in range(0, len(values), per_batch):
+                chunk = values[i:i + per_batch]
+                steps = list(range(i, i + len(chunk)))
+                ts = [1000 * s for s in steps]
+                if as_arrays:
+                    args = (np.array(steps, dtype=np.int64), np.array(chunk), np.array(ts, dtype=np.int64))
+                else:
+                    args = (steps, chunk, ts)
+                alerts += anomaly.observe(states[name], rules, "p", "r", name, *args, 0)
+        found.append(([(a.metric, a.kind, a.status, a.step) for a in alerts], states))
+    (loop_alerts, loop_states), (array_alerts, array_states) = found
+    assert array_alerts == loop_alerts
+    for name, a in array_states.items():
+        b = loop_states[name]
+        assert (a.n, a.slow_n, a.open) == (b.n, b.slow_n, b.open)
+        for field in ("mean", "mad", "slow", "slow_first", "slow_best"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-9, abs=1e-12), field
