@@ -38,6 +38,8 @@ def main() -> int:
     p.add_argument("--durable", action="store_true", help="the SDK's durable logging (each batch on disk before it is sent)")
     p.add_argument("--merge-nice", type=int, default=None,
                    help="clickhouse.merge_nice for this run (the embedded engine's merge threads; 0: normal priority)")
+    p.add_argument("--sink-gather-s", type=float, default=None,
+                   help="sink.gather_s for this run (how long a poll gathers points before its insert; 0: none)")
     p.add_argument("--warmup-s", type=float, default=5,
                    help="load first, unmeasured, for this long: a fresh JVM spends its first seconds compiling (0: none)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -48,6 +50,8 @@ def main() -> int:
     def configure(c: Any) -> None:
         if args.merge_nice is not None:
             c.clickhouse.merge_nice = args.merge_nice
+        if args.sink_gather_s is not None:
+            c.sink.gather_s = args.sink_gather_s
     sup, cfg, token = start_stack("runstream-bench-", console, configure, ingest_replicas=args.ingest_replicas)
     try:
         console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
@@ -61,6 +65,7 @@ def main() -> int:
         out["durable"] = args.durable
         out["warmup_s"] = args.warmup_s
         out["merge_nice"] = cfg.clickhouse.merge_nice
+        out["sink_gather_s"] = cfg.sink.gather_s
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
     finally:

@@ -168,8 +168,7 @@ class Sink:
             try:
                 # Records per poll from the points records have carried lately, so that a poll holds about
                 # max_rows_per_insert points whether batches are large (a backfill) or small (a fleet's flushes).
-                polled = await self.consumer.getmany(timeout_ms=int(self.config.sink.flush_interval_s * 1000),
-                                                     max_records=max(1, min(50_000, int(max_rows / self._points_per_record))))
+                polled = await self._gather(max_rows)
             except KafkaError as exc:
                 tm.SINK_ERRORS.labels("consume").inc()
                 log.warning("Reading from Kafka failed (%s); retrying.", exc)
@@ -227,6 +226,22 @@ class Sink:
                 self._points_per_record = 0.7 * self._points_per_record + 0.3 * seen
             if tables.newest_created_ms:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
+
+    async def _gather(self, max_rows: int) -> dict[Any, list[Any]]:
+        """One poll's records: about max_rows_per_insert points (from the points records have carried lately), or
+        what came within gather_s of the first record."""
+        assert self.consumer is not None
+        budget = max(1, min(50_000, int(max_rows / self._points_per_record)))
+        polled: dict[Any, list[Any]] = await self.consumer.getmany(
+            timeout_ms=int(self.config.sink.flush_interval_s * 1000), max_records=budget)
+        deadline = time.monotonic() + self.config.sink.gather_s
+        taken = sum(map(len, polled.values()))
+        while polled and taken < budget and (left := deadline - time.monotonic()) > 0:
+            more = await self.consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=budget - taken)
+            for tp, messages in more.items():
+                polled.setdefault(tp, []).extend(messages)
+                taken += len(messages)
+        return polled
 
     def _build(self, items: list[tuple[Any, Any, Any]], dead: list[tuple[Any, Any, str, Any]]) -> columns.Tables:
         """Rows for the poll's batches; a batch that cannot become rows joins ``dead`` and the others still do."""

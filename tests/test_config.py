@@ -35,6 +35,7 @@ def test_every_problem_is_reported() -> None:
     assert "kafka.partitions" in msg and "ingest.listen" in msg and "clickhouse.database" in msg
     assert "ingest.busy_loop_lag_ms: must be 0 (off) or more" in msg and "ingest.busy_requests_per_s: must be 0" in msg
     assert "sink.memory_purge_interval_s: must be 0 (never) or more" in msg
+    assert "sink.gather_s: must be 0 (insert each poll) or more" in msg
     assert "sink.sql_thread_nice: -25 is not a Linux nice value" in msg
 
 

@@ -7,6 +7,9 @@ import asyncio
 import random
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
+from runstream.server.kafka import client_args
 from runstream.storage.sink import FETCH_PARTITION_BYTES
 from runstream.wire import encoding
 from tests.conftest import BackgroundClient, Stack
@@ -30,3 +33,27 @@ def test_records_larger_than_the_fetch_chunk_are_stored_whole(stack: Stack, toke
     per_run = dict(stack.query("SELECT run_id, count() FROM {db}.metrics WHERE project = 'fetch' AND startsWith(run_id, 'big-') "
                                "GROUP BY run_id"))
     assert per_run == {b.run_id: n for b in big}
+
+
+def test_records_that_come_within_the_gather_window_are_stored_in_one_insert(stack: Stack) -> None:
+    """Ten small batches sent 15 ms apart (about 150 ms in all, within sink.gather_s) are stored together: one
+    insert, at most a few when the machine is busy, where a sink that inserted every poll makes one per arrival."""
+    assert stack.config.sink.gather_s >= 0.3
+    records = [encoding.encode(metric_batch(f"gather-{i}", 50, project="gather", created_ms=1_700_000_000_000 + i),
+                               max_record_bytes=stack.config.kafka.max_record_bytes) for i in range(10)]
+
+    async def paced() -> None:
+        producer = AIOKafkaProducer(**client_args(stack.config), acks="all")
+        await producer.start()
+        try:
+            for r in records:
+                await producer.send_and_wait(stack.config.kafka.events_topic, r.value, key=r.key, headers=r.headers)
+                await asyncio.sleep(0.015)
+        finally:
+            await producer.stop()
+
+    asyncio.run(paced())
+    assert stack.wait_points(500, 60, where="project = 'gather'") == 500
+    # Every row of one insert has the same `stored` (the insert's now64(3)).
+    inserts = stack.query("SELECT uniqExact(stored) FROM {db}.metric_points WHERE project = 'gather'")[0][0]
+    assert 1 <= inserts <= 3, inserts

@@ -86,6 +86,10 @@ class SinkConfig:
     group_id: str = "runstream-sink"
     max_rows_per_insert: int = 200_000  # points per poll: more memory, no faster (bench/results/sink-memory.json)
     flush_interval_s: float = 0.25
+    # A poll gathers points for up to this long (or until max_rows_per_insert) before one insert: fewer, larger
+    # parts cost less CPU per point to insert and to merge (bench/results/sink-gather.json), for up to this much
+    # more latency. 0: insert whatever each poll brings.
+    gather_s: float = 0.3
     memory_purge_interval_s: float = 2.0  # embedded: hand freed pages (engine, glibc) back to the OS this often; 0: never
     metrics_port: int = 9102
     sql_listen: str = "127.0.0.1:8124"  # ClickHouse HTTP endpoint over the embedded store; "" disables
@@ -280,6 +284,8 @@ class RunstreamConfig:
                 problems.append(f"sink.{key}: {getattr(self.sink, key)} is not a Linux nice value (-20 to 19)")
         if not 0 <= self.clickhouse.merge_nice <= 19:
             problems.append(f"clickhouse.merge_nice: {self.clickhouse.merge_nice} is not 0 (off) to 19 (merges run last)")
+        if self.sink.gather_s < 0:
+            problems.append("sink.gather_s: must be 0 (insert each poll) or more seconds")
         if self.sink.memory_purge_interval_s < 0:
             problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
         if self.ingest.max_batch_points < 1:
