@@ -115,39 +115,72 @@ def _merge(windows: Windows, names: Any, groups: list[Group], *, watermark_ms: i
     return late
 
 
-def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
-    m = batch.metrics
-    r0 = RESOLUTIONS_S[0] * 1000
-    # Points grouped by (metric, first-resolution window) in one pass; a fleet's flush is a few such groups, so the
-    # windows are updated once per group, not once per point and resolution.
-    by_key: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
-    newest = watermark_ms
-    for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
-        if t > newest:
-            newest = t
-        gkey = (idx, t - t % r0)
-        g = by_key.get(gkey)
+# A small batch's points per metric: (metric index, steps, values, times), in batch order within a metric.
+Split = list[tuple[int, list[int], list[float], list[int]]]
+
+
+def split_small(m: Any) -> Split:
+    """A small batch's points per metric index. A batch whose every step logs the same metrics in the same order
+    (the usual layout: name_index 0..k-1 over and over) is split by slicing, any other point by point."""
+    ni = list(m.name_index)
+    if not ni:
+        return []
+    steps, vals, ts = list(m.steps), list(m.values), list(m.timestamps_ms)
+    k = len(m.names)
+    if len(ni) % k == 0 and ni == list(range(k)) * (len(ni) // k):
+        return [(j, steps[j::k], vals[j::k], ts[j::k]) for j in range(k)]
+    groups: dict[int, tuple[list[int], list[float], list[int]]] = {}
+    for idx, step, t, v in zip(ni, steps, ts, vals):
+        g = groups.get(idx)
         if g is None:
-            by_key[gkey] = ([step], [v])
-        else:
-            g[0].append(step)
-            g[1].append(v)
-    isfinite = math.isfinite
+            g = groups[idx] = ([], [], [])
+        g[0].append(step)
+        g[1].append(v)
+        g[2].append(t)
+    return [(idx, *g) for idx, g in sorted(groups.items())]
+
+
+def _apply_small(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
+    return apply_split(windows, batch.metrics.names, split_small(batch.metrics), watermark_ms=watermark_ms,
+                       grace_ms=grace_ms)
+
+
+def apply_split(windows: Windows, names: Any, split: Split, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
+    """``apply`` for a small batch already split by metric; returns (new watermark, late points)."""
+    r0 = RESOLUTIONS_S[0] * 1000
+    newest = watermark_ms
     groups: list[Group] = []
-    for (idx, start0), (steps, vals) in by_key.items():
-        total = sum(vals)
-        if isfinite(total):  # no NaN or infinity among them (an overflow to inf takes the careful way)
-            finite, nonfinite = vals, 0
-        else:
-            finite = [v for v in vals if isfinite(v)]
-            total = sum(finite)
-            nonfinite = len(vals) - len(finite)
-        lo, hi = (min(finite), max(finite)) if finite else (math.inf, -math.inf)
-        # First and last by step: the earliest point holding the lowest / highest step, as per point before.
-        first_step, last_step = min(steps), max(steps)
-        groups.append((idx, start0, len(vals), nonfinite, total, lo, hi, first_step, vals[steps.index(first_step)],
-                       last_step, vals[steps.index(last_step)]))
-    return newest, _merge(windows, m.names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
+    for idx, steps, vals, ts in split:
+        lo, hi = min(ts), max(ts)
+        newest = max(newest, hi)
+        if lo - lo % r0 == hi - hi % r0:  # a flush's points usually share one first-resolution window
+            groups.append(_group(idx, lo - lo % r0, steps, vals))
+            continue
+        by_window: dict[int, tuple[list[int], list[float]]] = {}
+        for step, t, v in zip(steps, ts, vals):
+            g = by_window.get(t - t % r0)
+            if g is None:
+                by_window[t - t % r0] = ([step], [v])
+            else:
+                g[0].append(step)
+                g[1].append(v)
+        groups += [_group(idx, start0, s, v) for start0, (s, v) in by_window.items()]
+    return newest, _merge(windows, names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
+
+
+def _group(idx: int, start0: int, steps: list[int], vals: list[float]) -> Group:
+    total = sum(vals)
+    if math.isfinite(total):  # no NaN or infinity among them (an overflow to inf takes the careful way)
+        finite, nonfinite = vals, 0
+    else:
+        finite = [v for v in vals if math.isfinite(v)]
+        total = sum(finite)
+        nonfinite = len(vals) - len(finite)
+    lo, hi = (min(finite), max(finite)) if finite else (math.inf, -math.inf)
+    # First and last by step: the earliest point holding the lowest / highest step, as per point before.
+    first_step, last_step = min(steps), max(steps)
+    return (idx, start0, len(vals), nonfinite, total, lo, hi, first_step, vals[steps.index(first_step)],
+            last_step, vals[steps.index(last_step)])
 
 
 def close(windows: Windows, *, watermark_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], Window]]:

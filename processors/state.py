@@ -77,8 +77,16 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
     if kind == "metrics":
         m = batch.metrics
         out.points = len(m.values)
-        st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms, grace_ms=grace_ms)
-        for name, steps, vals, ts in _per_metric(m):
+        if len(m.values) <= rollups.SMALL_BATCH:
+            split = rollups.split_small(m)  # once for the rollups and the detectors
+            st.watermark_ms, out.late_points = rollups.apply_split(st.windows, m.names, split,
+                                                                   watermark_ms=st.watermark_ms, grace_ms=grace_ms)
+            per_metric = _in_step_order(m, split)
+        else:
+            st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms,
+                                                             grace_ms=grace_ms)
+            per_metric = _per_metric(m)
+        for name, steps, vals, ts in per_metric:
             if name.startswith(SYSTEM_PREFIX):
                 continue  # a busy CPU or a GPU at 100% is no anomaly of the training
             ms = st.metrics.get(name)
@@ -104,25 +112,19 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
     return out
 
 
+def _in_step_order(m: Metrics, split: rollups.Split) -> list[tuple[str, list[int], list[float], list[int]]]:
+    """A small batch's points per metric, each in step order."""
+    out = []
+    for idx, steps, vals, ts in split:
+        if steps != sorted(steps):
+            order = sorted(range(len(steps)), key=steps.__getitem__)
+            steps, vals, ts = [steps[i] for i in order], [vals[i] for i in order], [ts[i] for i in order]
+        out.append((m.names[idx], steps, vals, ts))
+    return out
+
+
 def _per_metric(m: Metrics) -> list[tuple[str, Any, Any, Any]]:
-    """A batch's points split by metric, each in step order: lists for a small batch, numpy arrays for a large one
-    (the detectors take either)."""
-    if len(m.values) <= rollups.SMALL_BATCH:
-        groups: dict[int, tuple[list[int], list[float], list[int]]] = {}
-        for idx, step, t, v in zip(m.name_index, m.steps, m.timestamps_ms, m.values):
-            g = groups.get(idx)
-            if g is None:
-                g = groups[idx] = ([], [], [])
-            g[0].append(step)
-            g[1].append(v)
-            g[2].append(t)
-        out = []
-        for idx, (steps, vals, ts) in sorted(groups.items()):
-            if any(a > b for a, b in zip(steps, steps[1:])):
-                order = sorted(range(len(steps)), key=steps.__getitem__)
-                steps, vals, ts = [steps[i] for i in order], [vals[i] for i in order], [ts[i] for i in order]
-            out.append((m.names[idx], steps, vals, ts))
-        return out
+    """A large batch's points split by metric, each in step order, as numpy arrays."""
     ni = np.array(m.name_index, dtype=np.int64)
     steps_a = np.array(m.steps, dtype=np.int64)
     perm = np.lexsort((steps_a, ni))

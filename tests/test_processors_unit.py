@@ -312,3 +312,49 @@ def test_the_detectors_whole_batch_arithmetic_agrees_with_the_per_point_loop(see
         assert (a.n, a.slow_n, a.open) == (b.n, b.slow_n, b.open)
         for field in ("mean", "mad", "slow", "slow_first", "slow_best"):
             assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-9, abs=1e-12), field
+
+
+@settings(max_examples=100, deadline=None)
+@given(k=hst.integers(1, 6), steps_per=hst.integers(1, 40), cyclic=hst.booleans(), seed=hst.integers(0, 2**32 - 1),
+       spread_ms=hst.sampled_from([500, 15_000, 130_000]), nonfinite=hst.booleans())
+def test_small_batches_split_by_metric_agree_with_the_numpy_path(k, steps_per, cyclic, seed, spread_ms,
+                                                                 nonfinite) -> None:
+    """A small batch is split once by metric (by slicing when every step logs the same metrics in order, else point
+    by point) for both the rollups and the detectors; windows and per-metric series equal the numpy path's."""
+    rng = random.Random(seed)
+    n = k * steps_per
+    ni = list(range(k)) * steps_per if cyclic else [rng.randrange(k) for _ in range(n)]
+    # Distinct steps within a metric, in any order: the two paths part on ties (which of two points logged at one
+    # step is a window's last), a difference this test leaves out.
+    steps = [i // k for i in range(n)] if cyclic else rng.sample(range(-50, 50 + n), n)
+    ts = sorted(1_700_000_000_000 + rng.randrange(spread_ms) for _ in range(n))
+    vals = [rng.gauss(0, 1) for _ in range(n)]
+    if nonfinite:
+        vals[rng.randrange(n)] = float("nan")
+    b = metrics_batch("r", 1, [f"m{i}" for i in range(k)], ni, steps, ts, vals)
+    small: rollups.Windows = {}
+    big: rollups.Windows = {}
+    assert n <= rollups.SMALL_BATCH
+    assert rollups.apply_split(small, b.metrics.names, rollups.split_small(b.metrics), watermark_ms=0, grace_ms=0) == \
+        (max(ts), 0)
+    saved, rollups.SMALL_BATCH = rollups.SMALL_BATCH, 0  # the numpy path for the same batch
+    try:
+        rollups.apply(big, b, watermark_ms=0, grace_ms=0)
+        numpy_series = state._per_metric(b.metrics)
+    finally:
+        rollups.SMALL_BATCH = saved
+    assert small.keys() == big.keys()
+    for key in small:
+        s, g = small[key], big[key]
+        assert nan_equal((s.count, s.nonfinite, s.min, s.max, s.first_step, s.first, s.last_step, s.last),
+                         (g.count, g.nonfinite, g.min, g.max, g.first_step, g.first, g.last_step, g.last)), key
+        assert s.sum == pytest.approx(g.sum, rel=1e-12, abs=1e-12)
+    split_series = state._in_step_order(b.metrics, rollups.split_small(b.metrics))
+    assert [name for name, *_ in split_series] == [name for name, *_ in numpy_series]
+    for (_, *lists), (_, *arrays) in zip(split_series, numpy_series):
+        assert all(nan_equal(a, b.tolist()) for a, b in zip(lists, arrays))
+
+
+def nan_equal(a, b) -> bool:
+    """Sequences equal element by element, NaN equal to NaN."""
+    return len(a) == len(b) and all(x == y or (x != x and y != y) for x, y in zip(a, b))
