@@ -66,7 +66,10 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
     mins = np.minimum.reduceat(np.where(fin, v, np.inf), begins)
     maxs = np.maximum.reduceat(np.where(fin, v, -np.inf), begins)
     nonfin = np.add.reduceat((~fin).astype(np.int64), begins)
-    last = ends - 1
+    # The last by step is the earliest point holding the group's highest step (as a small batch and _merge have it):
+    # the first of the trailing run of equal steps in the stably sorted group.
+    top = st == np.repeat(st[ends - 1], ends - begins)
+    last = np.minimum.reduceat(np.where(top, np.arange(len(st)), len(st)), begins)
     groups = [(kk >> 40, (kk & (2**40 - 1)) * 1000, n, nf, s, lo, hi, fs, fv, ls, lv) for kk, n, nf, s, lo, hi, fs, fv, ls, lv in zip(
         k[begins].tolist(), (ends - begins).tolist(), nonfin.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(),
         st[begins].tolist(), v[begins].tolist(), st[last].tolist(), v[last].tolist())]
