@@ -59,9 +59,7 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
     reader = cli(stack, "token", "create", "--project", "vision", "--scope", "read").stdout.strip().splitlines()[-1]
     other = cli(stack, "token", "create", "--project", "*", "--scope", "ingest").stdout.strip().splitlines()[-1]
 
-    deadline = time.monotonic() + 10
-    while status(addr, secret, "vision") != "OK" and time.monotonic() < deadline:
-        time.sleep(0.2)  # ingest follows the control topic
+    wait_until(lambda: status(addr, secret, "vision") == "OK", 10, "ingest to accept the new token (from the control topic)")
     assert status(addr, secret, "vision") == "OK"
     assert status(addr, secret, "nlp") == "PERMISSION_DENIED"        # wrong project
     assert status(addr, reader, "vision") == "PERMISSION_DENIED"     # wrong scope
@@ -69,10 +67,10 @@ def test_tokens_scopes_expiry_and_revocation(stack: Stack, token: str, tmp_path:
     # Created last, so that its few seconds are not spent on the checks above (a busy machine runs the CLI slowly).
     short = cli(stack, "token", "create", "--project", "vision", "--scope", "ingest", "--expires", "8s").stdout.strip().splitlines()[-1]
     short_expires = time.monotonic() + 8
-    while status(addr, short, "vision") != "OK" and time.monotonic() < short_expires - 1:
-        time.sleep(0.2)
+    wait_until(lambda: status(addr, short, "vision") == "OK", max(0.0, short_expires - 1 - time.monotonic()),
+               "ingest to accept the short-lived token before it expires")
     assert status(addr, short, "vision") == "OK"                     # valid until it expires
-    time.sleep(max(0.0, short_expires - time.monotonic()) + 0.5)
+    time.sleep(max(0.0, short_expires - time.monotonic()) + 0.5)  # the clock is the signal: until the token expires
     assert status(addr, short, "vision") == "UNAUTHENTICATED"        # expired
 
     # A valid client keeps logging while another token is revoked.

@@ -47,16 +47,6 @@ def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProces
     return proc
 
 
-def wait_for(fn, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.3)  # the poll interval; the loop ends on the condition itself
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Sender:
     """Builds metric batches for one run with explicit event times and sends them through ingest."""
 
@@ -130,8 +120,8 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
                 r.points(["loss", "acc"], ni, steps, ts, vals)
                 total += per
             if k == n_batches // 2:
-                wait_for(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total", 0) > 0,
-                         what="the processor to start processing")
+                wait_until(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total", 0) > 0,
+                           60, "the processor to start processing")
                 time.sleep(1.5)  # the load, not a wait: the worker processes on for a while so the kill lands mid-stream
                 proc.kill()  # mid-stream: state in the changelog, offsets partly committed
                 proc.start()
@@ -143,7 +133,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
                                        "toStartOfInterval(ts, toIntervalSecond(10)) FROM {db}.metrics WHERE project = 'roll')")[0][0]
         windows = "SELECT count() FROM {db}.rollups WHERE project = 'roll' AND resolution_s = 10"
         try:
-            wait_for(lambda: stack.query(windows)[0][0] >= expected_windows, 90, f"{expected_windows} rollup windows")
+            wait_until(lambda: stack.query(windows)[0][0] >= expected_windows, 90, f"{expected_windows} rollup windows")
         except AssertionError as e:  # say how far it got and what the restarted worker was doing
             m = scrape(stack.config.processors.metrics_port)
             raise AssertionError(
@@ -159,7 +149,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
         fleet = stack.query("SELECT sum(points), sum(runs_started), sum(runs_finished), max(active_runs) "
                             "FROM {db}.fleet WHERE project = 'roll'")
         assert fleet[0][0] == total and fleet[0][1] == 3 and fleet[0][3] == 3
-        wait_for(lambda: stack.query("SELECT sum(runs_finished) FROM {db}.fleet WHERE project = 'roll'")[0][0] == 3, 30,
+        wait_until(lambda: stack.query("SELECT sum(runs_finished) FROM {db}.fleet WHERE project = 'roll'")[0][0] == 3, 30,
                  "the finish window")
     finally:
         proc.stop()
@@ -215,18 +205,18 @@ def test_injected_anomalies_are_alerted_once_with_kind_and_step(stack: Stack, to
             ms = int(time.time() * 1000)
             stall.points(["loss"], [0], [i], [ms], [1.0])
             late.points(["loss"], [0], [i], [ms], [1.0])
-            time.sleep(0.4)
+            time.sleep(0.4)  # the runs' cadence (a batch every 0.4 s), which their stall limit is learnt from
 
         def alerts():
             return stack.query("SELECT run_id, kind, step, status FROM {db}.alerts WHERE project = 'anom' ORDER BY run_id, kind")
-        wait_for(lambda: ("late", "stall", 0, "open") in [(r[0], r[1], 0, r[3]) for r in alerts()], 30, "the late run's stall")
+        wait_until(lambda: ("late", "stall", 0, "open") in [(r[0], r[1], 0, r[3]) for r in alerts()], 30, "the late run's stall")
         late.finish(ms + 100)
         time.sleep(max(0.0, 3.0 - (time.time() * 1000 - ms) / 1000))  # the stall run: silent for 3 s in all
         ms = int(time.time() * 1000)
         stall.points(["loss"], [0], [12], [ms], [1.0])
         stall.finish(ms + 100)
         try:
-            got = wait_for(lambda: (a := alerts()) and len(a) >= 5 and all(r[3] == "resolved" for r in a
+            got = wait_until(lambda: (a := alerts()) and len(a) >= 5 and all(r[3] == "resolved" for r in a
                                                                            if r[1] == "stall") and a, 60, "alerts")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; stored: {alerts()}; processor: {scrape(stack.config.processors.metrics_port)}") from None
@@ -266,7 +256,7 @@ def test_fleet_view_counts_batches_that_arrive_after_their_window_closed(stack: 
         for k in range(60):  # the live run moves event time 10 minutes on: every early window closes
             live.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * 10_000 + 500] * 10, [1.0] * 10)
         closed = "SELECT count() FROM {db}.fleet WHERE project = 'late' AND window_start < fromUnixTimestamp64Milli({s:Int64})"
-        wait_for(lambda: stack.query(closed, s=t0 + 120_000)[0][0] >= 10, 60, "the early windows closed and stored")
+        wait_until(lambda: stack.query(closed, s=t0 + 120_000)[0][0] >= 10, 60, "the early windows closed and stored")
         late_before = scrape(stack.config.processors.metrics_port).get("runstream_processor_late_points_total", 0.0)
         # The spooled client's backlog: 400 points in windows that closed minutes ago (event time).
         for k in range(8):
@@ -278,7 +268,7 @@ def test_fleet_view_counts_batches_that_arrive_after_their_window_closed(stack: 
         assert stack.wait_points(total, where="project = 'late'") == total
         wait_group_drained(stack.config, stack.config.processors.app_id)
         wait_sink_drained(stack.config, kinds=("fleet",))
-        got = wait_for(lambda: (r := stack.query("SELECT sum(points) FROM {db}.fleet WHERE project = 'late'")[0][0]) == total
+        got = wait_until(lambda: (r := stack.query("SELECT sum(points) FROM {db}.fleet WHERE project = 'late'")[0][0]) == total
                        and r, 30, "the fleet's points to equal the raw points")
         assert got == total
         assert scrape(stack.config.processors.metrics_port).get("runstream_processor_late_points_total", 0.0) == late_before
@@ -308,9 +298,9 @@ def test_a_batch_that_reaches_kafka_after_a_later_one_of_its_run_is_applied_once
         wait_group_drained(stack.config, stack.config.processors.app_id)
         wait_sink_drained(stack.config, kinds=("rollups", "fleet"))
         rolled = "SELECT sum(count) FROM {db}.rollups WHERE project = 'reorder' AND resolution_s = 10"
-        assert wait_for(lambda: stack.query(rolled)[0][0] == 60, 30, "the rollups to hold all 60 points") is True
+        assert wait_until(lambda: stack.query(rolled)[0][0] == 60, 30, "the rollups to hold all 60 points") is True
         fleet_points = "SELECT sum(points) FROM {db}.fleet WHERE project = 'reorder'"
-        assert wait_for(lambda: stack.query(fleet_points)[0][0] == 60, 30, "the fleet view to hold all 60 points") is True
+        assert wait_until(lambda: stack.query(fleet_points)[0][0] == 60, 30, "the fleet view to hold all 60 points") is True
         by_window = stack.query("SELECT toUnixTimestamp64Milli(window_start), count, sum FROM {db}.rollups "
                                 "WHERE project = 'reorder' AND resolution_s = 10 ORDER BY window_start")
         assert by_window == [(t0, 60, 15.0 * 10)]
@@ -351,7 +341,7 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
         wait_group_drained(stack.config, stack.config.processors.app_id)
         b.start()
         wait_http(f"http://127.0.0.1:{b_cfg.processors.metrics_port}/metrics", 60, b)
-        wait_for(lambda: ready(b_cfg.processors.metrics_port) and ready(stack.config.processors.metrics_port), 60,
+        wait_until(lambda: ready(b_cfg.processors.metrics_port) and ready(stack.config.processors.metrics_port), 60,
                  "both workers ready after B joined")
         phase()
         wait_group_drained(stack.config, stack.config.processors.app_id)
@@ -367,7 +357,7 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
         wait_group_drained(stack.config, stack.config.processors.app_id)
         wait_sink_drained(stack.config, kinds=("rollups",))
         per_run = "SELECT run_id, sum(count) FROM {db}.rollups WHERE project = 'move' AND resolution_s = 10 GROUP BY run_id"
-        got = wait_for(lambda: (r := dict(stack.query(per_run))) and len(r) == 16 and r, 30, "16 runs' rollups")
+        got = wait_until(lambda: (r := dict(stack.query(per_run))) and len(r) == 16 and r, 30, "16 runs' rollups")
         assert got == {s.run_id: 120 for s in senders}
     finally:
         b.stop()
@@ -426,9 +416,9 @@ def test_a_request_of_many_runs_becomes_packed_records_that_every_stage_reads_wh
         wait_group_drained(stack.config, stack.config.processors.app_id)
         wait_sink_drained(stack.config, kinds=("rollups", "fleet"))
         per_run = "SELECT run_id, sum(count) FROM {db}.rollups WHERE project = 'packed' AND resolution_s = 60 GROUP BY run_id"
-        assert wait_for(lambda: sorted(stack.query(per_run)) == sorted((s.run_id, 30) for s in senders), 30,
+        assert wait_until(lambda: sorted(stack.query(per_run)) == sorted((s.run_id, 30) for s in senders), 30,
                         "every run's rollups to hold its 30 points") is True
         fleet_points = "SELECT sum(points) FROM {db}.fleet WHERE project = 'packed'"
-        assert wait_for(lambda: stack.query(fleet_points)[0][0] == 900, 30, "the fleet view to hold all 900 points") is True
+        assert wait_until(lambda: stack.query(fleet_points)[0][0] == 900, 30, "the fleet view to hold all 900 points") is True
     finally:
         proc.stop()

@@ -38,7 +38,7 @@ def test_records_larger_than_the_fetch_chunk_are_stored_whole(stack: Stack, toke
 def test_records_that_come_within_the_gather_window_are_stored_in_one_insert(stack: Stack) -> None:
     """Ten small batches sent 15 ms apart (about 150 ms in all, within sink.gather_s) are stored together: one
     insert, at most a few when the machine is busy, where a sink that inserted every poll makes one per arrival."""
-    assert stack.config.sink.gather_s >= 0.3
+    assert stack.config.sink.gather_s > 0.15, "the ten records take ~150 ms: the window must outlast them"
     records = [encoding.encode(metric_batch(f"gather-{i}", 50, project="gather", created_ms=1_700_000_000_000 + i),
                                max_record_bytes=stack.config.kafka.max_record_bytes) for i in range(10)]
 
