@@ -1016,8 +1016,7 @@ class MlflowApi:
     async def _run_artifact_path(self, body: dict[str, Any], token: Token, path: str) -> tuple[str, Path]:
         """(the run's artifact root as '<experiment id>/<run id>/artifacts', the file or folder ``path`` under it) of
         the request's run, readable by the token."""
-        if any(p in ("..", ".") for p in path.split("/")) or "\x00" in path or path.startswith("/"):
-            raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid path")  # MLflow's words for a path that climbs
+        _check_relative(path)
         project, run_id = await self._run(body, token, "read")
         root = f"{experiment_id(project)}/{run_id}/artifacts"
         return root, self._artifact_target(f"{root}/{path}", token, "read")[2]
@@ -1031,9 +1030,7 @@ class MlflowApi:
     async def version_artifact(self, body: dict[str, Any], token: Token) -> Path:
         """The file behind MLflow's model-versions/get-artifact (``name``, ``version``, ``path``): ``path`` under the
         version's files where they are a run's or a logged model's (runs:/, mlflow-artifacts:/ or models:/m-...)."""
-        path = _str(body, "path")
-        if any(p in ("..", ".") for p in path.split("/")) or "\x00" in path or path.startswith("/"):
-            raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid path")
+        path = _check_relative(_str(body, "path"))
         where = (await self.registry.download_uri(body, token))["artifact_uri"]
         if where.startswith("runs:/"):
             run_id, _, sub = where[len("runs:/"):].partition("/")
@@ -1086,6 +1083,13 @@ def _listing(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
         files.append({"path": name, "is_dir": True} if entry.is_dir()
                      else {"path": name, "is_dir": False, "file_size": entry.stat().st_size})
     return files
+
+
+def _check_relative(path: str) -> str:
+    """``path`` if it stays under its root (no '..', '.', NUL or leading '/'), else MLflow's 'Invalid path' 400."""
+    if any(p in ("..", ".") for p in path.split("/")) or "\x00" in path or path.startswith("/"):
+        raise MlflowError("INVALID_PARAMETER_VALUE", "Invalid path")
+    return path
 
 
 def _token(tokens: TokenStore, request: web.Request) -> Token:

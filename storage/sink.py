@@ -166,8 +166,6 @@ class Sink:
         max_rows = self.config.sink.max_rows_per_insert
         while not self._stopping.is_set():
             try:
-                # Records per poll from the points records have carried lately, so that a poll holds about
-                # max_rows_per_insert points whether batches are large (a backfill) or small (a fleet's flushes).
                 polled = await self._gather(max_rows)
             except KafkaError as exc:
                 tm.SINK_ERRORS.labels("consume").inc()
@@ -228,8 +226,9 @@ class Sink:
                 tm.SINK_LAG_SECONDS.set(max(0.0, time.time() - tables.newest_created_ms / 1000))
 
     async def _gather(self, max_rows: int) -> dict[Any, list[Any]]:
-        """One poll's records: about max_rows_per_insert points (from the points records have carried lately), or
-        what came within gather_s of the first record."""
+        """One poll's records: about max_rows_per_insert points (records counted from the points records have carried
+        lately, so whether batches are large, a backfill, or small, a fleet's flushes), or what came within gather_s
+        of the first record."""
         assert self.consumer is not None
         budget = max(1, min(50_000, int(max_rows / self._points_per_record)))
         polled: dict[Any, list[Any]] = await self.consumer.getmany(
