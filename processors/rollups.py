@@ -48,10 +48,21 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
     m = batch.metrics
     if len(m.values) <= SMALL_BATCH:
         return _apply_small(windows, batch, watermark_ms=watermark_ms, grace_ms=grace_ms)
-    ts = np.array(m.timestamps_ms, dtype=np.int64)
-    steps = np.array(m.steps, dtype=np.int64)
-    vals = np.array(m.values, dtype=np.float64)
-    ni = np.array(m.name_index, dtype=np.int64)
+    return apply_columns(windows, m.names, columns_of(m), watermark_ms=watermark_ms, grace_ms=grace_ms)
+
+
+# A large batch's points as arrays: (metric index, step, time ms, value)
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def columns_of(m: Any) -> Columns:
+    return (np.array(m.name_index, dtype=np.int64), np.array(m.steps, dtype=np.int64),
+            np.array(m.timestamps_ms, dtype=np.int64), np.array(m.values, dtype=np.float64))
+
+
+def apply_columns(windows: Windows, names: Any, cols: Columns, *, watermark_ms: int, grace_ms: int) -> tuple[int, int]:
+    """``apply`` for a large batch's arrays; returns (new watermark, late points)."""
+    ni, steps, ts, vals = cols
     finite = np.isfinite(vals)
     # Group by (metric, first-resolution window) once, sorted by step inside a group; every coarser window is a
     # union of such groups, so the groups' aggregates are merged into each resolution's window.
@@ -73,7 +84,7 @@ def apply(windows: Windows, batch: Batch, *, watermark_ms: int, grace_ms: int) -
     groups = [(kk >> 40, (kk & (2**40 - 1)) * 1000, n, nf, s, lo, hi, fs, fv, ls, lv) for kk, n, nf, s, lo, hi, fs, fv, ls, lv in zip(
         k[begins].tolist(), (ends - begins).tolist(), nonfin.tolist(), sums.tolist(), mins.tolist(), maxs.tolist(),
         st[begins].tolist(), v[begins].tolist(), st[last].tolist(), v[last].tolist())]
-    late = _merge(windows, m.names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
+    late = _merge(windows, names, groups, watermark_ms=watermark_ms, grace_ms=grace_ms)
     return max(watermark_ms, int(ts.max())), late
 
 

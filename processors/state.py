@@ -83,9 +83,10 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
                                                                    watermark_ms=st.watermark_ms, grace_ms=grace_ms)
             per_metric = _in_step_order(m, split)
         else:
-            st.watermark_ms, out.late_points = rollups.apply(st.windows, batch, watermark_ms=st.watermark_ms,
-                                                             grace_ms=grace_ms)
-            per_metric = _per_metric(m)
+            cols = rollups.columns_of(m)  # once for the rollups and the detectors
+            st.watermark_ms, out.late_points = rollups.apply_columns(st.windows, m.names, cols,
+                                                                     watermark_ms=st.watermark_ms, grace_ms=grace_ms)
+            per_metric = _per_metric(m.names, cols)
         for name, steps, vals, ts in per_metric:
             if name.startswith(SYSTEM_PREFIX):
                 continue  # a busy CPU or a GPU at 100% is no anomaly of the training
@@ -123,17 +124,14 @@ def _in_step_order(m: Metrics, split: rollups.Split) -> list[tuple[str, list[int
     return out
 
 
-def _per_metric(m: Metrics) -> list[tuple[str, Any, Any, Any]]:
+def _per_metric(names: Any, cols: rollups.Columns) -> list[tuple[str, Any, Any, Any]]:
     """A large batch's points split by metric, each in step order, as numpy arrays."""
-    ni = np.array(m.name_index, dtype=np.int64)
-    steps_a = np.array(m.steps, dtype=np.int64)
+    ni, steps_a, ts_a, vals_a = cols
     perm = np.lexsort((steps_a, ni))
     ni_s = ni[perm]
     bounds = np.flatnonzero(np.diff(ni_s)) + 1
-    vals_a = np.array(m.values, dtype=np.float64)[perm]
-    ts_a = np.array(m.timestamps_ms, dtype=np.int64)[perm]
-    steps_a = steps_a[perm]
-    return [(m.names[int(ni_s[b])], steps_a[b:e], vals_a[b:e], ts_a[b:e])
+    vals_a, ts_a, steps_a = vals_a[perm], ts_a[perm], steps_a[perm]
+    return [(names[int(ni_s[b])], steps_a[b:e], vals_a[b:e], ts_a[b:e])
             for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 
 

@@ -340,7 +340,7 @@ def test_small_batches_split_by_metric_agree_with_the_numpy_path(k, steps_per, c
     saved, rollups.SMALL_BATCH = rollups.SMALL_BATCH, 0  # the numpy path for the same batch
     try:
         rollups.apply(big, b, watermark_ms=0, grace_ms=0)
-        numpy_series = state._per_metric(b.metrics)
+        numpy_series = state._per_metric(b.metrics.names, rollups.columns_of(b.metrics))
     finally:
         rollups.SMALL_BATCH = saved
     assert small.keys() == big.keys()
