@@ -17,6 +17,8 @@ from typing import Any
 
 import faust
 from faust.serializers.codecs import RestrictedUnpickler, restricted_pickle
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.processors.notify import Webhook
@@ -37,6 +39,24 @@ RestrictedUnpickler.ALLOWED_CLASSES = {
     fleet.__name__: frozenset({"FleetState", "Bucket"}),
 }
 STATE_CODEC = restricted_pickle()
+
+
+class _Recovery(Recovery):
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        # faust resumes the events partitions, seeks them to the committed offsets, and only then resumes flow
+        # control, which empties the streams' queues: a record fetched in between was dropped there, yet counted as
+        # read, and the offsets after it committed (an event lost to the rollups at every restart that raced).
+        # Suspended, flow control holds such a record back until the queues were emptied.
+        self.app.flow_control.suspend()
+        await super().on_recovery_completed(generation_id)
+
+
+class _TableManager(TableManager):
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 class Processors:
@@ -72,7 +92,7 @@ class Processors:
             consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
             # At-least-once: faust's exactly_once needs its own Worker (transactions are off without it), and
             # its at-least-once commit sends the buffered changelog records before the offsets behind them.
-            processing_guarantee="at_least_once",
+            processing_guarantee="at_least_once", TableManager=_TableManager,
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
