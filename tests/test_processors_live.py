@@ -172,7 +172,7 @@ _seek, _get = Consumer.perform_seek, FlowControlQueue.get
 async def perform_seek(self):
     await _seek(self)
     after = dict(self._read_offset)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 1
     while time.monotonic() < deadline and all(self._read_offset.get(tp) == o for tp, o in after.items()):
         await asyncio.sleep(0.01)
 async def get(self):
