@@ -162,7 +162,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
 
 # Loaded by a worker's interpreter through PYTHONPATH. After seeking its events partitions to the committed offsets
 # at the end of a recovery, the worker waits (up to 2 s) for a record to be read from them, and its streams take
-# records slowly (as when the agent is busy), so that the record is still in a stream's queue when the recovery
+# records slowly (as when the agent is busy), so that they are still in a stream's queue when the recovery
 # resumes flow control: a race a restart on a busy machine hit now and then, made certain here.
 SLOW_RESUME = """
 import asyncio, time
@@ -172,9 +172,13 @@ _seek, _get = Consumer.perform_seek, FlowControlQueue.get
 async def perform_seek(self):
     await _seek(self)
     after = dict(self._read_offset)
-    deadline = time.monotonic() + 1
-    while time.monotonic() < deadline and all(self._read_offset.get(tp) == o for tp, o in after.items()):
+    def read():
+        return any(o is not None and o != after.get(tp) for tp, o in list(self._read_offset.items())
+                   if "changelog" not in tp.topic)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not read():
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the rest of that fetch reaches the queues too
 async def get(self):
     await asyncio.sleep(0.5)
     return await _get(self)
