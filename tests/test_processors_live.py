@@ -153,7 +153,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
                             "FROM {db}.fleet WHERE project = 'roll'")
         assert fleet[0][0] == total and fleet[0][1] == 3 and fleet[0][3] == 3
         wait_until(lambda: stack.query("SELECT sum(runs_finished) FROM {db}.fleet WHERE project = 'roll'")[0][0] == 3, 30,
-                 "the finish window")
+                   "the finish window")
     finally:
         proc.stop()
         t.close()
@@ -161,7 +161,7 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
 
 
 # Loaded by a worker's interpreter through PYTHONPATH. After seeking its events partitions to the committed offsets
-# at the end of a recovery, the worker waits (up to 2 s) for a record to be read from them, and its streams take
+# at the end of a recovery, the worker waits (up to 2 s) for records to be read from them, and its streams take
 # records slowly (as when the agent is busy), so that they are still in a stream's queue when the recovery
 # resumes flow control: a race a restart on a busy machine hit now and then, made certain here.
 SLOW_RESUME = """
@@ -411,7 +411,7 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
         b.start()
         wait_http(f"http://127.0.0.1:{b_cfg.processors.metrics_port}/metrics", 60, b)
         wait_until(lambda: ready(b_cfg.processors.metrics_port) and ready(stack.config.processors.metrics_port), 60,
-                 "both workers ready after B joined")
+                   "both workers ready after B joined")
         phase()
         wait_group_drained(stack.config, stack.config.processors.app_id)
         moved = scrape(b_cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0)
