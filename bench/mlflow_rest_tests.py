@@ -58,6 +58,19 @@ AREAS: list[tuple[str, str]] = [
     ("logging: metrics, params, tags, batches", r"log_|tag|param|metric|batch|path_validation"),
 ]
 
+# Tests that cannot pass against runstream whatever it does, and why (reported beside the counts).
+BY_DESIGN = {
+    "test_artifacts": "expects the server's artifact root to be a local folder under the test's tmp_path (MLflow's "
+                      "file store); runstream keeps runs' files behind its artifact proxy",
+    "test_create_model_version_with_file_uri": "expects runs' artifact URIs to be local file:// folders",
+    "test_create_model_version_with_path_source": "expects runs' artifact URIs to be local file:// folders",
+    "test_create_model_version_with_validation_regex": "starts an MLflow server of its own from a fixture",
+    "test_get_metric_history_bulk_interval_respects_max_results":
+        "MLflow versions disagree: these tests (3.11) expect every value at a sampled step; the pinned 3.17.2's "
+        "store samples at most max(max_results, sampled steps) values per run (mlflow/store/tracking/"
+        "abstract_store.py), which runstream follows and tests/test_mlflow.py compares with",
+}
+
 FIXTURE = '''
 
 # ---- runstream: the server fixture, replaced (bench/mlflow_rest_tests.py) ----
@@ -256,7 +269,10 @@ def main() -> int:
             "seconds": round(elapsed),
             "areas": dict(sorted(areas.items())),
             "total": {k: sum(a[k] for a in areas.values()) for k in ("passed", "failed", "skipped")},
+            "areas_served": {k: sum(a[k] for n, a in areas.items() if "(not served)" not in n)
+                             for k in ("passed", "failed", "skipped")},
             "excluded_start_their_own_mlflow_server": excluded,
+            "failing_by_design": {n: BY_DESIGN[n] for n in sorted(failures) if n in BY_DESIGN},
             "failures": dict(sorted(failures.items())),
         }
         text = json.dumps(out, indent=1)

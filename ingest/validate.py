@@ -13,6 +13,10 @@ from runstream.wire.names import metric_name_problem
 
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}\Z")
 MAX_KEY_VALUE = 64 * 1024
+# A dataset's description within MLflow's own limits (mlflow/utils/validation.py), the profile held to 1 MiB (MLflow's
+# is 16 MiB) so that a use stays well inside one Kafka record.
+DATASET_LIMITS = {"digest": 4096, "name": 500, "source_type": 4096, "source": 65535, "schema": 1048575,
+                  "profile": 1048575}
 
 
 def _time(field: str, ms: int) -> None:
@@ -103,4 +107,11 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
         uri = b.dataset.uri if kind == "dataset" else b.artifact.uri
         if not uri or len(uri) > 4096:
             raise ValidationError(f"{where}.{kind}.uri", "must be 1..4096 characters")
+        if kind == "dataset":
+            d = b.dataset
+            for name, limit in DATASET_LIMITS.items():
+                if len(getattr(d, name)) > limit:
+                    raise ValidationError(f"{where}.dataset.{name}", f"is {len(getattr(d, name))} characters; the limit "
+                                                                     f"is {limit}")
+            _mapping(f"{where}.dataset.input_tags", d.input_tags, cfg)
     return 0

@@ -75,7 +75,7 @@ from runstream.wire.search import (
     parse_order_by,
     parse_run_filter,
 )
-from runstream.wire.views import MODEL_AS_RUN
+from runstream.wire.views import MODEL_AS_RUN, MODEL_URI
 
 log = logging.getLogger("runstream.mlflow")
 
@@ -96,6 +96,7 @@ def project_of(exp_id: str, where: str = "experiment_id") -> str:
 
 
 MAX_EXPERIMENT_NAME = 500
+UI_UPLOAD_BYTES = 10 * 1024 * 1024  # MLflow's bound on the UI's upload-artifact
 MAX_DATASET_EXPERIMENTS = 20  # MLflow's limit for experiments/search-datasets
 MAX_HISTORY_BULK = 25_000  # MLflow's limit for metrics/get-history-bulk
 
@@ -190,6 +191,19 @@ def _str(body: dict[str, Any], key: str, *alts: str, required: bool = True) -> s
 
 
 
+def artifact_location(location: str) -> str:
+    """An experiment's artifact location as MLflow's server keeps it: a relative local path made absolute against the
+    server's working folder; never a runs:/ URI. Only reported: runs' files always go to runstream's artifact store,
+    and the role never reads or writes a location a client names."""
+    if location.startswith("runs:"):
+        raise MlflowError("INVALID_PARAMETER_VALUE", f"Artifact location cannot be a runs:/ URI. Given: '{location}'")
+    if len(location) > 2048:
+        raise MlflowError("INVALID_PARAMETER_VALUE", "artifact_location: at most 2048 characters")
+    if location and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", location) and not location.startswith("/"):
+        return str(Path.cwd() / location)
+    return location
+
+
 @dataclass
 class Experiment:
     project: str
@@ -198,6 +212,7 @@ class Experiment:
     tags: dict[str, str] = field(default_factory=dict)
     deleted: bool = False
     title: str = ""  # its name where that is not the project's name
+    artifact_location: str = ""  # as its creator named it (resolved as MLflow resolves it)
 
     @property
     def name(self) -> str:
@@ -206,7 +221,7 @@ class Experiment:
     def json(self) -> dict[str, Any]:
         exp_id = experiment_id(self.project)
         return {"experiment_id": exp_id, "name": self.name,
-                "artifact_location": f"mlflow-artifacts:/{exp_id}",
+                "artifact_location": self.artifact_location or f"mlflow-artifacts:/{exp_id}",
                 "lifecycle_stage": "deleted" if self.deleted else "active",
                 "creation_time": self.created_ms, "last_update_time": self.updated_ms,
                 "tags": [{"key": k, "value": v} for k, v in sorted(self.tags.items())]}
@@ -225,6 +240,10 @@ class RunMemory:
     used: float = 0.0  # monotonic time of its last write
 
 
+# A logged model's metric: where it came from (run, dataset), as a tag of the model, hidden from its tags.
+MODEL_METRIC_TAG = "mlflow.model.metric."
+
+
 def model_json(r: RunRow) -> dict[str, Any]:
     exp_id = experiment_id(r.project)
     tags = {k: v for k, v in r.tags.items() if not k.startswith("mlflow.model.") and k != MODEL_LABEL}
@@ -234,8 +253,16 @@ def model_json(r: RunRow) -> dict[str, Any]:
         "last_updated_timestamp_ms": r.end_time or r.start_time, "model_type": r.tags.get("mlflow.model.type", ""),
         "source_run_id": r.parent_run_id, "status": r.tags.get("mlflow.model.status", "LOGGED_MODEL_PENDING"),
         "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())]}
+    metrics = []
+    for key, value, ms, step in r.metrics:
+        try:
+            source = json.loads(r.tags.get(MODEL_METRIC_TAG + key, "{}"))
+        except ValueError:
+            source = {}
+        metrics.append({"key": key, "value": _num(value), "timestamp": ms, "step": step, "model_id": r.run_id,
+                        **{k: str(v) for k, v in source.items() if k in ("run_id", "dataset_name", "dataset_digest")}})
     return {"info": info, "data": {"params": [{"key": k, "value": param_text(v)} for k, v in sorted(r.params.items())],
-                                   "metrics": []}}
+                                   "metrics": metrics}}
 
 
 def dataset_name(uri: str) -> str:
@@ -255,14 +282,21 @@ def run_json(r: RunRow) -> dict[str, Any]:
                             "lifecycle_stage": r.lifecycle_stage}
     if r.end_time is not None:
         info["end_time"] = r.end_time
-    inputs = [{"tags": [], "dataset": {"name": dataset_name(uri), "digest": digest,
-                                       "source_type": "runstream", "source": json.dumps({"uri": uri})}}
-              for uri, digest in r.datasets]
+    inputs, models = [], []
+    for d in r.datasets:
+        if d.uri.startswith(MODEL_URI):
+            models.append({"model_id": d.uri[len(MODEL_URI):]})
+            continue
+        dataset = {"name": d.name or dataset_name(d.uri), "digest": d.digest,
+                   "source_type": d.source_type or "runstream", "source": d.source or json.dumps({"uri": d.uri})}
+        dataset.update({k: v for k, v in (("schema", d.schema), ("profile", d.profile)) if v})
+        inputs.append({"tags": [{"key": k, "value": v} for k, v in sorted(d.tags.items())], "dataset": dataset})
     return {"info": info,
             "data": {"metrics": [{"key": k, "value": _num(v), "timestamp": ts, "step": s} for k, v, ts, s in r.metrics],
                      "params": [{"key": k, "value": param_text(v)} for k, v in sorted(r.params.items())],
                      "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())]},
-            "inputs": {"dataset_inputs": inputs}}
+            "inputs": {"dataset_inputs": inputs, "model_inputs": models},
+            "outputs": {"model_outputs": [{"model_id": m, "step": step} for m, step in r.model_outputs]}}
 
 
 class MlflowApi:
@@ -302,6 +336,7 @@ class MlflowApi:
             if exp is None:
                 exp = self.experiments[rec.name] = Experiment(rec.name, created_ms=ev.at_ms)
             exp.updated_ms, exp.tags, exp.deleted, exp.title = ev.at_ms, dict(rec.tags), rec.deleted, rec.title
+            exp.artifact_location = rec.artifact_location
 
     async def _all_experiments(self) -> dict[str, Experiment]:
         now = time.monotonic()
@@ -327,7 +362,7 @@ class MlflowApi:
 
     async def _publish_project(self, token: Token, action: str, exp: Experiment) -> None:
         ev = gov.event(action, project=ingest_pb2.ProjectRecord(name=exp.project, tags=exp.tags, deleted=exp.deleted,
-                                                                 title=exp.title))
+                                                                 title=exp.title, artifact_location=exp.artifact_location))
         ev.actor = f"token:{token.name}"
         await self.publish_control(ev)
 
@@ -360,15 +395,15 @@ class MlflowApi:
 
     async def create_experiment(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         name = checked_experiment_name(body.get("name"))
-        _str(body, "artifact_location", required=False)  # typed as MLflow types it; runstream keeps artifacts itself
+        location = artifact_location(_str(body, "artifact_location", required=False))
         tags = self._pairs(_items(body, "tags"), "tags")
         known = await self._all_experiments()
         if any(e.name == name for e in known.values()):
             raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) already exists.")
         project = project_for_name(name, set(known))
         authorize(token, project, "admin")  # an experiment is a project: made, renamed, deleted as the admin API does
-        exp = Experiment(project, tags=tags,
-                         title="" if name == experiment_name(project) else name)
+        exp = Experiment(project, tags=tags, title="" if name == experiment_name(project) else name,
+                         artifact_location=location)
         await self._publish_project(token, "project.create", exp)
         return {"experiment_id": experiment_id(project)}
 
@@ -434,7 +469,8 @@ class MlflowApi:
         project = project_of(_str(body, "experiment_id"))
         authorize(token, project, scope)
         exp = await self._experiment(project, token)
-        changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted, exp.title)
+        changed = Experiment(exp.project, exp.created_ms, exp.updated_ms, dict(exp.tags), exp.deleted, exp.title,
+                             exp.artifact_location)
         change(changed)
         await self._publish_project(token, "project.update", changed)
         return {}
@@ -625,8 +661,42 @@ class MlflowApi:
 
     async def log_metric(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
-        await self._send(token, source, project, run_id, [{"metrics": self._metrics([body], "")}])
+        metrics = self._metrics([body], "")
+        await self._model_metrics(run_id, [body], metrics, token, source)
+        await self._send(token, source, project, run_id, [{"metrics": metrics}])
         return {}
+
+    async def _model_metrics(self, run_id: str, items: list[dict[str, Any]], metrics: ingest_pb2.Metrics, token: Token,
+                             source: str) -> None:
+        """Metrics that name a logged model are the model's too (MLflow 3): its points, where each came from (run,
+        dataset: a tag per metric), and the datasets it was measured on (lineage, and search_logged_models' filter)."""
+        by_model: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            if item.get("model_id"):
+                by_model.setdefault(_str(item, "model_id"), []).append(i)
+        for model_id, picked in by_model.items():
+            model = await self._model({"model_id": model_id}, token, "ingest")
+            m = ingest_pb2.Metrics()
+            names: dict[str, int] = {}
+            tags: dict[str, str] = {}
+            datasets: dict[tuple[str, str], ingest_pb2.DatasetUse] = {}
+            for i in picked:
+                key = metrics.names[metrics.name_index[i]]
+                m.name_index.append(names.setdefault(key, len(names)))
+                m.steps.append(metrics.steps[i])
+                m.timestamps_ms.append(metrics.timestamps_ms[i])
+                m.values.append(metrics.values[i])
+                ds_name = _str(items[i], "dataset_name", required=False)
+                ds_digest = _str(items[i], "dataset_digest", required=False)
+                tags[MODEL_METRIC_TAG + key] = json.dumps({"run_id": run_id, "dataset_name": ds_name,
+                                                           "dataset_digest": ds_digest} if ds_name else {"run_id": run_id})
+                if ds_name:
+                    datasets[(ds_name, ds_digest)] = ingest_pb2.DatasetUse(
+                        uri=dataset_uri(ds_name, "", ""), name=ds_name, digest=ds_digest)
+            m.names.extend(names)
+            out: list[dict[str, Any]] = [{"metrics": m}, {"tags": ingest_pb2.Tags(values=tags)}]
+            out += [{"dataset": d} for d in datasets.values()]
+            await self._send(token, source, model.project, model.run_id, out)
 
     async def log_param(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
         project, run_id = await self._run(body, token, "ingest")
@@ -671,6 +741,7 @@ class MlflowApi:
             out.append({"tags": ingest_pb2.Tags(values=self._pairs(tags, "tags"))})
         if metrics:
             out.append({"metrics": self._metrics(metrics, "metrics")})
+            await self._model_metrics(run_id, metrics, out[-1]["metrics"], token, source)
         if out:
             await self._send(token, source, project, run_id, out)
         return {}
@@ -682,10 +753,19 @@ class MlflowApi:
             ds = item.get("dataset") or {}
             if not isinstance(ds, dict):
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: expected an object")
-            uri = dataset_uri(str(ds.get("name") or ""), str(ds.get("source_type") or ""), str(ds.get("source") or ""))
+            text = {k: _str(ds, k, required=False) for k in ("name", "digest", "source_type", "source", "schema",
+                                                               "profile")}
+            uri = dataset_uri(text["name"], text["source_type"], text["source"])
             if not uri:
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"datasets[{i}].dataset: needs a name or a source URI")
-            out.append({"dataset": ingest_pb2.DatasetUse(uri=uri, digest=str(ds.get("digest") or ""))})
+            tags = self._pairs(_items(item, "tags"), f"datasets[{i}].tags")
+            out.append({"dataset": ingest_pb2.DatasetUse(uri=uri, input_tags=tags, name=text["name"], digest=text["digest"],
+                                                         source_type=text["source_type"], source=text["source"],
+                                                         schema=text["schema"], profile=text["profile"])})
+        for item in _items(body, "models"):
+            model = await self._model({"model_id": _str(item, "model_id")}, token, "read")
+            out.append({"dataset": ingest_pb2.DatasetUse(uri=MODEL_URI + model.run_id, name=model.run_id,
+                                                         source_type="mlflow.logged_model")})
         if out:
             await self._send(token, source, project, run_id, out)
         return {}
@@ -790,14 +870,24 @@ class MlflowApi:
                     raise MlflowError("INVALID_PARAMETER_VALUE", f"order_by: {field_name!r} is not a logged model field")
                 key = MODEL_AS_RUN.get(key, key)
             orders.append(Order(kind, key, bool(o.get("ascending", True))))
+        entries = [(_str(d, "dataset_name"), _str(d, "dataset_digest", required=False)) for d in _items(body, "datasets")]
+        if entries:  # models measured on any of these datasets (a metric of theirs names it)
+            conds.append(Cond("dataset", "entries", "IN", tuple(entries)))
         limit = min(_int(body.get("max_results"), "max_results", 100), MAX_RESULTS)
         offset = page_offset(body.get("page_token"))
         rows, token_out = await self._page(projects, conds, orders, view="ACTIVE_ONLY", offset=offset, limit=limit, models=True)
         return {"models": [model_json(r) for r in rows], **token_out}
 
     async def log_outputs(self, body: dict[str, Any], token: Token, source: str) -> dict[str, Any]:
-        """The models a run produced: each model already names its source run; nothing more to keep."""
-        await self._run(body, token, "ingest")
+        """The logged models a run produced, each at a step: the run's outputs (artifacts named models:/<id>)."""
+        project, run_id = await self._run(body, token, "ingest")
+        out = []
+        for i, item in enumerate(_items(body, "models")):
+            model = await self._model({"model_id": _str(item, "model_id")}, token, "read")
+            out.append({"artifact": ingest_pb2.Artifact(uri=MODEL_URI + model.run_id,
+                                                        step=_int(item.get("step"), f"models[{i}].step", 0))})
+        if out:
+            await self._send(token, source, project, run_id, out)
         return {}
 
     # ---- reads ----
@@ -984,23 +1074,43 @@ class MlflowApi:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid artifact path: {path[:200]!r}")
         return project, parts[1], target
 
-    async def upload(self, request: web.Request, path: str, token: Token) -> dict[str, Any]:
+    async def upload_run_artifact(self, request: web.Request, token: Token) -> dict[str, Any]:
+        """MLflow's ajax upload-artifact (the UI's): one file of at most 10 MB to a run's ``path``, named by the query
+        string (``run_uuid``, ``path``), the bytes as the body."""
+        run_id, path = request.query.get("run_uuid", ""), request.query.get("path", "")
+        if not run_id:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Request must specify run_uuid.")
+        if not path:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Request must specify path.")
+        _check_relative(path)
+        if (request.content_length or 0) > UI_UPLOAD_BYTES:
+            raise MlflowError("INVALID_PARAMETER_VALUE", "Artifact size is too large. Max size is 10MB.")
+        project, run_id = await self._run({"run_id": run_id}, token, "ingest")
+        return await self.upload(request, f"{experiment_id(project)}/{run_id}/artifacts/{path}", token,
+                                 limit=UI_UPLOAD_BYTES, empty="Request must specify data.")
+
+    async def upload(self, request: web.Request, path: str, token: Token, *, limit: int | None = None,
+                     empty: str = "") -> dict[str, Any]:
+        """The request's body as the file at ``path`` ('<experiment id>/<run id>/artifacts/...'), at most ``limit``
+        bytes (mlflow.max_artifact_bytes); an empty body is refused with ``empty`` where that is given."""
         project, run_id, target = self._artifact_target(path, token, "ingest")
         if (await self._run({"run_id": run_id}, token, "ingest"))[0] != project:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found in experiment {experiment_id(project)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         digest, size = hashlib.sha256(), 0
-        limit = self.config.mlflow.max_artifact_bytes
+        limit = min(limit or self.config.mlflow.max_artifact_bytes, self.config.mlflow.max_artifact_bytes)
         try:
             with open(tmp, "wb") as f:
                 async for chunk in request.content.iter_chunked(1 << 20):
                     size += len(chunk)
                     if size > limit:
                         raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact {path[:200]!r} is larger than "
-                                                                     f"mlflow.max_artifact_bytes ({limit})")
+                                                                     f"{limit} bytes (mlflow.max_artifact_bytes)")
                     digest.update(chunk)
                     f.write(chunk)
+            if empty and size == 0:
+                raise MlflowError("INVALID_PARAMETER_VALUE", empty)
             expected = request.headers.get("X-Runstream-Sha256", "").lower()
             if expected and expected != digest.hexdigest():  # cut or changed in flight: keep nothing
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact {path[:200]!r}: the bytes received have sha256 "
@@ -1040,6 +1150,20 @@ class MlflowApi:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"model version files at {where[:200]!r} are not kept by runstream")
         return await self.run_artifact({"run_id": run_id, "path": f"{sub.strip('/')}/{path}".strip("/")}, token)
 
+    async def list_model_artifacts(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        """A logged model's files under ``artifact_directory_path`` (its files are kept as a run's are)."""
+        model = await self._model(body, token, "read")
+        path = str(body.get("artifact_directory_path") or "").strip("/")
+        root, target = await self._run_artifact_path({"run_id": model.run_id}, token, path)
+        return {"root_uri": f"mlflow-artifacts:/{root}", "files": _listing(target, f"{path}/" if path else "")}
+
+    async def model_artifact(self, body: dict[str, Any], token: Token) -> Path:
+        """The file behind MLflow's logged-models/<id>/artifacts/files (``artifact_file_path``)."""
+        model = await self._model(body, token, "read")
+        if not body.get("artifact_file_path"):
+            raise MlflowError("BAD_REQUEST", 'Request must include the "artifact_file_path" query parameter.')
+        return await self.run_artifact({"run_id": model.run_id, "path": _str(body, "artifact_file_path")}, token)
+
     async def run_artifact(self, body: dict[str, Any], token: Token) -> Path:
         """The file behind MLflow's get-artifact (``run_uuid`` or ``run_id``, ``path``)."""
         path = _str(body, "path").strip("/")
@@ -1049,6 +1173,9 @@ class MlflowApi:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"artifact {path[:200]!r} of run {run_id} does not exist")
         return target
 
+    async def search_model_versions(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
+        return await self.registry.search_versions(body, token)
+
     async def search_datasets(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         """The datasets the experiments' runs used (MLflow's experiments/search-datasets)."""
         if not as_list(body.get("experiment_ids")):
@@ -1057,9 +1184,13 @@ class MlflowApi:
             raise MlflowError("INVALID_PARAMETER_VALUE", "SearchDatasets request cannot specify more than "
                                                          f"{MAX_DATASET_EXPERIMENTS} experiment_ids. Received {n} experiment_ids.")
         projects = self._readable_projects(body, token)
+        await self._settle([k for k, m in self.runs.items() if k[0] in projects and m.pending])
         rows = await asyncio.to_thread(self.reads.datasets, projects)
-        return {"dataset_summaries": [{"experiment_id": experiment_id(project), "name": dataset_name(uri),
-                                       "digest": digest} for project, uri, digest in rows]}
+        out = []
+        for project, uri, name, digest, context in rows:
+            summary = {"experiment_id": experiment_id(project), "name": name or dataset_name(uri), "digest": digest}
+            out.append(summary | ({"context": context} if context else {}))
+        return {"dataset_summaries": out}
 
     def list_artifacts(self, path: str, token: Token) -> dict[str, Any]:
         if not path.strip("/"):
@@ -1169,6 +1300,7 @@ class MlflowServer:
             "logged-models/{model_id}/tags": ("PATCH", a.set_logged_model_tags, True),
             "logged-models/{model_id}/tags/{tag_key}": ("DELETE", a.delete_logged_model_tag, True),
             "logged-models/{model_id}/params": ("POST", a.log_logged_model_params, True),
+            "logged-models/{model_id}/artifacts/directories": ("GET", a.list_model_artifacts, False),
             **self.registry_routes(),
         }
 
@@ -1265,8 +1397,19 @@ class MlflowServer:
             return web.FileResponse(target, headers={"Content-Type": "application/octet-stream",
                                                      "X-Content-Type-Options": "nosniff"})
 
+        async def upload(request: web.Request, token: Token) -> web.StreamResponse:
+            return web.json_response(await self.api.upload_run_artifact(request, token))
+
+        async def model_artifact(request: web.Request, token: Token) -> web.StreamResponse:
+            body = {**await request_fields(request), **request.match_info}
+            return web.FileResponse(await self.api.model_artifact(body, token),
+                                    headers={"Content-Type": "application/octet-stream", "X-Content-Type-Options": "nosniff"})
+
+        for prefix in API_PREFIXES:
+            app.router.add_get(f"{prefix}/logged-models/{{model_id}}/artifacts/files", self._ui_route(model_artifact))
         for where in ("/get-artifact", "/ajax-api/2.0/mlflow/get-artifact"):
             app.router.add_get(where, self._ui_route(artifact))
+        app.router.add_post("/ajax-api/2.0/mlflow/upload-artifact", self._ui_route(upload))
         for where in ("/model-versions/get-artifact", "/ajax-api/2.0/mlflow/model-versions/get-artifact"):
             app.router.add_get(where, self._ui_route(version_artifact))
         for where, answer in EMPTY_ANSWERS.items():

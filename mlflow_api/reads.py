@@ -21,6 +21,20 @@ from runstream.wire.search import DELETED_TAG, Cond, Order
 
 log = logging.getLogger("runstream.mlflow")
 
+
+@dataclass
+class DatasetRow:
+    """A dataset a run used: its lineage (uri, digest) and, where MLflow logged it, MLflow's description."""
+    uri: str
+    digest: str
+    name: str = ""
+    source_type: str = ""
+    source: str = ""
+    schema: str = ""
+    profile: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class RunRow:
     project: str
@@ -36,7 +50,8 @@ class RunRow:
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp, step
-    datasets: list[tuple[str, str]] = field(default_factory=list)            # uri, digest
+    datasets: list[DatasetRow] = field(default_factory=list)  # logged models it read among them (views.MODEL_URI)
+    model_outputs: list[tuple[str, int]] = field(default_factory=list)  # model id, step
 
 
 class Reads:
@@ -114,13 +129,18 @@ class Reads:
         for project, run_id, metric, value, ms, step in self.query(views.mlflow_latest(self.db, projects, ids)):
             if (run := by_key.get((project, run_id))) is not None:
                 run.metrics.append((str(metric), float(value), int(ms), int(step)))
-        for project, run_id, uri, digest in self.query(views.datasets_of(self.db, projects, ids)):
+        for project, run_id, *ds in self.query(views.datasets_of(self.db, projects, ids)):
             if (run := by_key.get((project, run_id))) is not None:
-                run.datasets.append((str(uri), str(digest)))
+                uri, digest, name, source_type, source, schema, profile, tags = ds
+                run.datasets.append(DatasetRow(str(uri), str(digest), str(name), str(source_type), str(source), str(schema),
+                                               str(profile), dict(tags)))
+        for project, run_id, model_id, step in self.query(views.model_outputs(self.db, projects, ids)):
+            if (run := by_key.get((project, run_id))) is not None:
+                run.model_outputs.append((str(model_id), int(step)))
 
-    def datasets(self, projects: list[str], limit: int = 1000) -> list[tuple[str, str, str]]:
-        """(project, uri, digest) of the datasets runs of ``projects`` used, most recently used first."""
-        return [(str(a), str(b), str(c)) for a, b, c in self.query(views.datasets(self.db, projects, limit))]
+    def datasets(self, projects: list[str], limit: int = 1000) -> list[tuple[str, ...]]:
+        """(project, uri, name, digest, context) of the datasets runs of ``projects`` used, most recently used first."""
+        return [tuple(str(v) for v in row) for row in self.query(views.datasets(self.db, projects, limit))]
 
     def history(self, project: str, run_id: str, metric: str, *, offset: int, limit: int) -> list[tuple[float, int, int]]:
         """(value, timestamp ms, step) of one metric, by step then time."""

@@ -138,6 +138,51 @@ type MlflowSearchDatasetsResponse { datasetSummaries: [MlflowDatasetSummary!] ap
 """
 
 MAX_QUERY_BYTES = 64 * 1024
+# MLflow's bounds on a query's shape (mlflow/server/graphql/graphql_no_batching.py), with its messages.
+MAX_ROOT_FIELDS = 10
+MAX_ALIASES = 10
+MAX_DEPTH = 10
+MAX_SELECTIONS = 1000
+
+
+def shape_problem(doc: graphql.DocumentNode) -> str:
+    """Why a query is refused before it runs ("" when it is not): too many root fields, aliases at one level,
+    nesting levels or selections in all, counting fragments where they are spread (each at most once per path)."""
+    fragments = {d.name.value: d for d in doc.definitions if isinstance(d, graphql.FragmentDefinitionNode)}
+    roots = aliases = selections = 0
+    for op in doc.definitions:
+        if not isinstance(op, graphql.OperationDefinitionNode):
+            continue
+        stack: list[tuple[graphql.SelectionSetNode, int, frozenset[str]]] = [(op.selection_set, 1, frozenset())]
+        while stack:
+            selection_set, depth, seen = stack.pop()
+            if depth > MAX_DEPTH:
+                return f"Query exceeds maximum depth of {MAX_DEPTH}"
+            pending, fields, level_aliases, visited = list(selection_set.selections), [], 0, set(seen)
+            while pending:
+                node = pending.pop()
+                if isinstance(node, graphql.FieldNode):
+                    fields.append(node)
+                    level_aliases += node.alias is not None
+                elif isinstance(node, graphql.InlineFragmentNode):
+                    pending.extend(node.selection_set.selections)
+                elif isinstance(node, graphql.FragmentSpreadNode) and node.name.value not in visited:
+                    visited.add(node.name.value)
+                    if (frag := fragments.get(node.name.value)) is not None:
+                        pending.extend(frag.selection_set.selections)
+            for f in fields:
+                roots += depth == 1
+                selections += 1
+                if selections > MAX_SELECTIONS:
+                    return f"Query exceeds maximum total selections of {MAX_SELECTIONS}"
+                if f.selection_set is not None:
+                    stack.append((f.selection_set, depth + 1, seen))
+            aliases = max(aliases, level_aliases)
+    if roots > MAX_ROOT_FIELDS:
+        return f"GraphQL queries should have at most {MAX_ROOT_FIELDS} root fields, got {roots} root fields"
+    if aliases > MAX_ALIASES:
+        return f"GraphQL queries should have at most {MAX_ALIASES} aliases, got {aliases} aliases"
+    return ""
 
 Body = dict[str, Any]
 
@@ -151,6 +196,7 @@ class Handlers(Protocol):
     async def list_run_artifacts(self, body: Body, token: Token) -> Body: ...
     async def metric_history_bulk_interval(self, body: Body, token: Token) -> Body: ...
     async def search_datasets(self, body: Body, token: Token) -> Body: ...
+    async def search_model_versions(self, body: Body, token: Token) -> Body: ...
 
 
 def ui_build_dir() -> Path | None:
@@ -249,7 +295,7 @@ class MlflowUi:
             run = camel(r)
             _finite(run["data"]["metrics"])
             run["experiment"] = exps[r["info"]["experiment_id"]]
-            run["modelVersions"] = []  # no model registry yet
+            run["modelVersions"] = await self._versions_of(r["info"]["run_id"], token)
             inputs = run.setdefault("inputs", {})
             inputs.setdefault("datasetInputs", [])
             inputs.setdefault("modelInputs", [])
@@ -269,17 +315,26 @@ class MlflowUi:
         return {"runs": await self._runs(found.get("runs", []), token), "nextPageToken": found.get("next_page_token")}
 
     async def _list_artifacts(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        return camel(await self.api.list_run_artifacts(body, token))
+        found = camel(await self.api.list_run_artifacts(body, token))
+        # A folder's size is the proto's default here, as MLflow's GraphQL answers; REST leaves it out.
+        return {**found, "files": [{"fileSize": 0, **f} for f in found.get("files", [])]}
 
     async def _history(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
         found = camel(await self.api.metric_history_bulk_interval(body, token))
         return {"metrics": _finite(found.get("metrics", []))}
 
     async def _model_versions(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        return {"modelVersions": []}  # no model registry yet
+        return camel(await self.api.search_model_versions(body, token))
+
+    async def _versions_of(self, run_id: str, token: Token) -> list[dict[str, Any]]:
+        """The registered versions made from a run (its page lists them)."""
+        found = await self.api.search_model_versions({"filter": f"run_id = '{run_id}'"}, token)
+        return [camel(v) for v in found.get("model_versions", [])]
 
     async def _datasets(self, body: dict[str, Any], token: Token) -> dict[str, Any]:
-        return camel(await self.api.search_datasets(body, token))
+        found = camel(await self.api.search_datasets(body, token))
+        # GraphQL answers a proto field's default where REST leaves the field out.
+        return {"datasetSummaries": [{"context": "", **d} for d in found.get("datasetSummaries", [])]}
 
     async def graphql(self, request: web.Request, token: Token) -> web.Response:
         body = await request_fields(request)
@@ -289,12 +344,17 @@ class MlflowUi:
         variables = body.get("variables")
         if variables is not None and not isinstance(variables, dict):
             raise MlflowError("INVALID_PARAMETER_VALUE", "variables: a JSON object")
+        # As MLflow answers: 200, the data, and the errors' messages (a refused or malformed query: data null).
+        try:
+            doc = graphql.parse(query)
+        except graphql.GraphQLError as exc:
+            return web.json_response({"data": None, "errors": [exc.message]})
+        if problem := shape_problem(doc):
+            return web.json_response({"data": None, "errors": [problem]})
         result = await graphql.graphql(self.schema(), query, variable_values=variables,
                                        operation_name=body.get("operationName"), context_value={"token": token})
-        out: dict[str, Any] = {"data": result.data, "errors": None}
-        if result.errors:
-            out["errors"] = [e.formatted for e in result.errors]
-        return web.json_response(out, status=200 if result.data is not None else 400)
+        return web.json_response({"data": result.data,
+                                  "errors": [e.message for e in result.errors] if result.errors else None})
 
     # ---- files ----
 

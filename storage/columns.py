@@ -81,8 +81,9 @@ BATCH_COLUMNS = ["project", "run_id", "batch_id", "seq", "kind", "points", "crea
 RUN_START_COLUMNS = ["project", "run_id", "name", "started", "tags", "git_commit", "git_branch", "git_remote",
                      "git_dirty", "hostname", "pid", "python_version", "parent_run_id", "git_diff_sha256", "packages_sha256",
                      "fork_step"]
-DATASET_COLUMNS = ["project", "run_id", "uri", "digest", "size", "ts"]
-ARTIFACT_COLUMNS = ["project", "run_id", "uri", "stored_uri", "size", "sha256", "ts"]
+DATASET_COLUMNS = ["project", "run_id", "uri", "digest", "size", "ts", "name", "source_type", "source", "schema",
+                   "profile", "input_tags"]
+ARTIFACT_COLUMNS = ["project", "run_id", "uri", "stored_uri", "size", "sha256", "ts", "step"]
 RUN_FINISH_COLUMNS = ["project", "run_id", "status", "ended", "points_acked", "batches_acked", "points_dropped"]
 RUN_SESSION_COLUMNS = ["project", "run_id", "session", "resumed", "ended", "status", "points_acked", "batches_acked",
                        "points_dropped", "version"]
@@ -185,10 +186,11 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             t.tags.extend([b.project, b.run_id, k, v, to_datetime(b.created_ms)] for k, v in b.tags.values.items())
         elif kind == "dataset":
             d = b.dataset
-            t.datasets.append([b.project, b.run_id, d.uri, d.digest, d.size, to_datetime(b.created_ms)])
+            t.datasets.append([b.project, b.run_id, d.uri, d.digest, d.size, to_datetime(b.created_ms), d.name, d.source_type,
+                               d.source, d.schema, d.profile, dict(d.input_tags)])
         elif kind == "artifact":
             a = b.artifact
-            t.artifacts.append([b.project, b.run_id, a.uri, a.stored_uri, a.size, a.sha256, to_datetime(b.created_ms)])
+            t.artifacts.append([b.project, b.run_id, a.uri, a.stored_uri, a.size, a.sha256, to_datetime(b.created_ms), a.step])
         t.batches.append([b.project, b.run_id, b.batch_id, b.seq, kind or "", n, to_datetime(b.created_ms), partition, offset])
         t.newest_created_ms = max(t.newest_created_ms, b.created_ms)
     if values:

@@ -273,8 +273,15 @@ def test_any_experiment_name_and_renames_keep_the_project(ml: MlflowStack) -> No
         mlflow.log_metric("loss", 0.5, step=1)
     c = MlflowClient()
     # Another name with the same letters gets a project of its own; names are unique, projects too.
-    other = c.create_experiment("My/Experiment")
+    other = c.create_experiment("My/Experiment", artifact_location="my_location")
     assert other == "My-Experiment-2" and c.get_experiment(other).name == "My/Experiment"
+    # Its artifact location as MLflow's server keeps it (relative: made absolute); only reported, its runs' files
+    # still go through the role's artifact store.
+    assert c.get_experiment(other).artifact_location == str(Path.cwd() / "my_location")
+    assert c.create_run(other).info.artifact_uri.startswith("mlflow-artifacts:/My-Experiment-2/")
+    with pytest.raises(MlflowException) as runs_uri:
+        c.create_experiment("elsewhere", artifact_location="runs:/abc/model")
+    assert runs_uri.value.error_code == "INVALID_PARAMETER_VALUE" and "runs:/" in str(runs_uri.value)
     with pytest.raises(MlflowException) as dup:
         c.create_experiment("My Experiment")
     assert dup.value.error_code == "RESOURCE_ALREADY_EXISTS"
@@ -284,6 +291,8 @@ def test_any_experiment_name_and_renames_keep_the_project(ml: MlflowStack) -> No
     with pytest.raises(MlflowException) as taken:
         c.rename_experiment(other, "Vision: ResNet sweep")
     assert taken.value.error_code == "BAD_REQUEST"  # what MLflow's own server answers
+    c.rename_experiment(other, "My other experiment")
+    assert c.get_experiment(other).artifact_location == str(Path.cwd() / "my_location")  # a rename keeps it
     # The runs stay where they were: same experiment id, same project in storage.
     found = c.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in found] == [run.info.run_id] and found[0].data.metrics == {"loss": 0.5}
@@ -524,6 +533,50 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
     first = next(iter(names))
     c.log_artifact(first, str(art), artifact_path="dir")
     out["artifacts"] = [(f.path, f.is_dir, f.file_size) for f in c.list_artifacts(first, "dir")]
+    out.update(_datasets_and_models(c, uri, exp, names))
+    return out
+
+
+def _datasets_and_models(c: MlflowClient, uri: str, exp: str, names: dict[str, str]) -> dict:
+    """Datasets as MLflow describes them, a logged model's metrics, inputs and outputs, the UI's upload."""
+    import requests
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput
+
+    auth = {"Authorization": f"Bearer {os.environ.get('MLFLOW_TRACKING_TOKEN', '')}"}  # MLflow's server ignores it
+    first, second = list(names)[:2]
+    ds = Dataset(name="train", digest="d1", source_type="s3", source='{"uri": "s3://b/train.csv"}',
+                 schema='{"mlflow_colspec": [{"name": "a", "type": "long"}]}', profile='{"num_rows": 2}')
+    c.log_inputs(first, [DatasetInput(ds, [InputTag("mlflow.data.context", "training"), InputTag("split", "a")]),
+                         DatasetInput(Dataset("eval", "d2", "code", "{}"), [])])
+    out: dict = {"inputs": sorted((d.dataset.name, d.dataset.digest, d.dataset.source_type, d.dataset.source,
+                                   d.dataset.schema, d.dataset.profile, sorted((t.key, t.value) for t in d.tags))
+                                  for d in c.get_run(first).inputs.dataset_inputs)}
+    found = requests.post(f"{uri}/ajax-api/2.0/mlflow/experiments/search-datasets", json={"experiment_ids": [exp]},
+                          headers=auth, timeout=30).json()["dataset_summaries"]
+    out["dataset summaries"] = sorted(tuple(sorted((k, v) for k, v in d.items() if k != "experiment_id")) for d in found)
+    for f in ("datasets.context = 'training'", "datasets.name = 'eval'", "datasets.digest IN ('d1', 'x')"):
+        out[f] = sorted(names[r.info.run_id] for r in c.search_runs([exp], filter_string=f))
+    # A metric of a run measured on a dataset and naming a logged model is the model's too.
+    model = c.create_logged_model(exp, name="clf")
+    c.log_metric(first, "auc", 0.9, timestamp=3000, step=3, dataset_name="train", dataset_digest="d1",
+                 model_id=model.model_id)
+    c.log_inputs(second, models=[LoggedModelInput(model.model_id)])
+    c.log_outputs(first, [LoggedModelOutput(model.model_id, 3)])
+    out["model metrics"] = [(m.key, m.value, m.step, m.timestamp, m.dataset_name, m.dataset_digest, names[m.run_id])
+                            for m in c.get_logged_model(model.model_id).metrics]
+    out["model inputs"] = [m.model_id == model.model_id for m in c.get_run(second).inputs.model_inputs]
+    out["model outputs"] = [(m.model_id == model.model_id, m.step) for m in c.get_run(first).outputs.model_outputs]
+    for digest in ("d1", "other"):
+        found = c.search_logged_models([exp], datasets=[{"dataset_name": "train", "dataset_digest": digest}])
+        out[f"models measured on train@{digest}"] = [m.name for m in found]
+    # The UI's upload (a file of a run, by query string), read back as the UI reads it.
+    r = requests.post(f"{uri}/ajax-api/2.0/mlflow/upload-artifact", params={"run_uuid": first, "path": "ui/n.txt"},
+                      data=b"from the UI", headers=auth, timeout=30)
+    out["ui upload"] = (r.status_code, requests.get(f"{uri}/get-artifact", params={"run_uuid": first, "path": "ui/n.txt"},
+                                                    headers=auth, timeout=30).text)
+    r = requests.post(f"{uri}/ajax-api/2.0/mlflow/upload-artifact", params={"run_uuid": first, "path": "../n.txt"},
+                      data=b"x", headers=auth, timeout=30)
+    out["ui upload outside the run"] = (r.status_code, r.json()["error_code"])
     return out
 
 

@@ -191,9 +191,17 @@ def test_the_ui_needs_a_token_and_reads_only_what_the_token_may(ml: MlflowStack,
         return got if got and got["apiError"] else None
     got = wait_until(refused, 10, "the narrowed token to be known and refused")
     assert got["run"] is None and got["apiError"]["code"] == "RESOURCE_DOES_NOT_EXIST"
-    # A query that is not MLflow's schema is GraphQL's error, not a server error.
+    # A query that is not MLflow's schema is GraphQL's error, not a server error; one past MLflow's bounds on a
+    # query's shape (root fields, aliases, depth) is refused before it runs. Both as MLflow answers: 200, no data.
     r = graphql(ml.url, token, "X", "query X { secrets { value } }", {})
-    assert r.status_code == 400 and "secrets" in r.json()["errors"][0]["message"]
+    assert r.status_code == 200 and r.json()["data"] is None and "secrets" in r.json()["errors"][0]
+    many = "query X { " + " ".join(f"r{i}: mlflowGetRun(input: {{runId: \"{run_id}\"}}) {{ run {{ info {{ status }} }} }}"
+                                   for i in range(11)) + " }"
+    r = graphql(ml.url, token, "X", many, {})
+    assert r.status_code == 200 and r.json() == {
+        "data": None, "errors": ["GraphQL queries should have at most 10 root fields, got 11 root fields"]}
+    deep = "query X { mlflowGetRun(input: {runId: \"x\"}) { run { " + "info { " * 9 + "status" + " }" * 11 + " }"
+    assert graphql(ml.url, token, "X", deep, {}).json()["errors"] == ["Query exceeds maximum depth of 10"]
 
 
 def _comparable(run: dict[str, Any]) -> dict[str, Any]:

@@ -49,26 +49,47 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., run_start: _Optional[_Union[RunStart, _Mapping]] = ..., run_finish: _Optional[_Union[RunFinish, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ..., tags: _Optional[_Union[Tags, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., dataset: _Optional[_Union[DatasetUse, _Mapping]] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ..., run_resume: _Optional[_Union[RunResume, _Mapping]] = ...) -> None: ...
 
 class DatasetUse(_message.Message):
-    __slots__ = ("uri", "digest", "size")
+    __slots__ = ("uri", "digest", "size", "name", "source_type", "source", "schema", "profile", "input_tags")
+    class InputTagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     URI_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TAGS_FIELD_NUMBER: _ClassVar[int]
     uri: str
     digest: str
     size: int
-    def __init__(self, uri: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    name: str
+    source_type: str
+    source: str
+    schema: str
+    profile: str
+    input_tags: _containers.ScalarMap[str, str]
+    def __init__(self, uri: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., source_type: _Optional[str] = ..., source: _Optional[str] = ..., schema: _Optional[str] = ..., profile: _Optional[str] = ..., input_tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("uri", "stored_uri", "size", "sha256")
+    __slots__ = ("uri", "stored_uri", "size", "sha256", "step")
     URI_FIELD_NUMBER: _ClassVar[int]
     STORED_URI_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     uri: str
     stored_uri: str
     size: int
     sha256: str
-    def __init__(self, uri: _Optional[str] = ..., stored_uri: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    step: int
+    def __init__(self, uri: _Optional[str] = ..., stored_uri: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("names", "name_index", "steps", "timestamps_ms", "values")
@@ -332,7 +353,7 @@ class Alert(_message.Message):
     def __init__(self, alert_id: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., metric: _Optional[str] = ..., kind: _Optional[str] = ..., severity: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., expected_low: _Optional[float] = ..., expected_high: _Optional[float] = ..., event_ms: _Optional[int] = ..., detected_ms: _Optional[int] = ..., resolved_ms: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProjectRecord(_message.Message):
-    __slots__ = ("name", "description", "tags", "deleted", "title")
+    __slots__ = ("name", "description", "tags", "deleted", "title", "artifact_location")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -345,12 +366,14 @@ class ProjectRecord(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_LOCATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     tags: _containers.ScalarMap[str, str]
     deleted: bool
     title: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., deleted: _Optional[bool] = ..., title: _Optional[str] = ...) -> None: ...
+    artifact_location: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., deleted: _Optional[bool] = ..., title: _Optional[str] = ..., artifact_location: _Optional[str] = ...) -> None: ...
 
 class TokenRecord(_message.Message):
     __slots__ = ("token_id", "name", "projects", "scopes", "sha256", "created_ms", "expires_ms", "revoked", "revoked_ms")

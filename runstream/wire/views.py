@@ -106,9 +106,15 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, la
                     text = "toFloat64OrNull(value)"
                 out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
         elif c.kind == "dataset":
-            column = {"name": "uri", "digest": "digest"}.get(c.key)
+            if c.key == "entries":  # MLflow's logged-model search: any of (name, digest or '' for any digest)
+                names, digests = zip(*c.value)
+                out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE "
+                           f"{scope} AND arrayExists((n, d) -> n = {DATASET_NAME} AND (d = '' OR d = digest), "
+                           f"{p.add(list(names), 'Array(String)')}, {p.add(list(digests), 'Array(String)')}))")
+                continue
+            column = {"name": DATASET_NAME, "digest": "digest", "context": DATASET_CONTEXT}.get(c.key)
             if column is None:
-                raise ValidationError("filter", f"datasets.{c.key}: runstream filters datasets by name (its URI) or digest")
+                raise ValidationError("filter", f"datasets.{c.key}: datasets are filtered by name, digest or context")
             out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE {scope} "
                        f"AND {_compare(column, c, p)})")
     return out
@@ -369,18 +375,32 @@ def mlflow_latest(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> S
                     table(db, "metric_points"), projects, run_ids, "GROUP BY project, run_id, metric ORDER BY metric")
 
 
+MODEL_URI = "models:/"  # a logged model a run read (datasets_used) or produced (artifacts): models:/<model id>
+# A dataset's name: MLflow's where it gave one, else its URI (the SDK's datasets).
+DATASET_NAME = "if(name = '', uri, name)"
+DATASET_CONTEXT = "input_tags['mlflow.data.context']"
+
+
 def datasets_of(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, uri, digest) of the datasets these runs used, first used first."""
-    return _of_runs("project, run_id, uri, digest", table(db, "datasets_used"), projects, run_ids,
-                    "GROUP BY project, run_id, uri, digest ORDER BY min(ts)")
+    """(project, run_id, uri, digest, name, source_type, source, schema, profile, input_tags) of the datasets these
+    runs used, first used first; a dataset used twice keeps its first description, as MLflow does."""
+    return _of_runs("project, run_id, uri, digest, argMin(name, ts), argMin(source_type, ts), argMin(source, ts), "
+                    "argMin(schema, ts), argMin(profile, ts), argMin(input_tags, ts)", table(db, "datasets_used"),
+                    projects, run_ids, "GROUP BY project, run_id, uri, digest ORDER BY min(ts)")
+
+
+def model_outputs(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
+    """(project, run_id, model id, step) of the logged models these runs produced (MLflow's outputs)."""
+    return _of_runs(f"project, run_id, substring(uri, {len(MODEL_URI) + 1}), argMin(step, ts)", table(db, "artifacts"),
+                    projects, run_ids, f"AND startsWith(uri, '{MODEL_URI}') GROUP BY project, run_id, uri ORDER BY min(ts)")
 
 
 def datasets(db: str, projects: list[str], limit: int = 1000) -> Statement:
-    """(project, uri, digest) of the datasets runs of ``projects`` used, most recently used first."""
+    """(project, uri, name, digest, context) of the datasets runs of ``projects`` used, most recently used first."""
     p = QueryParams()
-    return Statement(f"SELECT project, uri, digest FROM {table(db, 'datasets_used')} WHERE project IN "
-                     f"{p.add(projects, 'Array(String)')} GROUP BY project, uri, digest ORDER BY max(ts) DESC "
-                     f"LIMIT {int(limit)}", p.values)
+    return Statement(f"SELECT project, uri, name, digest, {DATASET_CONTEXT} AS context FROM "
+                     f"{table(db, 'datasets_used')} WHERE project IN {p.add(projects, 'Array(String)')} "
+                     f"GROUP BY project, uri, name, digest, context ORDER BY max(ts) DESC LIMIT {int(limit)}", p.values)
 
 
 def stored_batches(db: str, projects: list[str], batch_ids: list[str]) -> Statement:
