@@ -11,7 +11,10 @@ front of ingest, Kafka, the sink, the embedded store). Measured, per server, wit
 - ``get_metric_history`` of one run's 100,000-point metric (p50 of ``--repeat``).
 - ``search_runs`` over 1,000 runs with a metric and a param filter (p50 of ``--repeat``).
 Each with the server's CPU per million points logged (bench/cpu.py: MLflow's server and its workers; every role of
-runstream's stack, Kafka included, until the points are stored). Prints one JSON line.
+runstream's stack, Kafka included, until the points are stored) and the clients' own (their processes' CPU while
+logging). Before the servers start, ``client_floor``: what the client itself spends to make one 1,000-point
+log_batch request and to turn a 100,000-point history answer into Metric objects, with no server at all: the ceiling
+of any ratio between two servers measured through this client. Prints one JSON line.
 Leaves out: artifacts, the MLflow UI, a remote network, a PostgreSQL/MySQL MLflow store.
 """
 
@@ -51,7 +54,7 @@ def _logger(uri: str, token: str, exp: str, seconds: float, out: Any) -> None:
     c = _client(uri, token)
     run = c.create_run(exp)
     step, lat = 0, []
-    began = time.monotonic()
+    began, cpu0 = time.monotonic(), time.process_time()
     end = began + seconds
     while time.monotonic() < end:
         now = int(time.time() * 1000)
@@ -60,9 +63,9 @@ def _logger(uri: str, token: str, exp: str, seconds: float, out: Any) -> None:
         c.log_batch(run.info.run_id, metrics=batch)
         lat.append((time.perf_counter() - t0) * 1000)
         step += 100
-    took = time.monotonic() - began
+    took, cpu = time.monotonic() - began, time.process_time() - cpu0
     c.set_terminated(run.info.run_id)
-    out.put((run.info.run_id, len(lat) * 1000, lat, took))
+    out.put((run.info.run_id, len(lat) * 1000, lat, took, cpu))
 
 
 def throughput(uri: str, token: str, exp: str, clients: int, seconds: float) -> dict[str, Any]:
@@ -76,13 +79,16 @@ def throughput(uri: str, token: str, exp: str, clients: int, seconds: float) -> 
     elapsed = time.monotonic() - t0
     for p in procs:
         p.join()
-    lat = [x for _, _, ls, _ in results for x in ls]
-    points = sum(n for _, n, _, _ in results)
+    lat = [x for _, _, ls, _, _ in results for x in ls]
+    points = sum(n for _, n, _, _, _ in results)
     # Each client's points over its own logging time (process start-up left out), summed.
-    rate = sum(n / took for _, n, _, took in results)
+    rate = sum(n / took for _, n, _, took, _ in results)
+    # The clients' own CPU while logging (the mlflow client turning metrics into JSON): the same in both columns.
+    clients = sum(cpu for *_, cpu in results)
     return {"points": points, "points_per_s": round(rate), "log_batch_p50_ms": pct(lat, 0.5, 2),
             "log_batch_p99_ms": pct(lat, 0.99, 2), "calls": len(lat), "elapsed_s": round(elapsed, 1),
-            "runs": {r: n for r, n, _, _ in results}}
+            "clients_core_s_per_m_points": round(clients / points * 1e6, 2) if points else None,
+            "runs": {r: n for r, n, _, _, _ in results}}
 
 
 def reads(uri: str, token: str, exp: str, repeat: int, console: Any) -> dict[str, Any]:
@@ -121,6 +127,34 @@ def reads(uri: str, token: str, exp: str, repeat: int, console: Any) -> dict[str
     return out
 
 
+def client_floor(repeat: int) -> dict[str, Any]:
+    """What the `mlflow` client itself spends, in this process, with no server at all: turning one 1,000-point
+    log_batch into its request body, and turning a 100,000-point get_metric_history answer into Metric objects (the
+    steps its RestStore takes). A server answering in no time is still bound by these: the ceiling of any ratio."""
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import GetMetricHistory, LogBatch
+    from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+
+    now = int(time.time() * 1000)
+    batch = [Metric(f"m{i % 10}", float(i), now, i // 10) for i in range(1000)]
+    t0 = time.perf_counter()
+    for _ in range(repeat * 10):
+        message_to_json(LogBatch(run_id="r" * 32, metrics=[m.to_proto() for m in batch], params=[], tags=[]))
+    write_ms = (time.perf_counter() - t0) * 1000 / (repeat * 10)
+    raw = json.dumps({"metrics": [{"key": "loss", "value": 1.0 / (s + 1), "timestamp": 1000 + s, "step": s}
+                                  for s in range(100_000)]})
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        resp = GetMetricHistory.Response()
+        parse_dict(json.loads(raw), resp)
+        [Metric.from_proto(m) for m in resp.metrics]
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"log_batch_1000_points_ms": round(write_ms, 2),
+            "core_s_per_m_points_logged": round(write_ms, 2),  # ms per 1,000 points = core-s per million
+            "get_metric_history_100k_parse_ms": pct(times, 0.5, 1)}
+
+
 def start_mlflow(home: Path, console: Any) -> tuple[subprocess.Popen[bytes], str]:
     if not MLFLOW.exists():
         raise SystemExit(f"no MLflow server at {MLFLOW}: run scripts/setup")
@@ -149,17 +183,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--servers", default="mlflow_server,runstream", help="which to measure, in order")
     args = ap.parse_args()
     console = Console(stderr=True)
     home = Path(tempfile.mkdtemp(prefix="runstream-mlflow-compat-"))
-    sup, cfg, token = start_stack("runstream-mlflow-compat-", console)
-    mlflow_proc, mlflow_url = start_mlflow(home, console)
+    # Taken first, on a quiet machine: the servers starting (a JVM compiling) would inflate both.
     result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "repeat": args.repeat,
                               "mlflow_version": "3.17.2", "cores": os.cpu_count(),
-                              "calibration": calibration()}
+                              "calibration": calibration(), "client_floor": client_floor(args.repeat)}
+    sup, cfg, token = start_stack("runstream-mlflow-compat-", console)
+    mlflow_proc, mlflow_url = start_mlflow(home, console)
     try:
         targets = {"mlflow_server": (mlflow_url, ""), "runstream": (f"http://{cfg.mlflow.listen}", token)}
-        for name, (uri, tok) in targets.items():
+        for name, (uri, tok) in [(n, targets[n]) for n in args.servers.split(",")]:
             console.print(f"[bold]{name}[/]: {args.clients} clients logging for {args.seconds:.0f} s ...")
             exp = _client(uri, tok).create_experiment(f"bench-{name}")
             # The server's CPU through logging (and, for runstream, until every point is stored): per million points.
