@@ -226,6 +226,72 @@ def test_records_fetched_between_the_seek_and_the_resume_after_recovery_are_appl
         proc.stop()
 
 
+NARROW_METADATA = """
+from aiokafka import AIOKafkaProducer
+_send, _fired = AIOKafkaProducer.send, []
+async def send(self, topic, *args, **kwargs):
+    if not topic.endswith("-run-state-changelog") or _fired:
+        return await _send(self, topic, *args, **kwargs)
+    _fired.append(1)
+    # The first run-state record waits a second in the producer's queue (it would be sent within a millisecond), and
+    # meanwhile a send names a topic the producer's metadata lacks (as a changelog faust created after the producer
+    # started did): from then on the producer asks for the topics named that way only.
+    acc = self._message_accumulator
+    linger, acc._linger_time = acc._linger_time, 1.0
+    try:
+        fut = await _send(self, topic, *args, **kwargs)
+    finally:
+        acc._linger_time = linger
+    self.client.add_topic({other!r})
+    return fut
+AIOKafkaProducer.send = send
+"""
+
+
+@pytest.mark.slow
+def test_a_producer_whose_metadata_narrows_still_delivers_every_output(
+        stack: Stack, token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker starts where every topic it writes exists, so its producer learns them all at once and tracks none by
+    name; its first state record then waits in the queue while the producer's metadata narrows to a topic it does not
+    write (NARROW_METADATA). On fresh stacks that record never left and the worker stopped for good; here every topic
+    the worker writes stays in its metadata, so each batch's rollup window is stored."""
+    t = GrpcTransport(stack.ingest_addr, token)
+    t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000
+    r = Sender(t, "narrow", "narrow-0")
+    windows = "SELECT count() FROM {db}.rollups WHERE project = 'narrow' AND resolution_s = 10"
+
+    def batch(k: int) -> None:  # 20 s apart: each batch closes the previous one's 10 s window
+        r.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * 20_000 + i for i in range(10)],
+                 [float(k)] * 10)
+
+    first = start_processor(stack, tmp_path)  # makes the changelog topics
+    try:
+        r.start(t0)
+        batch(0)
+        wait_until(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total") == 10,
+                   60, "the first worker to apply the first batch")
+    finally:
+        first.stop()
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(NARROW_METADATA.format(other=stack.config.kafka.events_topic))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
+    proc = start_processor(stack, tmp_path)
+    try:
+        batch(1)  # alone in its group: its rollup and state records are the only ones queued when metadata narrows
+        try:
+            wait_until(lambda: stack.query(windows)[0][0] >= 1, 30, "the first rollup window")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the worker's log ends:\n{proc.log_tail(20)}") from None
+        for k in range(2, 6):
+            batch(k)
+        r.finish(t0 + 200_000)
+        wait_until(lambda: stack.query(windows)[0][0] == 6, 60, "a rollup window of each of the 6 batches")
+        assert stack.wait_points(60, where="project = 'narrow'") == 60
+    finally:
+        t.close()
+        proc.stop()
+
+
 RULES = """
 defaults:
   stall_min_s: 1.0
