@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,34 @@ def test_rollups_match_sql_over_raw_points_across_a_kill(stack: Stack, token: st
 # at the end of a recovery, the worker waits (up to 2 s) for records to be read from them, and its streams take
 # records slowly (as when the agent is busy), so that they are still in a stream's queue when the recovery
 # resumes flow control: a race a restart on a busy machine hit now and then, made certain here.
+def windowed_batches(r: Sender, t0: int, every_ms: int) -> Callable[[int], None]:
+    """batch(k): 10 points of the run's loss at steps 10k.., at t0 + k * every_ms (each in a 10 s window of its own)."""
+    def batch(k: int) -> None:
+        r.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * every_ms + i for i in range(10)],
+                 [float(k)] * 10)
+    return batch
+
+
+def first_batch_then_stop(stack: Stack, tmp_path: Path, r: Sender, t0: int, batch: Callable[[int], None]) -> None:
+    """A worker applies the run's start and first batch and stops: its state (and the changelog topics) stay."""
+    first = start_processor(stack, tmp_path)
+    try:
+        r.start(t0)
+        batch(0)
+        wait_until(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total") == 10,
+                   60, "the first worker to apply the first batch")
+    finally:
+        first.stop()
+
+
+def start_injected(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> RoleProcess:
+    """A worker whose Python runs ``code`` first (a sitecustomize on its PYTHONPATH only)."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
+    return start_processor(stack, tmp_path)
+
+
 SLOW_RESUME = """
 import asyncio, time
 from faust.transport.consumer import Consumer
@@ -195,28 +224,14 @@ def test_records_fetched_between_the_seek_and_the_resume_after_recovery_are_appl
     t = GrpcTransport(stack.ingest_addr, token)
     t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000
     r = Sender(t, "resume", "resume-0")
-
-    def batch(k: int) -> None:  # each batch in a 10 s window of its own
-        r.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * 10_000 + i for i in range(10)],
-                 [float(k)] * 10)
-
-    first = start_processor(stack, tmp_path)
-    try:
-        r.start(t0)
-        batch(0)
-        wait_until(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total") == 10,
-                   60, "the first worker to apply the first batch")
-    finally:
-        first.stop()  # its state is in the changelog now: the next worker recovers it
+    batch = windowed_batches(r, t0, 10_000)
+    first_batch_then_stop(stack, tmp_path, r, t0, batch)  # the next worker recovers its state from the changelog
     for k in range(1, 8):
         batch(k)
     r.finish(t0 + 120_000)
     t.close()
     assert stack.wait_points(80, where="project = 'resume'") == 80
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(SLOW_RESUME)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))  # for the worker started now only
-    proc = start_processor(stack, tmp_path)
+    proc = start_injected(stack, tmp_path, monkeypatch, SLOW_RESUME)
     try:
         windows = "SELECT count() FROM {db}.rollups WHERE project = 'resume' AND resolution_s = 10"
         wait_until(lambda: stack.query(windows)[0][0] == 8, 60, "a rollup window of each of the 8 batches")
@@ -259,23 +274,9 @@ def test_a_producer_whose_metadata_narrows_still_delivers_every_output(
     t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000
     r = Sender(t, "narrow", "narrow-0")
     windows = "SELECT count() FROM {db}.rollups WHERE project = 'narrow' AND resolution_s = 10"
-
-    def batch(k: int) -> None:  # 20 s apart: each batch closes the previous one's 10 s window
-        r.points(["loss"], [0] * 10, list(range(k * 10, k * 10 + 10)), [t0 + k * 20_000 + i for i in range(10)],
-                 [float(k)] * 10)
-
-    first = start_processor(stack, tmp_path)  # makes the changelog topics
-    try:
-        r.start(t0)
-        batch(0)
-        wait_until(lambda: scrape(stack.config.processors.metrics_port).get("runstream_processor_points_total") == 10,
-                   60, "the first worker to apply the first batch")
-    finally:
-        first.stop()
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(NARROW_METADATA.format(other=stack.config.kafka.events_topic))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
-    proc = start_processor(stack, tmp_path)
+    batch = windowed_batches(r, t0, 20_000)  # 20 s apart: each batch closes the previous one's 10 s window
+    first_batch_then_stop(stack, tmp_path, r, t0, batch)  # the changelog topics exist from here on
+    proc = start_injected(stack, tmp_path, monkeypatch, NARROW_METADATA.format(other=stack.config.kafka.events_topic))
     try:
         batch(1)  # alone in its group: its rollup and state records are the only ones queued when metadata narrows
         try:
