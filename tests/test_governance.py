@@ -170,7 +170,7 @@ def test_revocation_reaches_a_stream_opened_before_it(stack: Stack, token: str) 
             if i == 1:
                 cli(stack, "token", "revoke", secret.split("_")[1])
                 revoked_at.append(time.monotonic())
-            time.sleep(0.5)
+            time.sleep(0.5)  # the stream's pace, not a wait: the test ends on the UNAUTHENTICATED it asserts
 
     with grpc.insecure_channel(stack.ingest_addr) as ch:
         call = ch.stream_unary("/runstream.v1.Ingest/SendStream", request_serializer=lambda b: b,

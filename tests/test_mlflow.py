@@ -350,8 +350,14 @@ def test_errors_and_auth_are_mlflow_shaped(ml: MlflowStack, config: RunstreamCon
     from runstream.server.auth import ensure_file_token
     reader = ensure_file_token(config.tokens_path, config.data_path / "reader.token", "reader", ["read"])
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", reader)
-    time.sleep(2.1)  # the token file is re-read at most every 2 s
-    assert MlflowClient().get_run(run.info.run_id).info.run_id == run.info.run_id
+
+    def reads() -> bool:  # the token file is re-read at most every 2 s: unknown until then
+        try:
+            return MlflowClient().get_run(run.info.run_id).info.run_id == run.info.run_id
+        except MlflowException as exc:
+            assert exc.error_code == "UNAUTHENTICATED", exc
+            return False
+    wait_until(reads, 10, "the new read-only token to be known and read the run")
     with pytest.raises(MlflowException) as denied:
         MlflowClient().log_param(run.info.run_id, "a", "b")
     assert denied.value.error_code == "PERMISSION_DENIED"
