@@ -27,7 +27,7 @@ from runstream.ingest.validate import validate_batch
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
 from runstream.server.governance import Follower
-from runstream.server.kafka import FATAL_PRODUCER_ERRORS, client_args, keep_in_metadata
+from runstream.server.kafka import FATAL_PRODUCER_ERRORS, client_args
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.wire import audit, encoding
 from runstream.wire.config import RunstreamConfig
@@ -91,12 +91,7 @@ class Publisher:
 
     async def start(self) -> None:
         self.producer = self._new_producer()
-        await self._start(self.producer)
-
-    async def _start(self, producer: AIOKafkaProducer) -> None:
-        await producer.start()
-        k = self.config.kafka  # every topic a publisher writes (the mlflow role's governance changes too)
-        keep_in_metadata(producer.client, [k.events_topic, k.audit_topic, k.control_topic])
+        await self.producer.start()
 
     async def stop(self) -> None:
         if self._rebuilding is not None:
@@ -114,7 +109,7 @@ class Publisher:
 
     async def _rebuild(self) -> None:
         old, fresh = self.producer, self._new_producer()
-        await self._start(fresh)
+        await fresh.start()
         self.producer = fresh
         tm.INGEST_PRODUCER_REBUILDS.inc()
         if old is not None:

@@ -23,7 +23,7 @@ from faust.tables.recovery import Recovery
 from runstream.processors import anomaly, fleet, rollups, state
 from runstream.processors.notify import Webhook
 from runstream.server import telemetry as tm
-from runstream.server.kafka import client_args, keep_in_metadata
+from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import Alert, Batch, FleetWindows, Rollups
 from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
@@ -84,6 +84,7 @@ class Processors:
         self._offsets: dict[int, int] = {}
         self._partition_of: dict[str, int] = {}  # run id -> its events partition (runs are keyed by id)
         self._fleet_cache: dict[bytes, fleet.FleetState] = {}
+        self._pinned = False  # the producer's metadata covers every topic written (_pin_producer_topics)
         k = config.kafka
         self.app = app = faust.App(
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
@@ -125,6 +126,24 @@ class Processors:
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         self._run_cache.clear()
         self._fleet_cache.clear()
+        self._pinned = False
+
+    def _pin_producer_topics(self) -> None:
+        """Keep every topic this worker writes to in the producer's metadata requests.
+
+        aiokafka asks for all topics until a send names one it does not know (a changelog faust created after the
+        producer started); from then on it asks only for the topics sends named that way, and an update drops the
+        others from its metadata. A batch already queued for a dropped topic then finds no leader, the sender asks
+        again for the same few topics, thousands of times a second, and the batch (and the worker awaiting it) waits
+        forever: no rollups, the processors and Kafka busy (seen on fresh stacks in about a third of starts)."""
+        if self._pinned:
+            return
+        client = self.app.producer._ensure_producer().client  # type: ignore[attr-defined]
+        for topic in (self.rollups_topic.get_topic_name(), self.alerts_topic.get_topic_name(),
+                      self.fleet_topic.get_topic_name(), self.runs.changelog_topic.get_topic_name(),
+                      self.fleet.changelog_topic.get_topic_name()):
+            client.add_topic(topic)  # a new one forces a metadata update, not awaited: sends wait on it themselves
+        self._pinned = True
 
     def _run_state(self, key: bytes, project: str) -> state.RunState:
         st = self._run_cache.get(key)
@@ -141,11 +160,6 @@ class Processors:
         return fs
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        # Every topic the worker writes stays in its producer's metadata: faust makes the changelogs after the producer
-        # started, and the first write to one narrowed the producer's metadata and stranded the records queued beside.
-        keep_in_metadata(self.app.producer._ensure_producer().client,  # type: ignore[attr-defined]
-                         [t.get_topic_name() for t in (self.rollups_topic, self.alerts_topic, self.fleet_topic,
-                                                       self.runs.changelog_topic, self.fleet.changelog_topic)])
         # Events are handled in small groups: a run's state is written once per group, not once per batch.
         async for events in stream.take_events(self.TAKE, within=0.05):  # type: ignore[attr-defined]
             items: list[tuple[Batch, int]] = []
@@ -172,6 +186,7 @@ class Processors:
             raise
 
     async def _handle(self, items: list[tuple[Batch, int]]) -> None:
+        self._pin_producer_topics()
         now_ms = int(time.time() * 1000)
         # The states this group changed, held here: the caches may be dropped while the group awaits Kafka.
         runs_dirty: dict[bytes, tuple[int, state.RunState]] = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +56,6 @@ def client_args(config: RunstreamConfig) -> dict[str, Any]:
         args.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.username,
                     sasl_plain_password=read_password(config))
     return args
-
-
-def keep_in_metadata(client: Any, topics: Iterable[str]) -> None:
-    """Keep ``topics`` in an aiokafka client's metadata requests.
-
-    aiokafka asks for every topic's metadata until a send names a topic it does not know (one created after the
-    producer started); from then on it asks only for the topics named that way, and each answer drops the others from
-    its metadata. A record already queued for a dropped topic then finds no leader and is never sent, while the sender
-    asks again for the same few topics thousands of times a second (the processors stopped that way on fresh stacks:
-    docs/operations.md). Named up front, the topics a producer writes are never dropped."""
-    for topic in topics:
-        client.add_topic(topic)  # a new one forces a metadata update, not awaited: sends wait on it themselves
 
 
 def read_password(config: RunstreamConfig) -> str:
