@@ -8,7 +8,15 @@ test gets its own database, topic and consumer group.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,33 +204,71 @@ def ml(config: RunstreamConfig, token: str, monkeypatch: pytest.MonkeyPatch) -> 
         roles.stop()
 
 
-@pytest.fixture(scope="session")
-def mlflow_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A real MLflow tracking server (SQLite store, artifact proxy), from the venv scripts/setup makes: its URL and
-    its SQLite file. One per test process: it takes seconds of CPU to start, and tests use experiments of their own."""
-    import subprocess
+SHARED_MLFLOW = "RUNSTREAM_TEST_MLFLOW_DIR"
+_STARTED: list[subprocess.Popen[bytes]] = []
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller (or a run without workers) names a folder for the session's one MLflow reference server: the
+    first worker that needs it starts it there, the others find it (it costs seconds of CPU to start)."""
+    if not hasattr(config, "workerinput") and SHARED_MLFLOW not in os.environ:
+        os.environ[SHARED_MLFLOW] = tempfile.mkdtemp(prefix="runstream-mlflow-ref-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller stops the shared MLflow server once every worker is done with it."""
+    if hasattr(config, "workerinput") or SHARED_MLFLOW not in os.environ:
+        return
+    shared = Path(os.environ.pop(SHARED_MLFLOW))
+    with contextlib.suppress(FileNotFoundError):
+        stop_group(json.loads((shared / "server.json").read_text())["pid"])
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def stop_group(pid: int) -> None:
+    """SIGTERM to the process group ``pid`` leads, SIGKILL after 30 s; reaped here when it is this process's child."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            os.kill(pid, 0)  # ProcessLookupError once it is gone
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_reference() -> tuple[str, Path]:
+    """A real MLflow tracking server (SQLite store, artifact proxy), from the venv scripts/setup makes: its URL and
+    its SQLite file. One for the whole session, shared by the workers (tests use experiments of their own); the
+    controller stops it at the end."""
     from runstream.ops.broker import free_port
     from runstream.ops.stack import wait_http
     if not MLFLOW_SERVER.exists():
         pytest.skip("no MLflow server: scripts/setup installs one into .venv-mlflow")
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(home / "mlflow-server.log", "wb")
-    proc = subprocess.Popen([str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                             "--artifacts-destination", str(home / "mlflow-artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
+    home = Path(os.environ[SHARED_MLFLOW])
+    with open(home / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker starts it; the others wait here, then read where it is
+        if (home / "server.json").exists():
+            info = json.loads((home / "server.json").read_text())
+            return info["url"], Path(info["db"])
+        port = free_port()
+        with open(home / "mlflow-server.log", "wb") as log:
+            proc = subprocess.Popen([str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port),
+                                     "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                                     "--artifacts-destination", str(home / "mlflow-artifacts")],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _STARTED.append(proc)  # outlives this worker's session (the controller stops it): never collected here
+        url = f"http://127.0.0.1:{port}"
         try:
-            wait_http(f"http://127.0.0.1:{port}/health", 120)
+            wait_http(f"{url}/health", 120)
         except RuntimeError:
+            stop_group(proc.pid)
             raise AssertionError((home / "mlflow-server.log").read_text()[-3000:]) from None
-        yield f"http://127.0.0.1:{port}", home / "mlflow.db"
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        (home / "server.json").write_text(json.dumps({"url": url, "db": str(home / "mlflow.db"), "pid": proc.pid}))
+        return url, home / "mlflow.db"
 
 
 @pytest.fixture
