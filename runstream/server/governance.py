@@ -62,12 +62,15 @@ class Follower:
 
     async def start(self) -> None:
         tp = TopicPartition(self.config.kafka.control_topic, 0)
+        # A short retry backoff: the first offsets request always waits one for the topic's metadata.
         self.consumer = AIOKafkaConsumer(**client_args(self.config), enable_auto_commit=False,
-                                         fetch_max_wait_ms=200)
+                                         fetch_max_wait_ms=200, retry_backoff_ms=50)
         await self.consumer.start()
+        # The end before the assignment: a broker answers a connection's requests in order, so asked after the
+        # seek it would wait out the first fetch's long poll (fetch_max_wait_ms) behind it.
+        self._end = (await self.consumer.end_offsets([tp]))[tp]
         self.consumer.assign([tp])
         await self.consumer.seek_to_beginning(tp)
-        self._end = (await self.consumer.end_offsets([tp]))[tp]
         if self._end == 0:
             self.caught_up.set()
         self._task = asyncio.create_task(self._run(), name="control-follower")
