@@ -40,6 +40,7 @@ from runstream.mlflow.protocol import MlflowError, as_list, error_response, next
 from runstream.mlflow.reads import Reads, RunRow
 from runstream.mlflow.registry import Registry
 from runstream.mlflow.ui import EMPTY_ANSWERS, MlflowUi, ui_build_dir
+from runstream.mlflow.uploads import PartialUploads, parse_range
 from runstream.server import governance as gov_io
 from runstream.server import telemetry as tm
 from runstream.server.auth import Token, TokenStore, authorize
@@ -315,6 +316,7 @@ class MlflowApi:
         self.run_projects: dict[str, tuple[float, frozenset[str]]] = {}
         self._stored: tuple[float, dict[str, int]] = (0.0, {})
         self.artifact_root = config.mlflow_artifact_path
+        self.partial = PartialUploads()
         self.registry = Registry(self)
 
     # ---- governance: experiments are projects ----
@@ -1097,9 +1099,19 @@ class MlflowApi:
         if (await self._run({"run_id": run_id}, token, "ingest"))[0] != project:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found in experiment {experiment_id(project)}")
         target.parent.mkdir(parents=True, exist_ok=True)
+        limit = min(limit or self.config.mlflow.max_artifact_bytes, self.config.mlflow.max_artifact_bytes)
+        expected = request.headers.get("X-Runstream-Sha256", "").lower()
+        if "Content-Range" in request.headers:  # one part of a resumable upload (runstream/mlflow/uploads.py)
+            if not re.fullmatch(r"[0-9a-f]{64}", expected):
+                raise MlflowError("INVALID_PARAMETER_VALUE", "a resumable upload (Content-Range) needs the whole "
+                                                             "file's sha256 in X-Runstream-Sha256 (64 hex digits)")
+            rng = parse_range(request.headers["Content-Range"])
+            progress = await self.partial.receive(request, target, expected, rng, limit)
+            if progress.completed_now:
+                await self._record_artifact(token, request, project, run_id, path, target, rng.total, expected)
+            return {"offset": progress.held, "complete": progress.done}
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         digest, size = hashlib.sha256(), 0
-        limit = min(limit or self.config.mlflow.max_artifact_bytes, self.config.mlflow.max_artifact_bytes)
         try:
             with open(tmp, "wb") as f:
                 async for chunk in request.content.iter_chunked(1 << 20):
@@ -1111,17 +1123,21 @@ class MlflowApi:
                     f.write(chunk)
             if empty and size == 0:
                 raise MlflowError("INVALID_PARAMETER_VALUE", empty)
-            expected = request.headers.get("X-Runstream-Sha256", "").lower()
             if expected and expected != digest.hexdigest():  # cut or changed in flight: keep nothing
                 raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact {path[:200]!r}: the bytes received have sha256 "
                                                              f"{digest.hexdigest()}, not {expected}; send it again")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        art = ingest_pb2.Artifact(uri=f"mlflow-artifacts:/{path.strip('/')}", stored_uri=str(target), size=size,
-                                  sha256=digest.hexdigest())
-        await self._send(token, request.remote or "", project, run_id, [{"artifact": art}])
+        await self._record_artifact(token, request, project, run_id, path, target, size, digest.hexdigest())
         return {}
+
+    async def _record_artifact(self, token: Token, request: web.Request, project: str, run_id: str, path: str,
+                               target: Path, size: int, sha256: str) -> None:
+        """The stored file in the run's lineage (an artifact record through the pipeline)."""
+        art = ingest_pb2.Artifact(uri=f"mlflow-artifacts:/{path.strip('/')}", stored_uri=str(target), size=size,
+                                  sha256=sha256)
+        await self._send(token, request.remote or "", project, run_id, [{"artifact": art}])
 
     async def _run_artifact_path(self, body: dict[str, Any], token: Token, path: str) -> tuple[str, Path]:
         """(the run's artifact root as '<experiment id>/<run id>/artifacts', the file or folder ``path`` under it) of

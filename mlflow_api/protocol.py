@@ -53,7 +53,7 @@ def as_mlflow_error(exc: BaseException) -> MlflowError:
 def error_response(exc: BaseException) -> web.Response:
     """An error as MLflow's JSON with its status; a 401 asks for basic auth, so a browser signs in."""
     err = as_mlflow_error(exc)
-    headers = {"WWW-Authenticate": 'Basic realm="runstream"'} if err.status == 401 else None
+    headers = {"WWW-Authenticate": 'Basic realm="runstream"'} if err.status == 401 else getattr(err, "headers", None)
     return web.json_response({"error_code": err.code, "message": str(err)}, status=err.status, headers=headers)
 
 

@@ -107,7 +107,8 @@ async def produce_events(config: RunstreamConfig, records: Sequence[tuple[bytes,
 
 class StallingProxy:
     """A TCP proxy in front of a server that can stall: while ``stalled`` is set it reads and forwards nothing, so
-    a client waits on an answer as it would from a stopped process (SIGSTOP), its connection left open."""
+    a client waits on an answer as it would from a stopped process (SIGSTOP), its connection left open. It can also
+    cut a connection once, in the middle of what the client sends (``cut_at``)."""
 
     def __init__(self, target: str) -> None:
         import socket
@@ -116,6 +117,8 @@ class StallingProxy:
         self.target = (host, int(port))
         self.stalled = threading.Event()
         self.forwarded = 0  # bytes from client to server
+        self.cut_at = 0     # > 0: the connection that carries the forwarded total past this is closed, once
+        self.cuts = 0
         self._closed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
@@ -154,6 +157,12 @@ class StallingProxy:
                     data = src.recv(65536)
                     if not data:
                         return
+                    if src is client and self.cut_at and self.forwarded + len(data) > self.cut_at:
+                        data = data[:self.cut_at - self.forwarded]
+                        peer[src].sendall(data)
+                        self.forwarded += len(data)
+                        self.cut_at, self.cuts = 0, self.cuts + 1
+                        return  # both sides closed mid-request, as a dropped network would leave them
                     peer[src].sendall(data)
                     if src is client:
                         self.forwarded += len(data)

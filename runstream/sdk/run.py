@@ -714,7 +714,8 @@ def _uploader(server: str, token: str | None, client: RunstreamConfig) -> Upload
     with _sender_lock:
         up = _uploaders.get((server, token))
         if up is None:
-            up = _uploaders[(server, token)] = Uploader(server, token, tls_ca=client.client.tls_ca)
+            up = _uploaders[(server, token)] = Uploader(server, token, tls_ca=client.client.tls_ca,
+                                                        part_bytes=int(client.client.upload_part_mib * 2**20))
             up.start()
         return up
 

@@ -160,6 +160,7 @@ class ClientConfig:
     spool_dir: str = ""            # empty: <data_dir>/spool
     artifact_dir: str = ""         # log_artifact copies files here (when not uploading); empty: files stay where they are
     artifact_url: str = ""         # log_artifact uploads to this artifact server (the mlflow role); empty: the local stack's
+    upload_part_mib: float = 8.0   # files larger than this are uploaded in parts of this size, resumable after a cut
     sql_url: str = ""              # the read API's SQL endpoint (or a ClickHouse server); empty: the local stack's
     system_interval_s: float = 5.0  # system metrics (sys/...) every so many seconds; 0 turns them off
 
@@ -288,6 +289,8 @@ class RunstreamConfig:
             problems.append("sink.gather_s: must be 0 (insert each poll) or more seconds")
         if self.sink.memory_purge_interval_s < 0:
             problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
+        if not self.client.upload_part_mib > 0:
+            problems.append(f"client.upload_part_mib: {self.client.upload_part_mib} must be more than 0")
         if self.ingest.max_batch_points < 1:
             problems.append("ingest.max_batch_points: must be at least 1")
         if self.clickhouse.url and not self.clickhouse.url.startswith(("http://", "https://")):
