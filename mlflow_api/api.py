@@ -1268,6 +1268,7 @@ class MlflowServer:
         self.host, port = config.mlflow.listen.rsplit(":", 1)
         self.port = int(port)
         self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.ssl: ssl.SSLContext | None = None
         if config.mlflow.tls_cert:
             self.ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -1461,6 +1462,20 @@ class MlflowServer:
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("MLflow tracking API on %s://%s:%d.", "https" if self.ssl else "http", self.host, self.port)
+        if self.config.mlflow.upload_part_ttl_h > 0:
+            self._sweeper = asyncio.create_task(self._sweep_parts(), name="upload-part-sweeper")
+
+    async def _sweep_parts(self) -> None:
+        """Now and then, the part files of uploads left unfinished longer than mlflow.upload_part_ttl_h go."""
+        ttl_s = self.config.mlflow.upload_part_ttl_h * 3600
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.api.partial.sweep, self.api.artifact_root, ttl_s)
+                if removed:
+                    log.info("Removed %d part files of uploads unfinished for %.0f h.", removed, ttl_s / 3600)
+            except OSError as exc:
+                log.warning("Sweeping unfinished uploads failed: %s", exc)
+            await asyncio.sleep(min(3600.0, ttl_s / 4))
 
     @staticmethod
     async def _unknown(request: web.Request) -> web.Response:
@@ -1468,6 +1483,9 @@ class MlflowServer:
                                                                 "(runstream serves MLflow's tracking and artifact APIs)"))
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

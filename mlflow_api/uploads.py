@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -80,6 +81,16 @@ class PartialUploads:
 
     def __init__(self) -> None:
         self._busy: set[Path] = set()
+
+    def sweep(self, root: Path, older_than_s: float) -> int:
+        """Remove the part files under ``root`` of uploads untouched for ``older_than_s``; how many were removed."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for part in root.rglob(".*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part not in self._busy and part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        return removed
 
     async def receive(self, request: web.Request, target: Path, sha256: str, rng: ContentRange,
                       limit: int) -> Progress:

@@ -4,7 +4,9 @@ connection cut in the middle of a file, MLflow's own client reading the result, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -86,14 +88,27 @@ def test_a_large_upload_cut_mid_transfer_resumes_from_the_bytes_the_server_holds
     assert again.status_code == 200 and again.json() == {"offset": size, "complete": True}
 
 
-def test_parts_that_do_not_fit_are_refused_with_the_offset_to_send_from(ml: MlflowStack, token: str,
-                                                                        tmp_path: Path) -> None:
+def test_parts_that_do_not_fit_are_refused_with_the_offset_to_send_from(ml: MlflowStack, token: str, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     run_id, _ = stored_run(ml)
     body = os.urandom(3000)
     sha = hashlib.sha256(body).hexdigest()
     url = artifact_url(ml, run_id, "f.bin")
     assert put(url, token, sha, "*", 3000).json() == {"offset": 0, "complete": False}
     assert put(url, token, sha, "0-999", 3000, body[:1000]).json() == {"offset": 1000, "complete": False}
+    # An upload abandoned 8 days ago (mlflow.upload_part_ttl_h is 7 days), beside this one.
+    assert put(url.replace("f.bin", "old.bin"), token, sha, "0-99", 3000, body[:100]).status_code == 200
+    (stale,) = (ml.config.mlflow_artifact_path).rglob(f".old.bin.{sha}.part")
+    os.utime(stale, (time.time() - 8 * 86400,) * 2)
+    # The server restarted: what it held is still held, and the sweep at its start removed the abandoned part.
+    caplog.set_level(logging.INFO, "runstream")
+    ml.roles.stop_role("mlflow")
+    ml.roles.start_role("mlflow")
+    mlflow.set_tracking_uri(ml.url)  # its new port
+    wait_until(lambda: "Removed 1 part files of uploads unfinished for 168 h" in caplog.text, 10, "the sweep")
+    assert not stale.exists()
+    url = artifact_url(ml, run_id, "f.bin")
+    assert put(url, token, sha, "*", 3000).json() == {"offset": 1000, "complete": False}
     ahead = put(url, token, sha, "2000-2999", 3000, body[2000:])        # skips bytes the server lacks
     assert ahead.status_code == 409 and ahead.headers["X-Runstream-Upload-Offset"] == "1000"
     assert ahead.json()["error_code"] == "RESOURCE_CONFLICT" and "send from byte 1000" in ahead.json()["message"]
@@ -117,6 +132,28 @@ def test_parts_that_do_not_fit_are_refused_with_the_offset_to_send_from(ml: Mlfl
     put(url.replace("f.bin", "g.bin"), token, wrong, "0-2999", 3000, body)
     assert put(url.replace("f.bin", "g.bin"), token, wrong, "*", 3000).json() == {"offset": 0, "complete": False}
     assert [f.path for f in MlflowClient().list_artifacts(run_id)] == ["f.bin"]
+
+
+def test_a_new_uploader_goes_on_from_the_bytes_an_earlier_process_sent(ml: MlflowStack, token: str, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A client that restarted (a new uploader, as in a new process) logging the same file sends only the rest."""
+    from runstream.sdk.upload import Upload, Uploader
+    run_id, _ = stored_run(ml)
+    body = os.urandom(5000)
+    (tmp_path / "ckpt.bin").write_bytes(body)
+    sha = hashlib.sha256(body).hexdigest()
+    url = artifact_url(ml, run_id, "ckpt.bin")
+    assert put(url, token, sha, "0-1499", 5000, body[:1500]).json() == {"offset": 1500, "complete": False}
+    caplog.set_level(logging.INFO, "runstream")
+    failed: list[str] = []
+    uploader = Uploader(ml.url, token, part_bytes=1000)
+    uploader.start()
+    uploader.submit(Upload(MlflowClient().get_run(run_id).info.experiment_id, run_id, tmp_path / "ckpt.bin",
+                           "ckpt.bin", sha, 5000, failed.append))
+    assert uploader.wait(run_id, 60) and failed == []
+    assert "ckpt.bin resumes at byte 1500 of 5000" in caplog.text
+    got = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert got.content == body
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -135,6 +135,7 @@ class MlflowConfig:
     tls_key: str = ""
     artifact_dir: str = ""         # artifacts uploaded through the API; empty: <data_dir>/artifacts
     max_artifact_bytes: int = 5 * 1024**3
+    upload_part_ttl_h: float = 168.0  # parts of an upload left unfinished this long are removed; 0 keeps them
     sql_url: str = ""              # where it reads: empty: clickhouse.url, else the sink's SQL endpoint
     sql_token_file: str = ""       # a read token for sql_url; empty: <data_dir>/mlflow.token (`runstream up` makes it)
     read_wait_s: float = 10.0      # a read waits this long for the same role's acknowledged writes to be stored
@@ -289,6 +290,8 @@ class RunstreamConfig:
             problems.append("sink.gather_s: must be 0 (insert each poll) or more seconds")
         if self.sink.memory_purge_interval_s < 0:
             problems.append("sink.memory_purge_interval_s: must be 0 (never) or more seconds")
+        if not self.mlflow.upload_part_ttl_h >= 0:
+            problems.append(f"mlflow.upload_part_ttl_h: {self.mlflow.upload_part_ttl_h} must be 0 (keep) or more hours")
         if not self.client.upload_part_mib > 0:
             problems.append(f"client.upload_part_mib: {self.client.upload_part_mib} must be more than 0")
         if self.ingest.max_batch_points < 1:
