@@ -73,6 +73,11 @@ async def map_kafka_errors(on_error: Callable[[BaseException], None] | None = No
         raise Unavailable("Kafka did not acknowledge in time; retry with backoff") from exc
 
 
+def _retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Publisher:
     """Publishes batches and tracks how many are in flight. A producer that hits a fatal error is replaced (the
     calls that saw it answer UNAVAILABLE and their clients resend; storage dedups on the batch id)."""
@@ -131,21 +136,20 @@ class Publisher:
             raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
         assert self.producer is not None
         topic = self.config.kafka.events_topic
-        async with map_kafka_errors(self._fatal):
-            partitions = sorted(await self.producer.partitions_for(topic))
-        groups: dict[int, list[ingest_pb2.Batch]] = {}
-        for b in batches:  # the partition the key would choose (Kafka's default partitioner), so packs keep it
-            groups.setdefault(partitions[(murmur2(b.run_id.encode()) & 0x7FFFFFFF) % len(partitions)], []).append(b)
         futures: dict[int, asyncio.Future] = {}  # id(batch) -> its record's future
-        for partition, group in groups.items():
-            at = 0
-            for rec, n in encoding.pack(group, max_record_bytes=self.config.kafka.max_record_bytes):
-                async with map_kafka_errors(self._fatal):
+        async with map_kafka_errors(self._fatal):  # once per request: it is a generator-based context
+            partitions = sorted(await self.producer.partitions_for(topic))
+            groups: dict[int, list[ingest_pb2.Batch]] = {}
+            for b in batches:  # the partition the key would choose (Kafka's default partitioner), so packs keep it
+                groups.setdefault(partitions[(murmur2(b.run_id.encode()) & 0x7FFFFFFF) % len(partitions)], []).append(b)
+            for partition, group in groups.items():
+                at = 0
+                for rec, n in encoding.pack(group, max_record_bytes=self.config.kafka.max_record_bytes):
                     fut = await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers, partition=partition)
-                self._count_inflight(fut, n)
-                for b in group[at:at + n]:
-                    futures[id(b)] = fut
-                at += n
+                    self._count_inflight(fut, n)
+                    for b in group[at:at + n]:
+                        futures[id(b)] = fut
+                    at += n
         return [futures[id(b)] for b in batches]
 
     def _count_inflight(self, fut: asyncio.Future, n: int) -> None:
@@ -166,8 +170,16 @@ class Publisher:
     async def wait(self, futures: list[asyncio.Future]) -> None:
         if not futures:
             return
-        async with map_kafka_errors(self._fatal):
-            await asyncio.wait_for(asyncio.gather(*futures), self.config.ingest.publish_timeout_s)
+        # One deadline over plain awaits: no gather and no wait_for wrapper per request (ingest's hot path). As
+        # before, a timeout cancels the awaited future and answers UNAVAILABLE.
+        try:
+            async with map_kafka_errors(self._fatal), asyncio.timeout(self.config.ingest.publish_timeout_s):
+                for fut in futures:
+                    await fut
+        except BaseException:
+            for fut in futures:  # the outcome of those not awaited is of no interest now: never "not retrieved"
+                fut.add_done_callback(_retrieved)
+            raise
 
 
 class IngestService(ingest_pb2_grpc.IngestServicer):
