@@ -48,6 +48,7 @@ def stored_run(ml: MlflowStack) -> tuple[str, str]:
     return _runs[db]
 
 
+@pytest.mark.slow
 def test_a_large_upload_cut_mid_transfer_resumes_from_the_bytes_the_server_holds(
         ml: MlflowStack, token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """log_artifact sends a file larger than one part in parts; the connection is cut in the middle of the third;
