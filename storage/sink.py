@@ -111,6 +111,7 @@ class Sink:
         self.consumer = AIOKafkaConsumer(
             **client_args(self.config),
             group_id=self.config.sink.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            group_instance_id=self.config.sink.instance_id or None,
             # The consumer keeps one fetched chunk per partition until polled: small chunks bound that memory. A
             # record larger than a chunk still comes whole (the broker returns it alone; tests/test_sink_fetch.py).
             max_partition_fetch_bytes=FETCH_PARTITION_BYTES, fetch_max_bytes=8 * FETCH_PARTITION_BYTES)

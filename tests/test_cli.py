@@ -81,6 +81,10 @@ def test_up_client_runs_sql_and_clean_shutdown(tmp_path: Path, kafka: KafkaBroke
     try:
         wait_until(lambda: stack_file.exists() or up.poll() is not None, 90, "stack.json (or `up` to exit)")
         assert stack_file.exists(), up.stdout.read() if up.poll() is not None else "stack.json never appeared"
+        # Its one sink is a static group member (sink.instance_id from the data dir): back at once after a crash.
+        import yaml
+        sink_config = yaml.safe_load((tmp_path / "home" / "run" / "sink.yaml").read_text())
+        assert re.fullmatch(r"sink-[0-9a-f]{12}", sink_config["sink"]["instance_id"]), sink_config["sink"]
         client = subprocess.run([sys.executable, "-c", CLIENT], env={**env, "RUNSTREAM_ARTIFACT_DIR": str(tmp_path / "art")},
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert client.returncode == 0, client.stderr

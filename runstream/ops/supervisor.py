@@ -9,6 +9,7 @@ find the stack without configuration.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -88,6 +89,8 @@ class Supervisor:
             self.broker.start()
             self.broker.client_config(c)
         asyncio.run(ensure_topics(c, acls=bool(c.kafka.credentials_dir)))
+        if not c.sink.instance_id:  # one sink per data dir: restarted after a crash, it resumes at once
+            c.sink.instance_id = "sink-" + hashlib.sha256(str(c.data_path.resolve()).encode()).hexdigest()[:12]
         token = ensure_dev_token(c.tokens_path)
         ensure_admin_token(c.tokens_path, c.admin_token_path)
         if c.mlflow.listen and not c.clickhouse.url:  # the MLflow API reads through the sink's endpoint with it
