@@ -205,7 +205,6 @@ def ml(config: RunstreamConfig, token: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 SHARED_MLFLOW = "RUNSTREAM_TEST_MLFLOW_DIR"
-_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -255,19 +254,21 @@ def mlflow_reference() -> tuple[str, Path]:
             info = json.loads((home / "server.json").read_text())
             return info["url"], Path(info["db"])
         port = free_port()
-        with open(home / "mlflow-server.log", "wb") as log:
-            proc = subprocess.Popen([str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port),
-                                     "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                                     "--artifacts-destination", str(home / "mlflow-artifacts")],
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _STARTED.append(proc)  # outlives this worker's session (the controller stops it): never collected here
+        cmd = [str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlflow-artifacts")]
+        # Detached (a session of its own, not this worker's child): it outlives the worker that started it, and the
+        # controller stops it by its process group.
+        started = subprocess.run(["sh", "-c", 'setsid "$@" > "$LOG" 2>&1 < /dev/null & echo $!', "sh", *cmd],
+                                 env={**os.environ, "LOG": str(home / "mlflow-server.log")}, capture_output=True,
+                                 text=True, check=True, timeout=30)
+        pid = int(started.stdout)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{url}/health", 120)
         except RuntimeError:
-            stop_group(proc.pid)
+            stop_group(pid)
             raise AssertionError((home / "mlflow-server.log").read_text()[-3000:]) from None
-        (home / "server.json").write_text(json.dumps({"url": url, "db": str(home / "mlflow.db"), "pid": proc.pid}))
+        (home / "server.json").write_text(json.dumps({"url": url, "db": str(home / "mlflow.db"), "pid": pid}))
         return url, home / "mlflow.db"
 
 
