@@ -42,7 +42,6 @@ def main() -> int:
                    help="sink.gather_s for this run (how long a poll gathers points before its insert; 0: none)")
     p.add_argument("--warmup-s", type=float, default=5,
                    help="load first, unmeasured, for this long: a fresh JVM spends its first seconds compiling (0: none)")
-    p.add_argument("--kafka-compression", default=None, help="kafka.compression for this run: lz4, zstd, gzip or ''")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -53,8 +52,6 @@ def main() -> int:
             c.clickhouse.merge_nice = args.merge_nice
         if args.sink_gather_s is not None:
             c.sink.gather_s = args.sink_gather_s
-        if args.kafka_compression is not None:
-            c.kafka.compression = args.kafka_compression
     sup, cfg, token = start_stack("runstream-bench-", console, configure, ingest_replicas=args.ingest_replicas)
     try:
         console.print(f"{args.jobs} jobs in {args.workers} processes (offered {args.points_per_s:,.0f} points/s) "
@@ -69,7 +66,6 @@ def main() -> int:
         out["warmup_s"] = args.warmup_s
         out["merge_nice"] = cfg.clickhouse.merge_nice
         out["sink_gather_s"] = cfg.sink.gather_s
-        out["kafka_compression"] = cfg.kafka.compression
         print(json.dumps(out))
         return 0 if out["lost"] == 0 and out["duplicated"] == 0 else 1
     finally:

@@ -92,8 +92,7 @@ class Publisher:
         return AIOKafkaProducer(
             **client_args(self.config), acks="all", enable_idempotence=True,
             linger_ms=2, max_batch_size=1024 * 1024, max_request_size=self.config.kafka.max_record_bytes + 4096,
-            request_timeout_ms=int(self.config.ingest.publish_timeout_s * 1000), retry_backoff_ms=200,
-            compression_type=self.config.kafka.compression or None)
+            request_timeout_ms=int(self.config.ingest.publish_timeout_s * 1000), retry_backoff_ms=200)
 
     async def start(self) -> None:
         self.producer = self._new_producer()

@@ -51,7 +51,6 @@ class KafkaConfig:
     deadletter_topic: str = DEADLETTER_TOPIC  # records the sink could not store, kept as they came
     partitions: int = 8            # per-run order holds because records are keyed by run id
     max_record_bytes: int = 8 * 1024 * 1024
-    compression: str = ""          # what ingest and the processors compress their records with: "", lz4, zstd, gzip
     jars_dir: str = "~/.cache/runstream"  # where the Apache Kafka jars are fetched to (`runstream up`, tests)
     replication_factor: int = 0    # of every topic runstream and faust create; 0: min(3, brokers in the cluster)
     min_insync_replicas: int = 0   # of runstream's topics; 0: min(2, replication factor)
@@ -249,8 +248,6 @@ class RunstreamConfig:
             problems.append("ingest.busy_loop_lag_ms: must be 0 (off) or more")
         if self.ingest.busy_requests_per_s < 0:
             problems.append("ingest.busy_requests_per_s: must be 0 or more")
-        if self.kafka.compression not in ("", "lz4", "zstd", "gzip"):
-            problems.append(f"kafka.compression: {self.kafka.compression!r} is not empty (none), lz4, zstd or gzip")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
