@@ -428,7 +428,7 @@ class Registry:
 def checked_source(source: str, by: str) -> None:
     """A version's source as MLflow's server checks it: never a local path (runstream keeps a run's files behind the
     artifact proxy, so no local path is inside a run's artifacts) and never a path that climbs with '..' or hides
-    a NUL, however percent-encoded."""
+    a NUL anywhere (the host too), however percent-encoded."""
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # a path, a file: URI, a Windows drive
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid model version source: '{source}'. To use a local path as "
@@ -438,7 +438,7 @@ def checked_source(source: str, by: str) -> None:
     while (unquoted := urllib.parse.unquote_plus(text)) != text:
         text = unquoted
     path = re.sub(r"/+", "/", urllib.parse.urlparse(text).path.rstrip("/"))
-    if "\x00" in path or ".." in text.split("/") or posixpath.normpath(path or "/") != (path or "/"):
+    if "\x00" in text or ".." in text.split("/") or posixpath.normpath(path or "/") != (path or "/"):
         raise MlflowError("INVALID_PARAMETER_VALUE", f"Invalid model version source: '{source}'. If supplying a source "
                           "as an http, https, local file path, ftp, objectstore, or mlflow-artifacts uri, an absolute "
                           "path must be provided without relative path references present. Please provide an "

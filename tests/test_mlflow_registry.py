@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runstream.server.auth import ensure_file_token
@@ -155,6 +155,7 @@ def test_version_tags_descriptions_and_search_order(ml: MlflowStack) -> None:
     assert [m.name for m in c.search_registered_models(max_results=1, page_token=page.token)] == ["b-model"]
 
 
+@settings(deadline=None)  # the first example imports the registry module
 @given(st.lists(st.sampled_from(["models", "..", ".", "%2e%2e", "%252e%252e", "a", "", "%00", "b c"]), max_size=6),
        st.sampled_from(["mlflow-artifacts:/", "mlflow-artifacts://host:9000/", "s3://bucket/", "https://h/", "runs:/r/",
                         "", "file:///", "/"]))
