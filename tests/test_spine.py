@@ -176,10 +176,10 @@ def test_kafka_outage_clients_back_off_then_everything_lands(tmp_path: Path, chd
         for i in range(2000, 32_000):
             run.log({"a": float(i), "b": -float(i)}, step=i)
             if i % 1000 == 0:
-                time.sleep(0.05)
+                time.sleep(0.05)  # a training loop's pace, not a wait: the steps span many flushes into the outage
         assert time.perf_counter() - t0 < 10  # logging carried on while Kafka was down
-        time.sleep(3)
-        assert run._sender.spooled_batches > 0 or run._sender.pending_points > 0
+        # 60k points over max_pending_points (20k) with nothing acknowledged: the sender spools them to disk.
+        wait_until(lambda: run._sender.spooled_batches > 0, 30, "the sender to spool the points Kafka cannot take")
         broker.start()
         assert run.finish(timeout=120)
         assert stack.wait_points(64_000, timeout=120, where="project = 'outage'") == 64_000
