@@ -57,6 +57,7 @@ from runstream.wire.errors import (
 from runstream.wire.mlflow import (
     DEFAULT_PROJECT,
     LIFECYCLE_TAG,
+    SHA256_HEADER,
     dataset_uri,
     experiment_id,
     param_json,
@@ -1100,11 +1101,11 @@ class MlflowApi:
             raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found in experiment {experiment_id(project)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         limit = min(limit or self.config.mlflow.max_artifact_bytes, self.config.mlflow.max_artifact_bytes)
-        expected = request.headers.get("X-Runstream-Sha256", "").lower()
+        expected = request.headers.get(SHA256_HEADER, "").lower()
         if "Content-Range" in request.headers:  # one part of a resumable upload (runstream/mlflow/uploads.py)
             if not re.fullmatch(r"[0-9a-f]{64}", expected):
                 raise MlflowError("INVALID_PARAMETER_VALUE", "a resumable upload (Content-Range) needs the whole "
-                                                             "file's sha256 in X-Runstream-Sha256 (64 hex digits)")
+                                                             f"file's sha256 in {SHA256_HEADER} (64 hex digits)")
             rng = parse_range(request.headers["Content-Range"])
             progress = await self.partial.receive(request, target, expected, rng, limit)
             if progress.completed_now:

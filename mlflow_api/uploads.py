@@ -24,8 +24,8 @@ from typing import BinaryIO
 from aiohttp import web
 
 from runstream.mlflow.protocol import MlflowError
+from runstream.wire.mlflow import OFFSET_HEADER
 
-OFFSET_HEADER = "X-Runstream-Upload-Offset"
 _RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19})\Z")
 
 
@@ -76,18 +76,18 @@ def _sha256(path: Path) -> str:
 
 
 class PartialUploads:
-    """The part files of uploads in progress. One request at a time appends to a part file: this process holds an
-    asyncio lock per file, and a flock keeps other replicas sharing the artifact store out."""
-
-    def __init__(self) -> None:
-        self._busy: set[Path] = set()
+    """The part files of uploads in progress. One request at a time appends to a part file: each holds a flock on
+    it, which is per open file, so it keeps out a second request of this process as well as other replicas sharing
+    the artifact store, and the sweep."""
 
     def sweep(self, root: Path, older_than_s: float) -> int:
-        """Remove the part files under ``root`` of uploads untouched for ``older_than_s``; how many were removed."""
+        """Remove the part files under ``root`` of uploads untouched for ``older_than_s`` (and not being written);
+        how many were removed."""
         cutoff, removed = time.time() - older_than_s, 0
         for part in root.rglob(".*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if part not in self._busy and part.stat().st_mtime < cutoff:
+            with contextlib.suppress(FileNotFoundError, BlockingIOError), open(part, "rb") as f:
+                if os.fstat(f.fileno()).st_mtime < cutoff:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     part.unlink()
                     removed += 1
         return removed
@@ -98,17 +98,6 @@ class PartialUploads:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"artifact of {rng.total} bytes is larger than {limit} bytes "
                                                          "(mlflow.max_artifact_bytes)")
         part = target.with_name(f".{target.name}.{sha256}.part")
-        if part in self._busy:
-            raise MlflowError("RESOURCE_CONFLICT", "another request is sending this file's bytes; ask again how many "
-                                                   "are held (Content-Range: bytes */<total>) in a moment", 409)
-        self._busy.add(part)
-        try:
-            return await self._receive(request, target, part, sha256, rng)
-        finally:
-            self._busy.discard(part)
-
-    async def _receive(self, request: web.Request, target: Path, part: Path, sha256: str,
-                       rng: ContentRange) -> Progress:
         if not part.exists() and target.is_file() and target.stat().st_size == rng.total \
                 and await asyncio.to_thread(_sha256, target) == sha256:
             return Progress(rng.total, True, False)  # sent whole before (its answer may have been lost)
@@ -116,8 +105,9 @@ class PartialUploads:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise MlflowError("RESOURCE_CONFLICT", "another replica is receiving this file's bytes; ask again in "
-                                                       "a moment", 409) from None
+                raise MlflowError("RESOURCE_CONFLICT", "another request is sending this file's bytes; ask again how "
+                                                       "many are held (Content-Range: bytes */<total>) in a moment",
+                                  409) from None
             held = f.tell()
             if rng.first is None:
                 return Progress(held, False, False)

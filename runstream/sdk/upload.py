@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runstream.wire.mlflow import experiment_id
+from runstream.wire.mlflow import OFFSET_HEADER, SHA256_HEADER, experiment_id
 
 log = logging.getLogger("runstream")
 
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
-OFFSET_HEADER = "X-Runstream-Upload-Offset"
 
 
 @dataclass
@@ -96,11 +95,10 @@ class Uploader(threading.Thread):
     def _upload(self, job: Upload) -> None:
         deadline, delay = time.monotonic() + self.give_up_s, 0.2
         while True:
-            progress = [False]
-            problem, retry = self._put_parts(job, progress) if job.size > self.part_bytes else self._put(job)
+            problem, retry, progressed = self._put_parts(job) if job.size > self.part_bytes else (*self._put(job), False)
             if problem is None:
                 return
-            if progress[0]:  # bytes went through before it broke: the clock starts again
+            if progressed:  # bytes went through before it broke: the clock starts again
                 deadline, delay = time.monotonic() + self.give_up_s, 0.2
             if not retry or time.monotonic() + delay > deadline:
                 log.error("runstream: artifact %s of run %s was not uploaded: %s", job.name, job.run_id, problem)
@@ -111,7 +109,7 @@ class Uploader(threading.Thread):
 
     def _request(self, job: Upload, body: object, length: int, extra: dict[str, str] | None = None) -> bytes:
         headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream",
-                   "X-Runstream-Sha256": job.sha256, **(extra or {})}
+                   SHA256_HEADER: job.sha256, **(extra or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url(job), data=body, headers=headers, method="PUT")  # type: ignore[arg-type]
@@ -127,13 +125,14 @@ class Uploader(threading.Thread):
         except (urllib.error.HTTPError, OSError) as exc:
             return self._problem(exc)
 
-    def _put_parts(self, job: Upload, progress: list[bool]) -> tuple[str | None, bool]:
-        """The file in parts, from the bytes the server already holds (asked first); ``progress[0]`` is set once a
-        part is taken."""
+    def _put_parts(self, job: Upload) -> tuple[str | None, bool, bool]:
+        """The file in parts, from the bytes the server already holds (asked first): as :meth:`_put`, and whether
+        the server took any part."""
         def send(first: int | None, data: bytes = b"") -> tuple[int, bool]:
             span = f"{first}-{first + len(data) - 1}" if first is not None else "*"
             answer = json.loads(self._request(job, data, len(data), {"Content-Range": f"bytes {span}/{job.size}"}))
             return int(answer["offset"]), bool(answer["complete"])
+        progressed = False
         try:
             offset, done = send(None)
             if offset:
@@ -143,18 +142,18 @@ class Uploader(threading.Thread):
                     f.seek(offset)
                     data = f.read(min(self.part_bytes, job.size - offset))
                     if not data:
-                        return f"the file is shorter than the {job.size} bytes logged", False
+                        return f"the file is shorter than the {job.size} bytes logged", False, progressed
                     try:
                         held, done = send(offset, data)
                     except urllib.error.HTTPError as exc:
                         if exc.code != 409 or OFFSET_HEADER not in exc.headers:
                             raise
                         held = int(exc.headers[OFFSET_HEADER])  # the server holds other bytes: go on from there
-                    progress[0] = progress[0] or held > offset
+                    progressed = progressed or held > offset
                     offset = held
-            return None, False
+            return None, False, progressed
         except (urllib.error.HTTPError, OSError, ValueError, KeyError) as exc:
-            return self._problem(exc)
+            return (*self._problem(exc), progressed)
 
     def _problem(self, exc: BaseException) -> tuple[str, bool]:
         """What went wrong, and whether trying again may help."""

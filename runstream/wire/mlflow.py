@@ -11,6 +11,10 @@ from runstream.wire.governance import NAME_RE
 
 DEFAULT_PROJECT = "default"  # MLflow's experiment "0", named "Default"
 LIFECYCLE_TAG = "runstream.lifecycle"  # MLflow's soft delete of a run (its data stays)
+# An artifact upload's headers beyond MLflow's (the SDK and the mlflow role): the whole file's digest, and the bytes
+# the server holds of a resumable upload (runstream/mlflow/uploads.py).
+SHA256_HEADER = "X-Runstream-Sha256"
+OFFSET_HEADER = "X-Runstream-Upload-Offset"
 
 
 def experiment_id(project: str) -> str:
