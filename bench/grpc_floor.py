@@ -24,6 +24,8 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+import grpc
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import calibration, cpu_seconds  # noqa: E402  (bench/ is the script's own directory)
@@ -53,7 +55,7 @@ class AioIngest(ingest_pb2_grpc.IngestServicer):
 def serve(mode: str, port: int, threads: int) -> None:
     """One server until killed; prints 'ready' once it listens."""
     if mode == "sync":
-        server = __import__("grpc").server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS,
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS,
                                            maximum_concurrent_rpcs=None)
         ingest_pb2_grpc.add_IngestServicer_to_server(SyncIngest(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
@@ -63,7 +65,7 @@ def serve(mode: str, port: int, threads: int) -> None:
         return
 
     async def main() -> None:
-        server = __import__("grpc").aio.server(options=OPTIONS)
+        server = grpc.aio.server(options=OPTIONS)
         ingest_pb2_grpc.add_IngestServicer_to_server(AioIngest(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -84,7 +86,6 @@ def request(points: int, run: int) -> ingest_pb2.SessionRequest:
 
 async def load(port: int, streams: int, points: int, interval_s: float, seconds: float) -> dict[str, object]:
     """``streams`` sessions, each one request every ``interval_s``, waiting for its ack, for ``seconds``."""
-    import grpc
     lat: list[float] = []
     answered = 0
     stop = time.monotonic() + seconds
