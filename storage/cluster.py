@@ -33,7 +33,7 @@ _CREATE_MV = re.compile(r"CREATE MATERIALIZED VIEW (?P<ine>IF NOT EXISTS )?(?P<d
                         r"TO (?P<tdb>\w+)\.(?P<target>\w+) AS\s+(?P<select>.*)", re.S)
 _DROP_VIEW = re.compile(r"DROP VIEW (?P<ie>IF EXISTS )?(?P<db>\w+)\.(?P<name>\w+)\s*")
 _ALTER = re.compile(r"ALTER TABLE (?P<db>\w+)\.(?P<name>\w+) (?P<rest>.*)", re.S)
-_INSERT_SELECT = re.compile(r"INSERT INTO \w+\.\w+\s+SELECT ", re.S)
+_INSERT_SELECT = re.compile(r"INSERT INTO \w+\.\w+\s+(\([\w, ]+\)\s*)?SELECT ", re.S)
 _CREATE_ROLE = re.compile(r"CREATE ROLE (?P<ine>IF NOT EXISTS )?(?P<name>\w+)")
 _GRANT = re.compile(r"GRANT (?P<rest>.*)", re.S)
 _ROW_POLICY = re.compile(r"CREATE ROW POLICY (?P<ine>IF NOT EXISTS )?(?P<name>\w+) ON (?P<db>\w+)\.(?P<table>\w+) "

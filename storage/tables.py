@@ -34,6 +34,7 @@ TABLES: tuple[Table, ...] = (
     Table("audit_log", "audit_rows", tuple(columns.AUDIT_COLUMNS), "project"),
     Table("batches", "batches", tuple(columns.BATCH_COLUMNS), "run"),
     Table("metric_latest", "", (), "run"),  # from metric_points by metric_latest_mv (migrations/0007_reads.sql)
+    Table("run_index", "", (), "run"),  # from the run, param, tag and latest tables (migrations/0014_run_index.sql)
 )
 RUN_TABLES = tuple(t.name for t in TABLES if t.scope == "run")                  # a run deletion reaches these
 PROJECT_TABLES = tuple(t.name for t in TABLES if t.scope in ("run", "project"))  # row policies go on these

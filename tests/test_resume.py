@@ -40,6 +40,9 @@ def test_resume_keeps_the_start_record_and_counts_add_up(stack: Stack, token: st
         second.log({"loss": 0.5})
     # While the second session runs, the run is running again (seen once its resume is stored).
     wait_until(lambda: run_row(stack, first.id)["status"] == "running", 30, "the resumed run to show as running")
+    api = runstream.Api(f"http://{stack.config.sink.sql_listen}", token, database=stack.config.clickhouse.database)
+    live = api.run(first.id)  # the read API derives the view's fields from run_index itself: the same answers
+    assert (live.status, live.points_acked, live.ended, live.sessions) == ("running", None, None, 2)
     assert second.finish(timeout=30)
     assert stack.wait_points(201, where=f"run_id = '{first.id}'") == 201
     after = wait_until(lambda: (r := run_row(stack, first.id))["status"] == "finished" and r, 30, "the second finish")
@@ -48,6 +51,11 @@ def test_resume_keeps_the_start_record_and_counts_add_up(stack: Stack, token: st
         assert after[kept] == before[kept], kept
     assert after["parent_run_id"] == parent.id and after["tags"] == ["sweep-7"]
     assert (after["points_acked"], after["sessions"]) == (201, 2)
+    done = api.run(first.id)
+    assert (done.name, done.status, done.started, done.parent_run_id, done.points_acked, done.sessions) == (
+        after["name"], "finished", after["started"], parent.id, 201, 2)
+    assert done.ended is not None and done.ended > done.started and done.config == {"lr": 0.01}
+    assert list(api.runs("resumable", status="finished", name="long-job").points_acked) == [201]
     # The steps continued where the first session stopped: 0..200, each once.
     steps = stack.query("SELECT min(step), max(step), uniqExact(step) FROM {db}.metrics WHERE run_id = {r:String}", r=first.id)
     assert steps == [(0, 200, 201)]

@@ -102,45 +102,34 @@ class Api:
                 params=params, tags=tag_filters, metrics=metrics, limit=limit, offset=offset)
         except ValidationError as exc:
             raise ValueError(str(exc)) from exc
-        cols = views.RUN_COLUMNS
-        rows = self._rows(statement)
-        df = pd.DataFrame(rows, columns=cols)
-        if df.empty:
-            return df
-        projects, ids = list(df.project), list(df.run_id)
-        extra: dict[str, dict[str, Any]] = {rid: {} for rid in df.run_id}
-        for _, rid, key, value in self._rows(views.current_params(self.database, projects, ids)):
-            extra[rid][f"params.{key}"] = _decode(value)
-        tag_lists: dict[str, list[str]] = {rid: [] for rid in df.run_id}
-        for _, rid, key, _ in self._rows(views.current_tags(self.database, projects, ids)):
-            tag_lists[rid].append(key)
-        for _, rid, metric, value in self._rows(views.latest_metrics(self.database, projects, ids)):
-            extra[rid][f"metrics.{metric}"] = value
-        df["tags"] = [tag_lists[r] for r in df.run_id]
-        wide = pd.DataFrame([extra[r] for r in df.run_id], index=df.index)
+        found = views.run_rows(self.client, statement)
+        if not found:
+            return pd.DataFrame([], columns=views.RUN_COLUMNS)
+        df = pd.DataFrame([r.fields() for r in found], columns=views.RUN_COLUMNS)
+        df["tags"] = [list(r.live_tags()) for r in found]
+        wide = pd.DataFrame([{**{f"params.{k}": _decode(v["value"]) for k, v in r.params.items()},
+                              **{f"metrics.{k}": v["value"] for k, v in r.metrics.items()}} for r in found], index=df.index)
         return pd.concat([df, wide[sorted(wide.columns)]], axis=1)
 
     def run(self, run_id: str, project: str | None = None) -> RunInfo:
         """One run: its fields, ``config`` (params, typed), ``tags``, ``summary`` (latest value of each metric),
         lineage and artifacts. Raises LookupError for an unknown run, or a run id two projects hold without
         ``project``."""
-        cols = views.RUN_RECORD_COLUMNS
-        rows = self._rows(views.run_record(self.database, run_id, project))
-        if not rows:
+        found = views.run_rows(self.client, views.run_record(self.database, run_id, project))
+        if not found:
             raise LookupError(f"no run {run_id!r}" + (f" in project {project!r}" if project else ""))
-        if len(rows) > 1:
-            raise LookupError(f"run id {run_id!r} is in projects {rows[0][0]!r} and {rows[1][0]!r}: pass project=")
-        row = dict(zip(cols, rows[0]))
-        params, tag_rows, latest_rows = rows[0][len(cols):]
-        config = {k: _decode(v) for k, v in sorted(params)}
-        tags = dict(sorted(tag_rows))
-        summary = dict(sorted(latest_rows))
-        return RunInfo(api=self, id=run_id, project=row["project"], name=row["name"], status=row["status"],
+        if len(found) > 1:
+            raise LookupError(f"run id {run_id!r} is in projects {found[0].project!r} and {found[1].project!r}: pass project=")
+        r = found[0]
+        row, st = r.fields(), r.first
+        return RunInfo(api=self, id=run_id, project=r.project, name=row["name"], status=row["status"],
                        started=row["started"], ended=row["ended"], parent_run_id=row["parent_run_id"],
                        fork_step=row["fork_step"], points_acked=row["points_acked"],
-                       points_dropped=row["points_dropped"], sessions=row["sessions"], config=config, tags=tags,
-                       summary=summary, git={"commit": row["git_commit"], "branch": row["git_branch"]},
-                       hostname=row["hostname"])
+                       points_dropped=r.points_dropped, sessions=row["sessions"],
+                       config={k: _decode(v["value"]) for k, v in sorted(r.params.items())},
+                       tags=r.live_tags(),
+                       summary={k: v["value"] for k, v in sorted(r.metrics.items())},
+                       git={"commit": st["git_commit"], "branch": st["git_branch"]}, hostname=st["hostname"])
 
     def compare(self, run_ids: Sequence[str], project: str | None = None) -> Any:
         """Runs side by side: one column per run, one row per field, param and latest metric."""

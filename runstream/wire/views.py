@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from runstream.wire.errors import ValidationError
@@ -18,6 +19,7 @@ from runstream.wire.search import DELETED_TAG, MODEL_LABEL, Cond, Order
 from runstream.wire.sql import QueryParams
 
 Row = tuple[Any, ...]
+EPOCH = datetime(1970, 1, 1)
 
 
 class Statement(NamedTuple):
@@ -69,10 +71,9 @@ def _compare(column: str, c: Cond, p: QueryParams) -> str:
     return f"{column} {c.op} {p.add(c.value, 'String')}"
 
 
-def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> list[str]:
+def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
     """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
-    subqueries to the searched projects. ``latest``: a metric's latest value from the `latest` table (sized by
-    runs x metrics; its ties resolve by step only), not from every point."""
+    subqueries to the searched projects."""
     out = []
     for c in conds:
         if c.kind == "attr":
@@ -84,10 +85,7 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, la
                 out.append(_compare(ATTR_COLUMNS[c.key], c, p))
             continue
         key = p.add(c.key, "String")
-        if c.kind == "metric" and latest:
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'latest')} WHERE {scope} "
-                       f"AND metric = {key} AND {_compare('value', c, p)})")
-        elif c.kind == "metric":
+        if c.kind == "metric":
             out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'metric_points')} WHERE {scope} "
                        f"AND metric = {key} GROUP BY project, run_id HAVING {_compare(LATEST, c, p)})")
         elif c.kind in ("param", "tag"):
@@ -102,8 +100,6 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, la
             else:
                 if c.op in ("IN", "NOT IN"):
                     raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
-                if isinstance(c.value, float):  # a typed param compared with a number (read API)
-                    text = "toFloat64OrNull(value)"
                 out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
         elif c.kind == "dataset":
             if c.key == "entries":  # MLflow's logged-model search: any of (name, digest or '' for any digest)
@@ -120,9 +116,9 @@ def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams, *, la
     return out
 
 
-def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams, *, latest: bool = False) -> tuple[list[str], list[str]]:
+def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams) -> tuple[list[str], list[str]]:
     """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
-    come last, in either direction, as MLflow orders them. ``latest`` as in sql_conditions."""
+    come last, in either direction, as MLflow orders them."""
     joins, terms = [], []
     for i, o in enumerate(orders):
         direction = "ASC" if o.ascending else "DESC"
@@ -131,19 +127,14 @@ def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams, *, lates
             terms += [f"isNull({column})", f"{column} {direction}"]
             continue
         key = p.add(o.key, "String")
-        if o.kind == "metric" and latest:
-            sub = f"SELECT project, run_id, value AS v FROM {table(db, 'latest')} WHERE {scope} AND metric = {key}"
-        elif o.kind == "metric":
+        if o.kind == "metric":
             sub = (f"SELECT project, run_id, {LATEST} AS v FROM {table(db, 'metric_points')} WHERE {scope} "
                    f"AND metric = {key} GROUP BY project, run_id")
         else:
             name, text = ("params", PARAM_TEXT) if o.kind == "param" else ("tags", "value")
             sub = f"SELECT project, run_id, {text} AS v FROM {table(db, name)} FINAL WHERE {scope} AND key = {key}"
-        numeric = latest and o.kind == "param"  # typed params: numbers in numeric order, before text
-        if numeric:
-            sub = sub.replace(" AS v FROM", " AS v, toFloat64OrNull(value) AS n FROM")
         joins.append(f"LEFT JOIN ({sub}) AS o{i} ON o{i}.project = run.project AND o{i}.run_id = run.run_id")
-        terms += [f"o{i}.run_id = ''", *([f"isNull(o{i}.n)", f"o{i}.n {direction}"] if numeric else []), f"o{i}.v {direction}"]
+        terms += [f"o{i}.run_id = ''", f"o{i}.v {direction}"]
     return joins, terms
 
 
@@ -191,8 +182,92 @@ def parent_of(db: str, run_id: str, project: str | None) -> Statement:
 
 Filter = Any  # a value (equality) or (op, value) with op in OPS
 OPS = ("=", "!=", "<", "<=", ">", ">=")
+# The read API's runs and run pages read run_index (migrations/0014_run_index.sql): one row per run with its start and
+# finish records, later sessions, params, tags and latest metrics, so a search or a run page is one query on one table.
+# Its raw columns come back and RunRow derives the runs view's fields from them in Python: the engine plans each
+# expression of a query (about 1 ms apiece here), which cost more than the scan.
+RUN_INDEX_COLUMNS = ["project", "run_id", "start", "finish", "sessions", "params", "tags", "metrics"]
 RUN_COLUMNS = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step", "points_acked",
                "sessions"]
+# The runs view's fields over run_index's columns, for conditions and orders (the view in 0014 has the same rules).
+_LAST_SESSION = "arraySort(s -> s.resumed, mapValues(sessions))[-1]"
+_FINISH = "arrayReverseSort(finish)[1]"
+INDEX_ATTRS = {
+    "run_id": "run_id", "run_name": "start[1].name", "parent_run_id": "start[1].parent_run_id",
+    "start_time": "toUnixTimestamp64Milli(start[1].started)", "created": "toUnixTimestamp64Milli(start[1].started)",
+    "status": f"if(empty(sessions), if(empty(finish), 'running', {_FINISH}.status), {_LAST_SESSION}.status)",
+    "end_time": f"if(empty(sessions), if(empty(finish), NULL, toUnixTimestamp64Milli({_FINISH}.ended)), "
+                f"nullIf(toUnixTimestamp64Milli({_LAST_SESSION}.ended), 0))",
+    "user_id": "''", "lifecycle_stage": "'active'", "artifact_uri": "''", "model_status": "''",
+}
+
+
+class RunRow(NamedTuple):
+    """A run_index row, with the runs view's fields (status, ended, points_acked, ...) derived as the view does."""
+    project: str
+    run_id: str
+    start: list[dict[str, Any]]
+    finish: list[dict[str, Any]]
+    sessions: dict[str, dict[str, Any]]
+    params: dict[str, dict[str, Any]]
+    tags: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return self.start[0]
+
+    @property
+    def _finish(self) -> dict[str, Any] | None:
+        return max(self.finish, key=lambda f: (f["ended"], f["status"])) if self.finish else None
+
+    @property
+    def _last_session(self) -> dict[str, Any] | None:
+        return max(self.sessions.values(), key=lambda s: s["resumed"]) if self.sessions else None
+
+    @property
+    def status(self) -> str:
+        last, fin = self._last_session, self._finish
+        return last["status"] if last else fin["status"] if fin else "running"
+
+    @property
+    def ended(self) -> Any:
+        last, fin = self._last_session, self._finish
+        if last:
+            return None if _is_epoch(last["ended"]) else last["ended"]
+        return fin["ended"] if fin else None
+
+    @property
+    def points_acked(self) -> int | None:
+        """Every finished session's; None while one runs."""
+        last, fin = self._last_session, self._finish
+        if (last["status"] == "running") if last else fin is None:
+            return None
+        return int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in self.sessions.values())
+
+    @property
+    def points_dropped(self) -> int:
+        fin = self._finish
+        return int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in self.sessions.values())
+
+    def fields(self) -> dict[str, Any]:
+        """The RUN_COLUMNS of this run."""
+        st = self.first
+        return {"project": self.project, "run_id": self.run_id, "name": st["name"], "status": self.status,
+                "started": st["started"], "ended": self.ended, "parent_run_id": st["parent_run_id"],
+                "fork_step": st["fork_step"], "points_acked": self.points_acked, "sessions": 1 + len(self.sessions)}
+
+    def live_tags(self) -> dict[str, str]:
+        return {k: v["value"] for k, v in sorted(self.tags.items()) if v["value"] != DELETED_TAG}
+
+
+def _is_epoch(value: Any) -> bool:
+    """A session's end not yet stored (0 in run_index)."""
+    return value is None or value.replace(tzinfo=None) == EPOCH
+
+
+def run_rows(client: Client, statement: Statement) -> list[RunRow]:
+    return [RunRow(*r) for r in rows(client, statement)]
 
 
 def split_filter(flt: Filter) -> tuple[str, Any]:
@@ -213,54 +288,107 @@ def _typed(column: str, op: str, value: Any, p: QueryParams) -> str:
     return f"JSONExtractString({column}) {op} {p.add(str(value), 'String')}"
 
 
+def _entry(column: str, key: str, p: QueryParams) -> tuple[str, str]:
+    """(has the key, its value) of a run_index map; a deleted tag counts as absent."""
+    k = p.add(key, "String")
+    has = f"mapContains({column}, {k})"
+    if column == "tags":
+        has = f"({has} AND {column}[{k}].value != {p.add(DELETED_TAG, 'String')})"
+    return has, f"{column}[{k}].value"
+
+
+def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
+    """MLflow search conditions (runstream.wire.search) over run_index: params compare as the value given."""
+    out = []
+    for c in conds:
+        if c.kind == "attr":
+            if c.op in ("IN", "NOT IN") and c.key != "run_id":
+                raise ValidationError("filter", f"{c.op} applies to attributes.run_id only")
+            column = INDEX_ATTRS[c.key]
+            if c.key == "end_time" and c.op != "!=":
+                out.append(f"isNotNull({column}) AND {_compare(column, c, p)}")
+            else:
+                out.append(_compare(column, c, p))
+        elif c.kind in ("metric", "param", "tag"):
+            has, value = _entry({"metric": "metrics", "param": "params", "tag": "tags"}[c.kind], c.key, p)
+            if c.op == "IS NULL":
+                out.append(f"NOT {has}")
+            elif c.op == "IS NOT NULL":
+                out.append(has)
+            elif c.op in ("IN", "NOT IN"):
+                raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
+            elif c.kind == "param":
+                text = "toFloat64OrNull({v})" if isinstance(c.value, float) else PARAM_TEXT.replace("value", "{v}")
+                out.append(f"{has} AND {_compare(text.format(v=value), c, p)}")
+            else:
+                out.append(f"{has} AND {_compare(value, c, p)}")
+        else:
+            out += sql_conditions([c], db, scope, p)  # datasets: a subquery of their own
+    return out
+
+
+def index_order(orders: list[Order], p: QueryParams) -> list[str]:
+    """ORDER BY terms over run_index for MLflow's order clauses; runs without the value come last either way, and
+    params that are numbers sort numerically, before text."""
+    terms = []
+    for o in orders:
+        direction = "ASC" if o.ascending else "DESC"
+        if o.kind == "attr":
+            column = INDEX_ATTRS[o.key]
+            terms += [f"isNull({column})", f"{column} {direction}"]
+            continue
+        has, value = _entry({"metric": "metrics", "param": "params", "tag": "tags"}[o.kind], o.key, p)
+        terms.append(f"NOT {has}")
+        if o.kind == "param":
+            number = f"toFloat64OrNull({value})"
+            terms += [f"isNull({number})", f"{number} {direction}", f"{PARAM_TEXT.replace('value', value)} {direction}"]
+        else:
+            terms.append(f"{value} {direction}")
+    return terms
+
+
 def runs(db: str, project: str | None, *, groups: list[list[Cond]], orders: list[Order], status: str | None = None,
          run_ids: Sequence[str] | None = None, name: str | None = None, started_after_ms: int | None = None,
          started_before_ms: int | None = None, params: Mapping[str, Filter] | None = None,
          tags: Mapping[str, Filter | None] | None = None, metrics: Mapping[str, Filter] | None = None,
          limit: int | None = 1000, offset: int = 0) -> Statement:
-    """The read API's runs (RUN_COLUMNS), newest first unless ``orders`` say otherwise: ``groups`` of conditions
-    (OR between groups, AND within), then keyword filters; params compare by the Python value's type, metrics by
-    their latest value."""
+    """The read API's runs (RUN_INDEX_COLUMNS rows, for RunRow), newest first unless ``orders`` say otherwise:
+    ``groups`` of conditions (OR between groups, AND within), then keyword filters; params compare by the Python
+    value's type, metrics by their latest value."""
     p = QueryParams()
     scope = f"project = {p.add(project, 'String')}" if project is not None else "1"
-    where = [scope]
+    where = [scope, "notEmpty(start)"]
     if status is not None:
-        where.append(f"status = {p.add(status, 'String')}")
+        where.append(f"{INDEX_ATTRS['status']} = {p.add(status, 'String')}")
     if run_ids is not None:
         where.append(f"run_id IN {p.add(list(run_ids), 'Array(String)')}")
     if name is not None:
-        where.append(f"name {'LIKE' if '%' in name else '='} {p.add(name, 'String')}")
+        where.append(f"start[1].name {'LIKE' if '%' in name else '='} {p.add(name, 'String')}")
     for bound, op in ((started_after_ms, ">="), (started_before_ms, "<")):
         if bound is not None:
-            where.append(f"start_time {op} {p.add(bound, 'Int64')}")
+            where.append(f"{INDEX_ATTRS['start_time']} {op} {p.add(bound, 'Int64')}")
     for key, flt in (params or {}).items():
         op, value = split_filter(flt)
-        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'params')} FINAL WHERE key = "
-                     f"{p.add(key, 'String')} AND {_typed('value', op, value, p)})")
+        has, column = _entry("params", key, p)
+        where.append(f"{has} AND {_typed(column, op, value, p)}")
     for key, flt in (tags or {}).items():
-        cond = "1"
+        has, column = _entry("tags", key, p)
         if flt is not None:
             op, value = split_filter(flt)
-            cond = f"value {op} {p.add(str(value), 'String')}"
-        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'tags')} FINAL WHERE key = "
-                     f"{p.add(key, 'String')} AND {cond})")
+            has += f" AND {column} {op} {p.add(str(value), 'String')}"
+        where.append(has)
     for metric, flt in (metrics or {}).items():
         op, value = split_filter(flt)
-        where.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'latest')} WHERE metric = "
-                     f"{p.add(metric, 'String')} AND value {op} {p.add(float(value), 'Float64')})")
+        has, column = _entry("metrics", metric, p)
+        where.append(f"{has} AND {column} {op} {p.add(float(value), 'Float64')}")
     if groups:
-        where.append("(" + " OR ".join("(" + " AND ".join(sql_conditions(g, db, scope, p, latest=True) or ["1"]) + ")"
+        where.append("(" + " OR ".join("(" + " AND ".join(index_conditions(g, db, scope, p) or ["1"]) + ")"
                                        for g in groups) + ")")
-    joins, terms = sql_order(orders, db, scope, p, latest=True)
-    run = (f"SELECT {', '.join(RUN_COLUMNS)}, name AS run_name, status, '' AS user_id, 'active' AS lifecycle_stage, "
-           "toUnixTimestamp64Milli(started) AS start_time, "
-           "if(isNull(ended), NULL, toUnixTimestamp64Milli(assumeNotNull(ended))) AS end_time, '' AS artifact_uri, "
-           f"'' AS model_status FROM {table(db, 'runs')}")
-    order = ", ".join([*terms, "run.started DESC", "run.run_id ASC"])
+    order = ", ".join([*index_order(orders, p), "start[1].started DESC", "run_id ASC"])
     page = f" LIMIT {int(limit)}" if limit is not None else ""
     page += f" OFFSET {int(offset)}" if offset else ""
-    return Statement(f"SELECT {', '.join('run.' + c for c in RUN_COLUMNS)} FROM (SELECT * FROM ({run}) WHERE "
-                     f"{' AND '.join(where)}) AS run {' '.join(joins)} ORDER BY {order}{page}", p.values)
+    return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
+                     f"WHERE {' AND '.join(f'({w})' for w in where)} ORDER BY {order}{page}", p.values)
 
 
 def _keys_in(projects: Sequence[str], run_ids: Sequence[str], p: QueryParams) -> str:
@@ -274,37 +402,12 @@ def _of_runs(columns: str, source: str, projects: Sequence[str], run_ids: Sequen
     return Statement(f"SELECT {columns} FROM {source} WHERE {_keys_in(projects, run_ids, p)} {tail}", p.values)
 
 
-def current_params(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, key, value) of these runs' params, each key's last value (JSON-encoded)."""
-    return _of_runs("project, run_id, key, value", f"{table(db, 'params')} FINAL", projects, run_ids, "ORDER BY key")
-
-
-def current_tags(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, key, value) of these runs' tags, each key's last value (DELETED_TAG for a deleted one)."""
-    return _of_runs("project, run_id, key, value", f"{table(db, 'tags')} FINAL", projects, run_ids, "ORDER BY key")
-
-
-def latest_metrics(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, metric, value) of these runs' metrics, each metric's latest value."""
-    return _of_runs("project, run_id, metric, value", table(db, "latest"), projects, run_ids, "ORDER BY metric")
-
-
-RUN_RECORD_COLUMNS = ["project", "run_id", "name", "status", "started", "ended", "parent_run_id", "fork_step",
-                      "points_acked", "points_dropped", "sessions", "git_commit", "git_branch", "hostname"]
-
-
 def run_record(db: str, run_id: str, project: str | None) -> Statement:
-    """One run's row (RUN_RECORD_COLUMNS), then its params, tags and latest metrics as arrays of pairs; at most
-    two rows (a run id two projects hold, without ``project``). One query: each costs the read endpoint ~10 ms of
-    CPU at least. Scalar subqueries by the same condition, not correlated ones, which ClickHouse servers before
-    25.x lack."""
+    """One run's run_index row (RUN_INDEX_COLUMNS, for RunRow); at most two rows (a run id two projects hold,
+    without ``project``)."""
     p = QueryParams()
-    where = _run_in(db, run_id, project, p)
-    kv = "(SELECT groupArray((key, value)) FROM {t} FINAL WHERE {where})"
-    latest = f"(SELECT groupArray((metric, value)) FROM {table(db, 'latest')} WHERE {where})"
-    return Statement(f"SELECT {', '.join(RUN_RECORD_COLUMNS)}, {kv.format(t=table(db, 'params'), where=where)}, "
-                     f"{kv.format(t=table(db, 'tags'), where=where)}, {latest} FROM {table(db, 'runs')} "
-                     f"WHERE {where} LIMIT 2", p.values)
+    return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
+                     f"WHERE {_run_in(db, run_id, project, p)} AND notEmpty(start) ORDER BY project LIMIT 2", p.values)
 
 
 # ---- the MLflow API's runs: MLflow's columns, its tags (mlflow.runName, mlflow.user, lifecycle) applied ----
