@@ -50,7 +50,11 @@ def _run_in(db: str, run_id: str, project: str | None, p: QueryParams) -> str:
 # ---- filters: MLflow's search syntax (parsed by runstream.wire.search) as conditions over the `run` subquery ----
 
 # The value MLflow sees of a stored param: params are stored JSON-encoded; a JSON string shows as its text.
-PARAM_TEXT = "if(startsWith(value, '\"'), JSONExtractString(value), value)"
+def param_text(column: str) -> str:
+    return f"if(startsWith({column}, '\"'), JSONExtractString({column}), {column})"
+
+
+PARAM_TEXT = param_text("value")
 LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the largest step, then time, then value
 # The columns of the `run` subquery a filter's attribute conditions refer to.
 ATTR_COLUMNS = {"run_id": "run_id", "run_name": "run_name", "status": "status", "user_id": "user_id",
@@ -200,6 +204,7 @@ INDEX_ATTRS = {
                 f"nullIf(toUnixTimestamp64Milli({_LAST_SESSION}.ended), 0))",
     "user_id": "''", "lifecycle_stage": "'active'", "artifact_uri": "''", "model_status": "''",
 }
+INDEX_MAPS = {"metric": "metrics", "param": "params", "tag": "tags"}  # a condition's kind -> its run_index map
 
 
 class RunRow(NamedTuple):
@@ -218,44 +223,30 @@ class RunRow(NamedTuple):
         return self.start[0]
 
     @property
-    def _finish(self) -> dict[str, Any] | None:
-        return max(self.finish, key=lambda f: (f["ended"], f["status"])) if self.finish else None
-
-    @property
-    def _last_session(self) -> dict[str, Any] | None:
-        return max(self.sessions.values(), key=lambda s: s["resumed"]) if self.sessions else None
-
-    @property
-    def status(self) -> str:
-        last, fin = self._last_session, self._finish
-        return last["status"] if last else fin["status"] if fin else "running"
-
-    @property
-    def ended(self) -> Any:
-        last, fin = self._last_session, self._finish
-        if last:
-            return None if _is_epoch(last["ended"]) else last["ended"]
-        return fin["ended"] if fin else None
-
-    @property
-    def points_acked(self) -> int | None:
-        """Every finished session's; None while one runs."""
-        last, fin = self._last_session, self._finish
-        if (last["status"] == "running") if last else fin is None:
-            return None
-        return int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in self.sessions.values())
-
-    @property
     def points_dropped(self) -> int:
-        fin = self._finish
-        return int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in self.sessions.values())
+        return int(self.derived()["points_dropped"])
+
+    def derived(self) -> dict[str, Any]:
+        """status, ended, points_acked (every finished session's; None while one runs) and points_dropped, by the
+        rules of the runs view: the latest session's, else the first session's finish, else running."""
+        fin = max(self.finish, key=lambda f: (f["ended"], f["status"])) if self.finish else None
+        last = max(self.sessions.values(), key=lambda s: s["resumed"]) if self.sessions else None
+        acked = int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in self.sessions.values())
+        dropped = int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in self.sessions.values())
+        if last:
+            status, ended = last["status"], None if _is_epoch(last["ended"]) else last["ended"]
+        else:
+            status, ended = (fin["status"], fin["ended"]) if fin else ("running", None)
+        running = last["status"] == "running" if last else fin is None
+        return {"status": status, "ended": ended, "points_acked": None if running else acked,
+                "points_dropped": dropped}
 
     def fields(self) -> dict[str, Any]:
         """The RUN_COLUMNS of this run."""
-        st = self.first
-        return {"project": self.project, "run_id": self.run_id, "name": st["name"], "status": self.status,
-                "started": st["started"], "ended": self.ended, "parent_run_id": st["parent_run_id"],
-                "fork_step": st["fork_step"], "points_acked": self.points_acked, "sessions": 1 + len(self.sessions)}
+        st, d = self.first, self.derived()
+        return {"project": self.project, "run_id": self.run_id, "name": st["name"], "status": d["status"],
+                "started": st["started"], "ended": d["ended"], "parent_run_id": st["parent_run_id"],
+                "fork_step": st["fork_step"], "points_acked": d["points_acked"], "sessions": 1 + len(self.sessions)}
 
     def live_tags(self) -> dict[str, str]:
         return {k: v["value"] for k, v in sorted(self.tags.items()) if v["value"] != DELETED_TAG}
@@ -263,7 +254,7 @@ class RunRow(NamedTuple):
 
 def _is_epoch(value: Any) -> bool:
     """A session's end not yet stored (0 in run_index)."""
-    return value is None or value.replace(tzinfo=None) == EPOCH
+    return bool(value.replace(tzinfo=None) == EPOCH)
 
 
 def run_rows(client: Client, statement: Statement) -> list[RunRow]:
@@ -310,7 +301,7 @@ def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> 
             else:
                 out.append(_compare(column, c, p))
         elif c.kind in ("metric", "param", "tag"):
-            has, value = _entry({"metric": "metrics", "param": "params", "tag": "tags"}[c.kind], c.key, p)
+            has, value = _entry(INDEX_MAPS[c.kind], c.key, p)
             if c.op == "IS NULL":
                 out.append(f"NOT {has}")
             elif c.op == "IS NOT NULL":
@@ -318,8 +309,8 @@ def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> 
             elif c.op in ("IN", "NOT IN"):
                 raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
             elif c.kind == "param":
-                text = "toFloat64OrNull({v})" if isinstance(c.value, float) else PARAM_TEXT.replace("value", "{v}")
-                out.append(f"{has} AND {_compare(text.format(v=value), c, p)}")
+                text = f"toFloat64OrNull({value})" if isinstance(c.value, float) else param_text(value)
+                out.append(f"{has} AND {_compare(text, c, p)}")
             else:
                 out.append(f"{has} AND {_compare(value, c, p)}")
         else:
@@ -337,11 +328,11 @@ def index_order(orders: list[Order], p: QueryParams) -> list[str]:
             column = INDEX_ATTRS[o.key]
             terms += [f"isNull({column})", f"{column} {direction}"]
             continue
-        has, value = _entry({"metric": "metrics", "param": "params", "tag": "tags"}[o.kind], o.key, p)
+        has, value = _entry(INDEX_MAPS[o.kind], o.key, p)
         terms.append(f"NOT {has}")
         if o.kind == "param":
             number = f"toFloat64OrNull({value})"
-            terms += [f"isNull({number})", f"{number} {direction}", f"{PARAM_TEXT.replace('value', value)} {direction}"]
+            terms += [f"isNull({number})", f"{number} {direction}", f"{param_text(value)} {direction}"]
         else:
             terms.append(f"{value} {direction}")
     return terms
