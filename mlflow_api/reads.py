@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -52,6 +53,22 @@ class RunRow:
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp, step
     datasets: list[DatasetRow] = field(default_factory=list)  # logged models it read among them (views.MODEL_URI)
     model_outputs: list[tuple[str, int]] = field(default_factory=list)  # model id, step
+
+
+def _ms(t: datetime) -> int:
+    return (t.replace(tzinfo=None) - views.EPOCH) // timedelta(milliseconds=1)
+
+
+def mlflow_run(r: views.RunRow) -> RunRow:
+    """A run as MLflow shows it, from its run_index row, by views.mlflow_attrs' rules: the mlflow.runName and
+    mlflow.user tags rename it and name its user, LIFECYCLE_TAG marks it deleted; deleted tags are absent."""
+    tags = {k: v["value"] for k, v in r.tags.items() if v["value"] != DELETED_TAG}
+    d, first = r.derived(), r.first
+    return RunRow(r.project, r.run_id, tags.get("mlflow.runName") or first["name"], str(d["status"]).upper(),
+                  tags.get("mlflow.user", ""), "deleted" if tags.pop(LIFECYCLE_TAG, "") == "deleted" else "active",
+                  _ms(first["started"]), None if d["ended"] is None else _ms(d["ended"]), list(first["tags"]),
+                  str(first["parent_run_id"]), tags, {k: v["value"] for k, v in r.params.items()},
+                  [(k, float(m["value"]), _ms(m["ts"]), int(m["step"])) for k, m in sorted(r.metrics.items())])
 
 
 class Reads:
@@ -106,29 +123,19 @@ class Reads:
 
     def search(self, projects: list[str], conds: list[Cond], orders: list[Order], *, view: str, offset: int,
                limit: int, models: bool | None = False) -> list[RunRow]:
-        """One page of runs (``limit`` rows from ``offset``), without their details (see ``details``). ``models``:
-        only logged models (True), only runs (False), or both (None)."""
-        rows = self.query(views.mlflow_runs(self.db, projects, conds, orders, view=view, offset=offset, limit=limit,
-                                            models=models))
-        return [RunRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),
-                       None if r[7] is None else int(r[7]), list(r[8]), str(r[9])) for r in rows]
+        """One page of runs (``limit`` rows from ``offset``) with their tags, params and latest metrics, without their
+        datasets and model outputs (see ``details``). ``models``: only logged models (True), only runs (False), or
+        both (None)."""
+        found = self.query(views.mlflow_runs(self.db, projects, conds, orders, view=view, offset=offset, limit=limit,
+                                             models=models))
+        return [mlflow_run(views.RunRow(*r)) for r in found]
 
     def details(self, runs: list[RunRow]) -> None:
-        """Fill in tags, params, latest metrics and datasets of ``runs``."""
+        """Fill in the datasets and model outputs of ``runs``."""
         if not runs:
             return
         by_key = {(r.project, r.run_id): r for r in runs}
         projects, ids = [r.project for r in runs], [r.run_id for r in runs]
-        for project, run_id, key, value in self.query(views.tag_history(self.db, projects, ids)):
-            run = by_key.get((project, run_id))
-            if run is not None and value != DELETED_TAG and key != LIFECYCLE_TAG:
-                run.tags[key] = value
-        for project, run_id, key, value in self.query(views.param_history(self.db, projects, ids)):
-            if (run := by_key.get((project, run_id))) is not None:
-                run.params[key] = value
-        for project, run_id, metric, value, ms, step in self.query(views.mlflow_latest(self.db, projects, ids)):
-            if (run := by_key.get((project, run_id))) is not None:
-                run.metrics.append((str(metric), float(value), int(ms), int(step)))
         for project, run_id, *ds in self.query(views.datasets_of(self.db, projects, ids)):
             if (run := by_key.get((project, run_id))) is not None:
                 uri, digest, name, source_type, source, schema, profile, tags = ds

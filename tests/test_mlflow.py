@@ -427,6 +427,7 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
             c.set_terminated(rid, status, end_time=5000)
     child = c.create_run(exp, run_name="child", tags={"mlflow.parentRunId": next(iter(names))})
     names[child.info.run_id] = "child"
+    c.set_tag(list(names)[1], "mlflow.runName", "renamed")  # MLflow renames a run by its tag
 
     def run_view(rid: str) -> dict:
         run = c.get_run(rid)
@@ -462,6 +463,10 @@ def _scenario(uri: str, tmp_path: Path) -> dict:
             "null param": search(filter_string="params.lr IS NULL"),
             "child": search(filter_string="tags.mlflow.parentRunId != ''"),
             "page 1": search(order_by=["run_name"], max_results=2),
+            "renamed": search(filter_string="attributes.run_name = 'renamed'"),
+            "tag desc": search(order_by=["tags.note DESC"]),
+            "deleted tag": search(filter_string="tags.temp IS NULL"),
+            "status asc": search(order_by=["attributes.status"]),
         },
         "errors": {
             "missing run": error(lambda: c.get_run("f" * 32)),

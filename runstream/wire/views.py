@@ -54,13 +54,6 @@ def param_text(column: str) -> str:
     return f"if(startsWith({column}, '\"'), JSONExtractString({column}), {column})"
 
 
-PARAM_TEXT = param_text("value")
-LATEST = "argMax(value, (step, ts, value))"  # MLflow's latest metric: the largest step, then time, then value
-# The columns of the `run` subquery a filter's attribute conditions refer to.
-ATTR_COLUMNS = {"run_id": "run_id", "run_name": "run_name", "status": "status", "user_id": "user_id",
-                "lifecycle_stage": "lifecycle_stage", "start_time": "start_time", "created": "start_time",
-                "end_time": "end_time", "artifact_uri": "artifact_uri", "parent_run_id": "parent_run_id",
-                "model_status": "model_status"}
 MODEL_AS_RUN = {"name": "run_name", "model_id": "run_id", "source_run_id": "parent_run_id", "status": "model_status",
                 "creation_timestamp": "start_time", "creation_time": "start_time"}
 
@@ -75,71 +68,19 @@ def _compare(column: str, c: Cond, p: QueryParams) -> str:
     return f"{column} {c.op} {p.add(c.value, 'String')}"
 
 
-def sql_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
-    """SQL conditions over the `run` subquery (columns: project, run_id and ATTR_COLUMNS); ``scope`` limits the
-    subqueries to the searched projects."""
-    out = []
-    for c in conds:
-        if c.kind == "attr":
-            if c.op in ("IN", "NOT IN") and c.key != "run_id":
-                raise ValidationError("filter", f"{c.op} applies to attributes.run_id only")
-            if c.key == "end_time" and c.op != "!=":
-                out.append(f"end_time IS NOT NULL AND {_compare('end_time', c, p)}")
-            else:
-                out.append(_compare(ATTR_COLUMNS[c.key], c, p))
-            continue
-        key = p.add(c.key, "String")
-        if c.kind == "metric":
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'metric_points')} WHERE {scope} "
-                       f"AND metric = {key} GROUP BY project, run_id HAVING {_compare(LATEST, c, p)})")
-        elif c.kind in ("param", "tag"):
-            name = "params" if c.kind == "param" else "tags"
-            text = PARAM_TEXT if c.kind == "param" else "value"
-            live = f" AND value != {p.add(DELETED_TAG, 'String')}" if c.kind == "tag" else ""
-            sub = f"SELECT project, run_id FROM {table(db, name)} FINAL WHERE {scope} AND key = {key}{live}"
-            if c.op == "IS NULL":
-                out.append(f"(project, run_id) NOT IN ({sub})")
-            elif c.op == "IS NOT NULL":
-                out.append(f"(project, run_id) IN ({sub})")
-            else:
-                if c.op in ("IN", "NOT IN"):
-                    raise ValidationError("filter", f"{c.op} applies to attributes.run_id and datasets only")
-                out.append(f"(project, run_id) IN ({sub} AND {_compare(text, c, p)})")
-        elif c.kind == "dataset":
-            if c.key == "entries":  # MLflow's logged-model search: any of (name, digest or '' for any digest)
-                names, digests = zip(*c.value)
-                out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE "
-                           f"{scope} AND arrayExists((n, d) -> n = {DATASET_NAME} AND (d = '' OR d = digest), "
-                           f"{p.add(list(names), 'Array(String)')}, {p.add(list(digests), 'Array(String)')}))")
-                continue
-            column = {"name": DATASET_NAME, "digest": "digest", "context": DATASET_CONTEXT}.get(c.key)
-            if column is None:
-                raise ValidationError("filter", f"datasets.{c.key}: datasets are filtered by name, digest or context")
-            out.append(f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE {scope} "
-                       f"AND {_compare(column, c, p)})")
-    return out
-
-
-def sql_order(orders: list[Order], db: str, scope: str, p: QueryParams) -> tuple[list[str], list[str]]:
-    """(LEFT JOINs adding one column o<i> per metric/param/tag clause, ORDER BY terms). Runs without the value
-    come last, in either direction, as MLflow orders them."""
-    joins, terms = [], []
-    for i, o in enumerate(orders):
-        direction = "ASC" if o.ascending else "DESC"
-        if o.kind == "attr":
-            column = f"run.{ATTR_COLUMNS[o.key]}"
-            terms += [f"isNull({column})", f"{column} {direction}"]
-            continue
-        key = p.add(o.key, "String")
-        if o.kind == "metric":
-            sub = (f"SELECT project, run_id, {LATEST} AS v FROM {table(db, 'metric_points')} WHERE {scope} "
-                   f"AND metric = {key} GROUP BY project, run_id")
-        else:
-            name, text = ("params", PARAM_TEXT) if o.kind == "param" else ("tags", "value")
-            sub = f"SELECT project, run_id, {text} AS v FROM {table(db, name)} FINAL WHERE {scope} AND key = {key}"
-        joins.append(f"LEFT JOIN ({sub}) AS o{i} ON o{i}.project = run.project AND o{i}.run_id = run.run_id")
-        terms += [f"o{i}.run_id = ''", f"o{i}.v {direction}"]
-    return joins, terms
+def dataset_condition(c: Cond, db: str, scope: str, p: QueryParams) -> str:
+    """A condition on the datasets a run used (a subquery on datasets_used; ``scope`` limits it to the searched
+    projects)."""
+    if c.key == "entries":  # MLflow's logged-model search: any of (name, digest or '' for any digest)
+        names, digests = zip(*c.value)
+        return (f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE "
+                f"{scope} AND arrayExists((n, d) -> n = {DATASET_NAME} AND (d = '' OR d = digest), "
+                f"{p.add(list(names), 'Array(String)')}, {p.add(list(digests), 'Array(String)')}))")
+    column = {"name": DATASET_NAME, "digest": "digest", "context": DATASET_CONTEXT}.get(c.key)
+    if column is None:
+        raise ValidationError("filter", f"datasets.{c.key}: datasets are filtered by name, digest or context")
+    return (f"(project, run_id) IN (SELECT project, run_id FROM {table(db, 'datasets_used')} WHERE {scope} "
+            f"AND {_compare(column, c, p)})")
 
 
 # ---- runs ----
@@ -288,14 +229,16 @@ def _entry(column: str, key: str, p: QueryParams) -> tuple[str, str]:
     return has, f"{column}[{k}].value"
 
 
-def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> list[str]:
-    """MLflow search conditions (runstream.wire.search) over run_index: params compare as the value given."""
+def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams,
+                     attrs: Mapping[str, str] = INDEX_ATTRS) -> list[str]:
+    """MLflow search conditions (runstream.wire.search) over run_index: params compare as the value given;
+    attributes are ``attrs``' expressions."""
     out = []
     for c in conds:
         if c.kind == "attr":
             if c.op in ("IN", "NOT IN") and c.key != "run_id":
                 raise ValidationError("filter", f"{c.op} applies to attributes.run_id only")
-            column = INDEX_ATTRS[c.key]
+            column = attrs[c.key]
             if c.key == "end_time" and c.op != "!=":
                 out.append(f"isNotNull({column}) AND {_compare(column, c, p)}")
             else:
@@ -314,23 +257,26 @@ def index_conditions(conds: list[Cond], db: str, scope: str, p: QueryParams) -> 
             else:
                 out.append(f"{has} AND {_compare(value, c, p)}")
         else:
-            out += sql_conditions([c], db, scope, p)  # datasets: a subquery of their own
+            out.append(dataset_condition(c, db, scope, p))
     return out
 
 
-def index_order(orders: list[Order], p: QueryParams) -> list[str]:
+def index_order(orders: list[Order], p: QueryParams, attrs: Mapping[str, str] = INDEX_ATTRS, *,
+                numeric_params: bool = True) -> list[str]:
     """ORDER BY terms over run_index for MLflow's order clauses; runs without the value come last either way, and
-    params that are numbers sort numerically, before text."""
+    (``numeric_params``) params that are numbers sort numerically, before text; else as text, as MLflow does."""
     terms = []
     for o in orders:
         direction = "ASC" if o.ascending else "DESC"
         if o.kind == "attr":
-            column = INDEX_ATTRS[o.key]
+            column = attrs[o.key]
             terms += [f"isNull({column})", f"{column} {direction}"]
             continue
         has, value = _entry(INDEX_MAPS[o.kind], o.key, p)
         terms.append(f"NOT {has}")
-        if o.kind == "param":
+        if o.kind == "param" and not numeric_params:
+            terms.append(f"{param_text(value)} {direction}")
+        elif o.kind == "param":
             number = f"toFloat64OrNull({value})"
             terms += [f"isNull({number})", f"{number} {direction}", f"{param_text(value)} {direction}"]
         else:
@@ -401,72 +347,41 @@ def run_record(db: str, run_id: str, project: str | None) -> Statement:
                      f"WHERE {_run_in(db, run_id, project, p)} AND notEmpty(start) ORDER BY project LIMIT 2", p.values)
 
 
-# ---- the MLflow API's runs: MLflow's columns, its tags (mlflow.runName, mlflow.user, lifecycle) applied ----
+# ---- the MLflow API's runs: run_index rows with MLflow's tags applied (mlflow.runName, mlflow.user, lifecycle) ----
 
-MLFLOW_RUN_COLUMNS = ("project", "run_id", "run_name", "status", "user_id", "lifecycle_stage", "start_time", "end_time",
-                      "labels", "parent_run_id")
+def mlflow_attrs(p: QueryParams) -> dict[str, str]:
+    """INDEX_ATTRS as MLflow sees a run: its tags rename it and name its user, LIFECYCLE_TAG marks it deleted, and
+    the status is upper case (mlflow_api.reads builds the same fields from a RunRow)."""
+    deleted = p.add(DELETED_TAG, "String")
+
+    def tag(key: str) -> str:
+        return f"tags[{p.add(key, 'String')}].value"  # '' when absent
+    name, user = tag("mlflow.runName"), tag("mlflow.user")
+    return {**INDEX_ATTRS, "run_name": f"if({name} NOT IN ('', {deleted}), {name}, start[1].name)",
+            "status": f"upper({INDEX_ATTRS['status']})", "user_id": f"if({user} != {deleted}, {user}, '')",
+            "lifecycle_stage": f"if({tag(LIFECYCLE_TAG)} = 'deleted', 'deleted', 'active')",
+            "artifact_uri": f"concat('mlflow-artifacts:/', if(project = {p.add(DEFAULT_PROJECT, 'String')}, '0', "
+                            "project), '/', run_id, '/artifacts')",
+            "model_status": tag("mlflow.model.status")}
 
 
 def mlflow_runs(db: str, projects: list[str], conds: list[Cond], orders: list[Order], *, view: str, offset: int,
                 limit: int, models: bool | None) -> Statement:
-    """One page of runs as MLflow shows them (MLFLOW_RUN_COLUMNS). ``view``: ACTIVE_ONLY, DELETED_ONLY or ALL;
-    ``models``: only logged models (True), only runs (False), or both (None)."""
+    """One page of runs for the MLflow API (RUN_INDEX_COLUMNS rows, for RunRow), newest first unless ``orders`` say
+    otherwise. ``view``: ACTIVE_ONLY, DELETED_ONLY or ALL; ``models``: only logged models (True), only runs (False),
+    or both (None). Params compare and sort as text, as MLflow's do."""
     p = QueryParams()
-    scope_value = p.add(projects, "Array(String)")
-    scope = f"project IN {scope_value}"
-    conditions = sql_conditions(conds, db, scope, p)
+    scope = f"project IN {p.add(projects, 'Array(String)')}"
+    attrs = mlflow_attrs(p)
+    where = [scope, "notEmpty(start)", *index_conditions(conds, db, scope, p, attrs)]
     if models is not None:
-        conditions.append(f"{'' if models else 'NOT '}has(labels, {p.add(MODEL_LABEL, 'String')})")
-    if view == "ACTIVE_ONLY":
-        conditions.append("lifecycle_stage = 'active'")
-    elif view == "DELETED_ONLY":
-        conditions.append("lifecycle_stage = 'deleted'")
-    joins, terms = sql_order(orders, db, scope, p)
-    keys = p.add(["mlflow.runName", "mlflow.user", LIFECYCLE_TAG, "mlflow.model.status"], "Array(String)")
-    deleted = p.add(DELETED_TAG, "String")
-    life = p.add(LIFECYCLE_TAG, "String")
-    default = p.add(DEFAULT_PROJECT, "String")
-    run = f"""
-        SELECT r.project AS project, r.run_id AS run_id,
-               if(t.name_tag != '' AND t.name_tag != {deleted}, t.name_tag, r.name) AS run_name,
-               upper(r.status) AS status, if(t.user != {deleted}, t.user, '') AS user_id,
-               if(t.life = 'deleted', 'deleted', 'active') AS lifecycle_stage,
-               toUnixTimestamp64Milli(r.started) AS start_time,
-               if(isNull(r.ended), NULL, toUnixTimestamp64Milli(assumeNotNull(r.ended))) AS end_time,
-               concat('mlflow-artifacts:/', if(r.project = {default}, '0', r.project), '/', r.run_id,
-                      '/artifacts') AS artifact_uri,
-               r.tags AS labels, r.parent_run_id AS parent_run_id, t.model_status AS model_status
-        FROM {table(db, 'runs')} AS r
-        LEFT JOIN (
-            SELECT project, run_id, argMaxIf(value, ts, key = 'mlflow.runName') AS name_tag,
-                   argMaxIf(value, ts, key = 'mlflow.user') AS user, argMaxIf(value, ts, key = {life}) AS life,
-                   argMaxIf(value, ts, key = 'mlflow.model.status') AS model_status
-            FROM {table(db, 'tags')} WHERE {scope} AND key IN {keys} GROUP BY project, run_id
-        ) AS t ON t.project = r.project AND t.run_id = r.run_id
-        WHERE r.project IN {scope_value}"""
-    where = " AND ".join(conditions) or "1"
-    columns = ", ".join(f"run.{c}" for c in MLFLOW_RUN_COLUMNS)
-    order = ", ".join([*terms, "run.start_time DESC", "run.run_id ASC"])
-    return Statement(f"SELECT {columns} FROM (SELECT * FROM ({run}) WHERE {where}) AS run {' '.join(joins)} "
-                     f"ORDER BY {order} LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
-
-
-def tag_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, key, value) of these runs' tags, each key's newest value by time (MLflow's rule)."""
-    return _of_runs("project, run_id, key, argMax(value, ts)", table(db, "tags"), projects, run_ids,
-                    "GROUP BY project, run_id, key")
-
-
-def param_history(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, key, value) of these runs' params, each key's newest value by time."""
-    return _of_runs("project, run_id, key, argMax(value, ts)", table(db, "params"), projects, run_ids,
-                    "GROUP BY project, run_id, key")
-
-
-def mlflow_latest(db: str, projects: Sequence[str], run_ids: Sequence[str]) -> Statement:
-    """(project, run_id, metric, value, timestamp ms, step) of MLflow's latest point per metric (LATEST)."""
-    return _of_runs(f"project, run_id, metric, {LATEST}, argMax(toUnixTimestamp64Milli(ts), (step, ts, value)), max(step)",
-                    table(db, "metric_points"), projects, run_ids, "GROUP BY project, run_id, metric ORDER BY metric")
+        where.append(f"{'' if models else 'NOT '}has(start[1].tags, {p.add(MODEL_LABEL, 'String')})")
+    if view in ("ACTIVE_ONLY", "DELETED_ONLY"):
+        where.append(f"{attrs['lifecycle_stage']} = {p.add(view.split('_')[0].lower(), 'String')}")
+    order = ", ".join([*index_order(orders, p, attrs, numeric_params=False), "start[1].started DESC", "run_id ASC"])
+    return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
+                     f"WHERE {' AND '.join(f'({w})' for w in where)} ORDER BY {order} "
+                     f"LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
 
 
 MODEL_URI = "models:/"  # a logged model a run read (datasets_used) or produced (artifacts): models:/<model id>
