@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -225,69 +224,118 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: -MODULE_SECONDS.get(module(item), 0.5 * counts[module(item)]))
 
 
-SHARED_MLFLOW = "RUNSTREAM_TEST_MLFLOW_DIR"
+SHARED = "RUNSTREAM_TEST_SHARED_DIR"
+GO_CLIENT_DIR = Path(__file__).resolve().parent / "clients" / "go"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The controller (or a run without workers) names a folder for the session's one MLflow reference server: the
-    first worker that needs it starts it there, the others find it (it costs seconds of CPU to start)."""
-    if not hasattr(config, "workerinput") and SHARED_MLFLOW not in os.environ:
-        os.environ[SHARED_MLFLOW] = tempfile.mkdtemp(prefix="runstream-mlflow-ref-")
+    """The controller (or a run without workers) names a folder for what the session's workers share: the one MLflow
+    reference server (seconds of CPU to start) and the clickhouse-go client (half a minute to fetch and build)."""
+    if not hasattr(config, "workerinput") and SHARED not in os.environ:
+        os.environ[SHARED] = tempfile.mkdtemp(prefix="runstream-tests-")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts, in the background, the slow preparations the selected tests need, so they overlap other tests: every
+    worker collects every test and the first to get here starts each (start_once), the fixtures wait for them."""
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if needed & {"mlflow_reference", "mlflow_server"} and MLFLOW_SERVER.exists():
+        _start_mlflow()
+    if "go_client" in needed:
+        build_go_client()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """The controller stops the shared MLflow server once every worker is done with it."""
-    if hasattr(config, "workerinput") or SHARED_MLFLOW not in os.environ:
+    """The controller stops what the workers started in the background once every worker is done with it."""
+    if hasattr(config, "workerinput") or SHARED not in os.environ:
         return
-    shared = Path(os.environ.pop(SHARED_MLFLOW))
-    with contextlib.suppress(FileNotFoundError):
-        stop_group(json.loads((shared / "server.json").read_text())["pid"])
+    shared = Path(os.environ.pop(SHARED))
+    for pid_file in shared.glob("*/pid"):
+        stop_group(int(pid_file.read_text()))
     shutil.rmtree(shared, ignore_errors=True)
 
 
 def stop_group(pid: int) -> None:
-    """SIGTERM to the process group ``pid`` leads (a detached server: never this process's child), SIGKILL after 30 s."""
+    """SIGTERM to the process group ``pid`` leads (a detached process: never this process's child), SIGKILL after
+    30 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            os.kill(pid, 0)  # ProcessLookupError once it is gone
+            os.killpg(pid, 0)  # ProcessLookupError once every process of the group is gone
             time.sleep(0.1)
         os.killpg(pid, signal.SIGKILL)
+
+
+def shared_dir(name: str) -> Path:
+    home = Path(os.environ[SHARED]) / name
+    home.mkdir(exist_ok=True)
+    return home
+
+
+def start_once(name: str, cmd: list[str], *, cwd: Path | None = None) -> Path:
+    """Starts ``cmd`` (in ``cwd``, else in its folder) once per test session, detached (a process group of its own,
+    which the controller stops at the end): the first caller starts it, later callers find it. Returns its folder in
+    the shared one, where it leaves ``log``, ``pid`` and, when it exits, ``rc``."""
+    home = shared_dir(name)
+    with open(home / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "pid").exists():
+            script = '"$@" > "$HOME_DIR/log" 2>&1; echo $? > "$HOME_DIR/rc.part" && mv "$HOME_DIR/rc.part" "$HOME_DIR/rc"'
+            started = subprocess.run(["sh", "-c", f'setsid sh -c \'{script}\' sh "$@" < /dev/null > /dev/null 2>&1 & echo $!',
+                                      "sh", *cmd], cwd=cwd or home, env={**os.environ, "HOME_DIR": str(home)},
+                                     capture_output=True, text=True, check=True, timeout=30)
+            (home / "pid").write_text(started.stdout.strip())
+    return home
+
+
+def build_go_client() -> Path:
+    """The clickhouse-go client (tests/clients/go), building in the background: the folder wait_done waits on; the
+    binary is ``chclient`` in it."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    return start_once("go-client", [go, "build", "-o", str(shared_dir("go-client") / "chclient"), "."], cwd=GO_CLIENT_DIR)
+
+
+def wait_done(home: Path, timeout: float, what: str) -> None:
+    """Waits for a start_once command to exit; fails with its log unless it exited 0."""
+    deadline = time.monotonic() + timeout
+    while not (home / "rc").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not finish within {timeout:.0f} s:\n{(home / 'log').read_text()[-3000:]}")
+        time.sleep(0.2)  # the poll interval of a wait for the rc file the command writes when it exits
+    if (home / "rc").read_text().strip() != "0":
+        raise AssertionError(f"{what} failed:\n{(home / 'log').read_text()[-3000:]}")
+
+
+def _start_mlflow() -> Path:
+    """The session's MLflow reference server (SQLite store, artifact proxy), starting."""
+    from runstream.ops.broker import free_port
+    home = shared_dir("mlflow")
+    with open(home / "port.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "port").exists():
+            (home / "port").write_text(str(free_port()))
+    port = (home / "port").read_text()
+    return start_once("mlflow", [str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                                 "--artifacts-destination", str(home / "mlflow-artifacts")])
 
 
 @pytest.fixture(scope="session")
 def mlflow_reference() -> tuple[str, Path]:
     """A real MLflow tracking server (SQLite store, artifact proxy), from the venv scripts/setup makes: its URL and
-    its SQLite file. One for the whole session, shared by the workers (tests use experiments of their own); the
-    controller stops it at the end."""
-    from runstream.ops.broker import free_port
+    its SQLite file. One for the whole session, shared by the workers (tests use experiments of their own), started
+    when the tests were collected; the controller stops it at the end."""
     from runstream.ops.stack import wait_http
     if not MLFLOW_SERVER.exists():
         pytest.skip("no MLflow server: scripts/setup installs one into .venv-mlflow")
-    home = Path(os.environ[SHARED_MLFLOW])
-    with open(home / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker starts it; the others wait here, then read where it is
-        if (home / "server.json").exists():
-            info = json.loads((home / "server.json").read_text())
-            return info["url"], Path(info["db"])
-        port = free_port()
-        cmd = [str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlflow-artifacts")]
-        # Detached (a session of its own, not this worker's child): it outlives the worker that started it, and the
-        # controller stops it by its process group.
-        started = subprocess.run(["sh", "-c", 'setsid "$@" > "$LOG" 2>&1 < /dev/null & echo $!', "sh", *cmd],
-                                 env={**os.environ, "LOG": str(home / "mlflow-server.log")}, capture_output=True,
-                                 text=True, check=True, timeout=30)
-        pid = int(started.stdout)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", 120)
-        except RuntimeError:
-            stop_group(pid)
-            raise AssertionError((home / "mlflow-server.log").read_text()[-3000:]) from None
-        (home / "server.json").write_text(json.dumps({"url": url, "db": str(home / "mlflow.db"), "pid": pid}))
-        return url, home / "mlflow.db"
+    home = _start_mlflow()
+    url = f"http://127.0.0.1:{(home / 'port').read_text()}"
+    try:
+        wait_http(f"{url}/health", 120)
+    except RuntimeError:
+        raise AssertionError((home / "log").read_text()[-3000:]) from None
+    return url, home / "mlflow.db"
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         cleanup.push(lambda kind, *_: kind is not None and report_brokers(cluster))  # on failure, after the roles' logs
 
         def process(role: str, name: str) -> RoleProcess:
+            """A role in a process of its own, starting (they start side by side; see serving)."""
             cfg = copy.deepcopy(config)
             cfg.ingest.listen, cfg.ingest.metrics_port = f"127.0.0.1:{free_port()}", free_port()
             cfg.processors.metrics_port = free_port()
@@ -168,7 +169,10 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
             p.start()
             cleanup.callback(lambda: print(f"--- {p.name}\n{p.log_tail(20)}"))
             cleanup.callback(p.stop)
-            port = cfg.ingest.metrics_port if role == "ingest" else cfg.processors.metrics_port
+            return p
+
+        def serving(p: RoleProcess) -> RoleProcess:
+            port = p.config.ingest.metrics_port if p.role == "ingest" else p.config.processors.metrics_port
             wait_http(f"http://127.0.0.1:{port}/metrics", 90, p)
             return p
 
@@ -185,6 +189,8 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         sink_b = second_sink()
         ingests = [process("ingest", f"ingest-{i}") for i in (1, 2)]
         workers = [process("process", f"process-{i}") for i in (1, 2)]
+        for p in [*ingests, *workers]:
+            serving(p)
         addrs = [p.config.ingest.listen for p in ingests]
         jobs: list[Job] = []
         cleanup.callback(lambda: [j.stop() for j in jobs])  # first: the jobs finish while every role still runs

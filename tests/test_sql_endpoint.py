@@ -48,7 +48,7 @@ from runstream.server.auth import ensure_dev_token, ensure_file_token
 from runstream.storage.sqlserver import SqlEndpoint, may_raise_priority
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import ConfigError
-from tests.conftest import make_config
+from tests.conftest import build_go_client, make_config, wait_done
 from tests.grafana_macros import Context, expand, interpolate
 from tests.helpers import wait_until
 from tests.test_dashboards import RANGES, all_targets, seed
@@ -122,12 +122,11 @@ def panel_queries(ep: Endpoint) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    out = tmp_path_factory.mktemp("go") / "chclient"
-    res = subprocess.run([go, "build", "-o", str(out), "."], cwd=CLIENTS / "go", capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"building the clickhouse-go client failed (needs Go and the Go module proxy):\n{res.stderr[-3000:]}"
-    return out
+def go_client() -> Path:
+    """The clickhouse-go client, building in the background since the tests were collected (tests/conftest.py)."""
+    home = build_go_client()
+    wait_done(home, 900, "building the clickhouse-go client (needs Go and the Go module proxy)")
+    return home / "chclient"
 
 
 def run_go(binary: Path, ep: Endpoint, queries: list[str], compression: str = "gzip") -> list[dict[str, Any]]:
