@@ -18,7 +18,6 @@ import http.client
 import json
 import math
 import os
-import shutil
 import subprocess
 import threading
 import time
