@@ -191,9 +191,10 @@ class Api:
         return views.rows(self.client, statement)
 
     def scan_history(self, run_id: str, keys: Sequence[str] | None = None, *, project: str | None = None,
-                     page_size: int = 10_000, include_parent: bool = True) -> Iterator[dict[str, Any]]:
+                     include_parent: bool = True) -> Iterator[dict[str, Any]]:
         """Every point of a run, a dict per step (``step``, ``_ts`` and one key per metric logged at it), in step
-        order, read in pages of ``page_size`` points so a long run never sits whole in memory. ``keys`` limits the
+        order: one query streamed in the engine's blocks, so a long run never sits whole in memory (on either side:
+        the endpoint sends a large result on as the engine produces it). ``keys`` limits the
         metrics. A fork's scan starts with its parent's points up to the fork step."""
         chain: list[tuple[str, int | None]] = [(run_id, None)]
         child = run_id
@@ -205,21 +206,17 @@ class Api:
             chain.append(parent)
         row: dict[str, Any] = {}
         for rid, up_to in reversed(chain):
-            after: tuple[int, str] | None = None
-            while True:
-                page = self._rows(views.history_page(self.database, rid, project, up_to=up_to, keys=keys, after=after,
-                                                     page_size=page_size))
-                for step, name, value, ts in page:
-                    if row and row["step"] != step:
-                        yield row
-                        row = {}
-                    if not row:
-                        row = {"step": step, "_ts": ts}
-                    row[name] = value
-                    row["_ts"] = max(row["_ts"], ts)
-                if len(page) < page_size:
-                    break
-                after = (page[-1][0], page[-1][1])
+            statement = views.history_scan(self.database, rid, project, up_to=up_to, keys=keys)
+            with self.client.query_row_block_stream(statement.sql, parameters=statement.params) as blocks:
+                for block in blocks:
+                    for step, name, value, ts in block:
+                        if row and row["step"] != step:
+                            yield row
+                            row = {}
+                        if not row:
+                            row = {"step": step, "_ts": ts}
+                        row[name] = value
+                        row["_ts"] = max(row["_ts"], ts)
         if row:
             yield row
 

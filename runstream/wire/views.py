@@ -476,17 +476,16 @@ def history(db: str, chain: list[tuple[str, int | None]], metric: str, project: 
     return Statement(f"SELECT step, value, ts FROM ({series}) ORDER BY step", p.values)
 
 
-def history_page(db: str, run_id: str, project: str | None, *, up_to: int | None, keys: Sequence[str] | None,
-                 after: tuple[int, str] | None, page_size: int) -> Statement:
-    """(step, metric, value, ts) of a run's points after (step, metric) ``after``, in that order, one page."""
+def history_scan(db: str, run_id: str, project: str | None, *, up_to: int | None,
+                 keys: Sequence[str] | None) -> Statement:
+    """(step, metric, value, ts) of a run's points (up to step ``up_to``; of ``keys``), in that order: for a
+    streamed read."""
     p = QueryParams()
     cond = _run_in(db, run_id, project, p)
     cond += f" AND step <= {p.add(up_to, 'Int64')}" if up_to is not None else ""
     cond += f" AND metric IN {p.add(list(keys), 'Array(String)')}" if keys is not None else ""
-    if after is not None:
-        cond += f" AND (step, metric) > ({p.add(after[0], 'Int64')}, {p.add(after[1], 'String')})"
-    return Statement(f"SELECT step, metric, value, ts FROM {table(db, 'metrics')} WHERE {cond} ORDER BY step, metric "
-                     f"LIMIT {int(page_size)}", p.values)
+    return Statement(f"SELECT step, metric, value, ts FROM {table(db, 'metrics')} WHERE {cond} ORDER BY step, metric",
+                     p.values)
 
 
 def series(db: str, run_id: str, metric: str) -> Statement:
