@@ -134,7 +134,9 @@ def test_filters_order_pages_one_run_several_metrics_a_scan_and_artifacts(stack:
         assert run.finish(timeout=30)
         ids[i] = run.id
     assert stack.wait_points(300, where="project = 'readmore'") == 300
-    wait_until(lambda: len(api.runs("readmore", status="finished")) == 5, 30, "five finished runs")
+    # The sink stores a poll's tables one after another: wait for each run's finish, params and tags, not only points.
+    wait_until(lambda: len(api.runs("readmore", status="finished", params={"layers": (">", 0)}, tags={"team": None})) == 5,
+               30, "five finished runs with their params and tags")
     names = lambda df: list(df["name"])
 
     # Typed params in the filter string, OR between groups, tags, attributes.
