@@ -63,9 +63,10 @@ def mlflow_run(r: views.RunRow) -> RunRow:
     """A run as MLflow shows it, from its run_index row, by views.mlflow_attrs' rules: the mlflow.runName and
     mlflow.user tags rename it and name its user, LIFECYCLE_TAG marks it deleted; deleted tags are absent."""
     tags = {k: v["value"] for k, v in r.tags.items() if v["value"] != DELETED_TAG}
+    lifecycle = "deleted" if tags.pop(LIFECYCLE_TAG, "") == "deleted" else "active"  # not one of MLflow's tags
     d, first = r.derived(), r.first
     return RunRow(r.project, r.run_id, tags.get("mlflow.runName") or first["name"], str(d["status"]).upper(),
-                  tags.get("mlflow.user", ""), "deleted" if tags.pop(LIFECYCLE_TAG, "") == "deleted" else "active",
+                  tags.get("mlflow.user", ""), lifecycle,
                   _ms(first["started"]), None if d["ended"] is None else _ms(d["ended"]), list(first["tags"]),
                   str(first["parent_run_id"]), tags, {k: v["value"] for k, v in r.params.items()},
                   [(k, float(m["value"]), _ms(m["ts"]), int(m["step"])) for k, m in sorted(r.metrics.items())])

@@ -321,11 +321,19 @@ def runs(db: str, project: str | None, *, groups: list[list[Cond]], orders: list
     if groups:
         where.append("(" + " OR ".join("(" + " AND ".join(index_conditions(g, db, scope, p) or ["1"]) + ")"
                                        for g in groups) + ")")
-    order = ", ".join([*index_order(orders, p), "start[1].started DESC", "run_id ASC"])
+    return _index_rows(db, where, [*index_order(orders, p), *NEWEST_FIRST], p, limit=limit, offset=offset)
+
+
+NEWEST_FIRST = ["start[1].started DESC", "run_id ASC"]  # the runs' order after any the caller asks for
+
+
+def _index_rows(db: str, where: list[str], order: list[str], p: QueryParams, *, limit: int | None,
+                offset: int = 0) -> Statement:
+    """RUN_INDEX_COLUMNS of the run_index rows (merged: FINAL) meeting every condition of ``where``, in ``order``."""
     page = f" LIMIT {int(limit)}" if limit is not None else ""
     page += f" OFFSET {int(offset)}" if offset else ""
     return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
-                     f"WHERE {' AND '.join(f'({w})' for w in where)} ORDER BY {order}{page}", p.values)
+                     f"WHERE {' AND '.join(f'({w})' for w in where)} ORDER BY {', '.join(order)}{page}", p.values)
 
 
 def _keys_in(projects: Sequence[str], run_ids: Sequence[str], p: QueryParams) -> str:
@@ -343,8 +351,7 @@ def run_record(db: str, run_id: str, project: str | None) -> Statement:
     """One run's run_index row (RUN_INDEX_COLUMNS, for RunRow); at most two rows (a run id two projects hold,
     without ``project``)."""
     p = QueryParams()
-    return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
-                     f"WHERE {_run_in(db, run_id, project, p)} AND notEmpty(start) ORDER BY project LIMIT 2", p.values)
+    return _index_rows(db, [_run_in(db, run_id, project, p), "notEmpty(start)"], ["project"], p, limit=2)
 
 
 # ---- the MLflow API's runs: run_index rows with MLflow's tags applied (mlflow.runName, mlflow.user, lifecycle) ----
@@ -378,10 +385,8 @@ def mlflow_runs(db: str, projects: list[str], conds: list[Cond], orders: list[Or
         where.append(f"{'' if models else 'NOT '}has(start[1].tags, {p.add(MODEL_LABEL, 'String')})")
     if view in ("ACTIVE_ONLY", "DELETED_ONLY"):
         where.append(f"{attrs['lifecycle_stage']} = {p.add(view.split('_')[0].lower(), 'String')}")
-    order = ", ".join([*index_order(orders, p, attrs, numeric_params=False), "start[1].started DESC", "run_id ASC"])
-    return Statement(f"SELECT {', '.join(RUN_INDEX_COLUMNS)} FROM {table(db, 'run_index')} FINAL "
-                     f"WHERE {' AND '.join(f'({w})' for w in where)} ORDER BY {order} "
-                     f"LIMIT {int(limit)} OFFSET {int(offset)}", p.values)
+    return _index_rows(db, where, [*index_order(orders, p, attrs, numeric_params=False), *NEWEST_FIRST], p,
+                       limit=limit, offset=offset)
 
 
 MODEL_URI = "models:/"  # a logged model a run read (datasets_used) or produced (artifacts): models:/<model id>
