@@ -97,6 +97,9 @@ class Processors:
             producer_linger_ms=1, stream_buffer_maxsize=2048, table_cleanup_interval=3600.0,
             # A crashed worker's partitions move to the others after this long, not faust's default minute.
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=30.0,
+            # No standby replicas: a worker taking back partitions it kept as standbys sometimes never received their
+            # changelog during recovery (faust 0.15.3) and stalled; the state is small, so reading it whole is cheap.
+            table_standby_replicas=0,
             producer_max_request_size=k.max_record_bytes + 4096, broker_credentials=broker_credentials(config))
         raw: dict[str, Any] = dict(key_serializer="raw", value_serializer="raw")
         self.events = app.topic(k.events_topic, key_type=bytes, value_type=bytes, **raw)
