@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--random-ids", action="store_true",
+                    help="give the small runs random ids (uuid4, as the SDK did before its time-ordered UUIDv7 ids)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=True)
@@ -48,7 +51,8 @@ def main() -> None:
         long.log_artifact(str(model), upload=f"http://{cfg.mlflow.listen}")
         assert long.finish(timeout=120)
         for i in range(args.runs):
-            r = runstream.init("bench", name=f"sweep-{i}", config={"lr": 10 ** -(1 + i % 4), "optimizer": ["sgd", "adam"][i % 2]},
+            r = runstream.init("bench", name=f"sweep-{i}", run_id=uuid.uuid4().hex[:16] if args.random_ids else None,
+                               config={"lr": 10 ** -(1 + i % 4), "optimizer": ["sgd", "adam"][i % 2]},
                                system_interval_s=0, **target)
             r.log({"val_loss": (i % 100) / 100})
             r.finish(timeout=0)
@@ -75,6 +79,7 @@ def main() -> None:
             "search_runs_order_by_param_all": lambda: api.runs("bench", order_by=["params.lr ASC"], limit=None),
         }
         out: dict[str, object] = {"points": args.points, "runs": args.runs, "repeat": args.repeat,
+                                  "run_ids": "random" if args.random_ids else "UUIDv7",
                                   "calibration": calibration()}
         for name, read in reads.items():
             read()  # warm: the first call pays connection setup

@@ -64,7 +64,7 @@ from runstream.wire.mlflow import (
     param_text,
     project_for_experiment,
 )
-from runstream.wire.names import metric_name_problem
+from runstream.wire.names import metric_name_problem, new_run_id
 from runstream.wire.search import (
     DELETED_TAG,
     EXPERIMENT_ATTRS,
@@ -583,7 +583,7 @@ class MlflowApi:
         authorize(token, project, "ingest")
         await self._experiment(project, token, deleted_ok=False)
         tags = {str(t["key"]): str(t.get("value", "")) for t in body.get("tags") or []}
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()
         name = str(body.get("run_name") or tags.get("mlflow.runName") or f"run-{run_id[:8]}")
         tags["mlflow.runName"] = name
         if body.get("user_id"):

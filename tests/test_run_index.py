@@ -6,6 +6,8 @@ derivation (runstream.wire.views.RunRow) gives the view's fields too."""
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 from runstream.storage.store import migrate, open_embedded
 from runstream.wire import views
+from runstream.wire.names import new_run_id
 from runstream.wire.search import DELETED_TAG
 
 DB = "runidx"
@@ -144,3 +147,18 @@ def test_searches_filter_and_order_on_the_maps(client: Any) -> None:
     assert ids(order=["params.opt ASC"]) == ["r1", "r0"]  # runs without the param last
     assert ids(params={"opt": "sgd"}) == ["r1"] and ids(metrics={"loss": ("<=", 0.1)}) == ["r0"]
     assert ids(tags={"best": None}) == ["r1"]
+
+
+def test_new_run_ids_are_uuid7_and_sort_after_every_earlier_run() -> None:
+    """Runs are keyed by id: ids that sort by creation put new runs after the settled ones, so a FINAL read merges
+    only the key ranges that recent runs share with the small new parts."""
+    before_ms = int(time.time() * 1000)
+    earlier = [new_run_id() for _ in range(2_000)]
+    after_ms = int(time.time() * 1000)
+    while int(time.time() * 1000) <= after_ms:  # the next millisecond
+        pass
+    later = new_run_id()
+    assert len(set(earlier)) == len(earlier)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in [*earlier, later])
+    assert all(before_ms <= int(i[:12], 16) <= after_ms for i in earlier)
+    assert later > max(earlier)

@@ -40,7 +40,7 @@ from runstream.v1.ingest_pb2 import Artifact, Batch, DatasetUse, GitInfo, HostIn
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.files import file_digest
 from runstream.wire.mlflow import experiment_id
-from runstream.wire.names import MAX_STEP, name_problem, step_of, value_problem
+from runstream.wire.names import MAX_STEP, name_problem, new_run_id, step_of, value_problem
 
 log = logging.getLogger("runstream")
 
@@ -781,7 +781,7 @@ def init(project: str, name: str | None = None, *, config: Mapping[str, Any] | N
     resuming = False
     if run_id and not fork_from:
         stored, resuming = _existing(project, run_id, mode, token, sql_url)
-    run_id = run_id or uuid.uuid4().hex[:16]
+    run_id = run_id or new_run_id()
     name = name or (stored.name if stored else "") or run_id
     run = Run(sender, project=project, name=name, run_id=run_id, strict=strict)
     run._token = token

@@ -3,10 +3,22 @@ good points beside them) and ingest (which refuses a batch that breaks it)."""
 
 from __future__ import annotations
 
+import os
+import time
+
 MAX_NAME_LENGTH = 250  # ingest.max_name_length's default
 MAX_VALUE_LENGTH = 64 * 1024  # a param's, tag's or config entry's value, in characters
 MAX_STEP = (1 << 63) - 1  # steps are int64, negative ones too (MLflow keeps them)
 MIN_STEP = -(1 << 63)
+
+
+def new_run_id() -> str:
+    """A new run's id: a UUIDv7 (RFC 9562) in hex, time-ordered. Runs are keyed by id in storage, so new runs sort after
+    the settled ones and reading a table's newest rows FINAL merges only its last ranges, not every granule."""
+    value = (int(time.time() * 1000) & (1 << 48) - 1) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # the RFC 9562 variant
+    return f"{value:032x}"
 
 
 def step_of(step: object) -> int | None:
