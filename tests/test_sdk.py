@@ -480,3 +480,28 @@ def test_finished_runs_are_not_kept_for_the_exit_handler(tmp_path: Path) -> None
     assert runs[1] in run_module._active and runs[0] not in run_module._active and runs[2] not in run_module._active
     runs[1].finish(timeout=10)
     assert runs[1] not in run_module._active
+
+
+def test_reading_git_state_never_writes_the_checkouts_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """init() reads the commit and whether the tree is dirty; it must not refresh (write) the index, which holds
+    index.lock and makes a user's `git commit` in the same checkout fail."""
+    import os
+    import subprocess
+
+    from runstream.sdk.run import _git
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-qm", "first")
+    stat = (tmp_path / "train.py").stat()
+    os.utime(tmp_path / "train.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # stale stat data, same bytes
+    index = tmp_path / ".git" / "index"
+    before = index.stat().st_mtime_ns, index.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    info = _git()
+    assert info.commit == git("rev-parse", "HEAD") and info.branch and not info.dirty
+    assert (index.stat().st_mtime_ns, index.read_bytes()) == before

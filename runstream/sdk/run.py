@@ -71,7 +71,10 @@ def client_config() -> RunstreamConfig:
 def _git() -> GitInfo:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5).stdout.strip()
+            # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the
+            # user's own git commands in the same checkout.
+            return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = git("rev-parse", "HEAD")
