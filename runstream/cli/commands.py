@@ -1,4 +1,5 @@
-"""The CLI's commands that need the server extra: reads, governance, dashboards, the demo."""
+"""The CLI's commands that need the server extra: reads, governance, dashboards, the demo. What only one command
+needs (Kafka, the ClickHouse client, numpy for the demo, TLS) is imported inside it: a CLI call starts quickly."""
 
 from __future__ import annotations
 
@@ -11,17 +12,9 @@ import time
 from pathlib import Path
 
 import grpc
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from runstream.cli.demo import run_demo
 from runstream.cli.output import print_result, resolve_config, runs_summary, sql_client
-from runstream.dashboards import build as dashboards_build
-from runstream.dashboards.push import push as dashboards_push
-from runstream.ops import tls
 from runstream.sdk import connect
-from runstream.server import governance as gov_io
-from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
-from runstream.storage import lineage
 from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 from runstream.v1.ingest_pb2 import ProjectRecord, RetentionPolicy, RunDeletion
 from runstream.wire import audit, views
@@ -31,6 +24,8 @@ from runstream.wire.files import file_digest
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     client = sql_client(resolve_config(args))
     try:
         res = client.query(args.query)
@@ -47,6 +42,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from runstream.storage import lineage
+
     config = resolve_config(args)
     client = sql_client(config)
     db = config.clickhouse.database
@@ -124,6 +121,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from runstream.server import governance as gov_io
+
     config = resolve_config(args)
     client = sql_client(config)
     db = config.clickhouse.database
@@ -186,6 +185,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
+    from runstream.dashboards import build as dashboards_build
+    from runstream.dashboards.push import push as dashboards_push
+
     if args.action == "build":
         return dashboards_build.main()
     if not args.grafana_url or not args.token:
@@ -199,10 +201,14 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from runstream.cli.demo import run_demo
+
     return run_demo(resolve_config(args), jobs=args.jobs, seconds=args.seconds, rate=args.rate)
 
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
+    from runstream.storage import lineage
+
     config = resolve_config(args)
     client = sql_client(config)
     project = args.project
@@ -236,6 +242,8 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
+    from runstream.server.kafka import ROLE_PRINCIPALS, ensure_topics
+
     config = resolve_config(args)
     if not config.kafka.bootstrap:
         raise RunstreamError("kafka setup: kafka.bootstrap is not set (--kafka HOST:PORT); `runstream up` sets up its "
@@ -248,6 +256,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_tls(args: argparse.Namespace) -> int:
+    from runstream.ops import tls
+
     paths = tls.init(Path(args.directory), args.host or ["localhost", "127.0.0.1"], clients=tuple(args.client))
     print(f"CA {paths['ca']} (give it to clients: RUNSTREAM_TLS_CA), server certificate {paths['cert']} and key "
           f"{paths['key']} (ingest.tls_cert / ingest.tls_key; metrics_tls_cert / metrics_tls_key), Kafka's PEM keystore "

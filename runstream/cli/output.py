@@ -8,17 +8,17 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.table import Table
 
-from runstream.ops.supervisor import stack_running
-from runstream.storage.store import open_embedded, open_url
 from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
 from runstream.wire.errors import RunstreamError
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 
 def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
@@ -33,6 +33,9 @@ def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
 def sql_client(config: RunstreamConfig) -> Client:
     """A ClickHouse client for reading: the server at clickhouse.url (read-only), else the running stack's SQL
     endpoint, else (no stack running) the embedded store itself, opened read-only in this process."""
+    # Here, not at the top: every CLI command imports this module, most never open a SQL client.
+    from runstream.ops.supervisor import stack_running
+    from runstream.storage.store import open_embedded, open_url
     if config.clickhouse.url:
         return open_url(config.clickhouse.url, database=config.clickhouse.database, settings={"readonly": 1})
     info = config.stack_info()
