@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import runstream
-from runstream.cli.output import print_result, runs_summary, sql_client
+from runstream.cli.output import print_result, runs_summary
+from runstream.cli.reads import sql_client
 from runstream.ops.supervisor import Supervisor, stack_running
 from runstream.sdk import Transport, connect
 from runstream.wire import views

@@ -1,6 +1,6 @@
 """The one CLI: a subcommand per role (`ingest`, `process`, `sink`, `mlflow`), `up` for all of them on one machine, and
 tools (`sql`, `runs`, `sync`, `demo`, governance). This module only parses: the commands live in
-runstream.cli.commands (server extra) and runstream.cli.client (slim SDK)."""
+runstream.cli.commands, reads and tools (server extra) and runstream.cli.client (slim SDK)."""
 
 from __future__ import annotations
 
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 CLIENT_COMMANDS = {"cmd_sync", "cmd_config", "cmd_import"}  # these work with the slim SDK install
 ROLE_COMMANDS = {"cmd_role", "cmd_up"}        # these load only the roles' own modules
+# The server extra's commands by what they load: reads need the ClickHouse client, tools Kafka, TLS and the demo;
+# the rest (governance) gRPC only, so a token or project command starts in a fraction of a second.
+READ_COMMANDS = {"cmd_sql", "cmd_runs", "cmd_lineage", "cmd_audit", "cmd_artifacts", "cmd_run"}
+TOOL_COMMANDS = {"cmd_dashboards", "cmd_kafka", "cmd_tls", "cmd_demo"}
 
 
 def command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -170,6 +174,10 @@ def command(name: str) -> Callable[[argparse.Namespace], int]:
         try:
             if name in ROLE_COMMANDS:
                 from runstream.cli import roles as module  # type: ignore[no-redef]
+            elif name in READ_COMMANDS:
+                from runstream.cli import reads as module  # type: ignore[no-redef]
+            elif name in TOOL_COMMANDS:
+                from runstream.cli import tools as module  # type: ignore[no-redef]
             else:
                 from runstream.cli import commands as module  # type: ignore[no-redef]
         except ModuleNotFoundError as exc:

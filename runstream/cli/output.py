@@ -1,4 +1,4 @@
-"""What the commands and the demo share: the resolved config, a ClickHouse client for reading, result tables."""
+"""What the commands and the demo share: the resolved config, result tables, the runs summary."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from rich.table import Table
 
 from runstream.wire import views
 from runstream.wire.config import RunstreamConfig
-from runstream.wire.errors import RunstreamError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -28,25 +27,6 @@ def resolve_config(args: argparse.Namespace) -> RunstreamConfig:
                                 flags={"data_dir": getattr(args, "data_dir", None) or None,
                                        "clickhouse.url": getattr(args, "clickhouse_url", None) or None,
                                        "kafka.bootstrap": getattr(args, "kafka", None) or None})
-
-
-def sql_client(config: RunstreamConfig) -> Client:
-    """A ClickHouse client for reading: the server at clickhouse.url (read-only), else the running stack's SQL
-    endpoint, else (no stack running) the embedded store itself, opened read-only in this process."""
-    # Here, not at the top: every CLI command imports this module, most never open a SQL client.
-    from runstream.ops.supervisor import stack_running
-    from runstream.storage.store import open_embedded, open_url
-    if config.clickhouse.url:
-        return open_url(config.clickhouse.url, database=config.clickhouse.database, settings={"readonly": 1})
-    info = config.stack_info()
-    if not stack_running(config) and (config.clickhouse_path / "metadata").is_dir():
-        print(f"(no stack running: reading the store in {config.clickhouse_path} directly, read-only)", file=sys.stderr)
-        return open_embedded(config.clickhouse_path, database=config.clickhouse.database, settings={"readonly": 1})
-    if not info.get("sql"):
-        raise RunstreamError(f"no running stack found (no {config.stack_file}): start `runstream up`, "
-                             "or pass --clickhouse-url for a ClickHouse server.")
-    return open_url(info["sql"], database=info.get("database", config.clickhouse.database),
-                    token=config.client.token or info.get("token", ""))
 
 
 def _json_value(v: Any) -> Any:
