@@ -113,9 +113,14 @@ def test_import_tensorboard_logs(stack: Stack, token: str, tmp_path: Path) -> No
     assert report.runs == 2 and report.points_source == report.points_acked == 2 * (500 + 50)
     where = "project = 'tb-import'"
     assert stack.wait_points(1100, where=where) == 1100
-    rows = stack.query("SELECT r.name, m.metric, count(), max(m.step), argMax(m.value, m.step) FROM {db}.metrics AS m "
-                       "JOIN {db}.runs AS r ON r.run_id = m.run_id AND r.project = m.project WHERE m." + where +
-                       " GROUP BY r.name, m.metric ORDER BY r.name, m.metric")
+
+    def by_run() -> list[tuple] | None:
+        got = stack.query("SELECT r.name, m.metric, count(), max(m.step), argMax(m.value, m.step) FROM {db}.metrics AS m "
+                          "JOIN {db}.runs AS r ON r.run_id = m.run_id AND r.project = m.project WHERE m." + where +
+                          " GROUP BY r.name, m.metric ORDER BY r.name, m.metric")
+        return got if sum(r[2] for r in got) == 1100 else None
+    # The runs' start records may land in a later insert than their points (a fresh-clone CI run joined none).
+    rows = wait_until(by_run, 30, "both runs' start records beside their 1,100 points")
     assert [r[:4] for r in rows] == [("eval", "loss", 50, 49), ("eval", "metrics/acc", 50, 49),
                                      ("train", "loss", 500, 499), ("train", "metrics/acc", 500, 499)]
     assert rows[2][4] == pytest.approx(1 / 500) and rows[3][4] == pytest.approx(499 / 500)
