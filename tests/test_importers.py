@@ -124,7 +124,8 @@ def test_import_tensorboard_logs(stack: Stack, token: str, tmp_path: Path) -> No
     assert [r[:4] for r in rows] == [("eval", "loss", 50, 49), ("eval", "metrics/acc", 50, 49),
                                      ("train", "loss", 500, 499), ("train", "metrics/acc", 500, 499)]
     assert rows[2][4] == pytest.approx(1 / 500) and rows[3][4] == pytest.approx(499 / 500)
-    assert stack.query("SELECT DISTINCT status FROM {db}.runs WHERE " + where) == [("finished",)]
+    wait_until(lambda: stack.query("SELECT DISTINCT status FROM {db}.runs WHERE " + where) == [("finished",)], 30,
+               "both runs finished")
     assert_second_import_adds_nothing(
         stack, lambda: import_tensorboard(str(logdir), transport, project="tb-import", progress=lambda _: None),
         report.batches, where)
