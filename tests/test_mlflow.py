@@ -123,9 +123,10 @@ def test_search_runs_filters_ordering_and_pages(ml: MlflowStack) -> None:
     # whatever their acc; among them trial-0 (0.6) fails the acc clause and trial-2 (0.8) passes it.
     latest = {i: c.get_run(ids[i]).data.metrics["acc"] for i in ids}
     assert latest == {i: 0.6 + i / 10 for i in range(4)} and latest[1] == 0.7 and latest[0] < 0.7 < latest[2]
-    assert sorted(names(filter_string="tags.family = 'cnn' and metrics.acc >= 0.7")) == ["trial-1", "trial-3"]
-    assert names(filter_string="tags.family = 'cnn' and metrics.acc > 0.7") == ["trial-3"]
-    assert names(filter_string="tags.family = 'mlp' and metrics.acc >= 0.7") == ["trial-2"]
+    edge = latest[1]  # the filters' boundary is a stored value: >= and > must part on it
+    assert sorted(names(filter_string=f"tags.family = 'cnn' and metrics.acc >= {edge}")) == ["trial-1", "trial-3"]
+    assert names(filter_string=f"tags.family = 'cnn' and metrics.acc > {edge}") == ["trial-3"]
+    assert names(filter_string=f"tags.family = 'mlp' and metrics.acc >= {edge}") == ["trial-2"]
     assert sorted(names(filter_string="tags.family = 'mlp'")) == ["trial-0", "trial-2"]  # the acc clause removed one
     assert names(filter_string="attributes.status = 'RUNNING'") == ["trial-3"]
     assert names(filter_string="attributes.run_name LIKE 'trial-%' and params.lr = '0.1'") == ["trial-0"]
