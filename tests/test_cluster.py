@@ -295,9 +295,10 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         while differ and time.monotonic() < deadline:
             differ = rollups_differ()
             time.sleep(0.5 if differ else 0)
+        fared = [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
+                  if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
+        print(f"workers at the end: {fared}")
         if differ:  # what a failure needs, in its summary line: what differs, and how each worker fared
-            fared = [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
-                      if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
             raise AssertionError(f"rollups differ from SQL over the raw points after 120 s: {differ}; workers: {fared}")
         wait_until(lambda: stack.query(f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'")[0][0] == total,
                    60, f"the fleet view to count {total} points")
