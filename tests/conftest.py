@@ -335,9 +335,9 @@ def _start_mlflow() -> Path:
             (home / "port").write_text(str(free_port()))
     port = (home / "port").read_text()
     # Without MLflow's job runner: it starts eight more Python processes (about 20 s of CPU) the tests never use.
-    return start_once("mlflow", ["env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false", str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
-                                 "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                                 "--artifacts-destination", str(home / "mlflow-artifacts")])
+    server = [str(MLFLOW_SERVER), "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
+              "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlflow-artifacts")]
+    return start_once("mlflow", ["env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false", *server])
 
 
 @pytest.fixture(scope="session")
