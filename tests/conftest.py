@@ -224,12 +224,12 @@ def ml(config: RunstreamConfig, token: str, monkeypatch: pytest.MonkeyPatch) -> 
 # Seconds each module took in a full run on the 2-core machine, longest first. scripts/test passes
 # --no-loadscope-reorder, so xdist hands modules out in collection order: the longest start first and the two workers
 # end together instead of one finishing a long module alone. A module not listed counts 0.5 s per test.
-MODULE_SECONDS = {"test_processors_live": 120, "test_cluster": 97, "test_mlflow": 92, "test_governance": 80,
-                  "test_cli": 70, "test_spine": 67, "test_sql_endpoint": 63, "test_mlflow_ui": 47, "test_sdk": 41,
-                  "test_session": 39, "test_architecture": 39, "test_integrations": 35, "test_uploads": 35,
-                  "test_audit": 30, "test_mlflow_registry": 30, "test_tls": 28, "test_importers": 26,
-                  "test_read_api": 22, "test_examples": 21, "test_resume": 21, "test_sdk_properties": 21,
-                  "test_poison": 20, "test_sink_fetch": 16, "test_run_index": 13}
+MODULE_SECONDS = {"test_processors_live": 117, "test_cluster": 85, "test_mlflow": 68, "test_spine": 51,
+                  "test_sql_endpoint": 47, "test_cli": 46, "test_governance": 38, "test_mlflow_ui": 37, "test_sdk": 28,
+                  "test_architecture": 18, "test_mlflow_registry": 17, "test_uploads": 15, "test_examples": 14,
+                  "test_integrations": 13, "test_importers": 13, "test_tls": 12, "test_sdk_properties": 12,
+                  "test_session": 11, "test_audit": 10, "test_poison": 9, "test_run_index": 8, "test_sink_fetch": 7,
+                  "test_resume": 7}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
