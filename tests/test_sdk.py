@@ -505,3 +505,44 @@ def test_reading_git_state_never_writes_the_checkouts_index(tmp_path: Path, monk
     info = _git()
     assert info.commit == git("rev-parse", "HEAD") and info.branch and not info.dirty
     assert (index.stat().st_mtime_ns, index.read_bytes()) == before
+
+
+def test_git_state_is_what_git_says_in_every_state_of_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's git fields against git's own answers: outside a checkout, before the first commit, clean on a branch
+    with an origin, dirty (the diff's sha256), and on a detached HEAD; two git processes for a clean checkout."""
+    import hashlib
+    import subprocess
+
+    from runstream.sdk import run as run_module
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    assert run_module._git() == run_module.GitInfo()  # not a checkout
+    git("init", "-q", "-b", "main")
+    assert run_module._git() == run_module.GitInfo()  # no commit yet
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-qm", "first")
+    git("remote", "add", "origin", "https://example.com/team/repo.git")
+    spawned: list[list[str]] = []
+    popen = subprocess.Popen
+
+    def counting(args: list[str], *a: object, **kw: object) -> subprocess.Popen[str]:
+        spawned.append(list(args))
+        return popen(args, *a, **kw)  # type: ignore[call-overload, no-any-return]
+    monkeypatch.setattr(subprocess, "Popen", counting)
+    info = run_module._git()
+    assert len(spawned) == 2, spawned
+    assert (info.commit, info.branch, info.remote, info.dirty, info.diff_sha256) == \
+        (git("rev-parse", "HEAD"), "main", "https://example.com/team/repo.git", False, "")
+    (tmp_path / "train.py").write_text("print(2)\n")
+    info = run_module._git()
+    assert info.dirty and info.diff_sha256 == hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()
+    assert info.commit == git("rev-parse", "HEAD")
+    git("checkout", "-q", "--", "train.py")
+    git("checkout", "-q", "--detach")
+    info = run_module._git()
+    assert (info.commit, info.branch, info.dirty) == (git("rev-parse", "HEAD"), git("rev-parse", "--abbrev-ref", "HEAD"), False)
+    assert info.branch == "HEAD"

@@ -69,20 +69,42 @@ def client_config() -> RunstreamConfig:
 
 
 def _git() -> GitInfo:
-    def git(*args: str) -> str:
-        try:
-            # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the
-            # user's own git commands in the same checkout.
-            return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True,
-                                  timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    commit = git("rev-parse", "HEAD")
-    if not commit:
+    """The checkout's commit, branch, origin and whether (and how) its tracked files differ from the commit: two git
+    processes side by side (a third for the diff of a dirty tree), not one per field (init() took 18 ms, 94% of it
+    in four sequential git calls)."""
+    # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the user's own git
+    # commands in the same checkout.
+    base = ["git", "--no-optional-locks"]
+    try:
+        status = subprocess.Popen([*base, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        remote = subprocess.Popen([*base, "remote", "get-url", "origin"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+    except OSError:  # no git
         return GitInfo()
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    diff = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest() if dirty else ""
-    return GitInfo(commit=commit, branch=git("rev-parse", "--abbrev-ref", "HEAD"), remote=git("remote", "get-url", "origin"),
+    out: dict[str, str] = {}
+    for name, proc in (("status", status), ("remote", remote)):
+        try:
+            text, _ = proc.communicate(timeout=5)
+            out[name] = text if proc.returncode == 0 else ""
+        except subprocess.SubprocessError:
+            proc.kill()
+            proc.communicate()
+            out[name] = ""
+    head = {k: v for k, _, v in (line[2:].partition(" ") for line in out["status"].splitlines() if line.startswith("# "))}
+    commit = head.get("branch.oid", "")
+    if not commit or commit == "(initial)":  # not a checkout, or no commit yet
+        return GitInfo()
+    dirty = any(line and not line.startswith("#") for line in out["status"].splitlines())
+    diff = ""
+    if dirty:
+        try:
+            diff = hashlib.sha256(subprocess.run([*base, "diff", "HEAD"], capture_output=True, text=True,
+                                                 timeout=5).stdout.strip().encode()).hexdigest()
+        except (OSError, subprocess.SubprocessError):
+            diff = ""
+    branch = head.get("branch.head", "")
+    return GitInfo(commit=commit, branch="HEAD" if branch == "(detached)" else branch, remote=out["remote"].strip(),
                    dirty=dirty, diff_sha256=diff)
 
 
