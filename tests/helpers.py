@@ -48,15 +48,16 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> object:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` (a callable: described at the failure,
+    with what was seen last)."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
         time.sleep(0.2)  # the poll interval: this loop is the wait for the signal ``check`` reads
 
 

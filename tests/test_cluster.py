@@ -291,15 +291,18 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
                         diffs.append(f"{res}s {k[0][-6:]} {k[1]} {k[2]}: stored {g and g[3:]} want {w and w[3:]}")
             return f"{len(diffs)} windows differ, e.g. " + "; ".join(diffs[:4]) if diffs else ""
 
-        deadline, differ = time.monotonic() + 120, "never compared"
-        while differ and time.monotonic() < deadline:
-            differ = rollups_differ()
-            time.sleep(0.5 if differ else 0)
-        fared = [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
-                  if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
-        print(f"workers at the end: {fared}")
-        if differ:  # what a failure needs, in its summary line: what differs, and how each worker fared
-            raise AssertionError(f"rollups differ from SQL over the raw points after 120 s: {differ}; workers: {fared}")
+        differ = [""]
+
+        def rollups_exact() -> bool:
+            differ[0] = rollups_differ()
+            return not differ[0]
+
+        def fared() -> list[dict[str, float]]:
+            return [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
+                     if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
+        # A failure's summary line says what differs and how each worker fared.
+        wait_until(rollups_exact, 120, lambda: f"rollups equal to SQL over the raw points ({differ[0]}; workers: {fared()})")
+        print(f"workers at the end: {fared()}")
         wait_until(lambda: stack.query(f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'")[0][0] == total,
                    60, f"the fleet view to count {total} points")
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.
