@@ -69,9 +69,8 @@ def client_config() -> RunstreamConfig:
 
 
 def _git() -> GitInfo:
-    """The checkout's commit, branch, origin and whether (and how) its tracked files differ from the commit: two git
-    processes side by side (a third for the diff of a dirty tree), not one per field (init() took 18 ms, 94% of it
-    in four sequential git calls)."""
+    """The checkout's commit, branch, origin and whether (and how) its tracked files differ from the commit. Two git
+    processes side by side (a third for a dirty tree's diff): git calls were most of init()'s time."""
     # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the user's own git
     # commands in the same checkout.
     base = ["git", "--no-optional-locks"]
@@ -91,11 +90,17 @@ def _git() -> GitInfo:
             proc.kill()
             proc.communicate()
             out[name] = ""
-    head = {k: v for k, _, v in (line[2:].partition(" ") for line in out["status"].splitlines() if line.startswith("# "))}
+    head: dict[str, str] = {}  # "# branch.oid <sha>", "# branch.head <name>"; other lines are changed files
+    dirty = False
+    for line in out["status"].splitlines():
+        if line.startswith("# "):
+            key, _, value = line[2:].partition(" ")
+            head[key] = value
+        elif line:
+            dirty = True
     commit = head.get("branch.oid", "")
     if not commit or commit == "(initial)":  # not a checkout, or no commit yet
         return GitInfo()
-    dirty = any(line and not line.startswith("#") for line in out["status"].splitlines())
     diff = ""
     if dirty:
         try:
