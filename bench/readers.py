@@ -9,8 +9,8 @@ clickhouse-connect, signed in with Grafana's token (the dashboards' workload cla
 of the fleet overview and the run explorer (dashboards/json, macros expanded as the plugin expands them for the
 last 5 minutes at a 5 s interval), plus the latest value per run that `runstream runs` shows. A reader refreshes
 every ``--refresh-s`` seconds (Grafana's shortest auto-refresh is 5 s); 0 refreshes back to back (a stress figure). Prints one JSON line:
-per-panel and overall query p50/p99 (ms) as the client sees them, the server's part of them (from a free slot to the
-result, X-ClickHouse-Summary's elapsed_ns), queries/s, and ingest points/s solo and with readers (and their ratio).
+per-panel and overall query p50/p99 (ms) as the client sees them, the server's part of them (from the query's arrival
+to the result, X-ClickHouse-Summary's elapsed_ns), queries/s, and ingest points/s solo and with readers (and their ratio).
 
 Mixed readers (``--dashboards N --notebooks M``): N dashboard readers refresh the same panels every ``--refresh-s``
 seconds, each from its own moment and with its own time range, signed in with Grafana's token (`runstream up` makes
@@ -38,8 +38,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cpu import calibration  # noqa: E402  (bench/ is the script's own directory)
 from fleetload import load as fleet_load  # noqa: E402
-from fleetload import pct, start_stack  # noqa: E402  (bench/ is the script's own directory)
+from fleetload import pct, start_stack  # noqa: E402
 
 from runstream.ops.stack import scrape  # noqa: E402
 from runstream.storage.sqlserver import may_raise_priority  # noqa: E402
@@ -90,6 +91,7 @@ def reader(url: str, token: str, database: str, runs: list[str], fixed: dict[str
     errors: list[str] = []
     rng = random.Random(start_at)
     stop.wait(max(0.0, start_at - time.time()))
+    cpu0 = time.process_time()
     while not stop.is_set():
         started = time.monotonic()
         queries = fixed if fixed is not None else NOTEBOOK if kind == "notebook" else dashboard(runs)
@@ -103,9 +105,9 @@ def reader(url: str, token: str, database: str, runs: list[str], fixed: dict[str
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
             lat.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
-            server.append(int(res.summary.get("elapsed_ns", 0)) / 1e6)  # from a free slot to the result, in the sink
+            server.append(int(res.summary.get("elapsed_ns", 0)) / 1e6)  # from its arrival at the endpoint to the result
         stop.wait(max(0.0, refresh_s - (time.monotonic() - started)))
-    out.put((kind, lat, server, errors))
+    out.put((kind, lat, server, errors, time.process_time() - cpu0))
 
 
 def dashboard(runs: list[str]) -> dict[str, str]:
@@ -167,8 +169,8 @@ def main() -> int:
         after = scrape(cfg.sink.metrics_port)
         executions = {e: round(after.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)
                                - before.get(f"runstream_sql_queries_total{{execution={e}}}", 0.0)) for e in ("ran", "shared")}
-        per_panel = {name: [v for _, lat, _, _ in answers for v in lat.get(name, [])] for name in fixed}
-        server = [v for _, _, ms, _ in answers for v in ms]
+        per_panel = {name: [v for _, lat, _, _, _ in answers for v in lat.get(name, [])] for name in fixed}
+        server = [v for _, _, ms, _, _ in answers for v in ms]
         every = [v for vs in per_panel.values() for v in vs]
         out = {
             "readers": args.readers, "refresh_s": args.refresh_s, "stagger": args.stagger, "panels": len(fixed),
@@ -228,6 +230,12 @@ def summary(lat: dict[str, list[float]]) -> dict[str, Any]:
             "per_query_ms": {name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)} for name, v in lat.items()}}
 
 
+def server_summary(ms: list[float]) -> dict[str, Any]:
+    """The endpoint's part of each query (from its arrival to the result, a slot's wait included): the client's
+    figure adds the network and the reader's own parsing."""
+    return {"server_p50_ms": pct(ms, 0.5), "server_p99_ms": pct(ms, 0.99)}
+
+
 def mixed(args: argparse.Namespace) -> int:
     """Dashboards and notebooks at once, each class in its own line (or in one, ``--one-class``)."""
     from rich.console import Console
@@ -239,6 +247,8 @@ def mixed(args: argparse.Namespace) -> int:
         c.sink.sql_share_identical = False  # every query counted is an engine run
         if args.adhoc_nice is not None:
             c.sink.sql_adhoc_nice = args.adhoc_nice
+        if args.thread_nice is not None:
+            c.sink.sql_thread_nice = args.thread_nice
         if args.one_class:
             c.sink.sql_dashboard_tokens = ""
             c.sink.sql_adhoc_nice = c.sink.sql_thread_nice
@@ -248,6 +258,7 @@ def mixed(args: argparse.Namespace) -> int:
     try:
         solo, url, client, runs = phase_one(console, sup, cfg, token, load)
         points = int(client.query("SELECT count() FROM metric_points WHERE project = 'solo'").result_rows[0][0])
+        calib = calibration()  # before the readers start: their processes' start-up would be counted in it
         rng = random.Random(1)
         start_at = time.time() + 5  # once every reader process has started
         ctx = mp.get_context("spawn")
@@ -261,24 +272,32 @@ def mixed(args: argparse.Namespace) -> int:
                                            f"{args.dashboards} dashboards, {args.notebooks} notebooks", timeout=180)
         by_kind: dict[str, dict[str, list[float]]] = {"dashboard": {}, "notebook": {}}
         errors: dict[str, list[str]] = {"dashboard": [], "notebook": []}
-        for kind, lat, _server, errs in answers:
+        server: dict[str, list[float]] = {"dashboard": [], "notebook": []}
+        reader_cpu = {"dashboard": 0.0, "notebook": 0.0}  # the reader processes' own (parsing), on the stack's cores
+        for kind, lat, ms, errs, cpu_s in answers:
+            reader_cpu[kind] += cpu_s
             for name, vs in lat.items():
                 by_kind[kind].setdefault(name, []).extend(vs)
             errors[kind].extend(errs)
+            server[kind].extend(ms)
         out = {
             "mode": "mixed", "one_class": args.one_class, "dashboards": args.dashboards, "notebooks": args.notebooks,
             "refresh_s": args.refresh_s, "offered_points_per_s": round(args.points_per_s), "seconds": args.seconds,
             "points_in_notebook_project": points, "elapsed_s": round(elapsed, 1),
-            "dashboard": {**summary(by_kind["dashboard"]), "errors": len(errors["dashboard"])},
-            "notebook": {**summary(by_kind["notebook"]), "errors": len(errors["notebook"])},
+            "dashboard": {**summary(by_kind["dashboard"]), **server_summary(server["dashboard"]),
+                          "errors": len(errors["dashboard"])},
+            "notebook": {**summary(by_kind["notebook"]), **server_summary(server["notebook"]),
+                         "errors": len(errors["notebook"])},
             "error_samples": (errors["dashboard"] + errors["notebook"])[:5],
+            "reader_processes_cores": {k: round(v / elapsed, 3) for k, v in reader_cpu.items()},
             "sql_thread_nice": cfg.sink.sql_thread_nice, "sql_adhoc_nice": cfg.sink.sql_adhoc_nice,
             "sql_max_concurrent": cfg.sink.sql_max_concurrent,
             "sql_dashboard_concurrent": cfg.sink.sql_dashboard_concurrent, "may_raise_priority": may_raise_priority(),
             "ingest_points_per_s_solo": solo["points_per_s"], "ingest_points_per_s_with_readers": busy["points_per_s"],
             "ingest_ratio": round(busy["points_per_s"] / max(1, solo["points_per_s"]), 3),
             "lost": solo["lost"] + busy["lost"], "duplicated": solo["duplicated"] + busy["duplicated"],
-            "cpu_per_point": busy.get("cpu"), "cpu_cores": os.cpu_count(),
+            "cpu_per_point": busy.get("cpu"), "calibration": calib, "calibration_alone": solo.get("calibration"),
+            "cpu_cores": os.cpu_count(),
         }
         print(json.dumps(out))
         return 0
