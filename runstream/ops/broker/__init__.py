@@ -288,9 +288,8 @@ class KafkaBroker:
                 raise BrokerError(f"Formatting Kafka storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
         self._log = open(self.log_path, "ab")
         self._started_from = self.log_path.stat().st_size  # "Kafka Server started" counts from here
-        # Its own process group, not its own session: in the roles' scheduling group (see RoleProcess.start).
         self.proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(config), heap=self.heap, options=self.jvm_options),
-                                     stdout=self._log, stderr=subprocess.STDOUT, process_group=0)
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_started(self, timeout: float = 90.0) -> None:
         assert self.proc is not None
