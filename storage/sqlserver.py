@@ -20,8 +20,9 @@ What a client sees, as a read-only ClickHouse server answers it:
 Limits: each query runs in its own read-only session (storage/readonly.py) with ``sql_max_execution_time_s``,
 memory and result caps; a query whose client goes away is cancelled. Workload classes, by the token that asks:
 dashboards (``sql_dashboard_tokens``: Grafana's and the MLflow API's) run ``sql_dashboard_concurrent`` at once at
-``sql_thread_nice``, ahead of ingest; ad-hoc queries (every other token: notebooks, ``runstream sql``) run
-``sql_max_concurrent`` at once at ``sql_adhoc_nice``, behind ingest. Each class queues in its own line, so an
+``sql_thread_nice``, ahead of the sink's inserts; ad-hoc queries (every other token: notebooks, ``runstream sql``)
+run ``sql_max_concurrent`` at once at ``sql_adhoc_nice``, behind them (the other roles are scheduling groups of their
+own: docs/security.md). Each class queues in its own line, so an
 ad-hoc query never holds a dashboard's slot. The class is in the ``X-Runstream-Workload`` response header.
 Identical deterministic reads in flight share one run (``sql_share_identical``).
 
@@ -379,7 +380,7 @@ class SqlEndpoint:
         except OSError:
             log.warning("sink.sql_thread_nice %d: this process may not raise its threads' priority (it needs "
                         "CAP_SYS_NICE: run as root or grant it, e.g. compose `cap_add: [SYS_NICE]`), so reads run at "
-                        "the normal CPU priority and wait for cores behind ingest on a saturated machine.", nice)
+                        "the normal CPU priority and wait for cores behind the sink's inserts on a saturated machine.", nice)
 
     async def stop(self) -> None:
         loop, self._loop = self._loop, None

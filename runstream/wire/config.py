@@ -110,10 +110,10 @@ class SinkConfig:
     sql_share_identical: bool = True  # identical deterministic reads in flight share one engine run
     sql_thread_nice: int = -10     # Linux nice of the endpoint's and dashboards' query threads (needs CAP_SYS_NICE)
     # Workload classes: queries of these tokens (names, comma-separated) are dashboards': slots of their own and
-    # sql_thread_nice, ahead of ingest; every other token's are ad-hoc, at sql_adhoc_nice, behind it.
+    # sql_thread_nice, ahead of the sink's inserts; every other token's are ad-hoc, at sql_adhoc_nice, behind them.
     sql_dashboard_tokens: str = "grafana,mlflow"  # the MLflow API and UI read as an interactive viewer does
     sql_dashboard_concurrent: int = 4  # dashboard queries running at once, never waiting behind an ad-hoc one
-    # Linux nice of ad-hoc queries' threads: the lowest, so ingest's work (nice 0) and dashboards go first and
+    # Linux nice of ad-hoc queries' threads: the lowest, so the sink's inserts (nice 0) and dashboards go first and
     # notebooks take what is left (bench/results/readers-mixed.json: at 10 ingest kept 80% of its rate, at 19 92%).
     sql_adhoc_nice: int = 19
 
