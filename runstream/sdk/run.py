@@ -71,28 +71,33 @@ def client_config() -> RunstreamConfig:
 def _git() -> GitInfo:
     """The checkout's commit, branch, origin and whether (and how) its tracked files differ from the commit. Two git
     processes side by side (a third for a dirty tree's diff): git calls were most of init()'s time."""
-    # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the user's own git
-    # commands in the same checkout.
-    base = ["git", "--no-optional-locks"]
-    try:
-        status = subprocess.Popen([*base, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        remote = subprocess.Popen([*base, "remote", "get-url", "origin"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
-    except OSError:  # no git
-        return GitInfo()
-    out: dict[str, str] = {}
-    for name, proc in (("status", status), ("remote", remote)):
+
+    def start(*args: str) -> subprocess.Popen[str] | None:
+        try:
+            # --no-optional-locks: status never rewrites the index, so it never holds index.lock against the user's
+            # own git commands in the same checkout.
+            return subprocess.Popen(["git", "--no-optional-locks", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+        except OSError:  # no git
+            return None
+
+    def output(proc: subprocess.Popen[str] | None) -> str | None:
+        """What ``proc`` printed; None when it failed, took over 5 s or never started."""
+        if proc is None:
+            return None
         try:
             text, _ = proc.communicate(timeout=5)
-            out[name] = text if proc.returncode == 0 else ""
         except subprocess.SubprocessError:
             proc.kill()
             proc.communicate()
-            out[name] = ""
+            return None
+        return text if proc.returncode == 0 else None
+
+    status = start("status", "--porcelain=v2", "--branch", "--untracked-files=no")
+    remote = (output(start("remote", "get-url", "origin")) or "").strip()
     head: dict[str, str] = {}  # "# branch.oid <sha>", "# branch.head <name>"; other lines are changed files
     dirty = False
-    for line in out["status"].splitlines():
+    for line in (output(status) or "").splitlines():
         if line.startswith("# "):
             key, _, value = line[2:].partition(" ")
             head[key] = value
@@ -101,15 +106,10 @@ def _git() -> GitInfo:
     commit = head.get("branch.oid", "")
     if not commit or commit == "(initial)":  # not a checkout, or no commit yet
         return GitInfo()
-    diff = ""
-    if dirty:
-        try:
-            diff = hashlib.sha256(subprocess.run([*base, "diff", "HEAD"], capture_output=True, text=True,
-                                                 timeout=5).stdout.strip().encode()).hexdigest()
-        except (OSError, subprocess.SubprocessError):
-            diff = ""
+    patch = output(start("diff", "HEAD")) if dirty else None
+    diff = hashlib.sha256(patch.strip().encode()).hexdigest() if patch is not None else ""
     branch = head.get("branch.head", "")
-    return GitInfo(commit=commit, branch="HEAD" if branch == "(detached)" else branch, remote=out["remote"].strip(),
+    return GitInfo(commit=commit, branch="HEAD" if branch == "(detached)" else branch, remote=remote,
                    dirty=dirty, diff_sha256=diff)
 
 
