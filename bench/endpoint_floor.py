@@ -25,7 +25,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import calibration, cpu_seconds  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import start_stack  # noqa: E402
+from fleetload import pct, start_stack  # noqa: E402
 
 KINDS = {"select_1": "SELECT 1", "runs_count": "SELECT count() FROM runs", "one_setting": "SELECT getSetting('max_threads')"}
 
@@ -56,8 +56,7 @@ def main() -> int:
                 lat.append((time.perf_counter() - t) * 1000)
                 assert len(rows) == 1, rows
             s1, c1 = cpu_seconds(sink) or 0.0, time.process_time()
-            lat.sort()
-            out[kind] = {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(len(lat) * 0.99)], 2),
+            out[kind] = {"p50_ms": round(statistics.median(lat), 2), "p99_ms": pct(lat, 0.99, 2),
                          "sink_core_ms_per_query": round((s1 - s0) / args.queries * 1000, 3),
                          "client_core_ms_per_query": round((c1 - c0) / args.queries * 1000, 3)}
             console.print(f"{kind}: {out[kind]}")

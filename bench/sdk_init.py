@@ -26,7 +26,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import sdk_target, start_stack  # noqa: E402
+from fleetload import pct, sdk_target, start_stack  # noqa: E402
 
 import runstream  # noqa: E402
 from runstream.sdk import run as run_module  # noqa: E402
@@ -63,9 +63,8 @@ def main() -> int:
             t = time.perf_counter()
             run_module._git()
             git.append((time.perf_counter() - t) * 1000)
-        lat.sort()
         out = {"runs": args.runs, "calibration": calibration(),
-               "per_run_ms_p50": round(statistics.median(lat), 2), "per_run_ms_p99": round(lat[int(len(lat) * 0.99)], 2),
+               "per_run_ms_p50": round(statistics.median(lat), 2), "per_run_ms_p99": pct(lat, 0.99, 2),
                "process_core_ms_per_run": round((c1 - c0) / args.runs * 1000, 3),
                "git_processes_core_ms_per_run": round((k1 - k0) / args.runs * 1000, 3),
                "git_state_ms_p50": round(statistics.median(git), 2)}
