@@ -10,7 +10,8 @@ one Session message (``session``) or one call (``call``); a failed send is retri
 does. Jobs are spread over ``--procs`` client processes (asyncio). Reported per fleet size: points offered,
 acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code, log -> queryable
 p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes the job's
-flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart).
+flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart). The first
+fleet size runs ``--warmup-s`` first, unmeasured (its CPU is under ``warmup``).
 Goals (issue #11): all acknowledged, ack p99 <= 1 s,
 log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
 the way bench/fleetload.py does), the processors' lag, a network between machines.
@@ -204,15 +205,24 @@ def main() -> None:
     ap.add_argument("--metrics", type=int, default=10)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--client-nice", type=int, default=0, help="run the client processes at this nice level")
+    ap.add_argument("--warmup-s", type=float, default=0.0,
+                    help="run the first fleet this long first, unmeasured: a fresh broker's JIT compilers spend about "
+                         "a core for its first minute, but the measured window then also merges the warm-up's points "
+                         "(docs/benchmarks.md; 0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=True)
     sup, cfg, token = start_stack("runstream-fleet-", console)
     result: dict[str, Any] = {"goals": GOALS, "seconds": args.seconds, "flush_s": args.flush_s, "steps": args.steps,
                               "metrics": args.metrics, "client_procs": args.procs, "client_nice": args.client_nice,
-                              "cores": os.cpu_count(), "fleets": []}
+                              "cores": os.cpu_count(), "warmup_s": args.warmup_s, "fleets": []}
+    sizes = [int(j) for j in args.jobs.split(",")]
     try:
-        for jobs in [int(j) for j in args.jobs.split(",")]:
+        if args.warmup_s:
+            warm = run_fleet(sup, cfg, token, sizes[0], argparse.Namespace(**{**vars(args), "seconds": args.warmup_s}),
+                             console)
+            result["warmup"] = {k: warm[k] for k in ("jobs", "points_acked", "cpu")}  # what a fresh stack spends
+        for jobs in sizes:
             result["fleets"].append(run_fleet(sup, cfg, token, jobs, args, console))
         met = [f["jobs"] for f in result["fleets"] if f["meets_goals"]]
         result["largest_meeting_goals"] = max(met) if met else None

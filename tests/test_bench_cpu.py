@@ -1,5 +1,6 @@
 """The CPU accounting every bench reports (bench/cpu.py): a process that burns a known share of a core for a known
-time is measured as such, per role, per million points and per request, and a process that exits keeps its CPU."""
+time is measured as such, per role, per million points and per request, and a process that exits keeps its CPU. A
+role's peak memory counts from the start of the measured load, not from a warm-up before it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from cpu import CLIENTS, CpuMeter, calibration, thread_seconds, with_descendants
+from fleetload import peak_rss_mib, reset_peak_rss
 
 from tests.helpers import wait_until
 
@@ -76,3 +78,16 @@ def test_a_process_that_exits_keeps_its_last_sample_and_threads_and_children_are
     assert thread_seconds(os.getpid())  # this process's threads, by name
     calib = calibration()
     assert 1 < calib["python_loop_ns"] < 1000 and calib["numpy_sort_sum_ms"] > 0
+
+
+def test_a_peak_before_the_reset_is_not_counted() -> None:
+    # 300 MiB touched and freed, then idle: its peak is 300 MiB above what it holds now until the peak is reset.
+    proc = subprocess.Popen([sys.executable, "-c", "b = bytearray(300 << 20); del b; print('freed', flush=True)\n" + IDLE],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "freed"
+        assert peak_rss_mib(proc.pid) > 300
+        reset_peak_rss(proc.pid)
+        assert peak_rss_mib(proc.pid) < 100
+    finally:
+        proc.communicate(timeout=10)
