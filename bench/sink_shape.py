@@ -55,10 +55,13 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--codec", choices=("schema", "zstd"), default="schema",
                    help="the points' columns as the schema has them (LZ4), or ZSTD(1) as before migration 0011")
+    p.add_argument("--no-collapse-on-insert", action="store_true",
+                   help="insert the points with optimize_on_insert 0 (a trial: bench/results/sink-points-insert.json)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
     from runstream.storage import columns
+    from runstream.storage import writer as writer_module
     from runstream.storage.governance import GovernanceApplier
     from runstream.storage.store import migrate, open_embedded
     from runstream.storage.writer import Writer
@@ -73,6 +76,8 @@ def main() -> int:
             f"MODIFY COLUMN {col} CODEC({pre}ZSTD(1))" for col, pre in (
                 ("step", "Delta, "), ("ts", "Delta, "), ("value", "Gorilla, "), ("batch", ""), ("idx", "Delta, "),
                 ("stored", "Delta, "))))
+    if args.no_collapse_on_insert:
+        writer_module.POINTS_INSERT = {"optimize_on_insert": 0}
     writer = Writer(client, db, GovernanceApplier(client, db))
     shapes = []
     for size in (int(s) for s in args.sizes.split(",")):
@@ -111,7 +116,8 @@ def main() -> int:
                        "merge_parts": args.repeat, "merge_cpu_ms": round(merge_cpu * 1000),
                        "merge_ns_per_point": round(merge_cpu * 1e9 / merged_rows),
                        "bytes_per_point": round(merged_bytes / merged_rows, 2)})
-    print(json.dumps({"repeat": args.repeat, "codec": args.codec, "shapes": shapes}))
+    print(json.dumps({"repeat": args.repeat, "codec": args.codec, "collapse_on_insert": not args.no_collapse_on_insert,
+                      "shapes": shapes}))
     return 0
 
 
