@@ -445,8 +445,11 @@ class IngestServer:
         await self.follower.start()
         await self.publisher.start()
         limit = self.config.ingest.max_request_bytes
+        ping_ms = int(self.config.ingest.client_ping_min_s * 1000)
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                               ("grpc.max_send_message_length", 4 * 1024 * 1024)])
+                                               ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                                               ("grpc.http2.min_ping_interval_without_data_ms", ping_ms),
+                                               ("grpc.keepalive_permit_without_calls", 1)])
         self.service = IngestService(self.config, self.publisher, self.tokens, self.loop_lag)
         self.server.add_generic_rpc_handlers((self.service.handler(),
                                               AdminService(self.config, self.tokens).handler(status_for)))

@@ -5,6 +5,10 @@ token stops an open session, an ingest without it gets one call per flush, and b
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +25,22 @@ from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.server.auth import TokenStore
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack
-from tests.helpers import counter, metric_batch
+from tests.helpers import counter, metric_batch, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+# A job that sends, stays quiet while its channel pings every second (gRPC's keepalive trace on stderr), and sends
+# again when told to on stdin.
+QUIET_JOB = """
+import sys
+from runstream.sdk.transport import GrpcTransport
+from tests.helpers import metric_batch
+t = GrpcTransport(sys.argv[1], sys.argv[2], keepalive_s=1.0)
+t.send([metric_batch("quiet-1", 5)])
+print("sent", flush=True)
+sys.stdin.readline()
+t.send([metric_batch("quiet-2", 5)])
+print("sent again", flush=True)
+"""
 
 
 def session_messages(code: str = "OK") -> float:
@@ -230,3 +249,41 @@ def test_a_saturated_ingest_asks_the_sdk_to_flush_less_often_until_it_recovers(c
     finally:
         hogging = False
         roles.stop()
+
+
+def test_a_quiet_job_keeps_its_connection_through_keepalive_pings(config: RunstreamConfig, token: str) -> None:
+    """A job quiet for minutes (a long evaluation) pings ingest every minute to find a dropped connection. gRPC's
+    default would count each ping as abuse and end the connection with GOAWAY "too_many_pings" after the third,
+    printing an error into the job's output; ingest accepts pings down to ingest.client_ping_min_s apart. Here the
+    same at a thousandth of the scale: a ping a second, accepted down to 0.5 s."""
+    config.ingest.client_ping_min_s = 0.5
+    roles = InProcessRoles(config, ["ingest"]).start()
+    trace: list[str] = []
+    try:
+        with subprocess.Popen([sys.executable, "-c", QUIET_JOB, f"127.0.0.1:{roles.stages['ingest'][0].port}", token],
+                              cwd=ROOT, env={**os.environ, "GRPC_TRACE": "http_keepalive", "GRPC_VERBOSITY": "debug"},
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as job:
+            assert job.stdin is not None and job.stdout is not None and job.stderr is not None
+            reader = threading.Thread(target=lambda: trace.extend(iter(job.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+            reader.start()
+            try:
+                assert job.stdout.readline().strip() == "sent"
+                sent_at = len(trace)
+                # Six pings, or the GOAWAY that ends the connection (asserted on below).
+                wait_until(lambda: refused(trace) or sum(" Ping " in line and " sent " in line for line in trace[sent_at:]) >= 6,
+                           30, lambda: "six keepalive pings from the quiet job; its trace ends:\n" + "".join(trace[-5:]))
+                job.stdin.write("go\n")
+                job.stdin.flush()
+                assert job.stdout.readline().strip() == "sent again"  # (after a GOAWAY on a new connection)
+                assert job.wait(30) == 0
+            finally:
+                if job.poll() is None:
+                    job.kill()
+            reader.join(10)
+        assert not refused(trace)
+    finally:
+        roles.stop()
+
+
+def refused(trace: list[str]) -> list[str]:
+    return [line for line in trace if "GOAWAY" in line or "too_many_pings" in line]

@@ -90,10 +90,15 @@ class GrpcTransport:
     one SendStream call per flush. ``send`` returns once ingest acknowledged every batch, or raises SendError."""
 
     def __init__(self, target: str, token: str | None, *, timeout_s: float = 30.0,
-                 credentials: grpc.ChannelCredentials | None = None, session: bool = True) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, session: bool = True,
+                 keepalive_s: float = 60.0) -> None:
+        # Keepalive pings find a connection a NAT or a proxy dropped while the job was quiet; ingest accepts them
+        # down to ingest.client_ping_min_s apart.
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0),
                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000),
-                   ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+                   ("grpc.keepalive_time_ms", int(keepalive_s * 1000)), ("grpc.keepalive_timeout_ms", 20_000),
+                   ("grpc.http2.max_pings_without_data", 0),
+                   ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive_s * 1000))]
         self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
                         else grpc.insecure_channel(target, options=options))
         self.stub = ingest_pb2_grpc.IngestStub(self.channel)  # type: ignore[no-untyped-call]

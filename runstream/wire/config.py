@@ -76,6 +76,9 @@ class IngestConfig:
     publish_timeout_s: float = 15.0
     busy_loop_lag_ms: float = 10.0  # past this event-loop lag, acks ask clients to flush less often; 0: never
     busy_requests_per_s: float = 200.0  # ...if Session messages come at least this often (their cost is the load)
+    # The shortest interval between an idle client's keepalive pings that ingest accepts (the SDK pings every 60 s).
+    # gRPC's default, 5 min, answered an SDK idle for 3 min with GOAWAY "too_many_pings" and an error in its output.
+    client_ping_min_s: float = 10.0
     tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
     tls_key: str = ""              # PEM private key for tls_cert
     tls_client_ca: str = ""        # PEM CA bundle: when set, clients must present a certificate it signed
@@ -248,6 +251,8 @@ class RunstreamConfig:
             problems.append("ingest.busy_loop_lag_ms: must be 0 (off) or more")
         if self.ingest.busy_requests_per_s < 0:
             problems.append("ingest.busy_requests_per_s: must be 0 or more")
+        if self.ingest.client_ping_min_s <= 0:
+            problems.append("ingest.client_ping_min_s: must be more than 0")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
