@@ -4,7 +4,7 @@ Proves: rollups of a known stream equal the same aggregates computed with SQL ov
 points, for every window, also after the worker is killed (SIGKILL) mid-stream and restarted; the
 fleet view counts runs and points; injected NaN, spike, divergence and stall are alerted with the
 right kind and step, stored once, and a stall resolves when data resumes; a batch reaching Kafka after a later
-one of its run is still counted, once.
+one of its run is still counted, once; runs that went quiet cost the timer nothing until their next batch.
 """
 
 from __future__ import annotations
@@ -556,5 +556,30 @@ def test_a_request_of_many_runs_becomes_packed_records_that_every_stage_reads_wh
                         "every run's rollups to hold its 30 points") is True
         fleet_points = "SELECT sum(points) FROM {db}.fleet WHERE project = 'packed'"
         assert wait_until(lambda: stack.query(fleet_points)[0][0] == 900, 30, "the fleet view to hold all 900 points") is True
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+def test_runs_that_went_quiet_cost_the_timer_nothing_until_their_next_batch(stack: Stack, token: str,
+                                                                          tmp_path: Path) -> None:
+    """Jobs killed without a finish leave runs that never end. The timer emits their windows once, then skips them
+    (runstream_processor_tick_runs falls to 0 while they stay unfinished) until a batch of the run comes."""
+    proc = start_processor(stack, tmp_path)
+    port = stack.config.processors.metrics_port
+    try:
+        t = GrpcTransport(stack.ingest_addr, token)
+        now = int(time.time() * 1000)
+        then = now - 120_000  # points two minutes old: their windows are due at the timer's first look
+        runs = [f"quiet-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+        t.send([metric_batch(r, 5, project="quiet", created_ms=now, timestamps_ms=[then + k for k in range(5)])
+                for r in runs])
+        stored = "SELECT uniqExact(run_id), sum(count) FROM {db}.rollups WHERE project = 'quiet' AND resolution_s = 10"
+        wait_until(lambda: stack.query(stored)[0] == (20, 100), 60, "the quiet runs' 10 s windows, emitted by the timer")
+        wait_until(lambda: scrape(port, timeout=5).get("runstream_processor_tick_runs") == 0, 30,
+                   lambda: f"the timer to skip the quiet runs (looked at {scrape(port).get('runstream_processor_tick_runs')})")
+        # A late point for one of them: its window changes, the timer looks again and emits it as it stands now.
+        t.send([metric_batch(runs[0], 1, project="quiet", seq=2, created_ms=now, steps=[5], timestamps_ms=[then + 5])])
+        wait_until(lambda: stack.query(stored)[0] == (20, 101), 60, "the late point's window emitted again")
     finally:
         proc.stop()

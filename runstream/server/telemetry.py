@@ -48,6 +48,8 @@ MLFLOW_READ_WAIT = Histogram("runstream_mlflow_read_wait_seconds", "Time a read 
 
 
 PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
+PROC_TICK_RUNS = Gauge("runstream_processor_tick_runs",
+                       "Runs the last wall-clock tick looked at (the others have no window or stall due yet).")
 PROC_READY = Gauge("runstream_processor_ready",
                    "1 when this worker holds its partitions and has recovered their state; 0 while it rebalances or "
                    "recovers (a readiness probe).")
