@@ -7,9 +7,10 @@ due, and skips the run until then or until a batch of the run comes.
 
 For ``--runs`` quiet runs (each given four flushes of 5 steps x 10 metrics a minute ago through ``state.apply``, so
 their 10 s and 60 s windows are open), the CPU of one tick over them, the median of ``--repeat`` ticks: ``scan``, the
-timer's per-run work as it was (the stall check and the run's windows against what was emitted), and ``skip``, the
-due-time check that replaces it for a run with nothing due. Leaves out: faust (the table's key listing, the run's
-state decoded on a cache miss), the runs with something due, and the emission itself.
+timer's work on a run it looks at (the stall check and the run's windows against what was emitted), which it did
+for every quiet run on every tick, and ``skip``, the due-time check that replaces it for a run with nothing due.
+Leaves out: faust (the table's key listing, the run's state decoded on a cache miss), the runs with something due,
+and the emission itself.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def main() -> int:
         def scan(runs: dict[bytes, state.RunState] = runs, emitted: dict[object, int] = emitted) -> None:
             for key, st in runs.items():
                 st.cadence.stall_after_s(rules.for_metric(st.project, ""))
-                fresh = [(k, w) for k, w in state.quiet_windows(st, now_ms=now, grace_ms=grace_ms)
-                         if emitted.get((key, k)) != w.version]
+                fresh, _ = state.windows_due(st, key, emitted, now_ms=now, grace_ms=grace_ms)
                 for k, w in fresh:
                     emitted[(key, k)] = w.version
 

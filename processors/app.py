@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
@@ -356,17 +355,14 @@ class Processors:
             if clock and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
                 self._stalled[run_id] = cad.last_ms
                 await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms, silent_s=silent_s))
-            quiet = state.quiet_windows(st, now_ms=now_ms, grace_ms=self.grace_ms)
-            fresh = [(k, w) for k, w in quiet if self._emitted.get((key, k)) != w.version]
+            fresh, due = state.windows_due(st, key, self._emitted, now_ms=now_ms, grace_ms=self.grace_ms)
             if fresh:
                 for k, w in fresh:
                     self._emitted[(key, k)] = w.version
                 await self._send(self.rollups_topic, key, Rollups(
                     windows=[rollups.to_proto(st.project, run_id, k, w) for k, w in fresh]).SerializeToString())
-            # Next time: the first window not emitted as it stands, or the stall; clock <= now_ms, so a stall is
-            # never due before its deadline on the wall clock.
-            due = min((k[2] + k[1] * 1000 + self.grace_ms for k, w in st.windows.items()
-                       if self._emitted.get((key, k)) != w.version), default=math.inf)
+            # Next time: the first window still to emit, or the stall; clock <= now_ms, so a stall is never due before
+            # its deadline on the wall clock.
             if limit is not None and cad.last_ms and run_id not in self._stalled:
                 due = min(due, cad.last_ms + limit * 1000)
             self._due[key] = due

@@ -11,6 +11,8 @@ above the floor is still applied.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +137,20 @@ def _per_metric(names: Any, cols: rollups.Columns) -> list[tuple[str, Any, Any, 
             for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 
 
-def quiet_windows(st: RunState, *, now_ms: int, grace_ms: int) -> list[tuple[tuple[str, int, int], rollups.Window]]:
-    """Open windows of a run whose end plus grace is behind the wall clock (emitted, kept open)."""
-    return [(k, w) for k, w in st.windows.items() if k[2] + k[1] * 1000 + grace_ms <= now_ms]
+def windows_due(st: RunState, run_key: bytes, emitted: Mapping[Any, int], *, now_ms: int,
+                grace_ms: int) -> tuple[list[tuple[tuple[str, int, int], rollups.Window]], float]:
+    """A run's open windows not yet emitted as they stand (``emitted``: versions by (run key, window key)): those
+    whose end plus grace is behind the wall clock, to emit now (they stay open), and when the first of the others
+    is due (inf: none)."""
+    now: list[tuple[tuple[str, int, int], rollups.Window]] = []
+    later = math.inf
+    for k, w in st.windows.items():
+        if emitted.get((run_key, k)) == w.version:
+            continue
+        at = k[2] + k[1] * 1000 + grace_ms
+        if at <= now_ms:
+            now.append((k, w))
+        else:
+            later = min(later, at)
+    return now, later
 
