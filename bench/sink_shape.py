@@ -61,7 +61,6 @@ def main() -> int:
     args = p.parse_args()
 
     from runstream.storage import columns
-    from runstream.storage import writer as writer_module
     from runstream.storage.governance import GovernanceApplier
     from runstream.storage.store import migrate, open_embedded
     from runstream.storage.writer import Writer
@@ -76,8 +75,10 @@ def main() -> int:
             f"MODIFY COLUMN {col} CODEC({pre}ZSTD(1))" for col, pre in (
                 ("step", "Delta, "), ("ts", "Delta, "), ("value", "Gorilla, "), ("batch", ""), ("idx", "Delta, "),
                 ("stored", "Delta, "))))
-    if args.no_collapse_on_insert:
-        writer_module.POINTS_INSERT = {"optimize_on_insert": 0}
+    if args.no_collapse_on_insert:  # the writer's points insert (its one Arrow insert) with the setting added
+        insert_arrow = client.insert_arrow
+        client.insert_arrow = lambda table, arrow, settings=None: insert_arrow(  # type: ignore[method-assign]
+            table, arrow, settings={**(settings or {}), "optimize_on_insert": 0})
     writer = Writer(client, db, GovernanceApplier(client, db))
     shapes = []
     for size in (int(s) for s in args.sizes.split(",")):

@@ -21,12 +21,6 @@ log = logging.getLogger("runstream.sink")
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
-# Settings of the points insert. The engine's default collapses a batch delivered twice into one poll at insert; not
-# doing so (optimize_on_insert 0) saved 15-25% of the insert's CPU, but merging those parts cost as much more
-# (bench/results/sink-points-insert.json), so the default stays.
-POINTS_INSERT: dict[str, int] = {}
-
-
 class Writer:
     def __init__(self, client: Client, db: str, governance: GovernanceApplier, *, purge_every_s: float = 0.0) -> None:
         self.client = client
@@ -79,7 +73,10 @@ class Writer:
                                            settings=settings)
                         tm.SINK_ROWS.labels(table.name).inc(len(rows))
                 elif rows is not None:
-                    self.client.insert_arrow(f"{self.db}.{table.name}", rows, settings={**(settings or {}), **POINTS_INSERT})
+                    # The engine's default collapses a batch delivered twice into one poll here; optimize_on_insert 0
+                    # saved 15-25% of this insert's CPU, but merging those parts cost as much more
+                    # (bench/results/sink-points-insert.json).
+                    self.client.insert_arrow(f"{self.db}.{table.name}", rows, settings=settings)
                     tm.SINK_ROWS.labels(table.name).inc(rows.num_rows)
             for ev in t.control:  # after this poll's rows, so a deletion also removes what came just before it
                 self.governance.apply(ev)
