@@ -3,15 +3,18 @@
     python bench/fleet.py --json                       # 2,000 jobs, 200k points/s offered, Session streams
     python bench/fleet.py --jobs 2000,3000,4000 --json # the largest fleet that still meets the goals
     python bench/fleet.py --protocol call --json       # the same fleet, one SendStream call per flush
+    python bench/fleet.py --clients python --json      # the jobs as asyncio Python processes instead
 
 Each job is what one training process is to ingest: its own gRPC channel (its own connection), its own run, and
-every ``--flush-s`` (0.5 s, with jitter) one batch of ``--steps`` steps x ``--metrics`` metrics (5 x 10), sent as
-one Session message (``session``) or one call (``call``); a failed send is retried after a backoff, as the SDK
-does. Jobs are spread over ``--procs`` client processes (asyncio). Reported per fleet size: points offered,
-acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code, log -> queryable
-p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes the job's
-flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart). The first
-fleet size runs ``--warmup-s`` first, unmeasured (its CPU is under ``warmup``).
+every ``--flush-s`` (0.5 s, with jitter, and no sooner than ingest's flow-control hint) one batch of ``--steps``
+steps x ``--metrics`` metrics (5 x 10), sent as one Session message (``session``) or one call (``call``); a failed
+send is retried after a backoff, as the SDK does. The jobs run in one compiled process (bench/fleetgen, Go and
+grpc-go, its messages generated from proto/ at build time), so the fleet costs the two cores little of what the stack
+needs; ``--clients python`` runs the same jobs as asyncio tasks over ``--procs`` Python processes. Reported per fleet
+size: points offered, acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code,
+log -> queryable p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes
+the job's flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart).
+The first fleet size runs ``--warmup-s`` first, unmeasured (its CPU is under ``warmup``).
 Goals (issue #11): all acknowledged, ack p99 <= 1 s,
 log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
 the way bench/fleetload.py does), the processors' lag, a network between machines.
@@ -25,6 +28,8 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -126,6 +131,46 @@ def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: A
     q.put(out)
 
 
+FLEETGEN = ROOT / "bench" / "fleetgen"
+
+
+def build_fleetgen(console: Any) -> Path:
+    """The compiled fleet (bench/fleetgen), built with the messages generated from proto/ (its pb/ package)."""
+    go = shutil.which("go")
+    if not go:
+        raise SystemExit("--clients go needs Go (https://go.dev/dl/), or pass --clients python")
+    out = ROOT / "build" / "fleetgen"
+    out.mkdir(parents=True, exist_ok=True)
+    console.print("Building the compiled fleet (bench/fleetgen; the first build fetches grpc-go) ...")
+    steps = [[go, "build", "-o", str(out / "protoc-gen-go"), "google.golang.org/protobuf/cmd/protoc-gen-go"],
+             [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--plugin=protoc-gen-go={out / 'protoc-gen-go'}",
+              f"--go_out={FLEETGEN}",
+              "--go_opt=module=runstream.dev/bench/fleetgen,Mrunstream/v1/ingest.proto=runstream.dev/bench/fleetgen/pb",
+              "runstream/v1/ingest.proto"],
+             [go, "build", "-o", str(out / "fleetgen"), "."]]
+    for cmd in steps:
+        done = subprocess.run(cmd, cwd=FLEETGEN, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"building bench/fleetgen failed at `{' '.join(cmd[:3])}`:\n{done.stderr.strip()}")
+    return out / "fleetgen"
+
+
+def _go_fleet(binary: Path, addr: str, token: str, project: str, jobs: int, args: Any, start: float, stop_at: float,
+              meter: Any) -> list[dict[str, Any]]:
+    """The fleet as one compiled process; its result in the keys _proc gives."""
+    cmd = [str(binary), "-addr", addr, "-project", project, "-protocol", args.protocol, "-jobs", str(jobs),
+           "-steps", str(args.steps), "-metrics", str(args.metrics), "-flush-s", str(args.flush_s),
+           "-start", str(start), "-stop", str(stop_at)]
+    nice = (lambda: os.nice(args.client_nice)) if args.client_nice else None
+    with subprocess.Popen(cmd, env={**os.environ, "RUNSTREAM_TOKEN": token}, stdout=subprocess.PIPE, text=True,
+                          preexec_fn=nice) as proc:
+        meter.add(CLIENTS, proc.pid)
+        stdout, _ = proc.communicate(timeout=args.seconds + 300)
+    if proc.returncode:
+        raise SystemExit(f"bench/fleetgen exited with {proc.returncode} (its stderr is above)")
+    return [json.loads(stdout)]
+
+
 def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any) -> dict[str, Any]:
     from runstream.read import Api
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
@@ -136,16 +181,21 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     q = ctx.Queue()
     start = time.time() + 3.0  # the processes start their jobs together
     stop_at = start + args.seconds
-    per = [jobs // args.procs + (1 if i < jobs % args.procs else 0) for i in range(args.procs)]
-    procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, stop_at, q)) for n in per]
-    for p in procs:
-        p.start()
-        meter.add(CLIENTS, p.pid or 0)
     offered = jobs * args.steps * args.metrics / args.flush_s
-    console.print(f"{jobs:,} jobs ({args.protocol}), about {offered:,.0f} points/s offered for {args.seconds:.0f} s ...")
-    results = [q.get(timeout=args.seconds + 300) for _ in procs]
-    for p in procs:
-        p.join()
+    console.print(f"{jobs:,} jobs ({args.protocol}, {args.clients} clients), about {offered:,.0f} points/s offered for "
+                  f"{args.seconds:.0f} s ...")
+    if args.clients == "go":
+        results = _go_fleet(args.fleetgen, cfg.ingest.listen, token, project, jobs, args, start, stop_at, meter)
+    else:
+        per = [jobs // args.procs + (1 if i < jobs % args.procs else 0) for i in range(args.procs)]
+        procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, stop_at, q))
+                 for n in per]
+        for p in procs:
+            p.start()
+            meter.add(CLIENTS, p.pid or 0)
+        results = [q.get(timeout=args.seconds + 300) for _ in procs]
+        for p in procs:
+            p.join()
     intervals = [x for r in results for x in r["intervals"]]
     acked = sum(r["acked"] for r in results)
     sql = Api(f"http://{cfg.sink.sql_listen}", token, database=cfg.clickhouse.database).client
@@ -203,7 +253,9 @@ def main() -> None:
     ap.add_argument("--flush-s", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--metrics", type=int, default=10)
-    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--clients", choices=["go", "python"], default="go",
+                    help="the simulated jobs: compiled (bench/fleetgen, one process) or asyncio Python processes")
+    ap.add_argument("--procs", type=int, default=4, help="Python client processes (--clients python)")
     ap.add_argument("--client-nice", type=int, default=0, help="run the client processes at this nice level")
     ap.add_argument("--warmup-s", type=float, default=0.0,
                     help="run the first fleet this long first, unmeasured: a fresh broker's JIT compilers spend about "
@@ -212,9 +264,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=True)
+    args.fleetgen = build_fleetgen(console) if args.clients == "go" else None
     sup, cfg, token = start_stack("runstream-fleet-", console)
     result: dict[str, Any] = {"goals": GOALS, "seconds": args.seconds, "flush_s": args.flush_s, "steps": args.steps,
-                              "metrics": args.metrics, "client_procs": args.procs, "client_nice": args.client_nice,
+                              "metrics": args.metrics, "clients": args.clients,
+                              "client_procs": 1 if args.clients == "go" else args.procs, "client_nice": args.client_nice,
                               "cores": os.cpu_count(), "warmup_s": args.warmup_s, "fleets": []}
     sizes = [int(j) for j in args.jobs.split(",")]
     try:
