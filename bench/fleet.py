@@ -5,10 +5,11 @@
     python bench/fleet.py --protocol call --json       # the same fleet, one SendStream call per flush
     python bench/fleet.py --clients python --json      # the jobs as asyncio Python processes instead
 
-Each job is what one training process is to ingest: its own gRPC channel (its own connection), its own run, and
-every ``--flush-s`` (0.5 s, with jitter, and no sooner than ingest's flow-control hint) one batch of ``--steps``
-steps x ``--metrics`` metrics (5 x 10), sent as one Session message (``session``) or one call (``call``); a failed
-send is retried after a backoff, as the SDK does. The jobs run in one compiled process (bench/fleetgen, Go and
+Each job is what one training process is to ingest: its own gRPC channel (its own connection), its own run,
+``--steps`` steps x ``--metrics`` metrics (5 x 10) logged per ``--flush-s`` (0.5 s) at a steady pace whatever its
+sends wait on, and every ``--flush-s`` (with jitter, and no sooner than ingest's flow-control hint) one batch of the
+steps logged since the last, sent as one Session message (``session``) or one call (``call``); a failed send is
+retried after a backoff, as the SDK does. The jobs run in one compiled process (bench/fleetgen, Go and
 grpc-go, its messages generated from proto/ at build time), so the fleet costs the two cores little of what the stack
 needs; ``--clients python`` runs the same jobs as asyncio tasks over ``--procs`` Python processes. Reported per fleet
 size: points offered, acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code,
@@ -44,7 +45,9 @@ from fleetload import ingest_batches, pct, role_pids, start_stack  # noqa: E402
 GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
 
 
-async def _job(addr: str, token: str, project: str, protocol: str, args: Any, stop_at: float, out: dict[str, Any]) -> None:
+async def _job(addr: str, token: str, project: str, protocol: str, args: Any, start_at: float, stop_at: float,
+               out: dict[str, Any]) -> None:
+    """One job; ``start_at`` is wall-clock time, ``stop_at`` monotonic."""
     import grpc
 
     from runstream.v1 import ingest_pb2
@@ -61,23 +64,30 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
     session: Any = None
     seq, step, rid = 0, 0, 0
     hint_s = 0.0  # ingest's flow-control hint from the last ack: the SDK flushes no more often than that
-    await asyncio.sleep(random.random() * args.flush_s)  # jobs do not start in lockstep
+    began = start_at + random.random() * args.flush_s  # jobs do not start in lockstep
+    await asyncio.sleep(max(0.0, began - time.time()))
+    steps_per_s = args.steps / args.flush_s
     try:
         while time.monotonic() < stop_at:
-            t_first = time.time()
             interval = max(args.flush_s, hint_s)
             wait = min(interval * (0.8 + 0.4 * random.random()), max(0.05, stop_at - time.monotonic()))
             await asyncio.sleep(wait)
             out["intervals"].append(interval)
+            # The job logs at its pace whatever its sends wait on (the SDK sends from a thread of its own): the
+            # batch holds every step due by now, each point stamped with its step's time.
+            due = int((time.time() - began) * steps_per_s)
+            if due <= step:
+                continue
             seq += 1
-            steps = max(1, round(args.steps * wait / args.flush_s))  # the job logs at the same rate meanwhile
-            n = steps * args.metrics
-            now_ms = int(time.time() * 1000)
-            batch = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, seq=seq, created_ms=int(t_first * 1000),
+            n = (due - step) * args.metrics
+            batch = Batch(batch_id=uuid.uuid4().hex, project=project, run_id=run_id, seq=seq,
+                          created_ms=int((began + step / steps_per_s) * 1000),
                           metrics=Metrics(names=names, name_index=[i % args.metrics for i in range(n)],
-                                          steps=[step + i // args.metrics for i in range(n)], timestamps_ms=[now_ms] * n,
+                                          steps=[step + i // args.metrics for i in range(n)],
+                                          timestamps_ms=[int((began + (step + i // args.metrics) / steps_per_s) * 1000)
+                                                         for i in range(n)],
                                           values=[random.random() for _ in range(n)]))
-            step += steps
+            step = due
             out["offered"] += n
             backoff = 0.1
             while True:
@@ -118,13 +128,14 @@ async def _job(addr: str, token: str, project: str, protocol: str, args: Any, st
         await channel.close()
 
 
-def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: Any, stop_at_wall: float, q: Any) -> None:
+def _proc(addr: str, token: str, project: str, protocol: str, jobs: int, args: Any, start_wall: float, stop_at_wall: float,
+          q: Any) -> None:
     if args.client_nice:
         os.nice(args.client_nice)  # the simulated fleet yields the cores to the stack, as jobs on other machines would
     async def main() -> dict[str, Any]:
         stop_at = time.monotonic() + (stop_at_wall - time.time())
         out: dict[str, Any] = {"offered": 0, "acked": 0, "latency": [], "error_details": {}, "intervals": []}
-        await asyncio.gather(*(_job(addr, token, project, protocol, args, stop_at, out) for _ in range(jobs)))
+        await asyncio.gather(*(_job(addr, token, project, protocol, args, start_wall, stop_at, out) for _ in range(jobs)))
         return out
     out = asyncio.run(main())
     out["cpu_s"] = time.process_time()
@@ -188,7 +199,7 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
         results = _go_fleet(args.fleetgen, cfg.ingest.listen, token, project, jobs, args, start, stop_at, meter)
     else:
         per = [jobs // args.procs + (1 if i < jobs % args.procs else 0) for i in range(args.procs)]
-        procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, stop_at, q))
+        procs = [ctx.Process(target=_proc, args=(cfg.ingest.listen, token, project, args.protocol, n, args, start, stop_at, q))
                  for n in per]
         for p in procs:
             p.start()

@@ -2,8 +2,9 @@
 // cost the machine a small fraction of a core and a fleet bench measures the stack, not its load generator.
 //
 // Each job is what one training process is to ingest: its own gRPC connection, its own run, the token in its
-// metadata, and every -flush-s (with jitter, and no sooner than ingest's flow-control hint in the last ack) one
-// metrics batch of the steps logged meanwhile, sent as one message of the SDK's Session stream (-protocol session)
+// metadata, -steps steps of -metrics metrics logged every -flush-s whatever its sends wait on, and every -flush-s
+// (with jitter, and no sooner than ingest's flow-control hint in the last ack) one metrics batch of the steps
+// logged since the last, sent as one message of the SDK's Session stream (-protocol session)
 // or as one SendStream call (-protocol call). A failed send is retried after a doubling backoff, as the SDK does.
 // bench/fleet.py builds and runs it, and reads the one JSON object it prints at the end. The token comes from the
 // environment (RUNSTREAM_TOKEN), so it is not on the command line.
@@ -16,7 +17,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
@@ -190,28 +190,37 @@ func job(o options) *result {
 	var seq uint64
 	var step int64
 	hint := time.Duration(0)
-	sleepUntil(o.start.Add(time.Duration(rand.Float64() * float64(o.flush)))) // jobs do not start in lockstep
+	began := o.start.Add(time.Duration(rand.Float64() * float64(o.flush))) // jobs do not start in lockstep
+	sleepUntil(began)
+	stepsPerS := float64(o.steps) / o.flush.Seconds()
+	stepAt := func(s int64) time.Time {
+		return began.Add(time.Duration(float64(s) / stepsPerS * float64(time.Second)))
+	}
 	for time.Now().Before(o.stop) {
-		first := time.Now()
 		interval := max(o.flush, hint)
 		wait := min(time.Duration(float64(interval)*(0.8+0.4*rand.Float64())), max(50*time.Millisecond, time.Until(o.stop)))
 		time.Sleep(wait)
 		out.Intervals = append(out.Intervals, interval.Seconds())
+		// The job logs at its pace whatever its sends wait on (the SDK sends from a thread of its own): the batch
+		// holds every step due by now, each point stamped with its step's time.
+		due := int64(time.Since(began).Seconds() * stepsPerS)
+		if due <= step {
+			continue
+		}
 		seq++
-		steps := max(1, int(math.Round(float64(o.steps)*wait.Seconds()/o.flush.Seconds()))) // logged meanwhile
-		n := steps * o.metrics
-		nowMs := time.Now().UnixMilli()
+		n := int(due-step) * o.metrics
 		m := &pb.Metrics{Names: names, NameIndex: make([]uint32, n), Steps: make([]int64, n),
 			TimestampsMs: make([]int64, n), Values: make([]float64, n)}
 		for i := range n {
+			s := step + int64(i/o.metrics)
 			m.NameIndex[i] = uint32(i % o.metrics)
-			m.Steps[i] = step + int64(i/o.metrics)
-			m.TimestampsMs[i] = nowMs
+			m.Steps[i] = s
+			m.TimestampsMs[i] = stepAt(s).UnixMilli()
 			m.Values[i] = rand.Float64()
 		}
-		step += int64(steps)
-		b := &pb.Batch{BatchId: randomHex(32), Project: o.project, RunId: runID, Seq: seq, CreatedMs: first.UnixMilli(),
-			Body: &pb.Batch_Metrics{Metrics: m}}
+		b := &pb.Batch{BatchId: randomHex(32), Project: o.project, RunId: runID, Seq: seq,
+			CreatedMs: stepAt(step).UnixMilli(), Body: &pb.Batch_Metrics{Metrics: m}}
+		step = due
 		out.Offered += int64(n)
 		backoff := 100 * time.Millisecond
 		for {
