@@ -446,10 +446,13 @@ class IngestServer:
         await self.publisher.start()
         limit = self.config.ingest.max_request_bytes
         ping_ms = int(self.config.ingest.client_ping_min_s * 1000)
+        pending = self.config.ingest.max_pending_calls
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", 4 * 1024 * 1024),
                                                ("grpc.http2.min_ping_interval_without_data_ms", ping_ms),
-                                               ("grpc.keepalive_permit_without_calls", 1)])
+                                               ("grpc.keepalive_permit_without_calls", 1),
+                                               ("grpc.server.max_pending_requests", pending),
+                                               ("grpc.server.max_pending_requests_hard_limit", 2 * pending)])
         self.service = IngestService(self.config, self.publisher, self.tokens, self.loop_lag)
         self.server.add_generic_rpc_handlers((self.service.handler(),
                                               AdminService(self.config, self.tokens).handler(status_for)))

@@ -5,6 +5,7 @@ token stops an open session, an ingest without it gets one call per flush, and b
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +25,7 @@ from runstream.ops.broker import free_port
 from runstream.ops.stack import InProcessRoles
 from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.server.auth import TokenStore
-from runstream.wire.config import RunstreamConfig
+from runstream.wire.config import IngestConfig, RunstreamConfig
 from tests.conftest import Stack
 from tests.helpers import counter, metric_batch, wait_until
 
@@ -41,6 +43,89 @@ sys.stdin.readline()
 t.send([metric_batch("quiet-2", 5)])
 print("sent again", flush=True)
 """
+
+# n sessions over 10 connections, one request each, sent at once; "sent" once the requests are out and 1 s has
+# passed (the caller then lets ingest's loop go), then the counts as JSON.
+BURST_JOB = """
+import asyncio, json, sys
+import grpc
+from runstream.v1.ingest_pb2 import SessionAck, SessionRequest
+from tests.helpers import metric_batch
+addr, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+async def main():
+    channels = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(10)]
+    meta = (("authorization", "Bearer " + token),)
+    calls = [channels[i % 10].stream_stream("/runstream.v1.Ingest/Session", request_serializer=SessionRequest.SerializeToString,
+                                            response_deserializer=SessionAck.FromString)(metadata=meta) for i in range(n)]
+    # A refused call's write fails; its read then says why.
+    await asyncio.gather(*(c.write(SessionRequest(id=1, batches=[metric_batch(f"burst-{i}", 1)])) for i, c in enumerate(calls)),
+                         return_exceptions=True)
+    reads = [asyncio.ensure_future(c.read()) for c in calls]
+    done, _ = await asyncio.wait(reads, timeout=1.0)
+    print("sent", flush=True)
+    await asyncio.wait(reads, timeout=60)
+    acked, errors = 0, {}
+    for r in reads:
+        if not r.done() or r.exception() is not None:
+            code = r.exception().code().name if r.done() and isinstance(r.exception(), grpc.aio.AioRpcError) else "NOT_DONE"
+            errors[code] = errors.get(code, 0) + 1
+        elif r.result().accepted == 1:
+            acked += 1
+    for c in calls:
+        c.cancel()
+    await asyncio.gather(*(ch.close() for ch in channels))
+    print(json.dumps({"ended_while_held": len(done), "acked": acked, "errors": errors}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def session_burst(roles: InProcessRoles, token: str, n: int) -> dict[str, Any]:
+    """``n`` sessions opened at once over 10 connections while ingest's loop is held (a burst of reconnecting jobs
+    on a saturated CPU), each sending one request (BURST_JOB, a process of its own); the loop is let go 1 s after the
+    burst was sent. Returns the job's counts: sessions ended while the loop was held, acknowledged, errors by code."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # on ingest's loop: the load, not a wait
+        held.set()
+        release.wait(60)
+
+    roles.loop.call_soon_threadsafe(hold)
+    try:
+        assert held.wait(10)
+        with subprocess.Popen([sys.executable, "-c", BURST_JOB, roles.config.ingest.listen, token, str(n)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as job:
+            assert job.stdout is not None and job.stdin is not None
+            assert job.stdout.readline().strip() == "sent", "the burst job did not get its requests out"
+            release.set()
+            out, _ = job.communicate(timeout=120)
+        return dict(json.loads(out))
+    finally:
+        release.set()
+
+
+def test_a_fleet_connecting_at_once_has_no_session_refused(config: RunstreamConfig, token: str) -> None:
+    """A fleet whose jobs open their sessions together while ingest's loop is busy (after an ingest restart, all
+    reconnect): gRPC's core holds the new calls until the loop takes them, and past its backlog limit refuses some
+    (gRPC's default limit is 1,000). With a limit of 100 the burst is refused in part, on arrival; with ingest's
+    default (ingest.max_pending_calls) every session is acknowledged."""
+    config.ingest.listen = f"127.0.0.1:{free_port()}"
+    config.ingest.max_pending_calls = 100
+    roles = InProcessRoles(config, ["ingest"]).start()
+    try:
+        small = session_burst(roles, token, 1500)
+        # A refused call ends CANCELLED, or INTERNAL ("Internal error from Core") for a Python client whose write it
+        # cut: the two errors a 2,000-job fleet saw.
+        refused = sum(small["errors"].get(code, 0) for code in ("CANCELLED", "INTERNAL"))
+        assert refused >= 1000 and small["ended_while_held"] == refused, small  # refused on arrival
+        assert small["acked"] + refused == 1500, small
+        roles.stop_role("ingest")
+        config.ingest.max_pending_calls = IngestConfig().max_pending_calls
+        roles.start_role("ingest")
+        assert session_burst(roles, token, 1500) == {"ended_while_held": 0, "acked": 1500, "errors": {}}
+    finally:
+        roles.stop()
 
 
 def session_messages(code: str = "OK") -> float:

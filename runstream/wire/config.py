@@ -79,6 +79,9 @@ class IngestConfig:
     # The shortest interval between an idle client's keepalive pings that ingest accepts (the SDK pings every 60 s).
     # gRPC's default, 5 min, answered an SDK idle for 3 min with GOAWAY "too_many_pings" and an error in its output.
     client_ping_min_s: float = 10.0
+    # New calls gRPC's core holds until ingest's loop takes them; past this many it refuses some at random (CANCELLED),
+    # all past twice as many. gRPC's default, 1,000, refused sessions when a fleet of 2,000 jobs connected at once.
+    max_pending_calls: int = 20_000
     tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
     tls_key: str = ""              # PEM private key for tls_cert
     tls_client_ca: str = ""        # PEM CA bundle: when set, clients must present a certificate it signed
@@ -253,6 +256,8 @@ class RunstreamConfig:
             problems.append("ingest.busy_requests_per_s: must be 0 or more")
         if self.ingest.client_ping_min_s <= 0:
             problems.append("ingest.client_ping_min_s: must be more than 0")
+        if self.ingest.max_pending_calls < 1:
+            problems.append("ingest.max_pending_calls: must be at least 1")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
