@@ -5,8 +5,11 @@ metrics batches of a given shape, in one process, without Kafka or faust.
 
 Per shape (points per batch, 10 metrics as bench/fleetload.py logs them, two of them loss-like so divergence is
 watched), runs each get ``--batches`` batches in turn with increasing steps and a time 1 s apart per batch, so windows
-open and close as in a live run. Reports the median over ``--repeat`` passes of ns per point, and points/s. Leaves
-out: decoding the records, faust's delivery and the table writes (bench/anomaly.py measures a worker end to end).
+open and close as in a live run. Reports the median over ``--repeat`` passes of ns per point, and points/s; and what
+writing a run's state to its changelog costs after the last batch (``state_dumps_us``: the state pickled as a worker
+does it after each group of the run's batches; ``state_loads_us``: read back, as on a recovery), the best of 5 passes
+over every run. Leaves out: decoding the records, faust's delivery and the table writes' Kafka side (bench/anomaly.py
+measures a worker end to end).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,6 +55,17 @@ def batches(runs: int, per_batch: int, count: int, rng: random.Random) -> list[o
     return out
 
 
+def _per_item_us(fn: Any, items: list[Any]) -> float:
+    """Microseconds per item of ``fn`` over ``items``, the best of 5 passes."""
+    took = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for item in items:
+            fn(item)
+        took.append(time.perf_counter() - t)
+    return round(min(took) / len(items) * 1e6, 1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="3000,150,20", help="points per batch, one shape each")
@@ -60,6 +75,7 @@ def main() -> int:
     args = p.parse_args()
 
     from runstream.processors import anomaly, state
+    from runstream.processors.app import STATE_CODEC
 
     rules = anomaly.RuleBook()
     rng = random.Random(1)
@@ -83,9 +99,13 @@ def main() -> int:
                 alerts += len(state.apply(st, b, rules, grace_ms=5000, now_ms=b.created_ms).alerts)  # type: ignore[arg-type, attr-defined]
             took.append(time.perf_counter() - t)
         med = statistics.median(took)
+        final = list(states.values())
+        raw = [STATE_CODEC.dumps(st) for st in final]
         shapes.append({"points_per_batch": size, "runs": runs, "batches": len(work), "points": points,
                        "ns_per_point": round(med * 1e9 / points), "points_per_s": round(points / med),
-                       "alerts": alerts})
+                       "alerts": alerts, "state_bytes": round(statistics.mean(len(r) for r in raw)),
+                       "state_dumps_us": _per_item_us(STATE_CODEC.dumps, final),
+                       "state_loads_us": _per_item_us(STATE_CODEC.loads, raw)})
     print(json.dumps({"repeat": args.repeat, "shapes": shapes}))
     return 0
 

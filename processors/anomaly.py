@@ -111,6 +111,9 @@ class MetricState:
     slow_n: int = 0
     open: dict[str, tuple[str, int]] = field(default_factory=dict)  # kind -> (alert id, opening step)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return MetricState, (self.n, self.mean, self.mad, self.slow, self.slow_first, self.slow_best, self.slow_n, self.open)
+
 
 def _alert(project: str, run_id: str, metric: str, kind: str, severity: str, step: int, value: float,
            lo: float, hi: float, event_ms: int, now_ms: int, message: str) -> Alert:
@@ -281,6 +284,9 @@ class Cadence:
     last_ms: int = 0
     interval_s: float = 0.0
     intervals: int = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Cadence, (self.last_ms, self.interval_s, self.intervals)
 
     def update(self, created_ms: int) -> float:
         """Record a batch; returns the gap since the previous one (s)."""

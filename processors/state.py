@@ -38,6 +38,12 @@ class RunState:
     seq_floor: int = 0  # every seq at or below it counts as applied
     applied: list[int] = field(default_factory=list)  # applied seqs above seq_floor, ascending, at most SEQ_MEMORY
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Its fields in order (its windows and metrics likewise): a run's state is pickled into the changelog after
+        # every group of its batches. State pickled by slot names before still loads (__setstate__).
+        return RunState, (self.project, self.max_seq, self.watermark_ms, self.finished, self.windows, self.metrics,
+                          self.cadence, self.seq_floor, self.applied)
+
     def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
         _, slots = state  # what object.__getstate__ gives for a slots class: (None, {slot: value})
         for name, value in slots.items():

@@ -203,6 +203,39 @@ def test_states_pickled_before_the_applied_seqs_were_kept_still_skip_replays() -
     assert (again.seq_floor, again.applied, again.max_seq) == (7, [8], 8)
 
 
+# A run's state as the release before pickled it into the changelog (each window, metric state and cadence by its
+# slots' names): a window of "loss", its detector with an open spike alert, a cadence.
+SLOTS_RUN_STATE = (
+    b'\x80\x05\x95\x8a\x02\x00\x00\x00\x00\x00\x00\x8c\x1arunstream.processors.state\x94\x8c\x08RunState\x94\x93'
+    b'\x94)\x81\x94N}\x94(\x8c\x07project\x94\x8c\x01p\x94\x8c\x07max_seq\x94K\x03\x8c\x0cwatermark_ms\x94M N\x8c'
+    b"\x08finished\x94\x89\x8c\x07windows\x94}\x94\x8c\x04loss\x94K\nM\x10'\x87\x94\x8c\x1crunstream.processors.rol"
+    b'lups\x94\x8c\x06Window\x94\x93\x94)\x81\x94N}\x94(\x8c\x05count\x94K\x02\x8c\tnonfinite\x94K\x01\x8c\x03min'
+    b'\x94G?\xe0\x00\x00\x00\x00\x00\x00\x8c\x03max\x94G?\xe8\x00\x00\x00\x00\x00\x00\x8c\x03sum\x94G?\xf4\x00\x00'
+    b'\x00\x00\x00\x00\x8c\x05first\x94G?\xe8\x00\x00\x00\x00\x00\x00\x8c\nfirst_step\x94K\x04\x8c\x04last\x94G?'
+    b'\xe0\x00\x00\x00\x00\x00\x00\x8c\tlast_step\x94K\x05\x8c\x07version\x94K\x01u\x86\x94bs\x8c\x07metrics\x94}'
+    b'\x94h\x0c\x8c\x1crunstream.processors.anomaly\x94\x8c\x0bMetricState\x94\x93\x94)\x81\x94N}\x94(\x8c\x01n\x94'
+    b'K\x02\x8c\x04mean\x94G?\xe3333333\x8c\x03mad\x94G?\xb9\x99\x99\x99\x99\x99\x9a\x8c\x04slow\x94G?\xe6ffffff'
+    b'\x8c\nslow_first\x94G?\xe8\x00\x00\x00\x00\x00\x00\x8c\tslow_best\x94G?\xe0\x00\x00\x00\x00\x00\x00\x8c\x06sl'
+    b'ow_n\x94K\x02\x8c\x04open\x94}\x94\x8c\x05spike\x94\x8c\x02a1\x94K\x05\x86\x94su\x86\x94bs\x8c\x07cadence\x94'
+    b'h \x8c\x07Cadence\x94\x93\x94)\x81\x94N}\x94(\x8c\x07last_ms\x94M N\x8c\ninterval_s\x94G?\xf8\x00\x00\x00\x00'
+    b'\x00\x00\x8c\tintervals\x94K\x02u\x86\x94b\x8c\tseq_floor\x94K\x03\x8c\x07applied\x94]\x94u\x86\x94b.'
+)
+
+
+def test_states_pickled_by_slot_names_load_and_states_pickle_as_their_fields() -> None:
+    old = STATE_CODEC.loads(SLOTS_RUN_STATE)
+    assert old.windows == {("loss", 10, 10_000): rollups.Window(count=2, nonfinite=1, min=0.5, max=0.75, sum=1.25, first=0.75,
+                                                                first_step=4, last=0.5, last_step=5, version=1)}
+    assert old.metrics == {"loss": anomaly.MetricState(n=2, mean=0.6, mad=0.1, slow=0.7, slow_first=0.75, slow_best=0.5,
+                                                       slow_n=2, open={"spike": ("a1", 5)})}
+    assert old.cadence == anomaly.Cadence(last_ms=20_000, interval_s=1.5, intervals=2)
+    assert (old.project, old.max_seq, old.watermark_ms, old.seq_floor, old.applied) == ("p", 3, 20_000, 3, [])
+    raw = STATE_CODEC.dumps(old)
+    assert STATE_CODEC.loads(raw) == old
+    # Fields in order, no slot names: the changelog's write is the processors' hot path.
+    assert b"first_step" not in raw and b"slow_best" not in raw and len(raw) < len(SLOTS_RUN_STATE) * 0.7
+
+
 def test_fleet_counts_runs_points_and_lifecycle() -> None:
     fs = fleet.FleetState()
     start = Batch(batch_id="s" * 16, project="p", run_id="a", seq=1, created_ms=1000)
