@@ -1,5 +1,5 @@
-// Command fleetgen is a fleet of simulated training jobs against runstream's ingest, compiled so that 2,000 of them
-// cost the machine a small fraction of a core and a fleet bench measures the stack, not its load generator.
+// Command fleetgen is a fleet of simulated training jobs against runstream's ingest, compiled so that a fleet bench
+// measures the stack, not its load generator: 2,000 jobs cost about a fifth of a core (a third of the Python jobs').
 //
 // Each job is what one training process is to ingest: its own gRPC connection, its own run, the token in its
 // metadata, -steps steps of -metrics metrics logged every -flush-s whatever its sends wait on, and every -flush-s
@@ -9,7 +9,7 @@
 // bench/fleet.py builds and runs it, and reads the one JSON object it prints at the end. The token comes from the
 // environment (RUNSTREAM_TOKEN), so it is not on the command line.
 //
-// The messages come from proto/runstream/v1/ingest.proto, generated into pb/ by bench/fleetload.py.
+// The messages come from proto/runstream/v1/ingest.proto, generated into pb/ by bench/fleet.py before it builds this.
 package main
 
 import (
