@@ -15,7 +15,7 @@ import json
 import shutil
 import ssl
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,7 +107,8 @@ class Api:
             return pd.DataFrame([], columns=views.RUN_COLUMNS)
         df = pd.DataFrame([r.fields() for r in found], columns=views.RUN_COLUMNS)
         df["tags"] = [list(r.live_tags()) for r in found]
-        wide = pd.DataFrame([{**{f"params.{k}": _decode(v["value"]) for k, v in r.params.items()},
+        decode = _decoder()
+        wide = pd.DataFrame([{**{f"params.{k}": decode(v["value"]) for k, v in r.params.items()},
                               **{f"metrics.{k}": v["value"] for k, v in r.metrics.items()}} for r in found], index=df.index)
         return pd.concat([df, wide[sorted(wide.columns)]], axis=1)
 
@@ -281,6 +282,21 @@ class Api:
                 "datasets": [dict(zip(("uri", "digest", "size"), d)) for d in datasets],
                 "artifacts": artifacts,
                 "used_by": [c[0] for c in consumers]}
+
+
+def _decoder() -> Callable[[str], Any]:
+    """_decode for many rows: a sweep's runs share few distinct param values, so each scalar is decoded once (a list
+    or dict is decoded per cell: no two cells share a mutable value)."""
+    seen: dict[str, Any] = {}
+
+    def decode(value: str) -> Any:
+        if value in seen:
+            return seen[value]
+        out = _decode(value)
+        if out is None or isinstance(out, str | int | float):
+            seen[value] = out
+        return out
+    return decode
 
 
 def _decode(value: str) -> Any:
