@@ -122,7 +122,7 @@ def test_filters_order_pages_one_run_several_metrics_a_scan_and_artifacts(stack:
 
     ids = {}
     for i, lr in enumerate((0.3, 0.03, 0.003, 0.0003, 10.0)):
-        run = init(f"sweep-{i}", config={"lr": lr, "opt": "sgd" if i % 2 else "adam", "layers": i + 1},
+        run = init(f"sweep-{i}", config={"lr": lr, "opt": "sgd" if i % 2 else "adam", "layers": i + 1, "shape": [3, 2]},
                    tags=["best"] if i == 3 else [])
         for step in range(30):
             run.log({"loss": 1.0 / (i + 1) + step / 1000, "acc": i / 10}, step=step)
@@ -148,7 +148,12 @@ def test_filters_order_pages_one_run_several_metrics_a_scan_and_artifacts(stack:
     # Params order by number (10 after 0.3, not between "0.0003" and "0.003" as text).
     assert names(api.runs("readmore", order_by="params.lr DESC")) == [f"sweep-{i}" for i in (4, 0, 1, 2, 3)]
     assert names(api.runs("readmore", order_by=["params.layers ASC"], limit=2, offset=2)) == ["sweep-2", "sweep-3"]
-    assert len(api.runs("readmore", limit=None)) == 5
+    every = api.runs("readmore", limit=None)
+    assert len(every) == 5
+    # Shared values decode once per call: the same scalars, and a list per cell (changing one changes no other).
+    assert sorted(every["params.opt"]) == ["adam", "adam", "adam", "sgd", "sgd"] and sorted(every["params.layers"]) == [1, 2, 3, 4, 5]
+    every["params.shape"].iloc[0].append(1)
+    assert [list(c) for c in every["params.shape"]] == [[3, 2, 1]] + [[3, 2]] * 4
     assert sorted(names(api.runs("readmore", name="sweep-%", started_after=before))) == [f"sweep-{i}" for i in range(5)]
     assert names(api.runs("readmore", started_before=before)) == []
     with pytest.raises(ValueError, match="filter.*cannot parse|expected"):
@@ -156,7 +161,7 @@ def test_filters_order_pages_one_run_several_metrics_a_scan_and_artifacts(stack:
 
     one = api.run(ids[3])
     assert (one.name, one.status, one.project, one.points_acked) == ("sweep-3", "finished", "readmore", 60)
-    assert one.config == {"lr": 0.0003, "opt": "sgd", "layers": 4} and one.tags == {"best": "", "team": "b"}
+    assert one.config == {"lr": 0.0003, "opt": "sgd", "layers": 4, "shape": [3, 2]} and one.tags == {"best": "", "team": "b"}
     assert one.summary == {"acc": pytest.approx(0.3), "loss": pytest.approx(0.25 + 0.029)}
     with pytest.raises(LookupError, match="no run"):
         api.run("no-such-run")
