@@ -118,7 +118,7 @@ def test_a_fleet_connecting_at_once_has_no_session_refused(config: RunstreamConf
         # A refused call ends CANCELLED, or INTERNAL ("Internal error from Core") for a Python client whose write it
         # cut: the two errors a 2,000-job fleet saw.
         refused = sum(small["errors"].get(code, 0) for code in ("CANCELLED", "INTERNAL"))
-        assert refused >= 1000 and small["ended_while_held"] == refused, small  # refused on arrival
+        assert refused >= 1000 and small["ended_while_held"] >= 1000, small  # refused on arrival, before the loop was let go
         assert small["acked"] + refused == 1500, small
         roles.stop_role("ingest")
         config.ingest.max_pending_calls = IngestConfig().max_pending_calls
