@@ -87,6 +87,13 @@ class Publisher:
         self.producer: AIOKafkaProducer | None = None
         self.inflight = 0
         self._rebuilding: asyncio.Task[None] | None = None
+        # Requests' batches waiting for the next flush, which packs all of them per partition: (their partitions'
+        # groups, the batches in request order, the request's waiter).
+        self._queue: list[tuple[dict[int, list[ingest_pb2.Batch]], list[ingest_pb2.Batch], asyncio.Future]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._flushed_at = 0.0  # the event loop's clock at the last flush
+        self._partition_of: dict[str, int] = {}  # run id -> partition, for the current partition count
+        self._partition_count = 0
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -99,6 +106,8 @@ class Publisher:
         await self.producer.start()
 
     async def stop(self) -> None:
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
         if self._rebuilding is not None:
             await asyncio.gather(self._rebuilding, return_exceptions=True)
         if self.producer is not None:
@@ -128,29 +137,79 @@ class Publisher:
         return (await self.publish_many([batch]))[0]
 
     async def publish_many(self, batches: list[ingest_pb2.Batch]) -> list[asyncio.Future]:
-        """Queue a request's batches, packed per partition (runstream.wire.encoding), in order; one future per batch,
-        resolved when Kafka acknowledged the record that holds it."""
+        """Queue a request's batches, in order; one future per batch, resolved when Kafka acknowledged the record
+        that holds it. Requests queued until the next flush go out together, packed per partition
+        (runstream.wire.encoding): a fleet's one-batch requests become fewer records and produce calls, and every
+        stage after ingest pays per record. A flush comes at once, or ``ingest.publish_window_ms`` after the last
+        one, whichever is later: a quiet ingest sends each request at once."""
         if not batches:
             return []
         if self.inflight >= self.config.ingest.max_inflight_batches:
             raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
         assert self.producer is not None
-        topic = self.config.kafka.events_topic
-        futures: dict[int, asyncio.Future] = {}  # id(batch) -> its record's future
+        limit = self.config.kafka.max_record_bytes
+        for b in batches:  # refused here, alone, not in the flush with other requests' batches
+            if b.ByteSize() > limit:
+                raise ValidationError("batch", f"is {b.ByteSize()} bytes encoded; the limit is {limit}. Send smaller batches.")
         async with map_kafka_errors(self._fatal):  # once per request: it is a generator-based context
-            partitions = sorted(await self.producer.partitions_for(topic))
-            groups: dict[int, list[ingest_pb2.Batch]] = {}
-            for b in batches:  # the partition the key would choose (Kafka's default partitioner), so packs keep it
-                groups.setdefault(partitions[(murmur2(b.run_id.encode()) & 0x7FFFFFFF) % len(partitions)], []).append(b)
-            for partition, group in groups.items():
-                at = 0
-                for rec, n in encoding.pack(group, max_record_bytes=self.config.kafka.max_record_bytes):
-                    fut = await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers, partition=partition)
-                    self._count_inflight(fut, n)
-                    for b in group[at:at + n]:
-                        futures[id(b)] = fut
-                    at += n
-        return [futures[id(b)] for b in batches]
+            partitions = sorted(await self.producer.partitions_for(self.config.kafka.events_topic))
+        if len(partitions) != self._partition_count or len(self._partition_of) > 100_000:
+            self._partition_of.clear()
+            self._partition_count = len(partitions)
+        groups: dict[int, list[ingest_pb2.Batch]] = {}
+        for b in batches:  # the partition the key would choose (Kafka's default partitioner), so packs keep it
+            partition = self._partition_of.get(b.run_id)
+            if partition is None:
+                partition = partitions[(murmur2(b.run_id.encode()) & 0x7FFFFFFF) % len(partitions)]
+                self._partition_of[b.run_id] = partition
+            groups.setdefault(partition, []).append(b)
+        waiter: asyncio.Future[list[asyncio.Future]] = asyncio.get_running_loop().create_future()
+        self._queue.append((groups, batches, waiter))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="publish-flush")
+        return await waiter
+
+    async def _flush(self) -> None:
+        """Send what the queue holds, packed per partition, until it is empty; each request's waiter gets its
+        batches' record futures, or the error that stopped the flush (its client resends; storage dedups)."""
+        topic = self.config.kafka.events_topic
+        loop = asyncio.get_running_loop()
+        window = self.config.ingest.publish_window_ms / 1000
+        while self._queue:
+            if (wait := self._flushed_at + window - loop.time()) > 0:
+                await asyncio.sleep(wait)  # requests come often: gather the next ones too
+            self._flushed_at = loop.time()
+            queued, self._queue = self._queue, []
+            by_partition: dict[int, list[ingest_pb2.Batch]] = {}
+            for groups, _, _ in queued:
+                for partition, group in groups.items():
+                    by_partition.setdefault(partition, []).extend(group)
+            record_of: dict[int, asyncio.Future] = {}  # id(batch) -> its record's future
+            try:
+                assert self.producer is not None
+                async with map_kafka_errors(self._fatal):
+                    for partition, group in by_partition.items():
+                        at = 0
+                        for rec, n in encoding.pack(group, max_record_bytes=self.config.kafka.max_record_bytes):
+                            fut = await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers,
+                                                           partition=partition)
+                            self._count_inflight(fut, n)
+                            for b in group[at:at + n]:
+                                record_of[id(b)] = fut
+                            at += n
+            except asyncio.CancelledError:
+                for _, _, waiter in queued:
+                    waiter.cancel()
+                raise
+            except Exception as exc:
+                for _, _, waiter in queued:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            tm.INGEST_RECORDS.inc(len({id(f) for f in record_of.values()}))
+            for _, batches, waiter in queued:
+                if not waiter.done():  # a cancelled request's batches went all the same: at least once
+                    waiter.set_result([record_of[id(b)] for b in batches])
 
     def _count_inflight(self, fut: asyncio.Future, n: int) -> None:
         self.inflight += n

@@ -128,6 +128,44 @@ def test_a_fleet_connecting_at_once_has_no_session_refused(config: RunstreamConf
         roles.stop()
 
 
+def test_requests_taken_in_one_turn_of_ingests_loop_share_records(config: RunstreamConfig, token: str) -> None:
+    """A fleet's requests carry one batch each. Those ingest takes in one turn of its loop (here: 300 sessions that
+    arrived while it was held) go to Kafka packed per partition, a few records instead of one per request, and the
+    events topic holds every batch once."""
+    from aiokafka import AIOKafkaConsumer
+
+    from runstream.server.kafka import client_args
+    from runstream.wire import encoding
+
+    config.ingest.listen = f"127.0.0.1:{free_port()}"
+    roles = InProcessRoles(config, ["ingest"]).start()
+    try:
+        records, batches = counter("runstream_ingest_records_total"), counter("runstream_ingest_batches_total")
+        assert session_burst(roles, token, 300) == {"ended_while_held": 0, "acked": 300, "errors": {}}
+        assert counter("runstream_ingest_batches_total") - batches == 300
+        published = counter("runstream_ingest_records_total") - records
+        assert published <= 60, f"{published} records for 300 one-batch requests"  # one per request before
+    finally:
+        roles.stop()
+
+    async def events() -> list[Any]:
+        consumer = AIOKafkaConsumer(config.kafka.events_topic, **client_args(config), auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            got: list[Any] = []
+            while len(got) < published:
+                for msgs in (await consumer.getmany(timeout_ms=10_000)).values():
+                    got.extend(msgs)
+            return got
+        finally:
+            await consumer.stop()
+    on_topic = asyncio.run(asyncio.wait_for(events(), 60))
+    assert len(on_topic) == published
+    runs = sorted(b.run_id for m in on_topic for b in encoding.decode(m.value, m.headers))
+    assert runs == sorted(f"burst-{i}" for i in range(300))
+
+
 def session_messages(code: str = "OK") -> float:
     return counter("runstream_ingest_requests_total", method="Session", code=code)
 

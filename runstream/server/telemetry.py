@@ -18,6 +18,8 @@ INGEST_LOOP_LAG = Gauge("runstream_ingest_loop_lag_seconds",
 INGEST_BUSY_HINT = Gauge("runstream_ingest_busy_flush_hint_ms",
                          "The flush interval a saturated ingest asks of clients with small requests (0: none).")
 INGEST_INFLIGHT = Gauge("runstream_ingest_inflight_batches", "Batches published and not yet acknowledged by Kafka.")
+INGEST_RECORDS = Counter("runstream_ingest_records_total",
+                         "Events records published (the requests flushed together share records, packed per partition).")
 INGEST_PUBLISH_SECONDS = Histogram("runstream_ingest_publish_seconds",
                                    "Time from receiving a request to Kafka acknowledging all its batches.",
                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -82,6 +82,10 @@ class IngestConfig:
     # New calls gRPC's core holds until ingest's loop takes them; past this many it refuses some at random (CANCELLED),
     # all past twice as many. gRPC's default, 1,000, refused sessions when a fleet of 2,000 jobs connected at once.
     max_pending_calls: int = 20_000
+    # Requests that come within this long of the last flush to Kafka wait for the next one, which packs them together
+    # per partition: a busy ingest sends fewer, larger records; a quiet one still sends each request at once. 0: every
+    # turn of the event loop flushes.
+    publish_window_ms: float = 20.0
     tls_cert: str = ""             # PEM certificate chain for the ingest port; empty: plaintext
     tls_key: str = ""              # PEM private key for tls_cert
     tls_client_ca: str = ""        # PEM CA bundle: when set, clients must present a certificate it signed
@@ -258,6 +262,8 @@ class RunstreamConfig:
             problems.append("ingest.client_ping_min_s: must be more than 0")
         if self.ingest.max_pending_calls < 1:
             problems.append("ingest.max_pending_calls: must be at least 1")
+        if not 0 <= self.ingest.publish_window_ms <= 1000:
+            problems.append("ingest.publish_window_ms: must be 0..1000")
         if self.kafka.partitions < 1:
             problems.append("kafka.partitions: must be at least 1")
         for name, addr in (("ingest.listen", self.ingest.listen), ("sink.sql_listen", self.sink.sql_listen),
