@@ -14,7 +14,8 @@ grpc-go, its messages generated from proto/ at build time), so the fleet costs t
 needs; ``--clients python`` runs the same jobs as asyncio tasks over ``--procs`` Python processes. Reported per fleet
 size: points offered, acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code,
 log -> queryable p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes
-the job's flush wait), and each role's CPU per million points stored and per batch (bench/cpu.py; clients apart).
+the job's flush wait), each role's CPU per million points stored and per batch (bench/cpu.py; clients apart), and
+the batches per events record ingest published (its requests packed together).
 The first fleet size runs ``--warmup-s`` first, unmeasured (its CPU is under ``warmup``).
 Goals (issue #11): all acknowledged, ack p99 <= 1 s,
 log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
@@ -186,7 +187,7 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     from runstream.read import Api
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
     calib = calibration()
-    batches0 = ingest_batches(sup)
+    batches0, records0 = ingest_batches(sup), ingest_batches(sup, "runstream_ingest_records_total")
     meter = CpuMeter(role_pids(sup)).start()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -221,7 +222,9 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     # The window: the fleet's start to the last acknowledged point stored (the stack's work for these points).
     meter.stop()
     meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
-    cpu = meter.report(stored, ingest_batches(sup) - batches0)
+    batches = ingest_batches(sup) - batches0
+    records = ingest_batches(sup, "runstream_ingest_records_total") - records0
+    cpu = meter.report(stored, batches)
     e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
                     f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]
     # The same by 5 s of log time: whether a backlog is built once (the fleet's start) or all along.
@@ -244,6 +247,8 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
            "errors": errors, "error_details": details, "e2e_p50_ms": float(e2e[0]), "e2e_p99_ms": float(e2e[1]),
            "e2e_by_5s": [{"from_s": int(s), "p50_ms": float(q[0]), "p99_ms": float(q[1])} for s, q in by_5s],
            "cpu": cpu, "calibration": calib,
+           # how well ingest packed the fleet's one-batch requests into events records
+           "batches_per_record": round(batches / records, 2) if records else None,
            "flush_interval_s": {"p50": round(pct(intervals, 0.5), 2), "max": round(pct(intervals, 1.0), 2)}}
     out["meets_goals"] = bool(acked == out["points_offered"] and stored == acked and not errors
                               and out["ack_p99_ms"] <= GOALS["ack_p99_ms"] and out["e2e_p99_ms"] <= GOALS["e2e_p99_ms"])

@@ -215,11 +215,11 @@ def role_pids(sup: Any) -> dict[str, list[int]]:
     return pids
 
 
-def ingest_batches(sup: Any) -> int:
-    """Batches the stack's ingest processes acknowledged so far: the requests CPU per request is counted over."""
+def ingest_batches(sup: Any, counter: str = "runstream_ingest_batches_total") -> int:
+    """Batches the stack's ingest processes acknowledged so far: the requests CPU per request is counted over
+    (``counter``: another of ingest's counters, e.g. the events records it published)."""
     from runstream.ops.stack import scrape
-    return int(sum(scrape(p.config.ingest.metrics_port).get("runstream_ingest_batches_total", 0)
-                   for p in sup.procs if p.role == "ingest"))
+    return int(sum(scrape(p.config.ingest.metrics_port).get(counter, 0) for p in sup.procs if p.role == "ingest"))
 
 
 def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,
