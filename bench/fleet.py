@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import CLIENTS, CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import ingest_batches, pct, role_pids, start_stack  # noqa: E402
+from fleetload import ingest_total, pct, role_pids, start_stack  # noqa: E402
 
 GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
 
@@ -187,7 +187,7 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     from runstream.read import Api
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
     calib = calibration()
-    batches0, records0 = ingest_batches(sup), ingest_batches(sup, "runstream_ingest_records_total")
+    batches0, records0 = ingest_total(sup), ingest_total(sup, "runstream_ingest_records_total")
     meter = CpuMeter(role_pids(sup)).start()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -222,8 +222,8 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     # The window: the fleet's start to the last acknowledged point stored (the stack's work for these points).
     meter.stop()
     meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
-    batches = ingest_batches(sup) - batches0
-    records = ingest_batches(sup, "runstream_ingest_records_total") - records0
+    batches = ingest_total(sup) - batches0
+    records = ingest_total(sup, "runstream_ingest_records_total") - records0
     cpu = meter.report(stored, batches)
     e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
                     f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]

@@ -128,7 +128,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     for role_pid in (pid for role in pids.values() for pid in role):
         reset_peak_rss(role_pid)
     sink_rss_start = rss_mib(pids["sink"][0])  # the floor of the peak: what an earlier load left resident
-    batches_before = ingest_batches(sup)
+    batches_before = ingest_total(sup)
     meter = CpuMeter(pids).start()
     for pr in procs:
         pr.start()
@@ -199,7 +199,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
                          "kafka": round(peak_rss_mib(pids["kafka"][0]), 1) if pids["kafka"] else 0.0},
         "cpu_cores": os.cpu_count(),
         # Each role's CPU from the jobs' start to the end of the drain, per million points stored and per batch.
-        "cpu": meter.report(distinct, ingest_batches(sup) - batches_before),
+        "cpu": meter.report(distinct, ingest_total(sup) - batches_before),
         "calibration": calib,
     }
 
@@ -215,11 +215,11 @@ def role_pids(sup: Any) -> dict[str, list[int]]:
     return pids
 
 
-def ingest_batches(sup: Any, counter: str = "runstream_ingest_batches_total") -> int:
-    """Batches the stack's ingest processes acknowledged so far: the requests CPU per request is counted over
-    (``counter``: another of ingest's counters, e.g. the events records it published)."""
+def ingest_total(sup: Any, name: str = "runstream_ingest_batches_total") -> int:
+    """One of ingest's counters summed over the stack's ingest processes; by default the batches acknowledged so far,
+    the requests CPU per request is counted over."""
     from runstream.ops.stack import scrape
-    return int(sum(scrape(p.config.ingest.metrics_port).get(counter, 0) for p in sup.procs if p.role == "ingest"))
+    return int(sum(scrape(p.config.ingest.metrics_port).get(name, 0) for p in sup.procs if p.role == "ingest"))
 
 
 def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,

@@ -147,10 +147,8 @@ class Publisher:
         if self.inflight >= self.config.ingest.max_inflight_batches:
             raise Overloaded(f"{self.inflight} batches are waiting for Kafka; retry later")
         assert self.producer is not None
-        limit = self.config.kafka.max_record_bytes
         for b in batches:  # refused here, alone, not in the flush with other requests' batches
-            if b.ByteSize() > limit:
-                raise ValidationError("batch", f"is {b.ByteSize()} bytes encoded; the limit is {limit}. Send smaller batches.")
+            encoding.check_size(b.ByteSize(), self.config.kafka.max_record_bytes)
         async with map_kafka_errors(self._fatal):  # once per request: it is a generator-based context
             partitions = sorted(await self.producer.partitions_for(self.config.kafka.events_topic))
         if len(partitions) != self._partition_count or len(self._partition_of) > 100_000:
@@ -194,6 +192,7 @@ class Publisher:
                             fut = await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers,
                                                            partition=partition)
                             self._count_inflight(fut, n)
+                            tm.INGEST_RECORDS.inc()
                             for b in group[at:at + n]:
                                 record_of[id(b)] = fut
                             at += n
@@ -206,7 +205,6 @@ class Publisher:
                     if not waiter.done():
                         waiter.set_exception(exc)
                 continue
-            tm.INGEST_RECORDS.inc(len({id(f) for f in record_of.values()}))
             for _, batches, waiter in queued:
                 if not waiter.done():  # a cancelled request's batches went all the same: at least once
                     waiter.set_result([record_of[id(b)] for b in batches])

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -93,6 +94,21 @@ def wait_sink_drained(config: RunstreamConfig, timeout: float = 60.0, kinds: Seq
     """Wait until the sink's group has committed every record now in these topics. The sink commits only after
     storing a poll, so afterwards anything a record would add (a replay, a duplicate) is in storage already."""
     wait_group_drained(config, config.sink.group_id, kinds, timeout)
+
+
+async def read_records(config: RunstreamConfig, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
+    """The first ``n`` records of ``topic`` (from its start); fails after ``timeout`` seconds with fewer."""
+    consumer = AIOKafkaConsumer(topic, **client_args(config), auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        got: list[Any] = []
+        async with asyncio.timeout(timeout):
+            while len(got) < n:
+                for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                    got.extend(msgs)
+        return got
+    finally:
+        await consumer.stop()
 
 
 async def produce_events(config: RunstreamConfig, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:

@@ -12,30 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from runstream.ops import roles
 from runstream.sdk.transport import GrpcTransport, SendError
-from runstream.server.kafka import client_args
 from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import BackgroundClient, Stack
-from tests.helpers import counter, metric_batch, produce_events, wait_until
-
-
-async def _dead_letters(config: RunstreamConfig, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(config.kafka.deadletter_topic, **client_args(config),
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        got: list[Any] = []
-        async with asyncio.timeout(30):
-            while len(got) < n:
-                for msgs in (await consumer.getmany(timeout_ms=1000)).values():
-                    got.extend(msgs)
-        return got
-    finally:
-        await consumer.stop()
+from tests.helpers import counter, metric_batch, produce_events, read_records, wait_until
 
 
 def test_poison_records_go_to_the_dead_letter_topic_and_good_points_are_stored(stack: Stack, token: str,
@@ -61,7 +44,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_good_points_are_stored(s
     assert acked > 1000 and stack.wait_points(acked, where="project = 'good' AND run_id NOT IN ('after-run')") == acked
     assert stack.wait_points(7, where="run_id = 'after-run'") == 7
     assert stack.count_points("run_id = 'poison-run'") == 0
-    dead = asyncio.run(_dead_letters(stack.config, 2))
+    dead = asyncio.run(read_records(stack.config, stack.config.kafka.deadletter_topic, 2))
     sources = {(dict(m.headers)["source-partition"], dict(m.headers)["source-offset"]) for m in dead}
     assert len(dead) == 2 and all(dict(m.headers)["source-topic"] == stack.config.kafka.events_topic.encode() for m in dead)
     assert len(set(sources)) == 2 and b"cannot store batch" in b" ".join(dict(m.headers)["reason"] for m in dead)
@@ -117,7 +100,7 @@ def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_sto
     assert stack.wait_points(9, where="project = 'pk'") == 9
     wait_until(lambda: counter("runstream_sink_dead_letters_total", kind="events") == dead_before + 2, 30,
                "the bad batches to be dead-lettered")
-    dead = sorted(asyncio.run(_dead_letters(stack.config, 2)), key=lambda r: r.key)
+    dead = sorted(asyncio.run(read_records(stack.config, stack.config.kafka.deadletter_topic, 2)), key=lambda r: r.key)
     assert [r.key for r in dead] == [b"pack-bad", b"pack-late"]
     for record, batch in zip(dead, (bad, late)):
         headers = dict(record.headers)

@@ -27,7 +27,7 @@ from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.server.auth import TokenStore
 from runstream.wire.config import IngestConfig, RunstreamConfig
 from tests.conftest import Stack
-from tests.helpers import counter, metric_batch, wait_until
+from tests.helpers import counter, metric_batch, read_records, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # A job that sends, stays quiet while its channel pings every second (gRPC's keepalive trace on stderr), and sends
@@ -132,9 +132,6 @@ def test_requests_taken_in_one_turn_of_ingests_loop_share_records(config: Runstr
     """A fleet's requests carry one batch each. Those ingest takes in one turn of its loop (here: 300 sessions that
     arrived while it was held) go to Kafka packed per partition, a few records instead of one per request, and the
     events topic holds every batch once."""
-    from aiokafka import AIOKafkaConsumer
-
-    from runstream.server.kafka import client_args
     from runstream.wire import encoding
 
     config.ingest.listen = f"127.0.0.1:{free_port()}"
@@ -148,19 +145,7 @@ def test_requests_taken_in_one_turn_of_ingests_loop_share_records(config: Runstr
     finally:
         roles.stop()
 
-    async def events() -> list[Any]:
-        consumer = AIOKafkaConsumer(config.kafka.events_topic, **client_args(config), auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            got: list[Any] = []
-            while len(got) < published:
-                for msgs in (await consumer.getmany(timeout_ms=10_000)).values():
-                    got.extend(msgs)
-            return got
-        finally:
-            await consumer.stop()
-    on_topic = asyncio.run(asyncio.wait_for(events(), 60))
+    on_topic = asyncio.run(read_records(config, config.kafka.events_topic, int(published)))
     assert len(on_topic) == published
     runs = sorted(b.run_id for m in on_topic for b in encoding.decode(m.value, m.headers))
     assert runs == sorted(f"burst-{i}" for i in range(300))

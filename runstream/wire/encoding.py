@@ -36,7 +36,7 @@ class Record:
 
 def encode(batch: Batch, *, max_record_bytes: int) -> Record:
     value = batch.SerializeToString()
-    _check_size(len(value), max_record_bytes)
+    check_size(len(value), max_record_bytes)
     return _one(batch, value)
 
 
@@ -53,7 +53,7 @@ def pack(batches: Sequence[Batch], *, max_record_bytes: int) -> list[tuple[Recor
     size = 0
     for b in batches:
         value = b.SerializeToString()
-        _check_size(len(value), max_record_bytes)
+        check_size(len(value), max_record_bytes)
         if chunk and size + len(value) + _FRAME > max_record_bytes:
             out.append(_record(chunk))
             chunk, size = [], 0
@@ -72,7 +72,8 @@ def _record(chunk: list[tuple[Batch, bytes]]) -> tuple[Record, int]:
                   headers=[("schema", PACK_SCHEMA)]), len(chunk)
 
 
-def _check_size(n: int, max_record_bytes: int) -> None:
+def check_size(n: int, max_record_bytes: int) -> None:
+    """Refuse a batch of ``n`` encoded bytes that no record may hold."""
     if n > max_record_bytes:
         raise ValidationError("batch", f"is {n} bytes encoded; the limit is {max_record_bytes}. Send smaller batches.")
 
