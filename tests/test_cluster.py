@@ -298,8 +298,10 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         wait_until(lambda: not rollups_differ(), 120,
                    lambda: f"rollups equal to SQL over the raw points ({rollups_differ()}; workers: {fared()})")
         print(f"workers at the end: {fared()}")
-        wait_until(lambda: stack.query(f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'")[0][0] == total,
-                   60, f"the fleet view to count {total} points")
+        fleet_points = f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'"
+        wait_until(lambda: stack.query(fleet_points)[0][0] == total, 60,
+                   lambda: f"the fleet view to count {total} points (it counts {stack.query(fleet_points)[0][0]}; "
+                           f"workers: {fared()})")
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.
         chain = views.rows(stack.sink.client, views.audit_chain(config.clickhouse.database, PROJECT))
         assert len(chain) >= 2 * len(jobs)
