@@ -140,9 +140,12 @@ def _diverges(metric: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(metric, g) for g in globs)
 
 
-# Below this many points of a metric in one batch the per-point loop beats numpy's per-call overhead.
-VECTOR_MIN = 32
+# Below this many points in one batch's metrics of a like shape, the per-point loop beats numpy's per-call overhead.
+BLOCK_MIN = 320
 _BLOCK = 512  # points per closed-form block: (1 - alpha) ** -512 stays far from overflow for alpha <= 0.5
+
+# One metric's points of a batch, in step order: (its state, its rules, its name, steps, values, times)
+Series = tuple[MetricState, Rules, str, Any, Any, Any]
 
 
 @functools.lru_cache(maxsize=64)
@@ -151,69 +154,112 @@ def _powers(a: float) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 - a) ** -k, (1.0 - a) ** k
 
 
-def _ewma(x: np.ndarray, y0: float, a: float) -> np.ndarray:
-    """Every y_k = y_(k-1) + a * (x_k - y_(k-1)) from y0, as the per-point loop updates it, in closed form:
-    y_k = r^k * (y0 + a * sum_(j<=k) r^-j * x_j) with r = 1 - a, block by block."""
+def _ewma(x: np.ndarray, y0: np.ndarray, a: float) -> np.ndarray:
+    """Each row's y_k = y_(k-1) + a * (x_k - y_(k-1)) from its y0, as the per-point loop updates it, in closed form:
+    y_k = r^k * (y0 + a * sum_(j<=k) r^-j * x_j) with r = 1 - a, block by block along the row."""
     grow, shrink = _powers(a)
-    if len(x) <= _BLOCK:
-        m = len(x)
-        return shrink[:m] * (y0 + a * np.cumsum(x * grow[:m]))
-    out = np.empty(len(x))
-    for b in range(0, len(x), _BLOCK):
-        xs = x[b:b + _BLOCK]
-        m = len(xs)
-        out[b:b + m] = shrink[:m] * (y0 + a * np.cumsum(xs * grow[:m]))
-        y0 = float(out[b + m - 1])
+    n = x.shape[1]
+    if n <= _BLOCK:
+        return shrink[:n] * (y0[:, None] + a * np.cumsum(x * grow[:n], axis=1))
+    out = np.empty(x.shape)
+    for b in range(0, n, _BLOCK):
+        xs = x[:, b:b + _BLOCK]
+        m = xs.shape[1]
+        out[:, b:b + m] = shrink[:m] * (y0[:, None] + a * np.cumsum(xs * grow[:m], axis=1))
+        y0 = out[:, b + m - 1]
     return out
 
 
-def _observe_quiet(st: MetricState, rules: Rules, diverge: bool, steps: np.ndarray, values: np.ndarray) -> bool:
-    """The detectors over a batch in which nothing happens, with whole-array arithmetic: updates the state and
-    returns True if no point would open or resolve an alert (the usual batch), else leaves the state as it was and
-    returns False so that the per-point loop runs."""
+def _quiet_block(sts: list[MetricState], rules: Rules, diverge: list[bool], values: np.ndarray) -> list[bool]:
+    """The detectors over metrics of one batch with as many points each (rows of ``values``, in step order) and the
+    same rules, with whole-array arithmetic. A row in which no point would open or resolve an alert (the usual case)
+    has its state updated and is True; any other row keeps its state and is False, for the per-point loop."""
     alpha, beta = 2.0 / (rules.span + 1), 2.0 / (rules.divergence_span + 1)
-    if (st.open or st.n < max(1, rules.warmup_points) or int(steps[0]) < rules.min_step
-            or alpha > 0.5 or beta > 0.5 or not np.isfinite(values).all()):
-        return False
+    rows = len(sts)
     with np.errstate(all="ignore"):
-        mean = _ewma(values, st.mean, alpha)
-        before = np.concatenate(([st.mean], mean[:-1]))  # the level each point is judged against
+        mean0 = np.fromiter((s.mean for s in sts), np.float64, rows)
+        mad0 = np.fromiter((s.mad for s in sts), np.float64, rows)
+        mean = _ewma(values, mean0, alpha)
+        before = np.concatenate((mean0[:, None], mean[:, :-1]), axis=1)  # the level each point is judged against
         dev = np.abs(values - before)
-        mad = _ewma(dev, st.mad, alpha)
-        sigma = 1.2533 * np.concatenate(([st.mad], mad[:-1]))
-        if not (np.isfinite(mean[-1]) and np.isfinite(mad[-1])):
-            return False
-        if ((dev > rules.spike_z * sigma) & (dev > rules.spike_ratio * np.maximum(np.abs(before), sigma))).any():
-            return False
-        if diverge:
-            slow = _ewma(values, st.slow, beta)
-            slow_n = st.slow_n + np.arange(1, len(values) + 1)
-            best = np.minimum(st.slow_best, np.minimum.accumulate(
-                np.where(slow_n >= rules.divergence_min_points // 2, slow, np.inf)))
-            if not np.isfinite(slow[-1]):
-                return False
-            if ((slow_n >= rules.divergence_min_points) & (best < st.slow_first * 0.9)
-                    & (slow > best * (1 + rules.divergence_ratio)) & (best > 0)).any():
-                return False
-            st.slow, st.slow_best, st.slow_n = float(slow[-1]), float(best[-1]), int(slow_n[-1])
-    st.n += len(values)
-    st.mean, st.mad = float(mean[-1]), float(mad[-1])
-    return True
+        mad = _ewma(dev, mad0, alpha)
+        sigma = 1.2533 * np.concatenate((mad0[:, None], mad[:, :-1]), axis=1)
+        spikes = (dev > rules.spike_z * sigma) & (dev > rules.spike_ratio * np.maximum(np.abs(before), sigma))
+        # A NaN or infinity anywhere in a row makes its last mean or MAD non-finite.
+        ok = (np.isfinite(mean[:, -1]) & np.isfinite(mad[:, -1]) & ~spikes.any(axis=1)).tolist()
+        div = [i for i in range(rows) if diverge[i] and ok[i]]
+        if div:
+            d = [sts[i] for i in div]
+            slow0 = np.fromiter((s.slow for s in d), np.float64, len(d))
+            slow = _ewma(values[div], slow0, beta)
+            slow_n = np.fromiter((s.slow_n for s in d), np.int64, len(d))[:, None] + np.arange(1, values.shape[1] + 1)
+            best0 = np.fromiter((s.slow_best for s in d), np.float64, len(d))
+            best = np.minimum(best0[:, None], np.minimum.accumulate(
+                np.where(slow_n >= rules.divergence_min_points // 2, slow, np.inf), axis=1))
+            first = np.fromiter((s.slow_first for s in d), np.float64, len(d))
+            fired = ((slow_n >= rules.divergence_min_points) & (best < first[:, None] * 0.9)
+                     & (slow > best * (1 + rules.divergence_ratio)) & (best > 0)).any(axis=1)
+            for j, (i, fine) in enumerate(zip(div, (np.isfinite(slow[:, -1]) & ~fired).tolist())):
+                if fine:
+                    sts[i].slow, sts[i].slow_best, sts[i].slow_n = float(slow[j, -1]), float(best[j, -1]), int(slow_n[j, -1])
+                else:
+                    ok[i] = False
+    last_mean, last_mad, n = mean[:, -1].tolist(), mad[:, -1].tolist(), values.shape[1]
+    for i, st in enumerate(sts):
+        if ok[i]:
+            st.n += n
+            st.mean, st.mad = last_mean[i], last_mad[i]
+    return ok
+
+
+def observe_many(project: str, run_id: str, series: list[Series], now_ms: int) -> list[Alert]:
+    """Run the detectors over the metrics of one batch; returns the alerts opened or resolved.
+
+    Metrics with as many points and the same rules, past their warm-up and with no alert open, go through the
+    whole-array arithmetic together when they hold BLOCK_MIN points or more between them; the rest, and any metric
+    in which a point does open or resolve an alert, through the per-point loop."""
+    out: list[Alert] = []
+    blocks: dict[tuple[int, int], list[Series]] = {}
+    loop: list[Series] = []
+    if sum(len(s[4]) for s in series) < BLOCK_MIN:
+        series, loop = [], series
+    for s in series:
+        st, rules, _, steps, values, _ = s
+        if not rules.enabled:
+            continue
+        if (st.open or st.n < max(1, rules.warmup_points) or steps[0] < rules.min_step
+                or rules.span < 3 or rules.divergence_span < 3):  # alpha or beta above 0.5: the loop
+            loop.append(s)
+        else:
+            blocks.setdefault((id(rules), len(values)), []).append(s)
+    for (_, n), group in blocks.items():
+        if n * len(group) < BLOCK_MIN:
+            loop += group
+            continue
+        rules = group[0][1]
+        ok = _quiet_block([s[0] for s in group], rules, [_diverges(s[2], rules.divergence_metrics) for s in group],
+                          np.array([s[4] for s in group], dtype=np.float64))
+        loop += [s for s, fine in zip(group, ok) if not fine]
+    for st, rules, metric, steps, values, ts in loop:
+        if isinstance(values, np.ndarray):
+            steps, values, ts = steps.tolist(), values.tolist(), ts.tolist()
+        out += _observe_loop(st, rules, project, run_id, metric, steps, values, ts, now_ms)
+    return out
 
 
 def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
             steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, ts: Sequence[int] | np.ndarray,
             now_ms: int) -> list[Alert]:
-    """Run the metric's detectors over its points of one batch (in step order); returns alerts opened or resolved."""
+    """``observe_many`` for one metric's points of a batch (in step order)."""
+    return observe_many(project, run_id, [(st, rules, metric, steps, values, ts)], now_ms)
+
+
+def _observe_loop(st: MetricState, rules: Rules, project: str, run_id: str, metric: str, steps: Sequence[int],
+                  values: Sequence[float], ts: Sequence[int], now_ms: int) -> list[Alert]:
+    """The detectors point by point (in step order); returns the alerts opened or resolved."""
     out: list[Alert] = []
     if not rules.enabled:
         return out
-    if isinstance(values, np.ndarray):
-        assert isinstance(steps, np.ndarray) and isinstance(ts, np.ndarray)
-        if len(values) >= VECTOR_MIN and _observe_quiet(st, rules, _diverges(metric, rules.divergence_metrics),
-                                                        steps, values):
-            return out
-        steps, values, ts = steps.tolist(), values.tolist(), ts.tolist()
     alpha = 2.0 / (rules.span + 1)
     beta = 2.0 / (rules.divergence_span + 1)
     diverge = _diverges(metric, rules.divergence_metrics)

@@ -95,14 +95,15 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
             st.watermark_ms, out.late_points = rollups.apply_columns(st.windows, m.names, cols,
                                                                      watermark_ms=st.watermark_ms, grace_ms=grace_ms)
             per_metric = _per_metric(m.names, cols)
+        series: list[anomaly.Series] = []
         for name, steps, vals, ts in per_metric:
             if name.startswith(SYSTEM_PREFIX):
                 continue  # a busy CPU or a GPU at 100% is no anomaly of the training
             ms = st.metrics.get(name)
             if ms is None:
                 ms = st.metrics[name] = anomaly.MetricState()
-            out.alerts += anomaly.observe(ms, rules.for_metric(st.project, name), st.project, batch.run_id, name,
-                                          steps, vals, ts, now_ms)
+            series.append((ms, rules.for_metric(st.project, name), name, steps, vals, ts))
+        out.alerts += anomaly.observe_many(st.project, batch.run_id, series, now_ms)
         for key, w in rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms):
             out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
     elif kind == "run_resume":

@@ -308,11 +308,12 @@ def test_stalls_are_judged_on_the_streams_clock_not_the_wall_clock() -> None:
 @settings(max_examples=60, deadline=None)
 @given(seed=hst.integers(0, 2**32 - 1), per_batch=hst.integers(1, 400), spikes=hst.lists(hst.integers(0, 2999), max_size=3),
        nans=hst.lists(hst.integers(0, 2999), max_size=2), diverge_at=hst.none() | hst.integers(1000, 2800),
-       span=hst.integers(2, 60))
+       span=hst.integers(2, 60), block_min=hst.sampled_from([1, 50, anomaly.BLOCK_MIN]), as_arrays=hst.booleans())
 def test_the_detectors_whole_batch_arithmetic_agrees_with_the_per_point_loop(seed, per_batch, spikes, nans, diverge_at,
-                                                                            span) -> None:
-    """Batches of numpy arrays take the closed-form path where nothing happens and the per-point loop elsewhere;
-    lists always take the loop. Both find the same alerts at the same steps and end in the same state."""
+                                                                            span, block_min, as_arrays) -> None:
+    """A batch's metrics go through the detectors together: those alike in length and rules by whole-array arithmetic
+    where nothing happens, the rest point by point. They find the same alerts at the same steps, and end in the same
+    states, as the per-point loop alone over each metric."""
     rng = random.Random(seed)
     series = clean_run(rng)
     loss = series["loss"]
@@ -322,25 +323,40 @@ def test_the_detectors_whole_batch_arithmetic_agrees_with_the_per_point_loop(see
         loss[i] = float("nan")
     if diverge_at is not None:
         loss[diverge_at:] = [loss[diverge_at] * math.exp(i / 300) for i in range(3000 - diverge_at)]
-    rules = anomaly.Rules(span=span, warmup_points=rng.choice([0, 1, 30]))
-    found = []
-    for as_arrays in (False, True):
-        alerts = []
-        states = {name: anomaly.MetricState() for name in series}
-        for name, values in series.items():
-            for i in range(0, len(values), per_batch):
-                chunk = values[i:i + per_batch]
-                steps = list(range(i, i + len(chunk)))
-                ts = [1000 * s for s in steps]
+    common = anomaly.Rules(span=span, warmup_points=rng.choice([0, 1, 30]))
+    # lr has rules of its own and logs every other step: it never shares a block with the others.
+    rules = {"loss": common, "acc": common, "grad_norm": common, "lr": anomaly.Rules(span=span + 1)}
+    every = {"lr": 2}
+
+    def chunks(name: str, i: int) -> tuple[list[int], list[float], list[int]]:
+        steps = [s for s in range(i, min(i + per_batch, 3000)) if s % every.get(name, 1) == 0]
+        return steps, [series[name][s] for s in steps], [1000 * s for s in steps]
+
+    loop_alerts = []
+    loop_states = {name: anomaly.MetricState() for name in series}
+    for name in series:
+        for i in range(0, 3000, per_batch):
+            loop_alerts += anomaly._observe_loop(loop_states[name], rules[name], "p", "r", name, *chunks(name, i), 0)
+    block_alerts = []
+    block_states = {name: anomaly.MetricState() for name in series}
+    saved, anomaly.BLOCK_MIN = anomaly.BLOCK_MIN, block_min
+    try:
+        for i in range(0, 3000, per_batch):
+            batch = []
+            for name in series:
+                steps, vals, ts = chunks(name, i)
+                if not steps:
+                    continue
                 if as_arrays:
-                    args = (np.array(steps, dtype=np.int64), np.array(chunk), np.array(ts, dtype=np.int64))
-                else:
-                    args = (steps, chunk, ts)
-                alerts += anomaly.observe(states[name], rules, "p", "r", name, *args, 0)
-        found.append(([(a.metric, a.kind, a.status, a.step) for a in alerts], states))
-    (loop_alerts, loop_states), (array_alerts, array_states) = found
-    assert array_alerts == loop_alerts
-    for name, a in array_states.items():
+                    steps, vals, ts = np.array(steps, dtype=np.int64), np.array(vals), np.array(ts, dtype=np.int64)
+                batch.append((block_states[name], rules[name], name, steps, vals, ts))
+            block_alerts += anomaly.observe_many("p", "r", batch, 0)
+    finally:
+        anomaly.BLOCK_MIN = saved
+    def key(a):
+        return (a.metric, a.step, a.kind, a.status)
+    assert sorted(map(key, block_alerts)) == sorted(map(key, loop_alerts))
+    for name, a in block_states.items():
         b = loop_states[name]
         assert (a.n, a.slow_n, a.open) == (b.n, b.slow_n, b.open)
         for field in ("mean", "mad", "slow", "slow_first", "slow_best"):
