@@ -219,10 +219,15 @@ def observe_many(project: str, run_id: str, series: list[Series], now_ms: int) -
     whole-array arithmetic together when they hold BLOCK_MIN points or more between them; the rest, and any metric
     in which a point does open or resolve an alert, through the per-point loop."""
     out: list[Alert] = []
+    total = 0
+    for s in series:
+        total += len(s[4])
+    if total < BLOCK_MIN:  # the usual small batch: straight to the loop
+        for st, rules, metric, steps, values, ts in series:
+            out += _observe_loop(st, rules, project, run_id, metric, steps, values, ts, now_ms)
+        return out
     blocks: dict[tuple[int, int], list[Series]] = {}
     loop: list[Series] = []
-    if sum(len(s[4]) for s in series) < BLOCK_MIN:
-        series, loop = [], series
     for s in series:
         st, rules, _, steps, values, _ = s
         if not rules.enabled:
@@ -241,8 +246,6 @@ def observe_many(project: str, run_id: str, series: list[Series], now_ms: int) -
                           np.array([s[4] for s in group], dtype=np.float64))
         loop += [s for s, fine in zip(group, ok) if not fine]
     for st, rules, metric, steps, values, ts in loop:
-        if isinstance(values, np.ndarray):
-            steps, values, ts = steps.tolist(), values.tolist(), ts.tolist()
         out += _observe_loop(st, rules, project, run_id, metric, steps, values, ts, now_ms)
     return out
 
@@ -254,12 +257,15 @@ def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: st
     return observe_many(project, run_id, [(st, rules, metric, steps, values, ts)], now_ms)
 
 
-def _observe_loop(st: MetricState, rules: Rules, project: str, run_id: str, metric: str, steps: Sequence[int],
-                  values: Sequence[float], ts: Sequence[int], now_ms: int) -> list[Alert]:
+def _observe_loop(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
+                  steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, ts: Sequence[int] | np.ndarray,
+                  now_ms: int) -> list[Alert]:
     """The detectors point by point (in step order); returns the alerts opened or resolved."""
     out: list[Alert] = []
     if not rules.enabled:
         return out
+    if isinstance(values, np.ndarray):  # Python floats: numpy scalars are slow one by one
+        steps, values, ts = steps.tolist(), values.tolist(), ts.tolist()  # type: ignore[union-attr]
     alpha = 2.0 / (rules.span + 1)
     beta = 2.0 / (rules.divergence_span + 1)
     diverge = _diverges(metric, rules.divergence_metrics)
