@@ -131,6 +131,20 @@ class Processors:
         recovery = getattr(self.app.tables, "_recovery", None)
         return float(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
 
+    def recovery_stalled(self, limit_s: float) -> list[Any]:
+        """The changelog partitions this worker's recovery still has records to read from and has read nothing from
+        for ``limit_s`` seconds (none while it is not recovering). After a rebalance faust's recovery sometimes never
+        receives a partition's records and waits for them forever (seen after a broker was replaced), with the
+        worker's events unread meanwhile; a restarted worker reads them."""
+        recovery = getattr(self.app.tables, "_recovery", None)  # not made here: see ready()
+        started = getattr(recovery, "_recovery_started_at", None)
+        if recovery is None or not recovery.in_recovery or started is None:
+            return []
+        now = time.monotonic()  # faust's clock for both times
+        received = recovery._active_events_received_at
+        return sorted(tp for tp, left in recovery.active_remaining().items()
+                      if left > 0 and now - max(started, received.get(tp, started)) > limit_s)
+
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         self._run_cache.clear()
         self._fleet_cache.clear()
@@ -395,21 +409,30 @@ class ProcessorsStage:
     async def start(self) -> None:
         await self.processors.app.start()
         self._started = True
-        if self.config.processors.join_timeout_s > 0:
-            self.task = asyncio.create_task(self._first_join())  # the role exits non-zero when it ends
+        pc = self.config.processors
+        if pc.join_timeout_s > 0 or pc.recovery_stall_s > 0:
+            self.task = asyncio.create_task(self._watch())  # the role exits non-zero when it ends
 
-    async def _first_join(self) -> None:
-        """Fail the role when the worker never becomes ready after starting (stuck joining its group or in its
-        first recovery), so that a supervisor restarts it. Only the first join is judged; a later recovery may
-        legitimately take long."""
-        limit = self.config.processors.join_timeout_s
-        deadline = time.monotonic() + limit
-        while not self.processors.ready():
+    async def _watch(self) -> None:
+        """Fail the role, so that a supervisor restarts it, when the worker never becomes ready after starting (stuck
+        joining its group or in its first recovery), or when a recovery stalls (Processors.recovery_stalled). A
+        recovery that reads on may take as long as it needs."""
+        pc = self.config.processors
+        deadline = time.monotonic() + pc.join_timeout_s
+        while pc.join_timeout_s > 0 and not self.processors.ready():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"this processor worker did not join its group and recover within {limit:.0f}s "
+                raise RuntimeError(f"this processor worker did not join its group and recover within {pc.join_timeout_s:.0f}s "
                                    "(processors.join_timeout_s); exiting so that it is restarted")
             await asyncio.sleep(0.5)
-        await asyncio.Event().wait()  # ready once: nothing more to judge
+        while pc.recovery_stall_s > 0:
+            stalled = self.processors.recovery_stalled(pc.recovery_stall_s)
+            if stalled:
+                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stalled)
+                raise RuntimeError(f"this processor worker's recovery read nothing from {names} for "
+                                   f"{pc.recovery_stall_s:.0f}s (processors.recovery_stall_s) though records are left "
+                                   "there; exiting so that it is restarted")
+            await asyncio.sleep(1.0)
+        await asyncio.Event().wait()  # nothing more to judge
 
     async def stop(self) -> None:
         task = getattr(self, "task", None)

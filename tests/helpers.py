@@ -62,7 +62,8 @@ def wait_until(check: Callable[[], object], timeout: float, what: str | Callable
         time.sleep(0.2)  # the poll interval: this loop is the wait for the signal ``check`` reads
 
 
-async def _lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int:
+async def group_lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int:
+    """Records of these topics that consumer group ``group`` has not committed."""
     names = [t.name(config) for t in topics.TOPICS if t.kind in kinds]
     admin = AIOKafkaAdminClient(**client_args(config))
     consumer = AIOKafkaConsumer(**client_args(config))
@@ -86,7 +87,7 @@ async def _lag(config: RunstreamConfig, group: str, kinds: Sequence[str]) -> int
 def wait_group_drained(config: RunstreamConfig, group: str, kinds: Sequence[str] = ("events",),
                        timeout: float = 60.0) -> None:
     """Wait until consumer group ``group`` has committed every record now in these topics."""
-    wait_until(lambda: asyncio.run(_lag(config, group, kinds)) == 0, timeout,
+    wait_until(lambda: asyncio.run(group_lag(config, group, kinds)) == 0, timeout,
                f"group {group} to consume everything in {', '.join(kinds)}")
 
 

@@ -35,7 +35,7 @@ from runstream.server.kafka import client_args
 from runstream.wire import audit, views
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack, make_config
-from tests.helpers import metric_batch, wait_group_drained, wait_sink_drained, wait_until
+from tests.helpers import group_lag, metric_batch, wait_sink_drained, wait_until
 from tests.test_processors_live import ROLLUP_ROWS, ROLLUP_SQL
 
 PROJECT = "scale"
@@ -155,6 +155,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
     config.processors.tick_s, config.processors.grace_s = 0.2, 2.0
     config.processors.log_level = "INFO"  # faust's rebalances and recoveries in a failure's log tails
     config.processors.join_timeout_s = 30
+    config.processors.recovery_stall_s = 20  # a worker whose recovery stalls exits; the waits below restart it
     token = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)  # for `runstream run delete`
     logs = tmp_path / "logs"
@@ -274,7 +275,18 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         assert stack.count_points("project = 'scale-gov'") == 0
         assert stack.query("SELECT count() FROM {db}.governance_events FINAL WHERE action = 'run.delete'")[0][0] == 1
         # Rollups equal SQL over the raw points, and the fleet view counts every point, across the worker's kill.
-        wait_group_drained(config, config.processors.app_id, timeout=120)
+        def workers_running() -> bool:
+            """Whether both workers run; one that exited (processors.recovery_stall_s) is started again, as `runstream
+            up` would."""
+            for w in workers:
+                if not w.alive():
+                    print(f"{w.name} exited; restarted")
+                    w.start()
+                    return False
+            return True
+
+        wait_until(lambda: workers_running() and asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 0,
+                   180, "both processor workers to consume everything in events")
         wait_sink_drained(config, kinds=("rollups", "fleet"), timeout=120)
 
         def rollups_differ() -> str:
@@ -295,11 +307,11 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
             return [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
                      if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
         # A failure's summary line says what differs (read again at the timeout) and how each worker fared.
-        wait_until(lambda: not rollups_differ(), 120,
+        wait_until(lambda: workers_running() and not rollups_differ(), 120,
                    lambda: f"rollups equal to SQL over the raw points ({rollups_differ()}; workers: {fared()})")
         print(f"workers at the end: {fared()}")
         fleet_points = f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'"
-        wait_until(lambda: stack.query(fleet_points)[0][0] == total, 60,
+        wait_until(lambda: workers_running() and stack.query(fleet_points)[0][0] == total, 60,
                    lambda: f"the fleet view to count {total} points (it counts {stack.query(fleet_points)[0][0]}; "
                            f"workers: {fared()})")
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.

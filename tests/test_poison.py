@@ -8,6 +8,7 @@ Leaves out: the supervisor's restart loop itself (runstream up), exercised by ha
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,57 @@ def test_a_processor_worker_that_never_gets_ready_exits_non_zero(config: Runstre
     monkeypatch.setattr(app.Processors, "ready", lambda self: 0.0)
     assert asyncio.run(asyncio.wait_for(roles.run_role("process", config), 120)) == 1
     assert "did not join its group and recover within 3s" in caplog.text
+
+
+def test_a_stalled_recovery_is_found_from_fausts_own_recovery_state(config: RunstreamConfig) -> None:
+    """Processors.recovery_stalled reads faust's Recovery (the real class): a changelog partition with records left
+    and nothing read from it for longer than the limit is stalled; one read from lately, one read to its end, or a
+    worker not recovering is not."""
+    from faust.types import TP
+
+    from runstream.processors import app
+
+    async def check() -> None:
+        procs = app.Processors(config)
+        recovery = procs.app.tables.recovery  # made on this loop, as a worker makes it
+        assert procs.recovery_stalled(5) == []  # not recovering
+        left, done, read = (TP(f"{config.processors.app_id}-run-state-changelog", p) for p in (1, 2, 3))
+        recovery.in_recovery = True
+        recovery._recovery_started_at = time.monotonic() - 30
+        for tp in (left, done, read):
+            recovery.active_highwaters[tp] = 51
+            recovery.active_offsets[tp] = -1
+        recovery.active_offsets[done] = 51
+        recovery._active_events_received_at[read] = time.monotonic() - 2
+        assert procs.recovery_stalled(5) == [left]
+        assert procs.recovery_stalled(60) == []  # within the limit since the recovery began
+        recovery.in_recovery = False
+        assert procs.recovery_stalled(5) == []
+
+    asyncio.run(check())
+
+
+@pytest.mark.slow  # a real worker joins its group first
+def test_a_processor_worker_whose_recovery_stalls_exits_non_zero(config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that got ready once, then finds a recovery stalled, ends its role with exit code 1 naming the
+    partition, so a supervisor restarts it."""
+    from faust.types import TP
+
+    from runstream.processors import app
+
+    config.processors.recovery_stall_s = 2
+    config.data_path.mkdir(parents=True, exist_ok=True)  # as `runstream up` makes it
+    asked: list[float] = []
+
+    def stalled(self: app.Processors, limit_s: float) -> list[TP]:
+        asked.append(limit_s)
+        return [TP("changelog-x", 3)] if self.ready() else []
+
+    monkeypatch.setattr(app.Processors, "recovery_stalled", stalled)
+    assert asyncio.run(asyncio.wait_for(roles.run_role("process", config), 120)) == 1
+    assert asked and asked[-1] == 2
+    assert "recovery read nothing from changelog-x[3] for 2s (processors.recovery_stall_s)" in caplog.text
 
 
 def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_stored(stack: Stack) -> None:

@@ -138,6 +138,9 @@ class ProcessorsConfig:
     metrics_port: int = 9103
     log_level: str = "WARN"        # faust's own log level
     join_timeout_s: float = 120.0  # a worker not ready this long after starting exits (to be restarted); 0 never
+    # A worker whose recovery of its state read nothing from a changelog partition with records left this long exits
+    # (to be restarted): faust's recovery can wait forever on such a partition after a rebalance; 0 never.
+    recovery_stall_s: float = 60.0
 
 
 @dataclass
@@ -306,6 +309,8 @@ class RunstreamConfig:
                 problems.append(f"sink.{key}: {getattr(self.sink, key)} is not a Linux nice value (-20 to 19)")
         if not 0 <= self.clickhouse.merge_nice <= 19:
             problems.append(f"clickhouse.merge_nice: {self.clickhouse.merge_nice} is not 0 (off) to 19 (merges run last)")
+        if not self.processors.recovery_stall_s >= 0:
+            problems.append(f"processors.recovery_stall_s: {self.processors.recovery_stall_s} must be 0 (never) or more seconds")
         if self.sink.gather_s < 0:
             problems.append("sink.gather_s: must be 0 (insert each poll) or more seconds")
         if self.sink.memory_purge_interval_s < 0:
