@@ -228,7 +228,7 @@ MODULE_SECONDS = {"test_processors_live": 125, "test_cluster": 85, "test_mlflow"
                   "test_sql_endpoint": 47, "test_cli": 46, "test_governance": 38, "test_mlflow_ui": 37, "test_sdk": 28,
                   "test_architecture": 18, "test_mlflow_registry": 17, "test_uploads": 15, "test_examples": 14,
                   "test_integrations": 13, "test_importers": 13, "test_tls": 12, "test_sdk_properties": 12,
-                  "test_session": 36, "test_audit": 10, "test_poison": 9, "test_run_index": 8, "test_sink_fetch": 7,
+                  "test_session": 36, "test_audit": 10, "test_poison": 20, "test_run_index": 8, "test_sink_fetch": 7,
                   "test_resume": 7}
 
 
