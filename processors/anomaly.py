@@ -250,13 +250,6 @@ def observe_many(project: str, run_id: str, series: list[Series], now_ms: int) -
     return out
 
 
-def observe(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
-            steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, ts: Sequence[int] | np.ndarray,
-            now_ms: int) -> list[Alert]:
-    """``observe_many`` for one metric's points of a batch (in step order)."""
-    return observe_many(project, run_id, [(st, rules, metric, steps, values, ts)], now_ms)
-
-
 def _observe_loop(st: MetricState, rules: Rules, project: str, run_id: str, metric: str,
                   steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, ts: Sequence[int] | np.ndarray,
                   now_ms: int) -> list[Alert]:

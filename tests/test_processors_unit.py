@@ -94,8 +94,8 @@ def run_detectors(series: dict[str, list[float]], rules=None) -> list:
         st = anomaly.MetricState()
         for i in range(0, len(values), 100):
             chunk = values[i:i + 100]
-            alerts += anomaly.observe(st, book.for_metric("p", name), "p", "r", name, list(range(i, i + len(chunk))),
-                                      chunk, [0] * len(chunk), 0)
+            alerts += anomaly.observe_many("p", "r", [(st, book.for_metric("p", name), name, list(range(i, i + len(chunk))),
+                                                       chunk, [0] * len(chunk))], 0)
     return [a for a in alerts if a.status == "open"]
 
 
