@@ -52,15 +52,16 @@ def main() -> int:
                                           values=[0.5] * 50))
                 state.apply(st, b, rules, grace_ms=grace_ms, now_ms=t0)
             runs[f"r{r}".encode()] = st
-        emitted: dict[object, int] = {}
+        emitted: dict[bytes, dict[object, int]] = {key: {} for key in runs}
         due = {key: float("inf") for key in runs}
 
-        def scan(runs: dict[bytes, state.RunState] = runs, emitted: dict[object, int] = emitted) -> None:
+        def scan(runs: dict[bytes, state.RunState] = runs, emitted: dict[bytes, dict[object, int]] = emitted) -> None:
             for key, st in runs.items():
                 st.cadence.stall_after_s(rules.for_metric(st.project, ""))
-                fresh, _ = state.windows_due(st, key, emitted, now_ms=now, grace_ms=grace_ms)
+                sent = emitted[key]
+                fresh, _ = state.windows_due(st, sent, now_ms=now, grace_ms=grace_ms)
                 for k, w in fresh:
-                    emitted[(key, k)] = w.version
+                    sent[k] = w.version
 
         def skip(runs: dict[bytes, state.RunState] = runs, due: dict[bytes, float] = due) -> None:
             for key in list(runs):

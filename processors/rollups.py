@@ -43,7 +43,8 @@ class Window:
 
 
 # Open windows of one run: (metric, resolution_s, window_start_ms) -> Window
-Windows = dict[tuple[str, int, int], Window]
+WindowKey = tuple[str, int, int]  # (metric, resolution s, window start ms)
+Windows = dict[WindowKey, Window]
 
 
 SMALL_BATCH = 256  # below this many points a plain loop beats numpy's per-call overhead

@@ -67,10 +67,15 @@ class Output:
     late_points: int = 0
     points: int = 0
     duplicate: bool = False
+    # No window this batch created or changed is due on the wall clock before this (ms): the timer need not look at
+    # the run sooner for them.
+    due_ms: float = math.inf
 
 
-def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int, now_ms: int) -> Output:
-    """Apply one batch to its run's state; returns what to emit."""
+def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int, now_ms: int,
+          sent: dict[rollups.WindowKey, int] | None = None) -> Output:
+    """Apply one batch to its run's state; returns what to emit. ``sent``: the versions of the run's open windows the
+    timer emitted; a window that closes as it was emitted is not emitted again (its entry goes)."""
     out = Output()
     if st.seen(batch.seq):
         out.duplicate = True
@@ -87,11 +92,13 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
         out.points = len(m.values)
         if len(m.values) <= rollups.SMALL_BATCH:
             split = rollups.split_small(m)  # once for the rollups and the detectors
+            first_ms = min(m.timestamps_ms, default=0)
             st.watermark_ms, out.late_points = rollups.apply_split(st.windows, m.names, split,
                                                                    watermark_ms=st.watermark_ms, grace_ms=grace_ms)
             per_metric = _in_step_order(m, split)
         else:
             cols = rollups.columns_of(m)  # once for the rollups and the detectors
+            first_ms = int(cols[2].min())
             st.watermark_ms, out.late_points = rollups.apply_columns(st.windows, m.names, cols,
                                                                      watermark_ms=st.watermark_ms, grace_ms=grace_ms)
             per_metric = _per_metric(m.names, cols)
@@ -104,15 +111,17 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
                 ms = st.metrics[name] = anomaly.MetricState()
             series.append((ms, rules.for_metric(st.project, name), name, steps, vals, ts))
         out.alerts += anomaly.observe_many(st.project, batch.run_id, series, now_ms)
-        for key, w in rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms):
-            out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
+        if out.points:
+            # Every window a point touches ends no sooner than the first resolution's window of the earliest point.
+            r0 = rollups.RESOLUTIONS_S[0] * 1000
+            out.due_ms = first_ms - first_ms % r0 + r0 + grace_ms
+        _emit(out, st, batch.run_id, rollups.close(st.windows, watermark_ms=st.watermark_ms, grace_ms=grace_ms), sent)
     elif kind == "run_resume":
         st.finished = False
     elif kind == "run_finish":
         st.finished = True
         # Nothing more will come: every window is final, every open alert of the run resolves.
-        for key, w in sorted(st.windows.items()):
-            out.rollups.append(rollups.to_proto(st.project, batch.run_id, key, w))
+        _emit(out, st, batch.run_id, sorted(st.windows.items()), sent)
         st.windows.clear()
         for name, ms in st.metrics.items():
             for kind_ in list(ms.open):
@@ -120,6 +129,14 @@ def apply(st: RunState, batch: Batch, rules: anomaly.RuleBook, *, grace_ms: int,
                 if a:
                     out.alerts.append(a)
     return out
+
+
+def _emit(out: Output, st: RunState, run_id: str, closed: list[tuple[rollups.WindowKey, rollups.Window]],
+          sent: dict[rollups.WindowKey, int] | None) -> None:
+    for key, w in closed:
+        if sent is not None and sent.pop(key, None) == w.version:
+            continue  # the timer emitted it as it stands (a run whose next batch came after the window was due)
+        out.rollups.append(rollups.to_proto(st.project, run_id, key, w))
 
 
 def _in_step_order(m: Metrics, split: rollups.Split) -> list[tuple[str, list[int], list[float], list[int]]]:
@@ -144,15 +161,15 @@ def _per_metric(names: Any, cols: rollups.Columns) -> list[tuple[str, Any, Any, 
             for b, e in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [len(ni_s)])).tolist())]
 
 
-def windows_due(st: RunState, run_key: bytes, emitted: Mapping[Any, int], *, now_ms: int,
-                grace_ms: int) -> tuple[list[tuple[tuple[str, int, int], rollups.Window]], float]:
-    """A run's open windows not yet emitted as they stand (``emitted``: versions by (run key, window key)): those
+def windows_due(st: RunState, sent: Mapping[rollups.WindowKey, int], *, now_ms: int,
+                grace_ms: int) -> tuple[list[tuple[rollups.WindowKey, rollups.Window]], float]:
+    """A run's open windows not yet emitted as they stand (``sent``: the versions emitted, by window key): those
     whose end plus grace is behind the wall clock, to emit now (they stay open), and when the first of the others
     is due (inf: none)."""
-    now: list[tuple[tuple[str, int, int], rollups.Window]] = []
+    now: list[tuple[rollups.WindowKey, rollups.Window]] = []
     later = math.inf
     for k, w in st.windows.items():
-        if emitted.get((run_key, k)) == w.version:
+        if sent.get(k) == w.version:
             continue
         at = k[2] + k[1] * 1000 + grace_ms
         if at <= now_ms:

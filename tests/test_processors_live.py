@@ -583,3 +583,46 @@ def test_runs_that_went_quiet_cost_the_timer_nothing_until_their_next_batch(stac
         wait_until(lambda: stack.query(stored)[0] == (20, 101), 60, "the late point's window emitted again")
     finally:
         proc.stop()
+
+
+def test_a_window_the_timer_emitted_goes_out_once_when_the_next_batch_closes_it(stack: Stack, token: str,
+                                                                               tmp_path: Path) -> None:
+    """A job whose next batch comes after its window was due on the wall clock (in a fleet, flushes stretched by flow
+    control and the pipeline's lag take longer than the grace): the timer emits the window as it stands, and the
+    batch that then closes it does not emit it again. Counted on the rollups topic, where no merge hides a copy."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from runstream.server.kafka import client_args
+    from runstream.v1.ingest_pb2 import Rollups
+
+    proc = start_processor(stack, tmp_path)
+    try:
+        s = Sender(GrpcTransport(stack.ingest_addr, token), "once", f"once-{uuid.uuid4().hex[:8]}")
+        now = int(time.time() * 1000)
+        then = now - 120_000  # due at the timer's first look
+        s.points(["loss"], [0] * 5, list(range(5)), [then + k for k in range(5)], [0.5] * 5)
+        by_timer = f"SELECT count() FROM {{db}}.rollups FINAL WHERE project = 'once' AND run_id = '{s.run_id}'"
+        wait_until(lambda: stack.query(by_timer)[0][0] == 2, 60, "the timer to emit the run's 10 s and 60 s windows")
+        s.points(["loss"], [0], [5], [now], [0.4])  # its watermark closes both, unchanged
+        s.finish(now + 1)  # emits the last point's windows
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+
+        async def windows() -> list:
+            consumer = AIOKafkaConsumer(stack.config.kafka.rollups_topic, **client_args(stack.config),
+                                        auto_offset_reset="earliest", enable_auto_commit=False)
+            await consumer.start()
+            try:
+                got: list = []
+                while polled := await consumer.getmany(timeout_ms=2000):
+                    got += [w for msgs in polled.values() for m in msgs for w in Rollups.FromString(m.value).windows
+                            if w.run_id == s.run_id]
+                return got
+            finally:
+                await consumer.stop()
+        sent = sorted((w.resolution_s, w.window_start_ms, w.version) for w in asyncio.run(windows()))
+        expected = sorted((res, t - t % (res * 1000), 1) for t in (then, now) for res in (10, 60))
+        assert sent == expected, "each window once (the last point's, by the finish, show the topic was read to them)"
+    finally:
+        proc.stop()

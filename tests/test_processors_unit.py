@@ -407,3 +407,68 @@ def test_small_batches_split_by_metric_agree_with_the_numpy_path(k, steps_per, c
 def nan_equal(a, b) -> bool:
     """Sequences equal element by element, NaN equal to NaN."""
     return len(a) == len(b) and all(x == y or (x != x and y != y) for x, y in zip(a, b))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=hst.integers(0, 2**32 - 1), batches=hst.integers(1, 6), size=hst.sampled_from([1, 7, 50, 300, 900]),
+       spread_ms=hst.sampled_from([0, 800, 15_000, 130_000]), back_ms=hst.integers(-40_000, 40_000))
+def test_no_window_a_batch_touches_is_due_before_the_batchs_due_time(seed, batches, size, spread_ms, back_ms) -> None:
+    """The timer looks at a run again only when ``Output.due_ms`` says (or earlier): every window a batch created or
+    changed must be due at or after it, whichever path the batch takes (under and over SMALL_BATCH), with points out
+    of order, late ones and ones behind the watermark among them."""
+    rng = np.random.default_rng(seed)
+    st = state.RunState(project="p")
+    rules = anomaly.RuleBook()
+    grace = 10_000
+    t0 = 1_700_000_000_000
+    for seq in range(1, batches + 1):
+        base = t0 + seq * 5_000 + (back_ms if seq == batches else 0)  # the last batch may reach back or ahead
+        ts = (base + rng.integers(0, spread_ms + 1, size)).tolist()
+        ni = rng.integers(0, 3, size).tolist()
+        b = metrics_batch("r", seq, ["loss", "acc", "lr"], ni, list(range(seq * 1000, seq * 1000 + size)), ts,
+                          rng.standard_normal(size).tolist())
+        before = {k: w.version for k, w in st.windows.items()}
+        out = state.apply(st, b, rules, grace_ms=grace, now_ms=t0)
+        # (A window the batch both opened and closed went out with it: not the timer's.)
+        touched = [k for k, w in st.windows.items() if before.get(k) != w.version]
+        assert all(k[2] + k[1] * 1000 + grace >= out.due_ms for k in touched)
+        if spread_ms == 0 and any(k[1] == rollups.RESOLUTIONS_S[0] for k in touched):
+            # One first-resolution window, still open (not late): the bound is its due time exactly.
+            assert min(k[2] + k[1] * 1000 + grace for k in touched) == out.due_ms
+
+
+def test_a_window_the_timer_emitted_is_not_emitted_again_when_it_closes_unchanged() -> None:
+    rules = anomaly.RuleBook()
+    t0 = 1_700_000_000_000
+    st = state.RunState(project="p")
+    sent: dict[rollups.WindowKey, int] = {}
+    state.apply(st, metrics_batch("r", 1, ["loss"], [0, 0], [1, 2], [t0, t0 + 100], [0.5, 0.4]), rules,
+                grace_ms=1000, now_ms=t0, sent=sent)
+    start = t0 - t0 % 10_000
+    # The timer emits both resolutions' windows as they stand; then a point changes the 60 s one.
+    fresh, _ = state.windows_due(st, sent, now_ms=t0 + 120_000, grace_ms=1000)
+    assert {k[1] for k, _ in fresh} == {10, 60}
+    sent.update((k, w.version) for k, w in fresh)
+    st.windows[("loss", 60, t0 - t0 % 60_000)].version += 1
+    # A later batch moves the watermark past both: the changed window goes out, the unchanged one does not.
+    out = state.apply(st, metrics_batch("r", 2, ["loss"], [0], [3], [t0 + 200_000], [0.3]), rules,
+                      grace_ms=1000, now_ms=t0, sent=sent)
+    assert [(w.resolution_s, w.window_start_ms) for w in out.rollups] == [(60, t0 - t0 % 60_000)]
+    assert ("loss", 10, start) not in sent and ("loss", 60, t0 - t0 % 60_000) not in sent
+    # Without a record of what the timer sent, both go out, as before.
+    st2 = state.RunState(project="p")
+    state.apply(st2, metrics_batch("r", 1, ["loss"], [0, 0], [1, 2], [t0, t0 + 100], [0.5, 0.4]), rules,
+                grace_ms=1000, now_ms=t0)
+    out2 = state.apply(st2, metrics_batch("r", 2, ["loss"], [0], [3], [t0 + 200_000], [0.3]), rules,
+                       grace_ms=1000, now_ms=t0)
+    assert sorted(w.resolution_s for w in out2.rollups) == [10, 60]
+    # A finish emits what is open unless the timer sent it as it stands.
+    st3 = state.RunState(project="p")
+    sent3: dict[rollups.WindowKey, int] = {}
+    state.apply(st3, metrics_batch("r", 1, ["loss"], [0], [1], [t0], [0.5]), rules, grace_ms=1000, now_ms=t0)
+    sent3.update((k, w.version) for k, w in state.windows_due(st3, sent3, now_ms=t0 + 120_000, grace_ms=1000)[0]
+                 if k[1] == 10)
+    fin = Batch(batch_id="bfin", project="p", run_id="r", seq=2, created_ms=t0 + 1)
+    fin.run_finish.status = RunStatus.RUN_STATUS_FINISHED
+    out3 = state.apply(st3, fin, rules, grace_ms=1000, now_ms=t0, sent=sent3)
+    assert [w.resolution_s for w in out3.rollups] == [60]
