@@ -14,8 +14,9 @@ grpc-go, its messages generated from proto/ at build time), so the fleet costs t
 needs; ``--clients python`` runs the same jobs as asyncio tasks over ``--procs`` Python processes. Reported per fleet
 size: points offered, acknowledged and stored (SQL, after the fleet stops), ack latency p50/p99/max, errors by code,
 log -> queryable p50/p99 (the batches ledger: stored time minus the time of the batch's first point, which includes
-the job's flush wait), each role's CPU per million points stored and per batch (bench/cpu.py; clients apart), and
-the batches per events record ingest published (its requests packed together).
+the job's flush wait), each role's CPU per million points stored and per batch (bench/cpu.py; clients apart),
+the batches per events record ingest published (its requests packed together), and the records each Kafka topic
+took during the run.
 The first fleet size runs ``--warmup-s`` first, unmeasured (its CPU is under ``warmup``).
 Goals (issue #11): all acknowledged, ack p99 <= 1 s,
 log -> queryable p99 <= 2 s, no errors. Leaves out: the SDK's own thread (jobs speak the wire protocol directly,
@@ -41,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import CLIENTS, CpuMeter, calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import ingest_total, pct, role_pids, start_stack  # noqa: E402
+from fleetload import ingest_total, pct, role_pids, start_stack, topic_records  # noqa: E402
 
 GOALS = {"ack_p99_ms": 1000.0, "e2e_p99_ms": 2000.0}
 
@@ -188,6 +189,7 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     project = f"fleet-{jobs}-{args.protocol}-{uuid.uuid4().hex[:6]}"
     calib = calibration()
     batches0, records0 = ingest_total(sup), ingest_total(sup, "runstream_ingest_records_total")
+    topics0 = topic_records(sup)
     meter = CpuMeter(role_pids(sup)).start()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -225,6 +227,7 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
     batches = ingest_total(sup) - batches0
     records = ingest_total(sup, "runstream_ingest_records_total") - records0
     cpu = meter.report(stored, batches)
+    topics1 = topic_records(sup)
     e2e = sql.query(f"SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(stored) - toUnixTimestamp64Milli(created)) "
                     f"FROM {db}.batches FINAL WHERE project = '{project}'").result_rows[0][0]
     # The same by 5 s of log time: whether a backlog is built once (the fleet's start) or all along.
@@ -249,6 +252,8 @@ def run_fleet(sup: Any, cfg: Any, token: str, jobs: int, args: Any, console: Any
            "cpu": cpu, "calibration": calib,
            # how well ingest packed the fleet's one-batch requests into events records
            "batches_per_record": round(batches / records, 2) if records else None,
+           # records each topic took during the run (the processors' outputs and their state changelogs among them)
+           "kafka_records": {t: n - topics0.get(t, 0) for t, n in sorted(topics1.items())},
            "flush_interval_s": {"p50": round(pct(intervals, 0.5), 2), "max": round(pct(intervals, 1.0), 2)}}
     out["meets_goals"] = bool(acked == out["points_offered"] and stored == acked and not errors
                               and out["ack_p99_ms"] <= GOALS["ack_p99_ms"] and out["e2e_p99_ms"] <= GOALS["e2e_p99_ms"])

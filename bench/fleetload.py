@@ -222,6 +222,43 @@ def ingest_total(sup: Any, name: str = "runstream_ingest_batches_total") -> int:
     return int(sum(scrape(p.config.ingest.metrics_port).get(name, 0) for p in sup.procs if p.role == "ingest"))
 
 
+def topic_records(sup: Any) -> dict[str, int]:
+    """Records written so far to each of the stack's topics (the sum of its partitions' end offsets), each topic read
+    with the credentials of a role allowed to see it: the broker's and its readers' cost is per record as much as per
+    byte."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import TopicPartition
+
+    from runstream.server.kafka import client_args
+
+    async def ends(cfg: Any, skip: set[str]) -> dict[str, int]:
+        admin = AIOKafkaAdminClient(**client_args(cfg))
+        consumer = AIOKafkaConsumer(**client_args(cfg), enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            topics = [t for t in await admin.list_topics() if not t.startswith("__") and t not in skip]
+            tps = [TopicPartition(d["topic"], p["partition"]) for d in await admin.describe_topics(topics)
+                   for p in d["partitions"]]
+            out: dict[str, int] = {}
+            for tp, end in (await consumer.end_offsets(tps)).items() if tps else ():
+                out[tp.topic] = out.get(tp.topic, 0) + end
+            return out
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    totals: dict[str, int] = {}
+    for role in ("process", "sink", "ingest"):
+        proc = next((p for p in sup.procs if p.role == role), None)
+        if proc is not None:
+            totals.update(asyncio.run(ends(proc.config, set(totals))))
+    return totals
+
+
 def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,
                 **supervisor: Any) -> tuple[Any, Any, str]:
     """A `runstream up` stack of its own (data and ports) for a bench: (supervisor, config, dev token);
