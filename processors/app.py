@@ -91,6 +91,15 @@ class Processors:
         self._offsets: dict[int, int] = {}
         self._partition_of: dict[str, int] = {}  # run id -> its events partition (runs are keyed by id)
         self._fleet_cache: dict[bytes, fleet.FleetState] = {}
+        # States changed since they were last written to their changelogs (partition, state; a finished run's is
+        # deleted there). They are written just before faust commits the events' offsets (_write_states), so a run's
+        # state goes to Kafka once per commit, not once per group of its batches.
+        self._dirty_runs: dict[bytes, tuple[int, state.RunState]] = {}
+        self._dirty_fleets: dict[bytes, tuple[int, fleet.FleetState]] = {}
+        self._group = asyncio.Lock()  # held while a group is applied: states are written only between groups
+        self._hooked = False
+        self._unsafe = False  # a group failed midway: no state may be written or offset committed any more
+        self.failed: BaseException | None = None  # why (ProcessorsStage._watch ends the role)
         self._pinned = False  # the producer's metadata covers every topic written (_pin_producer_topics)
         k = config.kafka
         self.app = app = faust.App(
@@ -148,6 +157,8 @@ class Processors:
                       if left > 0 and now - max(started, received.get(tp, started)) > limit_s)
 
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
+        if self._dirty_runs or self._dirty_fleets:  # the revocation's commit wrote them, unless it had none to make
+            await self._write_states()
         self._run_cache.clear()
         self._fleet_cache.clear()
         self._due.clear()
@@ -173,16 +184,74 @@ class Processors:
     def _run_state(self, key: bytes, project: str) -> state.RunState:
         st = self._run_cache.get(key)
         if st is None:
-            raw = self.runs.get(key)
-            st = self._run_cache[key] = STATE_CODEC.loads(raw) if raw else state.RunState(project=project)
+            dirty = self._dirty_runs.get(key)
+            if dirty is not None:  # newer than the table (a finished run's is gone)
+                st = dirty[1] if not dirty[1].finished else state.RunState(project=project)
+            else:
+                raw = self.runs.get(key)
+                st = STATE_CODEC.loads(raw) if raw else state.RunState(project=project)
+            self._run_cache[key] = st
         return st
 
     def _fleet_state(self, key: bytes) -> fleet.FleetState:
         fs = self._fleet_cache.get(key)
         if fs is None:
-            raw = self.fleet.get(key)
-            fs = self._fleet_cache[key] = STATE_CODEC.loads(raw) if raw else fleet.FleetState()
+            dirty = self._dirty_fleets.get(key)
+            if dirty is not None:
+                fs = dirty[1]
+            else:
+                raw = self.fleet.get(key)
+                fs = STATE_CODEC.loads(raw) if raw else fleet.FleetState()
+            self._fleet_cache[key] = fs
         return fs
+
+    def _hook_commits(self) -> None:
+        """Write the changed states before every offset commit faust makes (periodic, on a rebalance, at stop): its
+        consumer sends what is attached to the offsets it is about to commit first, and awaits it."""
+        if self._hooked:
+            return
+        consumer: Any = self.app.consumer
+        send_attached = consumer._handle_attached
+
+        async def handle_attached(commit_offsets: Any) -> None:
+            if self._unsafe:
+                # Commit nothing: faust's consumer commits the very mapping it handed here (faust-streaming 0.15).
+                commit_offsets.clear()
+                return
+            await self._write_states()
+            await send_attached(commit_offsets)
+        consumer._handle_attached = handle_attached
+        self._hooked = True
+
+    async def _write_states(self) -> None:
+        """Write every state changed since the last time to its changelog (the partition of the events it comes from:
+        co-partitioned tables) and wait for Kafka to acknowledge them. Between groups only: a group's outputs are
+        acknowledged before its states may be written, so a kill never leaves a state ahead of outputs that were lost
+        (a replay skips the batches the state holds)."""
+        async with self._group:
+            if self._unsafe:
+                return  # what is left may be ahead of what Kafka acknowledged (handle)
+            runs, self._dirty_runs = self._dirty_runs, {}
+            fleets, self._dirty_fleets = self._dirty_fleets, {}
+            written = []
+            for key, (partition, st) in runs.items():
+                if st.finished:
+                    written.append(self.runs.send_changelog(partition, key, None, value_serializer="raw"))
+                else:
+                    raw = STATE_CODEC.dumps(st)
+                    self.runs.data[key] = raw
+                    written.append(self.runs.send_changelog(partition, key, raw))
+            for fkey, (partition, fs) in fleets.items():
+                raw = STATE_CODEC.dumps(fs)
+                self.fleet.data[fkey] = raw
+                written.append(self.fleet.send_changelog(partition, fkey, raw))
+            try:
+                if written:
+                    await asyncio.gather(*written)
+            except BaseException as exc:
+                self._unsafe = True  # those states are in no changelog now: the offsets behind them must stay
+                self.failed = exc
+                raise
 
     async def _agent(self, stream: faust.StreamT) -> None:
         # Events are handled in small groups: a run's state is written once per group, not once per batch.
@@ -200,15 +269,23 @@ class Processors:
     TAKE = 500
 
     async def handle(self, items: list[tuple[Batch, int]]) -> None:
-        """Apply a group of batches. Outputs are acknowledged by Kafka before the new state is written, so a
+        """Apply a group of batches. Outputs are acknowledged by Kafka before the new states may be written, so a
         crash in between replays the group and emits the same outputs again (storage keeps one of each)."""
-        try:
-            await self._handle(items)
-        except BaseException:
-            # The decoded states may be ahead of the tables now: drop them, the tables are the truth.
-            self._run_cache.clear()
-            self._fleet_cache.clear()
-            raise
+        self._hook_commits()
+        async with self._group:
+            try:
+                await self._handle(items)
+            except BaseException as exc:
+                # States may be ahead of outputs Kafka never acknowledged now: none of them may reach a changelog, nor
+                # may any offset be committed past the last states written. The worker ends and is restarted.
+                self._unsafe = True
+                if not isinstance(exc, asyncio.CancelledError):  # a stop midway is no failure
+                    self.failed = exc
+                self._run_cache.clear()
+                self._fleet_cache.clear()
+                self._dirty_runs.clear()
+                self._dirty_fleets.clear()
+                raise
 
     async def _handle(self, items: list[tuple[Batch, int]]) -> None:
         self._pin_producer_topics()
@@ -268,11 +345,6 @@ class Processors:
                 fleets_dirty[fkey] = (partition, fs)
         if acks:
             await asyncio.gather(*acks)
-        # Changelog records go to the partition of the events they come from (co-partitioned tables). Awaited: the
-        # group's events are acknowledged (and their offsets committed) only after its states are in Kafka, so a
-        # kill never leaves the committed offsets ahead of the recoverable state (the events in between were lost
-        # to the rollups).
-        written = []
         for key, (partition, st) in runs_dirty.items():
             if st.finished:
                 self._run_cache.pop(key, None)
@@ -280,17 +352,8 @@ class Processors:
                 self._stalled.pop(key.decode(), None)
                 self._partition_of.pop(key.decode(), None)
                 self.runs.data.pop(key, None)
-                written.append(self.runs.send_changelog(partition, key, None, value_serializer="raw"))
-            else:
-                raw = STATE_CODEC.dumps(st)
-                self.runs.data[key] = raw
-                written.append(self.runs.send_changelog(partition, key, raw))
-        for fkey, (partition, fs) in fleets_dirty.items():
-            raw = STATE_CODEC.dumps(fs)
-            self.fleet.data[fkey] = raw
-            written.append(self.fleet.send_changelog(partition, fkey, raw))
-        if written:
-            await asyncio.gather(*written)
+            self._dirty_runs[key] = (partition, st)
+        self._dirty_fleets.update(fleets_dirty)
 
     def _next_look(self, key: bytes, st: state.RunState, out: state.Output, *, resolved: bool) -> None:
         """When the timer must look at a run again after a batch of it: no later than before, nor than the first
@@ -432,30 +495,34 @@ class ProcessorsStage:
     async def start(self) -> None:
         await self.processors.app.start()
         self._started = True
-        pc = self.config.processors
-        if pc.join_timeout_s > 0 or pc.recovery_stall_s > 0:
-            self.task = asyncio.create_task(self._watch())  # the role exits non-zero when it ends
+        self.task = asyncio.create_task(self._watch())  # the role exits non-zero when it ends
 
     async def _watch(self) -> None:
         """Fail the role, so that a supervisor restarts it, when the worker never becomes ready after starting (stuck
-        joining its group or in its first recovery), or when a recovery stalls (Processors.recovery_stalled). A
-        recovery that reads on may take as long as it needs."""
+        joining its group or in its first recovery), when a recovery stalls (Processors.recovery_stalled), or when a
+        group of batches failed midway (Processors.failed: nothing is committed after it, and a restarted worker
+        resumes from its changelogs and committed offsets). A recovery that reads on may take as long as it needs."""
         pc = self.config.processors
+        p = self.processors
         deadline = time.monotonic() + pc.join_timeout_s
-        while pc.join_timeout_s > 0 and not self.processors.ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"this processor worker did not join its group and recover within {pc.join_timeout_s:.0f}s "
-                                   "(processors.join_timeout_s); exiting so that it is restarted")
+        joined = pc.join_timeout_s <= 0
+        while True:
+            if p.failed is not None:
+                raise RuntimeError(f"this processor worker failed while applying a group of batches ({p.failed!r}); "
+                                   "exiting so that it is restarted") from p.failed
+            if not joined:
+                joined = bool(p.ready())
+                if not joined and time.monotonic() > deadline:
+                    raise RuntimeError(f"this processor worker did not join its group and recover within "
+                                       f"{pc.join_timeout_s:.0f}s (processors.join_timeout_s); exiting so that it is restarted")
+            elif pc.recovery_stall_s > 0:
+                stalled = p.recovery_stalled(pc.recovery_stall_s)
+                if stalled:
+                    names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stalled)
+                    raise RuntimeError(f"this processor worker's recovery read nothing from {names} for "
+                                       f"{pc.recovery_stall_s:.0f}s (processors.recovery_stall_s) though records are left "
+                                       "there; exiting so that it is restarted")
             await asyncio.sleep(0.5)
-        while pc.recovery_stall_s > 0:
-            stalled = self.processors.recovery_stalled(pc.recovery_stall_s)
-            if stalled:
-                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stalled)
-                raise RuntimeError(f"this processor worker's recovery read nothing from {names} for "
-                                   f"{pc.recovery_stall_s:.0f}s (processors.recovery_stall_s) though records are left "
-                                   "there; exiting so that it is restarted")
-            await asyncio.sleep(1.0)
-        await asyncio.Event().wait()  # nothing more to judge
 
     async def stop(self) -> None:
         task = getattr(self, "task", None)

@@ -19,7 +19,7 @@ from runstream.sdk.transport import GrpcTransport, SendError
 from runstream.wire import encoding
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import BackgroundClient, Stack
-from tests.helpers import counter, metric_batch, produce_events, read_records, wait_until
+from tests.helpers import counter, group_lag, metric_batch, produce_events, read_records, wait_until
 
 
 def test_poison_records_go_to_the_dead_letter_topic_and_good_points_are_stored(stack: Stack, token: str,
@@ -160,3 +160,62 @@ def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_sto
         assert encoding.decode(record.value, record.headers) == [batch]
     assert stack.count_points("run_id = 'pack-late'") == 0
     assert stack.count_points("run_id = 'pack-bad'") == 0
+
+
+@pytest.mark.slow  # a real worker joins its group first
+def test_a_processor_worker_whose_group_fails_midway_commits_nothing_more_and_exits_non_zero(
+        config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A group that raises midway may leave run states ahead of outputs Kafka never acknowledged: the worker writes
+    no state and commits no offset after it, and ends its role with exit code 1, so that a supervisor restarts it and
+    the restarted worker replays the group."""
+    from runstream.processors import state
+
+    config.data_path.mkdir(parents=True, exist_ok=True)  # as `runstream up` makes it
+    tried: list[str] = []
+
+    def broken(st: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        tried.append(batch.batch_id)
+        raise ValueError("injected into the group")
+
+    monkeypatch.setattr(state, "apply", broken)
+    batch = metric_batch("failing-run", 3)
+    record = encoding.encode(batch, max_record_bytes=config.kafka.max_record_bytes)
+
+    async def run() -> int:
+        role = asyncio.create_task(roles.run_role("process", config))
+        await produce_events(config, [(record.key, record.value, record.headers)])
+        return await asyncio.wait_for(role, 120)
+
+    assert asyncio.run(run()) == 1
+    assert tried == [batch.batch_id]
+    assert "failed while applying a group of batches (ValueError('injected into the group'))" in caplog.text
+    assert asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 1, "its offset was committed"
+
+
+def test_after_a_failed_group_faust_commits_nothing(config: RunstreamConfig) -> None:
+    """The check above, on faust's own consumer: the worker's hook runs before every commit faust makes, and after a
+    failed group the offsets faust was about to commit come back empty, so it commits none (a group applied before
+    the failure has its states dropped with the failed one's: its offsets must not be committed either)."""
+    from faust.types import TP
+
+    from runstream.processors import app
+
+    async def check() -> None:
+        procs = app.Processors(config)
+        procs._hook_commits()
+        consumer: Any = procs.app.consumer
+        offsets = {TP(config.kafka.events_topic, 0): 5, TP(config.kafka.events_topic, 1): 9}
+        committed: list[Any] = []
+
+        async def commit(offsets: Any) -> bool:
+            committed.append(dict(offsets))
+            return True
+        consumer.assignment = lambda: set(offsets)  # as if it held both partitions (it is not started here)
+        consumer._commit = commit
+        procs._unsafe = True
+        await consumer._handle_attached(offsets)  # what faust's _commit_tps does, then _commit_offsets
+        assert offsets == {}
+        assert await consumer._commit_offsets(offsets) is False
+        assert committed == []
+
+    asyncio.run(check())

@@ -626,3 +626,48 @@ def test_a_window_the_timer_emitted_goes_out_once_when_the_next_batch_closes_it(
         assert sent == expected, "each window once (the last point's, by the finish, show the topic was read to them)"
     finally:
         proc.stop()
+
+
+def test_a_runs_state_goes_to_its_changelog_once_per_commit_not_once_per_group(stack: Stack, token: str,
+                                                                              tmp_path: Path) -> None:
+    """Batches of one run a little apart are applied as separate groups; the run's state reaches its changelog just
+    before the worker commits their offsets (every second), not after each group, and what it wrote last holds every
+    batch (a restarted worker resumes from it)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from runstream.processors.app import STATE_CODEC
+    from runstream.server.kafka import client_args
+
+    proc = start_processor(stack, tmp_path)
+    try:
+        s = Sender(GrpcTransport(stack.ingest_addr, token), "dirty", f"dirty-{uuid.uuid4().hex[:8]}")
+        t0 = int(time.time() * 1000)
+        sent_at = time.monotonic()
+        for k in range(40):
+            s.points(["loss"], [0] * 5, list(range(k * 5, k * 5 + 5)), [t0 + k * 50 + i for i in range(5)], [0.5] * 5)
+            time.sleep(0.05)  # load pacing: one batch per group (the worker takes a group within 50 ms)
+        took = time.monotonic() - sent_at
+        wait_group_drained(stack.config, stack.config.processors.app_id)
+
+        async def states() -> list:
+            consumer = AIOKafkaConsumer(f"{stack.config.processors.app_id}-run-state-changelog",
+                                        **client_args(stack.config), auto_offset_reset="earliest",
+                                        enable_auto_commit=False)
+            await consumer.start()
+            try:
+                got: list = []
+                while polled := await consumer.getmany(timeout_ms=2000):
+                    got += [m.value for msgs in polled.values() for m in msgs if m.key == s.run_id.encode()]
+                return got
+            finally:
+                await consumer.stop()
+        written = asyncio.run(states())
+        assert written, "the run's state in its changelog"
+        last = STATE_CODEC.loads(written[-1])
+        assert last.max_seq == 40 and sum(w.count for k, w in last.windows.items() if k[1] == 60) == 200
+        # One record per commit while the batches came (a commit a second), not one per batch (40).
+        assert len(written) <= took + 3, f"{len(written)} states written over {took:.1f} s of batches"
+    finally:
+        proc.stop()
