@@ -57,6 +57,9 @@ def main() -> int:
                    help="the points' columns as the schema has them (LZ4), or ZSTD(1) as before migration 0011")
     p.add_argument("--no-collapse-on-insert", action="store_true",
                    help="insert the points with optimize_on_insert 0 (a trial: bench/results/sink-points-insert.json)")
+    p.add_argument("--drop-views", default="",
+                   help="materialized views to drop first, comma-separated (metric_latest_mv, run_index_metrics_mv: "
+                        "those the points feed): what they cost of an insert (a trial)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -75,6 +78,9 @@ def main() -> int:
             f"MODIFY COLUMN {col} CODEC({pre}ZSTD(1))" for col, pre in (
                 ("step", "Delta, "), ("ts", "Delta, "), ("value", "Gorilla, "), ("batch", ""), ("idx", "Delta, "),
                 ("stored", "Delta, "))))
+    dropped = [v for v in args.drop_views.split(",") if v]
+    for view in dropped:
+        client.command(f"DROP VIEW {db}.{view}")
     if args.no_collapse_on_insert:  # the writer's points insert (its one Arrow insert) with the setting added
         insert_arrow = client.insert_arrow
         client.insert_arrow = lambda table, arrow, settings=None: insert_arrow(  # type: ignore[method-assign]
@@ -118,7 +124,7 @@ def main() -> int:
                        "merge_ns_per_point": round(merge_cpu * 1e9 / merged_rows),
                        "bytes_per_point": round(merged_bytes / merged_rows, 2)})
     print(json.dumps({"repeat": args.repeat, "codec": args.codec, "collapse_on_insert": not args.no_collapse_on_insert,
-                      "shapes": shapes}))
+                      "views_dropped": dropped, "shapes": shapes}))
     return 0
 
 
