@@ -93,7 +93,7 @@ class Processors:
         self._fleet_cache: dict[bytes, fleet.FleetState] = {}
         # States changed since they were last written to their changelogs (partition, state; a finished run's is
         # deleted there). They are written just before faust commits the events' offsets (_write_states), so a run's
-        # state goes to Kafka once per commit, not once per group of its batches.
+        # state goes to Kafka once per commit (processors.commit_interval_s), not once per group of its batches.
         self._dirty_runs: dict[bytes, tuple[int, state.RunState]] = {}
         self._dirty_fleets: dict[bytes, tuple[int, fleet.FleetState]] = {}
         self._group = asyncio.Lock()  # held while a group is applied: states are written only between groups
@@ -106,7 +106,7 @@ class Processors:
             pc.app_id, broker=f"kafka://{k.bootstrap}", store="memory://", autodiscover=False,
             datadir=str(config.data_path / "processors"),  # faust's default is relative to the working directory
             topic_partitions=k.partitions, topic_replication_factor=max(1, k.replication_factor), web_enabled=False,
-            consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest", producer_acks=-1, broker_commit_interval=pc.commit_interval_s,
             # At-least-once: faust's exactly_once needs its own Worker (transactions are off without it), and
             # its at-least-once commit sends the buffered changelog records before the offsets behind them.
             processing_guarantee="at_least_once", TableManager=_TableManager,
@@ -254,7 +254,7 @@ class Processors:
                 raise
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        # Events are handled in small groups: a run's state is written once per group, not once per batch.
+        # Events are handled in small groups: their outputs are awaited together, not batch by batch.
         async for events in stream.take_events(self.TAKE, within=0.05):  # type: ignore[attr-defined]
             items: list[tuple[Batch, int]] = []
             for event in events:
@@ -508,7 +508,7 @@ class ProcessorsStage:
         joined = pc.join_timeout_s <= 0
         while True:
             if p.failed is not None:
-                raise RuntimeError(f"this processor worker failed while applying a group of batches ({p.failed!r}); "
+                raise RuntimeError(f"this processor worker failed with run states Kafka does not hold ({p.failed!r}); "
                                    "exiting so that it is restarted") from p.failed
             if not joined:
                 joined = bool(p.ready())

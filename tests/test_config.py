@@ -37,6 +37,7 @@ def test_every_problem_is_reported() -> None:
     assert "sink.memory_purge_interval_s: must be 0 (never) or more" in msg
     assert "sink.gather_s: must be 0 (insert each poll) or more" in msg
     assert "sink.sql_thread_nice: -25 is not a Linux nice value" in msg
+    assert "processors.commit_interval_s: 0 must be more than 0 seconds" in msg
 
 
 def test_unknown_key_and_bad_type(tmp_path: Path) -> None:

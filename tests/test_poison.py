@@ -188,7 +188,7 @@ def test_a_processor_worker_whose_group_fails_midway_commits_nothing_more_and_ex
 
     assert asyncio.run(run()) == 1
     assert tried == [batch.batch_id]
-    assert "failed while applying a group of batches (ValueError('injected into the group'))" in caplog.text
+    assert "failed with run states Kafka does not hold (ValueError('injected into the group'))" in caplog.text
     assert asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 1, "its offset was committed"
 
 
