@@ -129,6 +129,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         reset_peak_rss(role_pid)
     sink_rss_start = rss_mib(pids["sink"][0])  # the floor of the peak: what an earlier load left resident
     batches_before = ingest_total(sup)
+    topics_before = topic_records(sup)
     meter = CpuMeter(pids).start()
     for pr in procs:
         pr.start()
@@ -162,6 +163,7 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
     # sink's engine (exact distinct counts and quantiles over every point) and would count as the sink's memory.
     sink_rss_ingest = peak_rss_mib(pids["sink"][0])
     meter.stop()
+    topics = {t: n - topics_before.get(t, 0) for t, n in sorted(topic_records(sup).items())}
     meter.set_total(CLIENTS, sum(r["cpu_s"] for r in results))
     if not checks:
         return {"points_acked": acked}
@@ -201,6 +203,8 @@ def load(sup: Any, cfg: Any, token: str, *, jobs: int, seconds: float, points_pe
         # Each role's CPU from the jobs' start to the end of the drain, per million points stored and per batch.
         "cpu": meter.report(distinct, ingest_total(sup) - batches_before),
         "calibration": calib,
+        # records each topic took during the run (the processors' outputs and their state changelogs among them)
+        "kafka_records": topics,
     }
 
 
