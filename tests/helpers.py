@@ -112,6 +112,28 @@ async def read_records(config: RunstreamConfig, topic: str, n: int, timeout: flo
         await consumer.stop()
 
 
+async def read_topic(config: RunstreamConfig, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record in ``topic`` now: each partition from its start to the end offset it has when this is called."""
+    consumer = AIOKafkaConsumer(**client_args(config), auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        if not parts:
+            await consumer._client.force_metadata_update()  # a topic created a moment ago
+            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        got: list[Any] = []
+        async with asyncio.timeout(timeout):
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                    got.extend(msgs)
+        return got
+    finally:
+        await consumer.stop()
+
+
 async def produce_events(config: RunstreamConfig, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
     """Write (key, value, headers) records to the events topic past ingest, up to ingest's record size limit."""
     producer = AIOKafkaProducer(**client_args(config), acks="all", max_request_size=config.kafka.max_record_bytes + 4096)

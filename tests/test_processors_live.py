@@ -9,6 +9,7 @@ one of its run is still counted, once; runs that went quiet cost the timer nothi
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 import uuid
@@ -22,10 +23,12 @@ from prometheus_client import REGISTRY
 from runstream.ops.broker import free_port
 from runstream.ops.stack import RoleProcess, scrape, wait_http
 from runstream.processors import anomaly
+from runstream.processors.app import STATE_CODEC
 from runstream.sdk.transport import GrpcTransport
-from runstream.v1.ingest_pb2 import Batch, RunStatus
+from runstream.v1.ingest_pb2 import Batch, Rollups, RunStatus
+from runstream.wire import encoding
 from tests.conftest import Stack
-from tests.helpers import metric_batch, wait_group_drained, wait_sink_drained, wait_until
+from tests.helpers import metric_batch, read_topic, wait_group_drained, wait_sink_drained, wait_until
 
 
 def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProcess:
@@ -507,13 +510,6 @@ def test_a_request_of_many_runs_becomes_packed_records_that_every_stage_reads_wh
     """One request carrying 3 batches each of 30 runs (a client process with many runs) reaches the events topic as
     one record per partition, not one per batch; the sink stores every point once and the processors count each
     in the rollups and the fleet view."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    from runstream.server.kafka import client_args
-    from runstream.wire import encoding
-
     proc = start_processor(stack, tmp_path)
     t = GrpcTransport(stack.ingest_addr, token)
     t0 = (int(time.time() * 1000) // 60_000 - 5) * 60_000
@@ -531,21 +527,8 @@ def test_a_request_of_many_runs_becomes_packed_records_that_every_stage_reads_wh
             s.finish(t0 + 120_000)
         assert stack.wait_points(900, where="project = 'packed'") == 900
 
-        async def events() -> list:
-            consumer = AIOKafkaConsumer(stack.config.kafka.events_topic, **client_args(stack.config),
-                                        auto_offset_reset="earliest", enable_auto_commit=False)
-            await consumer.start()
-            try:
-                got: list = []
-                while True:
-                    polled = await consumer.getmany(timeout_ms=2000)
-                    if not polled:
-                        return got
-                    for msgs in polled.values():
-                        got.extend(msgs)
-            finally:
-                await consumer.stop()
-        packs = [m for m in asyncio.run(events()) if dict(m.headers).get("schema") == encoding.PACK_SCHEMA]
+        on_topic = asyncio.run(read_topic(stack.config, stack.config.kafka.events_topic))
+        packs = [m for m in on_topic if dict(m.headers).get("schema") == encoding.PACK_SCHEMA]
         packed = [b for m in packs for b in encoding.decode(m.value, m.headers)]
         assert sorted(b.batch_id for b in packed) == sorted(b.batch_id for b in batches)
         assert len(packs) <= stack.config.kafka.partitions
@@ -590,13 +573,6 @@ def test_a_window_the_timer_emitted_goes_out_once_when_the_next_batch_closes_it(
     """A job whose next batch comes after its window was due on the wall clock (in a fleet, flushes stretched by flow
     control and the pipeline's lag take longer than the grace): the timer emits the window as it stands, and the
     batch that then closes it does not emit it again. Counted on the rollups topic, where no merge hides a copy."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    from runstream.server.kafka import client_args
-    from runstream.v1.ingest_pb2 import Rollups
-
     proc = start_processor(stack, tmp_path)
     try:
         s = Sender(GrpcTransport(stack.ingest_addr, token), "once", f"once-{uuid.uuid4().hex[:8]}")
@@ -609,19 +585,9 @@ def test_a_window_the_timer_emitted_goes_out_once_when_the_next_batch_closes_it(
         s.finish(now + 1)  # emits the last point's windows
         wait_group_drained(stack.config, stack.config.processors.app_id)
 
-        async def windows() -> list:
-            consumer = AIOKafkaConsumer(stack.config.kafka.rollups_topic, **client_args(stack.config),
-                                        auto_offset_reset="earliest", enable_auto_commit=False)
-            await consumer.start()
-            try:
-                got: list = []
-                while polled := await consumer.getmany(timeout_ms=2000):
-                    got += [w for msgs in polled.values() for m in msgs for w in Rollups.FromString(m.value).windows
-                            if w.run_id == s.run_id]
-                return got
-            finally:
-                await consumer.stop()
-        sent = sorted((w.resolution_s, w.window_start_ms, w.version) for w in asyncio.run(windows()))
+        on_topic = asyncio.run(read_topic(stack.config, stack.config.kafka.rollups_topic))
+        sent = sorted((w.resolution_s, w.window_start_ms, w.version) for m in on_topic
+                      for w in Rollups.FromString(m.value).windows if w.run_id == s.run_id)
         expected = sorted((res, t - t % (res * 1000), 1) for t in (then, now) for res in (10, 60))
         assert sent == expected, "each window once (the last point's, by the finish, show the topic was read to them)"
     finally:
@@ -633,13 +599,6 @@ def test_a_runs_state_goes_to_its_changelog_once_per_commit_not_once_per_group(s
     """Batches of one run a little apart are applied as separate groups; the run's state reaches its changelog just
     before the worker commits their offsets (every second), not after each group, and what it wrote last holds every
     batch (a restarted worker resumes from it)."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    from runstream.processors.app import STATE_CODEC
-    from runstream.server.kafka import client_args
-
     proc = start_processor(stack, tmp_path)
     try:
         s = Sender(GrpcTransport(stack.ingest_addr, token), "dirty", f"dirty-{uuid.uuid4().hex[:8]}")
@@ -651,19 +610,8 @@ def test_a_runs_state_goes_to_its_changelog_once_per_commit_not_once_per_group(s
         took = time.monotonic() - sent_at
         wait_group_drained(stack.config, stack.config.processors.app_id)
 
-        async def states() -> list:
-            consumer = AIOKafkaConsumer(f"{stack.config.processors.app_id}-run-state-changelog",
-                                        **client_args(stack.config), auto_offset_reset="earliest",
-                                        enable_auto_commit=False)
-            await consumer.start()
-            try:
-                got: list = []
-                while polled := await consumer.getmany(timeout_ms=2000):
-                    got += [m.value for msgs in polled.values() for m in msgs if m.key == s.run_id.encode()]
-                return got
-            finally:
-                await consumer.stop()
-        written = asyncio.run(states())
+        changelog = asyncio.run(read_topic(stack.config, f"{stack.config.processors.app_id}-run-state-changelog"))
+        written = [m.value for m in changelog if m.key == s.run_id.encode()]
         assert written, "the run's state in its changelog"
         last = STATE_CODEC.loads(written[-1])
         assert last.max_seq == 40 and sum(w.count for k, w in last.windows.items() if k[1] == 60) == 200
