@@ -450,9 +450,9 @@ class Processors:
             if clock and limit is not None and cad.last_ms and silent_s > limit and run_id not in self._stalled:
                 self._stalled[run_id] = cad.last_ms
                 await self._alert(anomaly.stall_alert(st.project, run_id, cad, limit, now_ms, silent_s=silent_s))
-            sent = self._emitted.setdefault(key, {})
-            fresh, due = state.windows_due(st, sent, now_ms=now_ms, grace_ms=self.grace_ms)
+            fresh, due = state.windows_due(st, self._emitted.get(key, {}), now_ms=now_ms, grace_ms=self.grace_ms)
             if fresh:
+                sent = self._emitted.setdefault(key, {})  # only runs something was sent for hold an entry
                 for k, w in fresh:
                     sent[k] = w.version
                 await self._send(self.rollups_topic, key, Rollups(
