@@ -7,7 +7,8 @@ flush), through the sink's own steps on the embedded engine.
 Per shape (runs x points per batch, one batch per run), the median over ``--repeat`` polls of: decode (Kafka record
 values to batches), build (batches to the tables' columns) and insert (the sink's Writer: every table, the
 materialized views and skip index included), in ms, and their sum per point in ns; the insert's CPU per point
-(every thread: the engine sorts and writes on its own). Then the merge those polls'
+(every thread: the engine sorts and writes on its own), and the build's and insert's together (the sink finds each
+run and metric's latest point in the build). Then the merge those polls'
 parts cost (merges are held until then; one OPTIMIZE FINAL into one part): CPU ns per point, and the bytes per point
 stored. ``--codec zstd`` stores the points' columns as the schema did before migration 0011 (ZSTD(1)), to compare.
 Leaves out: Kafka, other processes (the machine is otherwise idle), the merge selector's choices (a live sink merges
@@ -58,8 +59,8 @@ def main() -> int:
     p.add_argument("--no-collapse-on-insert", action="store_true",
                    help="insert the points with optimize_on_insert 0 (a trial: bench/results/sink-points-insert.json)")
     p.add_argument("--drop-views", default="",
-                   help="materialized views to drop first, comma-separated (metric_latest_mv, run_index_metrics_mv: "
-                        "those the points feed): what they cost of an insert (a trial)")
+                   help="materialized views to drop first, comma-separated (run_index_metrics_mv: the one the points' "
+                        "latest values feed; metric_latest_mv before migration 0015): what they cost of an insert (a trial)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 
@@ -91,6 +92,7 @@ def main() -> int:
         runs = args.points // size
         steps: dict[str, list[float]] = {"decode": [], "build": [], "insert": []}
         insert_cpu: list[float] = []
+        build_cpu: list[float] = []
         client.command(f"SYSTEM STOP MERGES {db}.metric_points")
         for i in range(args.repeat):
             if not args.json:
@@ -98,9 +100,10 @@ def main() -> int:
             recs = records(runs, size)
             t0 = time.perf_counter()
             batches = [b for r in recs for b in encoding.decode(r.value, r.headers)]
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             tables = columns.build([(b, 0, n) for n, b in enumerate(batches)])
             t2 = time.perf_counter()
+            build_cpu.append(time.process_time() - c1)
             c2 = time.process_time()  # every thread of this process: the engine inserts on its own threads too
             writer.write(tables)
             t3 = time.perf_counter()
@@ -120,6 +123,8 @@ def main() -> int:
                        "total_ms": round(sum(median.values()), 1),
                        "ns_per_point": round(sum(median.values()) * 1e6 / (runs * size)),
                        "insert_cpu_ns_per_point": round(statistics.median(insert_cpu) * 1e9 / (runs * size)),
+                       "build_insert_cpu_ns_per_point": round(statistics.median(
+                           [b + i for b, i in zip(build_cpu, insert_cpu)]) * 1e9 / (runs * size)),
                        "merge_parts": args.repeat, "merge_cpu_ms": round(merge_cpu * 1000),
                        "merge_ns_per_point": round(merge_cpu * 1e9 / merged_rows),
                        "bytes_per_point": round(merged_bytes / merged_rows, 2)})
