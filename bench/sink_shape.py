@@ -7,8 +7,7 @@ flush), through the sink's own steps on the embedded engine.
 Per shape (runs x points per batch, one batch per run), the median over ``--repeat`` polls of: decode (Kafka record
 values to batches), build (batches to the tables' columns) and insert (the sink's Writer: every table, the
 materialized views and skip index included), in ms, and their sum per point in ns; the insert's CPU per point
-(every thread: the engine sorts and writes on its own), and the build's and insert's together (the sink finds each
-run and metric's latest point in the build). Then the merge those polls'
+(every thread: the engine sorts and writes on its own), and the build's and insert's together. Then the merge those polls'
 parts cost (merges are held until then; one OPTIMIZE FINAL into one part): CPU ns per point, and the bytes per point
 stored. ``--codec zstd`` stores the points' columns as the schema did before migration 0011 (ZSTD(1)), to compare.
 Leaves out: Kafka, other processes (the machine is otherwise idle), the merge selector's choices (a live sink merges
@@ -59,8 +58,8 @@ def main() -> int:
     p.add_argument("--no-collapse-on-insert", action="store_true",
                    help="insert the points with optimize_on_insert 0 (a trial: bench/results/sink-points-insert.json)")
     p.add_argument("--drop-views", default="",
-                   help="materialized views to drop first, comma-separated (run_index_metrics_mv: the one the points' "
-                        "latest values feed; metric_latest_mv before migration 0015): what they cost of an insert (a trial)")
+                   help="materialized views to drop first, comma-separated (metric_latest_mv, run_index_metrics_mv: "
+                        "those the points feed): what they cost of an insert (a trial)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args()
 

@@ -55,7 +55,6 @@ class _Dict:
 class Tables:
     """One poll's worth of rows, ready to insert."""
     points: pa.Table | None = None
-    latest: pa.Table | None = None  # per run and metric, the poll's point with the highest step, as metric_latest's states
     batches: list[list[Any]] = field(default_factory=list)
     run_starts: list[list[Any]] = field(default_factory=list)
     run_finishes: list[list[Any]] = field(default_factory=list)
@@ -131,13 +130,12 @@ def add_derived(t: Tables, kind: str, value: bytes, partition: int = 0, offset: 
 def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Tables:
     """``items`` are (batch, kafka partition, kafka offset), in consumption order."""
     t = t or Tables()
-    projects, runs, metrics, pairs = _Dict(), _Dict(), _Dict(), _Dict()
+    projects, runs, metrics = _Dict(), _Dict(), _Dict()
     # Per batch only what differs point by point; what is one value per batch is repeated once for the whole poll
     # (a fleet's poll holds thousands of small batches, and per-batch arrays cost more than their points).
     counts: list[int] = []
     proj_codes: list[int] = []
     run_codes: list[int] = []
-    pair_codes: list[int] = []
     keys: list[int] = []
     metric_idx: list[np.ndarray] = []
     steps: list[np.ndarray] = []
@@ -161,7 +159,6 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             counts.append(n)
             proj_codes.append(projects.code(b.project))
             run_codes.append(runs.code(b.run_id))
-            pair_codes.append(pairs.code(f"{b.project}\0{b.run_id}"))
             keys.append(batch_key(b.batch_id))
         elif kind == "run_start":
             rs = b.run_start
@@ -203,55 +200,16 @@ def build(items: list[tuple[Batch, int, int]], t: Tables | None = None) -> Table
             raise ValueError("a point's time is outside 1970..2100")
         n_by_batch = np.array(counts, dtype=np.int64)
         starts = np.cumsum(n_by_batch) - n_by_batch  # each batch's first row
-        all_metrics, all_values = np.concatenate(metric_idx), np.concatenate(values)
-        project_col = projects.array(np.repeat(np.array(proj_codes, dtype=np.int32), n_by_batch))
-        run_col = runs.array(np.repeat(np.array(run_codes, dtype=np.int32), n_by_batch))
-        metric_col = metrics.array(all_metrics)
         t.points = pa.table({
-            "project": project_col,
-            "run_id": run_col,
-            "metric": metric_col,
+            "project": projects.array(np.repeat(np.array(proj_codes, dtype=np.int32), n_by_batch)),
+            "run_id": runs.array(np.repeat(np.array(run_codes, dtype=np.int32), n_by_batch)),
+            "metric": metrics.array(np.concatenate(metric_idx)),
             "step": pa.array(all_steps),
             "ts": pa.array(all_ts).cast(pa.timestamp("ms")),
-            "value": pa.array(all_values),
+            "value": pa.array(np.concatenate(values)),
             "batch": pa.array(np.repeat(np.array(keys, dtype=np.uint64), n_by_batch)),
             # a point's position in its batch
             "idx": pa.array((np.arange(int(n_by_batch.sum()), dtype=np.int64) - np.repeat(starts, n_by_batch)).astype(np.uint32)),
         })
-        key = np.repeat(np.array(pair_codes, dtype=np.int64), n_by_batch) * len(metrics.codes) + all_metrics
-        rows = latest_rows(key, all_steps, len(pairs.codes) * len(metrics.codes))
-        t.latest = pa.table({
-            "project": project_col.take(rows), "run_id": run_col.take(rows), "metric": metric_col.take(rows),
-            "last_step": pa.array(all_steps[rows]),
-            "last_value": arg_max_states(all_values[rows], all_steps[rows]),
-            "last_ts": arg_max_states(all_ts[rows], all_steps[rows]),
-        })
     return t
-
-
-def latest_rows(key: np.ndarray, steps: np.ndarray, groups: int) -> np.ndarray:
-    """Per distinct ``key`` (ints below ``groups``), the row of its highest step; of equal steps the first, as argMax
-    keeps. In O(rows) with ufunc.at: a sort cost 30 ns a point, this 6-11 (metric_latest_mv's GROUP BY 300-400)."""
-    if groups > 4 * len(key):  # many names over few points: make the keys dense first
-        _, key = np.unique(key, return_inverse=True)
-        groups = int(key.max()) + 1
-    top = np.full(groups, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(top, key, steps)
-    hits = np.flatnonzero(steps == top[key])
-    first = np.full(groups, len(key), dtype=np.int64)
-    np.minimum.at(first, key[hits], hits)
-    return first[first < len(key)]
-
-
-def arg_max_states(payload: np.ndarray, steps: np.ndarray) -> pa.Array:
-    """``argMaxState(payload, step)`` of one row each, as ClickHouse serializes it (for an 8-byte payload: a set
-    flag and the value, then a set flag and the step; little-endian), to insert into an AggregateFunction column."""
-    n = len(steps)
-    buf = np.empty((n, 18), dtype=np.uint8)
-    buf[:, 0] = 1
-    buf[:, 1:9] = np.ascontiguousarray(payload, dtype=payload.dtype.newbyteorder("<")).view(np.uint8).reshape(n, 8)
-    buf[:, 9] = 1
-    buf[:, 10:] = np.ascontiguousarray(steps, dtype="<i8").view(np.uint8).reshape(n, 8)
-    offsets = np.arange(0, 18 * n + 1, 18, dtype=np.int32)
-    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf)])
 

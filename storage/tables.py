@@ -20,7 +20,6 @@ class Table:
 # Insert order: points first, the batch ledger last (a batch listed in `batches` has its points stored).
 TABLES: tuple[Table, ...] = (
     Table("metric_points", "points", (), "run"),
-    Table("metric_latest", "latest", (), "run"),  # each poll's newest point per run and metric (columns.latest_rows)
     Table("run_starts", "run_starts", tuple(columns.RUN_START_COLUMNS), "run"),
     Table("run_finishes", "run_finishes", tuple(columns.RUN_FINISH_COLUMNS), "run"),
     Table("run_sessions", "run_sessions", tuple(columns.RUN_SESSION_COLUMNS), "run"),
@@ -34,6 +33,7 @@ TABLES: tuple[Table, ...] = (
     Table("artifacts", "artifacts", tuple(columns.ARTIFACT_COLUMNS), "run"),
     Table("audit_log", "audit_rows", tuple(columns.AUDIT_COLUMNS), "project"),
     Table("batches", "batches", tuple(columns.BATCH_COLUMNS), "run"),
+    Table("metric_latest", "", (), "run"),  # from metric_points by metric_latest_mv (migrations/0007_reads.sql)
     Table("run_index", "", (), "run"),  # from the run, param, tag and latest tables (migrations/0014_run_index.sql)
 )
 RUN_TABLES = tuple(t.name for t in TABLES if t.scope == "run")                  # a run deletion reaches these

@@ -73,9 +73,9 @@ class Writer:
                                            settings=settings)
                         tm.SINK_ROWS.labels(table.name).inc(len(rows))
                 elif rows is not None:
-                    # The points, and their latest values per run and metric. The engine's default collapses a batch
-                    # delivered twice into one poll in the points' insert; optimize_on_insert 0 saved 15-25% of its
-                    # CPU, but merging those parts cost as much more (bench/results/sink-points-insert.json).
+                    # The engine's default collapses a batch delivered twice into one poll here; optimize_on_insert 0
+                    # saved 15-25% of this insert's CPU, but merging those parts cost as much more
+                    # (bench/results/sink-points-insert.json).
                     self.client.insert_arrow(f"{self.db}.{table.name}", rows, settings=settings)
                     tm.SINK_ROWS.labels(table.name).inc(rows.num_rows)
             for ev in t.control:  # after this poll's rows, so a deletion also removes what came just before it

@@ -114,7 +114,7 @@ def test_the_cluster_schema_answers_like_one_node(seeded) -> None:  # noqa: F811
                 for part in CLUSTER.statements(stmt.replace("{db}", "runstream")):
                     if (sql := as_one_shard(part, db)) and not sql.startswith("INSERT"):
                         client.command(sql)
-        # The one-node rows into the local tables (metric_latest's too: the sink writes it), the points
+        # The one-node rows into the local tables (the materialized view fills metric_latest_local), the points
         # twice: a replayed batch lands on the same shard, where the views' FINAL collapses it.
         for t in TABLES:
             if t.rows:

@@ -16,14 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runstream.storage import columns
-from runstream.storage.governance import GovernanceApplier
 from runstream.storage.store import migrate, open_embedded
-from runstream.storage.writer import Writer
 from runstream.wire import views
 from runstream.wire.names import new_run_id
 from runstream.wire.search import DELETED_TAG
-from tests.helpers import metric_batch
 
 DB = "runidx"
 MIGRATIONS = Path(__file__).resolve().parents[1] / "storage" / "migrations"
@@ -66,9 +62,8 @@ run_st = st.fixed_dictionaries({
 })
 
 
-def inserts(project: str, run_id: str, r: dict[str, Any]) -> list[str | columns.Tables]:
-    """The sink's inserts for one run: each record kind on its own, as separate polls write them (a point as the
-    sink's writer stores it, with its run and metric's latest value)."""
+def inserts(project: str, run_id: str, r: dict[str, Any]) -> list[str]:
+    """The sink's inserts for one run: each record kind on its own, as separate polls write them."""
     out = [f"INSERT INTO {DB}.run_starts (project, run_id, name, started, tags, git_commit, hostname, parent_run_id, "
            f"fork_step) VALUES ('{project}', '{run_id}', 'name-{run_id}', {1_000 + len(run_id)}, ['t1'], 'abc', 'host', "
            f"'parent', {'NULL' if r['fork_step'] is None else r['fork_step']})"]
@@ -83,17 +78,10 @@ def inserts(project: str, run_id: str, r: dict[str, Any]) -> list[str | columns.
                        f"{s['resumed'] + 5}, '{s['status']}', {s['acked']}, 1, 1, 2)")
     for table, rows in (("params", r["params"]), ("tags", r["tags"])):
         out += [f"INSERT INTO {DB}.{table} VALUES ('{project}', '{run_id}', '{k}', '{v}', {t})" for k, v, t in rows]
-    out += [columns.build([(metric_batch(run_id, 1, project=project, metric=m, steps=[step], timestamps_ms=[5_000 + i],
-                                         values=[value]), 0, 0)])
+    out += [f"INSERT INTO {DB}.metric_points (project, run_id, metric, step, ts, value, batch, idx) VALUES "
+            f"('{project}', '{run_id}', '{m}', {step}, {5_000 + i}, {value!r}, {i}, 0)"
             for i, (m, step, value) in enumerate(r["points"])]
     return out
-
-
-def write(client: Any, stmt: str | columns.Tables) -> None:
-    if isinstance(stmt, str):
-        client.command(stmt)
-    else:
-        Writer(client, DB, GovernanceApplier(client, DB)).write(stmt)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -105,7 +93,7 @@ def test_the_runs_view_over_run_index_answers_as_the_joins_did(client: Any, runs
     statements = [s for i, r in enumerate(runs) for s in inserts(project, f"r{i}", r)]
     order.shuffle(statements)
     for stmt in statements + statements[:replays]:  # a replay writes rows again: nothing may change
-        write(client, stmt)
+        client.command(stmt)
 
     cols = ", ".join(VIEW_COLUMNS)
     new = client.query(f"SELECT {cols} FROM {DB}.runs WHERE project = '{project}' ORDER BY run_id").result_rows
@@ -142,7 +130,7 @@ def test_searches_filter_and_order_on_the_maps(client: Any) -> None:
              "params": [("lr", "10", 1), ("opt", '"sgd"', 1)], "tags": [("best", "", 1)]}]
     for i, r in enumerate(runs):
         for stmt in inserts(project, f"r{i}", r):
-            write(client, stmt)
+            client.command(stmt)
     from runstream.wire import search
 
     def ids(flt: str = "", order: list[str] | None = None, **kw: Any) -> list[str]:
