@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runstream.read.api import _decode, runs_frame
 from runstream.storage.store import migrate, open_embedded
 from runstream.wire import views
 from runstream.wire.names import new_run_id
@@ -84,6 +86,15 @@ def inserts(project: str, run_id: str, r: dict[str, Any]) -> list[str]:
     return out
 
 
+def frame_row_by_row(found: list[views.RunRow]) -> pd.DataFrame:
+    """Api.runs' DataFrame as it was first built: a row of dicts per run (missing params and metrics NaN)."""
+    df = pd.DataFrame([r.fields() for r in found], columns=views.RUN_COLUMNS)
+    df["tags"] = [list(r.live_tags()) for r in found]
+    wide = pd.DataFrame([{**{f"params.{k}": _decode(v["value"]) for k, v in r.params.items()},
+                          **{f"metrics.{k}": v["value"] for k, v in r.metrics.items()}} for r in found], index=df.index)
+    return pd.concat([df, wide[sorted(wide.columns)]], axis=1)
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(runs=st.lists(run_st, min_size=1, max_size=3), order=st.randoms(use_true_random=False),
        replays=st.integers(0, 3))
@@ -102,6 +113,7 @@ def test_the_runs_view_over_run_index_answers_as_the_joins_did(client: Any, runs
 
     # The maps: each param's and tag's latest value, each metric's latest point (largest step), as the tables say.
     found = views.run_rows(client, views.runs(DB, project, groups=[], orders=[], limit=None))
+    pd.testing.assert_frame_equal(runs_frame(found), frame_row_by_row(found))
     by_id = {r.run_id: r for r in found}
     for i, r in enumerate(runs):
         row = by_id[f"r{i}"]

@@ -12,6 +12,7 @@ string compares strings, with a bool or None compares those.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import ssl
 import urllib.request
@@ -105,12 +106,7 @@ class Api:
         found = views.run_rows(self.client, statement)
         if not found:
             return pd.DataFrame([], columns=views.RUN_COLUMNS)
-        df = pd.DataFrame([r.fields() for r in found], columns=views.RUN_COLUMNS)
-        df["tags"] = [list(r.live_tags()) for r in found]
-        decode = _decoder()
-        wide = pd.DataFrame([{**{f"params.{k}": decode(v["value"]) for k, v in r.params.items()},
-                              **{f"metrics.{k}": v["value"] for k, v in r.metrics.items()}} for r in found], index=df.index)
-        return pd.concat([df, wide[sorted(wide.columns)]], axis=1)
+        return runs_frame(found)
 
     def run(self, run_id: str, project: str | None = None) -> RunInfo:
         """One run: its fields, ``config`` (params, typed), ``tags``, ``summary`` (latest value of each metric),
@@ -282,6 +278,28 @@ class Api:
                 "datasets": [dict(zip(("uri", "digest", "size"), d)) for d in datasets],
                 "artifacts": artifacts,
                 "used_by": [c[0] for c in consumers]}
+
+
+def runs_frame(found: Sequence[views.RunRow]) -> Any:
+    """The runs' DataFrame: RUN_COLUMNS, their live tags, then ``params.<key>`` (decoded) and ``metrics.<name>`` in
+    name order, NaN where a run has none. Built column by column: rows as dicts cost a 1,000-run search a third
+    more."""
+    import pandas as pd
+
+    fields = [r.fields() for r in found]
+    data: dict[str, list[Any]] = {c: [f[c] for f in fields] for c in views.RUN_COLUMNS}
+    data["tags"] = [list(r.live_tags()) for r in found]
+    decode = _decoder()
+    wide: dict[str, list[Any]] = {}
+    n = len(found)
+    for i, r in enumerate(found):
+        for prefix, entries in (("params.", r.params), ("metrics.", r.metrics)):
+            for k, v in entries.items():
+                column = wide.get(prefix + k)
+                if column is None:
+                    column = wide[prefix + k] = [math.nan] * n
+                column[i] = decode(v["value"]) if prefix == "params." else v["value"]
+    return pd.DataFrame({**data, **{k: wide[k] for k in sorted(wide)}})
 
 
 def _decoder() -> Callable[[str], Any]:

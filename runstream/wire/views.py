@@ -170,6 +170,12 @@ class RunRow(NamedTuple):
     def derived(self) -> dict[str, Any]:
         """status, ended, points_acked (every finished session's; None while one runs) and points_dropped, by the
         rules of the runs view: the latest session's, else the first session's finish, else running."""
+        if not self.sessions:  # most runs: one session, finished once (or running)
+            if not self.finish:
+                return {"status": "running", "ended": None, "points_acked": None, "points_dropped": 0}
+            f = self.finish[0] if len(self.finish) == 1 else max(self.finish, key=lambda f: (f["ended"], f["status"]))
+            return {"status": f["status"], "ended": f["ended"], "points_acked": int(f["points_acked"]),
+                    "points_dropped": int(f["points_dropped"])}
         fin = max(self.finish, key=lambda f: (f["ended"], f["status"])) if self.finish else None
         last = max(self.sessions.values(), key=lambda s: s["resumed"]) if self.sessions else None
         acked = int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in self.sessions.values())
@@ -190,6 +196,8 @@ class RunRow(NamedTuple):
                 "fork_step": st["fork_step"], "points_acked": d["points_acked"], "sessions": 1 + len(self.sessions)}
 
     def live_tags(self) -> dict[str, str]:
+        if not self.tags:
+            return {}
         return {k: v["value"] for k, v in sorted(self.tags.items()) if v["value"] != DELETED_TAG}
 
 
