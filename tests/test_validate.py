@@ -1,10 +1,13 @@
 """Batch validation names the offending field."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from runstream.ingest.validate import validate_batch
 from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
+from runstream.wire.encoding import MAX_TIME_MS
 from runstream.wire.errors import ValidationError
 from tests.helpers import metric_batch
 
@@ -52,3 +55,15 @@ def test_steps_span_int64_negative_ones_too() -> None:
 def test_oversized_batch() -> None:
     with pytest.raises(ValidationError, match="limit is 100"):
         validate_batch(good(101), CFG)
+
+
+@given(hst.lists(hst.one_of(hst.integers(0, MAX_TIME_MS - 1), hst.integers(-2**63, 2**63 - 1)), min_size=1, max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_a_point_time_outside_1970_2100_is_refused_wherever_it_is_in_the_batch(times: list[int]) -> None:
+    b = metric_batch("run1", len(times), project="vision", batch_id="a" * 32, created_ms=0, timestamps_ms=times)
+    if all(0 <= t < MAX_TIME_MS for t in times):
+        assert validate_batch(b, CFG) == len(times)
+    else:
+        with pytest.raises(ValidationError) as e:
+            validate_batch(b, CFG)
+        assert e.value.field == "batch.metrics.timestamps_ms"
