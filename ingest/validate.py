@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from runstream.v1.ingest_pb2 import Batch
 from runstream.wire.config import IngestConfig
 from runstream.wire.encoding import MAX_TIME_MS
@@ -75,10 +77,12 @@ def validate_batch(b: Batch, cfg: IngestConfig, where: str = "batch") -> int:
             problem = metric_name_problem(name, cfg.max_name_length)
             if problem:
                 raise ValidationError(f"{where}.metrics.names[{i}]", problem)
-        if max(m.name_index) >= len(m.names):
-            raise ValidationError(f"{where}.metrics.name_index", f"refers to name {max(m.name_index)} but there are {len(m.names)} names")
-        times = m.timestamps_ms[:]  # a list: min and max over it cost half what they cost over the container
-        for ms in (min(times), max(times)):
+        # numpy copies a repeated field's values in C (about 1 ns each); Python's min and max iterate it (30-60).
+        top = int(np.array(m.name_index, dtype=np.int64).max())
+        if top >= len(m.names):
+            raise ValidationError(f"{where}.metrics.name_index", f"refers to name {top} but there are {len(m.names)} names")
+        times = np.array(m.timestamps_ms, dtype=np.int64)
+        for ms in (int(times.min()), int(times.max())):
             _time(f"{where}.metrics.timestamps_ms", ms)
         return n
     if kind == "run_start":
