@@ -143,10 +143,10 @@ Split = list[tuple[int, list[int], list[float], list[int]]]
 def split_small(m: Any) -> Split:
     """A small batch's points per metric index. A batch whose every step logs the same metrics in the same order
     (the usual layout: name_index 0..k-1 over and over) is split by slicing, any other point by point."""
-    ni = list(m.name_index)
+    ni = m.name_index[:]  # slices copy a repeated field to a list faster than list() iterates it
     if not ni:
         return []
-    steps, vals, ts = list(m.steps), list(m.values), list(m.timestamps_ms)
+    steps, vals, ts = m.steps[:], m.values[:], m.timestamps_ms[:]
     k = len(m.names)
     if len(ni) % k == 0 and ni == list(range(k)) * (len(ni) // k):
         return [(j, steps[j::k], vals[j::k], ts[j::k]) for j in range(k)]
