@@ -48,11 +48,15 @@ def _one(batch: Batch, value: bytes) -> Record:
 def pack(batches: Sequence[Batch], *, max_record_bytes: int) -> list[tuple[Record, int]]:
     """Batches bound for one partition, in order, as few records as ``max_record_bytes`` allows: (record, how many
     of the batches it holds). A lone batch stays a plain one-batch record."""
+    return pack_encoded([(b, b.SerializeToString()) for b in batches], max_record_bytes=max_record_bytes)
+
+
+def pack_encoded(items: Sequence[tuple[Batch, bytes]], *, max_record_bytes: int) -> list[tuple[Record, int]]:
+    """``pack`` for batches already serialized: (batch, its bytes)."""
     out: list[tuple[Record, int]] = []
     chunk: list[tuple[Batch, bytes]] = []
     size = 0
-    for b in batches:
-        value = b.SerializeToString()
+    for b, value in items:
         check_size(len(value), max_record_bytes)
         if chunk and size + len(value) + _FRAME > max_record_bytes:
             out.append(_record(chunk))
