@@ -14,30 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from validate_batch import load  # noqa: E402  (bench/ is the script's own directory)
-
-
-def timed(fn: Callable[[], Any], calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e6
-
 
 def main() -> int:
-    from cpu import calibration
+    from cpu import calibration  # bench/ is the script's own directory
+    from revisions import alternate, versions
 
     from runstream.v1.ingest_pb2 import Batch
 
@@ -46,12 +33,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    versions = {"working tree": load(ROOT / "processors" / "rollups.py", "rollups_now")}
-    if args.against:
-        old = Path(tempfile.mkdtemp()) / "rollups.py"
-        old.write_bytes(subprocess.run(["git", "show", f"{args.against}:processors/rollups.py"], cwd=ROOT, check=True,
-                                       capture_output=True).stdout)
-        versions[args.against] = load(old, "rollups_then")
+    mods = versions("processors/rollups.py", args.against)
     out: dict[str, Any] = {"calibration": calibration(), "split_us_per_batch": {}, "earliest_time_us_per_batch": {}}
     for n in (20, 150, 256):
         m = Batch().metrics
@@ -61,16 +43,12 @@ def main() -> int:
         m.timestamps_ms.extend([1_700_000_000_000 + i for i in range(n)])
         m.values.extend([0.5] * n)
         calls = 600_000 // n
-        split: dict[str, list[float]] = {name: [] for name in versions}
-        earliest: dict[str, list[float]] = {"min over the field": [], "min over a slice": []}
-        for r in range(args.rounds):
-            for name in (list(versions) if r % 2 == 0 else list(reversed(versions))):
-                fn = versions[name].split_small
-                split[name].append(timed(lambda: fn(m), calls))  # noqa: B023 (called within the iteration)
-            earliest["min over the field"].append(timed(lambda: min(m.timestamps_ms, default=0), calls))  # noqa: B023
-            earliest["min over a slice"].append(timed(lambda: min(m.timestamps_ms[:], default=0), calls))  # noqa: B023
-        out["split_us_per_batch"][f"{n}_points"] = {k: round(statistics.median(v), 2) for k, v in split.items()}
-        out["earliest_time_us_per_batch"][f"{n}_points"] = {k: round(statistics.median(v), 2) for k, v in earliest.items()}
+        splits = {name: (lambda fn=mod.split_small: fn(m)) for name, mod in mods.items()}  # noqa: B023
+        out["split_us_per_batch"][f"{n}_points"] = alternate(splits, calls=calls, rounds=args.rounds)
+        # The earliest time as state.apply took it before (min over the field) and takes it now (over a slice).
+        out["earliest_time_us_per_batch"][f"{n}_points"] = alternate({
+            "min over the field": lambda: min(m.timestamps_ms, default=0),  # noqa: B023
+            "min over a slice": lambda: min(m.timestamps_ms[:], default=0)}, calls=calls, rounds=args.rounds)  # noqa: B023
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 

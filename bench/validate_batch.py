@@ -11,31 +11,17 @@ Leaves out: parsing, authorization, publishing (bench/ingest.py and bench/fleet.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # a dataclass looks its module up while it is defined
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def main() -> int:
     from cpu import calibration  # bench/ is the script's own directory
+    from revisions import alternate, versions
 
     from runstream.v1.ingest_pb2 import Batch
     from runstream.wire.config import IngestConfig
@@ -45,12 +31,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    versions = {"working tree": load(ROOT / "ingest" / "validate.py", "validate_now")}
-    if args.against:
-        old = Path(tempfile.mkdtemp()) / "validate.py"
-        old.write_bytes(subprocess.run(["git", "show", f"{args.against}:ingest/validate.py"], cwd=ROOT, check=True,
-                                       capture_output=True).stdout)
-        versions[args.against] = load(old, "validate_then")
+    mods = versions("ingest/validate.py", args.against)
     cfg = IngestConfig(max_batch_points=100_000)
     out: dict[str, object] = {"calibration": calibration(), "us_per_batch": {}}
     for n in (150, 3000):
@@ -60,16 +41,8 @@ def main() -> int:
         b.metrics.steps.extend(range(n))
         b.metrics.timestamps_ms.extend([1_700_000_000_000 + i for i in range(n)])
         b.metrics.values.extend([0.5] * n)
-        times: dict[str, list[float]] = {name: [] for name in versions}
-        calls = 3_000_000 // n
-        for r in range(args.rounds):
-            for name in (list(versions) if r % 2 == 0 else list(reversed(versions))):
-                fn = versions[name].validate_batch
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    fn(b, cfg)
-                times[name].append((time.perf_counter() - t0) / calls * 1e6)
-        out["us_per_batch"][f"{n}_points"] = {name: round(statistics.median(v), 2) for name, v in times.items()}  # type: ignore[index]
+        fns = {name: (lambda fn=mod.validate_batch: fn(b, cfg)) for name, mod in mods.items()}  # noqa: B023
+        out["us_per_batch"][f"{n}_points"] = alternate(fns, calls=3_000_000 // n, rounds=args.rounds)  # type: ignore[index]
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 
