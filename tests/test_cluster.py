@@ -20,8 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -29,10 +31,11 @@ from aiokafka.errors import KafkaError
 import runstream
 from runstream.ops.broker import SHORT_LIVED_JVM, KafkaCluster, free_port
 from runstream.ops.stack import InProcessRoles, RoleProcess, scrape, wait_http
+from runstream.processors.app import STATE_CODEC
 from runstream.sdk.transport import GrpcTransport
 from runstream.server.auth import ensure_admin_token, ensure_dev_token
 from runstream.server.kafka import client_args
-from runstream.wire import audit, views
+from runstream.wire import audit, encoding, views
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack, make_config
 from tests.helpers import group_lag, metric_batch, wait_sink_drained, wait_until
@@ -84,6 +87,86 @@ async def describe(config: RunstreamConfig, topic: str) -> list[dict]:
         finally:
             await admin.close()
     raise AssertionError("unreachable")
+
+
+async def read_topic(config: RunstreamConfig, topic: str) -> list[Any]:
+    """Every record of a topic, partition by partition in offset order (no consumer group)."""
+    consumer = AIOKafkaConsumer(**client_args(config), auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer._client.add_topic(topic)  # a fresh client has no metadata for it
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[Any] = []
+        for tp in parts:
+            while ends[tp] and await consumer.position(tp) < ends[tp]:
+                out += (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def processor_trace(config: RunstreamConfig, project: str, workers: list[RoleProcess]) -> str:
+    """What a failure of the derived views needs to be told apart: whether a run's batches reached Kafka out of
+    sequence order (further than the processors remember), and each run's state records in the changelog
+    (written by whichever worker) against the committed offsets."""
+    lines: list[str] = []
+    seqs: dict[str, list[tuple[int, int, int]]] = {}  # run id -> (partition, offset, seq) in offset order
+    for rec in await read_topic(config, config.kafka.events_topic):
+        for b in encoding.decode(rec.value, rec.headers):
+            if b.project == project:
+                seqs.setdefault(b.run_id, []).append((rec.partition, rec.offset, b.seq))
+    for run_id, got in seqs.items():
+        top, behind = 0, []
+        for partition, offset, seq in got:
+            if seq < top - 8:
+                behind.append(f"seq {seq} at {partition}/{offset} after {top}")
+            top = max(top, seq)
+        lines.append(f"events {run_id[-6:]}: {len(got)} batches, seqs {got[0][2]}..{top}, "
+                     f"{len(behind)} more than 8 behind the highest before them {behind[:3]}")
+    admin = AIOKafkaAdminClient(**client_args(config))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(config.processors.app_id)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(**client_args(config))
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([tp for tp in committed if tp.topic == config.kafka.events_topic])
+    finally:
+        await consumer.stop()
+    lines.append("events committed/end: " + ", ".join(f"{tp.partition}: {committed[tp].offset}/{end}" for tp, end in sorted(ends.items())))
+    for table in ("run-state", "fleet-state"):
+        for rec in await read_topic(config, f"{config.processors.app_id}-{table}-changelog"):
+            if rec.value is None:
+                continue
+            st = STATE_CODEC.loads(rec.value)
+            key = rec.key.decode()
+            if table == "run-state" and key in seqs:
+                last = max((k for k in st.windows if k[1] == 10), key=lambda k: k[2], default=None)
+                w = st.windows.get(last) if last else None
+                lines.append(f"run-state {key[-6:]} {rec.partition}/{rec.offset} t={rec.timestamp % 100_000}: seq {st.max_seq} "
+                             f"floor {st.seq_floor}; last 10s window {last and last[:1] + last[2:]}: "
+                             f"{w and (w.count, w.first_step, w.last_step, w.version)}")
+            elif table == "fleet-state" and key.endswith(f":{project}"):
+                points = sum(b.points for b in [*st.buckets.values(), *st.closed.values()])
+                lines.append(f"fleet-state {key} {rec.partition}/{rec.offset} t={rec.timestamp % 100_000}: {points} points "
+                             f"in {len(st.buckets)} open and {len(st.closed)} closed windows")
+    for w in workers:
+        try:
+            m = scrape(w.config.processors.metrics_port, timeout=5)
+        except OSError as exc:
+            lines.append(f"{w.name}: no metrics ({exc})")
+            continue
+        lines.append(f"{w.name} (pid {w.proc and w.proc.pid}): " + ", ".join(
+            f"{k}={v:g}" for k, v in m.items() if k.startswith(("runstream_processor_batches", "runstream_processor_ready",
+                                                                "runstream_processor_lag", "runstream_processor_points"))))
+    return "\n".join(lines)
 
 
 def leader_of(config: RunstreamConfig, partition: int) -> int:
@@ -285,8 +368,11 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
                     return False
             return True
 
-        wait_until(lambda: workers_running() and asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 0,
-                   180, "both processor workers to consume everything in events")
+        try:
+            wait_until(lambda: workers_running() and asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 0,
+                       180, "both processor workers to consume everything in events")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{asyncio.run(processor_trace(config, PROJECT, workers))}") from None
         wait_sink_drained(config, kinds=("rollups", "fleet"), timeout=120)
 
         def rollups_differ() -> str:
@@ -307,13 +393,16 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
             return [{k: v for k, v in scrape(w.config.processors.metrics_port, timeout=5).items()
                      if k.startswith(("runstream_processor_ready", "runstream_processor_late"))} for w in workers]
         # A failure's summary line says what differs (read again at the timeout) and how each worker fared.
-        wait_until(lambda: workers_running() and not rollups_differ(), 120,
-                   lambda: f"rollups equal to SQL over the raw points ({rollups_differ()}; workers: {fared()})")
-        print(f"workers at the end: {fared()}")
         fleet_points = f"SELECT sum(points) FROM {{db}}.fleet WHERE project = '{PROJECT}'"
-        wait_until(lambda: workers_running() and stack.query(fleet_points)[0][0] == total, 60,
-                   lambda: f"the fleet view to count {total} points (it counts {stack.query(fleet_points)[0][0]}; "
-                           f"workers: {fared()})")
+        try:
+            wait_until(lambda: workers_running() and not rollups_differ(), 120,
+                       lambda: f"rollups equal to SQL over the raw points ({rollups_differ()}; workers: {fared()})")
+            print(f"workers at the end: {fared()}")
+            wait_until(lambda: workers_running() and stack.query(fleet_points)[0][0] == total, 60,
+                       lambda: f"the fleet view to count {total} points (it counts {stack.query(fleet_points)[0][0]}; "
+                               f"workers: {fared()})")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{asyncio.run(processor_trace(config, PROJECT, workers))}") from None
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.
         chain = views.rows(stack.sink.client, views.audit_chain(config.clickhouse.database, PROJECT))
         assert len(chain) >= 2 * len(jobs)
