@@ -11,9 +11,11 @@ topics (protobuf values, keyed by run id or project) for the storage sink.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
+import types
 from typing import Any
 
 import faust
@@ -85,6 +87,8 @@ class Processors:
         self._run_cache: dict[bytes, state.RunState] = {}
         self._lag_ms = 0.0          # how far behind the clients the agent is (EWMA of now - batch time)
         self._last_event = 0.0      # monotonic time of the last batch handled
+        self._commit_began = 0.0    # monotonic time the offset commit under way began (0: none)
+        self._group_began = 0.0     # monotonic time the group of batches being handled arrived (0: none)
         # The stream's own clock for stalls: the newest client time read, and per events partition the last offset
         # handled (to know when everything written has been read).
         self._newest_ms: dict[int, int] = {}   # events partition -> newest client time read on it
@@ -156,6 +160,22 @@ class Processors:
         return sorted(tp for tp, left in recovery.active_remaining().items()
                       if left > 0 and now - max(started, received.get(tp, started)) > limit_s)
 
+    def stuck(self, limit_s: float, ready_since: float) -> str:
+        """Why this worker is stuck ('' if it is not): an offset commit (its states' writes first) or a group of
+        batches under way for more than ``limit_s``, or, ready since ``ready_since`` (monotonic), events left unread
+        on its partitions and no batch handled for more than ``limit_s``. Each way nothing more is committed: the
+        rollups and the fleet view stop."""
+        now = time.monotonic()
+        if self._commit_began and now - self._commit_began > limit_s:
+            return f"an offset commit (its run states written first) has not finished for {now - self._commit_began:.0f}s"
+        if self._group_began and now - self._group_began > limit_s:
+            return f"a group of batches has not been handled (nor failed) for {now - self._group_began:.0f}s"
+        idle = now - max(self._last_event, ready_since)
+        if self.ready() and idle > limit_s and not self._caught_up():
+            waiting = sorted(tp.partition for tp in self._events_tps())
+            return f"events wait on partitions {waiting} and no batch was handled for {idle:.0f}s"
+        return ""
+
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         if self._dirty_runs or self._dirty_fleets:  # the revocation's commit wrote them, unless it had none to make
             await self._write_states()
@@ -218,8 +238,12 @@ class Processors:
                 # Commit nothing: faust's consumer commits the very mapping it handed here (faust-streaming 0.15).
                 commit_offsets.clear()
                 return
-            await self._write_states()
-            await send_attached(commit_offsets)
+            self._commit_began = time.monotonic()
+            try:
+                await self._write_states()
+                await send_attached(commit_offsets)
+            finally:
+                self._commit_began = 0.0
         consumer._handle_attached = handle_attached
         self._hooked = True
 
@@ -272,9 +296,11 @@ class Processors:
         """Apply a group of batches. Outputs are acknowledged by Kafka before the new states may be written, so a
         crash in between replays the group and emits the same outputs again (storage keeps one of each)."""
         self._hook_commits()
+        self._group_began = time.monotonic()
         async with self._group:
             try:
                 await self._handle(items)
+                self._group_began = 0.0
             except BaseException as exc:
                 # States may be ahead of outputs Kafka never acknowledged now: none of them may reach a changelog, nor
                 # may any offset be committed past the last states written. The worker ends and is restarted.
@@ -506,7 +532,14 @@ class ProcessorsStage:
         p = self.processors
         deadline = time.monotonic() + pc.join_timeout_s
         joined = pc.join_timeout_s <= 0
+        ready_since = 0.0  # since when the worker is ready without a break (as seen here, every 0.5 s)
         while True:
+            ready_since = (ready_since or time.monotonic()) if p.ready() else 0.0
+            if pc.stuck_s > 0 and ready_since and (why := p.stuck(pc.stuck_s, ready_since)):
+                log.error("This processor worker is stuck: %s. Where each task waits:\n%s", why, task_stacks())
+                p._unsafe = True  # a commit still under way commits nothing after this
+                raise RuntimeError(f"this processor worker is stuck: {why} (processors.stuck_s); exiting so that it is "
+                                   "restarted")
             if p.failed is not None:
                 raise RuntimeError(f"this processor worker failed with run states Kafka does not hold ({p.failed!r}); "
                                    "exiting so that it is restarted") from p.failed
@@ -524,13 +557,47 @@ class ProcessorsStage:
                                        "there; exiting so that it is restarted")
             await asyncio.sleep(0.5)
 
+    STOP_TIMEOUT_S = 60.0
+
     async def stop(self) -> None:
         task = getattr(self, "task", None)
         if task is not None:
             task.cancel()
         if self._started:
             self._started = False
-            await self.processors.app.stop()
+            try:
+                # Bounded: a stuck worker's stop waits on the same commit it is stuck in.
+                await asyncio.wait_for(self.processors.app.stop(), self.STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("The processor worker did not stop within %.0fs; leaving it as it is (its states and "
+                          "offsets are in Kafka as of its last commit).", self.STOP_TIMEOUT_S)
+
+
+def task_stacks(limit: int = 8) -> str:
+    """Every task of the running loop with the innermost ``limit`` coroutines of the chain it waits in (a suspended
+    task's own stack shows only its outermost one): what a stuck worker logs. The chain is followed through what
+    wraps an awaited coroutine (an awaited task, ``__await__``, an async generator's step) by their references."""
+    lines = []
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 200:
+            if isinstance(awaited, asyncio.Task):
+                awaited = awaited.get_coro()
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno})")
+                awaited = (getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+                           or getattr(awaited, "gi_yieldfrom", None))
+                continue
+            inner = [r for r in gc.get_referents(awaited) if isinstance(r, (types.CoroutineType, types.AsyncGeneratorType,
+                                                                              types.GeneratorType, asyncio.Task))]
+            if not inner:
+                chain.append(f"awaiting {type(awaited).__name__}")
+                break
+            awaited = inner[0]
+        lines.append(f"{task.get_name()[:60]}: " + " > ".join(chain[-limit:]))
+    return "\n".join(sorted(lines))
 
 
 def stages(config: RunstreamConfig) -> list[ProcessorsStage]:

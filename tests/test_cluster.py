@@ -239,6 +239,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
     config.processors.log_level = "INFO"  # faust's rebalances and recoveries in a failure's log tails
     config.processors.join_timeout_s = 30
     config.processors.recovery_stall_s = 20  # a worker whose recovery stalls exits; the waits below restart it
+    config.processors.stuck_s = 30  # so does a worker that stops handling events or committing
     token = ensure_dev_token(config.tokens_path)
     ensure_admin_token(config.tokens_path, config.admin_token_path)  # for `runstream run delete`
     logs = tmp_path / "logs"
@@ -359,7 +360,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
         assert stack.query("SELECT count() FROM {db}.governance_events FINAL WHERE action = 'run.delete'")[0][0] == 1
         # Rollups equal SQL over the raw points, and the fleet view counts every point, across the worker's kill.
         def workers_running() -> bool:
-            """Whether both workers run; one that exited (processors.recovery_stall_s) is started again, as `runstream
+            """Whether both workers run; one that exited (processors.recovery_stall_s, stuck_s) is started again, as `runstream
             up` would."""
             for w in workers:
                 if not w.alive():

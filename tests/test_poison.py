@@ -140,6 +140,39 @@ def test_a_processor_worker_whose_recovery_stalls_exits_non_zero(config: Runstre
     assert "recovery read nothing from changelog-x[3] for 2s (processors.recovery_stall_s)" in caplog.text
 
 
+@pytest.mark.slow  # a real worker joins its group first
+@pytest.mark.parametrize("stuck_in", ["commit", "handling", "reading"])
+def test_a_processor_worker_that_gets_stuck_exits_non_zero_saying_where(config: RunstreamConfig, stuck_in: str,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A ready worker whose offset commit never finishes (its states' writes hang), whose handling of a group never
+    ends, or that reads nothing while events wait, commits nothing any more: it ends its role with exit code 1 once
+    processors.stuck_s passed, naming why and where each of its tasks waits, so a supervisor restarts it."""
+    from runstream.processors import app
+
+    config.processors.stuck_s = 2
+    config.data_path.mkdir(parents=True, exist_ok=True)  # as `runstream up` makes it
+    monkeypatch.setattr(app.ProcessorsStage, "STOP_TIMEOUT_S", 10.0)  # its stop waits on the same stuck commit
+    entered: list[str] = []
+
+    async def forever(self: app.Processors, *args: Any) -> None:
+        entered.append(stuck_in)
+        await asyncio.Event().wait()
+
+    patched = {"commit": "_write_states", "handling": "_handle", "reading": "_agent"}[stuck_in]
+    monkeypatch.setattr(app.Processors, patched, forever)  # before the worker is made: faust keeps the agent it got
+    asyncio.run(produce_events(config, [(b"stuck-run", metric_batch("stuck-run", 5).SerializeToString(), [])]))
+    began = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(roles.run_role("process", config), 120)) == 1
+    assert entered  # the patched step was reached and held
+    why = {"commit": "an offset commit (its run states written first) has not finished for",
+           "handling": "a group of batches has not been handled (nor failed) for",
+           "reading": "events wait on partitions"}[stuck_in]
+    assert f"This processor worker is stuck: {why}" in caplog.text
+    assert "> forever (test_poison.py:" in caplog.text.split("Where each task waits:")[1]  # the task held there
+    print(f"exited {time.monotonic() - began:.1f}s after start")
+
+
 def test_a_bad_batch_in_a_pack_is_dead_lettered_alone_and_its_pack_mates_are_stored(stack: Stack) -> None:
     good = [metric_batch(f"pack-good-{i}", 3, project="pk") for i in range(3)]
     bad = metric_batch("pack-bad", 4, project="pk", created_ms=2**62, timestamps_ms=[2**62] * 4)

@@ -141,6 +141,9 @@ class ProcessorsConfig:
     # A worker whose recovery of its state read nothing from a changelog partition with records left this long exits
     # (to be restarted): faust's recovery can wait forever on such a partition after a rebalance; 0 never.
     recovery_stall_s: float = 60.0
+    # A ready worker with events waiting that handles none this long, or whose offset commit (its states' writes
+    # first) has not finished this long, exits (to be restarted), logging where each of its tasks waits; 0 never.
+    stuck_s: float = 120.0
     # How often the worker commits the events' offsets, writing each run state changed since to its changelog first.
     # Longer: fewer changelog records (3 s cut them by a third with 2,000 jobs, bench/results/processor-commit-interval.json)
     # and a longer replay after a crash.
@@ -315,6 +318,8 @@ class RunstreamConfig:
             problems.append(f"clickhouse.merge_nice: {self.clickhouse.merge_nice} is not 0 (off) to 19 (merges run last)")
         if not self.processors.recovery_stall_s >= 0:
             problems.append(f"processors.recovery_stall_s: {self.processors.recovery_stall_s} must be 0 (never) or more seconds")
+        if not self.processors.stuck_s >= 0:
+            problems.append(f"processors.stuck_s: {self.processors.stuck_s} must be 0 (never) or more seconds")
         if not self.processors.commit_interval_s > 0:
             problems.append(f"processors.commit_interval_s: {self.processors.commit_interval_s:g} must be more than 0 seconds")
         if self.sink.gather_s < 0:
