@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import math
+import pickle  # states are loaded only through RestrictedUnpickler (StateCodec)
+import platform
 import time
 import types
 from typing import Any
@@ -41,7 +44,29 @@ RestrictedUnpickler.ALLOWED_CLASSES = {
     anomaly.__name__: frozenset({"MetricState", "Cadence"}),
     fleet.__name__: frozenset({"FleetState", "Bucket"}),
 }
-STATE_CODEC = restricted_pickle()
+
+
+class StateCodec:
+    """Run and fleet states in their changelogs: pickled (protocol 5), loaded by faust's RestrictedUnpickler, whose
+    ``find_class`` refuses every global outside the allowlist above. CPython's unpickler asks ``find_class`` for every
+    global a pickle names (the Python documentation's "Restricting Globals"), so that is the whole restriction there;
+    faust's codec also walks every opcode in Python first, for runtimes whose unpickler may not ask (PyPy), which
+    took 711-754 µs to load a 3.5 KB state against 30 without (bench/processor_apply.py: state_loads_us). Other
+    runtimes keep the walk."""
+
+    _walked = restricted_pickle()
+    _cpython = platform.python_implementation() == "CPython"
+
+    def dumps(self, obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=5)
+
+    def loads(self, raw: bytes) -> Any:
+        if not self._cpython:
+            return self._walked.loads(raw)
+        return RestrictedUnpickler(io.BytesIO(raw)).load()
+
+
+STATE_CODEC = StateCodec()
 
 
 class _Recovery(Recovery):

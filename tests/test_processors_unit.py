@@ -4,7 +4,10 @@ at the right step and stay quiet on 200 clean noisy runs, replays are not applie
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +237,47 @@ def test_states_pickled_by_slot_names_load_and_states_pickle_as_their_fields() -
     assert STATE_CODEC.loads(raw) == old
     # Fields in order, no slot names: the changelog's write is the processors' hot path.
     assert b"first_step" not in raw and b"slow_best" not in raw and len(raw) < len(SLOTS_RUN_STATE) * 0.7
+
+
+class _Gadget:
+    """What a forged changelog record would carry: a callable the unpickler runs while loading."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return os.makedirs, (self.target,)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])  # GLOBAL (0, 2) and STACK_GLOBAL (5) name the callable
+def test_a_changelog_record_naming_a_callable_outside_the_allowlist_is_refused_before_it_runs(
+        protocol: int, tmp_path: Path) -> None:
+    target = tmp_path / "made-by-a-record"
+    forged = pickle.dumps(state.RunState(project="p", windows={("x", 10, 0): _Gadget(str(target))}),  # type: ignore[dict-item]
+                          protocol=protocol)
+    with pytest.raises(pickle.UnpicklingError, match="posix.makedirs|os.makedirs"):
+        STATE_CODEC.loads(forged)
+    assert not target.exists()
+    assert STATE_CODEC.loads(pickle.dumps(state.RunState(project="p"), protocol=protocol)) == state.RunState(project="p")
+
+
+plain = hst.recursive(hst.none() | hst.booleans() | hst.integers() | hst.floats(allow_nan=False) | hst.text(max_size=8)
+                      | hst.binary(max_size=8),
+                      lambda kids: hst.lists(kids, max_size=4) | hst.tuples(kids, kids)
+                      | hst.dictionaries(hst.text(max_size=4), kids, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows=hst.dictionaries(hst.tuples(hst.text(max_size=6), hst.sampled_from([10, 60]), hst.integers(0, 2**40)),
+                                hst.builds(rollups.Window, count=hst.integers(0, 10**6), sum=hst.floats(allow_nan=False),
+                                           version=hst.integers(0, 10**6)), max_size=5),
+       seqs=hst.lists(hst.integers(1, 2**40), max_size=32), extra=plain)
+def test_states_round_trip_through_the_changelog_codec(windows: dict, seqs: list[int], extra: object) -> None:
+    st = state.RunState(project="p", windows=windows, applied=sorted(seqs), max_seq=max(seqs, default=0))
+    assert STATE_CODEC.loads(STATE_CODEC.dumps(st)) == st
+    fs = fleet.FleetState(seqs={"r": (1, 2, 3)}, buckets={0: fleet.Bucket(runs={"r"}, points=5, version=2)})
+    assert STATE_CODEC.loads(STATE_CODEC.dumps(fs)) == fs
+    assert STATE_CODEC.loads(STATE_CODEC.dumps(extra)) == extra  # plain values (containers, numbers, text, bytes)
 
 
 def test_fleet_counts_runs_points_and_lifecycle() -> None:
