@@ -196,10 +196,23 @@ class Processors:
         if self._group_began and now - self._group_began > limit_s:
             return f"a group of batches has not been handled (nor failed) for {now - self._group_began:.0f}s"
         idle = now - max(self._last_event, ready_since)
-        if self.ready() and idle > limit_s and not self._caught_up():
-            waiting = sorted(tp.partition for tp in self._events_tps())
+        if self.ready() and idle > limit_s and (waiting := self._unread()):
             return f"events wait on partitions {waiting} and no batch was handled for {idle:.0f}s"
         return ""
+
+    def _unread(self) -> list[int]:
+        """The events partitions this worker holds with records it has neither read nor committed (as of the last
+        fetch): a partition another worker consumed to its end has nothing unread though this one read none of it."""
+        try:
+            committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]  # faust's record of its commits
+            out = []
+            for tp in self._events_tps():
+                end = self.app.consumer.highwater(tp)
+                if end is not None and max(self._offsets.get(tp.partition, -1) + 1, committed.get(tp) or 0) < end:
+                    out.append(tp.partition)
+            return sorted(out)
+        except Exception:  # not known (yet): nothing is said to wait
+            return []
 
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         if self._dirty_runs or self._dirty_fleets:  # the revocation's commit wrote them, unless it had none to make

@@ -140,6 +140,36 @@ def test_a_processor_worker_whose_recovery_stalls_exits_non_zero(config: Runstre
     assert "recovery read nothing from changelog-x[3] for 2s (processors.recovery_stall_s)" in caplog.text
 
 
+def test_a_worker_is_stuck_only_with_events_it_has_neither_read_nor_seen_committed(config: RunstreamConfig,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processors.stuck over faust's real consumer: a ready worker idle past the limit is stuck only while one of its
+    events partitions has records it has not read and that are not committed; a partition another worker consumed to
+    its end before this one got it (nothing read here) is quiet, not stuck; nor is a worker not idle that long."""
+    from faust.types import TP
+
+    from runstream.processors import app
+
+    async def check() -> None:
+        procs = app.Processors(config)
+        topic = config.kafka.events_topic
+        held = [TP(topic, 0), TP(topic, 1)]
+        ends = {held[0]: 40, held[1]: 25}
+        monkeypatch.setattr(procs, "ready", lambda: 1.0)
+        monkeypatch.setattr(procs.app.consumer, "assignment", lambda: set(held))
+        monkeypatch.setattr(procs.app.consumer, "highwater", ends.get)
+        committed = procs.app.consumer._committed_offset  # type: ignore[attr-defined]
+        long_ago = time.monotonic() - 30
+        committed[held[0]], committed[held[1]] = 40, 25  # consumed to their ends by another worker
+        assert procs.stuck(5, long_ago) == ""
+        ends[held[1]] = 31  # six more records on partition 1, none read here
+        assert procs.stuck(5, long_ago) == "events wait on partitions [1] and no batch was handled for 30s"
+        assert procs.stuck(60, long_ago) == ""  # idle for less than the limit
+        procs._offsets[1] = 30  # read up to the end
+        assert procs.stuck(5, long_ago) == ""
+
+    asyncio.run(check())
+
+
 @pytest.mark.slow  # a real worker joins its group first
 @pytest.mark.parametrize("stuck_in", ["commit", "handling", "reading"])
 def test_a_processor_worker_that_gets_stuck_exits_non_zero_saying_where(config: RunstreamConfig, stuck_in: str,
