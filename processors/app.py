@@ -19,6 +19,7 @@ import pickle  # states are loaded only through RestrictedUnpickler (StateCodec)
 import platform
 import time
 import types
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -80,6 +81,14 @@ class _Recovery(Recovery):
 
 
 class _TableManager(TableManager):
+    # Awaited before a rebalance's recovery reads the changelogs (Processors._states_before_recovery).
+    before_recovery: Callable[[], Awaitable[None]] | None = None
+
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0) -> None:
+        if self.before_recovery is not None:
+            await self.before_recovery()
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
@@ -160,6 +169,7 @@ class Processors:
             app.task(self.webhook.run)
         app.on_partitions_revoked.connect(self._forget)
         app.on_partitions_assigned.connect(self._forget)
+        app.tables.before_recovery = self._states_before_recovery  # type: ignore[attr-defined]
         tm.PROC_READY.set_function(self.ready)  # read at scrape time: timers may not run during a recovery
 
     def ready(self) -> float:
@@ -213,6 +223,18 @@ class Processors:
             return sorted(out)
         except Exception:  # not known (yet): nothing is said to wait
             return []
+
+    async def _states_before_recovery(self) -> None:
+        """Write the states changed since the last commit before a rebalance's recovery reads the changelogs. The
+        revocation's commit writes them, so normally there are none; any left would be written while the recovery
+        reads a partition the worker keeps, and the recovery, reading up to the end it found when it began, would put
+        each such run's older record back over the newer state, losing what the worker applied in between."""
+        if self._dirty_runs or self._dirty_fleets:
+            n = len(self._dirty_runs) + len(self._dirty_fleets)
+            log.warning("%d run and fleet states changed since the last commit as a rebalance's recovery begins; "
+                        "writing them first", n)
+            tm.PROC_STATES_AT_REBALANCE.inc(n)
+            await self._write_states()
 
     async def _forget(self, *args: Any, **kwargs: Any) -> None:
         if self._dirty_runs or self._dirty_fleets:  # the revocation's commit wrote them, unless it had none to make

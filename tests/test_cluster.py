@@ -165,7 +165,8 @@ async def processor_trace(config: RunstreamConfig, project: str, workers: list[R
             continue
         lines.append(f"{w.name} (pid {w.proc and w.proc.pid}): " + ", ".join(
             f"{k}={v:g}" for k, v in m.items() if k.startswith(("runstream_processor_batches", "runstream_processor_ready",
-                                                                "runstream_processor_lag", "runstream_processor_points"))))
+                                                                "runstream_processor_lag", "runstream_processor_points",
+                                                                "runstream_processor_states_at_rebalance"))))
     return "\n".join(lines)
 
 

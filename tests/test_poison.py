@@ -140,6 +140,39 @@ def test_a_processor_worker_whose_recovery_stalls_exits_non_zero(config: Runstre
     assert "recovery read nothing from changelog-x[3] for 2s (processors.recovery_stall_s)" in caplog.text
 
 
+def test_states_left_unwritten_at_a_rebalance_are_written_before_its_recovery_reads_the_changelogs(
+        config: RunstreamConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebalance's recovery reads each kept partition's changelog up to the end it finds when it begins and puts
+    those records over the table: a state still unwritten then, written during the recovery, would be overwritten by
+    its older record. So the worker writes any such state (counted) before faust's recovery begins."""
+    from faust.tables.manager import TableManager
+
+    from runstream.processors import app, state
+
+    async def check() -> None:
+        procs = app.Processors(config)
+        events: list[str] = []
+
+        async def write() -> None:
+            events.append(f"written {sorted(procs._dirty_runs)}")
+            procs._dirty_runs.clear()
+
+        async def recovery(self: TableManager, *args: Any) -> None:
+            events.append("recovery begins")
+
+        monkeypatch.setattr(procs, "_write_states", write)
+        monkeypatch.setattr(TableManager, "on_rebalance", recovery)
+        procs._dirty_runs[b"run-a"] = (1, state.RunState(project="p"))
+        before = counter("runstream_processor_states_at_rebalance_total")
+        await procs.app.tables.on_rebalance(set(), set(), set(), 1)
+        assert events == ["written [b'run-a']", "recovery begins"]
+        assert counter("runstream_processor_states_at_rebalance_total") == before + 1
+        await procs.app.tables.on_rebalance(set(), set(), set(), 2)  # nothing left: nothing written
+        assert events[2:] == ["recovery begins"]
+
+    asyncio.run(check())
+
+
 def test_a_worker_is_stuck_only_with_events_it_has_neither_read_nor_seen_committed(config: RunstreamConfig,
                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Processors.stuck over faust's real consumer: a ready worker idle past the limit is stuck only while one of its

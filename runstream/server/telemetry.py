@@ -67,6 +67,8 @@ def serve_metrics(port: int, config: RunstreamConfig) -> None:
 
 PROC_BATCHES = Counter("runstream_processor_batches_total", "Event batches seen by the processors, by outcome.", ["outcome"])
 PROC_POINTS = Counter("runstream_processor_points_total", "Metric points processed.")
+PROC_STATES_AT_REBALANCE = Counter("runstream_processor_states_at_rebalance_total",
+                                   "Run and fleet states still unwritten when a rebalance's recovery began (written then).")
 PROC_LATE = Counter("runstream_processor_late_points_total",
                     "Points behind a closed window (rollups), or older than the hour of closed windows the fleet keeps.",
                     ["view"])
