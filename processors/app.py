@@ -123,6 +123,7 @@ class Processors:
         self._last_event = 0.0      # monotonic time of the last batch handled
         self._commit_began = 0.0    # monotonic time the offset commit under way began (0: none)
         self._group_began = 0.0     # monotonic time the group of batches being handled arrived (0: none)
+        self._busy: dict[str, asyncio.Task[Any]] = {}  # "commit"/"group" -> the task doing it now (to end a stuck one)
         # The stream's own clock for stalls: the newest client time read, and per events partition the last offset
         # handled (to know when everything written has been read).
         self._newest_ms: dict[int, int] = {}   # events partition -> newest client time read on it
@@ -299,11 +300,13 @@ class Processors:
                 commit_offsets.clear()
                 return
             self._commit_began = time.monotonic()
+            self._busy["commit"] = asyncio.current_task()  # type: ignore[assignment]
             try:
                 await self._write_states()
                 await send_attached(commit_offsets)
             finally:
                 self._commit_began = 0.0
+                self._busy.pop("commit", None)
         consumer._handle_attached = handle_attached
         self._hooked = True
 
@@ -357,10 +360,12 @@ class Processors:
         crash in between replays the group and emits the same outputs again (storage keeps one of each)."""
         self._hook_commits()
         self._group_began = time.monotonic()
+        self._busy["group"] = asyncio.current_task()  # type: ignore[assignment]
         async with self._group:
             try:
                 await self._handle(items)
                 self._group_began = 0.0
+                self._busy.pop("group", None)
             except BaseException as exc:
                 # States may be ahead of outputs Kafka never acknowledged now: none of them may reach a changelog, nor
                 # may any offset be committed past the last states written. The worker ends and is restarted.
@@ -597,7 +602,10 @@ class ProcessorsStage:
             ready_since = (ready_since or time.monotonic()) if p.ready() else 0.0
             if pc.stuck_s > 0 and ready_since and (why := p.stuck(pc.stuck_s, ready_since)):
                 log.error("This processor worker is stuck: %s. Where each task waits:\n%s", why, task_stacks())
-                p._unsafe = True  # a commit still under way commits nothing after this
+                p._unsafe = True  # nothing is committed after this
+                # The stop waits for the stuck commit or the stuck group's events: they end here (cancelled).
+                for task in list(p._busy.values()):
+                    task.cancel()
                 raise RuntimeError(f"this processor worker is stuck: {why} (processors.stuck_s); exiting so that it is "
                                    "restarted")
             if p.failed is not None:
@@ -617,20 +625,13 @@ class ProcessorsStage:
                                        "there; exiting so that it is restarted")
             await asyncio.sleep(0.5)
 
-    STOP_TIMEOUT_S = 60.0
-
     async def stop(self) -> None:
         task = getattr(self, "task", None)
         if task is not None:
             task.cancel()
         if self._started:
             self._started = False
-            try:
-                # Bounded: a stuck worker's stop waits on the same commit it is stuck in.
-                await asyncio.wait_for(self.processors.app.stop(), self.STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.error("The processor worker did not stop within %.0fs; leaving it as it is (its states and "
-                          "offsets are in Kafka as of its last commit).", self.STOP_TIMEOUT_S)
+            await self.processors.app.stop()
 
 
 def task_stacks(limit: int = 8) -> str:
