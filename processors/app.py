@@ -121,9 +121,9 @@ class Processors:
         self._run_cache: dict[bytes, state.RunState] = {}
         self._lag_ms = 0.0          # how far behind the clients the agent is (EWMA of now - batch time)
         self._last_event = 0.0      # monotonic time of the last batch handled
-        self._commit_began = 0.0    # monotonic time the offset commit under way began (0: none)
-        self._group_began = 0.0     # monotonic time the group of batches being handled arrived (0: none)
-        self._busy: dict[str, asyncio.Task[Any]] = {}  # "commit"/"group" -> the task doing it now (to end a stuck one)
+        # "commit" / "group" -> (monotonic time it began, the task doing it) while an offset commit or a group of
+        # batches is under way: how long, for the stuck check, and what to end when stuck.
+        self._busy: dict[str, tuple[float, asyncio.Task[Any]]] = {}
         # The stream's own clock for stalls: the newest client time read, and per events partition the last offset
         # handled (to know when everything written has been read).
         self._newest_ms: dict[int, int] = {}   # events partition -> newest client time read on it
@@ -202,14 +202,16 @@ class Processors:
         on its partitions and no batch handled for more than ``limit_s``. Each way nothing more is committed: the
         rollups and the fleet view stop."""
         now = time.monotonic()
-        if self._commit_began and now - self._commit_began > limit_s:
-            return f"an offset commit (its run states written first) has not finished for {now - self._commit_began:.0f}s"
-        if self._group_began and now - self._group_began > limit_s:
-            return f"a group of batches has not been handled (nor failed) for {now - self._group_began:.0f}s"
+        for what, (began, _) in list(self._busy.items()):
+            if now - began > limit_s:
+                return f"{self.BUSY[what]} for {now - began:.0f}s"
         idle = now - max(self._last_event, ready_since)
         if self.ready() and idle > limit_s and (waiting := self._unread()):
             return f"events wait on partitions {waiting} and no batch was handled for {idle:.0f}s"
         return ""
+
+    BUSY = {"commit": "an offset commit (its run states written first) has not finished",
+            "group": "a group of batches has not been handled (nor failed)"}
 
     def _unread(self) -> list[int]:
         """The events partitions this worker holds with records it has neither read nor committed (as of the last
@@ -299,13 +301,11 @@ class Processors:
                 # Commit nothing: faust's consumer commits the very mapping it handed here (faust-streaming 0.15).
                 commit_offsets.clear()
                 return
-            self._commit_began = time.monotonic()
-            self._busy["commit"] = asyncio.current_task()  # type: ignore[assignment]
+            self._busy["commit"] = (time.monotonic(), asyncio.current_task())  # type: ignore[assignment]
             try:
                 await self._write_states()
                 await send_attached(commit_offsets)
             finally:
-                self._commit_began = 0.0
                 self._busy.pop("commit", None)
         consumer._handle_attached = handle_attached
         self._hooked = True
@@ -359,13 +359,10 @@ class Processors:
         """Apply a group of batches. Outputs are acknowledged by Kafka before the new states may be written, so a
         crash in between replays the group and emits the same outputs again (storage keeps one of each)."""
         self._hook_commits()
-        self._group_began = time.monotonic()
-        self._busy["group"] = asyncio.current_task()  # type: ignore[assignment]
+        self._busy["group"] = (time.monotonic(), asyncio.current_task())  # type: ignore[assignment]
         async with self._group:
             try:
                 await self._handle(items)
-                self._group_began = 0.0
-                self._busy.pop("group", None)
             except BaseException as exc:
                 # States may be ahead of outputs Kafka never acknowledged now: none of them may reach a changelog, nor
                 # may any offset be committed past the last states written. The worker ends and is restarted.
@@ -377,6 +374,8 @@ class Processors:
                 self._dirty_runs.clear()
                 self._dirty_fleets.clear()
                 raise
+            finally:
+                self._busy.pop("group", None)
 
     async def _handle(self, items: list[tuple[Batch, int]]) -> None:
         self._pin_producer_topics()
@@ -604,7 +603,7 @@ class ProcessorsStage:
                 log.error("This processor worker is stuck: %s. Where each task waits:\n%s", why, task_stacks())
                 p._unsafe = True  # nothing is committed after this
                 # The stop waits for the stuck commit or the stuck group's events: they end here (cancelled).
-                for task in list(p._busy.values()):
+                for _, task in list(p._busy.values()):
                     task.cancel()
                 raise RuntimeError(f"this processor worker is stuck: {why} (processors.stuck_s); exiting so that it is "
                                    "restarted")
