@@ -20,10 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -38,7 +37,7 @@ from runstream.server.kafka import client_args
 from runstream.wire import audit, encoding, views
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack, make_config
-from tests.helpers import group_lag, metric_batch, wait_sink_drained, wait_until
+from tests.helpers import group_lag, metric_batch, read_topic, wait_sink_drained, wait_until
 from tests.test_processors_live import ROLLUP_ROWS, ROLLUP_SQL
 
 PROJECT = "scale"
@@ -89,27 +88,6 @@ async def describe(config: RunstreamConfig, topic: str) -> list[dict]:
     raise AssertionError("unreachable")
 
 
-async def read_topic(config: RunstreamConfig, topic: str) -> list[Any]:
-    """Every record of a topic, partition by partition in offset order (no consumer group)."""
-    consumer = AIOKafkaConsumer(**client_args(config), auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer._client.add_topic(topic)  # a fresh client has no metadata for it
-        await consumer._client.force_metadata_update()
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        out: list[Any] = []
-        for tp in parts:
-            while ends[tp] and await consumer.position(tp) < ends[tp]:
-                out += (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def processor_trace(config: RunstreamConfig, project: str, workers: list[RoleProcess]) -> str:
     """What a failure of the derived views needs to be told apart: whether a run's batches reached Kafka out of
     sequence order (further than the processors remember), and each run's state records in the changelog
@@ -142,7 +120,8 @@ async def processor_trace(config: RunstreamConfig, project: str, workers: list[R
         await consumer.stop()
     lines.append("events committed/end: " + ", ".join(f"{tp.partition}: {committed[tp].offset}/{end}" for tp, end in sorted(ends.items())))
     for table in ("run-state", "fleet-state"):
-        for rec in await read_topic(config, f"{config.processors.app_id}-{table}-changelog"):
+        records = await read_topic(config, f"{config.processors.app_id}-{table}-changelog")
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
             if rec.value is None:
                 continue
             st = STATE_CODEC.loads(rec.value)
