@@ -54,7 +54,7 @@ run_st = st.fixed_dictionaries({
     "finish": st.none() | st.tuples(st.sampled_from(["finished", "failed", "killed"]), st.integers(0, 1000)),
     "sessions": st.lists(session_st, max_size=2, unique_by=lambda s: s["resumed"]),
     # (key, value, time): a key written again later replaces its value; tags may be deleted.
-    "params": st.lists(st.tuples(st.sampled_from(["lr", "opt", "n"]), st.sampled_from(['0.1', '"sgd"', '3', 'null']),
+    "params": st.lists(st.tuples(st.sampled_from(["lr", "opt", "n"]), st.sampled_from(['0.1', '"sgd"', '3', 'null', '[1, 2]', '{"a": 1}']),
                                  st.integers(1, 9_000)), max_size=5, unique_by=lambda p: p[2]),
     "tags": st.lists(st.tuples(st.sampled_from(["team", "best"]), st.sampled_from(["a", "b", "", DELETED_TAG]),
                                st.integers(1, 9_000)), max_size=4, unique_by=lambda p: p[2]),
@@ -89,6 +89,7 @@ def inserts(project: str, run_id: str, r: dict[str, Any]) -> list[str]:
 def frame_row_by_row(found: list[views.RunRow]) -> pd.DataFrame:
     """Api.runs' DataFrame as it was first built: a row of dicts per run (missing params and metrics NaN)."""
     df = pd.DataFrame([r.fields() for r in found], columns=views.RUN_COLUMNS)
+    df["ended"] = df["ended"].astype("datetime64[us]")  # NaT while running, a datetime column even if all run
     df["tags"] = [list(r.live_tags()) for r in found]
     wide = pd.DataFrame([{**{f"params.{k}": _decode(v["value"]) for k, v in r.params.items()},
                           **{f"metrics.{k}": v["value"] for k, v in r.metrics.items()}} for r in found], index=df.index)
@@ -112,8 +113,11 @@ def test_the_runs_view_over_run_index_answers_as_the_joins_did(client: Any, runs
     assert new == old and len(new) == len(runs)
 
     # The maps: each param's and tag's latest value, each metric's latest point (largest step), as the tables say.
-    found = views.run_rows(client, views.runs(DB, project, groups=[], orders=[], limit=None))
-    pd.testing.assert_frame_equal(runs_frame(found), frame_row_by_row(found))
+    statement = views.runs(DB, project, groups=[], orders=[], limit=None)
+    found = views.run_rows(client, statement)
+    # Api.runs builds its frame from the same rows read as Arrow, column by column.
+    pd.testing.assert_frame_equal(runs_frame(client.query_arrow(statement.sql, parameters=statement.params)),
+                                  frame_row_by_row(found))
     by_id = {r.run_id: r for r in found}
     for i, r in enumerate(runs):
         row = by_id[f"r{i}"]

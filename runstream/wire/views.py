@@ -168,25 +168,7 @@ class RunRow(NamedTuple):
         return int(self.derived()["points_dropped"])
 
     def derived(self) -> dict[str, Any]:
-        """status, ended, points_acked (every finished session's; None while one runs) and points_dropped, by the
-        rules of the runs view: the latest session's, else the first session's finish, else running."""
-        if not self.sessions:  # most runs: one session, finished once (or running)
-            if not self.finish:
-                return {"status": "running", "ended": None, "points_acked": None, "points_dropped": 0}
-            f = self.finish[0] if len(self.finish) == 1 else max(self.finish, key=lambda f: (f["ended"], f["status"]))
-            return {"status": f["status"], "ended": f["ended"], "points_acked": int(f["points_acked"]),
-                    "points_dropped": int(f["points_dropped"])}
-        fin = max(self.finish, key=lambda f: (f["ended"], f["status"])) if self.finish else None
-        last = max(self.sessions.values(), key=lambda s: s["resumed"]) if self.sessions else None
-        acked = int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in self.sessions.values())
-        dropped = int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in self.sessions.values())
-        if last:
-            status, ended = last["status"], None if _is_epoch(last["ended"]) else last["ended"]
-        else:
-            status, ended = (fin["status"], fin["ended"]) if fin else ("running", None)
-        running = last["status"] == "running" if last else fin is None
-        return {"status": status, "ended": ended, "points_acked": None if running else acked,
-                "points_dropped": dropped}
+        return derive(self.finish, self.sessions)
 
     def fields(self) -> dict[str, Any]:
         """The RUN_COLUMNS of this run."""
@@ -199,6 +181,29 @@ class RunRow(NamedTuple):
         if not self.tags:
             return {}
         return {k: v["value"] for k, v in sorted(self.tags.items()) if v["value"] != DELETED_TAG}
+
+
+def derive(finish: Sequence[Mapping[str, Any]], sessions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """status, ended, points_acked (every finished session's; None while one runs) and points_dropped of a run_index
+    row's ``finish`` records and ``sessions``, by the rules of the runs view: the latest session's, else the first
+    session's finish, else running."""
+    if not sessions:  # most runs: one session, finished once (or running)
+        if not finish:
+            return {"status": "running", "ended": None, "points_acked": None, "points_dropped": 0}
+        f = finish[0] if len(finish) == 1 else max(finish, key=lambda f: (f["ended"], f["status"]))
+        return {"status": f["status"], "ended": f["ended"], "points_acked": int(f["points_acked"]),
+                "points_dropped": int(f["points_dropped"])}
+    fin = max(finish, key=lambda f: (f["ended"], f["status"])) if finish else None
+    last = max(sessions.values(), key=lambda s: s["resumed"]) if sessions else None
+    acked = int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in sessions.values())
+    dropped = int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in sessions.values())
+    if last:
+        status, ended = last["status"], None if _is_epoch(last["ended"]) else last["ended"]
+    else:
+        status, ended = (fin["status"], fin["ended"]) if fin else ("running", None)
+    running = last["status"] == "running" if last else fin is None
+    return {"status": status, "ended": ended, "points_acked": None if running else acked,
+            "points_dropped": dropped}
 
 
 def _is_epoch(value: Any) -> bool:
