@@ -36,6 +36,7 @@ NESTED_IMPORTS_ALLOWED = {
     ("runstream/cli/main.py", "runstream.cli"),  # client commands, or the server extra's commands when installed
     # The read API's [read] extra, imported when used: `import runstream` works on the slim install.
     ("runstream/read/api.py", "clickhouse_connect"), ("runstream/read/api.py", "pandas"),
+    ("runstream/read/api.py", "numpy"), ("runstream/read/api.py", "pyarrow"),
     ("runstream/sdk/system.py", "pynvml"),  # GPU metrics where NVML is installed
     # The importers' readers ([importers] extra), imported by the import that needs them.
     ("runstream/integrations/importers.py", "mlflow.entities"), ("runstream/integrations/importers.py", "mlflow.tracking"),
