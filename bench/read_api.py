@@ -6,9 +6,11 @@ latest metrics: typed filters, MLflow's filter syntax with OR, ordered pages.
 
 Prints one JSON line: p50/p99 (ms) and CPU (core-ms, the sink's and the client's) of each read over ``--repeat``
 repetitions, through runstream.Api against the SQL endpoint of a `runstream up` stack of its own, after every
-point is stored. ``--against REV`` also loads runstream/read/api.py as revision REV had it and times each read on
-both in alternation (the same minutes of a noisy machine), after checking that both give equal answers. Leaves out:
-reads while the stack ingests (bench/readers.py measures the read endpoint under load) and a remote network.
+point is stored and run_index has settled into one part (or 240 s passed; the JSON says which). ``--against REV``
+also loads runstream/read/api.py as revision REV had it and times each read on both in alternation (the same minutes
+of a noisy machine), after checking that both give equal answers. Leaves out: reads while the stack ingests
+(bench/readers.py measures the read endpoint under load), a busy stack's unmerged run_index parts, and a remote
+network.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("the points were not all stored within 300 s")
             time.sleep(0.5)
+        # A quiet stack: run_index settles into one part within about two minutes of the last write (migration 0015); its
+        # searches merge the rows of every unmerged part.
+        parts = "SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'run_index' AND active"
+        settle = time.monotonic()
+        while api.client.query(parts).result_rows[0][0] > 1 and time.monotonic() - settle < 240:
+            time.sleep(1)
+        out_parts = {"run_index_parts": api.client.query(parts).result_rows[0][0],
+                     "run_index_settled_s": round(time.monotonic() - settle, 1)}
+        console.print(f"run_index in {out_parts['run_index_parts']} part(s) after {out_parts['run_index_settled_s']} s")
         reads: dict[str, Callable[[Any], Any]] = {
             "history_100k_pandas": lambda a: a.history(long.id, "loss"),
             "history_100k_arrow": lambda a: a.history(long.id, "loss", format="arrow"),
@@ -91,7 +102,7 @@ def main() -> None:
                 for label, mod in versions("runstream/read/api.py", args.against).items()}
         out: dict[str, object] = {"points": args.points, "runs": args.runs, "repeat": args.repeat,
                                   "run_ids": "random" if args.random_ids else "UUIDv7", "against": args.against or None,
-                                  "calibration": calibration()}
+                                  "calibration": calibration(), **out_parts}
         sink_pid = next(p.proc.pid for p in sup.procs if p.role == "sink" and p.proc)
 
         def sink_cpu() -> float:  # in clock ticks (10 ms): summed over the repetitions

@@ -178,3 +178,29 @@ def test_new_run_ids_are_uuid7_and_sort_after_every_earlier_run() -> None:
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in [*earlier, later])
     assert all(before_ms <= int(i[:12], 16) <= after_ms for i in earlier)
     assert later > max(earlier)
+
+
+def test_run_index_parts_merge_into_one_once_writes_stop(client: Any) -> None:
+    """0015_run_index_merged.sql: a search merges the rows of every unmerged part (FINAL), and the engine merges small
+    parts only when more arrive; parts older than min_age_to_force_merge_seconds merge anyway."""
+    create = client.query(f"SELECT create_table_query FROM system.tables WHERE database = '{DB}' AND name = 'run_index'"
+                          ).result_rows[0][0]
+    assert "min_age_to_force_merge_seconds = 60" in create
+    # The engine honours the setting: at 1 s, parts written apart become one without another write.
+    client.command(f"ALTER TABLE {DB}.run_index MODIFY SETTING min_age_to_force_merge_seconds = 1")
+    try:
+        project = f"p{next(_projects)}"
+        for i in range(3):
+            for stmt in inserts(project, f"r{i}", {"fork_step": None, "finish": None, "sessions": [], "params": [],
+                                                    "tags": [], "points": []}):
+                client.command(stmt)
+        parts = f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'run_index' AND active"
+        assert client.query(parts).result_rows[0][0] >= 3
+        deadline = time.monotonic() + 30
+        while client.query(parts).result_rows[0][0] > 1:
+            assert time.monotonic() < deadline, "run_index's parts were not merged within 30 s"
+            time.sleep(0.2)
+        found = views.run_rows(client, views.runs(DB, project, groups=[], orders=[], limit=None))
+        assert sorted(r.run_id for r in found) == ["r0", "r1", "r2"]
+    finally:
+        client.command(f"ALTER TABLE {DB}.run_index MODIFY SETTING min_age_to_force_merge_seconds = 60")
