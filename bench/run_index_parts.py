@@ -6,14 +6,16 @@ of the last runs' finish records and one of 50 new runs), the other merged into 
 
     python bench/run_index_parts.py --json
 
-Prints one JSON line: p50 and p99 (ms) of each search on each copy, and each copy's parts. Leaves out: the SQL
-endpoint and the client (bench/read_api.py times the whole read), and the merges themselves.
+Prints one JSON line: p50 and p99 (ms) of each search on each copy, each copy's parts, and the CPU of the merge into
+one part (per 100,000 runs: a busy stack does it about once a minute). Leaves out: the SQL endpoint and the client
+(bench/read_api.py times the whole read).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -76,7 +78,11 @@ def main() -> None:
         migrate(client, db)
         fill(client, db, args.runs, args.late)
     client.command(f"SYSTEM START MERGES {copies['one_part']}.run_index")
+    # What merging it into one part costs (every thread of this process: the engine merges in its own).
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     client.command(f"OPTIMIZE TABLE {copies['one_part']}.run_index FINAL")
+    merge_ms, cpu1 = (time.perf_counter() - t0) * 1000, resource.getrusage(resource.RUSAGE_SELF)
+    merge_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
 
     def searches(db: str) -> dict[str, views.Statement]:
         def runs(flt: str | None = None, order: str | None = None, **kw: Any) -> views.Statement:
@@ -88,7 +94,8 @@ def main() -> None:
                                                    metrics={"val_loss": ("<", 0.5)})}
 
     out: dict[str, Any] = {"runs": args.runs, "late_finishes": args.late, "repeat": args.repeat,
-                           "calibration": calibration()}
+                           "calibration": calibration(), "merge_into_one_ms": round(merge_ms, 1),
+                           "merge_core_s_per_100k_runs": round(merge_s / (args.runs + 50) * 100_000, 3)}
     for label, db in copies.items():
         out[f"{label}_parts"] = client.query(f"SELECT count() FROM system.parts WHERE database = '{db}' AND "
                                              "table = 'run_index' AND active").result_rows[0][0]
