@@ -14,7 +14,9 @@ Leaves out: the SQL endpoint and the client (bench/read_api.py times the whole r
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -57,7 +59,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    client = open_embedded(Path(tempfile.mkdtemp(prefix="runstream-history-read-")) / "store")
+    home = Path(tempfile.mkdtemp(prefix="runstream-history-read-"))
+    atexit.register(shutil.rmtree, home, True)  # the store, removed when the bench exits
+    client = open_embedded(home / "store")
     out: dict[str, Any] = {"points": args.points, "repeat": args.repeat, "calibration": calibration()}
     where = "run_id = 'long' AND project = 'bench' AND metric = 'loss'"
     for layout in ("one_part", "one_part_and_a_replayed_poll", "a_part_per_poll"):

@@ -14,8 +14,10 @@ one part (per 100,000 runs: a busy stack does it about once a minute). Leaves ou
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -72,7 +74,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    client = open_embedded(Path(tempfile.mkdtemp(prefix="runstream-run-index-parts-")) / "store")
+    home = Path(tempfile.mkdtemp(prefix="runstream-run-index-parts-"))
+    atexit.register(shutil.rmtree, home, True)  # the store, removed when the bench exits
+    client = open_embedded(home / "store")
     copies = {"unmerged": "rip_unmerged", "one_part": "rip_one"}
     for db in copies.values():
         migrate(client, db)
