@@ -22,6 +22,7 @@ from runstream.storage.store import migrate, open_embedded
 from runstream.wire import views
 from runstream.wire.names import new_run_id
 from runstream.wire.search import DELETED_TAG
+from tests.helpers import wait_until
 
 DB = "runidx"
 MIGRATIONS = Path(__file__).resolve().parents[1] / "storage" / "migrations"
@@ -196,10 +197,7 @@ def test_run_index_parts_merge_into_one_once_writes_stop(client: Any) -> None:
                 client.command(stmt)
         parts = f"SELECT count() FROM system.parts WHERE database = '{DB}' AND table = 'run_index' AND active"
         assert client.query(parts).result_rows[0][0] >= 3
-        deadline = time.monotonic() + 30
-        while client.query(parts).result_rows[0][0] > 1:
-            assert time.monotonic() < deadline, "run_index's parts were not merged within 30 s"
-            time.sleep(0.2)
+        wait_until(lambda: client.query(parts).result_rows[0][0] == 1, 30, "run_index's parts merged into one")
         found = views.run_rows(client, views.runs(DB, project, groups=[], orders=[], limit=None))
         assert sorted(r.run_id for r in found) == ["r0", "r1", "r2"]
     finally:

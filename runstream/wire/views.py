@@ -194,16 +194,11 @@ def derive(finish: Sequence[Mapping[str, Any]], sessions: Mapping[str, Mapping[s
         return {"status": f["status"], "ended": f["ended"], "points_acked": int(f["points_acked"]),
                 "points_dropped": int(f["points_dropped"])}
     fin = max(finish, key=lambda f: (f["ended"], f["status"])) if finish else None
-    last = max(sessions.values(), key=lambda s: s["resumed"]) if sessions else None
+    last = max(sessions.values(), key=lambda s: s["resumed"])
     acked = int(fin["points_acked"] if fin else 0) + sum(int(s["points_acked"]) for s in sessions.values())
     dropped = int(fin["points_dropped"] if fin else 0) + sum(int(s["points_dropped"]) for s in sessions.values())
-    if last:
-        status, ended = last["status"], None if _is_epoch(last["ended"]) else last["ended"]
-    else:
-        status, ended = (fin["status"], fin["ended"]) if fin else ("running", None)
-    running = last["status"] == "running" if last else fin is None
-    return {"status": status, "ended": ended, "points_acked": None if running else acked,
-            "points_dropped": dropped}
+    return {"status": last["status"], "ended": None if _is_epoch(last["ended"]) else last["ended"],
+            "points_acked": None if last["status"] == "running" else acked, "points_dropped": dropped}
 
 
 def _is_epoch(value: Any) -> bool:
