@@ -263,20 +263,26 @@ def topic_records(sup: Any) -> dict[str, int]:
     return totals
 
 
+def bench_home(prefix: str) -> Path:
+    """A fresh folder for a bench's data, removed when the bench exits (after any stack in it stopped: exit handlers
+    run last first) unless BENCH_KEEP_DATA is set. A run leaves gigabytes (Kafka's log, the store)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("BENCH_KEEP_DATA"):
+        atexit.register(shutil.rmtree, home, True)
+    return home
+
+
 def start_stack(prefix: str, console: Any, configure: Callable[[Any], None] | None = None,
                 **supervisor: Any) -> tuple[Any, Any, str]:
     """A `runstream up` stack of its own (data and ports) for a bench: (supervisor, config, dev token);
     ``configure`` may change the config first."""
-    import tempfile
-
     from runstream.ops.stack import isolated_config
     from runstream.ops.supervisor import Supervisor
 
-    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home = bench_home(prefix)
     keep = bool(os.environ.get("BENCH_KEEP_DATA"))
-    if not keep:
-        # A run leaves gigabytes (Kafka's log, the store): removed when the bench exits, after the stack stopped.
-        atexit.register(shutil.rmtree, home, True)
     cfg = isolated_config(home)
     if configure is not None:
         configure(cfg)

@@ -14,19 +14,17 @@ Leaves out: the SQL endpoint and the client (bench/read_api.py times the whole r
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import shutil
 import sys
-import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import pct  # noqa: E402
+from fleetload import bench_home, pct  # noqa: E402
+from revisions import alternate_calls  # noqa: E402
 
 POLL = 3_000
 
@@ -59,9 +57,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="runstream-history-read-"))
-    atexit.register(shutil.rmtree, home, True)  # the store, removed when the bench exits
-    client = open_embedded(home / "store")
+    client = open_embedded(bench_home("runstream-history-read-") / "store")
     out: dict[str, Any] = {"points": args.points, "repeat": args.repeat, "calibration": calibration()}
     where = "run_id = 'long' AND project = 'bench' AND metric = 'loss'"
     for layout in ("one_part", "one_part_and_a_replayed_poll", "a_part_per_poll"):
@@ -81,13 +77,8 @@ def main() -> None:
         rows = {name: client.query(sql, parameters=params).result_rows for name, (sql, params) in statements.items()}
         assert len({len(r) for r in rows.values()}) == 1 and len(rows["read_api"]) == args.points, layout
         assert all(r == rows["read_api"] for r in rows.values()), layout
-        times: dict[str, list[float]] = {name: [] for name in statements}
-        for i in range(args.repeat):
-            for name in (list(statements) if i % 2 == 0 else list(reversed(statements))):
-                sql, params = statements[name]
-                t0 = time.perf_counter()
-                client.raw_query(sql, parameters=params, fmt="Native")
-                times[name].append((time.perf_counter() - t0) * 1000)
+        times = alternate_calls({name: partial(client.raw_query, sql, parameters=params, fmt="Native")
+                                 for name, (sql, params) in statements.items()}, repeat=args.repeat)
         parts = client.query(f"SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'metric_points' AND "
                              "active").result_rows[0][0]
         out[layout] = {"parts": parts, **{name: {"p50_ms": pct(v, 0.5, 2), "p99_ms": pct(v, 0.99, 2)}

@@ -51,3 +51,14 @@ def alternate(fns: dict[str, Callable[[], Any]], *, calls: int, rounds: int) -> 
                 fn()
             times[name].append((time.perf_counter() - t0) / calls * 1e6)
     return {name: round(statistics.median(v), 2) for name, v in times.items()}
+
+
+def alternate_calls(fns: dict[str, Callable[[], Any]], *, repeat: int) -> dict[str, list[float]]:
+    """ms of each of ``repeat`` calls of each function, called in turn, their order swapped every round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeat):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return times

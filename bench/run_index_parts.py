@@ -14,20 +14,19 @@ one part (per 100,000 runs: a busy stack does it about once a minute). Leaves ou
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import resource
-import shutil
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cpu import calibration  # noqa: E402  (bench/ is the script's own directory)
-from fleetload import pct  # noqa: E402
+from fleetload import bench_home, pct  # noqa: E402
+from revisions import alternate_calls  # noqa: E402
 
 
 def fill(client: Any, db: str, runs: int, late: int) -> None:
@@ -74,9 +73,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="runstream-run-index-parts-"))
-    atexit.register(shutil.rmtree, home, True)  # the store, removed when the bench exits
-    client = open_embedded(home / "store")
+    client = open_embedded(bench_home("runstream-run-index-parts-") / "store")
     copies = {"unmerged": "rip_unmerged", "one_part": "rip_one"}
     for db in copies.values():
         migrate(client, db)
@@ -107,13 +104,8 @@ def main() -> None:
     for name in statements["unmerged"]:
         answers = {label: client.query(s[name].sql, parameters=s[name].params).result_rows for label, s in statements.items()}
         assert answers["unmerged"] == answers["one_part"], name  # the same runs either way
-        times: dict[str, list[float]] = {label: [] for label in copies}
-        for i in range(args.repeat):
-            for label in (list(copies) if i % 2 == 0 else list(reversed(copies))):
-                st = statements[label][name]
-                t0 = time.perf_counter()
-                client.raw_query(st.sql, parameters=st.params, fmt="Native")
-                times[label].append((time.perf_counter() - t0) * 1000)
+        times = alternate_calls({label: partial(client.raw_query, s[name].sql, parameters=s[name].params, fmt="Native")
+                                 for label, s in statements.items()}, repeat=args.repeat)
         out[name] = {label: {"p50_ms": pct(v, 0.5, 2), "p99_ms": pct(v, 0.99, 2), "rows": len(answers[label])}
                      for label, v in times.items()}
         print(f"{name}: " + "; ".join(f"{label} p50 {f['p50_ms']} ms" for label, f in out[name].items()), file=sys.stderr)
