@@ -19,7 +19,7 @@ import pickle  # states are loaded only through RestrictedUnpickler (StateCodec)
 import platform
 import time
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -128,6 +128,7 @@ class Processors:
         # handled (to know when everything written has been read).
         self._newest_ms: dict[int, int] = {}   # events partition -> newest client time read on it
         self._offsets: dict[int, int] = {}
+        self._read_at: dict[int, float] = {}  # events partition -> monotonic time a record was last read from it
         self._partition_of: dict[str, int] = {}  # run id -> its events partition (runs are keyed by id)
         self._fleet_cache: dict[bytes, fleet.FleetState] = {}
         # States changed since they were last written to their changelogs (partition, state; a finished run's is
@@ -196,31 +197,60 @@ class Processors:
         return sorted(tp for tp, left in recovery.active_remaining().items()
                       if left > 0 and now - max(started, received.get(tp, started)) > limit_s)
 
-    def stuck(self, limit_s: float, ready_since: float) -> str:
+    def stuck(self, limit_s: float, ready_since: float, ends: Mapping[int, int] | None = None) -> str:
         """Why this worker is stuck ('' if it is not): an offset commit (its states' writes first) or a group of
-        batches under way for more than ``limit_s``, or, ready since ``ready_since`` (monotonic), events left unread
-        on its partitions and no batch handled for more than ``limit_s``. Each way nothing more is committed: the
-        rollups and the fleet view stop."""
+        batches under way for more than ``limit_s``, or, ready since ``ready_since`` (monotonic), an events partition
+        it holds with records left unread and none of them read for more than ``limit_s``, whether or not its other
+        partitions move. Each way nothing more is committed there: the rollups and the fleet view stop. ``ends``: each
+        partition's end offset as the broker gives it (Processors.end_offsets); else as the last fetch saw it."""
         now = time.monotonic()
         for what, (began, _) in list(self._busy.items()):
             if now - began > limit_s:
                 return f"{self.BUSY[what]} for {now - began:.0f}s"
-        idle = now - max(self._last_event, ready_since)
-        if self.ready() and idle > limit_s and (waiting := self._unread()):
-            return f"events wait on partitions {waiting} and no batch was handled for {idle:.0f}s"
+        if self.ready() and (waiting := self._unread(limit_s, ready_since, ends)):
+            idle = now - max(max(self._read_at.get(p, 0.0) for p in waiting), ready_since)
+            return f"events wait on partitions {waiting} and none of them was read for {idle:.0f}s"
         return ""
 
     BUSY = {"commit": "an offset commit (its run states written first) has not finished",
             "group": "a group of batches has not been handled (nor failed)"}
 
-    def _unread(self) -> list[int]:
-        """The events partitions this worker holds with records it has neither read nor committed (as of the last
-        fetch): a partition another worker consumed to its end has nothing unread though this one read none of it."""
+    def idle_partitions(self, limit_s: float, ready_since: float) -> list[Any]:
+        """The events partitions this worker holds and has read nothing from for more than ``limit_s`` (while ready
+        since ``ready_since``)."""
+        now = time.monotonic()
+        return [tp for tp in self._events_tps() if now - max(self._read_at.get(tp.partition, 0.0), ready_since) > limit_s]
+
+    async def end_offsets(self, tps: list[Any]) -> dict[int, int]:
+        """The end offsets of these events partitions, asked of the broker. A partition the consumer does not fetch
+        (paused, and never resumed after a restart's recovery: seen once in 9 loaded cluster runs) has no highwater
+        from fetches, so the stuck check would see nothing waiting there; empty when the broker does not answer."""
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 10)
+            return {tp.partition: end for tp, end in ends.items() if end is not None}
+        except Exception as exc:
+            log.warning("The broker did not give the events partitions' end offsets: %r", exc)
+            return {}
+
+    def consumer_state(self) -> str:
+        """What the consumer holds and has paused (faust's record and aiokafka's), for a stuck worker's log."""
+        try:
+            consumer = self.app.consumer
+            fetching = consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # aiokafka's consumer
+            return (f"Events partitions held {sorted(tp.partition for tp in self._events_tps())}; paused by faust "
+                    f"{sorted(map(tuple, consumer._paused_partitions))}, by aiokafka {sorted(map(tuple, fetching.paused()))}")  # type: ignore[attr-defined]
+        except Exception as exc:
+            return f"The consumer's state is not known ({exc!r})"
+
+    def _unread(self, limit_s: float, ready_since: float, ends: Mapping[int, int] | None) -> list[int]:
+        """The events partitions this worker holds with records it has neither read nor committed, idle for more
+        than ``limit_s``: a partition another worker consumed to its end has nothing unread though this one read
+        none of it."""
         try:
             committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]  # faust's record of its commits
             out = []
-            for tp in self._events_tps():
-                end = self.app.consumer.highwater(tp)
+            for tp in self.idle_partitions(limit_s, ready_since):
+                end = self.app.consumer.highwater(tp) if ends is None else ends.get(tp.partition)
                 if end is not None and max(self._offsets.get(tp.partition, -1) + 1, committed.get(tp) or 0) < end:
                     out.append(tp.partition)
             return sorted(out)
@@ -346,6 +376,7 @@ class Processors:
             items: list[tuple[Batch, int]] = []
             for event in events:
                 self._offsets[event.message.partition] = event.message.offset  # read, decodable or not
+                self._read_at[event.message.partition] = time.monotonic()
                 try:
                     items.extend((b, event.message.partition) for b in encoding.decode(event.value, event.message.headers))
                 except Exception as exc:
@@ -597,10 +628,20 @@ class ProcessorsStage:
         deadline = time.monotonic() + pc.join_timeout_s
         joined = pc.join_timeout_s <= 0
         ready_since = 0.0  # since when the worker is ready without a break (as seen here, every 0.5 s)
+        ends: dict[int, int] | None = None  # the broker's end offsets of the idle events partitions, asked at ends_at
+        ends_at = 0.0
         while True:
             ready_since = (ready_since or time.monotonic()) if p.ready() else 0.0
-            if pc.stuck_s > 0 and ready_since and (why := p.stuck(pc.stuck_s, ready_since)):
-                log.error("This processor worker is stuck: %s. Where each task waits:\n%s", why, task_stacks())
+            # The broker's end offsets, asked only while partitions are idle past the limit (a quiet stack's all are),
+            # at most every 5 s.
+            idle = p.idle_partitions(pc.stuck_s, ready_since) if pc.stuck_s > 0 and ready_since else []
+            if not idle:
+                ends, ends_at = None, 0.0
+            elif time.monotonic() - ends_at > 5:
+                ends, ends_at = await p.end_offsets(idle), time.monotonic()
+            if pc.stuck_s > 0 and ready_since and (why := p.stuck(pc.stuck_s, ready_since, ends)):
+                log.error("This processor worker is stuck: %s. %s. Where each task waits:\n%s", why, p.consumer_state(),
+                          task_stacks())
                 p._unsafe = True  # nothing is committed after this
                 # The stop waits for the stuck commit or the stuck group's events: they end here (cancelled).
                 for _, task in list(p._busy.values()):

@@ -195,10 +195,17 @@ def test_a_worker_is_stuck_only_with_events_it_has_neither_read_nor_seen_committ
         committed[held[0]], committed[held[1]] = 40, 25  # consumed to their ends by another worker
         assert procs.stuck(5, long_ago) == ""
         ends[held[1]] = 31  # six more records on partition 1, none read here
-        assert procs.stuck(5, long_ago) == "events wait on partitions [1] and no batch was handled for 30s"
+        assert procs.stuck(5, long_ago) == "events wait on partitions [1] and none of them was read for 30s"
         assert procs.stuck(60, long_ago) == ""  # idle for less than the limit
-        procs._offsets[1] = 30  # read up to the end
+        procs._read_at[0] = time.monotonic()  # partition 0 moves; partition 1 still starves
+        assert procs.stuck(5, long_ago) == "events wait on partitions [1] and none of them was read for 30s"
+        procs._offsets[1], procs._read_at[1] = 30, time.monotonic() - 20  # read up to the end 20 s ago
         assert procs.stuck(5, long_ago) == ""
+        # A partition the consumer never fetched has no highwater: the broker's end offsets tell.
+        monkeypatch.setattr(procs.app.consumer, "highwater", lambda tp: None)
+        assert procs.stuck(5, long_ago) == ""
+        assert procs.stuck(5, long_ago, ends={0: 40, 1: 35}) == "events wait on partitions [1] and none of them was read for 20s"
+        assert procs.idle_partitions(5, long_ago) == [held[1]]  # partition 0 was read just now
 
     asyncio.run(check())
 
@@ -232,6 +239,7 @@ def test_a_processor_worker_that_gets_stuck_exits_non_zero_saying_where(config: 
            "handling": "a group of batches has not been handled (nor failed) for",
            "reading": "events wait on partitions"}[stuck_in]
     assert f"This processor worker is stuck: {why}" in caplog.text
+    assert "Events partitions held [0, 1, 2, 3]; paused by faust" in caplog.text  # what it held and had paused
     assert "> forever (test_poison.py:" in caplog.text.split("Where each task waits:")[1]  # the task held there
     # Promptly: the stuck commit or group is ended first, else the stop would wait on it up to STAGE_STOP_TIMEOUT_S.
     assert time.monotonic() - began < roles.STAGE_STOP_TIMEOUT_S - 5
