@@ -353,7 +353,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
             wait_until(lambda: workers_running() and asyncio.run(group_lag(config, config.processors.app_id, ("events",))) == 0,
                        180, "both processor workers to consume everything in events")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{asyncio.run(processor_trace(config, PROJECT, workers))}") from None
+            raise AssertionError(f"{asyncio.run(processor_trace(config, PROJECT, workers))}\n{exc}") from None  # CI shows the end
         wait_sink_drained(config, kinds=("rollups", "fleet"), timeout=120)
 
         def rollups_differ() -> str:
@@ -383,7 +383,7 @@ def test_two_of_every_role_survive_broker_sink_and_processor_failures(cluster: K
                        lambda: f"the fleet view to count {total} points (it counts {stack.query(fleet_points)[0][0]}; "
                                f"workers: {fared()})")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{asyncio.run(processor_trace(config, PROJECT, workers))}") from None
+            raise AssertionError(f"{asyncio.run(processor_trace(config, PROJECT, workers))}\n{exc}") from None  # CI shows the end
         # One gapless, verifiable audit chain for the project, whichever sink numbered which record.
         chain = views.rows(stack.sink.client, views.audit_chain(config.clickhouse.database, PROJECT))
         assert len(chain) >= 2 * len(jobs)
