@@ -119,7 +119,10 @@ class Processors:
         # Decoded mirror of the tables for the partitions this worker owns; the tables (bytes, with
         # changelogs) stay the source of truth and refill it after a restart or a rebalance.
         self._run_cache: dict[bytes, state.RunState] = {}
-        self._lag_ms = 0.0          # how far behind the clients the agent is (EWMA of now - batch time)
+        # How far behind ingest the agent reads: EWMA of now - each record's Kafka timestamp (set as ingest publishes
+        # it). Not the batch's client time: a job's spool resent after an outage, or a client's skewed clock, would
+        # show as the pipeline's lag (one backlog of batches 20 minutes old read as 20 minutes).
+        self._lag_ms = 0.0
         self._last_event = 0.0      # monotonic time of the last batch handled
         # "commit" / "group" -> (monotonic time it began, the task doing it) while an offset commit or a group of
         # batches is under way: how long, for the stuck check, and what to end when stuck.
@@ -377,6 +380,8 @@ class Processors:
             for event in events:
                 self._offsets[event.message.partition] = event.message.offset  # read, decodable or not
                 self._read_at[event.message.partition] = time.monotonic()
+                if event.message.timestamp:
+                    self._lag_ms += 0.05 * ((time.time() - event.message.timestamp) * 1000 - self._lag_ms)
                 try:
                     items.extend((b, event.message.partition) for b in encoding.decode(event.value, event.message.headers))
                 except Exception as exc:
@@ -419,7 +424,6 @@ class Processors:
             self._last_event = time.monotonic()
             self._newest_ms[partition] = max(self._newest_ms.get(partition, 0), batch.created_ms)
             self._partition_of[batch.run_id] = partition
-            self._lag_ms += 0.05 * ((now_ms - batch.created_ms) - self._lag_ms)
             key = batch.run_id.encode()
             fkey = f"{partition}:{batch.project}".encode()
             st = self._run_state(key, batch.project)

@@ -49,7 +49,7 @@ MLFLOW_READ_WAIT = Histogram("runstream_mlflow_read_wait_seconds", "Time a read 
                              "writes to be stored.", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
-PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors run behind the clients (EWMA).")
+PROC_LAG_SECONDS = Gauge("runstream_processor_lag_seconds", "How far the processors read behind ingest (EWMA of now - record timestamp).")
 PROC_TICK_RUNS = Gauge("runstream_processor_tick_runs",
                        "Runs the last wall-clock tick looked at (the others have no window or stall due yet).")
 PROC_READY = Gauge("runstream_processor_ready",
