@@ -241,8 +241,12 @@ class Processors:
         try:
             consumer = self.app.consumer
             fetching = consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # aiokafka's consumer
+            def tps(found: Any) -> list[tuple[Any, ...]]:
+                return sorted(map(tuple, found or ()))
+            # faust fetches only its active partitions: neither paused nor held back while a stream's buffer is full
             return (f"Events partitions held {sorted(tp.partition for tp in self._events_tps())}; paused by faust "
-                    f"{sorted(map(tuple, consumer._paused_partitions))}, by aiokafka {sorted(map(tuple, fetching.paused()))}")  # type: ignore[attr-defined]
+                    f"{tps(consumer._paused_partitions)}, by aiokafka {tps(fetching.paused())}; fetched by faust "  # type: ignore[attr-defined]
+                    f"{tps(consumer._active_partitions)}, held back for a full buffer {tps(consumer._buffered_partitions)}")  # type: ignore[attr-defined]
         except Exception as exc:
             return f"The consumer's state is not known ({exc!r})"
 

@@ -240,6 +240,7 @@ def test_a_processor_worker_that_gets_stuck_exits_non_zero_saying_where(config: 
            "reading": "events wait on partitions"}[stuck_in]
     assert f"This processor worker is stuck: {why}" in caplog.text
     assert "Events partitions held [0, 1, 2, 3]; paused by faust" in caplog.text  # what it held and had paused
+    assert "; fetched by faust [" in caplog.text and "held back for a full buffer [" in caplog.text
     assert "The broker did not give" not in caplog.text  # judged with the broker's end offsets
     assert "> forever (test_poison.py:" in caplog.text.split("Where each task waits:")[1]  # the task held there
     # Promptly: the stuck commit or group is ended first, else the stop would wait on it up to STAGE_STOP_TIMEOUT_S.
