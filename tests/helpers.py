@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
+from runstream.ops.stack import RoleProcess, scrape
 from runstream.server.kafka import client_args
 from runstream.v1.ingest_pb2 import Batch
 from runstream.wire import topics
@@ -215,3 +216,13 @@ class StallingProxy:
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
+
+
+def ready_or_restarted(worker: RoleProcess) -> bool:
+    """The processor worker's readiness gauge (runstream_processor_ready) reads 1; a worker that exited (its join,
+    recovery or stuck watchdog ended it) is started again, as `runstream up` restarts it."""
+    if not worker.alive():
+        print(f"{worker.name} exited before it was ready; restarted")
+        worker.start()
+        return False
+    return scrape(worker.config.processors.metrics_port, timeout=5).get("runstream_processor_ready") == 1.0

@@ -37,7 +37,7 @@ from runstream.server.kafka import client_args
 from runstream.wire import audit, encoding, views
 from runstream.wire.config import RunstreamConfig
 from tests.conftest import Stack, make_config
-from tests.helpers import group_lag, metric_batch, read_topic, wait_sink_drained, wait_until
+from tests.helpers import group_lag, metric_batch, read_topic, ready_or_restarted, wait_sink_drained, wait_until
 from tests.test_processors_live import ROLLUP_ROWS, ROLLUP_SQL
 
 PROJECT = "scale"
@@ -184,15 +184,6 @@ class Job:
     @property
     def acked(self) -> int:
         return self.run.stats.acked_points
-
-
-def ready_or_restarted(worker: RoleProcess) -> bool:
-    """The worker's readiness gauge (runstream_processor_ready) reads 1; a worker that exited is started again."""
-    if not worker.alive():
-        print(f"{worker.name} exited before it was ready; restarted")
-        worker.start()
-        return False
-    return scrape(worker.config.processors.metrics_port, timeout=5).get("runstream_processor_ready") == 1.0
 
 
 def report_brokers(cluster: KafkaCluster) -> None:

@@ -28,7 +28,7 @@ from runstream.sdk.transport import GrpcTransport
 from runstream.v1.ingest_pb2 import Batch, Rollups, RunStatus
 from runstream.wire import encoding
 from tests.conftest import Stack
-from tests.helpers import group_lag, metric_batch, read_topic, wait_group_drained, wait_sink_drained, wait_until
+from tests.helpers import group_lag, metric_batch, read_topic, ready_or_restarted, wait_group_drained, wait_sink_drained, wait_until
 
 
 def start_processor(stack: Stack, tmp_path: Path, rules: str = "") -> RoleProcess:
@@ -462,7 +462,7 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
     a = start_processor(stack, tmp_path)
     b_cfg = copy.deepcopy(stack.config)
     b_cfg.processors.metrics_port = free_port()
-    b = RoleProcess("process", b_cfg, tmp_path / "logs-b")
+    b = RoleProcess("process", b_cfg, tmp_path / "logs-b", name="process-b")
     t = GrpcTransport(stack.ingest_addr, token)
     t0 = (int(time.time() * 1000) // 60_000 - 30) * 60_000
     senders = [Sender(t, "move", f"move-{i}") for i in range(16)]
@@ -476,13 +476,6 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
                 s.points(["loss"], [0] * 10, list(range(n, n + 10)), [t0 + n + i for i in range(10)], [1.0] * 10)
                 step[s.run_id] = n + 10
 
-    def ready(worker: RoleProcess) -> bool:
-        if not worker.alive():
-            print(f"worker {'A' if worker is a else 'B'} exited (its recovery stalled); restarted")
-            worker.start()
-            return False
-        return scrape(worker.config.processors.metrics_port).get("runstream_processor_ready", 0.0) == 1.0
-
     try:
         for s in senders:
             s.start(t0)
@@ -490,14 +483,14 @@ def test_rollups_stay_exact_when_partitions_move_to_a_second_worker_and_back(sta
         wait_group_drained(stack.config, stack.config.processors.app_id)
         b.start()
         wait_http(f"http://127.0.0.1:{b_cfg.processors.metrics_port}/metrics", 60, b)
-        wait_until(lambda: ready(b) and ready(a), 90, "both workers ready after B joined")
+        wait_until(lambda: ready_or_restarted(b) and ready_or_restarted(a), 90, "both workers ready after B joined")
         phase()
         wait_group_drained(stack.config, stack.config.processors.app_id)
         moved = scrape(b_cfg.processors.metrics_port).get("runstream_processor_points_total", 0.0)
         assert moved > 0, "B applied none of the second phase: no partition moved"
         b.kill()
         phase()  # A takes B's partitions back after the session timeout, recovers them and applies this phase
-        wait_until(lambda: ready(a) and asyncio.run(group_lag(stack.config, stack.config.processors.app_id, ("events",))) == 0,
+        wait_until(lambda: ready_or_restarted(a) and asyncio.run(group_lag(stack.config, stack.config.processors.app_id, ("events",))) == 0,
                    120, "worker A to take B's partitions back and consume everything in events")
         for s in senders:
             s.finish(t0 + 120_000)
