@@ -641,14 +641,14 @@ class ProcessorsStage:
         ends_at = 0.0
         while True:
             ready_since = (ready_since or time.monotonic()) if p.ready() else 0.0
+            watched = pc.stuck_s > 0 and ready_since
             # The broker's end offsets, asked only while partitions are idle past the limit (a quiet stack's all are),
             # at most every 5 s.
-            idle = p.idle_partitions(pc.stuck_s, ready_since) if pc.stuck_s > 0 and ready_since else []
-            if not idle:
+            if not watched or not (idle := p.idle_partitions(pc.stuck_s, ready_since)):
                 ends, ends_at = None, 0.0
             elif time.monotonic() - ends_at > 5:
                 ends, ends_at = await p.end_offsets(idle), time.monotonic()
-            if pc.stuck_s > 0 and ready_since and (why := p.stuck(pc.stuck_s, ready_since, ends)):
+            if watched and (why := p.stuck(pc.stuck_s, ready_since, ends)):
                 log.error("This processor worker is stuck: %s. %s. Where each task waits:\n%s", why, p.consumer_state(),
                           task_stacks())
                 p._unsafe = True  # nothing is committed after this
